@@ -1,0 +1,352 @@
+"""Public numpy API of the variational VPTV solver (the paper's Algorithm 1).
+
+>>> from napari_vptv.core.segment import vptv_segment
+>>> result = vptv_segment(image, 2, volumes=[0.75, 0.25])        # doctest: +SKIP
+>>> result.labels, result.volumes, result.n_iter                  # doctest: +SKIP
+
+numpy in, numpy out; torch is used inside (CPU by default, ``device="cuda"`` works
+when a GPU is present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .costs import SIMILARITIES, GaussianModel, HistogramModel, edge_weight, kmeans_init
+from .volumes import VolumeSpec, make_volume_spec
+
+__all__ = ["SegmentationResult", "vptv_segment", "prepare_image"]
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :func:`vptv_segment`.
+
+    Attributes
+    ----------
+    labels : int32 array, the image's spatial shape; ``argmax_i u_i(x)``.
+    probabilities : float32 array ``(K, *spatial)``; ``u`` (eq. 26).
+    volumes : (K,) achieved class fractions of ``labels``.
+    soft_volumes : (K,) class fractions of ``u`` (``mean_x u_i``).
+    n_iter : iterations used.
+    converged : whether the tolerance was reached before ``max_num_iter``.
+    class_model : the final similarity model (after EM updates).
+    volume_spec : the validated volume constraint.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    volumes: np.ndarray
+    soft_volumes: np.ndarray
+    n_iter: int
+    converged: bool
+    class_model: object
+    volume_spec: VolumeSpec
+
+
+def prepare_image(image, channel_axis=None) -> np.ndarray:
+    """Check an image and return float32 features ``(C, *spatial)`` in [0, 1].
+
+    Scaling: ``uint8`` is divided by 255; ``bool`` maps to {0, 1}; float images
+    already within [0, 1] are kept; anything else (other integer types, floats out
+    of range) is min-max scaled per image. Raises ``ValueError`` naming the problem
+    for empty images, NaN / infinite values, unsupported dtypes or shapes.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == object or np.iscomplexobj(arr) or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+    ):
+        raise ValueError(f"image must be a real-valued numeric array, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    if channel_axis is not None:
+        arr = np.moveaxis(arr, channel_axis, 0)
+    else:
+        arr = arr[None]
+    n_spatial = arr.ndim - 1
+    if n_spatial not in (2, 3):
+        raise ValueError(
+            f"image must be 2-D or 3-D (plus an optional channel axis), got {n_spatial} spatial axes "
+            f"(shape {np.shape(image)}, channel_axis={channel_axis})"
+        )
+    if min(arr.shape[1:]) < 2:
+        raise ValueError(f"image is too small to segment: spatial shape {arr.shape[1:]}")
+    if arr.shape[0] > 4:
+        raise ValueError(
+            f"image has {arr.shape[0]} channels on channel_axis={channel_axis}; expected 1-4 "
+            "(is channel_axis right?)"
+        )
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == bool:
+        out = arr.astype(np.float32)
+    else:
+        out = arr.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise ValueError("image contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if np.issubdtype(arr.dtype, np.integer) or lo < 0 or hi > 1:
+            if hi == lo:
+                out = np.zeros_like(out)
+            else:
+                out = (out - lo) / (hi - lo)
+    return np.ascontiguousarray(out)
+
+
+def _initial_model(features, n_classes, similarity, class_model, seed):
+    if class_model is not None:
+        if class_model.n_classes != n_classes:
+            raise ValueError(f"class_model has {class_model.n_classes} classes, but n_classes is {n_classes}")
+        if isinstance(class_model, GaussianModel) and class_model.means.shape[1] != features.shape[0]:
+            raise ValueError(
+                f"class_model expects {class_model.means.shape[1]} channels, the image has {features.shape[0]}"
+            )
+        return class_model
+    if similarity == "histogram":
+        raise ValueError("similarity 'histogram' needs a learned class_model (e.g. the WBC preset)")
+    pixels = features.reshape(features.shape[0], -1).T
+    means, _ = kmeans_init(pixels, n_classes, seed=seed)
+    model = GaussianModel(means, None, "mean")
+    if similarity != "mean":
+        # one hard EM step gives the k-means clusters' covariances
+        from .costs import kmeans_labels
+
+        assign = kmeans_labels(pixels, means)
+        covs = np.stack(
+            [np.atleast_2d(np.cov(pixels[assign == i].T)) if np.sum(assign == i) > 1 else np.eye(pixels.shape[1]) * 1e-2
+             for i in range(n_classes)]
+        )
+        model = GaussianModel(means, covs, similarity)
+    return model
+
+
+def vptv_segment(
+    image,
+    n_classes: Optional[int] = None,
+    *,
+    volumes: Optional[Sequence[float]] = None,
+    volume_mode: Optional[str] = None,
+    volume_bounds: Optional[tuple] = None,
+    epsilon: float = 0.01,
+    tv_weight: float = 0.02,
+    edge: bool = False,
+    edge_sigma: float = 1.0,
+    edge_beta: float = 10.0,
+    similarity: str = "mean",
+    class_model=None,
+    em_update: bool = True,
+    update_every: int = 10,
+    max_num_iter: int = 500,
+    tol: float = 1e-3,
+    volume_tol: float = 1e-3,
+    channel_axis: Optional[int] = None,
+    cost: Optional[np.ndarray] = None,
+    probabilities: Optional[np.ndarray] = None,
+    rounding: str = "volume",
+    seed: int = 0,
+    device: str = "cpu",
+    callback: Optional[Callable[[int, int], None]] = None,
+) -> SegmentationResult:
+    """Volume-preserving TV segmentation of one image (Algorithm 1).
+
+    Parameters
+    ----------
+    image : ndarray
+        2-D or 3-D image, grey or with a channel axis (``channel_axis``). 3-D images
+        are segmented as volumes with 3-D TV ("volume" = 3-D class fraction).
+    n_classes : int
+        Number of classes ``I`` (>= 2). Defaults to the length of ``volumes`` /
+        bounds, of ``class_model``, of ``cost`` / ``probabilities``, else 2.
+    volumes : sequence of float, optional
+        Exact class fractions ``V_i`` (sum 1), mode ``"exact"``.
+    volume_mode : {"exact", "interval", "none"}, optional
+        Default: inferred from which of ``volumes`` / ``volume_bounds`` is given.
+    volume_bounds : (lower, upper), optional
+        Per-class fraction bounds, mode ``"interval"``.
+    epsilon : float
+        Entropic regularisation ``eps`` (eq. 11). Paper: 0.01 for images.
+    tv_weight : float
+        ``lambda``, TV weight (eq. 11). 0 disables the TV term.
+    edge : bool
+        Use the edge function ``e(x) = 1/(1 + edge_beta |grad G_sigma * I|)`` in the TV.
+    edge_sigma, edge_beta : float
+        ``sigma`` and ``eps'`` of the edge function.
+    similarity : {"mean", "mahalanobis", "gaussian", "histogram"}
+        Similarity model for ``c_i(x)``; see :mod:`napari_vptv.core.costs`.
+        Initialised by k-means unless ``class_model`` is given.
+    class_model : GaussianModel or HistogramModel, optional
+        Starting similarity model (e.g. learned from training images).
+    em_update : bool
+        Re-estimate the class model from ``u`` every ``update_every`` iterations
+        (Algorithm 1 step 5; EM-like).
+    max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.vptv.vptv_iterate`.
+    channel_axis : int or None
+        Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
+    cost : ndarray ``(K, *spatial)``, optional
+        User-given costs (replaces the similarity model; no EM update).
+    probabilities : ndarray ``(K, *spatial)``, optional
+        User-given class probabilities (e.g. a network's softmax); the cost is
+        ``-log p``.
+    rounding : {"volume", "argmax"}
+        How labels are read from ``u``. ``"argmax"`` is the paper's
+        ``label = argmax_i u_i``. ``"volume"`` (default) keeps the volume constraint
+        for the hard labels too: the relaxed model can spread a class thinly over a
+        flat region (``u_i`` ~ 0.3 everywhere has zero TV), so that ``mean u_i = V_i``
+        while the argmax fractions miss ``V_i``; the labels are then the
+        ``eps -> 0`` limit of the same entropic transport problem with cost
+        ``-log u`` (the assignment of pixels to classes with the given volumes that
+        best agrees with ``u``), solved by the same iteration with eps-scaling.
+    seed : int
+        Seed of the k-means initialisation (the only random step). Same input and
+        seed give the same labels.
+    device : str
+        torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    callback : callable ``(iteration, max_num_iter) -> None``, optional
+        Progress hook.
+
+    Returns
+    -------
+    SegmentationResult
+
+    References
+    ----------
+    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation
+    with entropic regularization optimal transport and its applications in deep
+    learning", Algorithm 1.
+    """
+    import torch
+
+    from .vptv import vptv_iterate
+
+    if rounding not in ("volume", "argmax"):
+        raise ValueError(f"rounding must be 'volume' or 'argmax', got {rounding!r}")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if not np.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be a positive number, got {epsilon}")
+    if not np.isfinite(tv_weight) or tv_weight < 0:
+        raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
+    if int(max_num_iter) < 1:
+        raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
+
+    features = prepare_image(image, channel_axis)
+    spatial = features.shape[1:]
+
+    given = None
+    if cost is not None and probabilities is not None:
+        raise ValueError("give either `cost` or `probabilities`, not both")
+    if probabilities is not None:
+        p = np.asarray(probabilities, dtype=np.float32)
+        if not np.all(np.isfinite(p)) or p.min() < 0:
+            raise ValueError("probabilities must be finite and non-negative")
+        given = -np.log(np.clip(p, 1e-8, None))
+    elif cost is not None:
+        given = np.asarray(cost, dtype=np.float32)
+        if not np.all(np.isfinite(given)):
+            raise ValueError("cost contains NaN or infinite values")
+    if given is not None and given.shape[1:] != spatial:
+        raise ValueError(f"cost/probabilities must have shape (K, *{spatial}), got {given.shape}")
+
+    if n_classes is None:
+        if volumes is not None:
+            n_classes = len(np.atleast_1d(volumes)) if not isinstance(volumes, str) else len(volumes.split(","))
+        elif volume_bounds is not None:
+            n_classes = len(np.atleast_1d(volume_bounds[0]))
+        elif class_model is not None:
+            n_classes = class_model.n_classes
+        elif given is not None:
+            n_classes = given.shape[0]
+        else:
+            n_classes = 2
+    lower, upper = (volume_bounds if volume_bounds is not None else (None, None))
+    spec = make_volume_spec(n_classes, volume_mode, volumes, lower, upper)
+    if given is not None and given.shape[0] != n_classes:
+        raise ValueError(f"cost/probabilities have {given.shape[0]} classes, but n_classes is {n_classes}")
+
+    dev = torch.device(device)
+    x = torch.from_numpy(features).to(dev)[None]  # (1, C, *spatial)
+    model = None
+    if given is not None:
+        c0 = torch.from_numpy(np.ascontiguousarray(given)).to(dev)[None]
+        update = None
+    else:
+        model = _initial_model(features, n_classes, similarity, class_model, seed)
+        c0 = model.cost(x)
+        update = None
+        if em_update:
+            holder = {"model": model}
+
+            def update(u):
+                holder["model"] = holder["model"].update(x, u)
+                return holder["model"].cost(x)
+
+    e = None
+    if edge and tv_weight > 0:
+        e = torch.from_numpy(edge_weight(features, sigma=edge_sigma, beta=edge_beta, channel_axis=0)).to(dev)
+
+    progress = None
+    if callback is not None:
+        def progress(it, u):
+            callback(it, max_num_iter)
+
+    kwargs = {k: (torch.as_tensor(v) if not isinstance(v, tuple) else tuple(torch.as_tensor(b) for b in v))
+              for k, v in spec.solver_kwargs().items()}
+    with torch.no_grad():
+        state = vptv_iterate(
+            c0,
+            epsilon=float(epsilon),
+            tv_weight=float(tv_weight),
+            edge_weight=e,
+            max_num_iter=int(max_num_iter),
+            tol=float(tol),
+            volume_tol=float(volume_tol),
+            cost_update=update,
+            update_every=int(update_every),
+            callback=progress,
+            **kwargs,
+        )
+    if update is not None:
+        model = holder["model"]
+    u_t = state.u
+    if rounding == "volume" and spec.mode != "none":
+        labels_t = round_to_volumes(u_t, spec)
+    else:
+        labels_t = u_t.argmax(dim=1)
+    u = u_t[0].cpu().numpy().astype(np.float32)
+    labels = labels_t[0].cpu().numpy().astype(np.int32)
+    fractions = np.bincount(labels.ravel(), minlength=n_classes) / labels.size
+    return SegmentationResult(
+        labels=labels,
+        probabilities=u,
+        volumes=fractions,
+        soft_volumes=u.reshape(n_classes, -1).mean(axis=1),
+        n_iter=int(state.n_iter),
+        converged=bool(state.converged.all()),
+        class_model=model,
+        volume_spec=spec,
+    )
+
+
+def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003, 0.001)):
+    """Hard labels ``(N, *spatial)`` from probabilities ``u`` that respect ``spec``.
+
+    Solves ``max sum_x log u_{l(x)}(x)`` over labelings ``l`` whose class fractions
+    meet the volume constraint, as the ``eps -> 0`` limit of the entropic transport
+    problem with cost ``-log u`` (eps-scaling with warm starts, no TV). Pixels whose
+    ``u`` ties exactly cannot be split, so the fractions are met up to such ties.
+    """
+    import torch
+
+    from .vptv import vptv_iterate
+
+    cost = -torch.log(torch.clamp(u, min=1e-12))
+    kwargs = {k: (torch.as_tensor(v, dtype=u.dtype) if not isinstance(v, tuple) else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v))
+              for k, v in spec.solver_kwargs().items()}
+    state = None
+    for eps in epsilons:
+        state = vptv_iterate(cost, epsilon=eps, tv_weight=0.0, max_num_iter=300, tol=1e-4,
+                             volume_tol=2e-4, state=state, **kwargs)
+    return state.u.argmax(dim=1)
