@@ -1,0 +1,321 @@
+"""napari widget "Correct mask".
+
+Snaps a rough Labels layer (instance labels, a binary mask, or class labels) to the
+boundaries of an Image layer with VPTV, keeping each object's area
+(:func:`napari_vptv.core.correct.correct_mask_iter`).
+
+* The work is the napari-free generator ``correct_mask_iter`` run in a
+  ``napari.qt.threading.thread_worker``; a ``napari.utils.progress`` bar counts the
+  objects, Cancel stops after the current object (nothing is written then).
+* Output: a Labels layer "<labels> corrected" tagged ``metadata["vptv"]``
+  (``{"kind": "correct_mask", "source": ..., "image": ..., "params": ...}``); running
+  again for the same Labels layer replaces only that tagged layer's data. The input
+  Labels layer is never modified; a user layer with the same name is never touched
+  (the output becomes "<labels> corrected [2]").
+* Bad inputs are shown as napari notifications and in the status line.
+
+Heavy imports (torch, the solver) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
+
+#: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
+#: segmentation widget).
+METADATA_KEY = "vptv"
+#: ``metadata["vptv"]["kind"]`` of this widget's output layers.
+KIND = "correct_mask"
+
+MODEL_COLOUR = "colour model from the mask"
+MODEL_NET = "VPTVU-net nucleus probability (WBC)"
+MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
+
+
+class CorrectMaskWidget(Container):
+    """Dock widget "Correct mask".
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+
+    Attributes
+    ----------
+    synchronous : bool
+        Run in the calling thread (tests, scripts); ``run(sync=True)`` for one call.
+    worker : the running worker (``"sync"`` during a synchronous run) or None.
+    output_layer : the Labels layer written by the last successful run.
+    """
+
+    def __init__(self, napari_viewer: "napari.Viewer"):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.synchronous = False
+        self.worker = None
+        self.output_layer = None
+        self._cancel_requested = False
+        self._pbar = None
+        self._run: Dict[str, Any] = {}
+
+        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
+        self.labels = ComboBox(label="Labels", choices=self._labels_choices, nullable=False)
+        self.mode = ComboBox(label="Mode", choices=["objects", "semantic"], value="objects",
+                             tooltip="objects: one 2-phase VPTV per label id (ids kept, no merging); "
+                                     "semantic: one multi-class VPTV on the whole image")
+        self.model = ComboBox(label="Costs", choices=list(MODELS), value=MODEL_COLOUR)
+        self.volume_factor = FloatSpinBox(label="Volume factor", min=0.1, max=10.0, step=0.01, value=1.0,
+                                          tooltip="target area = mask area × factor (1.1: mask ~10 % too small)")
+        self.volume_tolerance = FloatSpinBox(label="Volume tolerance", min=0.0, max=0.9, step=0.01, value=0.0,
+                                             tooltip="0: exact areas; t: areas within (1 ± t) × target")
+        self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
+        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.5,
+                                        tooltip="cost for leaving the given mask (costs are in [0, 1]); "
+                                                "0: the image alone decides the boundary")
+        self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
+                                    tooltip="Entropic regularisation ε (paper eq. 11)")
+        self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.05,
+                                      tooltip="Weight λ of the total variation term (paper eq. 11)")
+        self.edge = CheckBox(text="Edge weight e(x)", value=True)
+        self.fill_holes = CheckBox(text="Fill holes", value=True)
+        self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+                            labels=False, label="")
+        buttons.margins = (0, 0, 0, 0)
+        self.status = Label(label="Status", value="ready")
+        self.status.native.setWordWrap(True)
+        self.extend([
+            self.image, self.labels, self.mode, self.model, self.volume_factor, self.volume_tolerance,
+            self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
+            self.max_iter, buttons, self.status,
+        ])
+        self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        ev = self.viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.connect(self.reset_choices)
+        self.reset_choices()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, *_):
+        import napari
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+
+    def _labels_choices(self, *_):
+        import napari
+
+        # our own outputs are valid inputs too (correct again)
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Labels)]
+
+    # --------------------------------------------------------------- parameters
+    def parameters(self) -> Dict[str, Any]:
+        """The settings as keyword arguments of :func:`correct_mask_iter`."""
+        return {
+            "mode": self.mode.value,
+            "model": MODELS[self.model.value],
+            "volume_factor": float(self.volume_factor.value),
+            "volume_tolerance": float(self.volume_tolerance.value),
+            "margin": int(self.margin.value) or None,
+            "mask_weight": float(self.mask_weight.value),
+            "epsilon": float(self.epsilon.value),
+            "tv_weight": float(self.tv_weight.value),
+            "edge": bool(self.edge.value),
+            "fill_holes": bool(self.fill_holes.value),
+            "max_num_iter": int(self.max_iter.value),
+        }
+
+    def _validate(self):
+        import napari
+
+        image, labels = self.image.value, self.labels.value
+        if image is None or image not in self.viewer.layers or not isinstance(image, napari.layers.Image):
+            raise ValueError("No Image layer selected: open the image whose mask you want to correct.")
+        if labels is None or labels not in self.viewer.layers or not isinstance(labels, napari.layers.Labels):
+            raise ValueError("No Labels layer selected: add the rough mask as a Labels layer.")
+        if getattr(image, "multiscale", False) or getattr(labels, "multiscale", False):
+            raise ValueError("Multiscale layers are not supported; use single-resolution data.")
+        img = np.asarray(image.data)
+        lab = np.asarray(labels.data)
+        spatial = img.shape[:-1] if image.rgb else img.shape
+        if lab.shape != spatial:
+            raise ValueError(
+                f"Labels layer {labels.name!r} has shape {lab.shape}, but image {image.name!r} has spatial "
+                f"shape {spatial}; they must match pixel for pixel."
+            )
+        if len(spatial) not in (2, 3):
+            raise ValueError(f"Only 2-D or 3-D images are supported, {image.name!r} has {len(spatial)} axes.")
+        return image, labels, img, lab
+
+    # ------------------------------------------------------------------ running
+    def run(self, sync: Optional[bool] = None):
+        """Validate the inputs and correct the chosen Labels layer.
+
+        Returns the worker (threaded run), the output layer (synchronous run), or None
+        if the inputs are invalid or a run is already going on.
+        """
+        from napari.utils.notifications import show_error, show_warning
+
+        if self.worker is not None:
+            self._error("A correction is already running: wait for it or press Cancel.", show_warning)
+            return None
+        try:
+            image, labels, img, lab = self._validate()
+            params = self.parameters()
+            from napari_vptv.core.correct import correct_mask_iter
+
+            # copies: the user may edit the layers while the worker runs
+            engine = correct_mask_iter(img.copy(), lab.copy(), channel_axis=-1 if image.rgb else None, **params)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self._error(str(exc), show_error)
+            return None
+        self._cancel_requested = False
+        self._run = {"image": image.name, "source": labels.name, "labels_layer": labels, "params": params,
+                     "done": 0, "total": None, "finished": False}
+
+        def gen():
+            # errors are yielded, not raised: superqt swallows some exceptions in generator workers
+            try:
+                while True:
+                    try:
+                        step = next(engine)
+                    except StopIteration as stop:
+                        yield ("result", stop.value)
+                        return
+                    yield ("progress", step)
+            except Exception as exc:  # noqa: BLE001
+                yield ("error", exc)
+
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self._set_status(f"correcting {labels.name!r} ...")
+        if sync if sync is not None else self.synchronous:
+            self.worker = "sync"
+            try:
+                for msg in gen():
+                    self._on_yield(msg)
+                    if self._cancel_requested:
+                        engine.close()
+                        self._on_aborted()
+                        break
+            finally:
+                self._on_finished()
+            return self.output_layer if self._run.get("finished") else None
+
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        self._pbar = progress(total=0, desc=f"Correct {labels.name}")
+        worker = thread_worker(gen, start_thread=False)()
+        worker.yielded.connect(self._on_yield)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        worker.errored.connect(lambda exc: self._error(f"Mask correction failed: {exc}", show_error))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self):
+        """Stop after the current object; no output is written."""
+        if self.worker is None:
+            return
+        self._cancel_requested = True
+        self.cancel_button.enabled = False
+        self._set_status("cancelling ...")
+        if self.worker != "sync":
+            self.worker.quit()
+
+    # ------------------------------------------------------------ worker events
+    def _on_yield(self, msg):
+        from napari.utils.notifications import show_error
+
+        kind, payload = msg
+        st = self._run
+        if kind == "progress":
+            st["done"], st["total"] = payload.done, payload.total
+            if self._pbar is not None:
+                if self._pbar.total != payload.total:
+                    self._pbar.total = payload.total
+                self._pbar.n = payload.done
+                self._pbar.refresh()
+            what = "passes" if st["params"]["mode"] == "semantic" else "objects"
+            self._set_status(f"{st['source']}: {payload.done}/{payload.total} {what}")
+        elif kind == "result":
+            if self._cancel_requested:
+                return
+            self._write_output(np.asarray(payload))
+            st["finished"] = True
+            changed = float(np.mean(np.asarray(payload) != np.asarray(st["labels_layer"].data)))
+            self._set_status(f"done: {self.output_layer.name!r} ({changed:.2%} of the pixels changed)")
+        elif kind == "error":
+            st["error"] = payload
+            self._error(f"Mask correction failed: {payload}", show_error)
+
+    def _on_aborted(self):
+        if not self._run.get("finished"):
+            st = self._run
+            self._set_status(f"cancelled after {st.get('done', 0)} of {st.get('total') or '?'}; no output written")
+
+    def _on_finished(self):
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    # ------------------------------------------------------------ output layer
+    def _find_output_layer(self, source: str):
+        import napari
+
+        for layer in reversed(list(self.viewer.layers)):
+            meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+            if (isinstance(layer, napari.layers.Labels) and isinstance(meta, dict)
+                    and meta.get("kind") == KIND and meta.get("source") == source):
+                return layer
+        return None
+
+    def _free_name(self, name: str, own=None) -> str:
+        taken = {layer.name for layer in self.viewer.layers if layer is not own}
+        if name not in taken:
+            return name
+        i = 2
+        while f"{name} [{i}]" in taken:
+            i += 1
+        return f"{name} [{i}]"
+
+    def _write_output(self, data: np.ndarray):
+        st = self._run
+        src = st["labels_layer"]
+        meta = {"kind": KIND, "source": st["source"], "image": st["image"], "params": dict(st["params"]),
+                "complete": True}
+        layer = self._find_output_layer(st["source"])
+        if layer is not None and layer is not src and layer.data.shape == data.shape:
+            layer.data = data
+            layer.name = self._free_name(f"{st['source']} corrected", layer)
+        else:
+            layer = self.viewer.add_labels(
+                data, name=self._free_name(f"{st['source']} corrected"),
+                scale=tuple(src.scale), translate=tuple(src.translate), opacity=0.6,
+            )
+        md = dict(layer.metadata)
+        md[METADATA_KEY] = meta
+        layer.metadata = md
+        self.output_layer = layer
+
+    # ------------------------------------------------------------------ status
+    def _set_status(self, text: str):
+        self.status.value = text
+
+    def _error(self, text: str, notify):
+        self._set_status(text)
+        notify(text)

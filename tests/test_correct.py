@@ -1,0 +1,239 @@
+"""Mask correction with VPTV (core engine and the "Correct mask" widget).
+
+Synthetic images only (no /work/shared); the widget tests need a real X server:
+
+    xvfb-run -a python -m pytest tests/test_correct.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_vptv.core.correct import CorrectionProgress, correct_mask, correct_mask_iter
+
+FAST = dict(max_num_iter=150)
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def noisy(truth_levels, seed=0, sigma=0.08):
+    rng = np.random.default_rng(seed)
+    img = truth_levels + rng.normal(0, sigma, truth_levels.shape)
+    return ndi.gaussian_filter(img, 0.7).astype(np.float32)
+
+
+def dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def shifted(mask, dy, dx):
+    return ndi.shift(mask.astype(np.uint8), (dy, dx), order=0, mode="constant") > 0
+
+
+@pytest.fixture(scope="module")
+def one_disc():
+    truth = disc((80, 90), (40, 45), 14)
+    image = noisy(0.2 + 0.6 * truth)
+    return image, truth
+
+
+def test_shifted_disc_is_recovered_with_its_id(one_disc):
+    image, truth = one_disc
+    rough = np.zeros(truth.shape, np.uint16)
+    rough[shifted(truth, 4, -3)] = 7
+    assert dice(rough > 0, truth) < 0.8
+    out = correct_mask(image, rough, **FAST)
+    assert out.dtype == np.uint16 and out.shape == rough.shape
+    assert set(np.unique(out)) == {0, 7}
+    assert dice(out == 7, truth) >= 0.95
+    # the area is the given one (exact volume)
+    assert abs(int((out == 7).sum()) - int((rough == 7).sum())) <= 0.03 * (rough == 7).sum()
+    # the input is untouched
+    assert set(np.unique(rough)) == {0, 7} and (rough == 7).sum() == shifted(truth, 4, -3).sum()
+
+
+def test_accurate_mask_stays(one_disc):
+    image, truth = one_disc
+    out = correct_mask(image, truth.astype(np.int32), **FAST)
+    assert dice(out == 1, truth) >= 0.99
+
+
+def test_same_input_same_labels(one_disc):
+    image, truth = one_disc
+    rough = shifted(truth, 3, 3).astype(np.int32)
+    a = correct_mask(image, rough, **FAST)
+    b = correct_mask(image, rough, **FAST)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_volume_factor_scales_the_area(one_disc):
+    image, truth = one_disc
+    rough = ndi.binary_erosion(truth, iterations=2).astype(np.int32)
+    plain = (correct_mask(image, rough, **FAST) == 1).sum()
+    grown = (correct_mask(image, rough, volume_factor=1.2, **FAST) == 1).sum()
+    assert grown > 1.1 * plain
+    assert dice(correct_mask(image, rough, volume_factor=truth.sum() / rough.sum(), **FAST) == 1, truth) >= 0.97
+
+
+def test_touching_objects_stay_two_and_keep_ids():
+    shape = (70, 100)
+    a, b = disc(shape, (35, 35), 14), disc(shape, (35, 63), 14)  # touching at x = 49
+    assert ndi.label(a | b)[1] == 1
+    image = noisy(0.2 + 0.6 * (a | b), seed=1)
+    rough = np.zeros(shape, np.int32)
+    rough[shifted(a, 2, -3)] = 3
+    rough[shifted(b, -2, 3) & (rough == 0)] = 5
+    out = correct_mask(image, rough, **FAST)
+    assert set(np.unique(out)) == {0, 3, 5}
+    for lab, truth in ((3, a), (5, b)):
+        assert ndi.label(out == lab)[1] == 1
+        assert dice(out == lab, truth) >= 0.9
+
+
+def test_object_touching_the_border():
+    shape = (60, 60)
+    truth = disc(shape, (5, 30), 12)  # cut by the top border
+    image = noisy(0.2 + 0.6 * truth, seed=2)
+    rough = shifted(truth, 3, 4).astype(np.int32) * 2
+    out = correct_mask(image, rough, **FAST)
+    assert set(np.unique(out)) == {0, 2}
+    assert dice(out == 2, truth) >= 0.93
+    assert dice(out == 2, truth) > dice(rough == 2, truth)
+
+
+def test_rgb_image_and_bool_mask(one_disc):
+    _, truth = one_disc
+    rgb = np.stack([0.9 - 0.5 * truth, 0.8 - 0.6 * truth, 0.9 - 0.1 * truth], -1)
+    rgb = np.clip(rgb + np.random.default_rng(3).normal(0, 0.05, rgb.shape), 0, 1)
+    image = (rgb * 255).astype(np.uint8)
+    out = correct_mask(image, shifted(truth, -4, 2), channel_axis=-1, **FAST)
+    assert out.dtype == np.int32
+    assert dice(out == 1, truth) >= 0.95
+
+
+def test_generator_reports_each_object_and_stop(one_disc):
+    image, truth = one_disc
+    rough = np.zeros(truth.shape, np.int32)
+    rough[10:20, 10:20] = 1
+    rough[shifted(truth, 2, 2)] = 4
+    steps = []
+    gen = correct_mask_iter(image, rough, **FAST)
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert [s.label for s in steps] == [1, 4] and steps[-1] == CorrectionProgress(2, 2, 4)
+    assert set(np.unique(result)) == {0, 1, 4}
+    seen = []
+    with pytest.raises(InterruptedError):
+        correct_mask(image, rough, progress=lambda d, t: seen.append((d, t)), should_stop=lambda: True, **FAST)
+    assert seen == [(1, 2)]
+
+
+def test_semantic_mode_keeps_class_values():
+    shape = (60, 60)
+    cell = disc(shape, (30, 30), 20)
+    nucleus = disc(shape, (30, 30), 9)
+    levels = 0.9 - 0.35 * cell - 0.4 * nucleus
+    image = noisy(levels, seed=4, sigma=0.05)
+    truth = np.where(nucleus, 255, np.where(cell, 128, 0)).astype(np.uint8)
+    rough = np.where(shifted(nucleus, 3, 0), 255, np.where(shifted(cell, 0, 3), 128, 0)).astype(np.uint8)
+    out = correct_mask(image, rough, mode="semantic", **FAST)
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 128, 255}
+    assert np.mean(out == truth) > np.mean(rough == truth)
+    assert dice(out == 255, nucleus) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "image, mask, match",
+    [
+        (np.zeros((20, 20)), np.ones((20, 21), int), "shape"),
+        (np.zeros((20, 20)), np.zeros((20, 20), int), "empty"),
+        (np.zeros((20, 20)), np.full((20, 20), 0.5), "non-integer"),
+        (np.full((20, 20), np.nan), np.ones((20, 20), int), "NaN"),
+        (np.zeros((20, 20, 3)), np.ones((20, 20), int), "shape"),  # forgot channel_axis
+    ],
+)
+def test_bad_inputs_raise_clear_errors(image, mask, match):
+    with pytest.raises(ValueError, match=match):
+        correct_mask(image, mask)
+
+
+def test_bad_parameters_raise():
+    image, mask = np.random.default_rng(0).random((20, 20)), np.ones((20, 20), int)
+    for kw, match in (({"mode": "x"}, "mode"), ({"volume_factor": 0}, "volume_factor"),
+                      ({"margin": -1}, "margin"), ({"model": "y"}, "model")):
+        with pytest.raises(ValueError, match=match):
+            correct_mask(image, mask, **kw)
+    with pytest.raises(ValueError, match="two classes"):
+        correct_mask(image, mask, mode="semantic")
+
+
+def test_integer_valued_float_mask_is_accepted(one_disc):
+    image, truth = one_disc
+    out = correct_mask(image, truth.astype(np.float32) * 3, **FAST)
+    assert set(np.unique(out)) == {0, 3}
+
+
+# ------------------------------------------------------------------------ widget
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, qtbot):
+    pytest.importorskip("pytestqt")
+    from napari_vptv._correct_widget import CorrectMaskWidget
+
+    viewer = make_napari_viewer()
+    w = CorrectMaskWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correct mask")
+    yield viewer, w
+    if w.worker is not None and w.worker != "sync":
+        w.cancel()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+
+
+def test_widget_writes_new_corrected_layer(viewer_and_widget, one_disc, qtbot):
+    from napari_vptv._correct_widget import KIND, METADATA_KEY
+
+    viewer, w = viewer_and_widget
+    image, truth = one_disc
+    rough = np.zeros(truth.shape, np.int32)
+    rough[shifted(truth, 4, 3)] = 2
+    viewer.add_image(image, name="cells")
+    lab = viewer.add_labels(rough.copy(), name="rough")
+    w.reset_choices()
+    w.image.value = viewer.layers["cells"]
+    w.labels.value = lab
+    w.max_iter.value = 150
+    worker = w.run()  # threaded, as in the GUI
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120000)
+    out = viewer.layers["rough corrected"]
+    assert out is w.output_layer and out is not lab
+    assert out.metadata[METADATA_KEY]["kind"] == KIND and out.metadata[METADATA_KEY]["source"] == "rough"
+    assert dice(out.data == 2, truth) >= 0.95
+    np.testing.assert_array_equal(lab.data, rough)  # input untouched
+    # a second run replaces the data of its own layer only
+    n_layers = len(viewer.layers)
+    w.run(sync=True)
+    assert len(viewer.layers) == n_layers and w.output_layer is out
+
+
+def test_widget_bad_input_is_a_notification(viewer_and_widget):
+    from napari.utils.notifications import notification_manager
+
+    viewer, w = viewer_and_widget
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    viewer.add_image(np.zeros((30, 30), np.float32), name="img")
+    lab = viewer.add_labels(np.ones((30, 31), np.int32), name="wrong")
+    w.reset_choices()
+    w.labels.value = lab
+    assert w.run(sync=True) is None
+    assert any("shape" in m for m in seen)
+    assert [layer.name for layer in viewer.layers] == ["img", "wrong"]
