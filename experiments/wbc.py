@@ -288,16 +288,23 @@ def _mean(results, key):
 
 
 def write_tables(methods, eval_ids, cache_dir, quick=False):
-    rows, summary = [], {}
+    rows, summary, caches = [], {}, {}
     for method in methods:
         path = cache_dir / f"{method}.json"
         cache = json.loads(path.read_text()) if path.is_file() else {}
+        caches[method] = cache
+    # the classical methods are compared on the images that all of them have finished
+    common = [i for i in eval_ids
+              if all(i in caches[m].get("images", {}) for m in methods
+                     if m not in LEARNED and caches[m].get("images"))]
+    for method in methods:
+        cache = caches[method]
         imgs = cache.get("images", {}) if cache.get("key") == _key(method) else {}
         if method in LEARNED:
             val = cache.get("val_ids") or _learned_val_ids(method)
             sel = [imgs[i] for i in (val or []) if i in imgs]
         else:
-            sel = [imgs[i] for i in eval_ids if i in imgs]
+            sel = [imgs[i] for i in common if i in imgs]
         summary[method] = sel
     ref = summary.get("vptv") or []
     ref_acc = float(_mean(ref, "accuracy")) if ref else np.nan
@@ -329,7 +336,8 @@ def write_tables(methods, eval_ids, cache_dir, quick=False):
             f"{t / ref_t:.2f}",
         ])
     tag = "_quick" if quick else ""
-    text = (f"WBC, {len(eval_ids)} images{' (every 5th, --quick)' if quick else ''}; learned methods on their "
+    text = (f"WBC, {len(common)} of {len(eval_ids)} images{' (every 5th, --quick)' if quick else ''} (those finished by "
+            "every classical method); learned methods on their "
             "validation images only. Accuracy ratio: 3-class pixel accuracy / VPTV's (cell Dice for 2-phase "
             "methods); time ratio: time per image / VPTV's.\n\n" + md_table(header, rows))
     # the validation subset, for a like-for-like comparison with the networks

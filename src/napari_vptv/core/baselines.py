@@ -8,7 +8,7 @@ for the only random step (the k-means initialisation), and they return the same
 ``kmeans_segment``
     Nearest-mean assignment after k-means on the pixel intensities / colours.
 ``emtv_segment``
-    EMTV (Liu, Tai, Huang, Huan 2013; the paper's eq. 6): the VPTV iteration with
+    EMTV (Liu, Ku & Leung 2012, the paper's ref. [8]; eq. 6): the VPTV iteration with
     ``eps = 1``, no volume constraint and the Gaussian negative log-likelihood
     ``-log(alpha_i p_i(h; m_i, Sigma_i))`` as cost, re-estimated (EM) from ``u``.
 ``tds_segment``
@@ -210,10 +210,9 @@ def emtv_segment(
 
     References
     ----------
-    J. Liu, X.-C. Tai, H. Huang, Z. Huan, "A weighted dictionary learning model for
-    denoising images corrupted by mixed noise" / "EMTV": J. Liu, Y.-M. Ku, S. Leung,
-    "Expectation-maximization algorithm with total variation regularization for
-    vector-valued image segmentation", J. Vis. Commun. Image R. 23 (2012).
+    J. Liu, Y.-B. Ku, S. Leung, "Expectation-maximization algorithm with total
+    variation regularization for vector-valued image segmentation", J. Vis. Commun.
+    Image Represent. 23(8) (2012) 1234-1244 (the paper's ref. [8]).
     """
     import torch
 
@@ -560,6 +559,9 @@ def tds_segment(
 
     References
     ----------
+    J. Liu, X.-C. Tai, H. Huang, Z. Huan, "A fast segmentation method based on
+    constraint optimization and its applications: intensity inhomogeneity and
+    texture segmentation", Pattern Recognit. 44(9) (2011) (the paper's TDS, ref. [23]);
     B. Merriman, J. Bence, S. Osher (1992); S. Esedoglu, Y.-H. R. Tsai, "Threshold
     dynamics for the piecewise constant Mumford-Shah functional", J. Comput. Phys.
     211 (2006); D. Wang, H. Li, X. Wei, X.-P. Wang, "An efficient iterative
