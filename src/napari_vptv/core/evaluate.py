@@ -1,0 +1,155 @@
+"""Evaluate a segmentation method on a folder of images with ground-truth masks.
+
+This is the engine of ``vptv evaluate``: images and masks are paired by file stem
+(``images/001.png`` <-> ``masks/001.png``; a mask named ``001_mask.png`` is also
+accepted), each image is segmented with :func:`~napari_vptv.core.methods.segment_image`
+and scored with :mod:`napari_vptv.core.metrics` (the paper's pixel accuracy
+``|L ∩ L_gt| / |L|``, Dice per class, per-class error of the class fractions).
+
+No napari or Qt imports here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .io import list_images, read_image, read_mask
+from .metrics import evaluate as _score
+from .metrics import summarize
+
+__all__ = ["pair_images_and_masks", "evaluate_folder"]
+
+_MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
+
+
+def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
+    """Pair every image in ``images_dir`` with the mask of the same file stem.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder does not exist, or an image has no mask (the message names it).
+    ValueError
+        ``images_dir`` holds no images.
+    """
+    images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
+    for what, d in (("images", images_dir), ("masks", masks_dir)):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} folder '{d}' does not exist or is not a folder")
+    images = list_images(images_dir)
+    if not images:
+        raise ValueError(f"no images (.png, .jpg, .tif, .bmp) found in '{images_dir}'")
+    masks: Dict[str, Path] = {}
+    for m in list_images(masks_dir):
+        masks.setdefault(m.stem, m)
+    pairs = []
+    missing = []
+    for img in images:
+        found = None
+        for sfx in _MASK_SUFFIXES:
+            if img.stem + sfx in masks:
+                found = masks[img.stem + sfx]
+                break
+        if found is None:
+            missing.append(img.name)
+        else:
+            pairs.append((img, found))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"no mask for image '{missing[0]}'{more} in '{masks_dir}' "
+            "(masks are matched by file stem, e.g. images/001.png <-> masks/001.png)"
+        )
+    return pairs
+
+
+def evaluate_folder(
+    images_dir,
+    masks_dir,
+    *,
+    method: str = "vptv",
+    volume_mode: Optional[str] = None,
+    volumes=None,
+    preset: Optional[str] = "wbc",
+    progress: Optional[Callable[[int, int], None]] = None,
+    **kwargs,
+):
+    """Segment every image of a folder and score it against its mask.
+
+    Parameters
+    ----------
+    images_dir, masks_dir : str or Path
+        Folders of images and of masks with the same file stems. Masks are WBC
+        grey masks (0/128/255 -> 0/1/2, nearest value) or integer label images
+        (:func:`~napari_vptv.core.io.read_mask`).
+    method : {"vptv", "unet", "vptv-unet"}
+    volume_mode : {"interval", "exact", "none"}, optional
+        Default: the method's / preset's default (the WBC preset: interval).
+    volumes : sequence of float, optional
+        Exact class fractions (with ``volume_mode="exact"``; default: the preset's
+        training averages).
+    preset : {"wbc", None, "none"}
+        Default ``"wbc"``.
+    progress : callable ``(done, total)``, optional
+        Called after every image (and once with ``done = 0`` before the first).
+    **kwargs
+        Passed to :func:`~napari_vptv.core.methods.segment_image` (``n_classes``,
+        ``epsilon``, ``tv_weight``, ``seed``, ``device``, ``volume_bounds``, ...).
+
+    Returns
+    -------
+    rows : list of dict
+        One per image: ``id`` (file stem), ``image``, ``mask`` (paths),
+        ``accuracy``, ``dice`` (per class), ``mean_dice``, ``volume_error``
+        (per class, absolute), ``fractions``, ``truth_fractions``, ``n_iter``,
+        ``time`` (seconds of the segmentation).
+    summary : dict
+        Means over the images (:func:`~napari_vptv.core.metrics.summarize`):
+        ``n``, ``accuracy`` (the mean pixel accuracy), ``dice``, ``mean_dice``,
+        ``volume_error``, ``time``, ...
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing folder or a mask missing for an image (named).
+    ValueError
+        Unreadable image or mask, or a mask whose size differs from its image
+        (named), bad method / volumes.
+    """
+    from .methods import segment_image
+
+    pairs = pair_images_and_masks(images_dir, masks_dir)
+    total = len(pairs)
+    if progress is not None:
+        progress(0, total)
+    rows = []
+    for done, (img_path, mask_path) in enumerate(pairs, 1):
+        image = read_image(img_path)
+        truth = read_mask(mask_path)
+        if image.shape[: truth.ndim] != truth.shape:
+            raise ValueError(
+                f"mask '{mask_path.name}' has shape {truth.shape}, but image '{img_path.name}' has "
+                f"spatial shape {image.shape[:truth.ndim]}"
+            )
+        channel_axis = -1 if image.ndim == truth.ndim + 1 else None
+        if channel_axis is not None and image.shape[-1] == 4:
+            image = image[..., :3]
+        t0 = time.perf_counter()
+        try:
+            result = segment_image(image, method=method, preset=preset, volume_mode=volume_mode,
+                                   volumes=volumes, channel_axis=channel_axis, **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"image '{img_path.name}': {exc}") from exc
+        dt = time.perf_counter() - t0
+        k = max(int(result.probabilities.shape[0]), int(truth.max()) + 1)
+        row = {"id": img_path.stem, "image": str(img_path), "mask": str(mask_path)}
+        row.update(_score(result.labels, truth, k))
+        row.update(n_iter=int(result.n_iter), time=dt)
+        rows.append(row)
+        if progress is not None:
+            progress(done, total)
+    return rows, summarize(rows)
