@@ -117,7 +117,7 @@ def main(argv=None):
     ap.add_argument("--similarity", default="gaussian")
     ap.add_argument("--em-rounds", type=int, default=1)
     ap.add_argument("--max-num-iter", type=int, default=300)
-    ap.add_argument("--mask-weight", type=float, default=0.5)
+    ap.add_argument("--mask-weight", type=float, default=0.4)
     ap.add_argument("--no-fill-holes", action="store_true")
     ap.add_argument("--smooth", type=float, default=0.0)
     ap.add_argument("--out", default=None, help="JSON file for per-image results and the summary")

@@ -76,7 +76,7 @@ class CorrectMaskWidget(Container):
         self.volume_tolerance = FloatSpinBox(label="Volume tolerance", min=0.0, max=0.9, step=0.01, value=0.0,
                                              tooltip="0: exact areas; t: areas within (1 ± t) × target")
         self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
-        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.5,
+        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.4,
                                         tooltip="cost for leaving the given mask (costs are in [0, 1]); "
                                                 "0: the image alone decides the boundary")
         self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,

@@ -181,7 +181,17 @@ def _prob_cost(p_classes):
 
 
 # ----------------------------------------------------------------------------- solver
-def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device):
+def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device,
+           domain=None):
+    """VPTV labels of a crop; two classes are rounded by a quantile of ``u_1``.
+
+    For two classes the volume-respecting rounding of
+    :func:`napari_vptv.core.segment.round_to_volumes` (the ``eps -> 0`` transport
+    limit with cost ``-log u``) is a threshold: the ``V_1 |Omega|`` pixels with the
+    largest ``log u_1 - log u_0`` (= largest ``u_1``) are class 1. It is computed
+    directly here (a sort instead of an eps-scaling loop). In interval mode the
+    argmax count is clipped to the bounds.
+    """
     from .segment import vptv_segment
 
     volumes = np.asarray(volumes, dtype=float)
@@ -193,6 +203,7 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
         kw["volume_bounds"] = (lo, np.maximum(hi, volumes))
     else:
         kw["volumes"] = volumes
+    two = len(volumes) == 2
     res = vptv_segment(
         features,
         len(volumes),
@@ -202,11 +213,28 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
         edge=edge,
         channel_axis=0,
         max_num_iter=max_num_iter,
+        rounding="argmax" if two else "volume",
         seed=seed,
         device=device,
         **kw,
     )
-    return res.labels
+    if not two:
+        return res.labels
+    u1 = res.probabilities[1]
+    n = u1.size
+    if volume_tolerance > 0:
+        lo, hi = kw["volume_bounds"][0][1] * n, kw["volume_bounds"][1][1] * n
+        count = int(np.clip(np.count_nonzero(u1 > 0.5), np.ceil(lo), np.floor(hi)))
+    else:
+        count = int(round(volumes[1] * n))
+    score = u1.ravel().astype(np.float64)
+    if domain is not None:
+        score[~domain.ravel()] = -1.0
+        count = min(count, int(domain.sum()))
+    order = np.argsort(-score, kind="stable")
+    labels = np.zeros(n, np.int32)
+    labels[order[:count]] = 1
+    return labels.reshape(u1.shape)
 
 
 def _auto_margin(area, ndim):
@@ -293,7 +321,8 @@ def _correct_object(features, out, mask, lab, sl_obj, *, margin, volume_factor, 
             cost[1][~obj] += mask_weight
             cost[0][obj] += mask_weight
         cost[1][other] = _PROHIBITIVE
-        seg = _solve(feat, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device)
+        seg = _solve(feat, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device,
+                     domain=domain)
         new = (seg == 1) & domain
         if fill_holes:
             from scipy.ndimage import binary_fill_holes
@@ -324,7 +353,7 @@ def correct_mask_iter(
     model: str = "colour",
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.5,
+    mask_weight: float = 0.4,
     fill_holes: bool = True,
     smooth: float = 0.0,
     max_num_iter: int = 300,
@@ -427,7 +456,7 @@ def correct_mask(
     model: str = "colour",
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.5,
+    mask_weight: float = 0.4,
     fill_holes: bool = True,
     smooth: float = 0.0,
     max_num_iter: int = 300,
