@@ -121,7 +121,18 @@ def main(argv=None):
     ap.add_argument("--no-fill-holes", action="store_true")
     ap.add_argument("--smooth", type=float, default=0.0)
     ap.add_argument("--out", default=None, help="JSON file for per-image results and the summary")
+    ap.add_argument("--rows", default=None,
+                    help="JSON-lines file: one line per corrected mask, appended as the run goes")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="ROWS",
+                    help="only print the summary table of existing --rows files")
     args = ap.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for f in args.summarize for line in Path(f).read_text().splitlines() if line]
+        kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
+        factors = {}
+        for r in rows:
+            factors.setdefault(r["kind"], r.get("volume_factor", 1.0))
+        return _summary(rows, kinds, factors)
 
     import torch
 
@@ -167,15 +178,31 @@ def main(argv=None):
                 dice_before=dice(rough, truth), dice_after=dice(fixed, truth),
                 acc_before=float(np.mean(rough == truth)), acc_after=float(np.mean(fixed == truth)),
                 area_true=int(truth.sum()), area_given=int(rough.sum()), area_after=int(fixed.sum()),
-                seconds=dt,
+                seconds=dt, volume_factor=factors[kind],
             )
             rows.append(row)
+            if args.rows:
+                with open(args.rows, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
         last = [r for r in rows if r["id"] == key]
         print(f"{n_img + 1}/{len(data)} {key} " + " ".join(
             f"{r['kind']}:{r['dice_before']:.3f}->{r['dice_after']:.3f}" for r in last
         ) + f"  [{time.perf_counter() - t0:.0f}s]", flush=True)
 
+    summary = _summary(rows, kinds, factors)
+    print(f"# total {time.perf_counter() - t0:.0f}s, mean {np.mean([r['seconds'] for r in rows]):.2f}s per mask")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(dict(params=params, factors=factors, kinds=kinds,
+                                                  command=" ".join(sys.argv), summary=summary, rows=rows),
+                                             indent=1))
+    return summary
+
+
+def _summary(rows, kinds, factors):
     summary = {}
+    n_img = len({r["id"] for r in rows})
+    print(f"\n{n_img} images")
     print("\nkind      n   Dice before  Dice after  acc before  acc after  worst dDice  factor")
     for kind in kinds:
         rs = [r for r in rows if r["kind"] == kind]
@@ -192,12 +219,6 @@ def main(argv=None):
     allb = np.mean([r["dice_before"] for r in rows])
     alla = np.mean([r["dice_after"] for r in rows])
     print(f"all       {len(rows):3d}   {allb:.4f}      {alla:.4f}")
-    print(f"# total {time.perf_counter() - t0:.0f}s, mean {np.mean([r['seconds'] for r in rows]):.2f}s per mask")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(params=params, factors=factors, kinds=kinds,
-                                                  command=" ".join(sys.argv), summary=summary, rows=rows),
-                                             indent=1))
     return summary
 
 

@@ -237,3 +237,19 @@ def test_widget_bad_input_is_a_notification(viewer_and_widget):
     assert w.run(sync=True) is None
     assert any("shape" in m for m in seen)
     assert [layer.name for layer in viewer.layers] == ["img", "wrong"]
+
+
+def test_cli_correct(tmp_path, one_disc):
+    from napari_vptv.cli import main
+    from napari_vptv.core.io import read_mask, write_labels
+
+    image, truth = one_disc
+    img_path, mask_path, out = tmp_path / "img.tif", tmp_path / "rough.png", tmp_path / "fixed.png"
+    import tifffile
+
+    tifffile.imwrite(img_path, image)
+    write_labels(mask_path, shifted(truth, 4, -3).astype(np.uint8))
+    assert main(["correct", str(img_path), str(mask_path), "--out", str(out), "--max-iter", "150",
+                 "--mask-weight", "0.4"]) == 0
+    fixed = read_mask(out)
+    assert dice(fixed > 0, truth) >= 0.95

@@ -274,6 +274,14 @@ def _add_correct_parser(sub) -> None:
     p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=None,
                    help="edge-weighted TV (default: on)")
     p.add_argument("--max-iter", type=_positive_int, default=None, metavar="N", help="iterations per solve")
+    p.add_argument("--margin", type=_positive_int, default=None, metavar="PX",
+                   help="crop margin around each object in pixels (default: automatic)")
+    p.add_argument("--mask-weight", type=_nonneg_float, default=None, metavar="B",
+                   help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.4)")
+    p.add_argument("--model", choices=["colour", "vptv-unet"], default=None,
+                   help="costs from a colour model of the mask (default) or the VPTVU-net (WBC nuclei)")
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill holes of corrected objects (default: on)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -600,6 +608,8 @@ def _cmd_correct(args) -> int:
         "mode": args.mode, "volume_factor": args.volume_factor, "volume_tolerance": args.volume_tolerance,
         "epsilon": args.epsilon, "tv_weight": args.tv_weight, "edge": args.edge,
         "max_num_iter": args.max_iter, "seed": args.seed, "device": args.device,
+        "margin": args.margin, "mask_weight": args.mask_weight, "model": args.model,
+        "fill_holes": args.fill_holes,
     }
     accepted = inspect.signature(correct_mask).parameters
     kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
