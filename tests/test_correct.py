@@ -86,12 +86,12 @@ def test_touching_objects_stay_two_and_keep_ids():
     a, b = disc(shape, (35, 35), 14), disc(shape, (35, 63), 14)  # touching at x = 49
     assert ndi.label(a | b)[1] == 1
     image = noisy(0.2 + 0.6 * (a | b), seed=1)
-    rough = np.zeros(shape, np.int32)
+    rough = np.zeros(shape, np.uint32)
     rough[shifted(a, 2, -3)] = 3
-    rough[shifted(b, -2, 3) & (rough == 0)] = 5
+    rough[shifted(b, -2, 3) & (rough == 0)] = 70000  # large, sparse ids are kept too
     out = correct_mask(image, rough, **FAST)
-    assert set(np.unique(out)) == {0, 3, 5}
-    for lab, truth in ((3, a), (5, b)):
+    assert out.dtype == np.uint32 and set(np.unique(out)) == {0, 3, 70000}
+    for lab, truth in ((3, a), (70000, b)):
         assert ndi.label(out == lab)[1] == 1
         assert dice(out == lab, truth) >= 0.9
 
@@ -105,6 +105,15 @@ def test_object_touching_the_border():
     assert set(np.unique(out)) == {0, 2}
     assert dice(out == 2, truth) >= 0.93
     assert dice(out == 2, truth) > dice(rough == 2, truth)
+
+
+def test_3d_ball_and_mean_similarity():
+    z, y, x = np.indices((24, 28, 28))
+    truth = (z - 12) ** 2 + (y - 14) ** 2 + (x - 14) ** 2 <= 7**2
+    image = noisy(0.2 + 0.6 * truth, seed=5)
+    rough = np.roll(truth, (2, 2, -2), axis=(0, 1, 2)).astype(np.int32)
+    out = correct_mask(image, rough, similarity="mean", max_num_iter=100)
+    assert dice(out == 1, truth) >= 0.93 and dice(out == 1, truth) > dice(rough, truth) + 0.1
 
 
 def test_rgb_image_and_bool_mask(one_disc):

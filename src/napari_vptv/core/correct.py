@@ -149,8 +149,9 @@ def _fit_cost(features, labels, weights_mask, n_classes, similarity):
     with torch.no_grad():
         nll = model.cost(x)[0].double().numpy()
     if similarity == "mean":
-        # squared distances in intensity units; scale to "nats" of a unit-ish noise level
-        nll = nll / max(float(np.median(np.min(nll, axis=0))) * 2 + 1e-3, 1e-3)
+        # squared distances -> nats with the pooled per-channel variance of the classes
+        var = float(np.mean([np.trace(cv) / c for cv in covs]))
+        nll = nll / (2 * max(var, 1e-6))
     diff = nll - nll.min(axis=0, keepdims=True)
     return (np.minimum(diff, _CLIP) / _CLIP).astype(np.float32)
 
@@ -426,19 +427,25 @@ def correct_mask_iter(
         return values[labels].astype(out_dtype)
 
     p_nuc = None if model_prob is None else model_prob[2]
-    slices = ndi.find_objects(m)
+    # compact ids 1..n internally (label ids may be large and sparse), mapped back at the end
+    values, inverse = np.unique(m, return_inverse=True)
+    if values[0] != 0:
+        values = np.concatenate([[0], values])
+        inverse = inverse + 1
+    compact = inverse.reshape(m.shape).astype(np.int64)
+    slices = ndi.find_objects(compact)
     ids = [i + 1 for i, s in enumerate(slices) if s is not None]
-    out = m.copy()
+    out = compact.copy()
     for done, lab in enumerate(ids, start=1):
         _correct_object(
-            features, out, m, lab, slices[lab - 1],
+            features, out, compact, lab, slices[lab - 1],
             margin=margin, volume_factor=volume_factor, volume_tolerance=volume_tolerance, epsilon=epsilon,
             tv_weight=tv_weight, edge=edge, model_prob=p_nuc, similarity=similarity, em_rounds=em_rounds,
             max_num_iter=max_num_iter, seed=seed, device=device, mask_weight=mask_weight,
             fill_holes=fill_holes, smooth=smooth,
         )
-        yield CorrectionProgress(done, len(ids), int(lab))
-    return out.astype(out_dtype)
+        yield CorrectionProgress(done, len(ids), int(values[lab]))
+    return values[out].astype(out_dtype)
 
 
 def correct_mask(
@@ -536,13 +543,24 @@ def correct_mask(
 
     Notes
     -----
-    Per object, the costs are ``c_i(x) = min(l_best(x) - l_i(x), 8) / 8`` with
-    ``l_i`` the class log-likelihood, so ``c`` is in [0, 1] and 0 for the most likely
-    class; pixels of other objects get a prohibitive cost for the object class.
-    The labels are read from ``u`` with the volume-respecting rounding of
-    :func:`napari_vptv.core.segment.vptv_segment`, so the corrected area equals the
-    target up to the components that are dropped because they do not touch the
-    given object.
+    Per object (crop ``Omega``, given object ``M``), the cost of class ``i``
+    (0 = outside, 1 = object) is
+
+    ``c_i(x) = min(l_best(x) - l_i(x), 8) / 8 + beta [x in M xor i = 1]``
+
+    with ``l_i`` the log-likelihood of the class model (so the data part is in
+    [0, 1] and 0 for the most likely class) and ``beta = mask_weight``: leaving the
+    given mask costs ``beta``, so only pixels whose colour clearly disagrees with the
+    mask move, and an accurate mask stays as it is. The first class model is fitted
+    on pixels away from the given boundary (deeper than 0.35 x the object's
+    equivalent radius inside it / farther outside it), because a rough mask is wrong
+    mostly near its boundary; ``em_rounds`` refits on the corrected object.
+    Pixels of other objects get a prohibitive cost for the object class. The
+    two-phase problem (eq. 11 with ``U(V)``, ``V_1 = target / |Omega|``) is solved
+    by Algorithm 1; labels are the ``V_1 |Omega|`` pixels with the largest
+    ``u_1`` (the two-class case of the volume-respecting rounding), then holes are
+    filled and only the components touching ``M`` are kept, so the corrected area
+    equals the target up to those two steps.
 
     References
     ----------
