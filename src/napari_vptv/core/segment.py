@@ -181,7 +181,9 @@ def vptv_segment(
         Starting similarity model (e.g. learned from training images).
     em_update : bool
         Re-estimate the class model from ``u`` every ``update_every`` iterations
-        (Algorithm 1 step 5; EM-like).
+        (Algorithm 1 step 5; EM-like). The M-step uses the hard assignment
+        ``argmax_i u_i`` (classification EM), which does not collapse the classes
+        when the TV term makes ``u`` soft.
     max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.vptv.vptv_iterate`.
     channel_axis : int or None
         Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
@@ -280,7 +282,13 @@ def vptv_segment(
             holder = {"model": model}
 
             def update(u):
-                holder["model"] = holder["model"].update(x, u)
+                # M-step from the hard assignment argmax_i u_i (classification EM).
+                # With the soft u the TV term lets u flatten towards the volume
+                # fractions in noisy regions; the soft means then drift together
+                # and the classes collapse (measured on a noisy disc: accuracy 0.39
+                # with soft u, 0.99 with hard u).
+                hard = torch.nn.functional.one_hot(u.argmax(dim=1), u.shape[1]).movedim(-1, 1).to(u.dtype)
+                holder["model"] = holder["model"].update(x, hard)
                 return holder["model"].cost(x)
 
     e = None
