@@ -1,0 +1,415 @@
+"""The "VPTV segmentation" widget in a real napari viewer (run under Xvfb).
+
+    xvfb-run -a python -m pytest tests/test_widget.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Labels  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_vptv._widget import METADATA_KEY, SegmentationWidget  # noqa: E402
+from napari_vptv.core.samples import load_sample  # noqa: E402
+
+FAST = 25  # solver iterations in tests: the labels meet the volumes for any count
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine torch's thread pool mostly spins."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test: list of (severity, message)."""
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def widget(viewer, qtbot):
+    w = SegmentationWidget(viewer)
+    viewer.window.add_dock_widget(w, name="VPTV segmentation")
+    yield w
+    if w.worker is not None and w.worker != "sync":
+        w.cancel()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+
+
+@pytest.fixture(scope="module")
+def wbc():
+    """A 120 x 120 crop of a bundled WBC sample around the cell (keeps tests fast)."""
+    image, mask = load_sample("001")
+    return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()
+
+
+def labels_layers(viewer):
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def snapshot(viewer):
+    return [(layer.name, type(layer).__name__, id(layer)) for layer in viewer.layers]
+
+
+def errors(notes):
+    return [m for s, m in notes if "error" in s.lower()]
+
+
+def fractions(labels, k):
+    return np.bincount(np.asarray(labels).ravel(), minlength=k) / np.asarray(labels).size
+
+
+def ball(shape=(24, 24, 24), radius=7.0, seed=0):
+    z, y, x = np.indices(shape)
+    c = (np.asarray(shape) - 1) / 2
+    inside = ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= radius**2
+    rng = np.random.default_rng(seed)
+    return (0.2 + 0.6 * inside + rng.normal(0, 0.1, shape)).astype(np.float32), inside
+
+
+def disc_stack(n=4, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    stack = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        r = 10 + 3 * i
+        stack[i] = 0.2 + 0.6 * ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= r * r)
+    return stack + rng.normal(0, 0.05, stack.shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- npe2
+def test_widget_from_manifest(viewer):
+    dock, w = viewer.window.add_plugin_dock_widget("napari-vptv", "VPTV segmentation")
+    assert isinstance(w, SegmentationWidget)
+    assert w.image.value is None  # no image yet
+    viewer.open_sample("napari-vptv", "wbc_001")
+    assert w.image.value is viewer.layers[-1]  # choices follow the layer list
+
+
+# -------------------------------------------------------------------- 2-D WBC runs
+def test_wbc_sample_interval(viewer, widget, wbc, notes):
+    viewer.open_sample("napari-vptv", "wbc_001")
+    image_layer = viewer.layers[-1]
+    assert image_layer.rgb
+    widget.image.value = image_layer
+    widget.preset.value = "WBC (3 classes)"
+    assert widget.volume_mode.value == "interval"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert out is not None and out in viewer.layers and isinstance(out, Labels)
+    assert out.name == f"{image_layer.name} VPTV"
+    assert out.data.shape == (300, 300) and out.data.dtype == np.uint8
+    meta = out.metadata[METADATA_KEY]
+    assert meta["source"] == image_layer.name and meta["method"] == "vptv" and meta["complete"]
+    spec = meta["volume_spec"]
+    achieved = fractions(out.data, 3)
+    np.testing.assert_allclose(meta["volumes"], achieved)
+    assert np.all(achieved >= np.asarray(spec["lower"]) - 0.005), (achieved, spec)
+    assert np.all(achieved <= np.asarray(spec["upper"]) + 0.005), (achieved, spec)
+    assert set(np.unique(out.data)) <= {0, 1, 2}
+    assert widget.run_button.enabled and widget.worker is None
+
+
+def test_exact_volumes_and_rerun_updates_same_layer(viewer, widget, wbc, notes):
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    np.testing.assert_allclose(fractions(out.data, 3), [0.7, 0.2, 0.1], atol=0.005)
+    first = out.data.copy()
+
+    widget.volumes.value = "0.6, 0.25, 0.15"
+    out2 = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert out2 is out and len(labels_layers(viewer)) == 1
+    assert out.name == "cell VPTV"
+    np.testing.assert_allclose(fractions(out.data, 3), [0.6, 0.25, 0.15], atol=0.005)
+    assert not np.array_equal(first, out.data)
+    assert out.metadata[METADATA_KEY]["params"]["volumes"] == "0.6, 0.25, 0.15"
+
+
+def test_user_layer_with_output_name_untouched(viewer, widget, wbc):
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    mine = np.full(image.shape[:2], 7, np.uint8)
+    user = viewer.add_labels(mine.copy(), name="cell VPTV")
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert out is not user and out.name == "cell VPTV [2]"
+    out2 = widget.run(sync=True)
+    assert out2 is out
+    assert user in viewer.layers and user.name == "cell VPTV"
+    np.testing.assert_array_equal(user.data, mine)
+    assert METADATA_KEY not in user.metadata
+    assert len(labels_layers(viewer)) == 2
+
+
+# ----------------------------------------------------------------------- bad input
+def test_bad_inputs_notify_and_change_nothing(viewer, widget, wbc, notes):
+    # no image layer
+    before = snapshot(viewer)
+    assert widget.run(sync=True) is None
+    assert errors(notes) and "No image layer" in errors(notes)[-1]
+    assert "No image layer" in widget.status.value
+
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.preset.value = "custom"
+    widget.max_iter.value = FAST
+
+    # exact volumes summing to 1.4
+    before = snapshot(viewer)
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.8, 0.4, 0.2"
+    assert widget.run(sync=True) is None
+    assert "sum to 1" in errors(notes)[-1] and "sum to 1" in widget.status.value
+    assert snapshot(viewer) == before
+
+    # wrong number of volumes, crossing interval
+    widget.volumes.value = "0.5, 0.5"
+    assert widget.run(sync=True) is None and "one value per class" in errors(notes)[-1]
+    widget.volume_mode.value = "interval"
+    widget.lower.value = "0.5, 0.3, 0.1"
+    widget.upper.value = "0.9, 0.2, 0.2"
+    assert widget.run(sync=True) is None and "empty" in errors(notes)[-1]
+    assert snapshot(viewer) == before
+
+    # a NaN image
+    bad = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    bad[3, 4] = np.nan
+    viewer.add_image(bad, name="nan image")
+    widget.image.value = viewer.layers["nan image"]
+    widget.volume_mode.value = "none"
+    before = snapshot(viewer)
+    assert widget.run(sync=True) is None
+    assert "NaN" in errors(notes)[-1]
+    assert snapshot(viewer) == before
+
+    # 3-D volume mode on a 2-D image
+    widget.image.value = viewer.layers["cell"]
+    widget.stack_mode.value = "3-D volume (variational only)"
+    assert widget.run(sync=True) is None and "3-D volume mode" in errors(notes)[-1]
+    assert snapshot(viewer) == before
+
+    # still works afterwards
+    widget.stack_mode.value = "slice by slice"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    out = widget.run(sync=True)
+    assert out is not None and out.metadata[METADATA_KEY]["complete"]
+
+
+def test_error_inside_a_slice_is_a_notification(viewer, widget, notes):
+    """A NaN slice in a lazy stack fails inside the run: notification, layer marked failed."""
+    da = pytest.importorskip("dask.array")
+    stack = disc_stack(3, 32)
+    stack[1, 5, 5] = np.nan
+    viewer.add_image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    widget.volume_mode.value = "none"
+    widget.max_iter.value = 10
+    out = widget.run(sync=True)
+    assert "NaN" in errors(notes)[-1] and "slice 2 of 3" in errors(notes)[-1]
+    meta = out.metadata[METADATA_KEY]
+    assert not meta["complete"] and meta["slices_done"] == 1
+    assert "failed" in out.name
+    assert widget.run_button.enabled and widget.worker is None
+
+
+# -------------------------------------------------------------------------- stacks
+def test_stack_slice_by_slice(viewer, widget, notes):
+    stack = disc_stack(4, 64)
+    viewer.add_image(stack, name="zstack")
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.8, 0.2"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert out.data.shape == (4, 64, 64) and out.data.dtype == np.uint8
+    meta = out.metadata[METADATA_KEY]
+    assert meta["complete"] and meta["slices_total"] == 4 and meta["slices_done"] == 4
+    assert len(meta["slice_volumes"]) == 4
+    for z in range(4):
+        np.testing.assert_allclose(fractions(out.data[z], 2), [0.8, 0.2], atol=0.005)
+        np.testing.assert_allclose(meta["slice_volumes"][str(z)], fractions(out.data[z], 2))
+
+
+def test_rgb_time_series(viewer, widget, wbc):
+    image, _ = wbc
+    crop = image[:96, :96]
+    stack = np.stack([crop, np.ascontiguousarray(crop[::-1])])  # T, Y, X, RGB
+    viewer.add_image(stack, name="movie", rgb=True)
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.5, 0.3, 0.2"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert out.data.shape == (2, 96, 96)
+    for t in range(2):
+        np.testing.assert_allclose(fractions(out.data[t], 3), [0.5, 0.3, 0.2], atol=0.005)
+
+
+def test_volume_mode_ball(viewer, widget, notes):
+    image, inside = ball()
+    viewer.add_image(image, name="ball")
+    frac = inside.mean()
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = f"{1 - frac:.5f}, {frac:.5f}"
+    widget.stack_mode.value = "3-D volume (variational only)"
+    widget.max_iter.value = 60
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert out.data.shape == image.shape
+    assert out.metadata[METADATA_KEY]["slices_total"] == 1
+    seg = out.data == 1
+    assert abs(seg.mean() - frac) < 0.005
+    dice = 2 * (seg & inside).sum() / (seg.sum() + inside.sum())
+    assert dice > 0.95, dice
+
+
+def test_volume_mode_refused_for_network(viewer, widget, notes):
+    viewer.add_image(ball()[0], name="ball")
+    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    widget.stack_mode.value = "3-D volume (variational only)"
+    before = snapshot(viewer)
+    assert widget.run(sync=True) is None
+    assert errors(notes)
+    assert snapshot(viewer) == before
+
+
+# ------------------------------------------------------------------------ threaded
+def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    widget.max_iter.value = FAST
+    worker = widget.run()
+    assert worker is not None and widget.worker is worker
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    assert widget.run() is None  # refused while running
+    assert any("already running" in m for _, m in notes)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    out = viewer.layers["cell VPTV"]
+    assert out.metadata[METADATA_KEY]["complete"]
+    np.testing.assert_allclose(fractions(out.data, 3), [0.7, 0.2, 0.1], atol=0.005)
+    assert len(labels_layers(viewer)) == 1
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_cancel_mid_run(viewer, widget, qtbot):
+    n = 8
+    stack = disc_stack(n, 64, seed=1)
+    viewer.add_image(stack, name="tstack")
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.8, 0.2"
+    widget.max_iter.value = 150
+    arrived = []
+    worker = widget.run()
+    worker.yielded.connect(lambda msg: arrived.append(msg[0]))
+    qtbot.waitUntil(lambda: len(arrived) >= 1, timeout=120000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    out = widget.output_layer
+    meta = out.metadata[METADATA_KEY]
+    done = meta["slices_done"]
+    assert 1 <= done < n
+    assert not meta["complete"]
+    assert meta["status"] == f"cancelled after {done} of {n} slices"
+    assert out.name == f"tstack VPTV (cancelled {done}/{n})"
+    assert f"cancelled after {done} of {n}" in widget.status.value
+    # finished slices are complete segmentations, the rest untouched (zeros)
+    for z in range(done):
+        np.testing.assert_allclose(fractions(out.data[z], 2), [0.8, 0.2], atol=0.005)
+    assert not out.data[done:].any()
+    # the viewer and the widget still work: a rerun completes and updates the layer
+    widget.max_iter.value = FAST
+    out2 = widget.run(sync=True)
+    assert out2 is out and out.name == "tstack VPTV"
+    assert out.metadata[METADATA_KEY]["complete"]
+    for z in range(n):
+        np.testing.assert_allclose(fractions(out.data[z], 2), [0.8, 0.2], atol=0.005)
+    assert len(labels_layers(viewer)) == 1
+
+
+def test_dask_layer_read_slice_by_slice(viewer, widget):
+    da = pytest.importorskip("dask.array")
+    base = disc_stack(5, 48)
+    computed = []
+
+    def load(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(base, chunks=(1, 48, 48)).map_blocks(load, dtype=base.dtype)
+    viewer.add_image(lazy, name="lazy")
+    shown = set(computed)  # napari reads the displayed slice itself
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.8, 0.2"
+    widget.max_iter.value = 10
+
+    seen_at_slice = {}
+    widget.slice_finished.connect(lambda item: seen_at_slice.__setitem__(item.index[0], set(computed)))
+    out = widget.run(sync=True)
+    assert out.data.shape == (5, 48, 48) and out.metadata[METADATA_KEY]["complete"]
+    for z in range(5):
+        # when slice z arrives only chunks 0..z (and the displayed one) were read
+        assert seen_at_slice[z] <= set(range(z + 1)) | shown, (z, seen_at_slice[z])
+
+
+# ------------------------------------------------------------------ presets / k-means
+def test_estimate_from_image(viewer, widget):
+    stack = disc_stack(2, 64)
+    viewer.add_image(stack, name="discs")
+    widget.preset.value = "custom"
+    widget.n_classes.value = 2
+    frac = widget.estimate_volumes()
+    yy, xx = np.indices((64, 64))
+    truth = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 100).mean()
+    assert abs(frac[1] - truth) < 0.02  # bright class = the disc of slice 0
+    assert widget.volumes.value == ", ".join(f"{v:.3g}" for v in frac)
+    viewer.dims.set_current_step(0, 1)  # slice 1: disc radius 13
+    frac1 = widget.estimate_volumes()
+    assert frac1[1] > frac[1]
+    widget.preset.value = "estimate from image (k-means)"  # fills in, too
+    assert widget.volume_spec().mode in ("interval", "exact", "none")
