@@ -23,6 +23,17 @@ from napari_vptv.core.batch import (
     store_labels_tiff,
 )
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny images: one torch thread (2 threads on a busy 2-core machine are ~10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # a cheap real solver: 2 classes, k-means initialised, few iterations
 FAST = dict(preset="none", n_classes=2, max_num_iter=500)
 

@@ -375,7 +375,7 @@ def _cmd_segment(args) -> int:
         except ImportError:
             raise CLIError("--scheduler needs the 'distributed' package (pip install distributed)") from None
         try:
-            client = Client(args.scheduler, timeout="20s", set_as_default=False)
+            client = Client(args.scheduler, timeout="15s", set_as_default=False)
         except Exception as exc:  # noqa: BLE001
             raise CLIError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {exc}") from None
         scheduler = client

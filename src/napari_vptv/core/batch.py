@@ -123,62 +123,15 @@ class SegmentFn:
         return 2
 
     def __call__(self, image, *, channel_axis=None):
-        image = np.asarray(image)
+        from .methods import segment_image  # the single dispatcher (solver and networks)
+
         rgb = channel_axis is not None
-        preset = self.resolved_preset(rgb)
         opts = dict(self.options)
-        try:  # the single dispatcher, when present
-            from .methods import segment_image  # noqa: WPS433
-        except ImportError:
-            segment_image = None
-        if segment_image is not None:
-            lower, upper = opts.pop("lower", None), opts.pop("upper", None)
-            if lower is not None or upper is not None:
-                opts["volume_bounds"] = (lower, upper)
-            return segment_image(image, method=self.method, preset=preset, channel_axis=channel_axis, **opts)
-        return _fallback_segment(image, self.method, preset, channel_axis, opts)
-
-
-def _fallback_segment(image, method, preset, channel_axis, opts):
-    """Segment with the solver / networks directly (before ``core.methods`` exists)."""
-    from .segment import vptv_segment
-
-    solver_keys = {"epsilon", "tv_weight", "edge", "max_num_iter", "seed", "device", "tol"}
-    if method != "vptv":
-        from ..nn.weights import predict_wbc
-
-        mode = opts.get("volume_mode")
-        vols = opts.get("volumes")
-        if mode == "interval" and opts.get("lower") is not None:
-            vols = np.stack([opts["lower"], opts["upper"]])
-        labels, prob = predict_wbc(image, method=method, volumes=vols, volume_mode=mode,
-                                   device=opts.get("device", "cpu"))
-        return labels
-    lower, upper = opts.pop("lower", None), opts.pop("upper", None)
-    if preset == "wbc":
-        if channel_axis is None:
-            raise ValueError("the WBC preset needs an RGB image (got a grey image); use --preset none")
-        from .wbc import wbc_preset
-
-        mode = opts.get("volume_mode") or "interval"
-        kw = wbc_preset("none" if mode == "none" else mode,
-                        **{k: v for k, v in opts.items() if k in solver_keys})
-        if mode == "exact" and opts.get("volumes") is not None:
-            kw["volumes"] = opts["volumes"]
-        if mode == "interval" and lower is not None:
-            kw["volume_bounds"] = (lower, upper)
-        kw["channel_axis"] = channel_axis
-        return vptv_segment(image, **kw)
-    bounds = (lower, upper) if (lower is not None or upper is not None) else None
-    return vptv_segment(
-        image,
-        opts.get("n_classes"),
-        volumes=opts.get("volumes"),
-        volume_mode=opts.get("volume_mode"),
-        volume_bounds=bounds,
-        channel_axis=channel_axis,
-        **{k: v for k, v in opts.items() if k in solver_keys},
-    )
+        lower, upper = opts.pop("lower", None), opts.pop("upper", None)
+        if lower is not None or upper is not None:
+            opts["volume_bounds"] = (lower, upper)
+        return segment_image(np.asarray(image), method=self.method, preset=self.resolved_preset(rgb),
+                             channel_axis=channel_axis, **opts)
 
 
 def make_segment_fn(
