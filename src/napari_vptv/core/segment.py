@@ -345,10 +345,29 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
     meet the volume constraint, as the ``eps -> 0`` limit of the entropic transport
     problem with cost ``-log u`` (eps-scaling with warm starts, no TV). Pixels whose
     ``u`` ties exactly cannot be split, so the fractions are met up to such ties.
+    Exact volumes are solved directly by the membership auction
+    (:func:`napari_vptv.core.baselines.auction_assign`): class sizes are then exact
+    (up to one pixel from rounding ``V_i * P`` to integers).
     """
     import torch
 
     from .vptv import vptv_iterate
+
+    if spec.mode == "exact":
+        # Exact class sizes: the same transport problem solved exactly by the
+        # membership auction (baselines.auction_assign), ~10x faster than the
+        # eps-scaled Sinkhorn below, which needs >1000 iterations for exact volumes.
+        from .baselines import auction_assign
+
+        n, k = u.shape[:2]
+        logu = torch.log(torch.clamp(u, min=1e-12)).reshape(n, k, -1).double().cpu().numpy()
+        p = logu.shape[2]
+        target = np.asarray(spec.volumes, dtype=np.float64) * p
+        caps = np.floor(target).astype(np.int64)
+        # hand the pixels lost to flooring to the classes with the largest remainders
+        caps[np.argsort(caps - target, kind="stable")[: p - int(caps.sum())]] += 1
+        labels = np.stack([np.asarray(auction_assign(logu[b], caps)[0]) for b in range(n)])
+        return torch.from_numpy(labels.astype(np.int64)).reshape((n,) + tuple(u.shape[2:])).to(u.device)
 
     cost = -torch.log(torch.clamp(u, min=1e-12))
     kwargs = {k: (torch.as_tensor(v, dtype=u.dtype) if not isinstance(v, tuple) else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v))
