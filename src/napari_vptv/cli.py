@@ -130,6 +130,8 @@ def _add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> N
                    help="maximum number of solver iterations (default 500)")
     g.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch CPU threads for one image (default: torch's; stacks use --workers)")
 
 
 def _segment_fn_from_args(args):
@@ -223,6 +225,8 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--classes", type=int, default=None, metavar="K", help="number of classes (preset none)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write all figures to a JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -244,6 +248,8 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--volume-mode", choices=["interval", "exact", "none"], default=None,
                    help="volume constraint (default: the preset's)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing demo outputs")
     p.set_defaults(func=_cmd_demo)
 
@@ -531,16 +537,23 @@ def _cmd_evaluate(args) -> int:
 # --------------------------------------------------------------------------- #
 # demo
 # --------------------------------------------------------------------------- #
-def overlay_image(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.35) -> np.ndarray:
-    """RGB uint8 overlay: classes > 0 tinted and class boundaries drawn (scikit-image)."""
-    from skimage.color import label2rgb
+def overlay_image(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 overlay: classes > 0 tinted over the colour image, class boundaries drawn.
+
+    Class 1 yellow, 2 magenta, 3 cyan, ... (class 0 untinted); boundaries by
+    :func:`skimage.segmentation.mark_boundaries`.
+    """
     from skimage.segmentation import mark_boundaries
     from skimage.util import img_as_float
 
     img = img_as_float(image[..., :3] if image.ndim == 3 else np.stack([image] * 3, -1))
-    tinted = label2rgb(labels, image=img, alpha=alpha, bg_label=0, bg_color=None,
-                       colors=["yellow", "magenta", "cyan", "lime", "orange"], image_alpha=1.0, kind="overlay")
-    edged = mark_boundaries(tinted, labels, color=(0, 0, 0), mode="inner")
+    palette = np.array([[0, 0, 0], [1, 0.85, 0], [0.85, 0, 0.85], [0, 0.8, 0.9], [0.2, 0.9, 0.2],
+                        [1, 0.5, 0]], dtype=float)
+    lab = np.asarray(labels).astype(np.intp)
+    colours = palette[np.where(lab > 0, (lab - 1) % (len(palette) - 1) + 1, 0)]
+    a = np.where(lab[..., None] > 0, alpha, 0.0)
+    tinted = img * (1 - a) + colours * a
+    edged = mark_boundaries(tinted, lab, color=(0, 0, 0), mode="inner")
     return np.clip(np.round(edged * 255), 0, 255).astype(np.uint8)
 
 
@@ -661,6 +674,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmd = f"{PROG} {args.command}"
     debug = bool(os.environ.get("VPTV_DEBUG"))
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(int(args.threads))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{cmd}: interrupted", file=sys.stderr)
