@@ -55,6 +55,10 @@ def _stack(n_slices=4, n=32, seed=0):
     return np.stack([_grey(n, 6.0 + i, seed + i) for i in range(n_slices)])
 
 
+def _grey_u8(**kw):
+    return (_grey(**kw) * 255).astype(np.uint8)
+
+
 def _threshold(image, *, channel_axis=None):
     """A deterministic single-image segmentation for the plumbing tests."""
     img = np.asarray(image, dtype=float)
@@ -270,6 +274,15 @@ def test_resume_skips_and_overwrite_replaces(tmp_path):
     assert res.status == "done"
     assert iio.imread(out / "a.png").shape == (32, 32)
     assert not list(out.glob(".*partial*"))  # no temporary left behind
+
+
+def test_output_never_replaces_the_input(tmp_path):
+    iio.imwrite(tmp_path / "a.png", _grey_u8())
+    before = (tmp_path / "a.png").read_bytes()
+    for overwrite in (False, True):
+        res = segment_file(tmp_path / "a.png", tmp_path, make_segment_fn("vptv", **FAST), overwrite=overwrite)
+        assert res.status == "failed" and "input file itself" in res.message
+    assert (tmp_path / "a.png").read_bytes() == before
 
 
 def test_publish_never_clobbers(tmp_path):

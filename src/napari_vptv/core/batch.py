@@ -811,6 +811,9 @@ def segment_file(
     out_dir = Path(out_dir)
     result = FileResult(p)
     try:
+        for cand in _possible_outputs(p, out_dir, fmt):
+            if p.exists() and cand.exists() and os.path.samefile(cand, p):
+                raise ValueError(f"the output '{cand}' would be the input file itself; choose another output folder")
         # resume: skip before reading anything (the name only depends on the header)
         if not overwrite and p.exists():
             for cand in _possible_outputs(p, out_dir, fmt):
