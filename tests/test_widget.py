@@ -312,6 +312,33 @@ def test_volume_mode_refused_for_network(viewer, widget, notes):
     assert snapshot(viewer) == before
 
 
+def test_network_method(viewer, widget, wbc, notes):
+    """VPTVU-net from the widget if its weights are shipped, else a clear error."""
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    assert widget.n_classes.value == 3 and not widget.n_classes.enabled
+    assert widget.preset.value == "WBC (3 classes)"
+    try:
+        from napari_vptv.nn.weights import model_metadata
+
+        model_metadata("vptv-unet")
+        available = True
+    except Exception:
+        available = False
+    before = snapshot(viewer)
+    out = widget.run(sync=True)
+    if not available:
+        assert out is None and "not available" in errors(notes)[-1]
+        assert snapshot(viewer) == before
+        return
+    assert not errors(notes), notes
+    assert out.data.shape == image.shape[:2]
+    meta = out.metadata[METADATA_KEY]
+    assert meta["method"] == "vptv-unet" and meta["complete"]
+    np.testing.assert_allclose(meta["volumes"], fractions(out.data, 3))
+
+
 # ------------------------------------------------------------------------ threaded
 def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
     image, _ = wbc
@@ -334,19 +361,28 @@ def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
 
 
 def test_cancel_mid_run(viewer, widget, qtbot):
-    n = 8
-    stack = disc_stack(n, 64, seed=1)
+    n = 10
+    stack = disc_stack(n, 128, seed=1)  # at this size the solver runs all 300 iterations
     viewer.add_image(stack, name="tstack")
     widget.preset.value = "custom"
     widget.n_classes.value = 2
     widget.volume_mode.value = "exact"
     widget.volumes.value = "0.8, 0.2"
-    widget.max_iter.value = 150
+    widget.max_iter.value = 300
     arrived = []
+
+    def first_slice_visible(item):
+        # the output layer fills in as slices arrive (GUI thread, threaded run)
+        layer = widget.output_layer
+        arrived.append((item.index, bool(layer.data[item.index].any()),
+                        layer.metadata[METADATA_KEY]["complete"], layer.data[item.done:].any()))
+
+    widget.slice_finished.connect(first_slice_visible)
     worker = widget.run()
-    worker.yielded.connect(lambda msg: arrived.append(msg[0]))
+    assert widget.output_layer is not None and not widget.output_layer.data.any()
     qtbot.waitUntil(lambda: len(arrived) >= 1, timeout=120000)
     widget.cancel()
+    assert arrived[0] == ((0,), True, False, False)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
     out = widget.output_layer
     meta = out.metadata[METADATA_KEY]

@@ -584,6 +584,10 @@ class SegmentationWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self._set_status(f"running on {layer.name!r}: 0/{total} slices")
+        # Create (or reset) the output layer now, in the GUI thread, before the
+        # worker competes for the GIL: building a layer makes many Qt calls, each of
+        # which would wait for the busy worker thread to hand back the GIL.
+        self._output_layer()
         if sync if sync is not None else self.synchronous:
             self.worker = "sync"
             try:
@@ -685,7 +689,8 @@ class SegmentationWidget(Container):
         if st.get("error") is None and not self._cancel_requested and st.get("layer") is not None:
             if st["done"] == st["total"]:
                 vol = st["layer"].metadata[METADATA_KEY]["volumes"]
-                self._set_status(f"done: {st['source']} ({st['total']} slice(s)); volumes {_fmt(vol)}")
+                what = f"{st['total']} slices, mean volumes" if st["total"] > 1 else "volumes"
+                self._set_status(f"done: {st['source']}; {what} {_fmt(vol)}")
 
     # ------------------------------------------------------------ output layer
     def _find_output_layer(self, source: str):
