@@ -179,8 +179,22 @@ def test_store_labels_tiff_roundtrip(tmp_path):
     import dask.array as da
 
     lab = (np.arange(6 * 7 * 8) % 3).reshape(6, 7, 8).astype(np.uint8)
-    path = store_labels_tiff(da.from_array(lab, chunks=(1, 7, 8)), tmp_path / "l.tif", num_workers=2)
-    np.testing.assert_array_equal(tifffile.imread(path), lab)
+    target = store_labels_tiff(da.from_array(lab, chunks=(1, 7, 8)), tmp_path / "l.tif", num_workers=2)
+    np.testing.assert_array_equal(tifffile.imread(target.path), lab)
+    np.testing.assert_array_equal(target.read((4,)), lab[4])
+    # blocks that are not contiguous in the file go through a memory map
+    target = store_labels_tiff(da.from_array(lab, chunks=(2, 3, 8)), tmp_path / "m.tif", num_workers=2)
+    np.testing.assert_array_equal(tifffile.imread(target.path), lab)
+
+
+def test_contiguous_offset():
+    shape = (4, 5, 6)
+    assert batch._contiguous_offset((slice(2, 3), slice(0, 5), slice(0, 6)), shape) == 60
+    assert batch._contiguous_offset((1, slice(None), slice(None)), shape) == 30
+    assert batch._contiguous_offset((slice(1, 3), slice(0, 5), slice(0, 6)), shape) == 30
+    assert batch._contiguous_offset((1, 2, slice(1, 4)), shape) == 43
+    assert batch._contiguous_offset((slice(1, 3), slice(0, 2), slice(0, 6)), shape) is None
+    assert batch._contiguous_offset((slice(0, 4, 2), slice(None), slice(None)), shape) is None
 
 
 # --------------------------------------------------------------------------- #

@@ -614,18 +614,46 @@ _MEMMAPS: dict = {}
 _MEMMAP_LOCK = threading.Lock()
 
 
-class _TiffMemmapTarget:
-    """``__setitem__`` target for ``dask.array.store`` writing into a memory-mapped TIFF.
+def _contiguous_offset(key, shape):
+    """Flat start index of ``array[key]`` if that region is contiguous in C order, else None."""
+    starts, lengths = [], []
+    for k, n in zip(key, shape):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                return None
+            starts.append(start)
+            lengths.append(max(stop - start, 0))
+        else:
+            starts.append(int(k) % n)
+            lengths.append(1)
+    starts += [0] * (len(shape) - len(starts))
+    lengths += list(shape[len(lengths):])
+    if 0 in lengths:
+        return None
+    # contiguous: after the first axis with more than one element, every axis is whole
+    first = next((i for i, ln in enumerate(lengths) if ln != 1), len(lengths))
+    if any(lengths[i] != shape[i] for i in range(first + 1, len(shape))):
+        return None
+    return int(np.ravel_multi_index(starts, shape)) if shape else 0
 
-    Picklable (workers of a distributed cluster open the file themselves, so it must
-    be on a file system they see).
+
+class _TiffFileTarget:
+    """``__setitem__`` target for ``dask.array.store`` writing into an uncompressed TIFF.
+
+    Contiguous regions (one block per slice) are written with ``os.pwrite`` at their
+    offset, so written pages stay in the OS page cache and do not add to the
+    process's memory (a memory map would count every page it touched); other regions
+    go through ``tifffile.memmap``. Picklable: workers of a distributed cluster open
+    the file themselves, so it must be on a file system they see.
     """
 
-    def __init__(self, path: PathLike, shape, dtype):
+    def __init__(self, path: PathLike, shape, dtype, dataoffset: int):
         self.path = str(path)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
+        self.dataoffset = int(dataoffset)
 
     def _mm(self):
         import tifffile
@@ -638,7 +666,27 @@ class _TiffMemmapTarget:
         return mm
 
     def __setitem__(self, key, value):
-        self._mm()[key] = value
+        if not isinstance(key, tuple):
+            key = (key,)
+        start = _contiguous_offset(key, self.shape)
+        if start is None:
+            self._mm()[key] = value
+            return
+        buf = np.ascontiguousarray(value, dtype=self.dtype)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, buf.tobytes(), self.dataoffset + start * self.dtype.itemsize)
+        finally:
+            os.close(fd)
+
+    def read(self, index: Tuple[int, ...]) -> np.ndarray:
+        """Read ``array[index]`` (leading integer indices) with a plain file read."""
+        piece = self.shape[len(index):]
+        start = int(np.ravel_multi_index(tuple(index) + (0,) * len(piece), self.shape))
+        count = int(np.prod(piece, dtype=np.int64))
+        with open(self.path, "rb") as fh:
+            fh.seek(self.dataoffset + start * self.dtype.itemsize)
+            return np.fromfile(fh, dtype=self.dtype, count=count).reshape(piece)
 
     def close(self):
         with _MEMMAP_LOCK:
@@ -674,7 +722,9 @@ def store_labels_tiff(
 
     Returns
     -------
-    path : Path
+    target
+        The written file (``.path``), with ``.read(index)`` to read a slice back
+        without mapping the file.
     """
     import dask.array as da
     import tifffile
@@ -684,8 +734,10 @@ def store_labels_tiff(
     if metadata:
         md.update(metadata)
     mm = tifffile.memmap(str(p), shape=labels.shape, dtype=labels.dtype, metadata=md)
-    del mm  # created; every writer (thread or worker) maps it itself
-    target = _TiffMemmapTarget(p, labels.shape, labels.dtype)
+    del mm  # created (uncompressed, contiguous); every writer opens it itself
+    with tifffile.TiffFile(str(p)) as tif:
+        dataoffset = tif.series[0].dataoffset
+    target = _TiffFileTarget(p, labels.shape, labels.dtype, dataoffset)
     kwargs = {}
     if scheduler is None or isinstance(scheduler, str):
         kwargs["scheduler"] = scheduler or "threads"
@@ -697,7 +749,7 @@ def store_labels_tiff(
         da.store(labels, target, lock=False, compute=True, **kwargs)
     finally:
         target.close()
-    return p
+    return target
 
 
 # --------------------------------------------------------------------------- #
@@ -897,25 +949,21 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
         except ImportError:
             pass
     try:
-        store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers)
+        target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers)
         if bar is not None and not local:
             bar.update(total)
-        # per-slice volumes and failures, read back one slice at a time
-        mm = tifffile.memmap(str(tmp), mode="r+")
-        try:
-            piece_axes = 2 if mode == "slices" else 3
-            lead_shape = mm.shape[: mm.ndim - piece_axes]
-            for idx in np.ndindex(*lead_shape):
-                sl = mm[idx]
-                if sl.flat[0] == sentinel and np.all(sl == sentinel):
-                    msg = _rerun_error(array, idx, segment_fn, info.rgb, mode)
-                    result.failed_slices.append((idx, msg))
-                    sl[...] = 0
-                else:
-                    result.slice_volumes.append((idx, _volumes(np.asarray(sl), k)))
-            mm.flush()
-        finally:
-            del mm
+        # per-slice volumes and failures, read back one slice at a time (plain reads:
+        # memory stays flat however long the stack is)
+        piece_axes = 2 if mode == "slices" else 3
+        lead_shape = tuple(labels.shape[: labels.ndim - piece_axes])
+        for idx in np.ndindex(*lead_shape):
+            sl = target.read(idx)
+            if sl.flat[0] == sentinel and np.all(sl == sentinel):
+                msg = _rerun_error(array, idx, segment_fn, info.rgb, mode)
+                result.failed_slices.append((idx, msg))
+                target[idx + (slice(None),) * piece_axes] = np.zeros_like(sl)
+            else:
+                result.slice_volumes.append((idx, _volumes(sl, k)))
         if result.failed_slices:  # say so in the file too (tifffile keeps shape / axes)
             desc = {"shape": list(labels.shape), "axes": "Q" * (labels.ndim - 2) + "YX",
                     "failed_slices": [[list(i), m] for i, m in result.failed_slices]}
