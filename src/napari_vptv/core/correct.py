@@ -328,7 +328,8 @@ def _correct_object(features, out, mask, lab, sl_obj, *, margin, volume_factor, 
         if fill_holes:
             from scipy.ndimage import binary_fill_holes
 
-            new = binary_fill_holes(new) & domain
+            # fill only holes the given mask calls object (a ring-shaped nucleus keeps its hole)
+            new = (new | (binary_fill_holes(new) & obj)) & domain
         labels = new.astype(np.int64)
         if not new.any():
             break
