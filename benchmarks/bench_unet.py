@@ -45,7 +45,9 @@ def _time(fn, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sweep", type=int, nargs="*", default=[],
+                    help="also time the VPTVU-net with these T (num_iter) values")
     ap.add_argument("--image", default=None, help="a 300x300 RGB image (default: random)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -69,8 +71,9 @@ def main(argv=None):
     else:
         from napari_vptv.nn import data as D
 
-        u = build_model("unet").eval()
-        v = build_model("vptv-unet", head_kwargs=dict(num_iter=20, tv_weight=1.0, volume_mode="exact")).eval()
+        uk = dict(base_channels=8, depth=4)
+        u = build_model("unet", unet_kwargs=uk).eval()
+        v = build_model("vptv-unet", unet_kwargs=uk, head_kwargs=dict(num_iter=20, tv_weight=1.0, volume_mode="exact")).eval()
         vol = torch.tensor([0.76, 0.13, 0.11])
 
         def fn_unet():
@@ -91,6 +94,14 @@ def main(argv=None):
     print(f"U-net      : median {1000 * mu:7.1f} ms   (min {1000 * bu:6.1f} ms)")
     print(f"VPTVU-net  : median {1000 * mv:7.1f} ms   (min {1000 * bv:6.1f} ms)")
     print(f"ratio VPTVU-net / U-net: {mv / mu:.2f}  (targets: <= 150 ms, <= 1.5x)")
+    for T in args.sweep:
+        if shipped:
+            f = lambda: W.predict_wbc(img, method="vptv-unet", num_iter=T)  # noqa: E731
+        else:
+            v.head.num_iter = T
+            f = fn_vptv
+        m, b = _time(f, args.repeats)
+        print(f"VPTVU-net T={T:3d}: median {1000 * m:7.1f} ms   ratio {m / mu:.2f}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def run(args):
     print(f"grid of {len(grid)} configurations in {time.time() - t0:.0f} s", flush=True)
     best = {}
     for net in ("vptv-unet", "unet"):
-        cand = [g for g in grid if g["net"] == net]
+        cand = [g for g in grid if g["net"] == net and g["num_iter"] <= args.max_default_iter]
         # prefer the highest accuracy; ties (within 1e-4) -> fewer iterations (faster)
         best[net] = max(cand, key=lambda g: (round(g["pixel_accuracy"], 4), -g["num_iter"]))
         for mode in ("exact", "interval", "none"):
@@ -165,9 +165,11 @@ def main(argv=None):
     ap.add_argument("--vptv", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", default="eval.json")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eps-grid", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    ap.add_argument("--T-grid", type=int, nargs="+", default=[5, 10, 20, 40])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eps-grid", type=float, nargs="+", default=[0.5, 1.0])
+    ap.add_argument("--T-grid", type=int, nargs="+", default=[3, 5, 10, 20])
+    ap.add_argument("--max-default-iter", type=int, default=1000,
+                    help="only configurations with T <= this are eligible as the shipped default (inference-time budget)")
     ap.add_argument("--lam-grid", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--export", action="store_true", help="write models/unet.* and models/vptv-unet.*")
     run(ap.parse_args(argv))

@@ -95,7 +95,7 @@ def train(args) -> dict:
          f"training-average fractions {np.round(frac_train.mean(0), 4).tolist()}")
 
     px, pl = D.sample_patches(images[tr], labels[tr], args.patches, args.patch_size, seed=args.seed)
-    X = D.normalise(px)  # (P, 3, s, s)
+    X = D.to_unit(px)  # (P, 3, s, s) in [0, 1]; normalised per batch after augmentation
     Y = torch.as_tensor(pl)
     vpx, vpl = D.sample_patches(images[va], labels[va], 512, args.patch_size, seed=args.seed + 1)
     VX, VY = D.normalise(vpx), torch.as_tensor(vpl)
@@ -135,7 +135,14 @@ def train(args) -> dict:
                 break
             idx = perm[step * args.batch:(step + 1) * args.batch]
             xb, yb = D.augment_batch(X[idx], Y[idx], g)
+            if args.colour_aug > 0:
+                xb = D.colour_jitter(xb, g, args.colour_aug)
+            xb = D.normalise_unit(xb)
             vol = D.volume_targets(yb) if is_vptv else None
+            # "volume dropout": with probability p the batch gets no volume constraint (TV
+            # only), so the backbone cannot rely on the ground-truth fractions being given.
+            if vol is not None and args.volume_dropout > 0 and float(torch.rand((), generator=g)) < args.volume_dropout:
+                vol = None
             p = model(xb, volumes=vol)
             loss = nll(p, yb)
             opt.zero_grad(set_to_none=True)
@@ -197,21 +204,25 @@ def parse_args(argv=None):
     ap.add_argument("--arch", choices=["unet", "vptv-unet"], required=True)
     ap.add_argument("--data", required=True, help="WBC folder with images/ and masks/")
     ap.add_argument("--out", required=True, help="output folder (checkpoint.pt, model.pt, train_meta.json)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--patches", type=int, default=8192)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--patches", type=int, default=12288)
     ap.add_argument("--patch-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--val-images", type=int, default=14)
-    ap.add_argument("--base-channels", type=int, default=16)
-    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--base-channels", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--tv-weight", type=float, default=1.0)
     ap.add_argument("--num-iter", type=int, default=20)
+    ap.add_argument("--volume-dropout", type=float, default=0.0,
+                    help="VPTVU-net: probability that a training batch gets no volume constraint")
     ap.add_argument("--backward", choices=["quasi", "full"], default="quasi")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--colour-aug", type=float, default=1.0, help="strength of the colour jitter (0 = off)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is much faster than 2 on a shared 2-core machine)")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (timing / smoke runs)")
     ap.add_argument("--no-resume", action="store_true")
