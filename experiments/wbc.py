@@ -74,8 +74,37 @@ RUN_ORDER = ["multiotsu", "otsu", "kmeans", "tds", "slic_kmeans", "random_walker
              "vptv", "vptv-learned", "emtv", "chan_vese", "morph_chan_vese", "advp"]
 
 
+#: package source files each method's result depends on (their contents are part of
+#: the cache key, so a change of the solver invalidates the cached results)
+_CORE = ["core/segment.py", "core/costs.py", "core/vptv.py", "core/volumes.py"]
+DEPENDS = {
+    "kmeans": _CORE + ["core/baselines.py"],
+    "emtv": _CORE + ["core/baselines.py"],
+    "tds": _CORE + ["core/baselines.py"],
+    "advp": _CORE + ["core/baselines.py"],
+    "vptv": _CORE + ["core/baselines.py"],
+    "vptv-learned": _CORE + ["core/baselines.py", "core/wbc.py"],
+    "unet": ["nn/weights.py", "nn/layer.py", "nn/unet.py", "models/unet.pt"],
+    "vptv-unet": ["nn/weights.py", "nn/layer.py", "nn/unet.py", "models/vptv-unet.pt"],
+    "random_walker": ["core/costs.py"],
+    "slic_kmeans": ["core/costs.py"],
+}
+
+
 def _key(method):
-    return hashlib.sha1(json.dumps([method, SETTINGS[method], 2]).encode()).hexdigest()[:12]
+    import napari_vptv
+
+    root = Path(napari_vptv.__file__).resolve().parent
+    parts = [method, SETTINGS[method], 2]
+    deps = DEPENDS.get(method, [])
+    if deps:
+        h = hashlib.sha1()
+        for rel in deps:
+            f = root / rel
+            h.update(rel.encode())
+            h.update(f.read_bytes() if f.is_file() else b"missing")
+        parts.append(h.hexdigest())
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:12]
 
 
 def _dark_to_wbc(labels):
