@@ -148,11 +148,12 @@ def export(args, um, vm, rows, best):
         if name == "unet":
             meta["validation"] = {"softmax": rows[0]}
         else:
-            b = best["vptv-unet"]
+            b = best["vptv-unet"] if args.default_mode == "any" else best[f"vptv-unet/{args.default_mode}"]
             meta["head"] = dict(m["head"])
             meta["defaults"] = {"volume_mode": b["volume_mode"], "epsilon": b["epsilon"], "tv_weight": b["tv_weight"],
                                 "num_iter": b["num_iter"],
-                                "selected_on": "validation split (14 held-out images), best pixel accuracy"}
+                                "selected_on": "validation split (14 held-out images), best pixel accuracy "
+                                               f"with volume mode '{args.default_mode}' and T <= {args.max_default_iter}"}
             meta["validation"] = {"as_trained": rows[1:], "default": b,
                                   "best_per_volume_mode": {k: v for k, v in best.items() if k.startswith("vptv-unet/")}}
         pt = export_weights(model.state_dict(), name, meta)
@@ -171,6 +172,8 @@ def main(argv=None):
     ap.add_argument("--max-default-iter", type=int, default=1000,
                     help="only configurations with T <= this are eligible as the shipped default (inference-time budget)")
     ap.add_argument("--lam-grid", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    ap.add_argument("--default-mode", choices=["any", "exact", "interval", "none"], default="interval",
+                    help="volume mode of the shipped VPTVU-net default (best T / eps / lambda within it)")
     ap.add_argument("--export", action="store_true", help="write models/unet.* and models/vptv-unet.*")
     run(ap.parse_args(argv))
 

@@ -71,7 +71,10 @@ def export_weights(state_dict, name: str, metadata: dict, models_dir: Optional[P
 def _build(meta: dict):
     from .layer import build_model
 
-    head = meta.get("head") or {}
+    # the loaded head uses the shipped test-time defaults (volume mode, eps, lambda, T) when
+    # present; the training-time head parameters stay in meta["head"]
+    head = dict(meta.get("head") or {})
+    head.update({k: v for k, v in (meta.get("defaults") or {}).items() if k != "selected_on"})
     head = {k: head[k] for k in ("epsilon", "tv_weight", "num_iter", "backward", "volume_mode") if k in head}
     return build_model(meta["arch"], unet_kwargs=meta["unet"], head_kwargs=head)
 
