@@ -42,7 +42,7 @@ SETTINGS = {
     "vptv": {"epsilon": 0.01, "tv_weight": 0.02, "similarity": "mean"},
     "vptv-learned": {"preset": "wbc_preset(exact)", "folds": 5},
     "unet": {"weights": "napari_vptv/models/unet.pt"},
-    "vptv-unet": {"weights": "napari_vptv/models/vptv-unet.pt", "volumes": "training average (shipped)"},
+    "vptv-unet": {"weights": "napari_vptv/models/vptv-unet.pt", "volumes": "shipped defaults (model_metadata)"},
     "otsu": {},
     "multiotsu": {"classes": 3},
     "chan_vese": {"mu": 0.25, "max_num_iter": 200},
