@@ -31,7 +31,7 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
-METADATA_KEY = "vptv"
+from ._common import METADATA_KEY, WidgetRunMixin
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
 KIND = "correct_mask"
 
@@ -40,7 +40,7 @@ MODEL_NET = "VPTVU-net nucleus probability (WBC)"
 MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
 
 
-class CorrectMaskWidget(Container):
+class CorrectMaskWidget(WidgetRunMixin, Container):
     """Dock widget "Correct mask".
 
     Parameters
@@ -54,6 +54,9 @@ class CorrectMaskWidget(Container):
     worker : the running worker (``"sync"`` during a synchronous run) or None.
     output_layer : the Labels layer written by the last successful run.
     """
+
+    OUTPUT_KIND = KIND
+    CANCEL_NOTE = "Stop after the current object; no output is written."
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=True)
@@ -211,28 +214,9 @@ class CorrectMaskWidget(Container):
                 self._on_finished()
             return self.output_layer if self._run.get("finished") else None
 
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress
-
-        self._pbar = progress(total=0, desc=f"Correct {labels.name}")
-        worker = thread_worker(gen, start_thread=False)()
-        worker.yielded.connect(self._on_yield)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        worker.errored.connect(lambda exc: self._error(f"Mask correction failed: {exc}", show_error))
-        self.worker = worker
+        worker = self._make_worker(gen, total=0, desc=f"Correct {labels.name}", failure="Mask correction failed")
         worker.start()
         return worker
-
-    def cancel(self):
-        """Stop after the current object; no output is written."""
-        if self.worker is None:
-            return
-        self._cancel_requested = True
-        self.cancel_button.enabled = False
-        self._set_status("cancelling ...")
-        if self.worker != "sync":
-            self.worker.quit()
 
     # ------------------------------------------------------------ worker events
     def _on_yield(self, msg):
@@ -266,33 +250,9 @@ class CorrectMaskWidget(Container):
             self._set_status(f"cancelled after {st.get('done', 0)} of {st.get('total') or '?'}; no output written")
 
     def _on_finished(self):
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self._close_progress()
 
     # ------------------------------------------------------------ output layer
-    def _find_output_layer(self, source: str):
-        import napari
-
-        for layer in reversed(list(self.viewer.layers)):
-            meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
-            if (isinstance(layer, napari.layers.Labels) and isinstance(meta, dict)
-                    and meta.get("kind") == KIND and meta.get("source") == source):
-                return layer
-        return None
-
-    def _free_name(self, name: str, own=None) -> str:
-        taken = {layer.name for layer in self.viewer.layers if layer is not own}
-        if name not in taken:
-            return name
-        i = 2
-        while f"{name} [{i}]" in taken:
-            i += 1
-        return f"{name} [{i}]"
-
     def _write_output(self, data: np.ndarray):
         st = self._run
         src = st["labels_layer"]
@@ -311,11 +271,3 @@ class CorrectMaskWidget(Container):
         md[METADATA_KEY] = meta
         layer.metadata = md
         self.output_layer = layer
-
-    # ------------------------------------------------------------------ status
-    def _set_status(self, text: str):
-        self.status.value = text
-
-    def _error(self, text: str, notify):
-        self._set_status(text)
-        notify(text)

@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SegmentationWidget", "METADATA_KEY"]
 
 #: Key of ``layer.metadata`` that marks the plugin's own output layers.
-METADATA_KEY = "vptv"
+from ._common import METADATA_KEY, WidgetRunMixin
+
+OUTPUT_KIND = "segmentation"
 
 METHOD_VPTV = "Variational VPTV"
 METHOD_NET = "VPTVU-net (WBC, pretrained)"
@@ -149,7 +151,7 @@ class _Cancelled(Exception):
     """Raised from the solver's iteration callback when Cancel was pressed."""
 
 
-class SegmentationWidget(Container):
+class SegmentationWidget(WidgetRunMixin, Container):
     """Dock widget "VPTV segmentation".
 
     Parameters
@@ -171,6 +173,9 @@ class SegmentationWidget(Container):
     """
 
     slice_finished = Signal(object)
+
+    OUTPUT_KIND = OUTPUT_KIND
+    CANCEL_NOTE = "Stop at the next slice boundary (or solver iteration)."
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=True)
@@ -601,29 +606,10 @@ class SegmentationWidget(Container):
                     self._on_finished()
             return self.output_layer
 
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress
-
-        self._pbar = progress(total=total, desc=f"VPTV {layer.name}")
-        worker = thread_worker(gen, start_thread=False)()
-        worker.yielded.connect(self._on_yield)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        worker.errored.connect(lambda exc: self._error(f"Segmentation failed: {exc}", show_error))
-        self.worker = worker
+        worker = self._make_worker(gen, total=total, desc=f"VPTV {layer.name}", failure="Segmentation failed")
         self._timer_start()
         worker.start()
         return worker
-
-    def cancel(self):
-        """Stop the running segmentation at the next slice boundary (or iteration)."""
-        if self.worker is None:
-            return
-        self._cancel_requested = True
-        self.cancel_button.enabled = False
-        self._set_status("cancelling...")
-        if self.worker != "sync":
-            self.worker.quit()
 
     # ----------------------------------------------------------- worker events
     def _on_yield(self, msg):
@@ -679,12 +665,7 @@ class SegmentationWidget(Container):
 
     def _on_finished(self):
         self._timer_stop()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self._close_progress()
         st = self._run_state
         if st.get("error") is None and not self._cancel_requested and st.get("layer") is not None:
             if st["done"] == st["total"]:
@@ -693,24 +674,6 @@ class SegmentationWidget(Container):
                 self._set_status(f"done: {st['source']}; {what} {_fmt(vol)}")
 
     # ------------------------------------------------------------ output layer
-    def _find_output_layer(self, source: str):
-        import napari
-
-        for layer in reversed(list(self.viewer.layers)):
-            meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
-            if isinstance(layer, napari.layers.Labels) and isinstance(meta, dict) and meta.get("source") == source:
-                return layer
-        return None
-
-    def _free_name(self, name: str, own=None) -> str:
-        taken = {layer.name for layer in self.viewer.layers if layer is not own}
-        if name not in taken:
-            return name
-        i = 2
-        while f"{name} [{i}]" in taken:
-            i += 1
-        return f"{name} [{i}]"
-
     def _output_layer(self):
         """Create or reuse (first slice of a run) the tagged output Labels layer."""
         from napari_vptv.core.stack import label_dtype
@@ -747,6 +710,7 @@ class SegmentationWidget(Container):
             volumes = np.mean(np.stack(list(per.values())), axis=0).tolist()
         n, m = st["done"], st["total"]
         meta = {
+            "kind": OUTPUT_KIND,
             "source": st["source"],
             "method": st["params"]["method"],
             "params": dict(st["params"]),
@@ -768,13 +732,6 @@ class SegmentationWidget(Container):
         layer.metadata = md
 
     # ------------------------------------------------------------------ status
-    def _set_status(self, text: str):
-        self.status.value = text
-
-    def _error(self, text: str, notify):
-        self._set_status(text)
-        notify(text)
-
     def _timer_start(self):
         from qtpy.QtCore import QTimer
 
