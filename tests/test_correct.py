@@ -262,3 +262,26 @@ def test_cli_correct(tmp_path, one_disc):
                  "--mask-weight", "0.4"]) == 0
     fixed = read_mask(out)
     assert dice(fixed > 0, truth) >= 0.95
+
+
+def test_widget_settings_remembered(viewer_and_widget, one_disc, make_napari_viewer):
+    from napari_vptv._common import settings_path
+    from napari_vptv._correct_widget import CorrectMaskWidget
+
+    viewer, w = viewer_and_widget
+    image, truth = one_disc
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(shifted(truth, 2, 2).astype(np.int32), name="rough")
+    w.reset_choices()
+    w.image.value, w.labels.value = viewer.layers["cells"], viewer.layers["rough"]
+    w.epsilon.value, w.tv_weight.value, w.margin.value = 0.02, 0.08, 12
+    w.volume_factor.value, w.fill_holes.value, w.max_iter.value = 1.05, False, 60
+    assert w.run(sync=True) is not None
+
+    w2 = CorrectMaskWidget(make_napari_viewer())
+    assert w2.parameters() == w.parameters()
+    assert w2.epsilon.value == pytest.approx(0.02) and w2.margin.value == 12 and w2.fill_holes.value is False
+
+    settings_path("correct_mask").write_text("not json {", encoding="utf-8")
+    w3 = CorrectMaskWidget(make_napari_viewer())
+    assert w3.epsilon.value == pytest.approx(0.01) and w3.margin.value == 0 and w3.max_iter.value == 300

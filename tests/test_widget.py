@@ -449,3 +449,96 @@ def test_estimate_from_image(viewer, widget):
     assert frac1[1] > frac[1]
     widget.preset.value = "estimate from image (k-means)"  # fills in, too
     assert widget.volume_spec().mode in ("interval", "exact", "none")
+
+
+# ------------------------------------------------------------ remembered settings
+def test_settings_remembered_in_a_new_session(viewer, widget, wbc, make_napari_viewer, vptv_config_dir, notes):
+    from napari_vptv._common import settings_path
+
+    image, _ = wbc
+    widget.image.value = viewer.add_image(image, name="crop", rgb=True)
+    widget.preset.value = "WBC (3 classes)"
+    assert widget.volume_mode.value == "interval"
+    preset_lower = widget.lower.value
+    widget.lower.value = "0.5, 0.02, 0.04"  # the user's text, not the preset's
+    assert widget.lower.value != preset_lower
+    widget.epsilon.value = 0.05
+    widget.tv_weight.value = 0.03
+    widget.seed.value = 7
+    widget.max_iter.value = FAST
+    assert widget.run(sync=True) is not None and not errors(notes), notes
+    assert settings_path("segmentation").parent == vptv_config_dir
+    assert settings_path("segmentation").is_file()
+
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(image, name="other", rgb=True)
+    w2 = SegmentationWidget(viewer2)
+    assert w2.preset.value == "WBC (3 classes)" and w2.volume_mode.value == "interval"
+    assert w2.lower.value == "0.5, 0.02, 0.04"  # not overwritten by the preset callback
+    assert w2.upper.value == widget.upper.value
+    assert w2.epsilon.value == pytest.approx(0.05) and w2.tv_weight.value == pytest.approx(0.03)
+    assert w2.seed.value == 7 and w2.max_iter.value == FAST
+    assert w2.parameters() == dict(widget.parameters())
+    assert "restored" in w2.status.value
+    assert w2.image.value is viewer2.layers["other"]  # layer choices are not remembered
+
+
+def test_settings_custom_classes_remembered(viewer, widget, make_napari_viewer):
+    image = disc_stack(n=1, size=40)[0]
+    widget.image.value = viewer.add_image(image, name="disc")
+    widget.n_classes.value = 2
+    widget.preset.value = "estimate from image (k-means)"
+    widget.volume_mode.value = "exact"
+    estimated = widget.volumes.value
+    widget.volumes.value = "0.8, 0.2"  # the user corrects the k-means estimate
+    assert estimated != widget.volumes.value
+    widget.edge.value = True
+    widget.max_iter.value = FAST
+    assert widget.run(sync=True) is not None
+
+    # an image in the new viewer: restoring the k-means preset must not re-estimate
+    # over the saved volume text
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(image, name="disc")
+    w2 = SegmentationWidget(viewer2)
+    assert (w2.preset.value, w2.n_classes.value, w2.volume_mode.value) == (
+        "estimate from image (k-means)", 2, "exact")
+    assert w2.volumes.value == "0.8, 0.2" and w2.edge.value is True
+    assert w2.volume_spec().volumes.tolist() == pytest.approx([0.8, 0.2])
+
+
+def test_refused_run_saves_nothing(viewer, widget):
+    from napari_vptv._common import settings_path
+
+    widget.epsilon.value = 0.07
+    assert widget.run(sync=True) is None  # no image
+    assert not settings_path("segmentation").exists()
+
+
+def test_corrupt_or_stale_settings_are_ignored(make_napari_viewer, notes):
+    import json
+
+    from napari_vptv._common import settings_path
+
+    defaults = SegmentationWidget(make_napari_viewer()).parameters()
+    path = settings_path("segmentation")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"epsilon": 0.05, "seed": ', encoding="utf-8")  # truncated JSON
+    w = SegmentationWidget(make_napari_viewer())
+    assert w.parameters() == defaults and not errors(notes)
+
+    for junk in ("[1, 2]", "null", ""):
+        path.write_text(junk, encoding="utf-8")
+        assert SegmentationWidget(make_napari_viewer()).parameters() == defaults
+
+    # unknown keys, vanished choices, wrong types, out-of-range values are skipped;
+    # the values that still fit are restored
+    path.write_text(json.dumps({
+        "method": "a method that no longer exists", "n_classes": "three", "seed": -5,
+        "max_iter": 10**9, "edge": "yes", "volumes": None, "unknown_key": 1, "epsilon": 0.05,
+    }), encoding="utf-8")
+    w = SegmentationWidget(make_napari_viewer())
+    got = w.parameters()
+    assert got["epsilon"] == pytest.approx(0.05)
+    assert {k: v for k, v in got.items() if k != "epsilon"} == {k: v for k, v in defaults.items() if k != "epsilon"}
+    assert not errors(notes)

@@ -5,11 +5,87 @@ and the lookup of the plugin's own output layers. Outputs are tagged in
 ``layer.metadata["vptv"]`` with a ``kind`` and the ``source`` layer's name; a widget
 only ever reuses a Labels layer carrying its own kind and source, so a user's layer
 (or another widget's output) is never overwritten.
+
+The widgets' parameter values (not the layer choices) are remembered between sessions
+in ``<config dir>/<widget>.json``; the directory is
+``platformdirs.user_config_dir("napari-vptv")`` unless the environment variable
+``NAPARI_VPTV_CONFIG_DIR`` names another one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict
+
 METADATA_KEY = "vptv"
+
+#: Environment variable overriding the directory of the remembered widget settings.
+CONFIG_DIR_ENV = "NAPARI_VPTV_CONFIG_DIR"
+
+
+def settings_dir() -> Path:
+    """Directory of the remembered widget settings (``$NAPARI_VPTV_CONFIG_DIR`` or
+    the per-user config directory of napari-vptv)."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-vptv"))
+
+
+def settings_path(name: str) -> Path:
+    """JSON file holding the settings of widget ``name``."""
+    return settings_dir() / f"{name}.json"
+
+
+def load_settings(name: str) -> Dict[str, Any]:
+    """The saved settings of widget ``name``; ``{}`` if the file is missing,
+    unreadable or not a JSON object. Never raises."""
+    try:
+        with open(settings_path(name), encoding="utf-8") as fh:
+            values = json.load(fh)
+    except Exception:  # noqa: BLE001 - missing / corrupt file: defaults
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def save_settings(name: str, values: Dict[str, Any]) -> bool:
+    """Write ``values`` (JSON-serialisable) as the settings of widget ``name``.
+
+    Written to a temporary file and renamed, so an interrupted write never leaves a
+    truncated file. Returns False (and raises nothing) if it cannot be written.
+    """
+    try:
+        path = settings_path(name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    except Exception:  # noqa: BLE001
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(values, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+        return True
+    except Exception:  # noqa: BLE001 - read-only home etc.: settings are a convenience
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False
+
+
+def _fits(saved, current) -> bool:
+    """Whether ``saved`` has the JSON type of a widget value like ``current``."""
+    if isinstance(current, bool):
+        return isinstance(saved, bool)
+    if isinstance(current, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(current, str):
+        return isinstance(saved, str)
+    return False
 
 
 class WidgetRunMixin:
@@ -17,11 +93,51 @@ class WidgetRunMixin:
     ``cancel_button``, ``worker``, ``_pbar``, ``_cancel_requested`` and the worker
     callbacks ``_on_yield`` / ``_on_aborted`` / ``_on_finished``.
 
-    Subclasses set ``OUTPUT_KIND`` and ``CANCEL_NOTE`` (what Cancel does).
+    Subclasses set ``OUTPUT_KIND`` and ``CANCEL_NOTE`` (what Cancel does); to remember
+    settings between sessions, ``SETTINGS_NAME`` and ``_persisted_widgets()``.
     """
 
     OUTPUT_KIND = ""
     CANCEL_NOTE = "Stop the running job."
+    #: File stem of the remembered settings ("" = none).
+    SETTINGS_NAME = ""
+
+    # ---------------------------------------------------------------- settings
+    def _persisted_widgets(self) -> Dict[str, Any]:
+        """``{key: magicgui value widget}`` remembered between sessions, in the order
+        they are restored (widgets whose callbacks rewrite others come first)."""
+        return {}
+
+    def _save_settings(self) -> bool:
+        """Save the current values of ``_persisted_widgets()``. Never raises."""
+        if not self.SETTINGS_NAME:
+            return False
+        try:
+            values = {key: w.value for key, w in self._persisted_widgets().items()}
+        except Exception:  # noqa: BLE001
+            return False
+        return save_settings(self.SETTINGS_NAME, values)
+
+    def _restore_settings(self) -> list:
+        """Set the widgets to the saved values; unknown keys and values that no longer
+        fit a widget (type, range, choice) are skipped. Returns the restored keys."""
+        if not self.SETTINGS_NAME:
+            return []
+        saved = load_settings(self.SETTINGS_NAME)
+        restored = []
+        for key, w in self._persisted_widgets().items():
+            if key not in saved:
+                continue
+            value = saved[key]
+            try:
+                if not _fits(value, w.value):
+                    continue
+                if w.value != value:
+                    w.value = value
+                restored.append(key)
+            except (ValueError, TypeError):
+                continue
+        return restored
 
     # ------------------------------------------------------------------ status
     def _set_status(self, text: str):

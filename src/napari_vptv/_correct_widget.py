@@ -57,6 +57,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
     OUTPUT_KIND = KIND
     CANCEL_NOTE = "Stop after the current object; no output is written."
+    SETTINGS_NAME = "correct_mask"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=True)
@@ -107,6 +108,24 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
         self.reset_choices()
+        # the last session's settings (see _common.settings_dir)
+        if self._restore_settings():
+            self._set_status("ready (settings of the last run restored)")
+
+    def _persisted_widgets(self) -> Dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "model": self.model,
+            "volume_factor": self.volume_factor,
+            "volume_tolerance": self.volume_tolerance,
+            "margin": self.margin,
+            "mask_weight": self.mask_weight,
+            "epsilon": self.epsilon,
+            "tv_weight": self.tv_weight,
+            "edge": self.edge,
+            "fill_holes": self.fill_holes,
+            "max_iter": self.max_iter,
+        }
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, *_):
@@ -181,6 +200,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._error(str(exc), show_error)
             return None
+        self._save_settings()
         self._cancel_requested = False
         self._run = {"image": image.name, "source": labels.name, "labels_layer": labels, "params": params,
                      "done": 0, "total": None, "finished": False}

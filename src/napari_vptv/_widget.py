@@ -176,6 +176,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
 
     OUTPUT_KIND = OUTPUT_KIND
     CANCEL_NOTE = "Stop at the next slice boundary (or solver iteration)."
+    SETTINGS_NAME = "segmentation"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=True)
@@ -187,6 +188,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self._iteration: Optional[Tuple[int, int]] = None
         self._pbar = None
         self._run_state: Dict[str, Any] = {}
+        self._restoring = False
 
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV)
@@ -243,6 +245,33 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self._apply_preset()
         self._update_visibility()
         self._reset_image_choices()
+        # the last session's settings (see _common.settings_dir)
+        self._restoring = True
+        try:
+            if self._restore_settings():
+                self._set_status("ready (settings of the last run restored)")
+        finally:
+            self._restoring = False
+
+    def _persisted_widgets(self) -> Dict[str, Any]:
+        # restore order matters: method / preset / n_classes callbacks rewrite the
+        # volume fields (and ε, λ, edge), so those come first and the volume texts last
+        return {
+            "method": self.method,
+            "preset": self.preset,
+            "n_classes": self.n_classes,
+            "volume_mode": self.volume_mode,
+            "epsilon": self.epsilon,
+            "tv_weight": self.tv_weight,
+            "edge": self.edge,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "device": self.device,
+            "stack_mode": self.stack_mode,
+            "volumes": self.volumes,
+            "lower": self.lower,
+            "upper": self.upper,
+        }
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, *_):
@@ -317,7 +346,8 @@ class SegmentationWidget(WidgetRunMixin, Container):
                     w.value = pri[key]
             self._set_status(f"WBC preset loaded ({pri['source']})")
         elif preset == PRESET_KMEANS:
-            if self.image.value is not None:
+            # not while restoring saved settings: the saved volume texts follow
+            if self.image.value is not None and not self._restoring:
                 self.estimate_volumes()
         self._mark_volume_fields()
 
@@ -552,6 +582,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
         except Exception as exc:  # noqa: BLE001 - any bad input becomes a notification
             self._error(str(exc), show_error)
             return None
+        self._save_settings()
 
         from napari_vptv.core.stack import segment_stack, stack_layout
 
