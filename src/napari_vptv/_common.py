@@ -182,6 +182,13 @@ class WidgetRunMixin:
         if self.worker != "sync":
             self.worker.quit()
 
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, *_):
+        """(name, layer) of every Image layer, for the image combo box."""
+        import napari
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+
     # ------------------------------------------------------------ output layers
     def _find_output_layer(self, source: str):
         """The newest Labels layer tagged by this widget (same kind) for ``source``."""

@@ -128,11 +128,6 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         }
 
     # ------------------------------------------------------------------ choices
-    def _image_choices(self, *_):
-        import napari
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
-
     def _labels_choices(self, *_):
         import napari
 

@@ -274,11 +274,6 @@ class SegmentationWidget(WidgetRunMixin, Container):
         }
 
     # ------------------------------------------------------------------ choices
-    def _image_choices(self, *_):
-        import napari
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
-
     def _reset_image_choices(self, *_):
         # keep names in the combo box up to date when a layer is renamed
         import napari

@@ -71,17 +71,11 @@ def _check_n_classes(n_classes) -> int:
 def _hard_result(labels, n_classes, n_iter, converged, model, spec) -> SegmentationResult:
     labels = labels.astype(np.int32)
     onehot = (labels[None] == np.arange(n_classes).reshape((-1,) + (1,) * labels.ndim)).astype(np.float32)
-    fractions = np.bincount(labels.ravel(), minlength=n_classes) / labels.size
-    return SegmentationResult(
-        labels=labels,
-        probabilities=onehot,
-        volumes=fractions,
-        soft_volumes=fractions.copy(),
-        n_iter=int(n_iter),
-        converged=bool(converged),
-        class_model=model,
-        volume_spec=spec,
+    result = SegmentationResult.from_arrays(
+        labels, onehot, n_iter=n_iter, converged=converged, class_model=model, volume_spec=spec
     )
+    result.soft_volumes = result.volumes.copy()  # hard labels: u is the one-hot labelling
+    return result
 
 
 def _model_cost(model, x_t) -> np.ndarray:
@@ -266,14 +260,10 @@ def emtv_segment(
                 break
             u_prev = u_t
             update(u_t)
-    u = state.u[0].cpu().numpy().astype(np.float32)
-    labels = u.argmax(axis=0).astype(np.int32)
-    fractions = np.bincount(labels.ravel(), minlength=k) / labels.size
-    return SegmentationResult(
-        labels=labels,
-        probabilities=u,
-        volumes=fractions,
-        soft_volumes=u.reshape(k, -1).mean(axis=1),
+    u = state.u[0].cpu().numpy()
+    return SegmentationResult.from_arrays(
+        u.argmax(axis=0),
+        u,
         n_iter=total,
         converged=converged,
         class_model=holder["model"],

@@ -222,10 +222,8 @@ def _segment_network(image, method, volume_mode, volumes, bounds, epsilon, tv_we
         )
     except FileNotFoundError as exc:
         raise RuntimeError(f"the pretrained weights of {method!r} are not available: {exc}") from exc
-    labels = np.asarray(labels).astype(np.int32)
     prob = np.asarray(prob, dtype=np.float32)
     k = prob.shape[0]
-    fractions = np.bincount(labels.ravel(), minlength=k) / labels.size
     mode = volume_mode or "none"
     if mode == "exact" and net_volumes is not None:
         spec = make_volume_spec(k, "exact", net_volumes)
@@ -233,13 +231,6 @@ def _segment_network(image, method, volume_mode, volumes, bounds, epsilon, tv_we
         spec = make_volume_spec(k, "interval", lower=net_volumes[0], upper=net_volumes[1])
     else:
         spec = make_volume_spec(k, "none")
-    return SegmentationResult(
-        labels=labels,
-        probabilities=prob,
-        volumes=fractions,
-        soft_volumes=prob.reshape(k, -1).mean(axis=1),
-        n_iter=0,
-        converged=True,
-        class_model=None,
-        volume_spec=spec,
+    return SegmentationResult.from_arrays(
+        labels, prob, n_iter=0, converged=True, class_model=None, volume_spec=spec
     )

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .costs import SIMILARITIES, GaussianModel, HistogramModel, edge_weight, kmeans_init
+from .costs import SIMILARITIES, GaussianModel, edge_weight, kmeans_init
 from .volumes import VolumeSpec, make_volume_spec
 
 __all__ = ["SegmentationResult", "vptv_segment", "prepare_image"]
@@ -45,6 +45,25 @@ class SegmentationResult:
     converged: bool
     class_model: object
     volume_spec: VolumeSpec
+
+    @classmethod
+    def from_arrays(cls, labels, probabilities, *, n_iter, converged, class_model=None,
+                    volume_spec: VolumeSpec) -> "SegmentationResult":
+        """Build a result from labels and ``(K, *spatial)`` probabilities; the achieved
+        ``volumes`` (label fractions) and ``soft_volumes`` (``mean_x u_i``) are derived."""
+        labels = np.asarray(labels).astype(np.int32)
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        k = probabilities.shape[0]
+        return cls(
+            labels=labels,
+            probabilities=probabilities,
+            volumes=np.bincount(labels.ravel(), minlength=k) / labels.size,
+            soft_volumes=probabilities.reshape(k, -1).mean(axis=1),
+            n_iter=int(n_iter),
+            converged=bool(converged),
+            class_model=class_model,
+            volume_spec=volume_spec,
+        )
 
 
 def prepare_image(image, channel_axis=None) -> np.ndarray:
@@ -323,16 +342,11 @@ def vptv_segment(
         labels_t = round_to_volumes(u_t, spec)
     else:
         labels_t = u_t.argmax(dim=1)
-    u = u_t[0].cpu().numpy().astype(np.float32)
-    labels = labels_t[0].cpu().numpy().astype(np.int32)
-    fractions = np.bincount(labels.ravel(), minlength=n_classes) / labels.size
-    return SegmentationResult(
-        labels=labels,
-        probabilities=u,
-        volumes=fractions,
-        soft_volumes=u.reshape(n_classes, -1).mean(axis=1),
-        n_iter=int(state.n_iter),
-        converged=bool(state.converged.all()),
+    return SegmentationResult.from_arrays(
+        labels_t[0].cpu().numpy(),
+        u_t[0].cpu().numpy(),
+        n_iter=state.n_iter,
+        converged=state.converged.all(),
         class_model=model,
         volume_spec=spec,
     )
