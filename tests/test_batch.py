@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_vptv.core import batch
+from napari_vptv.api import make_segment_fn
+from napari_vptv.core import batch, tiff
 from napari_vptv.core.batch import (
     FileResult,
-    TiffFrames,
     inspect_input,
     iter_inputs,
-    make_segment_fn,
     run_batch,
     segment_file,
-    segment_stack_dask,
-    store_labels_tiff,
 )
+from napari_vptv.core.dask_stack import segment_stack_dask
+from napari_vptv.core.tiff import TiffFrames, store_labels_tiff
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
@@ -189,12 +189,12 @@ def test_store_labels_tiff_roundtrip(tmp_path):
 
 def test_contiguous_offset():
     shape = (4, 5, 6)
-    assert batch._contiguous_offset((slice(2, 3), slice(0, 5), slice(0, 6)), shape) == 60
-    assert batch._contiguous_offset((1, slice(None), slice(None)), shape) == 30
-    assert batch._contiguous_offset((slice(1, 3), slice(0, 5), slice(0, 6)), shape) == 30
-    assert batch._contiguous_offset((1, 2, slice(1, 4)), shape) == 43
-    assert batch._contiguous_offset((slice(1, 3), slice(0, 2), slice(0, 6)), shape) is None
-    assert batch._contiguous_offset((slice(0, 4, 2), slice(None), slice(None)), shape) is None
+    assert tiff._contiguous_offset((slice(2, 3), slice(0, 5), slice(0, 6)), shape) == 60
+    assert tiff._contiguous_offset((1, slice(None), slice(None)), shape) == 30
+    assert tiff._contiguous_offset((slice(1, 3), slice(0, 5), slice(0, 6)), shape) == 30
+    assert tiff._contiguous_offset((1, 2, slice(1, 4)), shape) == 43
+    assert tiff._contiguous_offset((slice(1, 3), slice(0, 2), slice(0, 6)), shape) is None
+    assert tiff._contiguous_offset((slice(0, 4, 2), slice(None), slice(None)), shape) is None
 
 
 # --------------------------------------------------------------------------- #

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from napari_vptv.core.costs import HistogramModel
-from napari_vptv.core.evaluate import evaluate_folder
-from napari_vptv.core.methods import METHODS, segment_image
+from napari_vptv.api import METHODS, evaluate_folder, segment_image
 from napari_vptv.core.samples import load_sample, sample_ids
 from napari_vptv.core.segment import vptv_segment
 from napari_vptv.core.wbc import WBCModel, fit_wbc_model, load_wbc_model, wbc_preset

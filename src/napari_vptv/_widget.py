@@ -22,11 +22,9 @@ them, so opening napari's plugin menu stays fast.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from psygnal import Signal
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -37,6 +35,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from psygnal import Signal
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -45,6 +44,8 @@ __all__ = ["SegmentationWidget", "METADATA_KEY"]
 
 #: Key of ``layer.metadata`` that marks the plugin's own output layers.
 from ._common import METADATA_KEY, WidgetRunMixin
+from .api import wbc_priors
+from .options import SegmentOptions
 
 OUTPUT_KIND = "segmentation"
 
@@ -62,89 +63,8 @@ STACK_VOLUME = "3-D volume (variational only)"
 #: Half-width of the interval put around k-means fractions ("estimate from image").
 KMEANS_INTERVAL = 0.05
 
-#: Used only if neither the shipped WBC colour model nor the network metadata is
-#: available: class fractions (background, cytoplasm, nucleus) of the 90 public WBC
-#: training masks -- mean, 2nd and 98th percentiles.
-_WBC_FALLBACK_VOLUMES = (0.770, 0.128, 0.102)
-_WBC_FALLBACK_LOWER = (0.599, 0.027, 0.049)
-_WBC_FALLBACK_UPPER = (0.904, 0.261, 0.191)
-
-
 def _fmt(values) -> str:
     return ", ".join(f"{float(v):.3g}" for v in np.ravel(values))
-
-
-def _get(obj, *names):
-    """First of ``names`` found as a key or attribute of ``obj`` (else None)."""
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if not isinstance(obj, dict) and hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def wbc_priors(method: str = "vptv") -> Dict[str, Any]:
-    """Settings of the WBC preset for the widget's fields. Never raises.
-
-    Returns ``{"volumes", "lower", "upper", "epsilon", "tv_weight", "edge", "source"}``
-    (entries may be missing): for ``method="vptv-unet"`` from the network's shipped
-    metadata (training-average priors, 2nd / 98th percentiles, the layer's ε, λ), for
-    the variational solver from :func:`napari_vptv.core.wbc.load_wbc_model` and
-    :data:`~napari_vptv.core.wbc.WBC_DEFAULTS`; each falls back to the other, then to
-    the training-average fractions.
-    """
-    out: Dict[str, Any] = {}
-
-    def from_net():
-        from napari_vptv.nn.weights import model_metadata
-
-        meta = model_metadata("vptv-unet")
-        pri = meta.get("volume_priors") or {}
-        head = meta.get("head") or {}
-        return {
-            "volumes": pri.get("mean"),
-            "lower": pri.get("p02"),
-            "upper": pri.get("p98"),
-            "epsilon": head.get("epsilon"),
-            "tv_weight": head.get("tv_weight"),
-            "source": "VPTVU-net metadata",
-        }
-
-    def from_preset():
-        from napari_vptv.core.wbc import WBC_DEFAULTS, load_wbc_model
-
-        got = {k: WBC_DEFAULTS.get(k) for k in ("epsilon", "tv_weight", "edge")}
-        model = load_wbc_model()
-        got.update(volumes=model.fractions, lower=model.lower, upper=model.upper, source="WBC colour model")
-        return got
-
-    order = (from_net, from_preset) if method == "vptv-unet" else (from_preset, from_net)
-    for i, fn in enumerate(order):
-        try:
-            got = fn()
-        except Exception:  # noqa: BLE001 - a missing/partial module or file is fine here
-            continue
-        for k, v in got.items():
-            # solver settings only from the method's own source
-            if v is not None and k not in out and (i == 0 or k in ("volumes", "lower", "upper", "source")):
-                out[k] = v
-        if "volumes" in out and "lower" in out:
-            break
-    if "volumes" not in out or "lower" not in out or "upper" not in out:
-        out.setdefault("volumes", _WBC_FALLBACK_VOLUMES)
-        out["lower"], out["upper"] = _WBC_FALLBACK_LOWER, _WBC_FALLBACK_UPPER
-        out.setdefault("source", "fractions of the WBC training masks")
-    return out
-
-
-def _segment_image_fn():
-    """``core.methods.segment_image`` if present (helper module), else None."""
-    try:
-        from napari_vptv.core.methods import segment_image
-    except ImportError:
-        return None
-    return segment_image
 
 
 class _Cancelled(Exception):
@@ -211,8 +131,12 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self.edge = CheckBox(text="Edge weight e(x)", value=False,
                              tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
         self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
-        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value="cpu")
+        defaults = SegmentOptions()
+        self.diameter = FloatSpinBox(label="cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
+                                     value=defaults.diameter,
+                                     tooltip="Cell diameter in pixels for the network; 0 estimates it")
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
+        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
         self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -225,7 +149,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self.extend([
             self.image, self.method, self.preset, self.n_classes, self.volume_mode,
             self.volumes, self.lower, self.upper, self.estimate, self.epsilon,
-            self.tv_weight, self.edge, self.max_iter, self.seed, self.device,
+            self.tv_weight, self.edge, self.max_iter, self.diameter, self.seed, self.device,
             self.stack_mode, buttons, self.status,
         ])
 
@@ -265,6 +189,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
             "tv_weight": self.tv_weight,
             "edge": self.edge,
             "max_iter": self.max_iter,
+            "diameter": self.diameter,
             "seed": self.seed,
             "device": self.device,
             "stack_mode": self.stack_mode,
@@ -321,6 +246,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
         net = METHODS[self.method.value] == "vptv-unet"
         for w in (self.max_iter, self.edge):
             w.enabled = not net
+        self.diameter.enabled = net
         self._mark_volume_fields()
 
     def _apply_preset(self):
@@ -437,6 +363,7 @@ class SegmentationWidget(WidgetRunMixin, Container):
             "tv_weight": float(self.tv_weight.value),
             "edge": bool(self.edge.value),
             "max_num_iter": int(self.max_iter.value),
+            "diameter": float(self.diameter.value),
             "seed": int(self.seed.value),
             "device": self.device.value,
             "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
@@ -472,8 +399,6 @@ class SegmentationWidget(WidgetRunMixin, Container):
         if method == "vptv-unet" and spec.n_classes != 3:
             raise ValueError("The pretrained VPTVU-net segments 3 WBC classes; set Classes to 3.")
         if method == "vptv-unet":
-            if _segment_image_fn() is None:
-                raise ValueError("The VPTVU-net is not available in this installation (napari_vptv.core.methods missing).")
             try:
                 from napari_vptv.nn.weights import model_metadata
 
@@ -485,74 +410,50 @@ class SegmentationWidget(WidgetRunMixin, Container):
 
             if not torch.cuda.is_available():
                 raise ValueError(f"Device {params['device']!r} is not available on this machine; use 'cpu'.")
+        self.segment_options(spec, params)  # checks the settings as a whole
         return layer, spec, params, mode
 
     # ------------------------------------------------------------------ running
+    def segment_options(self, spec=None, params=None) -> SegmentOptions:
+        """The widget's settings as the shared :class:`~napari_vptv.options.SegmentOptions`.
+
+        Parameters
+        ----------
+        spec : VolumeSpec, optional
+            The entered volume constraint (default: :meth:`volume_spec`).
+        params : dict, optional
+            The widget's settings (default: :meth:`parameters`).
+        """
+        spec = self.volume_spec() if spec is None else spec
+        params = self.parameters() if params is None else params
+        net = params["method"] != "vptv"  # the network's own unrolled T, no edge option
+        return SegmentOptions(
+            method=params["method"],
+            preset="wbc" if params["preset"] == PRESET_WBC else "none",
+            n_classes=spec.n_classes,
+            volume_mode=spec.mode,
+            volumes=spec.volumes if spec.mode == "exact" else None,
+            lower=spec.lower if spec.mode == "interval" else None,
+            upper=spec.upper if spec.mode == "interval" else None,
+            epsilon=params["epsilon"],
+            tv_weight=params["tv_weight"],
+            edge=None if net else params["edge"],
+            max_num_iter=None if net else params["max_num_iter"],
+            seed=params["seed"],
+            device=params["device"],
+            diameter=params["diameter"],
+        )
+
     def _make_segment_fn(self, spec, params):
-        """``fn(image, *, channel_axis)`` for :func:`segment_stack`."""
-        method = params["method"]
-        preset = "wbc" if params["preset"] == PRESET_WBC else None
-        volumes = spec.volumes if spec.mode == "exact" else None
-        bounds = (spec.lower, spec.upper) if spec.mode == "interval" else None
+        """``fn(image, *, channel_axis)`` for :func:`segment_stack`; Cancel stops the solver."""
+        from napari_vptv.api import SegmentFn
 
         def callback(it, max_it=None, *_):
             if self._cancel_requested:
                 raise _Cancelled()
             self._iteration = (int(it), int(max_it if max_it is not None else params["max_num_iter"]))
 
-        common = dict(
-            n_classes=spec.n_classes,
-            volume_mode=spec.mode,
-            volumes=volumes,
-            volume_bounds=bounds,
-            epsilon=params["epsilon"],
-            tv_weight=params["tv_weight"],
-            edge=params["edge"],
-            max_num_iter=params["max_num_iter"],
-            seed=params["seed"],
-            device=params["device"],
-            callback=callback,
-        )
-        segment_image = _segment_image_fn()
-        if segment_image is not None:
-            accepted = inspect.signature(segment_image).parameters
-            takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
-
-            net_kw = dict(common)
-            if method != "vptv":
-                # the network's own unrolled T, no edge option, no iteration callback
-                for key in ("max_num_iter", "edge", "callback"):
-                    net_kw.pop(key)
-
-            def fn(image, *, channel_axis=None):
-                kw = dict(net_kw, method=method, preset=preset)
-                if "channel_axis" in accepted or takes_var_kw:
-                    kw["channel_axis"] = channel_axis
-                if not takes_var_kw:
-                    kw = {k: v for k, v in kw.items() if k in accepted}
-                return segment_image(image, **kw)
-
-            return fn
-
-        from napari_vptv.core.segment import vptv_segment
-
-        extra: Dict[str, Any] = {}
-        if preset == "wbc":
-            try:  # the WBC colour model as starting similarity (volumes: the fields')
-                from napari_vptv.core.wbc import wbc_preset
-
-                extra = {k: v for k, v in wbc_preset("none").items()
-                         if k in ("similarity", "class_model", "em_update")}
-            except Exception:  # noqa: BLE001 - no shipped model: k-means initialisation
-                extra = {}
-
-        def fn(image, *, channel_axis=None):
-            kw = dict(common, **extra)
-            if "class_model" in kw and channel_axis is None:
-                kw = {k: v for k, v in kw.items() if k not in ("class_model", "similarity", "em_update")}
-            return vptv_segment(image, channel_axis=channel_axis, **kw)
-
-        return fn
+        return SegmentFn(self.segment_options(spec, params), callback=callback)
 
     def run(self, sync: Optional[bool] = None):
         """Validate the inputs and segment the chosen image.

@@ -132,26 +132,37 @@ def _add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> N
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="torch CPU threads for one image (default: torch's; stacks use --workers)")
+    _add_diameter_option(g)
 
 
-def _segment_fn_from_args(args):
-    from .core.batch import make_segment_fn
+def _add_diameter_option(p) -> None:
+    p.add_argument("--diameter", type=_nonneg_float, default=0.0, metavar="PX",
+                   help="cell diameter in pixels for the networks; 0 estimates it automatically "
+                        "(default: %(default)s)")
 
-    return make_segment_fn(
-        args.method,
-        preset=args.preset,
-        n_classes=args.classes,
+
+def _options_from_args(args, **fixed):
+    """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated)."""
+    from .options import SegmentOptions
+
+    given = dict(
+        method=args.method,
+        preset=getattr(args, "preset", None),
+        n_classes=getattr(args, "classes", None),
         volume_mode=args.volume_mode,
-        volumes=args.volumes,
-        lower=args.lower,
-        upper=args.upper,
-        epsilon=args.epsilon,
-        tv_weight=args.tv_weight,
-        edge=args.edge,
-        max_num_iter=args.max_iter,
-        seed=args.seed,
+        volumes=getattr(args, "volumes", None),
+        lower=getattr(args, "lower", None),
+        upper=getattr(args, "upper", None),
+        epsilon=getattr(args, "epsilon", None),
+        tv_weight=getattr(args, "tv_weight", None),
+        edge=getattr(args, "edge", None),
+        max_num_iter=getattr(args, "max_iter", None),
+        seed=getattr(args, "seed", 0),
         device=args.device,
+        diameter=getattr(args, "diameter", 0.0),
     )
+    given.update(fixed)
+    return SegmentOptions(**given)
 
 
 def _add_segment_parser(sub) -> None:
@@ -227,6 +238,7 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's)")
+    _add_diameter_option(p)
     p.add_argument("--json", metavar="FILE", default=None, help="also write all figures to a JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -365,11 +377,12 @@ def _bar(total: int, desc: str, disable: bool, unit: str = "file", leave: bool =
 # segment
 # --------------------------------------------------------------------------- #
 def _cmd_segment(args) -> int:
+    from .api import SegmentFn
     from .core.batch import iter_inputs, run_batch
 
     if args.classes is not None and args.classes < 2:
         raise CLIError(f"--classes must be >= 2, got {args.classes}")
-    fn = _segment_fn_from_args(args)
+    fn = SegmentFn(_options_from_args(args))
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out '{out_dir}' exists and is not a folder")
@@ -475,10 +488,9 @@ def _jsonable(x):
 
 
 def _cmd_evaluate(args) -> int:
-    try:
-        from .core.evaluate import evaluate_folder
-    except ImportError as exc:
-        raise CLIError(f"the evaluation module is not available ({exc})") from None
+    from .api import evaluate_folder
+
+    options = _options_from_args(args)
     for what, d in (("--images", args.images), ("--masks", args.masks)):
         p = Path(d).expanduser()
         if not p.exists():
@@ -494,18 +506,8 @@ def _cmd_evaluate(args) -> int:
         b.n = int(done)
         b.refresh()
 
-    kwargs = {}
-    if args.classes is not None:
-        kwargs["n_classes"] = args.classes
-    if args.seed:
-        kwargs["seed"] = args.seed
-    if args.device != "cpu":
-        kwargs["device"] = args.device
     try:
-        rows, summary = evaluate_folder(
-            args.images, args.masks, method=args.method, volume_mode=args.volume_mode,
-            volumes=args.volumes, preset=args.preset, progress=progress, **kwargs,
-        )
+        rows, summary = evaluate_folder(args.images, args.masks, options, progress=progress)
     finally:
         if bar["bar"] is not None:
             bar["bar"].close()
@@ -560,7 +562,7 @@ def overlay_image(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4) 
 def _cmd_demo(args) -> int:
     import imageio.v3 as iio
 
-    from .core.batch import make_segment_fn
+    from .api import SegmentFn
     from .core.io import write_labels
     from .core.metrics import evaluate as score
     from .core.samples import CLASS_NAMES, load_sample, sample_ids, sample_info
@@ -568,7 +570,7 @@ def _cmd_demo(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' exists and is not a folder")
-    fn = make_segment_fn(args.method, preset="wbc", volume_mode=args.volume_mode, device=args.device)
+    fn = SegmentFn(_options_from_args(args, preset="wbc"))
     out.mkdir(parents=True, exist_ok=True)
     accs = []
     _out(f"method {args.method}, WBC preset; classes: {', '.join(CLASS_NAMES)}")
@@ -647,13 +649,7 @@ def _cmd_train(args) -> int:
         from .nn.train import main as train_main
     except ImportError as exc:
         raise CLIError(f"training is not available ({exc})") from None
-    argv = list(args.train_args)
-    prog = sys.argv[0]
-    try:
-        sys.argv[0] = f"{PROG} train"
-        ret = train_main(argv)
-    finally:
-        sys.argv[0] = prog
+    ret = train_main(list(args.train_args))  # its parser names itself "vptv train"
     return ret if isinstance(ret, int) else 0
 
 

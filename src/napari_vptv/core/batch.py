@@ -10,14 +10,9 @@ The engine behind ``vptv segment``:
   TIFF label image; a stack (multi-page TIFF: ZYX, TYX, TZYX, ..., grey or RGB) gives
   a multi-page TIFF of the same leading shape, segmented slice by slice (or volume by
   volume, ``mode="volume"``) with dask;
-* :func:`segment_stack_dask` turns a stack (numpy, dask, or the lazy TIFF reader
-  :class:`TiffFrames`) into a lazy dask array of labels, one ``map_blocks`` task per
-  slice, with the per-slice work done by
-  :func:`napari_vptv.core.stack.segment_stack` (the same code as the napari widget);
-* :func:`store_labels_tiff` computes such an array chunk by chunk into a
-  memory-mapped TIFF, so memory stays flat however long the stack is. The local
-  threaded scheduler is the default; a ``dask.distributed`` ``Client`` (e.g. from
-  ``--scheduler ADDRESS``) works as well, provided the workers see the output folder.
+* stacks are read lazily (:class:`napari_vptv.core.tiff.TiffFrames`), segmented with
+  :func:`napari_vptv.core.dask_stack.segment_stack_dask` and written chunk by chunk by
+  :func:`napari_vptv.core.tiff.store_labels_tiff`.
 
 Resume and safety rules: an output that already exists is skipped (``"skipped"``)
 unless ``overwrite=True``; outputs are first written under a hidden temporary name
@@ -26,7 +21,8 @@ half-written file under the final name, and a file that appeared meanwhile is no
 clobbered). Errors are captured per item (unreadable file, NaN slice, zero-size axis,
 ...) and per slice: the other slices and files are still done.
 
->>> from napari_vptv.core.batch import make_segment_fn, segment_file   # doctest: +SKIP
+>>> from napari_vptv.api import make_segment_fn                       # doctest: +SKIP
+>>> from napari_vptv.core.batch import segment_file                   # doctest: +SKIP
 >>> fn = make_segment_fn("vptv", preset="none", n_classes=2)          # doctest: +SKIP
 >>> segment_file("stack.tif", "out/", fn).status                      # doctest: +SKIP
 'done'
@@ -35,7 +31,6 @@ clobbered). Errors are captured per item (unreadable file, NaN slice, zero-size 
 from __future__ import annotations
 
 import glob as _glob
-import itertools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -44,192 +39,30 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, read_image, write_labels
-from .stack import segment_stack, stack_layout
+from .dask_stack import label_dtype_and_sentinel, segment_stack_dask
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, write_labels
+from .stack import labels_of, segment_stack, stack_layout
+from .tiff import open_lazy, store_labels_tiff, tiff_layout
 
 __all__ = [
-    "METHODS",
-    "PRESETS",
+    "SegmentCallable",
     "InputItem",
     "InputInfo",
     "FileResult",
     "BatchSummary",
-    "SegmentFn",
-    "make_segment_fn",
     "iter_inputs",
     "inspect_input",
     "output_path",
-    "TiffFrames",
-    "open_lazy",
-    "segment_stack_dask",
-    "store_labels_tiff",
     "segment_file",
     "run_batch",
 ]
 
 PathLike = Union[str, Path]
 
-METHODS = ("vptv", "unet", "vptv-unet")
-#: ``"auto"``: the WBC preset for RGB images when the number of classes is unset or 3,
-#: no preset otherwise.
-PRESETS = ("auto", "wbc", "none")
-_TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-# --------------------------------------------------------------------------- #
-# the per-image segmentation function
-# --------------------------------------------------------------------------- #
-def _labels_of(result) -> np.ndarray:
-    return np.asarray(getattr(result, "labels", result))
-
-
-class SegmentFn:
-    """Picklable single-image segmentation ``fn(image, *, channel_axis) -> result``.
-
-    The callable handed to :func:`napari_vptv.core.stack.segment_stack` and to the
-    dask workers. Build it with :func:`make_segment_fn`, which validates the options
-    once, before any file is read.
-    """
-
-    def __init__(self, method: str = "vptv", preset: str = "auto", **options):
-        self.method = method
-        self.preset = preset
-        self.options = {k: v for k, v in options.items() if v is not None}
-
-    def __repr__(self):
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"SegmentFn(method={self.method!r}, preset={self.preset!r}, {opts})"
-
-    # which preset applies to an image with / without colour channels
-    def resolved_preset(self, rgb: bool) -> str:
-        if self.preset != "auto":
-            return self.preset
-        if self.method != "vptv":
-            return "wbc"  # the networks are WBC networks
-        k = self.options.get("n_classes")
-        return "wbc" if rgb and (k is None or int(k) == 3) else "none"
-
-    def n_classes(self, rgb: bool) -> int:
-        """Number of classes of the labels for an RGB / grey input."""
-        if self.resolved_preset(rgb) == "wbc":
-            return 3
-        k = self.options.get("n_classes")
-        if k is not None:
-            return int(k)
-        if self.options.get("volumes") is not None:
-            return len(self.options["volumes"])
-        if self.options.get("lower") is not None:
-            return len(self.options["lower"])
-        return 2
-
-    def __call__(self, image, *, channel_axis=None):
-        from .methods import segment_image  # the single dispatcher (solver and networks)
-
-        rgb = channel_axis is not None
-        opts = dict(self.options)
-        lower, upper = opts.pop("lower", None), opts.pop("upper", None)
-        if lower is not None or upper is not None:
-            opts["volume_bounds"] = (lower, upper)
-        return segment_image(np.asarray(image), method=self.method, preset=self.resolved_preset(rgb),
-                             channel_axis=channel_axis, **opts)
-
-
-def make_segment_fn(
-    method: str = "vptv",
-    *,
-    preset: str = "auto",
-    n_classes: Optional[int] = None,
-    volume_mode: Optional[str] = None,
-    volumes: Optional[Sequence[float]] = None,
-    lower: Optional[Sequence[float]] = None,
-    upper: Optional[Sequence[float]] = None,
-    epsilon: Optional[float] = None,
-    tv_weight: Optional[float] = None,
-    edge: Optional[bool] = None,
-    max_num_iter: Optional[int] = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> SegmentFn:
-    """Validate segmentation options and return a picklable :class:`SegmentFn`.
-
-    Parameters
-    ----------
-    method : {"vptv", "unet", "vptv-unet"}
-        Variational solver or one of the shipped WBC networks.
-    preset : {"auto", "wbc", "none"}
-        ``"wbc"``: the white blood cell preset (3 classes, learned colour model,
-        volume priors); ``"none"``: k-means initialised solver; ``"auto"``: WBC for
-        RGB images when ``n_classes`` is unset or 3, else none.
-    n_classes : int, optional
-        Number of classes ``I`` (default 2 without a preset).
-    volume_mode : {"exact", "interval", "none"}, optional
-        Inferred from the given volumes / bounds when None (the preset's default
-        for the WBC preset).
-    volumes : sequence of float, optional
-        Exact class fractions ``V_i`` (sum 1), applied to every slice.
-    lower, upper : sequence of float, optional
-        Per-class fraction bounds (``volume_mode="interval"``).
-    epsilon, tv_weight, edge, max_num_iter : optional
-        Solver settings ``eps``, ``lambda``, edge function, iterations (defaults:
-        the preset's or :func:`~napari_vptv.core.segment.vptv_segment`'s).
-    seed : int
-        Seed of the k-means initialisation.
-    device : str
-        torch device.
-
-    Raises
-    ------
-    ValueError
-        Unknown method / preset, or impossible volumes (checked here, before any
-        image is read).
-    """
-    from .volumes import make_volume_spec
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    if n_classes is not None and (int(n_classes) != n_classes or n_classes < 2):
-        raise ValueError(f"the number of classes must be an integer >= 2, got {n_classes}")
-    if preset == "wbc" and n_classes not in (None, 3):
-        raise ValueError(f"the WBC preset has 3 classes, got n_classes={n_classes}")
-    if method != "vptv" and n_classes not in (None, 3):
-        raise ValueError(f"method {method!r} (a WBC network) has 3 classes, got n_classes={n_classes}")
-    if (lower is None) != (upper is None):
-        raise ValueError("interval volumes need both lower and upper bounds")
-    if epsilon is not None and not (np.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon}")
-    if tv_weight is not None and not (np.isfinite(tv_weight) and tv_weight >= 0):
-        raise ValueError(f"the TV weight must be >= 0, got {tv_weight}")
-    if max_num_iter is not None and int(max_num_iter) < 1:
-        raise ValueError(f"the maximum number of iterations must be >= 1, got {max_num_iter}")
-    volumes = None if volumes is None else [float(v) for v in volumes]
-    lower = None if lower is None else [float(v) for v in lower]
-    upper = None if upper is None else [float(v) for v in upper]
-    k = n_classes
-    if k is None:
-        given = volumes if volumes is not None else lower
-        k = len(given) if given is not None else (3 if (preset == "wbc" or method != "vptv") else None)
-    if volume_mode is not None or volumes is not None or lower is not None:
-        # validate now (one clear message before any file is touched)
-        if not (volume_mode in ("exact", "interval") and volumes is None and lower is None
-                and (preset != "none" or method != "vptv")):  # else: the preset's priors
-            make_volume_spec(k if k is not None else 2, volume_mode, volumes, lower, upper)
-    return SegmentFn(
-        method,
-        preset,
-        n_classes=n_classes,
-        volume_mode=volume_mode,
-        volumes=volumes,
-        lower=lower,
-        upper=upper,
-        epsilon=epsilon,
-        tv_weight=tv_weight,
-        edge=edge,
-        max_num_iter=max_num_iter,
-        seed=int(seed),
-        device=device,
-    )
+#: A single-image segmentation ``fn(image, *, channel_axis) -> result or labels``,
+#: optionally with an ``n_classes(rgb)`` method: :class:`napari_vptv.api.SegmentFn`
+#: (the batch engine itself does not know the methods).
+SegmentCallable = Callable[..., Any]
 
 
 # --------------------------------------------------------------------------- #
@@ -319,34 +152,6 @@ class InputInfo:
         return len(self.shape) - (1 if self.rgb else 0)
 
 
-def _tiff_layout(series) -> Tuple[Tuple[int, ...], Optional[Tuple[int, int]], bool]:
-    """(napari shape, sample-axis move ``(from, to)`` or None, rgb) of a tifffile series.
-
-    Samples (``S``) form the colour axis (moved last) when the TIFF says RGB (except
-    planar float data, see below); otherwise (e.g. a 4-slice float stack stored planar, "minisblack") they are a
-    leading axis, moved just before Y, X.
-    """
-    shape = tuple(int(s) for s in series.shape)
-    axes = series.axes
-    s_pos = axes.find("S")
-    if s_pos < 0:
-        return shape, None, False
-    photometric = getattr(series.pages[0], "photometric", None)
-    is_rgb = int(photometric) == 2 if photometric is not None else False  # PHOTOMETRIC.RGB
-    if is_rgb and axes.endswith("SYX") and np.dtype(series.dtype).kind == "f":
-        # tifffile.imwrite stores a (3 or 4, Y, X) array as planar RGB by default;
-        # for float data that is nearly always a small stack, not a colour image
-        is_rgb = False
-    if is_rgb and shape[s_pos] in (3, 4):
-        to = len(shape) - 1
-    else:
-        to = len(shape) - 3 if axes.endswith("S") else max(axes.find("Y") - 1, 0)
-        is_rgb = False
-    order = list(range(len(shape)))
-    order.insert(to, order.pop(s_pos))
-    return tuple(shape[i] for i in order), ((s_pos, to) if s_pos != to else None), is_rgb
-
-
 def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
     """Read the layout of an image file (TIFF: from the header only).
 
@@ -358,7 +163,7 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"input '{p}' does not exist")
-    if p.suffix.lower() in _TIFF_SUFFIXES:
+    if p.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         try:
@@ -366,7 +171,7 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
                 if not tif.series:
                     raise ValueError("no image series")
                 series = tif.series[0]
-                shape, _, rgb = _tiff_layout(series)
+                shape, _, rgb = tiff_layout(series)
                 dtype = np.dtype(series.dtype)
         except (ValueError, OSError, tifffile.TiffFileError, IndexError, KeyError) as exc:
             raise ValueError(f"could not read TIFF file '{p}': {exc}") from None
@@ -396,360 +201,9 @@ def output_path(info_or_path, out_dir: PathLike, fmt: str = "png", *, is_stack: 
 
 
 def _possible_outputs(path: Path, out_dir: Path, fmt: str) -> List[Path]:
-    if path.suffix.lower() in _TIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_SUFFIXES:
         return [output_path(path, out_dir, fmt, is_stack=False), output_path(path, out_dir, fmt, is_stack=True)]
     return [output_path(path, out_dir, fmt, is_stack=False)]
-
-
-# --------------------------------------------------------------------------- #
-# lazy stacks
-# --------------------------------------------------------------------------- #
-_TIFF_CACHE: dict = {}
-_TIFF_CACHE_LOCK = threading.Lock()
-
-
-class TiffFrames:
-    """Lazy, picklable view of a multi-page TIFF as an array of napari layout.
-
-    Supports ``shape``, ``dtype``, ``ndim`` and basic slicing, reading only the pages
-    needed (one page per 2-D plane), so ``dask.array.from_array(TiffFrames(path),
-    chunks=(1, ..., H, W))`` reads a stack slice by slice. Files whose pages are
-    not one plane each (e.g. tiled volumes) are read whole on first access.
-    """
-
-    def __init__(self, path: PathLike):
-        import tifffile
-
-        self.path = str(path)
-        with tifffile.TiffFile(self.path) as tif:
-            series = tif.series[0]
-            self.shape, self._move, self.rgb = _tiff_layout(series)
-            self.dtype = np.dtype(series.dtype)
-            self._axes = series.axes
-            n_planes = len(series.pages)
-            page_shape = tuple(series.pages[0].shape) if n_planes else ()
-        plane = self.shape[-3:] if self.rgb else self.shape[-2:]
-        self._plane = tuple(plane)
-        self._lead = tuple(self.shape[: len(self.shape) - len(plane)])
-        n_lead = int(np.prod(self._lead, dtype=np.int64)) if self._lead else 1
-        self._per_page = n_planes == n_lead and int(np.prod(page_shape)) == int(np.prod(plane))
-        # RGB stored planar: each page is (S, Y, X)
-        self._planar = self.rgb and self._move is not None and page_shape[:1] == (self.shape[-1],)
-        self.ndim = len(self.shape)
-
-    def __getstate__(self):
-        return dict(self.__dict__)
-
-    def __repr__(self):
-        return f"TiffFrames({self.path!r}, shape={self.shape}, dtype={self.dtype})"
-
-    def _handle(self):
-        import tifffile
-
-        key = (self.path, os.getpid(), threading.get_ident())
-        with _TIFF_CACHE_LOCK:
-            entry = _TIFF_CACHE.get(key)
-            if entry is None:
-                if len(_TIFF_CACHE) > 64:  # keep the number of open files bounded
-                    for old in list(_TIFF_CACHE)[:32]:
-                        _TIFF_CACHE.pop(old).close()
-                entry = _TIFF_CACHE[key] = tifffile.TiffFile(self.path)
-        return entry
-
-    def _read_plane(self, flat_index: int) -> np.ndarray:
-        tif = self._handle()
-        page = tif.series[0].pages[flat_index]
-        arr = page.asarray()
-        if self._planar and arr.ndim == 3 and arr.shape[0] in (3, 4):
-            arr = np.moveaxis(arr, 0, -1)
-        return arr.reshape(self._plane)
-
-    def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if not self._per_page:
-            import tifffile
-
-            arr = tifffile.imread(self.path)
-            if self._move is not None:
-                arr = np.moveaxis(arr, *self._move)
-            return np.asarray(arr.reshape(self.shape)[key])
-        n = len(self._lead)
-        lead_key, plane_key = key[:n], key[n:]
-        ranges, squeeze = [], []
-        for k, size in zip(lead_key, self._lead):
-            if isinstance(k, slice):
-                ranges.append(range(*k.indices(size)))
-                squeeze.append(False)
-            else:
-                k = int(k)
-                if not -size <= k < size:
-                    raise IndexError(f"index {k} out of range for an axis of size {size}")
-                ranges.append(range(k % size, k % size + 1))
-                squeeze.append(True)
-        out = np.empty(tuple(len(r) for r in ranges) + self._plane, dtype=self.dtype)
-        for pos in itertools.product(*(range(len(r)) for r in ranges)):
-            idx = tuple(r[i] for r, i in zip(ranges, pos))
-            flat = int(np.ravel_multi_index(idx, self._lead)) if n else 0
-            out[pos] = self._read_plane(flat)
-        out = out[(slice(None),) * n + tuple(plane_key)]
-        sq = tuple(0 if s else slice(None) for s in squeeze)
-        return out[sq]
-
-    def __array__(self, dtype=None, copy=None):
-        arr = self[...]
-        return arr.astype(dtype) if dtype is not None else arr
-
-
-def open_lazy(path: PathLike):
-    """A lazy array for a TIFF (:class:`TiffFrames`), the decoded image otherwise."""
-    p = Path(path)
-    if p.suffix.lower() in _TIFF_SUFFIXES:
-        return TiffFrames(p)
-    img = read_image(p)
-    if img.ndim == 3 and img.shape[-1] == 2:
-        img = img[..., 0]
-    return img
-
-
-# --------------------------------------------------------------------------- #
-# dask: segment a stack slice by slice
-# --------------------------------------------------------------------------- #
-def _label_dtype_and_sentinel(n_classes: int):
-    if n_classes < 255:
-        return np.dtype(np.uint8), 255
-    if n_classes < 65535:
-        return np.dtype(np.uint16), 65535
-    raise ValueError(f"too many classes for a label stack: {n_classes}")
-
-
-def _segment_block(block, segment_fn, rgb, mode, sentinel, label_dtype, progress):
-    """Segment every piece of one dask block; failed pieces are filled with ``sentinel``."""
-    block = np.asarray(block)
-    if rgb and block.shape[-1] == 4:
-        block = block[..., :3]
-    n_piece = 2 if mode == "slices" else 3
-    n_lead = block.ndim - n_piece - (1 if rgb else 0)
-    out = np.empty(block.shape[: n_lead + n_piece], dtype=label_dtype)
-    for item in segment_stack(block, segment_fn, rgb=rgb, mode=mode, on_error="skip"):
-        lab = item.labels
-        bad = lab is None or lab.min() < 0 or lab.max() >= sentinel
-        out[item.index] = sentinel if bad else lab
-        if progress is not None:
-            progress(1)
-    return out
-
-
-def segment_stack_dask(
-    array,
-    segment_fn: Callable[..., Any],
-    *,
-    rgb: bool = False,
-    mode: str = "slices",
-    n_classes: int = 2,
-    progress: Optional[Callable[[int], None]] = None,
-):
-    """Lazy labels of a stack, one dask ``map_blocks`` task per slice (or volume).
-
-    Parameters
-    ----------
-    array : array-like
-        numpy, dask, zarr or :class:`TiffFrames`, napari layout (leading axes, Y, X,
-        plus a last colour axis of size 3 or 4 when ``rgb``; an alpha channel is
-        dropped).
-    segment_fn : callable ``(image, *, channel_axis) -> labels or result``
-        Single-image segmentation (:class:`SegmentFn`, or any function accepted by
-        :func:`napari_vptv.core.stack.segment_stack`). Must be picklable for a
-        distributed cluster.
-    rgb : bool
-        Whether the last axis is a colour axis.
-    mode : {"slices", "volume"}
-        2-D slices, or 3-D volumes (the last three spatial axes).
-    n_classes : int
-        Number of classes (chooses the label dtype).
-    progress : callable ``(n) -> None``, optional
-        Called with 1 after every finished piece (local schedulers only).
-
-    Returns
-    -------
-    labels : dask.array.Array
-        Shape of ``array`` without the colour axis, dtype ``uint8`` (``uint16``
-        from 255 classes). A piece that failed is filled with
-        ``np.iinfo(dtype).max`` (see :func:`store_labels_tiff`, which reports it).
-
-    Raises
-    ------
-    ValueError
-        Bad layout (zero-size axis, too few axes, bad colour axis).
-    """
-    import dask.array as da
-
-    leading, spatial = stack_layout(np.shape(array), rgb=rgb, mode=mode)
-    dtype, sentinel = _label_dtype_and_sentinel(int(n_classes))
-    piece = spatial[len(leading):]
-    chunks = (1,) * len(leading) + tuple(piece) + ((array.shape[-1],) if rgb else ())
-    if isinstance(array, da.Array):
-        darr = array.rechunk(chunks)
-    else:
-        name = None
-        if isinstance(array, TiffFrames):
-            from dask.base import tokenize
-
-            st = os.stat(array.path)
-            name = "tiff-frames-" + tokenize(array.path, st.st_mtime_ns, st.st_size)
-        darr = da.from_array(array, chunks=chunks, lock=False, name=name,
-                             meta=np.empty((0,) * len(chunks), dtype=array.dtype))
-    kwargs = dict(segment_fn=segment_fn, rgb=rgb, mode=mode, sentinel=sentinel, label_dtype=dtype, progress=progress)
-    if rgb:
-        return darr.map_blocks(_segment_block, dtype=dtype, drop_axis=darr.ndim - 1,
-                               meta=np.empty((0,) * (darr.ndim - 1), dtype=dtype), **kwargs)
-    return darr.map_blocks(_segment_block, dtype=dtype, meta=np.empty((0,) * darr.ndim, dtype=dtype), **kwargs)
-
-
-_MEMMAPS: dict = {}
-_MEMMAP_LOCK = threading.Lock()
-
-
-def _contiguous_offset(key, shape):
-    """Flat start index of ``array[key]`` if that region is contiguous in C order, else None."""
-    starts, lengths = [], []
-    for k, n in zip(key, shape):
-        if isinstance(k, slice):
-            start, stop, step = k.indices(n)
-            if step != 1:
-                return None
-            starts.append(start)
-            lengths.append(max(stop - start, 0))
-        else:
-            starts.append(int(k) % n)
-            lengths.append(1)
-    starts += [0] * (len(shape) - len(starts))
-    lengths += list(shape[len(lengths):])
-    if 0 in lengths:
-        return None
-    # contiguous: after the first axis with more than one element, every axis is whole
-    first = next((i for i, ln in enumerate(lengths) if ln != 1), len(lengths))
-    if any(lengths[i] != shape[i] for i in range(first + 1, len(shape))):
-        return None
-    return int(np.ravel_multi_index(starts, shape)) if shape else 0
-
-
-class _TiffFileTarget:
-    """``__setitem__`` target for ``dask.array.store`` writing into an uncompressed TIFF.
-
-    Contiguous regions (one block per slice) are written with ``os.pwrite`` at their
-    offset, so written pages stay in the OS page cache and do not add to the
-    process's memory (a memory map would count every page it touched); other regions
-    go through ``tifffile.memmap``. Picklable: workers of a distributed cluster open
-    the file themselves, so it must be on a file system they see.
-    """
-
-    def __init__(self, path: PathLike, shape, dtype, dataoffset: int):
-        self.path = str(path)
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-        self.dataoffset = int(dataoffset)
-
-    def _mm(self):
-        import tifffile
-
-        key = (self.path, os.getpid())
-        with _MEMMAP_LOCK:
-            mm = _MEMMAPS.get(key)
-            if mm is None:
-                mm = _MEMMAPS[key] = tifffile.memmap(self.path, mode="r+")
-        return mm
-
-    def __setitem__(self, key, value):
-        if not isinstance(key, tuple):
-            key = (key,)
-        start = _contiguous_offset(key, self.shape)
-        if start is None:
-            self._mm()[key] = value
-            return
-        buf = np.ascontiguousarray(value, dtype=self.dtype)
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, buf.tobytes(), self.dataoffset + start * self.dtype.itemsize)
-        finally:
-            os.close(fd)
-
-    def read(self, index: Tuple[int, ...]) -> np.ndarray:
-        """Read ``array[index]`` (leading integer indices) with a plain file read."""
-        piece = self.shape[len(index):]
-        start = int(np.ravel_multi_index(tuple(index) + (0,) * len(piece), self.shape))
-        count = int(np.prod(piece, dtype=np.int64))
-        with open(self.path, "rb") as fh:
-            fh.seek(self.dataoffset + start * self.dtype.itemsize)
-            return np.fromfile(fh, dtype=self.dtype, count=count).reshape(piece)
-
-    def close(self):
-        with _MEMMAP_LOCK:
-            mm = _MEMMAPS.pop((self.path, os.getpid()), None)
-        if mm is not None:
-            mm.flush()
-            del mm
-
-
-def store_labels_tiff(
-    labels,
-    path: PathLike,
-    *,
-    scheduler=None,
-    num_workers: Optional[int] = None,
-    metadata: Optional[dict] = None,
-) -> Path:
-    """Compute a dask label array chunk by chunk into a (memory-mapped) TIFF file.
-
-    Parameters
-    ----------
-    labels : dask.array.Array
-        E.g. from :func:`segment_stack_dask`.
-    path : str or Path
-        TIFF file to create (uncompressed, contiguous, readable with
-        ``tifffile.imread`` as an array of ``labels.shape``).
-    scheduler : str or distributed.Client, optional
-        ``"threads"`` (default), ``"sync"``, or a ``dask.distributed`` client.
-    num_workers : int, optional
-        Threads of the local threaded scheduler.
-    metadata : dict, optional
-        Extra tifffile metadata (stored as JSON in the description).
-
-    Returns
-    -------
-    target
-        The written file (``.path``), with ``.read(index)`` to read a slice back
-        without mapping the file.
-    """
-    import dask.array as da
-    import tifffile
-
-    p = Path(path)
-    md = {"axes": "Q" * (labels.ndim - 2) + "YX"}
-    if metadata:
-        md.update(metadata)
-    mm = tifffile.memmap(str(p), shape=labels.shape, dtype=labels.dtype, metadata=md)
-    del mm  # created (uncompressed, contiguous); every writer opens it itself
-    with tifffile.TiffFile(str(p)) as tif:
-        dataoffset = tif.series[0].dataoffset
-    target = _TiffFileTarget(p, labels.shape, labels.dtype, dataoffset)
-    kwargs = {}
-    if scheduler is None or isinstance(scheduler, str):
-        kwargs["scheduler"] = scheduler or "threads"
-        if num_workers:
-            kwargs["num_workers"] = int(num_workers)
-    else:
-        kwargs["scheduler"] = scheduler  # a distributed Client
-    try:
-        da.store(labels, target, lock=False, compute=True, **kwargs)
-    finally:
-        target.close()
-    return target
 
 
 # --------------------------------------------------------------------------- #
@@ -824,7 +278,7 @@ def _volumes(labels: np.ndarray, k: int) -> np.ndarray:
 def segment_file(
     path: PathLike,
     out_dir: PathLike,
-    segment_fn: SegmentFn,
+    segment_fn: SegmentCallable,
     *,
     fmt: str = "png",
     overwrite: bool = False,
@@ -845,8 +299,8 @@ def segment_file(
     path : str or Path
     out_dir : str or Path
         Created if needed.
-    segment_fn : SegmentFn
-        From :func:`make_segment_fn` (or any callable ``(image, *, channel_axis)``
+    segment_fn : SegmentCallable
+        From :func:`napari_vptv.api.make_segment_fn` (or any callable ``(image, *, channel_axis)``
         with an ``n_classes(rgb)`` method).
     fmt : {"png", "tif"}
         Format of 2-D label images (stacks are always TIFF).
@@ -890,7 +344,7 @@ def segment_file(
             if info.rgb and image.shape[-1] == 4:
                 image = image[..., :3]
             res = segment_fn(image, channel_axis=-1 if info.rgb else None)
-            labels = _labels_of(res)
+            labels = labels_of(res)
             tmp = _tmp_name(final)
             try:
                 write_labels(tmp, labels)
@@ -936,7 +390,7 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
 
     array = open_lazy(p)
     labels = segment_stack_dask(array, segment_fn, rgb=info.rgb, mode=mode, n_classes=k, progress=progress)
-    _, sentinel = _label_dtype_and_sentinel(k)
+    _, sentinel = label_dtype_and_sentinel(k)
     tmp = _tmp_name(final)
     n_threads = num_workers or os.cpu_count() or 1
     torch_threads = None
@@ -1030,7 +484,7 @@ class BatchSummary:
 def run_batch(
     inputs: Iterable[PathLike],
     out_dir: PathLike,
-    segment_fn: SegmentFn,
+    segment_fn: SegmentCallable,
     *,
     fmt: str = "png",
     overwrite: bool = False,

@@ -2,7 +2,8 @@
 
 This is the engine of ``vptv evaluate``: images and masks are paired by file stem
 (``images/001.png`` <-> ``masks/001.png``; a mask named ``001_mask.png`` is also
-accepted), each image is segmented with :func:`~napari_vptv.core.methods.segment_image`
+accepted), each image is segmented with a given single-image function (from the API
+layer: :class:`napari_vptv.api.SegmentFn`, see :func:`napari_vptv.api.evaluate_folder`)
 and scored with :mod:`napari_vptv.core.metrics` (the paper's pixel accuracy
 ``|L ∩ L_gt| / |L|``, Dice per class, per-class error of the class fractions).
 
@@ -15,13 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from .io import list_images, read_image, read_mask
 from .metrics import evaluate as _score
 from .metrics import summarize
 
-__all__ = ["pair_images_and_masks", "evaluate_folder"]
+__all__ = ["pair_images_and_masks", "score_folder"]
 
 _MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
 
@@ -67,18 +66,14 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     return pairs
 
 
-def evaluate_folder(
+def score_folder(
     images_dir,
     masks_dir,
+    segment_fn: Callable[..., object],
     *,
-    method: str = "vptv",
-    volume_mode: Optional[str] = None,
-    volumes=None,
-    preset: Optional[str] = "wbc",
     progress: Optional[Callable[[int, int], None]] = None,
-    **kwargs,
 ):
-    """Segment every image of a folder and score it against its mask.
+    """Segment every image of a folder with ``segment_fn`` and score it against its mask.
 
     Parameters
     ----------
@@ -86,19 +81,10 @@ def evaluate_folder(
         Folders of images and of masks with the same file stems. Masks are WBC
         grey masks (0/128/255 -> 0/1/2, nearest value) or integer label images
         (:func:`~napari_vptv.core.io.read_mask`).
-    method : {"vptv", "unet", "vptv-unet"}
-    volume_mode : {"interval", "exact", "none"}, optional
-        Default: the method's / preset's default (the WBC preset: interval).
-    volumes : sequence of float, optional
-        Exact class fractions (with ``volume_mode="exact"``; default: the preset's
-        training averages).
-    preset : {"wbc", None, "none"}
-        Default ``"wbc"``.
+    segment_fn : callable ``(image, *, channel_axis) -> SegmentationResult``
+        Single-image segmentation, e.g. :class:`napari_vptv.api.SegmentFn`.
     progress : callable ``(done, total)``, optional
         Called after every image (and once with ``done = 0`` before the first).
-    **kwargs
-        Passed to :func:`~napari_vptv.core.methods.segment_image` (``n_classes``,
-        ``epsilon``, ``tv_weight``, ``seed``, ``device``, ``volume_bounds``, ...).
 
     Returns
     -------
@@ -120,8 +106,6 @@ def evaluate_folder(
         Unreadable image or mask, or a mask whose size differs from its image
         (named), bad method / volumes.
     """
-    from .methods import segment_image
-
     pairs = pair_images_and_masks(images_dir, masks_dir)
     total = len(pairs)
     if progress is not None:
@@ -140,8 +124,7 @@ def evaluate_folder(
             image = image[..., :3]
         t0 = time.perf_counter()
         try:
-            result = segment_image(image, method=method, preset=preset, volume_mode=volume_mode,
-                                   volumes=volumes, channel_axis=channel_axis, **kwargs)
+            result = segment_fn(image, channel_axis=channel_axis)
         except ValueError as exc:
             raise ValueError(f"image '{img_path.name}': {exc}") from exc
         dt = time.perf_counter() - t0

@@ -41,7 +41,8 @@ __all__ = [
 
 #: File suffixes treated as images by :func:`list_images`.
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+#: Suffixes of TIFF files (multi-page stacks are read lazily).
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 #: Grey values of the WBC ground truth: background, cytoplasm, nucleus.
 WBC_GREY_VALUES: Tuple[int, ...] = (0, 128, 255)
@@ -84,7 +85,7 @@ def read_image(path: PathLike) -> np.ndarray:
     """
     p = _check_file(path, "Image")
     try:
-        if p.suffix.lower() in _TIFF_SUFFIXES:
+        if p.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
             img = tifffile.imread(str(p))
@@ -294,7 +295,7 @@ def write_labels(
     if suffix == "":
         suffix = ".png" if vmax <= 255 else ".tif"
         p = p.with_name(p.name + suffix)
-    if suffix not in (".png",) + _TIFF_SUFFIXES:
+    if suffix not in (".png",) + TIFF_SUFFIXES:
         raise ValueError(
             f"Cannot write labels to '{p}': use a .png or .tif file "
             "(lossless formats only)."

@@ -36,6 +36,7 @@ __all__ = [
     "segment_stack",
     "segment_stack_array",
     "label_dtype",
+    "labels_of",
 ]
 
 #: ``"slices"``: every 2-D plane separately; ``"volume"``: the last three spatial axes
@@ -129,7 +130,8 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if n_classes <= 256 else np.dtype(np.int32)
 
 
-def _labels_of(result) -> np.ndarray:
+def labels_of(result) -> np.ndarray:
+    """The label array of a segmentation result (or of a plain label array)."""
     labels = getattr(result, "labels", result)
     return np.asarray(labels)
 
@@ -198,7 +200,7 @@ def segment_stack(
         try:
             arr = np.asarray(piece)  # only this piece is read / computed
             result = segment_fn(arr, channel_axis=channel_axis)
-            labels = _labels_of(result)
+            labels = labels_of(result)
             if labels.shape != piece_shape:
                 raise ValueError(
                     f"segment_fn returned labels of shape {labels.shape} for a piece of spatial "

@@ -53,6 +53,7 @@ from .costs import GaussianModel, HistogramModel
 __all__ = [
     "WBC_CLASSES",
     "WBC_DEFAULTS",
+    "WBC_TRAINING_FRACTIONS",
     "WBCModel",
     "fit_wbc_model",
     "load_wbc_model",
@@ -69,6 +70,15 @@ WBC_DEFAULTS = {
     "tv_weight": 2.0,
     "edge": False,
     "em_update": False,
+}
+
+#: Class fractions (background, cytoplasm, nucleus) of the 90 public WBC training
+#: masks: mean, 2nd and 98th percentiles. Used only where neither the shipped colour
+#: model nor the network metadata can be read.
+WBC_TRAINING_FRACTIONS = {
+    "mean": (0.770, 0.128, 0.102),
+    "p02": (0.599, 0.027, 0.049),
+    "p98": (0.904, 0.261, 0.191),
 }
 
 _MODEL_FILE = "wbc_colour_model.npz"

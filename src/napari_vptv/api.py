@@ -1,0 +1,392 @@
+"""The thin API layer: one dispatcher from :class:`SegmentOptions` to labels.
+
+``segment_image(image, options)`` sends ``method="vptv"`` to the variational
+solver in :mod:`napari_vptv.core` (with the WBC preset's colour model and priors
+from :mod:`napari_vptv.core.wbc` when the preset applies) and the network methods
+to :func:`napari_vptv.nn.weights.predict_wbc` (imported lazily: torch and the
+network code load only when a network is asked for).
+
+The widget, the ``vptv`` command line and the batch engine all call
+:func:`segment_image` through a :class:`SegmentFn` (a picklable
+``fn(image, *, channel_axis)``) built from the same options object.
+
+No napari or Qt imports here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+from .core.segment import SegmentationResult, vptv_segment
+from .core.volumes import make_volume_spec
+from .options import METHODS, PRESETS, SegmentOptions
+
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "SegmentOptions",
+    "SegmentFn",
+    "segment_image",
+    "make_segment_fn",
+    "evaluate_folder",
+    "wbc_priors",
+]
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def _as_options(options: Optional[SegmentOptions], settings: Dict[str, Any]) -> SegmentOptions:
+    if options is None:
+        return SegmentOptions.from_kwargs(**settings)
+    if not isinstance(options, SegmentOptions):
+        raise TypeError(f"options must be a SegmentOptions, got {type(options).__name__}")
+    if settings:
+        bounds = settings.pop("volume_bounds", None)
+        if bounds is not None:
+            settings["lower"], settings["upper"] = bounds
+        return options.replace(**settings)
+    return options
+
+
+def segment_image(
+    image,
+    options: Optional[SegmentOptions] = None,
+    *,
+    channel_axis: Optional[int] = None,
+    callback: Optional[ProgressCallback] = None,
+    **settings,
+) -> SegmentationResult:
+    """Segment one image with the variational solver or a shipped network.
+
+    Parameters
+    ----------
+    image : ndarray
+        Grey ``(H, W)`` / ``(Z, H, W)`` or colour image (``channel_axis``). The WBC
+        preset and the networks need RGB ``(H, W, 3)``.
+    options : SegmentOptions, optional
+        The settings. Default: made from ``settings``.
+    channel_axis : int, optional
+        Colour axis (``-1`` for RGB). With the WBC preset an ``(H, W, 3)`` image is
+        taken as RGB even when it is None.
+    callback : callable ``(iteration, max_iterations)``, optional
+        Progress hook (variational solver only); it may raise to stop the solve.
+    **settings
+        Fields of :class:`SegmentOptions` (and ``volume_bounds=(lower, upper)``),
+        overriding those of ``options``.
+
+    Returns
+    -------
+    SegmentationResult
+        For the networks, ``n_iter`` is 0 and ``class_model`` is None.
+
+    Raises
+    ------
+    ValueError
+        Unknown method / preset, impossible volumes, bad image.
+    RuntimeError
+        A network method is asked for but the network code or its weights are not
+        available.
+
+    Examples
+    --------
+    >>> from napari_vptv.core.samples import load_sample          # doctest: +SKIP
+    >>> image, _ = load_sample("001")                             # doctest: +SKIP
+    >>> segment_image(image, SegmentOptions.wbc()).labels.shape   # doctest: +SKIP
+    (300, 300)
+    """
+    opts = _as_options(options, settings)
+    if opts.is_network:
+        return _segment_network(image, opts, channel_axis)
+    if opts.resolved_preset(channel_axis is not None) == "wbc":
+        return _segment_wbc(image, opts, channel_axis, callback)
+    return vptv_segment(
+        image,
+        opts.n_classes,
+        volumes=opts.volumes,
+        volume_mode=opts.volume_mode,
+        volume_bounds=opts.volume_bounds,
+        channel_axis=channel_axis,
+        seed=opts.seed,
+        device=opts.device,
+        callback=callback,
+        **_solver_overrides(opts),
+    )
+
+
+def _solver_overrides(opts: SegmentOptions) -> Dict[str, Any]:
+    """Solver settings that were given (the others keep the preset's / solver's defaults)."""
+    names = ("edge", "max_num_iter", "epsilon", "tv_weight")
+    return {k: getattr(opts, k) for k in names if getattr(opts, k) is not None}
+
+
+def _rgb_channel_axis(image, channel_axis):
+    """Channel axis for an RGB(A) WBC image: given, or -1 for ``(H, W, 3|4)``."""
+    arr = np.asarray(image)
+    if channel_axis is not None:
+        return channel_axis
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return -1
+    raise ValueError(
+        f"the WBC preset needs an RGB image (H, W, 3); got shape {arr.shape} without a channel axis "
+        "(use preset=None for grey images)"
+    )
+
+
+def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
+    """The solver with the WBC preset (:func:`~napari_vptv.core.wbc.wbc_preset`)."""
+    from .core.wbc import wbc_preset
+
+    channel_axis = _rgb_channel_axis(image, channel_axis)
+    arr = np.asarray(image)
+    if np.moveaxis(arr, channel_axis, -1).shape[-1] == 4:  # RGBA -> RGB
+        arr = np.moveaxis(np.moveaxis(arr, channel_axis, -1)[..., :3], -1, channel_axis)
+    volume_mode = opts.volume_mode
+    if volume_mode is None:
+        volume_mode = "exact" if opts.volumes is not None else "interval"
+    kw = wbc_preset(volume_mode, **_solver_overrides(opts))
+    if volume_mode == "exact" and opts.volumes is not None:
+        kw["volumes"] = opts.volumes
+    if volume_mode == "interval" and opts.volume_bounds is not None:
+        kw["volume_bounds"] = opts.volume_bounds
+    kw["channel_axis"] = channel_axis
+    return vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw)
+
+
+def _network_volumes(opts: SegmentOptions):
+    """(volume_mode, volumes in :func:`predict_wbc`'s layout) checked like the solver's."""
+    bounds = opts.volume_bounds
+    volume_mode = opts.volume_mode
+    if volume_mode is None:
+        volume_mode = "exact" if opts.volumes is not None else ("interval" if bounds is not None else None)
+    net_volumes = None
+    if volume_mode == "exact" and opts.volumes is not None:
+        net_volumes = make_volume_spec(3, "exact", opts.volumes).volumes
+    elif volume_mode == "interval" and bounds is not None:
+        spec = make_volume_spec(3, "interval", lower=bounds[0], upper=bounds[1])
+        net_volumes = np.stack([spec.lower, spec.upper])
+    return volume_mode, net_volumes
+
+
+def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationResult:
+    """A shipped network through :func:`napari_vptv.nn.weights.predict_wbc`."""
+    try:
+        from .nn.weights import predict_wbc
+    except ImportError as exc:  # network code missing from this installation
+        raise RuntimeError(f"method {opts.method!r} needs the napari_vptv.nn networks, "
+                           f"which are not available: {exc}") from exc
+    arr = np.asarray(image)
+    if channel_axis is not None:
+        arr = np.moveaxis(arr, channel_axis, -1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"method {opts.method!r} needs an RGB image (H, W, 3); got shape {np.shape(image)}")
+    volume_mode, net_volumes = _network_volumes(opts)
+    kwargs = {}
+    if opts.max_num_iter is not None:
+        kwargs["num_iter"] = opts.max_num_iter
+    try:
+        labels, prob = predict_wbc(
+            arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
+            epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
+            diameter=opts.diameter, **kwargs,
+        )
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"the pretrained weights of {opts.method!r} are not available: {exc}") from exc
+    prob = np.asarray(prob, dtype=np.float32)
+    k = prob.shape[0]
+    mode = volume_mode or "none"
+    if mode == "exact" and net_volumes is not None:
+        spec = make_volume_spec(k, "exact", net_volumes)
+    elif mode == "interval" and net_volumes is not None:
+        spec = make_volume_spec(k, "interval", lower=net_volumes[0], upper=net_volumes[1])
+    else:
+        spec = make_volume_spec(k, "none")
+    return SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
+                                          volume_spec=spec)
+
+
+class SegmentFn:
+    """Picklable single-image segmentation ``fn(image, *, channel_axis) -> result``.
+
+    What the batch engine (:mod:`napari_vptv.core.batch`), the stack generator
+    (:func:`napari_vptv.core.stack.segment_stack`) and the dask workers call.
+
+    Parameters
+    ----------
+    options : SegmentOptions
+        The validated settings.
+    callback : callable ``(iteration, max_iterations)``, optional
+        Progress hook of the variational solver (the widget's Cancel); leave it
+        None for dask workers (it must be picklable there).
+    """
+
+    def __init__(self, options: SegmentOptions, callback: Optional[ProgressCallback] = None):
+        if not isinstance(options, SegmentOptions):
+            raise TypeError(f"options must be a SegmentOptions, got {type(options).__name__}")
+        self.options = options
+        self.callback = callback
+
+    def __repr__(self):
+        return f"SegmentFn({self.options!r})"
+
+    @property
+    def method(self) -> str:
+        """The method of the options."""
+        return self.options.method
+
+    @property
+    def preset(self) -> str:
+        """The (unresolved) preset of the options."""
+        return self.options.preset
+
+    def resolved_preset(self, rgb: bool) -> str:
+        """See :meth:`SegmentOptions.resolved_preset`."""
+        return self.options.resolved_preset(rgb)
+
+    def n_classes(self, rgb: bool) -> int:
+        """Number of classes of the labels for an RGB / grey input."""
+        return self.options.n_classes_for(rgb)
+
+    def __call__(self, image, *, channel_axis=None):
+        callback = None if self.options.is_network else self.callback
+        return segment_image(np.asarray(image), self.options, channel_axis=channel_axis, callback=callback)
+
+
+def make_segment_fn(
+    method: str = "vptv",
+    *,
+    preset: str = "auto",
+    n_classes: Optional[int] = None,
+    volume_mode: Optional[str] = None,
+    volumes: Optional[Sequence[float]] = None,
+    lower: Optional[Sequence[float]] = None,
+    upper: Optional[Sequence[float]] = None,
+    epsilon: Optional[float] = None,
+    tv_weight: Optional[float] = None,
+    edge: Optional[bool] = None,
+    max_num_iter: Optional[int] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    diameter: float = 0.0,
+    model: str = "",
+) -> SegmentFn:
+    """Validate segmentation settings and return a picklable :class:`SegmentFn`.
+
+    The keyword form of ``SegmentFn(SegmentOptions(...))``, with the batch
+    default ``preset="auto"``.
+
+    Parameters
+    ----------
+    method, preset, n_classes, volume_mode, volumes, lower, upper, epsilon, tv_weight, edge, max_num_iter, seed, device, diameter, model
+        Fields of :class:`SegmentOptions`.
+
+    Returns
+    -------
+    SegmentFn
+
+    Raises
+    ------
+    ValueError
+        Unknown method / preset, or impossible volumes (checked here, before any
+        image is read).
+    """
+    return SegmentFn(SegmentOptions(
+        method=method, preset=preset, n_classes=n_classes, volume_mode=volume_mode, volumes=volumes,
+        lower=lower, upper=upper, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
+        max_num_iter=max_num_iter, seed=seed, device=device, diameter=diameter, model=model,
+    ))
+
+
+def evaluate_folder(
+    images_dir,
+    masks_dir,
+    options: Optional[SegmentOptions] = None,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    **settings,
+):
+    """Segment every image of a folder and score it against its mask.
+
+    Parameters
+    ----------
+    images_dir, masks_dir : str or Path
+        Folders of images and of masks with the same file stems (see
+        :func:`napari_vptv.core.evaluate.score_folder`).
+    options : SegmentOptions, optional
+        Default: made from ``settings`` with ``preset="wbc"`` unless given.
+    progress : callable ``(done, total)``, optional
+        Called after every image (and once with ``done = 0`` before the first).
+    **settings
+        Fields of :class:`SegmentOptions` (and ``volume_bounds``).
+
+    Returns
+    -------
+    rows : list of dict
+    summary : dict
+        See :func:`napari_vptv.core.evaluate.score_folder`.
+    """
+    from .core.evaluate import score_folder
+
+    if options is None:
+        settings.setdefault("preset", "wbc")
+    fn = SegmentFn(_as_options(options, settings))
+    return score_folder(images_dir, masks_dir, fn, progress=progress)
+
+
+def wbc_priors(method: str = "vptv") -> Dict[str, Any]:
+    """Settings of the WBC preset, for the widget's fields. Never raises.
+
+    Parameters
+    ----------
+    method : {"vptv", "vptv-unet"}
+        Whose settings: the network's shipped metadata (training-average priors,
+        2nd / 98th percentiles, the layer's eps, lambda) for the VPTVU-net, the shipped
+        colour model and :data:`~napari_vptv.core.wbc.WBC_DEFAULTS` for the solver.
+
+    Returns
+    -------
+    dict
+        ``{"volumes", "lower", "upper", "source"}`` and, when known,
+        ``"epsilon"``, ``"tv_weight"``, ``"edge"``. Each source falls back to the
+        other, then to :data:`~napari_vptv.core.wbc.WBC_TRAINING_FRACTIONS`.
+    """
+    from .core.wbc import WBC_TRAINING_FRACTIONS
+
+    out: Dict[str, Any] = {}
+    order = (_net_priors, _colour_model_priors) if method == "vptv-unet" else (_colour_model_priors, _net_priors)
+    for i, source in enumerate(order):
+        try:
+            got = source()
+        except Exception:  # noqa: BLE001 - a missing/partial module or file is fine here
+            continue
+        for k, v in got.items():
+            # solver settings only from the method's own source
+            if v is not None and k not in out and (i == 0 or k in ("volumes", "lower", "upper", "source")):
+                out[k] = v
+        if "volumes" in out and "lower" in out:
+            break
+    if "volumes" not in out or "lower" not in out or "upper" not in out:
+        out.setdefault("volumes", WBC_TRAINING_FRACTIONS["mean"])
+        out["lower"], out["upper"] = WBC_TRAINING_FRACTIONS["p02"], WBC_TRAINING_FRACTIONS["p98"]
+        out.setdefault("source", "fractions of the WBC training masks")
+    return out
+
+
+def _net_priors() -> Dict[str, Any]:
+    from .nn.weights import model_metadata
+
+    meta = model_metadata("vptv-unet")
+    pri = meta.get("volume_priors") or {}
+    head = meta.get("head") or {}
+    return {"volumes": pri.get("mean"), "lower": pri.get("p02"), "upper": pri.get("p98"),
+            "epsilon": head.get("epsilon"), "tv_weight": head.get("tv_weight"), "source": "VPTVU-net metadata"}
+
+
+def _colour_model_priors() -> Dict[str, Any]:
+    from .core.wbc import WBC_DEFAULTS, load_wbc_model
+
+    got = {k: WBC_DEFAULTS.get(k) for k in ("epsilon", "tv_weight", "edge")}
+    model = load_wbc_model()
+    got.update(volumes=model.fractions, lower=model.lower, upper=model.upper, source="WBC colour model")
+    return got

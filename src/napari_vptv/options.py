@@ -1,0 +1,277 @@
+"""The one options object of a segmentation: :class:`SegmentOptions`.
+
+Every way into the plugin -- the napari widget, the ``vptv`` command line, the
+batch engine and the Python API (:func:`napari_vptv.api.segment_image`) -- turns
+its settings into one :class:`SegmentOptions`. The object is frozen and checked
+once, when it is made, so a bad setting is reported before any image is read.
+
+No napari, Qt or torch imports here (cheap to import from the widget's module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .core.volumes import VOLUME_MODES, make_volume_spec
+
+__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "SegmentOptions"]
+
+#: Segmentation methods: the variational solver and the shipped WBC networks.
+METHODS = ("vptv", "unet", "vptv-unet")
+#: The methods that run a shipped network (their names are also the model names).
+NETWORK_METHODS = ("unet", "vptv-unet")
+#: Presets. ``"wbc"``: the white blood cell preset (3 classes, learned colour
+#: model, volume priors); ``"none"``: k-means initialised solver; ``"auto"``:
+#: ``"wbc"`` for RGB images when the number of classes is unset or 3 (and always
+#: for the networks), else ``"none"``.
+PRESETS = ("auto", "wbc", "none")
+
+_Floats = Optional[Tuple[float, ...]]
+
+
+def _float_tuple(values, name: str) -> _Floats:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [v for v in values.replace(";", ",").split(",") if v.strip()]
+    try:
+        return tuple(float(v) for v in np.ravel(np.asarray(values, dtype=object)))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}") from None
+
+
+def _optional_number(value, name: str, *, positive: bool) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    ok = np.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a {'positive number' if positive else 'number >= 0'}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Settings of one segmentation, validated once (frozen).
+
+    ``None`` means "the default of the preset / solver / network".
+
+    Parameters
+    ----------
+    method : {"vptv", "unet", "vptv-unet"}
+        ``"vptv"``: the variational VPTV solver (Algorithm 1); ``"unet"`` /
+        ``"vptv-unet"``: the shipped white blood cell networks (plain softmax /
+        VPTV-softmax head).
+    preset : {"none", "wbc", "auto"}
+        See :data:`PRESETS`. ``None`` is taken as ``"none"``.
+    n_classes : int, optional
+        Number of classes ``I`` (>= 2). The WBC preset and the networks have 3.
+    volume_mode : {"exact", "interval", "none"}, optional
+        Volume constraint. Default: inferred from ``volumes`` / ``lower``,
+        ``upper``; the WBC preset's default is ``"interval"``.
+    volumes : sequence of float, optional
+        Exact class fractions ``V_i`` (sum 1).
+    lower, upper : sequence of float, optional
+        Per-class fraction bounds (``volume_mode="interval"``); both or neither.
+    epsilon : float, optional
+        Entropic regularisation ``eps`` (eq. 11), > 0.
+    tv_weight : float, optional
+        TV weight ``lambda`` (eq. 11), >= 0.
+    edge : bool, optional
+        Weight the TV by the edge function ``e(x)`` (variational solver only).
+    max_num_iter : int, optional
+        Solver iterations; for the networks the unrolled iterations ``T``.
+    seed : int
+        Seed of the k-means initialisation (the only random step).
+    device : str
+        torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    diameter : float
+        Cell diameter in pixels for the networks; ``0`` estimates it
+        automatically. Ignored by the variational solver.
+    model : str
+        Network to run for a network method: ``""`` (the shipped network of
+        ``method``), a shipped model name (``"vptv-unet"``, ``"unet"``) or the
+        path of a fine-tuned ``.pt`` file.
+
+    Raises
+    ------
+    ValueError
+        A sentence naming the bad setting (unknown method / preset, impossible
+        volumes, a WBC setting with a class count other than 3, ...).
+
+    Examples
+    --------
+    >>> SegmentOptions.wbc(volume_mode="exact").n_classes_for(rgb=True)
+    3
+    >>> SegmentOptions(n_classes=2, volumes=[0.8, 0.2]).replace(seed=1).seed
+    1
+    """
+
+    method: str = "vptv"
+    preset: str = "none"
+    n_classes: Optional[int] = None
+    volume_mode: Optional[str] = None
+    volumes: _Floats = None
+    lower: _Floats = None
+    upper: _Floats = None
+    epsilon: Optional[float] = None
+    tv_weight: Optional[float] = None
+    edge: Optional[bool] = None
+    max_num_iter: Optional[int] = None
+    seed: int = 0
+    device: str = "cpu"
+    diameter: float = 0.0
+    model: str = ""
+
+    # ------------------------------------------------------------ validation
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise the fields once, here
+        set_(self, "preset", "none" if self.preset is None else self.preset)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        self._check_classes()
+        if self.volume_mode is not None and self.volume_mode not in VOLUME_MODES:
+            raise ValueError(f"volume_mode must be 'exact', 'interval' or 'none', got {self.volume_mode!r}")
+        for name in ("volumes", "lower", "upper"):
+            set_(self, name, _float_tuple(getattr(self, name), name))
+        if (self.lower is None) != (self.upper is None):
+            raise ValueError("interval volumes need both lower and upper bounds")
+        set_(self, "epsilon", _optional_number(self.epsilon, "epsilon", positive=True))
+        set_(self, "tv_weight", _optional_number(self.tv_weight, "the TV weight", positive=False))
+        if self.edge is not None:
+            set_(self, "edge", bool(self.edge))
+        if self.max_num_iter is not None:
+            if int(self.max_num_iter) < 1:
+                raise ValueError(f"the maximum number of iterations must be >= 1, got {self.max_num_iter}")
+            set_(self, "max_num_iter", int(self.max_num_iter))
+        set_(self, "seed", int(self.seed))
+        set_(self, "diameter", float(_optional_number(self.diameter, "the cell diameter", positive=False)))
+        self._check_model()
+        self._check_volumes()
+
+    def _check_classes(self):
+        k = self.n_classes
+        if k is None:
+            return
+        if int(k) != k or k < 2:
+            raise ValueError(f"the number of classes must be an integer >= 2, got {k}")
+        object.__setattr__(self, "n_classes", int(k))
+        if self.preset == "wbc" and k != 3:
+            raise ValueError(f"the WBC preset has 3 classes (background, cytoplasm, nucleus), got n_classes={k}")
+        if self.is_network and k != 3:
+            raise ValueError(f"method {self.method!r} (a WBC network) has 3 classes, got n_classes={k}")
+
+    def _check_model(self):
+        model = str(self.model or "")
+        object.__setattr__(self, "model", model)
+        if not model:
+            return
+        if model in NETWORK_METHODS:
+            if self.is_network and model != self.method:
+                raise ValueError(f"model {model!r} is the shipped network of method {model!r}, not of {self.method!r}")
+        elif not model.endswith(".pt"):
+            raise ValueError(f"model must be one of {NETWORK_METHODS} or the path of a .pt file, got {model!r}")
+
+    def _check_volumes(self):
+        """Check the volume constraint now: one clear message before any file is read."""
+        if self.volume_mode is None and self.volumes is None and self.lower is None:
+            return
+        if self.volume_mode in ("exact", "interval") and self.volumes is None and self.lower is None \
+                and (self.preset != "none" or self.is_network):
+            return  # the preset's / network's own priors
+        k = self.n_classes
+        if k is None:
+            given = self.volumes if self.volumes is not None else self.lower
+            k = len(given) if given is not None else (3 if (self.preset == "wbc" or self.is_network) else 2)
+        make_volume_spec(k, self.volume_mode, self.volumes, self.lower, self.upper)
+
+    # -------------------------------------------------------------- queries
+    @property
+    def is_network(self) -> bool:
+        """Whether ``method`` runs a shipped network."""
+        return self.method in NETWORK_METHODS
+
+    @property
+    def network_name(self) -> str:
+        """The network to load: ``model`` if given, else the method's shipped one."""
+        return self.model or self.method
+
+    @property
+    def volume_bounds(self) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+        """``(lower, upper)`` or None."""
+        return None if self.lower is None else (self.lower, self.upper)
+
+    def resolved_preset(self, rgb: bool) -> str:
+        """The preset that applies to an image with (``rgb``) or without colour."""
+        if self.preset != "auto":
+            return self.preset
+        if self.is_network:
+            return "wbc"  # the networks are WBC networks
+        return "wbc" if rgb and self.n_classes in (None, 3) else "none"
+
+    def n_classes_for(self, rgb: bool) -> int:
+        """Number of classes of the labels for an RGB / grey input."""
+        if self.resolved_preset(rgb) == "wbc":
+            return 3
+        if self.n_classes is not None:
+            return self.n_classes
+        given = self.volumes if self.volumes is not None else self.lower
+        return len(given) if given is not None else 2
+
+    # --------------------------------------------------------- constructors
+    def replace(self, **changes) -> "SegmentOptions":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as plain Python values (JSON-serialisable)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
+
+    @classmethod
+    def from_kwargs(cls, volume_bounds=None, **settings) -> "SegmentOptions":
+        """Options from keyword settings; ``volume_bounds=(lower, upper)`` is accepted.
+
+        Raises
+        ------
+        TypeError
+            An unknown keyword (named).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unknown segmentation option(s): {', '.join(unknown)}")
+        if volume_bounds is not None:
+            try:
+                lower, upper = volume_bounds
+            except (TypeError, ValueError):
+                raise ValueError("volume_bounds must be a pair (lower, upper) of per-class fractions") from None
+            if lower is not None or upper is not None:
+                settings.update(lower=lower, upper=upper)
+        return cls(**settings)
+
+    @classmethod
+    def preset_named(cls, preset: Optional[str], **settings) -> "SegmentOptions":
+        """Options of a named preset (see :data:`PRESETS`), other fields from ``settings``."""
+        return cls(preset=preset, **settings)
+
+    @classmethod
+    def wbc(cls, **settings) -> "SegmentOptions":
+        """The white blood cell preset (3 classes, colour model, interval volume prior)."""
+        return cls(preset="wbc", **settings)
+
+    @classmethod
+    def kmeans(cls, n_classes: int = 2, **settings) -> "SegmentOptions":
+        """No preset: the solver initialised by k-means with ``n_classes`` classes."""
+        return cls(preset="none", n_classes=n_classes, **settings)
+
+    @classmethod
+    def auto(cls, **settings) -> "SegmentOptions":
+        """``"wbc"`` for RGB images (3 or unset classes), k-means otherwise."""
+        return cls(preset="auto", **settings)
