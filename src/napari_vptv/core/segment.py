@@ -360,7 +360,7 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
     problem with cost ``-log u`` (eps-scaling with warm starts, no TV). Pixels whose
     ``u`` ties exactly cannot be split, so the fractions are met up to such ties.
     Exact volumes are solved directly by the membership auction
-    (:func:`napari_vptv.core.baselines.auction_assign`): class sizes are then exact
+    (:func:`napari_vptv.core.assign.auction_assign`): class sizes are then exact
     (up to one pixel from rounding ``V_i * P`` to integers).
     """
     import torch
@@ -371,7 +371,7 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
         # Exact class sizes: the same transport problem solved exactly by the
         # membership auction (baselines.auction_assign), ~10x faster than the
         # eps-scaled Sinkhorn below, which needs >1000 iterations for exact volumes.
-        from .baselines import auction_assign
+        from .assign import auction_assign
 
         n, k = u.shape[:2]
         logu = torch.log(torch.clamp(u, min=1e-12)).reshape(n, k, -1).double().cpu().numpy()
