@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def test_options_are_validated_once(bad, word):
 def test_options_are_frozen_normalised_and_picklable():
     opts = SegmentOptions(preset=None, volumes=np.array([0.75, 0.25]), diameter=12, model="vptv-unet")
     assert opts.preset == "none" and opts.volumes == (0.75, 0.25) and opts.diameter == 12.0
-    with pytest.raises(Exception):
-        opts.seed = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 3
     assert pickle.loads(pickle.dumps(opts)) == opts
     assert opts.replace(seed=2).seed == 2 and opts.seed == 0
     assert SegmentOptions.wbc().n_classes_for(rgb=True) == 3

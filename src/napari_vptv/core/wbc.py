@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .costs import GaussianModel, HistogramModel
+from .samples import CLASS_NAMES
 
 __all__ = [
     "WBC_CLASSES",
@@ -60,8 +61,8 @@ __all__ = [
     "wbc_preset",
 ]
 
-#: Names of the WBC classes 0, 1, 2.
-WBC_CLASSES = ("background", "cytoplasm", "nucleus")
+#: Names of the WBC classes 0, 1, 2 (the sample masks' classes).
+WBC_CLASSES = CLASS_NAMES
 
 #: Solver settings of the WBC preset (chosen by cross-validation, docs/results.md).
 WBC_DEFAULTS = {
