@@ -296,5 +296,7 @@ def test_correct_subcommand(tmp_path, capsys):
 def test_train_forwards_arguments(capsys):
     pytest.importorskip("napari_vptv.nn.train")
     assert main(["train", "--help"]) == 0
-    assert "--arch" in capsys.readouterr().out
+    assert "--config" in capsys.readouterr().out
     assert main(["train", "--arch", "nope"]) == 2
+    assert main(["train", "--config", "no-such-config", "--data-root", ".", "--out", "x"]) == 2
+    assert "no-such-config" in capsys.readouterr().err

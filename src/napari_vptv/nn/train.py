@@ -1,17 +1,23 @@
-"""Train the plain U-net or the VPTVU-net on the WBC data set (paper Section 6, third
-experiment), with checkpoints every epoch and automatic resume.
+"""Train the generalist U-net or VPTVU-net on several white-blood-cell sources.
 
-Usage::
+Usage (reproduces the shipped weights; configs live in ``napari_vptv/models/``)::
 
-    python -m napari_vptv.nn.train --arch unet --data /work/shared/data/wbc --out runs/unet \
-        --epochs 10 --patches 8192 --seed 0
+    vptv train --config generalist-unet --data-root ../shared/data --out runs/unet
+    vptv train --config generalist-vptv-unet --data-root ../shared/data --out runs/vptv-unet
 
-Protocol: the 90 images are split *by image* into training / validation
-(``--val-images`` held out, fixed seed); ``--patches`` random 64 x 64 patches are drawn
-once from the training images; every epoch visits them in a new random order with
-random flips / rot90; Adam, batch 64, cosine learning-rate decay; loss = NLL of the
-output probabilities. For the VPTVU-net the layer's exact volumes during training are
-each patch's ground-truth class fractions (clipped to >= 1e-3, renormalised).
+Protocol: each source is split *by image* into training and validation
+(``n_val`` images per source, fixed ``split_seed``). Every step draws a fresh batch
+of patches (:mod:`~napari_vptv.nn.sampler`: source by weight, zoom 0.5-2x limited to
+a cell-diameter range, centre on a cell with probability ``p_cell``), applies the
+dihedral symmetries, stain / colour / illumination jitter and blur / noise / JPEG
+(:mod:`~napari_vptv.nn.augment`); Adam with warm-up and cosine decay; loss = NLL of
+the output probabilities. For the VPTVU-net the layer's exact volumes are each
+patch's ground-truth class fractions (the paper's training), dropped with
+probability ``volume_dropout`` so the backbone does not rely on them.
+
+Every random draw of step ``t`` comes from generators seeded with ``(seed, t)``, so
+a run resumed from its checkpoint is the same run. A checkpoint (model, optimiser,
+history) is written atomically every ``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,210 +34,239 @@ import numpy as np
 import torch
 
 from . import data as D
+from .augment import AugmentConfig, augment_colour, augment_optics, dihedral
 from .layer import build_model
+from .sampler import SamplerConfig, sample_batch
+from .sources import load_source
 
-__all__ = ["train", "evaluate", "predict_batch", "main", "segmentation_scores"]
+__all__ = ["train", "main", "segmentation_scores", "load_config", "CONFIG_DIR"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
-def _log(msg, fh=None):
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-
-
-def predict_batch(model, images_u8, *, volumes=None, volume_bounds=None, edge_weight=None):
-    """Whole-image probabilities for uint8 images ``(N, H, W, 3)`` (one image at a time)."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(len(images_u8)):
-            x = D.normalise(images_u8[i][None])
-            v = None if volumes is None else torch.as_tensor(np.asarray(volumes)[i] if np.ndim(volumes) == 2 else volumes, dtype=torch.float32)
-            vb = None
-            if volume_bounds is not None:
-                vb = tuple(torch.as_tensor(b, dtype=torch.float32) for b in volume_bounds)
-            out.append(model(x, volumes=v, volume_bounds=vb, edge_weight=edge_weight)[0].numpy())
-    return np.stack(out)
+def _log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def segmentation_scores(pred: np.ndarray, gt: np.ndarray, n_classes: int = 3) -> dict:
-    """Mean pixel accuracy, per-class Dice and volume error for label stacks ``(N, H, W)``."""
-    acc = (pred == gt).reshape(len(gt), -1).mean(axis=1)
-    dice = []
-    for k in range(n_classes):
-        a, b = pred == k, gt == k
-        inter = (a & b).reshape(len(gt), -1).sum(1)
-        den = a.reshape(len(gt), -1).sum(1) + b.reshape(len(gt), -1).sum(1)
-        dice.append(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0))
-    dice = np.stack(dice, 1)
-    vp = D.class_fractions(pred, n_classes)
-    vg = D.class_fractions(gt, n_classes)
+    """Mean pixel accuracy, per-class Dice and volume error over a list of label images."""
+    acc, dice, verr = [], [], []
+    for p, t in zip(pred, gt):
+        p, t = np.asarray(p), np.asarray(t)
+        acc.append(float((p == t).mean()))
+        d = []
+        for k in range(n_classes):
+            a, b = p == k, t == k
+            den = a.sum() + b.sum()
+            d.append(2.0 * (a & b).sum() / den if den else 1.0)
+        dice.append(d)
+        verr.append([abs((p == k).mean() - (t == k).mean()) for k in range(n_classes)])
+    dice = np.asarray(dice)
     return {
-        "pixel_accuracy": float(acc.mean()),
-        "pixel_accuracy_per_image": [float(a) for a in acc],
-        "dice": [float(d) for d in dice.mean(0)],
+        "pixel_accuracy": float(np.mean(acc)),
+        "pixel_accuracy_per_image": acc,
+        "dice": [float(x) for x in dice.mean(0)],
         "mean_dice": float(dice.mean()),
-        # mean over images and classes of |predicted fraction - true fraction|
-        "volume_error": float(np.abs(vp - vg).mean()),
+        "volume_error": float(np.mean(verr)),
     }
 
 
-def evaluate(model, images_u8, labels, **kwargs) -> dict:
-    probs = predict_batch(model, images_u8, **kwargs)
-    return segmentation_scores(probs.argmax(1), labels, probs.shape[1])
+def load_config(name_or_path) -> dict:
+    """A training config: a JSON path, or the name of one shipped in ``models/``
+    (``generalist-unet`` -> ``models/train-generalist-unet.json``)."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = CONFIG_DIR / f"train-{name_or_path}.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"training config '{name_or_path}' not found (looked for '{p}')")
+    return json.loads(p.read_text())
 
 
-def train(args) -> dict:
-    out = Path(args.out)
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _lr_factor(step, total, warmup):
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
+
+
+def _validate(model, sources, is_vptv):
+    """Whole-image validation at native scale, per source (plain softmax of the
+    backbone: the figure that tracks learning; test-time layers are chosen later)."""
+    model.eval()
+    out = {}
+    with torch.inference_mode():
+        for src in sources:
+            if not src.val:
+                continue
+            preds = [model.logits(D.normalise(s.image[None]))[0].argmax(0).numpy() for s in src.val]
+            sc = segmentation_scores(preds, [s.labels for s in src.val])
+            out[src.name] = {"pixel_accuracy": sc["pixel_accuracy"], "dice": sc["dice"]}
+    model.train()
+    return out
+
+
+def _priors(samples):
+    fr = np.stack([np.bincount(s.labels.ravel(), minlength=3)[:3] / s.labels.size for s in samples])
+    return {"mean": fr.mean(0).tolist(), "p02": np.percentile(fr, 2, 0).tolist(),
+            "p98": np.percentile(fr, 98, 0).tolist(), "n_images": len(samples)}
+
+
+def _setup(cfg, data_root):
+    sources = []
+    for sc in cfg["sources"]:
+        src = load_source(Path(data_root) / sc["path"], sc["name"], sc.get("n_val", 0), cfg.get("split_seed", 0))
+        if sc.get("train", True) is False:  # validation-only source (leave-one-source-out)
+            src.val, src.train = src.samples, []
+        sources.append(src)
+        _log(f"source {src.name}: {len(src.train)} train / {len(src.val)} val images, median cell diameter "
+             f"{np.median([s.diameter for s in src.samples]):.1f} px")
+    head = cfg.get("head") or {}
+    model = build_model(cfg["arch"], unet_kwargs=cfg["unet"], head_kwargs=head)
+    return sources, model
+
+
+def _step_batch(sources, weights, step, cfg, scfg, acfg):
+    seed = int(cfg.get("seed", 0))
+    rng = np.random.default_rng([seed, step])
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    xb, yb = sample_batch(sources, weights, cfg["batch"], rng, scfg)
+    xb, yb = dihedral(xb, yb, g)
+    xb = augment_optics(augment_colour(xb, g, acfg), g, acfg)
+    vol = None
+    if cfg["arch"] != "unet" and float(torch.rand((), generator=g)) >= cfg.get("volume_dropout", 0.0):
+        vol = D.volume_targets(yb)
+    return D.normalise_unit(xb), yb, vol
+
+
+def train(cfg: dict, out, data_root, *, resume: bool = True, max_minutes: float = 0.0, threads: int = 1,
+          init=None) -> dict:
+    """Train from a config dict; writes ``checkpoint.pt``, ``model.pt``, ``train_meta.json``
+    into ``out``. Returns the metadata. ``init``: a ``model.pt`` whose backbone weights
+    start the run (configs with an ``"init"`` entry need it)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-
-    ids, images, labels = D.load_wbc(args.data)
-    train_ids, val_ids = D.split_ids(ids, n_val=args.val_images, seed=args.split_seed)
-    tr = np.array([ids.index(i) for i in train_ids])
-    va = np.array([ids.index(i) for i in val_ids])
-    frac_train = D.class_fractions(labels[tr])
-    _log(f"{len(train_ids)} training / {len(val_ids)} validation images; "
-         f"training-average fractions {np.round(frac_train.mean(0), 4).tolist()}")
-
-    px, pl = D.sample_patches(images[tr], labels[tr], args.patches, args.patch_size, seed=args.seed)
-    X = D.to_unit(px)  # (P, 3, s, s) in [0, 1]; normalised per batch after augmentation
-    Y = torch.as_tensor(pl)
-    vpx, vpl = D.sample_patches(images[va], labels[va], 512, args.patch_size, seed=args.seed + 1)
-    VX, VY = D.normalise(vpx), torch.as_tensor(vpl)
-
-    head = dict(epsilon=args.epsilon, tv_weight=args.tv_weight, num_iter=args.num_iter,
-                backward=args.backward, volume_mode="exact")
-    model = build_model(args.arch, unet_kwargs=dict(base_channels=args.base_channels, depth=args.depth),
-                        head_kwargs=head)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps_per_epoch = math.ceil(args.patches / args.batch)
-    total_steps = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-
-    ckpt_path = out / "checkpoint.pt"
-    start_epoch, history = 0, []
-    if ckpt_path.exists() and not args.no_resume:
-        ck = torch.load(ckpt_path, weights_only=False)
+    torch.set_num_threads(threads)
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    sources, model = _setup(cfg, data_root)
+    if cfg.get("init") and not init:
+        raise ValueError(f"config starts from a trained '{cfg['init']}' model: pass its model.pt with --init")
+    if init:
+        sd = torch.load(init, map_location="cpu", weights_only=True)
+        model.backbone.load_state_dict({k.split("backbone.", 1)[1]: v for k, v in sd.items() if k.startswith("backbone.")})
+        cfg = dict(cfg, init_sha256=_sha256(init))
+        _log(f"backbone initialised from {init}")
+    train_sources = [s for s in sources if s.train]
+    weights = [next(c.get("weight", 1.0) for c in cfg["sources"] if c["name"] == s.name) for s in train_sources]
+    scfg = SamplerConfig(**cfg.get("sampler", {}))
+    acfg = AugmentConfig(**cfg.get("augment", {}))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    total, warmup = int(cfg["steps"]), int(cfg.get("warmup", 200))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
+    ckpt = out / "checkpoint.pt"
+    start, history, seconds = 0, [], 0.0
+    if resume and ckpt.exists():
+        # our own checkpoint (optimiser state holds non-tensor values): trusted file
+        ck = torch.load(ckpt, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        start_epoch, history = ck["epoch"], ck["history"]
-        _log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+        start, history, seconds = ck["step"], ck["history"], ck.get("seconds", 0.0)
+        _log(f"resumed from {ckpt} at step {start}")
+    model.train()
+    t_run, t_log, loss_sum, n_loss = time.time(), time.time(), 0.0, 0
+    step = start
+    while step < total:
+        x, y, vol = _step_batch(train_sources, weights, step, cfg, scfg, acfg)
+        p = model(x, volumes=vol)
+        loss = torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
+        if step % cfg.get("log_every", 50) == 0:
+            _log(f"step {step}/{total} loss {loss_sum / n_loss:.4f} {(time.time() - t_log) / n_loss:.2f} s/step")
+            t_log, loss_sum, n_loss = time.time(), 0.0, 0
+        out_of_time = max_minutes and (time.time() - t_run) > 60 * max_minutes
+        if step % cfg.get("eval_every", 500) == 0 or step == total or out_of_time:
+            rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet"),
+                   "seconds": seconds + time.time() - t_run}
+            history.append(rec)
+            _log(json.dumps(rec))
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "step": step, "history": history, "seconds": rec["seconds"], "config": cfg}
+            torch.save(state, out / "checkpoint.tmp")
+            os.replace(out / "checkpoint.tmp", ckpt)
+        if out_of_time:
+            _log(f"time budget of {max_minutes} min reached at step {step}; rerun to resume")
+            return {}
+    return _finish(model, cfg, sources, history, seconds + time.time() - t_run, out, scfg, acfg)
 
-    def nll(p, y):
-        return torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), y)
 
-    is_vptv = args.arch != "unet"
-    t_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        perm = torch.randperm(args.patches, generator=g)
-        t0, run_loss, n_done = time.time(), 0.0, 0
-        for step in range(steps_per_epoch):
-            if args.max_steps and step >= args.max_steps:
-                break
-            idx = perm[step * args.batch:(step + 1) * args.batch]
-            xb, yb = D.augment_batch(X[idx], Y[idx], g)
-            if args.colour_aug > 0:
-                xb = D.colour_jitter(xb, g, args.colour_aug)
-            xb = D.normalise_unit(xb)
-            vol = D.volume_targets(yb) if is_vptv else None
-            # "volume dropout": with probability p the batch gets no volume constraint (TV
-            # only), so the backbone cannot rely on the ground-truth fractions being given.
-            if vol is not None and args.volume_dropout > 0 and float(torch.rand((), generator=g)) < args.volume_dropout:
-                vol = None
-            p = model(xb, volumes=vol)
-            loss = nll(p, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run_loss += float(loss.detach())
-            n_done += 1
-            if (step + 1) % args.log_every == 0:
-                _log(f"epoch {epoch + 1} step {step + 1}/{steps_per_epoch} loss {run_loss / n_done:.4f} "
-                     f"{(time.time() - t0) / n_done:.2f} s/step")
-        # patch validation (GT volumes for the VPTV head, as in training)
-        model.eval()
-        with torch.inference_mode():
-            vl, vacc = 0.0, 0.0
-            for s in range(0, len(VX), 128):
-                vy = VY[s:s + 128]
-                p = model(VX[s:s + 128], volumes=D.volume_targets(vy) if is_vptv else None)
-                vl += float(nll(p, vy)) * len(vy)
-                vacc += float((p.argmax(1) == vy).float().mean()) * len(vy)
-        rec = {"epoch": epoch + 1, "train_loss": run_loss / max(n_done, 1), "val_patch_loss": vl / len(VX),
-               "val_patch_acc": vacc / len(VX), "epoch_seconds": time.time() - t0}
-        history.append(rec)
-        _log(json.dumps(rec))
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1, "history": history, "args": vars(args)}, ckpt_path.with_suffix(".tmp"))
-        os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
-        if args.max_steps:
-            break
-
-    # whole-image validation
-    kw = {}
-    if is_vptv:
-        kw = {"volumes": frac_train.mean(0)}
-    scores = evaluate(model, images[va], labels[va], **kw)
-    _log(f"validation (whole images): accuracy {scores['pixel_accuracy']:.4f} dice {np.round(scores['dice'], 4).tolist()}")
-    torch.save(model.state_dict(), out / "model.pt")
+def _finish(model, cfg, sources, history, seconds, out, scfg, acfg):
+    train_samples = [s for src in sources for s in src.train]
     meta = {
-        "arch": args.arch,
-        "args": vars(args),
-        "unet": {"in_channels": 3, "n_classes": 3, "base_channels": args.base_channels, "depth": args.depth},
-        "head": head if is_vptv else None,
-        "train_ids": train_ids,
-        "val_ids": val_ids,
-        "train_fractions_mean": frac_train.mean(0).tolist(),
-        "train_fractions_p02": np.percentile(frac_train, 2, axis=0).tolist(),
-        "train_fractions_p98": np.percentile(frac_train, 98, axis=0).tolist(),
-        "data_digest_sha256": D.data_digest(args.data, list(train_ids) + list(val_ids)),
+        "arch": cfg["arch"],
+        "config": cfg,
+        "sampler": scfg.to_dict(),
+        "augment": acfg.to_dict(),
+        "unet": dict(cfg["unet"]),
+        "head": cfg.get("head") if cfg["arch"] != "unet" else None,
+        "sources": [{"name": s.name, "train_ids": [x.name for x in s.train], "val_ids": [x.name for x in s.val],
+                     "data_digest_sha256": s.digest(),
+                     "median_cell_diameter": float(np.median([x.diameter for x in s.samples])),
+                     "volume_priors": _priors(s.train) if s.train else None} for s in sources],
+        "volume_priors_pooled": _priors(train_samples),
+        "training_cell_diameter_median": float(np.median([s.diameter for s in train_samples])),
         "history": history,
-        "validation": scores,
-        "train_seconds_this_run": time.time() - t_start,
+        "steps": int(cfg["steps"]),
+        "train_seconds": seconds,
+        "commit": _git_commit(),
+        "torch": torch.__version__,
     }
+    torch.save(model.state_dict(), out / "model.tmp")
+    os.replace(out / "model.tmp", out / "model.pt")
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    _log(f"done: {out / 'model.pt'} after {seconds / 60:.1f} min")
     return meta
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m napari_vptv.nn.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", choices=["unet", "vptv-unet"], required=True)
-    ap.add_argument("--data", required=True, help="WBC folder with images/ and masks/")
-    ap.add_argument("--out", required=True, help="output folder (checkpoint.pt, model.pt, train_meta.json)")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--patches", type=int, default=12288)
-    ap.add_argument("--patch-size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--val-images", type=int, default=14)
-    ap.add_argument("--base-channels", type=int, default=8)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--epsilon", type=float, default=1.0)
-    ap.add_argument("--tv-weight", type=float, default=1.0)
-    ap.add_argument("--num-iter", type=int, default=20)
-    ap.add_argument("--volume-dropout", type=float, default=0.0,
-                    help="VPTVU-net: probability that a training batch gets no volume constraint")
-    ap.add_argument("--backward", choices=["quasi", "full"], default="quasi")
-    ap.add_argument("--colour-aug", type=float, default=1.0, help="strength of the colour jitter (0 = off)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 is much faster than 2 on a shared 2-core machine)")
-    ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (timing / smoke runs)")
-    ap.add_argument("--no-resume", action="store_true")
+    ap = argparse.ArgumentParser(prog="vptv train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True,
+                    help="training config: a JSON file or a shipped name (generalist-unet, generalist-vptv-unet)")
+    ap.add_argument("--data-root", required=True, help="folder holding the sources' folders named in the config")
+    ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt, train_meta.json)")
+    ap.add_argument("--steps", type=int, default=0, help="override the config's number of steps")
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="stop after this many minutes with a checkpoint (rerun to resume); 0 = no limit")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--init", default=None, help="model.pt of a finished run to start from (configs with 'init')")
+    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
-    train(parse_args(argv))
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    if args.steps:
+        cfg["steps"] = args.steps
+    train(cfg, args.out, args.data_root, resume=not args.no_resume, max_minutes=args.max_minutes,
+          threads=args.threads, init=args.init)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["MODELS_DIR", "MODEL_NAMES", "load_pretrained", "predict_wbc", "export_weights", "model_metadata"]
+__all__ = ["MODELS_DIR", "MODEL_NAMES", "load_pretrained", "load_model", "predict_wbc", "export_weights", "model_metadata"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MODEL_NAMES = ("vptv-unet", "unet")
@@ -101,10 +101,14 @@ def load_pretrained(name: str = "vptv-unet", device: str = "cpu", models_dir: Op
         If the weights or metadata file is missing, unreadable, or its sha256 does not
         match the metadata (the message names the file).
     """
+    _check_name(name)
+    return _load_verified(Path(models_dir) if models_dir is not None else MODELS_DIR, name, device)
+
+
+def _load_verified(d: Path, name: str, device: str):
+    """Load ``d/<name>.pt`` after checking it against the sha256 in ``d/<name>.json``."""
     import torch
 
-    _check_name(name)
-    d = Path(models_dir) if models_dir is not None else MODELS_DIR
     meta_path = d / f"{name}.json"
     if not meta_path.is_file():
         raise RuntimeError(f"metadata file '{meta_path}' of pretrained model {name!r} is missing")
@@ -130,34 +134,53 @@ def load_pretrained(name: str = "vptv-unet", device: str = "cpu", models_dir: Op
     return model.to(device).eval(), meta
 
 
+def _load_run(run_dir: Path, device: str):
+    """A training run folder (``model.pt`` + ``train_meta.json``, see :mod:`.train`)."""
+    import torch
+
+    meta_path = run_dir / "train_meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        model = _build(meta)
+        model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the folder name
+        raise RuntimeError(f"could not load the training run in '{run_dir}': {exc}") from exc
+    return model.to(device).eval(), meta
+
+
+def load_model(name_or_path, device: str = "cpu"):
+    """A network by shipped name (``"vptv-unet"``, ``"unet"``), model file
+    (``NAME.pt`` with its ``NAME.json`` beside it, as :func:`export_weights` writes)
+    or training-run folder. Returns ``(model, metadata)``; raises ``RuntimeError`` /
+    ``ValueError`` naming the file when it is missing, corrupt or foreign."""
+    if str(name_or_path) in MODEL_NAMES:
+        return load_pretrained(str(name_or_path), device=device)
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and (p / "train_meta.json").is_file():
+        return _load_run(p, device)
+    if p.suffix == ".pt" and p.is_file():
+        return _load_verified(p.parent, p.stem, device)
+    raise ValueError(f"model {str(name_or_path)!r} is neither a shipped model {MODEL_NAMES}, "
+                     "a .pt file with its .json beside it, nor a training-run folder")
+
+
 def _cached(name: str, device: str):
-    key = (name, str(device))
+    p = Path(name)
+    # a user's model file may be rewritten (fine-tuned again): its mtime is part of the key
+    stamp = p.stat().st_mtime_ns if name not in MODEL_NAMES and p.exists() else None
+    key = (name, str(device), stamp)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_pretrained(name, device=device)
+            _CACHE[key] = load_model(name, device=device)
         return _CACHE[key]
-
-
-def _as_rgb_uint8(image) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) RGB (or (H, W) grey / (H, W, 4) RGBA), got shape {a.shape}")
-    a = a[..., :3]
-    if min(a.shape[:2]) < 2:
-        raise ValueError(f"image must be at least 2 x 2 pixels, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a
-    if np.issubdtype(a.dtype, np.floating) and np.nanmax(a) <= 1.0:
-        return np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
-    return np.clip(a, 0, 255).astype(np.uint8)
 
 
 def predict_wbc(
     image: np.ndarray,
     *,
     method: str = "vptv-unet",
+    diameter: Optional[float] = None,
+    prior: Optional[str] = None,
     volumes=None,
     volume_mode: Optional[str] = None,
     epsilon: Optional[float] = None,
@@ -165,26 +188,34 @@ def predict_wbc(
     num_iter: Optional[int] = None,
     edge_weight: Optional[np.ndarray] = None,
     device: str = "cpu",
-) -> Tuple[np.ndarray, np.ndarray]:
+    details: bool = False,
+):
     """Segment a white-blood-cell image with a shipped network (whole image, any size).
 
     Parameters
     ----------
     image : ndarray ``(H, W, 3)`` uint8 RGB (grey ``(H, W)`` and RGBA accepted; float
         images in [0, 1] are scaled by 255).
-    method : {"vptv-unet", "unet"}
+    method : str
+        A shipped network ("vptv-unet", "unet"), a model file or a training-run folder
+        (see :func:`load_model`).
+    diameter : float, optional
+        Typical white-cell diameter in pixels; 0 / None = estimate from the image.
+    prior : str, optional
+        Volume prior of the VPTV layer: "self" (default), "pooled",
+        "training-average", "source:NAME" or "none" (see :mod:`napari_vptv.nn.predict`).
     volumes : array, optional
-        ``volume_mode="exact"``: ``(3,)`` fractions (background, cytoplasm, nucleus)
-        summing to 1. ``volume_mode="interval"``: ``(2, 3)`` lower / upper bounds.
-        Default: the shipped priors of the training split (training-average fractions
-        for exact, 2nd-98th percentiles for interval).
+        Explicit ``(3,)`` exact fractions (background, cytoplasm, nucleus) or ``(2, 3)``
+        lower / upper bounds (``volume_mode="interval"``); overrides ``prior``.
     volume_mode : {"exact", "interval", "none"}, optional
-        Default: the shipped default (see ``model_metadata("vptv-unet")["defaults"]``).
+        How ``volumes`` are read; "none" turns the volume term off.
     epsilon, tv_weight, num_iter : optional
         Layer parameters ``eps``, ``lambda``, ``T``; default: shipped values.
-    edge_weight : ndarray ``(H, W)``, optional
-        ``e(x)`` of the TV term (default 1).
+    edge_weight : ignored (kept for compatibility; the layer runs with ``e = 1``).
     device : str
+    details : bool
+        Return the :class:`~napari_vptv.nn.predict.NetworkPrediction` (diameter,
+        scale, prior) instead of the pair.
 
     Returns
     -------
@@ -193,47 +224,10 @@ def predict_wbc(
 
     The volume / layer arguments are ignored for ``method="unet"``.
     """
-    import torch
+    from .predict import predict_cells
 
-    from . import data as D
-    from .layer import VPTVSoftmax
-
-    name = _check_name(method)
-    rgb = _as_rgb_uint8(image)
-    model, meta = _cached(name, device)
-    x = D.normalise(rgb[None]).to(device)
-    with torch.inference_mode():
-        logits = model.logits(x)
-        if name == "unet":
-            probs = torch.softmax(logits, dim=1)
-        else:
-            dflt = meta["defaults"]
-            mode = volume_mode or dflt["volume_mode"]
-            if mode not in ("exact", "interval", "none"):
-                raise ValueError(f"volume_mode must be 'exact', 'interval' or 'none', got {mode!r}")
-            eps = float(dflt["epsilon"] if epsilon is None else epsilon)
-            lam = float(dflt["tv_weight"] if tv_weight is None else tv_weight)
-            T = int(dflt["num_iter"] if num_iter is None else num_iter)
-            layer = VPTVSoftmax(epsilon=eps, tv_weight=lam, num_iter=T, volume_mode=mode)
-            kw = {}
-            if mode == "exact":
-                v = np.asarray(meta["volume_priors"]["mean"] if volumes is None else volumes, dtype=np.float64)
-                if v.shape != (3,) or np.any(v <= 0) or abs(v.sum() - 1) > 1e-3:
-                    raise ValueError(f"volumes must be 3 positive fractions summing to 1, got {v.tolist()}")
-                kw["volumes"] = torch.as_tensor(v, dtype=x.dtype, device=device)
-            elif mode == "interval":
-                b = np.asarray(
-                    [meta["volume_priors"]["p02"], meta["volume_priors"]["p98"]] if volumes is None else volumes,
-                    dtype=np.float64,
-                )
-                if b.shape != (2, 3) or np.any(b[0] > b[1]) or np.any(b < 0) or np.any(b > 1):
-                    raise ValueError(f"volumes for interval mode must be (2, 3) bounds lo <= hi in [0, 1], got {b.tolist()}")
-                kw["volume_bounds"] = tuple(torch.as_tensor(r, dtype=x.dtype, device=device) for r in b)
-            ew = None
-            if edge_weight is not None:
-                ew = torch.as_tensor(np.asarray(edge_weight), dtype=x.dtype, device=device)
-                if ew.shape != tuple(rgb.shape[:2]):
-                    raise ValueError(f"edge_weight must have shape {rgb.shape[:2]}, got {tuple(ew.shape)}")
-            probs = layer(logits, edge_weight=ew, **kw)
-    p = probs[0].float().cpu().numpy()
-    return p.argmax(0).astype(np.int32), p
+    model, meta = _cached(str(method), device)
+    pred = predict_cells(model, meta, image, diameter=diameter, prior=prior, volumes=volumes,
+                         volume_mode=volume_mode, epsilon=epsilon, tv_weight=tv_weight, num_iter=num_iter,
+                         device=device)
+    return pred if details else (pred.labels, pred.probabilities)

@@ -1,0 +1,155 @@
+"""Augmentations for what differs between labs: stain, colour, illumination, optics,
+camera noise and compression (scale is handled by :mod:`napari_vptv.nn.sampler`).
+
+All functions take a float batch ``(B, 3, H, W)`` in [0, 1] and a ``torch.Generator``
+and draw their parameters per sample, so a run is reproducible from its seed.
+
+Stain jitter works in haematoxylin-eosin-DAB optical density space (Ruifrok &
+Johnston colour deconvolution, the matrices of :func:`skimage.color.rgb2hed`), as in
+stain augmentation for histology (Tellez et al. 2018). Hue is rotated about the grey
+axis of RGB, which keeps grey (background glass) grey.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentConfig", "augment_colour", "augment_optics", "dihedral"]
+
+
+@dataclass
+class AugmentConfig:
+    """Per-sample augmentation ranges (each drawn uniformly; ``p_*`` are probabilities)."""
+
+    hed_scale: float = 0.25  # HED channel gain 1 +- this
+    hed_shift: float = 0.05  # HED channel offset +- this (optical density units)
+    hue_degrees: float = 30.0  # hue rotation +- this
+    saturation: tuple = (0.6, 1.5)
+    white_balance: float = 0.12  # per-channel gain 1 +- this
+    brightness: float = 0.10
+    contrast: tuple = (0.7, 1.3)
+    gamma: tuple = (0.7, 1.4)
+    p_blur: float = 0.3
+    blur_sigma: tuple = (0.3, 1.6)
+    p_noise: float = 0.4
+    noise_sigma: tuple = (0.005, 0.04)
+    p_jpeg: float = 0.3
+    jpeg_quality: tuple = (35, 95)
+    p_grey: float = 0.03
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _uniform(g, lo, hi, *shape):
+    return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+
+def _hed_matrices(dtype):
+    from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
+
+    return torch.as_tensor(hed_from_rgb, dtype=dtype), torch.as_tensor(rgb_from_hed, dtype=dtype)
+
+
+def _stain_jitter(x, g, cfg):
+    B = x.shape[0]
+    to_hed, to_rgb = _hed_matrices(x.dtype)
+    od = -torch.log(x.clamp(min=1.0 / 255.0))  # (B, 3, H, W) optical density
+    hed = torch.einsum("bchw,cd->bdhw", od, to_hed)
+    a = 1 + _uniform(g, -cfg.hed_scale, cfg.hed_scale, B, 3, 1, 1)
+    b = _uniform(g, -cfg.hed_shift, cfg.hed_shift, B, 3, 1, 1)
+    od = torch.einsum("bdhw,dc->bchw", hed * a + b, to_rgb)
+    return torch.exp(-od.clamp(min=0.0))
+
+
+def _hue_rotate(x, g, cfg):
+    B = x.shape[0]
+    th = torch.deg2rad(_uniform(g, -cfg.hue_degrees, cfg.hue_degrees, B))
+    k = torch.full((3,), 1 / math.sqrt(3.0), dtype=x.dtype)
+    K = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=x.dtype)
+    eye = torch.eye(3, dtype=x.dtype)
+    c, s = torch.cos(th).view(B, 1, 1), torch.sin(th).view(B, 1, 1)
+    R = c * eye + s * K + (1 - c) * torch.outer(k, k)  # Rodrigues, (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", R, x)
+
+
+def augment_colour(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Stain (HED), hue, saturation, white balance, brightness, contrast, gamma, grey."""
+    B = x.shape[0]
+    x = _stain_jitter(x, g, cfg)
+    x = _hue_rotate(x, g, cfg).clamp(0, 1)
+    grey = x.mean(dim=1, keepdim=True)
+    x = grey + (x - grey) * _uniform(g, *cfg.saturation, B, 1, 1, 1)
+    x = x * (1 + _uniform(g, -cfg.white_balance, cfg.white_balance, B, 3, 1, 1))
+    x = x + _uniform(g, -cfg.brightness, cfg.brightness, B, 1, 1, 1)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - m) * _uniform(g, *cfg.contrast, B, 1, 1, 1) + m).clamp(0, 1)
+    x = x ** _uniform(g, *cfg.gamma, B, 1, 1, 1)
+    to_grey = (torch.rand(B, generator=g) < cfg.p_grey).view(B, 1, 1, 1)
+    return torch.where(to_grey, x.mean(dim=1, keepdim=True).expand_as(x), x)
+
+
+def _gaussian_blur(x, sigma):
+    """Per-sample Gaussian blur, ``sigma`` (B,) (0 = none), one grouped convolution."""
+    B, C, H, W = x.shape
+    r = int(math.ceil(3 * float(sigma.max())))
+    if r < 1:
+        return x
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    k = torch.where(sigma[:, None] > 0, k, (t[None] == 0).to(x.dtype))
+    k = k.repeat_interleave(C, 0)  # (B*C, 2r+1)
+    y = x.reshape(1, B * C, H, W)
+    y = F.pad(y, (r, r, r, r), mode="reflect" if min(H, W) > r else "replicate")
+    y = F.conv2d(y, k.view(B * C, 1, 1, -1), groups=B * C)
+    y = F.conv2d(y, k.view(B * C, 1, -1, 1), groups=B * C)
+    return y.view(B, C, H, W)
+
+
+def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    from PIL import Image
+
+    a = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=int(quality))
+    b = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return torch.from_numpy(b.copy()).permute(2, 0, 1).to(img.dtype) / 255.0
+
+
+def augment_optics(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Defocus blur, camera noise and JPEG compression."""
+    B = x.shape[0]
+    blur = torch.rand(B, generator=g) < cfg.p_blur
+    sigma = torch.where(blur, _uniform(g, *cfg.blur_sigma, B), torch.zeros(B))
+    x = _gaussian_blur(x, sigma)
+    noisy = (torch.rand(B, generator=g) < cfg.p_noise).view(B, 1, 1, 1)
+    sd = _uniform(g, *cfg.noise_sigma, B, 1, 1, 1)
+    x = (x + noisy * sd * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    jpeg = torch.rand(B, generator=g) < cfg.p_jpeg
+    q = torch.randint(int(cfg.jpeg_quality[0]), int(cfg.jpeg_quality[1]) + 1, (B,), generator=g)
+    if bool(jpeg.any()):
+        x = torch.stack([_jpeg(x[b], int(q[b])) if jpeg[b] else x[b] for b in range(B)])
+    return x
+
+
+def dihedral(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+    """Random flips / rot90 (the 8 symmetries of the square), per sample."""
+    ops = torch.randint(0, 8, (x.shape[0],), generator=g)
+    xs, ys = [], []
+    for b in range(x.shape[0]):
+        o = int(ops[b])
+        xb, yb = x[b], y[b]
+        if o & 4:
+            xb, yb = xb.flip(-1), yb.flip(-1)
+        if o & 3:
+            xb, yb = torch.rot90(xb, o & 3, (-2, -1)), torch.rot90(yb, o & 3, (-2, -1))
+        xs.append(xb)
+        ys.append(yb)
+    return torch.stack(xs), torch.stack(ys)

@@ -1,0 +1,220 @@
+"""Whole-image prediction with a white-blood-cell network: scale normalisation by the
+cell diameter, then the plain softmax or the VPTV-softmax layer with a volume prior.
+
+Scale (as cellpose does with its ``diameter``): the network was trained on cells of
+``diameter_range`` pixels (see the model metadata). An image whose cells are outside
+``comfort_range`` is resized so they fall inside it, and the logits are resized back
+(bilinear) before the layer runs at full resolution. With ``diameter`` 0 / None the
+diameter is estimated from the network's own cell mask (:func:`cell_diameter` of a
+first pass), repeated once at the corrected scale when the first estimate came from a
+scale far from the comfortable one.
+
+Volume priors of the VPTV layer (``prior``):
+
+``"self"`` (default)
+    an interval around the network's own soft class fractions on this image,
+    ``[f (1 - r) - a, f (1 + r) + a]``: the layer keeps each class near the evidence of
+    the image (no white cell -> no cell pixels) while TV and the volume dual clean the
+    boundaries. Works on fields with any number of cells.
+``"pooled"``
+    the 2nd-98th percentile interval of the training crops' fractions, all sources.
+``"training-average"``
+    exact training-average fractions (the paper's choice).
+``"source:NAME"``
+    the 2nd-98th percentile interval of one training source.
+``"none"``
+    TV-softmax without a volume term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import data as D
+from .layer import VPTVSoftmax
+from .sampler import resize_image
+from .sources import cell_diameter
+
+__all__ = ["NetworkPrediction", "predict_cells", "PRIORS", "prior_volumes", "as_rgb_uint8"]
+
+PRIORS = ("self", "pooled", "training-average", "none")
+#: cells smaller / larger than this (px) are resized into it before the network runs
+DEFAULT_COMFORT_RANGE = (56.0, 170.0)
+#: first pass on at most this many pixels (large fields are downsampled for it)
+FIRST_PASS_MAX_PIXELS = 1024 * 1024
+SELF_PRIOR_RELATIVE = 0.15
+SELF_PRIOR_ABSOLUTE = 0.005
+
+
+@dataclass
+class NetworkPrediction:
+    """``labels`` (H, W) int32, ``probabilities`` (K, H, W) float32, the cell
+    ``diameter`` used (px, 0 when no cell was found), whether it was ``estimated``,
+    the ``scale`` the network ran at and the ``volume_bounds`` / ``volumes`` applied."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    diameter: float
+    estimated: bool
+    scale: float
+    info: dict = field(default_factory=dict)
+
+
+def as_rgb_uint8(image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from grey, RGB or RGBA; floats in [0, 1] are scaled by 255."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB (or (H, W) grey / (H, W, 4) RGBA), got shape {a.shape}")
+    a = a[..., :3]
+    if min(a.shape[:2]) < 2:
+        raise ValueError(f"image must be at least 2 x 2 pixels, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a
+    if not np.all(np.isfinite(a)):
+        raise ValueError("image contains NaN or infinite values")
+    if np.issubdtype(a.dtype, np.floating) and np.nanmax(a) <= 1.0:
+        return np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _logits_at(model, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Backbone logits of ``x`` (1, 3, H, W) run at ``scale``, returned at (H, W)."""
+    H, W = x.shape[-2:]
+    if abs(scale - 1.0) < 1e-3:
+        return model.logits(x)
+    h, w = max(16, int(round(H * scale))), max(16, int(round(W * scale)))
+    lg = model.logits(resize_image(x, (h, w)))
+    return torch.nn.functional.interpolate(lg, size=(H, W), mode="bilinear", align_corners=False)
+
+
+def _scale_for(diameter: float, comfort: Tuple[float, float]) -> float:
+    if diameter <= 0:
+        return 1.0
+    return float(np.clip(diameter, *comfort) / diameter)
+
+
+def _network_pass(model, x, diameter, comfort, max_pixels):
+    """Logits at the scale the diameter calls for; estimates the diameter when None.
+    Returns ``(logits, diameter, scale)``."""
+    H, W = x.shape[-2:]
+    cap = min(1.0, float(np.sqrt(max_pixels / (H * W))))
+    if diameter:
+        s = min(_scale_for(diameter, comfort), 4.0)
+        return _logits_at(model, x, s), float(diameter), s
+    s, d_prev, lg = cap, None, None
+    for _ in range(3):  # first pass, then at most two corrections
+        lg = _logits_at(model, x, s)
+        d = cell_diameter(lg[0].argmax(0).cpu().numpy())  # measured at full resolution
+        if d <= 0:
+            return lg, 0.0, s
+        s_new = min(_scale_for(d, comfort), cap * 4.0)
+        if abs(np.log(s_new / s)) < np.log(1.15) or (d_prev and abs(np.log(d / d_prev)) < np.log(1.15)):
+            return lg, d, s
+        s, d_prev = s_new, d
+    return lg, d, s
+
+
+def prior_volumes(meta: dict, prior: str, soft_fractions: Optional[np.ndarray] = None):
+    """``("exact", (K,))``, ``("interval", (lo, hi))`` or ``("none", None)`` for a prior name."""
+    pooled = meta.get("volume_priors_pooled") or meta.get("volume_priors")
+    if prior == "none":
+        return "none", None
+    if prior == "training-average":
+        return "exact", np.asarray(pooled["mean"])
+    if prior == "pooled":
+        return "interval", (np.asarray(pooled["p02"]), np.asarray(pooled["p98"]))
+    if prior.startswith("source:"):
+        name = prior.split(":", 1)[1]
+        for s in meta.get("sources", []):
+            if s["name"] == name and s.get("volume_priors"):
+                vp = s["volume_priors"]
+                return "interval", (np.asarray(vp["p02"]), np.asarray(vp["p98"]))
+        known = [s["name"] for s in meta.get("sources", []) if s.get("volume_priors")]
+        raise ValueError(f"unknown source prior {prior!r}; this model knows sources {known}")
+    if prior == "self":
+        f = np.asarray(soft_fractions, dtype=np.float64)
+        lo = np.clip(f * (1 - SELF_PRIOR_RELATIVE) - SELF_PRIOR_ABSOLUTE, 0.0, 1.0)
+        hi = np.clip(f * (1 + SELF_PRIOR_RELATIVE) + SELF_PRIOR_ABSOLUTE, 0.0, 1.0)
+        return "interval", (lo, hi)
+    raise ValueError(f"prior must be one of {PRIORS} or 'source:NAME', got {prior!r}")
+
+
+def _check_volumes(mode, v):
+    v = np.asarray(v, dtype=np.float64)
+    if mode == "exact" and (v.shape != (3,) or np.any(v <= 0) or abs(v.sum() - 1) > 1e-3):
+        raise ValueError(f"volumes must be 3 positive fractions summing to 1, got {v.tolist()}")
+    if mode == "interval" and (v.shape != (2, 3) or np.any(v[0] > v[1]) or np.any(v < 0) or np.any(v > 1)
+                               or v[0].sum() > 1 + 1e-6 or v[1].sum() < 1 - 1e-6):
+        raise ValueError(f"volume bounds must be (2, 3) with lower <= upper in [0, 1], sum(lower) <= 1 <= "
+                         f"sum(upper); got {v.tolist()}")
+    return v
+
+
+def _layer_volumes(meta, logits, prior, volumes, volume_mode):
+    """The ``(mode, kwargs)`` the VPTV layer runs with."""
+    if volumes is not None:
+        mode = volume_mode or "exact"
+        v = _check_volumes(mode, volumes)
+    else:
+        soft = torch.softmax(logits, 1).mean(dim=(0, 2, 3)).double().cpu().numpy()
+        mode, v = prior_volumes(meta, prior, soft)
+        if volume_mode == "none":
+            mode = "none"
+    dt, dev = logits.dtype, logits.device
+    if mode == "exact":
+        return mode, {"volumes": torch.as_tensor(np.asarray(v), dtype=dt, device=dev)}
+    if mode == "interval":
+        return mode, {"volume_bounds": tuple(torch.as_tensor(np.asarray(r), dtype=dt, device=dev) for r in v)}
+    return "none", {}
+
+
+def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None, prior: Optional[str] = None,
+                  volumes=None, volume_mode: Optional[str] = None, epsilon: Optional[float] = None,
+                  tv_weight: Optional[float] = None, num_iter: Optional[int] = None,
+                  comfort_range: Optional[Sequence[float]] = None, device: str = "cpu") -> NetworkPrediction:
+    """Segment one RGB image with a loaded network (see the module docstring).
+
+    Parameters
+    ----------
+    model, meta : from :func:`napari_vptv.nn.weights.load_pretrained`.
+    image : ndarray ``(H, W, 3)`` (grey / RGBA / float accepted, see :func:`as_rgb_uint8`).
+    diameter : float, optional
+        Typical white-cell diameter in pixels; 0 / None = estimate.
+    prior : str, optional
+        Volume prior of the VPTV layer (module docstring); default: the model's.
+    volumes : array, optional
+        Explicit ``(3,)`` exact fractions or ``(2, 3)`` bounds (``volume_mode``).
+    epsilon, tv_weight, num_iter : optional
+        ``eps``, ``lambda``, ``T`` of the layer; default: the model's tuned values.
+    """
+    if diameter is not None and (not np.isfinite(diameter) or diameter < 0):
+        raise ValueError(f"diameter must be >= 0 pixels (0 = estimate), got {diameter}")
+    rgb = as_rgb_uint8(image)
+    dflt = dict(meta.get("defaults") or {})
+    comfort = tuple(comfort_range or dflt.get("comfort_range") or DEFAULT_COMFORT_RANGE)
+    x = D.normalise(rgb[None]).to(device)
+    with torch.inference_mode():
+        logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS)
+        info = {"prior": None}
+        if meta["arch"] == "unet" or int(dflt.get("num_iter", 5) if num_iter is None else num_iter) == 0:
+            probs = torch.softmax(logits, dim=1)
+        else:
+            prior = prior or dflt.get("prior", "self")
+            mode, kw = _layer_volumes(meta, logits, prior, volumes, volume_mode)
+            layer = VPTVSoftmax(
+                epsilon=float(dflt.get("epsilon", 1.0) if epsilon is None else epsilon),
+                tv_weight=float(dflt.get("tv_weight", 1.0) if tv_weight is None else tv_weight),
+                num_iter=int(dflt.get("num_iter", 5) if num_iter is None else num_iter),
+                volume_mode=mode,
+            )
+            probs = layer(logits, **kw)
+            info = {"prior": prior if volumes is None else "given", "volume_mode": mode,
+                    **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()}}
+    p = probs[0].float().cpu().numpy()
+    return NetworkPrediction(p.argmax(0).astype(np.int32), p, d, not diameter, s, info)
