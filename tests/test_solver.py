@@ -10,7 +10,8 @@ import torch
 
 from napari_vptv.core.costs import kmeans_init, kmeans_labels
 from napari_vptv.core.segment import prepare_image, vptv_segment
-from napari_vptv.core.vptv import divergence, gradient
+from napari_vptv.core.vptv import divergence, gradient, vptv_iterate
+from napari_vptv.core.vptv_volume import solve_volume_dual
 
 TOL = 0.005
 
@@ -228,3 +229,83 @@ def test_given_probabilities_respect_volumes():
     p /= p.sum(0, keepdims=True)
     r = vptv_segment(img, probabilities=p, volumes=[0.5, 0.3, 0.2], epsilon=0.05, tv_weight=0.05)
     np.testing.assert_allclose(r.volumes, [0.5, 0.3, 0.2], atol=TOL)
+
+
+# --------------------------------------------------------------------------- #
+# fast no-grad loop == differentiable loop; Newton volume dual
+# --------------------------------------------------------------------------- #
+def _random_problem(shape, mode, edge, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(shape, generator=g, dtype=dtype)
+    k = shape[1]
+    kw = {}
+    if mode == "exact":
+        v = torch.rand(k, generator=g, dtype=dtype) + 0.5
+        kw["volumes"] = v / v.sum()
+    elif mode == "interval":
+        kw["volume_bounds"] = (torch.full((k,), 0.5 / k, dtype=dtype), torch.full((k,), 1.5 / k, dtype=dtype))
+    if edge:
+        kw["edge_weight"] = torch.rand((shape[0],) + shape[2:], generator=g, dtype=dtype)
+    return cost, kw
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 2, 7, 9, 11)])
+@pytest.mark.parametrize("mode", ["none", "exact", "interval"])
+@pytest.mark.parametrize("edge", [False, True])
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_fast_loop_matches_differentiable_loop(shape, mode, edge, dtype, atol):
+    cost, kw = _random_problem(shape, mode, edge, dtype)
+    args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=60, tol=1e-5, **kw)
+    ref = vptv_iterate(cost, differentiable=True, **args)
+    with torch.no_grad():
+        fast = vptv_iterate(cost, **args)  # no_grad -> the in-place loop
+    assert fast.n_iter == ref.n_iter
+    for name in ("u", "q", "f", "f_lower", "f_upper"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), atol=atol, rtol=0, msg=name)
+    assert torch.equal(fast.converged, ref.converged)
+    # a warm start from the result continues identically and is not modified
+    q_before = fast.q.clone()
+    again_ref = vptv_iterate(cost, differentiable=True, state=ref, **{**args, "max_num_iter": 5})
+    again = vptv_iterate(cost, differentiable=False, state=fast, **{**args, "max_num_iter": 5})
+    assert torch.equal(fast.q, q_before)
+    torch.testing.assert_close(again.u, again_ref.u, atol=atol, rtol=0)
+
+
+def test_fast_loop_with_cost_update_matches():
+    cost, kw = _random_problem((1, 3, 20, 20), "exact", False, torch.float64, seed=3)
+
+    def update(u):  # any function of u, applied every 4 iterations
+        return cost + 0.1 * u
+
+    args = dict(epsilon=0.1, tv_weight=0.2, max_num_iter=30, tol=0, cost_update=update, update_every=4, **kw)
+    ref = vptv_iterate(cost, differentiable=True, **args)
+    fast = vptv_iterate(cost, differentiable=False, **args)
+    torch.testing.assert_close(fast.u, ref.u, atol=1e-10, rtol=0)
+    torch.testing.assert_close(fast.cost, ref.cost, atol=1e-10, rtol=0)
+
+
+def test_differentiable_path_gradcheck():
+    """backward="full" differentiates through every step: check against finite differences."""
+    cost, kw = _random_problem((1, 2, 4, 5), "interval", True, torch.float64, seed=1)
+    cost.requires_grad_(True)
+
+    def run(c):
+        return vptv_iterate(c, epsilon=0.5, tv_weight=0.3, max_num_iter=3, tol=0, **kw).u
+
+    assert run(cost).requires_grad  # autograd picks the differentiable loop by itself
+    assert torch.autograd.gradcheck(run, (cost,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "interval"])
+def test_newton_volume_dual_matches_sinkhorn_fixed_point(mode):
+    cost, kw = _random_problem((2, 3, 24, 24), mode, False, torch.float64, seed=2)
+    kw.pop("edge_weight", None)
+    if mode == "interval":  # make bounds bind: fractions of the free solution lie outside
+        kw["volume_bounds"] = (torch.tensor([0.4, 0.0, 0.0], dtype=torch.float64),
+                               torch.tensor([1.0, 0.25, 1.0], dtype=torch.float64))
+    eps = 0.1
+    ref = vptv_iterate(cost, epsilon=eps, tv_weight=0.0, max_num_iter=5000, tol=1e-10, volume_tol=1e-8, **kw)
+    assert bool(ref.converged.all())
+    u, f, sweeps = solve_volume_dual(cost, eps, volume_tol=1e-7, **kw)
+    assert 0 < sweeps < 50
+    torch.testing.assert_close(u, ref.u, atol=1e-4, rtol=0)

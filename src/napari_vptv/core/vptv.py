@@ -214,6 +214,7 @@ def vptv_iterate(
     update_every: int = 10,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
     state: Optional[VPTVState] = None,
+    differentiable: Optional[bool] = None,
 ) -> VPTVState:
     """Run Algorithm 1 on a batch of cost maps.
 
@@ -253,7 +254,13 @@ def vptv_iterate(
     callback : callable ``(iteration, u) -> None``, optional
         Progress hook, called after every iteration.
     state : VPTVState, optional
-        Warm start (``q``, ``f_lower``, ``f_upper`` are reused).
+        Warm start (``q``, ``f_lower``, ``f_upper`` are reused; never modified).
+    differentiable : bool, optional
+        ``True``: the out-of-place loop autograd can run through. ``False``: the
+        allocation-free in-place loop of :mod:`napari_vptv.core.vptv_fast` (no
+        gradient; the ``u`` given to ``callback`` is then a work buffer, valid
+        during the call only). Default: ``True`` exactly when gradients are
+        enabled and ``cost``, ``edge_weight`` or the warm start requires them.
 
     Returns
     -------
@@ -261,9 +268,9 @@ def vptv_iterate(
 
     Notes
     -----
-    The function is written without in-place updates of tensors that may require
-    gradients, so it can be differentiated end to end (full back-propagation
-    through all ``T`` steps) as well as run under ``torch.no_grad()``.
+    Both loops perform the same steps and give the same numbers up to float
+    rounding (tested); the differentiable one can be back-propagated end to end
+    (through all ``T`` steps), the fast one reuses preallocated buffers.
     """
     if cost.ndim < 4:
         raise ValueError(
@@ -278,21 +285,7 @@ def vptv_iterate(
     n_spatial = cost.ndim - 2
     n, k = cost.shape[:2]
     tau = 0.5 * epsilon if tau is None else float(tau)
-    spatial_dims = tuple(range(2, cost.ndim))
-
-    mode = "none"
-    if volumes is not None:
-        mode = "exact"
-        log_v = torch.log(_as_batch_volumes(volumes, cost, "volumes"))
-    elif volume_bounds is not None:
-        mode = "interval"
-        lo = _as_batch_volumes(volume_bounds[0], cost, "volume_bounds[0]")
-        hi = _as_batch_volumes(volume_bounds[1], cost, "volume_bounds[1]")
-        # A bound of 0 (lower) or 1 (upper) never binds; log(0) would be -inf.
-        log_lo = torch.log(torch.clamp(lo, min=1e-12))
-        log_hi = torch.log(torch.clamp(hi, max=1.0))
-        lo_active = lo > 0
-        hi_active = hi < 1
+    update, residual = _volume_rules(volumes, volume_bounds, cost, epsilon)
 
     bound = None
     if tv_weight > 0:
@@ -313,12 +306,92 @@ def vptv_iterate(
         q = cost.new_zeros((n, k, n_spatial) + tuple(cost.shape[2:])) if tv_weight > 0 else None
         f_lower, f_upper = zeros, zeros
 
+    if differentiable is None:
+        inputs = (cost, bound, q, f_lower, f_upper)
+        differentiable = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in inputs
+        )
+    loop = dict(volume_update=update, volume_residual=residual, f_lower=f_lower, f_upper=f_upper,
+                max_num_iter=int(max_num_iter), tol=float(tol), volume_tol=float(volume_tol),
+                cost_update=cost_update, update_every=int(update_every), callback=callback)
+    if differentiable:
+        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(
+            cost, q, bound, epsilon, tau, **loop)
+    else:
+        from .vptv_fast import FastVPTV, run_fast
+
+        with torch.no_grad():
+            solver = FastVPTV(cost, q, bound, epsilon, tau)
+            u, f_lower, f_upper, new_cost, it, converged = run_fast(solver, **loop)
+            q = solver.q
+    return VPTVState(
+        u=u,
+        q=q,
+        f=f_lower - f_upper,
+        f_lower=f_lower,
+        f_upper=f_upper,
+        cost=cost if new_cost is None else new_cost,
+        n_iter=it,
+        converged=converged,
+    )
+
+
+def _volume_rules(volumes, volume_bounds, cost, epsilon):
+    """``(update, residual)`` of the volume dual for the chosen mode (None, None: no
+    volume term).
+
+    ``update(f_lower, f_upper, log_mass) -> (f_lower, f_upper)`` is the stabilised
+    Sinkhorn step (eq. 25) in closed form (one step per outer iteration, no inner
+    loop); for intervals, one clipped step per bound. ``residual(mass)`` is the
+    ``(N, K)`` absolute volume violation used by the stopping test.
+    """
+    if volumes is not None:
+        log_v = torch.log(_as_batch_volumes(volumes, cost, "volumes"))
+        target = torch.exp(log_v)
+
+        def update(f_lower, f_upper, log_mass):
+            return f_lower + epsilon * (log_v - log_mass), f_upper
+
+        def residual(mass):
+            return (mass - target).abs()
+
+        return update, residual
+    if volume_bounds is not None:
+        lo = _as_batch_volumes(volume_bounds[0], cost, "volume_bounds[0]")
+        hi = _as_batch_volumes(volume_bounds[1], cost, "volume_bounds[1]")
+        # A bound of 0 (lower) or 1 (upper) never binds; log(0) would be -inf.
+        log_lo = torch.log(torch.clamp(lo, min=1e-12))
+        log_hi = torch.log(torch.clamp(hi, max=1.0))
+        lo_active = lo > 0
+        hi_active = hi < 1
+        zeros = torch.zeros_like(lo)
+
+        def update(f_lower, f_upper, log_mass):
+            f_lower = torch.where(lo_active, torch.clamp(f_lower + epsilon * (log_lo - log_mass), min=0.0), zeros)
+            f_upper = torch.where(hi_active, torch.clamp(f_upper + epsilon * (log_mass - log_hi), min=0.0), zeros)
+            return f_lower, f_upper
+
+        def residual(mass):
+            return torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
+
+        return update, residual
+    return None, None
+
+
+def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_residual, f_lower, f_upper,
+                      max_num_iter, tol, volume_tol, cost_update, update_every, callback):
+    """The differentiable loop: out-of-place ops only, so autograd can run through all
+    steps (the network layer's ``backward="full"``). Same steps as the fast path."""
+    n_spatial = cost.ndim - 2
+    n, k = cost.shape[:2]
+    spatial_dims = tuple(range(2, cost.ndim))
+    new_cost = None
     u_prev = None
     converged = torch.zeros(n, dtype=torch.bool, device=cost.device)
     it = 0
     for it in range(1, max_num_iter + 1):
         if cost_update is not None and u_prev is not None and (it - 1) % update_every == 0:
-            cost = cost_update(u_prev)
+            cost = new_cost = cost_update(u_prev)
 
         f = f_lower - f_upper
         # Step 2: softmax primal step.
@@ -327,17 +400,9 @@ def vptv_iterate(
         # Step 4 (done before step 3 here; same fixed point): stabilised Sinkhorn
         # update of f from the current marginals. Because only f changes, the new u
         # is the old one reweighted per class -- no second exp over the image.
-        if mode != "none":
+        if volume_update is not None:
             log_mass = torch.log(torch.clamp(u.mean(dim=spatial_dims), min=1e-30))
-            if mode == "exact":
-                f_lower = f_lower + epsilon * (log_v - log_mass)
-            else:
-                f_lower = torch.where(
-                    lo_active, torch.clamp(f_lower + epsilon * (log_lo - log_mass), min=0.0), zeros
-                )
-                f_upper = torch.where(
-                    hi_active, torch.clamp(f_upper + epsilon * (log_mass - log_hi), min=0.0), zeros
-                )
+            f_lower, f_upper = volume_update(f_lower, f_upper, log_mass)
             delta = (f_lower - f_upper - f) / epsilon
             delta = delta - delta.amax(dim=1, keepdim=True)
             w = torch.exp(delta).reshape((n, k) + (1,) * n_spatial)
@@ -353,27 +418,12 @@ def vptv_iterate(
         if u_prev is not None and tol > 0:
             change = torch.sqrt(((u - u_prev) ** 2).mean(dim=tuple(range(1, u.ndim))))
             converged = change < tol
-            if mode != "none":
-                mass = u.mean(dim=spatial_dims)
-                if mode == "exact":
-                    residual = (mass - torch.exp(log_v)).abs()
-                else:
-                    residual = torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
-                converged = converged & (residual.amax(dim=1) < volume_tol)
+            if volume_residual is not None:
+                converged = converged & (volume_residual(u.mean(dim=spatial_dims)).amax(dim=1) < volume_tol)
             if bool(converged.all()):
                 u_prev = u
                 break
         u_prev = u
 
-    f = f_lower - f_upper
-    u = vptv_probabilities(cost, q, f, epsilon)
-    return VPTVState(
-        u=u,
-        q=q,
-        f=f,
-        f_lower=f_lower,
-        f_upper=f_upper,
-        cost=cost,
-        n_iter=it,
-        converged=converged,
-    )
+    u = vptv_probabilities(cost, q, f_lower - f_upper, epsilon)
+    return u, q, f_lower, f_upper, new_cost, it, converged
