@@ -19,9 +19,15 @@ which all three give. Note that the WBC preset's colour model was fitted on thes
 same 90 images (the cross-validated accuracy is in docs/results.md); the peers
 learn nothing.
 
+Issue 14 additions (one torch thread recommended): ms per iteration of the fast
+no-grad loop on a 300x300 RGB 3-class problem next to a plain numpy float32
+Chambolle dual step and a torch copy-and-scale pass over the same bytes, measured
+in the same run; per-image solve time median / max, iterations and softmax passes;
+``--compile`` also times a ``torch.compile`` (inductor) version of one step.
+
 Run by hand::
 
-    nice -n 10 python benchmarks/bench_solver.py --step 9 --threads 2
+    python benchmarks/bench_solver.py --step 9 --threads 1 --out benchmarks/results/bench_solver.json
 """
 
 from __future__ import annotations
@@ -63,9 +69,28 @@ def machine(threads):
             f"load average at start {load[0]:.2f}")
 
 
+_ROUNDING_PASSES = []
+
+
+def _count_rounding_passes():
+    """Wrap the rounding's volume-dual solver to count its softmax passes (1 + sweeps
+    per call)."""
+    from napari_vptv.core import vptv_volume
+
+    orig = vptv_volume.solve_volume_dual
+
+    def counted(*a, **k):
+        out = orig(*a, **k)
+        _ROUNDING_PASSES.append(1 + out[2])
+        return out
+
+    vptv_volume.solve_volume_dual = counted
+
+
 def vptv(image, preset):
     from napari_vptv.core.segment import vptv_segment
 
+    _ROUNDING_PASSES.clear()
     t0 = time.perf_counter()
     r = vptv_segment(image, **preset)
     return r.labels, time.perf_counter() - t0, r.n_iter
@@ -86,6 +111,99 @@ def vptv_iteration_only(image, preset):
         st = vptv_iterate(cost, volume_bounds=(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)),
                           epsilon=preset["epsilon"], tv_weight=preset["tv_weight"], max_num_iter=500, tol=1e-3)
     return time.perf_counter() - t0, st.n_iter
+
+
+def per_iteration(n_iter=60, repeat=3):
+    """ms / iteration of the fast loop (300x300, 3 classes, interval volumes, TV) and
+    two floors measured now: a numpy float32 Chambolle dual step and a torch
+    copy-and-scale pass over the same bytes as one iteration's arrays (u, q)."""
+    import torch
+
+    from napari_vptv.core.vptv import vptv_iterate
+
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand((1, 3, 300, 300), generator=g)
+    bounds = (torch.tensor([0.2, 0.1, 0.05]), torch.tensor([0.8, 0.5, 0.4]))
+
+    def solve():
+        with torch.no_grad():
+            vptv_iterate(cost, volume_bounds=bounds, epsilon=1.0, tv_weight=2.0, max_num_iter=n_iter, tol=0)
+
+    def best(fn, n):
+        fn()
+        return min(_timed(fn, n) for _ in range(repeat))
+
+    ms_iter = best(solve, 1) / n_iter * 1e3
+    u = np.random.default_rng(0).random((3, 300, 300), dtype=np.float32)
+    q = np.zeros((2, 3, 300, 300), np.float32)
+
+    def chambolle():  # q <- Proj(q - tau grad u), plain numpy float32
+        gx = np.zeros_like(u)
+        gy = np.zeros_like(u)
+        gx[:, :-1] = u[:, 1:] - u[:, :-1]
+        gy[:, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
+        q[0] -= 0.5 * gx
+        q[1] -= 0.5 * gy
+        scale = np.minimum(2.0 / np.maximum(np.sqrt(q[0] ** 2 + q[1] ** 2), 1e-12), 1.0)
+        q[0] *= scale
+        q[1] *= scale
+
+    src = torch.rand(3 * 3 * 300 * 300)  # u + q (2 components) = 3 x (3, 300, 300)
+    dst = torch.empty_like(src)
+    ms_np = best(chambolle, 20) / 20 * 1e3
+    ms_copy = best(lambda: torch.mul(src, 0.5, out=dst), 50) / 50 * 1e3
+    return dict(ms_per_iteration=ms_iter, ms_numpy_chambolle_step=ms_np, ms_torch_copy_scale_u_q=ms_copy,
+                ratio_to_numpy_chambolle=ms_iter / ms_np, ratio_to_copy_scale=ms_iter / ms_copy)
+
+
+def _timed(fn, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0
+
+
+def compiled_step():
+    """torch.compile (inductor, CPU) of one functional VPTV step vs the same step eager
+    and vs the fast loop: compile time and ms / step."""
+    import torch
+
+    def step(neg_cost, q, f, eps: float, tau: float, bound: float):
+        z = neg_cost.clone()
+        z[:, :, :-1, :] -= q[:, :, 0, :-1, :]
+        z[:, :, 1:, :] += q[:, :, 0, :-1, :]
+        z[:, :, :, :-1] -= q[:, :, 1, :, :-1]
+        z[:, :, :, 1:] += q[:, :, 1, :, :-1]
+        u = torch.softmax((z + f[:, :, None, None]) / eps, dim=1)
+        g0 = torch.zeros_like(u)
+        g0[:, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
+        g1 = torch.zeros_like(u)
+        g1[:, :, :, :-1] = u[:, :, :, 1:] - u[:, :, :, :-1]
+        q0, q1 = q[:, :, 0] - tau * g0, q[:, :, 1] - tau * g1
+        sc = torch.clamp(bound / torch.clamp(torch.sqrt(q0 * q0 + q1 * q1), min=1e-12), max=1.0)
+        return u, torch.stack([q0 * sc, q1 * sc], 2), u.mean(dim=(2, 3))
+
+    c = torch.rand(1, 3, 300, 300)
+    q0, f = torch.zeros(1, 3, 2, 300, 300), torch.zeros(1, 3)
+    out = {}
+    try:
+        t0 = time.perf_counter()
+        cs = torch.compile(step, dynamic=False)
+        cs(-c, q0, f, 1.0, 0.5, 2.0)
+        out["compile_s"] = time.perf_counter() - t0
+        fns = [("eager", step), ("compiled", cs)]
+    except Exception as e:  # no compiler: report and fall back
+        out["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+        fns = [("eager", step)]
+    for name, fn in fns:
+        q = q0
+        for _ in range(3):
+            _, q, _ = fn(-c, q, f, 1.0, 0.5, 2.0)
+        t0 = time.perf_counter()
+        for _ in range(50):
+            _, q, _ = fn(-c, q, f, 1.0, 0.5, 2.0)
+        out[f"ms_per_step_{name}"] = (time.perf_counter() - t0) / 50 * 1e3
+    return out
 
 
 def chan_vese_labels(image):
@@ -127,6 +245,8 @@ def main(argv=None):
     p.add_argument("--step", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1, help="VPTV timing: best of n runs")
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile'd step")
+    p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
 
     import torch
@@ -138,18 +258,27 @@ def main(argv=None):
     print(f"# machine: {machine(args.threads)}")
     print(f"# images: {len(images)} from {source}")
     preset = wbc_preset("interval")
+    _count_rounding_passes()
     vptv(images[0][1], preset)  # warm-up (imports, allocator)
+    floor = per_iteration()
+    print(f"# per iteration (300x300x3, fast loop): {floor['ms_per_iteration']:.2f} ms; numpy float32 "
+          f"Chambolle dual step {floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q "
+          f"{floor['ms_torch_copy_scale_u_q']:.3f} ms", flush=True)
+    comp = compiled_step() if args.compile else None
+    if comp:
+        print(f"# torch.compile: {comp}", flush=True)
 
     rows = []
     for sid, img, mask in images:
         t_v, it = min((vptv(img, preset)[1:] for _ in range(args.repeat)), key=lambda t: t[0])
         lab_v = vptv(img, preset)[0]
+        softmax_passes = it + 1 + sum(_ROUNDING_PASSES)
         t_it, n_it = vptv_iteration_only(img, preset)
         lab_c, t_c = chan_vese_labels(img)
         lab_r, t_r = random_walker_labels(img)
         fg = mask > 0
         rows.append(dict(
-            id=sid, t_vptv=t_v, t_iter=t_it, n_iter=n_it, t_cv=t_c, t_rw=t_r,
+            id=sid, t_vptv=t_v, t_iter=t_it, n_iter=n_it, softmax_passes=softmax_passes, t_cv=t_c, t_rw=t_r,
             acc3_vptv=np.mean(lab_v == mask), acc3_rw=np.mean(lab_r == mask),
             acc2_vptv=np.mean((lab_v > 0) == fg), acc2_cv=np.mean((lab_c > 0) == fg),
             acc2_rw=np.mean((lab_r > 0) == fg),
@@ -157,7 +286,7 @@ def main(argv=None):
         r = rows[-1]
         print(f"  {sid}: vptv {r['t_vptv']:.3f}s ({r['n_iter']} it, iteration {r['t_iter']:.3f}s) "
               f"acc3 {r['acc3_vptv']:.4f} | chan_vese {r['t_cv']:.3f}s acc2 {r['acc2_cv']:.4f} | "
-              f"random_walker {r['t_rw']:.3f}s acc3 {r['acc3_rw']:.4f}", flush=True)
+              f"random_walker {r['t_rw']:.3f}s acc3 {r['acc3_rw']:.4f} | softmax passes {softmax_passes}", flush=True)
     m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "id"}
     print()
     print("| method | s / image | time ratio to VPTV | 3-class pixel acc. | cell-vs-background acc. |")
@@ -170,6 +299,28 @@ def main(argv=None):
           f"{m['acc2_cv']:.4f} |")
     print(f"| skimage random_walker (RGB, k-means seeds) | {m['t_rw']:.3f} | {m['t_rw'] / m['t_vptv']:.1f} | "
           f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |")
+    t_v = np.array([r["t_vptv"] for r in rows])
+    t_i = np.array([r["t_iter"] for r in rows])
+    summary = dict(
+        median_s_vptv_call=float(np.median(t_v)), max_s_vptv_call=float(t_v.max()),
+        median_s_iteration=float(np.median(t_i)), max_s_iteration=float(t_i.max()),
+        iterations=[int(r["n_iter"]) for r in rows], softmax_passes=[int(r["softmax_passes"]) for r in rows],
+        ratio_vptv_call_to_chan_vese=float(t_v.sum() / sum(r["t_cv"] for r in rows)),
+    )
+    print(f"# VPTV call median {summary['median_s_vptv_call']:.3f}s max {summary['max_s_vptv_call']:.3f}s; "
+          f"iteration median {summary['median_s_iteration']:.3f}s max {summary['max_s_iteration']:.3f}s; "
+          f"time ratio VPTV / chan_vese {summary['ratio_vptv_call_to_chan_vese']:.2f}")
+    if args.out:
+        import json
+        import subprocess
+        import sys
+
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        Path(args.out).write_text(json.dumps(dict(
+            command="python " + " ".join(sys.argv), commit=commit, machine=machine(args.threads),
+            images=source, per_iteration=floor, torch_compile=comp, summary=summary,
+            rows=[{k: (v if isinstance(v, str) else float(v)) for k, v in r.items()} for r in rows],
+        ), indent=1))
     return 0
 
 
