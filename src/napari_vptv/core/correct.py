@@ -1,25 +1,20 @@
 """Correct an existing label mask with VPTV (no napari, no Qt).
 
 A user has a rough mask of nuclei or cells (thresholding, another tool, a quick
-hand drawing) and wants it snapped to the image's boundaries without the objects
-growing, shrinking, merging or vanishing. The volume constraint of VPTV (the
-paper's eq. 2 / 11) is made for this: the mask gives each object's expected area,
-the image gives the edges.
+hand drawing) -- usually biased, too fat or too thin everywhere by an unknown
+amount -- and wants it snapped to the image's boundaries without objects merging
+or vanishing. The volume constraint of VPTV (the paper's eq. 2 / 11) makes this a
+bounded problem: the mask gives each object's volume interval (or its exact area /
+a known factor), the image's evidence places the boundary.
 
 >>> from napari_vptv.core.correct import correct_mask
->>> corrected = correct_mask(image, rough_labels, channel_axis=-1)   # doctest: +SKIP
+>>> corrected = correct_mask(image, rough_labels)                     # doctest: +SKIP
 
 Two modes:
 
 ``"objects"`` (instance labels, or a binary mask = one object)
-    For every label id: crop a margin around the object, estimate a two-class
-    colour / intensity model from the mask's inside and outside in the crop (or take
-    the pretrained VPTVU-net's nucleus probabilities), set the object's volume
-    ``V_1`` to its mask area (times ``volume_factor``) as a fraction of the crop,
-    solve the two-phase VPTV problem (Algorithm 1) on the crop, keep the connected
-    components that overlap the given object and paste them back with the same id.
-    Pixels of other objects are outside the crop's domain (a prohibitive cost for the
-    object class), so objects never merge and ids are preserved.
+    All objects in one batched VPTV solve over their crops, with per-object
+    contrast-normalised evidence (:mod:`napari_vptv.core.correct_objects`).
 ``"semantic"`` (e.g. background / cytoplasm / nucleus)
     One multi-class VPTV on the whole image; class ``i``'s volume is its fraction in
     the given mask, the class models are estimated from the mask.
@@ -32,16 +27,16 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
+from .correct_objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
 from .segment import prepare_image
 
-__all__ = ["correct_mask", "correct_mask_iter", "CorrectionProgress", "CORRECTION_MODES", "CORRECTION_MODELS"]
+__all__ = [
+    "correct_mask", "correct_mask_iter", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
+    "VOLUME_MODES",
+]
 
 CORRECTION_MODES = ("objects", "semantic")
-CORRECTION_MODELS = ("colour", "vptv-unet")
 COLOUR_SIMILARITIES = ("gaussian", "mahalanobis", "mean", "histogram")
-
-#: cost added to the object class on pixels of other objects (costs are in [0, 1])
-_PROHIBITIVE = 50.0
 
 
 @dataclass(frozen=True)
@@ -89,12 +84,10 @@ def _check_mask(mask, spatial_shape) -> np.ndarray:
     return m.astype(np.int64, copy=False)
 
 
-def _check_params(mode, model, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
+def _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
                   em_rounds, max_num_iter):
     if mode not in CORRECTION_MODES:
         raise ValueError(f"mode must be one of {CORRECTION_MODES}, got {mode!r}")
-    if model not in CORRECTION_MODELS:
-        raise ValueError(f"model must be one of {CORRECTION_MODELS}, got {model!r}")
     if similarity not in COLOUR_SIMILARITIES:
         raise ValueError(f"similarity must be one of {COLOUR_SIMILARITIES}, got {similarity!r}")
     if not np.isfinite(volume_factor) or volume_factor <= 0:
@@ -157,21 +150,6 @@ def _fit_cost(features, labels, weights_mask, n_classes, similarity):
 
 
 _CLIP = 8.0
-
-
-def _net_nucleus_probability(image, channel_axis, device):
-    """Nucleus probability map of the shipped VPTVU-net (WBC images only)."""
-    from ..nn.weights import predict_wbc  # lazy: imports torch and the network
-
-    arr = np.asarray(image)
-    if channel_axis is not None:
-        arr = np.moveaxis(arr, channel_axis, -1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(
-            f"model 'vptv-unet' needs an RGB image (H, W, 3) with channel_axis=-1, got shape {np.shape(image)}"
-        )
-    _, probs = predict_wbc(arr, method="vptv-unet", device=device)
-    return probs  # (3, H, W): background, cytoplasm, nucleus
 
 
 def _prob_cost(p_classes):
@@ -238,106 +216,77 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
     return labels.reshape(u1.shape)
 
 
-def _auto_margin(area, ndim):
-    # equivalent radius of the object; a quarter of it, at least 8 pixels
-    r = (area / np.pi) ** 0.5 if ndim == 2 else (3 * area / (4 * np.pi)) ** (1 / 3)
-    return int(max(8, round(0.5 * r)))
+def _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance):
+    """``(mode, area_tolerance)``: None -> "factor" if a factor is given, else "interval"."""
+    if volume_mode is None:
+        volume_mode = "factor" if volume_factor != 1.0 else "interval"
+    if volume_mode not in VOLUME_MODES:
+        raise ValueError(f"volume_mode must be one of {VOLUME_MODES}, got {volume_mode!r}")
+    if area_tolerance is None and volume_tolerance > 0:
+        area_tolerance = volume_tolerance  # the older name of the same interval
+    if area_tolerance is not None and (not np.isfinite(area_tolerance) or not 0 <= area_tolerance < 1):
+        raise ValueError(f"area_tolerance must be in [0, 1), got {area_tolerance}")
+    return volume_mode, area_tolerance
 
 
-def _core_pixels(obj, domain, area, ndim, fraction=0.35, min_pixels=16):
-    """Pixels to fit the first class model on: away from the given boundary.
-
-    A rough mask is wrong mostly near its boundary (shifted, dilated, hand-drawn), so
-    the inside model is fitted on pixels deeper than ``r`` inside the object and the
-    outside model on pixels farther than ``r`` from it, ``r = fraction x`` the
-    object's equivalent radius (at least 1 pixel). Falls back to all pixels of a
-    class that would keep fewer than ``min_pixels``.
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    radius = (area / np.pi) ** 0.5 if ndim == 2 else (3 * area / (4 * np.pi)) ** (1 / 3)
-    r = max(1.0, fraction * radius)
-    inside = distance_transform_edt(obj) > r
-    outside = (distance_transform_edt(~obj) > r) & domain
-    if inside.sum() < min_pixels:
-        inside = obj
-    if outside.sum() < min_pixels:
-        outside = domain & ~obj
-    return inside | outside
-
-
-def _keep_overlapping(obj_new, obj_old):
-    """Connected components of ``obj_new`` that overlap ``obj_old`` (else the largest)."""
-    from scipy import ndimage as ndi
-
-    comp, n = ndi.label(obj_new)
-    if n <= 1:
-        return obj_new
-    hit = np.unique(comp[obj_old & (comp > 0)])
-    hit = hit[hit > 0]
-    if hit.size == 0:
-        sizes = np.bincount(comp.ravel())[1:]
-        hit = np.array([int(np.argmax(sizes)) + 1])
-    return np.isin(comp, hit)
-
-
-def _correct_object(features, out, mask, lab, sl_obj, *, margin, volume_factor, volume_tolerance,
-                    epsilon, tv_weight, edge, model_prob, similarity, em_rounds, max_num_iter, seed, device,
-                    mask_weight, fill_holes, smooth):
+def _semantic_iter(features, m, model_prob, *, volume_factor, volume_tolerance, similarity, em_rounds,
+                   epsilon, tv_weight, edge, max_num_iter, seed, device, out_dtype):
     spatial = features.shape[1:]
-    obj_full = mask[sl_obj] == lab
-    area = int(obj_full.sum())
-    m = _auto_margin(area, len(spatial)) if margin is None else int(margin)
-    sl = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, n in zip(sl_obj, spatial))
-    feat = features[(slice(None),) + sl]
-    cfeat = feat
-    if smooth > 0:
-        from scipy.ndimage import gaussian_filter
-
-        cfeat = np.stack([gaussian_filter(ch, smooth) for ch in feat]).astype(np.float32)
-    obj = mask[sl] == lab
-    cur = out[sl]
-    other = (cur != 0) & (cur != lab)
-    domain = ~other
-    n_pix = obj.size
-    n_dom = int(domain.sum())
-    target = float(np.clip(area * volume_factor, 1, max(n_dom - 1, 1)))
-    if n_dom < 2 or target >= n_dom:
-        return  # no room to move: keep the given object as it is
-    v1 = target / n_pix
-    volumes = np.array([1.0 - v1, v1])
-
-    labels = obj.astype(np.int64)
-    fit_on = _core_pixels(obj, domain, area, len(spatial))
-    new = obj
-    for r in range(max(int(em_rounds), 0) + 1):
-        if model_prob is not None and r == 0:
-            p1 = model_prob[sl]
-            cost = _prob_cost(np.stack([1.0 - p1, p1]))
-        elif model_prob is not None:
-            break
+    values, inverse = np.unique(m, return_inverse=True)
+    inverse = inverse.reshape(m.shape)
+    k = values.size
+    if k < 2:
+        raise ValueError(
+            f"semantic mode needs at least two classes in the mask (e.g. background and nucleus), "
+            f"got only the value {int(values[0])}"
+        )
+    frac = np.bincount(inverse.ravel(), minlength=k) / inverse.size
+    if volume_factor != 1.0:
+        # the factor scales the foreground classes; the first (lowest) value is background
+        fg = frac[1:] * volume_factor
+        if fg.sum() >= 1:
+            raise ValueError(
+                f"volume_factor {volume_factor} makes the foreground classes cover {fg.sum():.3f} >= 1 of the image"
+            )
+        frac = np.concatenate([[1 - fg.sum()], fg])
+    frac = np.clip(frac, 1e-6, None)
+    frac = frac / frac.sum()
+    if model_prob is not None and k != 3:
+        raise ValueError(
+            f"evidence in semantic mode needs a 3-class mask (background, cytoplasm, nucleus), "
+            f"got {k} classes {values.tolist()}"
+        )
+    total = 1 + (0 if model_prob is not None else int(em_rounds))
+    labels = inverse
+    for r in range(total):
+        if model_prob is not None:
+            cost = _prob_cost(model_prob)
         else:
-            cost = _fit_cost(cfeat, labels, fit_on if r == 0 else domain, 2, similarity)
-        if mask_weight > 0:
-            cost[1][~obj] += mask_weight
-            cost[0][obj] += mask_weight
-        cost[1][other] = _PROHIBITIVE
-        seg = _solve(feat, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device,
-                     domain=domain)
-        new = (seg == 1) & domain
-        if fill_holes:
-            from scipy.ndimage import binary_fill_holes
+            cost = _fit_cost(features, labels, np.ones(spatial, bool), k, similarity)
+        labels = _solve(features, cost, frac, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device)
+        yield CorrectionProgress(r + 1, total, 0)
+    return values[labels].astype(out_dtype)
 
-            # fill only holes the given mask calls object (a ring-shaped nucleus keeps its hole)
-            new = (new | (binary_fill_holes(new) & obj)) & domain
-        labels = new.astype(np.int64)
-        if not new.any():
-            break
-    new = _keep_overlapping(new, obj)
-    if not new.any():
-        return  # the object would vanish: keep it as given
-    cur[cur == lab] = 0
-    cur[new] = lab
+
+def _check_evidence(evidence, spatial, mode):
+    if evidence is None:
+        return None
+    ev = np.asarray(evidence, dtype=np.float32)
+    want = tuple(spatial) if mode == "objects" else (3,) + tuple(spatial)
+    if ev.shape != want:
+        raise ValueError(f"evidence must have shape {want}, got {ev.shape}")
+    if not np.all(np.isfinite(ev)) or ev.min() < 0 or ev.max() > 1:
+        raise ValueError("evidence must hold probabilities in [0, 1]")
+    return ev
+
+
+def _check_object_params(mask_weight, smooth, band):
+    if not np.isfinite(mask_weight) or mask_weight < 0:
+        raise ValueError(f"mask_weight must be >= 0, got {mask_weight}")
+    if not np.isfinite(smooth) or smooth < 0:
+        raise ValueError(f"smooth must be >= 0 (a Gaussian sigma in pixels), got {smooth}")
+    if int(band) != band or band < 1:
+        raise ValueError(f"band must be a positive whole number of pixels, got {band}")
 
 
 def correct_mask_iter(
@@ -346,107 +295,80 @@ def correct_mask_iter(
     *,
     channel_axis: Optional[int] = None,
     mode: str = "objects",
+    volume_mode: Optional[str] = None,
     volume_factor: float = 1.0,
+    area_tolerance: Optional[float] = None,
     volume_tolerance: float = 0.0,
+    band: int = 6,
     margin: Optional[int] = None,
     epsilon: float = 0.01,
     tv_weight: float = 0.05,
     edge: bool = True,
-    model: str = "colour",
+    evidence: Optional[np.ndarray] = None,
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.4,
+    mask_weight: float = 0.1,
     fill_holes: bool = True,
-    smooth: float = 0.0,
+    smooth: float = 1.0,
     max_num_iter: int = 300,
     seed: int = 0,
     device: str = "cpu",
+    report: Optional[list] = None,
 ) -> Generator[CorrectionProgress, None, np.ndarray]:
     """Generator version of :func:`correct_mask`.
 
-    Yields a :class:`CorrectionProgress` after every object (semantic mode: after
-    every solver pass) and returns the corrected labels (``StopIteration.value``).
-    Stopping the generator early (e.g. a Cancel button) leaves the inputs untouched.
-    Parameters: see :func:`correct_mask`.
+    Yields a :class:`CorrectionProgress` after every batched solve (objects mode) or
+    solver pass (semantic mode) and returns the corrected labels
+    (``StopIteration.value``). Stopping the generator early (e.g. a Cancel button)
+    leaves the inputs untouched. Parameters: see :func:`correct_mask`.
     """
     from scipy import ndimage as ndi
 
-    _check_params(mode, model, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
+    _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
                   em_rounds, max_num_iter)
-    if not np.isfinite(mask_weight) or mask_weight < 0:
-        raise ValueError(f"mask_weight must be >= 0, got {mask_weight}")
-    if not np.isfinite(smooth) or smooth < 0:
-        raise ValueError(f"smooth must be >= 0 (a Gaussian sigma in pixels), got {smooth}")
+    volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance,
+                                                       area_tolerance)
+    _check_object_params(mask_weight, smooth, band)
     features = prepare_image(image, channel_axis)
     spatial = features.shape[1:]
     mask_in = np.asarray(mask)
     m = _check_mask(mask, spatial)
     out_dtype = mask_in.dtype if np.issubdtype(mask_in.dtype, np.integer) else np.int32
 
-    model_prob = None
-    if model == "vptv-unet":
-        if len(spatial) != 2:
-            raise ValueError("model 'vptv-unet' works on 2-D RGB images only")
-        model_prob = _net_nucleus_probability(image, channel_axis, device)
-
+    model_prob = _check_evidence(evidence, spatial, mode)
     if mode == "semantic":
-        values, inverse = np.unique(m, return_inverse=True)
-        inverse = inverse.reshape(m.shape)
-        k = values.size
-        if k < 2:
-            raise ValueError(
-                f"semantic mode needs at least two classes in the mask (e.g. background and nucleus), "
-                f"got only the value {int(values[0])}"
-            )
-        frac = np.bincount(inverse.ravel(), minlength=k) / inverse.size
-        if volume_factor != 1.0:
-            # the factor scales the foreground classes; the first (lowest) value is background
-            fg = frac[1:] * volume_factor
-            if fg.sum() >= 1:
-                raise ValueError(
-                    f"volume_factor {volume_factor} makes the foreground classes cover {fg.sum():.3f} >= 1 "
-                    "of the image"
-                )
-            frac = np.concatenate([[1 - fg.sum()], fg])
-        frac = np.clip(frac, 1e-6, None)
-        frac = frac / frac.sum()
-        total = 1 + (0 if model_prob is not None else int(em_rounds))
-        labels = inverse
-        for r in range(total):
-            if model_prob is not None:
-                if k != 3:
-                    raise ValueError(
-                        f"model 'vptv-unet' in semantic mode needs a 3-class mask (background, cytoplasm, "
-                        f"nucleus), got {k} classes {values.tolist()}"
-                    )
-                cost = _prob_cost(model_prob)
-            else:
-                cost = _fit_cost(features, labels, np.ones(spatial, bool), k, similarity)
-            labels = _solve(features, cost, frac, volume_tolerance, epsilon, tv_weight, edge, max_num_iter,
-                            seed, device)
-            yield CorrectionProgress(r + 1, total, 0)
-        return values[labels].astype(out_dtype)
+        return (yield from _semantic_iter(
+            features, m, model_prob, volume_factor=volume_factor, volume_tolerance=volume_tolerance,
+            similarity=similarity, em_rounds=em_rounds, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
+            max_num_iter=max_num_iter, seed=seed, device=device, out_dtype=out_dtype))
 
-    p_nuc = None if model_prob is None else model_prob[2]
     # compact ids 1..n internally (label ids may be large and sparse), mapped back at the end
     values, inverse = np.unique(m, return_inverse=True)
     if values[0] != 0:
         values = np.concatenate([[0], values])
         inverse = inverse + 1
-    compact = inverse.reshape(m.shape).astype(np.int64)
+    compact = inverse.reshape(m.shape).astype(np.int32)
     slices = ndi.find_objects(compact)
     ids = [i + 1 for i, s in enumerate(slices) if s is not None]
-    out = compact.copy()
-    for done, lab in enumerate(ids, start=1):
-        _correct_object(
-            features, out, compact, lab, slices[lab - 1],
-            margin=margin, volume_factor=volume_factor, volume_tolerance=volume_tolerance, epsilon=epsilon,
-            tv_weight=tv_weight, edge=edge, model_prob=p_nuc, similarity=similarity, em_rounds=em_rounds,
-            max_num_iter=max_num_iter, seed=seed, device=device, mask_weight=mask_weight,
-            fill_holes=fill_holes, smooth=smooth,
-        )
-        yield CorrectionProgress(done, len(ids), int(values[lab]))
+    engine = correct_objects_iter(
+        features, compact, ids, slices, volume_mode=volume_mode, volume_factor=volume_factor,
+        area_tolerance=area_tolerance, band=int(band), margin=margin, mask_weight=mask_weight, epsilon=epsilon,
+        tv_weight=tv_weight, edge=edge, smooth=smooth, fill_holes=fill_holes, max_num_iter=max_num_iter,
+        prob=model_prob)
+    out, rep = yield from _relay(engine)
+    if report is not None:
+        report.extend(ObjectCorrection(int(values[r.label]), r.area_before, r.area_after, r.status) for r in rep)
     return values[out].astype(out_dtype)
+
+
+def _relay(engine):
+    """Yield the engine's ``(done, total)`` as :class:`CorrectionProgress`; return its value."""
+    while True:
+        try:
+            done, total = next(engine)
+        except StopIteration as stop:
+            return stop.value
+        yield CorrectionProgress(done, total, 0)
 
 
 def correct_mask(
@@ -455,30 +377,34 @@ def correct_mask(
     *,
     channel_axis: Optional[int] = None,
     mode: str = "objects",
+    volume_mode: Optional[str] = None,
     volume_factor: float = 1.0,
+    area_tolerance: Optional[float] = None,
     volume_tolerance: float = 0.0,
+    band: int = 6,
     margin: Optional[int] = None,
     epsilon: float = 0.01,
     tv_weight: float = 0.05,
     edge: bool = True,
-    model: str = "colour",
+    evidence: Optional[np.ndarray] = None,
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.4,
+    mask_weight: float = 0.1,
     fill_holes: bool = True,
-    smooth: float = 0.0,
+    smooth: float = 1.0,
     max_num_iter: int = 300,
     seed: int = 0,
     device: str = "cpu",
+    report: Optional[list] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> np.ndarray:
-    """Snap a rough label mask to the image's boundaries, keeping each object's area.
+    """Snap a rough label mask to the image's boundaries; fixes an unknown size bias.
 
     Parameters
     ----------
     image : ndarray
-        2-D or 3-D image, grey or with a channel axis (``channel_axis``).
+        2-D or 3-D image, grey (e.g. DAPI) or with a channel axis (``channel_axis``).
     mask : ndarray of int (or bool)
         Instance labels (0 = background), a binary mask (one object), or -- with
         ``mode="semantic"`` -- class labels such as 0 / 1 / 2. Same spatial shape as
@@ -486,55 +412,72 @@ def correct_mask(
     channel_axis : int or None
         Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
     mode : {"objects", "semantic"}
-        ``"objects"``: one two-phase VPTV per label id on a crop around it.
-        ``"semantic"``: one multi-class VPTV on the whole image, class volumes from
-        the mask's class fractions.
+        ``"objects"``: all objects in one batched two-phase VPTV solve over crops
+        (a 3-D mask is corrected in true 3-D). ``"semantic"``: one multi-class VPTV
+        on the whole image, class volumes from the mask's class fractions.
+    volume_mode : {"interval", "exact", "factor"} or None
+        How each object's volume ``V_1`` (eq. 2) is set. ``"interval"``: the size
+        bias is unknown; the boundary may move up to ``band`` pixels in or out and
+        the image decides where (``V_1`` between the areas of the mask eroded and
+        dilated by ``band``). ``"exact"``: the given area. ``"factor"``: the given
+        area times ``volume_factor``. None (default): ``"factor"`` if
+        ``volume_factor != 1``, else ``"interval"``.
     volume_factor : float
-        The target volume ``V`` of each object (eq. 2) is its mask area times this
-        factor, e.g. 1.1 if the mask is known to be about 10 % too small.
+        Known area bias for ``"factor"`` mode, e.g. 1.2 if the masks are ~20 % too small.
+    area_tolerance : float or None
+        Interval mode: also keep each area within ``(1 +- t) x`` the given area.
     volume_tolerance : float
-        0 (default): exact volumes, ``mean u_1 = V`` (the paper's U(V)). ``t > 0``:
-        interval volumes ``V (1 - t) <= mean u_1 <= V (1 + t)``, the image decides the
-        area within the interval (useful if the mask is systematically too large or
-        too small by an unknown amount).
+        Older name of ``area_tolerance`` (used when that is None); in semantic mode
+        the interval class volumes ``V (1 +- t)``.
+    band : int
+        Interval mode: the largest boundary error (pixels) to correct; also where the
+        inside / outside evidence is sampled (core and ring beyond ``band + 1``).
     margin : int or None
         Pixels added around each object's bounding box for its crop (clipped at the
-        image border). None: half the object's equivalent radius, at least 8.
+        image border). None: ``2 band + 6``.
     epsilon : float
         Entropic regularisation ``eps`` (eq. 11).
     tv_weight : float
-        ``lambda``, weight of the (edge-weighted) TV term (eq. 11). The costs are
-        scaled to [0, 1] (see Notes).
+        ``lambda``, weight of the (edge-weighted) TV term (eq. 11); costs are in [0, 1].
     edge : bool
-        Use the edge function ``e(x) = 1/(1 + beta |grad G_sigma * I|)`` in the TV.
-    model : {"colour", "vptv-unet"}
-        Costs from a colour / intensity model estimated from the mask (inside vs.
-        outside each object's crop), or from the shipped VPTVU-net's nucleus
-        probability (white-blood-cell RGB images, nuclei masks; needs the shipped
-        weights).
+        Edge-weighted TV, ``e(x) = 1/(1 + 10 |grad t|)`` on the evidence ``t`` (Notes).
+    evidence : ndarray or None
+        None: evidence from the image's grey value / colour (inside vs. outside each
+        object, see Notes). Otherwise an object probability map in [0, 1] of the
+        image's spatial shape used as ``t`` (e.g. a network's nucleus probability;
+        semantic mode: class probabilities ``(3, *spatial)``).
     similarity : {"gaussian", "mahalanobis", "mean", "histogram"}
-        Class model for ``model="colour"`` (see :mod:`napari_vptv.core.costs`).
+        Semantic mode: class model (see :mod:`napari_vptv.core.costs`).
     em_rounds : int
-        Re-estimations of the class model from the corrected mask, each followed by
-        another solve (Algorithm 1 step 5 done between solves). 0 = one solve.
+        Semantic mode: re-estimations of the class model from the corrected mask.
+    mask_weight : float
+        ``beta``: cost of leaving the given mask; a small trust that keeps an
+        accurate mask in place where the evidence is ambiguous.
+    fill_holes : bool
+        Fill holes of a corrected object where the given object had none.
+    smooth : float
+        Gaussian sigma (pixels) applied to the image before the evidence is computed.
     max_num_iter : int
         ``T``, iterations per solve.
     seed : int
         Seed (the solver is deterministic; kept for API symmetry).
     device : str
-        torch device.
+        torch device (objects mode runs on the CPU).
+    report : list, optional
+        Receives one :class:`ObjectCorrection` per object (id, area before / after,
+        status such as ``"kept: would vanish"``).
     progress : callable ``(done, total) -> None``, optional
-        Called after every object.
+        Called after every batched solve.
     should_stop : callable ``() -> bool``, optional
-        Checked after every object; if it returns True the correction stops and
-        ``InterruptedError`` is raised (the inputs are untouched).
+        Checked after every batched solve; if it returns True the correction stops
+        and ``InterruptedError`` is raised (the inputs are untouched).
 
     Returns
     -------
     labels : ndarray
         Corrected mask, same shape as ``mask``, same dtype for integer masks (int32
         otherwise). Label ids are preserved; objects never merge; an object the
-        correction would remove is kept as given.
+        correction would remove is kept as given (and reported).
 
     Raises
     ------
@@ -544,24 +487,20 @@ def correct_mask(
 
     Notes
     -----
-    Per object (crop ``Omega``, given object ``M``), the cost of class ``i``
-    (0 = outside, 1 = object) is
+    Per object (crop ``Omega``, given object ``M``) the evidence ``t(x)`` is the
+    smoothed image projected on the Fisher direction between the object's core
+    (deeper than ``band + 1`` in ``M``) and a ring outside it, scaled so that the
+    core's median is 1 and the ring's 0. The costs are
 
-    ``c_i(x) = min(l_best(x) - l_i(x), 8) / 8 + beta [x in M xor i = 1]``
+    ``c_1 = clip(1 - t, 0, 1) + beta [x not in M]``, ``c_0 = clip(t, 0, 1) + beta [x in M]``
 
-    with ``l_i`` the log-likelihood of the class model (so the data part is in
-    [0, 1] and 0 for the most likely class) and ``beta = mask_weight``: leaving the
-    given mask costs ``beta``, so only pixels whose colour clearly disagrees with the
-    mask move, and an accurate mask stays as it is. The first class model is fitted
-    on pixels away from the given boundary (deeper than 0.35 x the object's
-    equivalent radius inside it / farther outside it), because a rough mask is wrong
-    mostly near its boundary; ``em_rounds`` refits on the corrected object.
-    Pixels of other objects get a prohibitive cost for the object class. The
-    two-phase problem (eq. 11 with ``U(V)``, ``V_1 = target / |Omega|``) is solved
-    by Algorithm 1; labels are the ``V_1 |Omega|`` pixels with the largest
-    ``u_1`` (the two-class case of the volume-respecting rounding), then holes are
-    filled and only the components touching ``M`` are kept, so the corrected area
-    equals the target up to those two steps.
+    so the boundary goes where ``t = 1/2`` (the half-maximum edge of a blurred
+    nucleus) unless that is ambiguous; per-object scaling treats dim and bright
+    nuclei alike. Other objects' pixels are forbidden for the object class. All
+    crops are padded and solved as one batch by Algorithm 1 (eq. 11 with the volume
+    interval or ``U(V)``); labels are ``u_1 > 1/2`` with the count clipped to the
+    volume bounds, holes inside ``M`` filled, components not touching ``M``
+    dropped; a pixel two objects claim goes to the larger ``u_1``.
 
     References
     ----------
@@ -570,10 +509,11 @@ def correct_mask(
     learning", eq. 11 and Algorithm 1.
     """
     gen = correct_mask_iter(
-        image, mask, channel_axis=channel_axis, mode=mode, volume_factor=volume_factor,
-        volume_tolerance=volume_tolerance, margin=margin, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
-        model=model, similarity=similarity, em_rounds=em_rounds, mask_weight=mask_weight,
-        fill_holes=fill_holes, smooth=smooth, max_num_iter=max_num_iter, seed=seed, device=device,
+        image, mask, channel_axis=channel_axis, mode=mode, volume_mode=volume_mode, volume_factor=volume_factor,
+        area_tolerance=area_tolerance, volume_tolerance=volume_tolerance, band=band, margin=margin,
+        epsilon=epsilon, tv_weight=tv_weight, edge=edge, evidence=evidence, similarity=similarity, em_rounds=em_rounds,
+        mask_weight=mask_weight, fill_holes=fill_holes, smooth=smooth, max_num_iter=max_num_iter, seed=seed,
+        device=device, report=report,
     )
     while True:
         try:
