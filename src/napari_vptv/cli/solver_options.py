@@ -1,0 +1,137 @@
+"""The segmentation options shared by ``segment``, ``evaluate`` and ``demo``, and the
+one conversion of a parsed command line into :class:`~napari_vptv.options.SegmentOptions`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import floats, nonneg_float, positive_float, positive_int
+
+__all__ = ["METHOD_HELP", "add_solver_options", "add_diameter_option", "options_from_args"]
+
+METHOD_HELP = (
+    "vptv: the variational VPTV solver (Algorithm 1); unet / vptv-unet: the shipped "
+    "white-blood-cell networks (plain softmax / VPTV-softmax head) (default: %(default)s)"
+)
+
+
+def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> None:
+    """The solver's options (method, preset, classes, volumes, eps, lambda, ...) of ``p``."""
+    g = p.add_argument_group("segmentation")
+    g.add_argument("--method", choices=["vptv", "unet", "vptv-unet"], default="vptv", help=METHOD_HELP)
+    g.add_argument(
+        "--preset",
+        choices=["auto", "wbc", "none"],
+        default=default_preset,
+        help="wbc: white blood cell preset (3 classes: background/cytoplasm/nucleus, learned "
+        "colour model, volume priors from the training masks); none: k-means initialised "
+        "solver; auto: wbc for RGB images when --classes is unset or 3 (default: %(default)s)",
+    )
+    g.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="number of classes (default: 3 with the WBC preset, else 2)",
+    )
+    g.add_argument(
+        "--volume-mode",
+        choices=["exact", "interval", "none"],
+        default=None,
+        help="exact: class fractions = --volumes (the paper); interval: --lower <= fraction "
+        "<= --upper; none: no volume constraint (default: from the options given; "
+        "the WBC preset's default is interval)",
+    )
+    g.add_argument(
+        "--volumes",
+        type=floats,
+        default=None,
+        metavar="V1,V2,...",
+        help="exact class fractions, one per class, summing to 1, e.g. 0.77,0.13,0.10",
+    )
+    g.add_argument(
+        "--lower",
+        type=floats,
+        default=None,
+        metavar="L1,L2,...",
+        help="lower bounds of the class fractions (interval mode)",
+    )
+    g.add_argument(
+        "--upper",
+        type=floats,
+        default=None,
+        metavar="U1,U2,...",
+        help="upper bounds of the class fractions (interval mode)",
+    )
+    g.add_argument(
+        "--epsilon",
+        type=positive_float,
+        default=None,
+        metavar="E",
+        help="entropic regularisation eps (eq. 11; default: the preset's / 0.01)",
+    )
+    g.add_argument(
+        "--tv-weight",
+        type=nonneg_float,
+        default=None,
+        metavar="L",
+        help="TV weight lambda (eq. 11; default: the preset's / 0.02)",
+    )
+    g.add_argument(
+        "--edge",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use the edge function e(x) = 1/(1 + eps'|grad G*I|) in the TV term",
+    )
+    g.add_argument(
+        "--max-iter",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="maximum number of solver iterations (default 500)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    g.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads for one image (default: torch's; stacks use --workers)",
+    )
+    add_diameter_option(g)
+
+
+def add_diameter_option(p) -> None:
+    """``--diameter`` (the networks' cell diameter)."""
+    p.add_argument(
+        "--diameter",
+        type=nonneg_float,
+        default=0.0,
+        metavar="PX",
+        help="cell diameter in pixels for the networks; 0 estimates it automatically (default: %(default)s)",
+    )
+
+
+def options_from_args(args, **fixed):
+    """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated)."""
+    from ..options import SegmentOptions
+
+    given = dict(
+        method=args.method,
+        preset=getattr(args, "preset", None),
+        n_classes=getattr(args, "classes", None),
+        volume_mode=args.volume_mode,
+        volumes=getattr(args, "volumes", None),
+        lower=getattr(args, "lower", None),
+        upper=getattr(args, "upper", None),
+        epsilon=getattr(args, "epsilon", None),
+        tv_weight=getattr(args, "tv_weight", None),
+        edge=getattr(args, "edge", None),
+        max_num_iter=getattr(args, "max_iter", None),
+        seed=getattr(args, "seed", 0),
+        device=args.device,
+        diameter=getattr(args, "diameter", 0.0),
+    )
+    given.update(fixed)
+    return SegmentOptions(**given)
