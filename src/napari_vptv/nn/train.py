@@ -124,13 +124,19 @@ def _priors(samples):
             "p98": np.percentile(fr, 98, 0).tolist(), "n_images": len(samples)}
 
 
-def _setup(cfg, data_root):
+def _load_sources(cfg, data_root):
     sources = []
     for sc in cfg["sources"]:
         src = load_source(Path(data_root) / sc["path"], sc["name"], sc.get("n_val", 0), cfg.get("split_seed", 0))
         if sc.get("train", True) is False:  # validation-only source (leave-one-source-out)
             src.val, src.train = src.samples, []
         sources.append(src)
+    return sources
+
+
+def _setup(cfg, data_root, sources=None):
+    sources = _load_sources(cfg, data_root) if sources is None else list(sources)
+    for src in sources:
         _log(f"source {src.name}: {len(src.train)} train / {len(src.val)} val images, median cell diameter "
              f"{np.median([s.diameter for s in src.samples]):.1f} px")
     head = cfg.get("head") or {}
@@ -151,23 +157,77 @@ def _step_batch(sources, weights, step, cfg, scfg, acfg):
     return D.normalise_unit(xb), yb, vol
 
 
-def train(cfg: dict, out, data_root, *, resume: bool = True, max_minutes: float = 0.0, threads: int = 1,
-          init=None) -> dict:
+def _mean_val_score(val: dict):
+    """Mean Dice over the classes and the validated sources (None without validation)."""
+    scores = [float(np.mean(v["dice"])) for v in val.values()]
+    return float(np.mean(scores)) if scores else None
+
+
+def _init_backbone(model, cfg, init):
+    """Load the backbone weights of ``init`` (a ``model.pt`` path or a state dict)."""
+    if cfg.get("init") and init is None:
+        raise ValueError(f"config starts from a trained '{cfg['init']}' model: pass its model.pt with --init")
+    if init is None:
+        return cfg
+    sd = init if isinstance(init, dict) else torch.load(init, map_location="cpu", weights_only=True)
+    model.backbone.load_state_dict({k.split("backbone.", 1)[1]: v for k, v in sd.items() if k.startswith("backbone.")})
+    if isinstance(init, dict):
+        return cfg
+    _log(f"backbone initialised from {init}")
+    return dict(cfg, init_sha256=_sha256(init))
+
+
+def _resume(ckpt, model, opt, sched):
+    """Restore a run from its checkpoint; returns ``(step, history, seconds)``."""
+    # our own checkpoint (optimiser state holds non-tensor values): trusted file
+    ck = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    _log(f"resumed from {ckpt} at step {ck['step']}")
+    return ck["step"], ck["history"], ck.get("seconds", 0.0)
+
+
+def _checkpoint(ckpt, model, opt, sched, cfg, history):
+    """Write the run's state atomically (temporary file, then rename)."""
+    rec = history[-1]
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "step": rec["step"], "history": history, "seconds": rec["seconds"], "config": cfg}
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt)
+
+
+def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, max_minutes: float = 0.0,
+          threads: int = 1, init=None, callback=None, should_stop=None, keep_best: bool = False,
+          finish_early: bool = False) -> dict:
     """Train from a config dict; writes ``checkpoint.pt``, ``model.pt``, ``train_meta.json``
-    into ``out``. Returns the metadata. ``init``: a ``model.pt`` whose backbone weights
-    start the run (configs with an ``"init"`` entry need it)."""
+    into ``out``. Returns the metadata (``{}`` when stopped early without ``finish_early``).
+
+    Parameters
+    ----------
+    sources : list of :class:`~napari_vptv.nn.sources.Source`, optional
+        Training / validation images already in memory (e.g. a user's arrays, see
+        :mod:`.finetune`); default: the config's source folders under ``data_root``.
+    init : path or state dict, optional
+        A ``model.pt`` (or its state dict) whose backbone weights start the run
+        (configs with an ``"init"`` entry need it).
+    callback : callable, optional
+        ``callback(step, total, loss, val_score)`` after every step; ``val_score``
+        (mean validation Dice) is None except at validation steps.
+    should_stop : callable, optional
+        Polled after every step; True stops like the time budget ``max_minutes``.
+    keep_best : bool
+        ``model.pt`` holds the weights of the best validation step, not the last.
+    finish_early : bool
+        When stopped, write ``model.pt`` and metadata instead of a checkpoint to resume.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     torch.manual_seed(int(cfg.get("seed", 0)))
-    sources, model = _setup(cfg, data_root)
-    if cfg.get("init") and not init:
-        raise ValueError(f"config starts from a trained '{cfg['init']}' model: pass its model.pt with --init")
-    if init:
-        sd = torch.load(init, map_location="cpu", weights_only=True)
-        model.backbone.load_state_dict({k.split("backbone.", 1)[1]: v for k, v in sd.items() if k.startswith("backbone.")})
-        cfg = dict(cfg, init_sha256=_sha256(init))
-        _log(f"backbone initialised from {init}")
+    sources, model = _setup(cfg, data_root, sources)
+    cfg = _init_backbone(model, cfg, init)
     train_sources = [s for s in sources if s.train]
     weights = [next(c.get("weight", 1.0) for c in cfg["sources"] if c["name"] == s.name) for s in train_sources]
     scfg = SamplerConfig(**cfg.get("sampler", {}))
@@ -176,18 +236,10 @@ def train(cfg: dict, out, data_root, *, resume: bool = True, max_minutes: float 
     total, warmup = int(cfg["steps"]), int(cfg.get("warmup", 200))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
     ckpt = out / "checkpoint.pt"
-    start, history, seconds = 0, [], 0.0
-    if resume and ckpt.exists():
-        # our own checkpoint (optimiser state holds non-tensor values): trusted file
-        ck = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, history, seconds = ck["step"], ck["history"], ck.get("seconds", 0.0)
-        _log(f"resumed from {ckpt} at step {start}")
+    start, history, seconds = _resume(ckpt, model, opt, sched) if resume and ckpt.exists() else (0, [], 0.0)
     model.train()
     t_run, t_log, loss_sum, n_loss = time.time(), time.time(), 0.0, 0
-    step = start
+    step, best = start, None
     while step < total:
         x, y, vol = _step_batch(train_sources, weights, step, cfg, scfg, acfg)
         p = model(x, volumes=vol)
@@ -197,27 +249,38 @@ def train(cfg: dict, out, data_root, *, resume: bool = True, max_minutes: float 
         opt.step()
         sched.step()
         step += 1
-        loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
+        loss_value = float(loss.detach())
+        loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
         if step % cfg.get("log_every", 50) == 0:
             _log(f"step {step}/{total} loss {loss_sum / n_loss:.4f} {(time.time() - t_log) / n_loss:.2f} s/step")
             t_log, loss_sum, n_loss = time.time(), 0.0, 0
         out_of_time = max_minutes and (time.time() - t_run) > 60 * max_minutes
-        if step % cfg.get("eval_every", 500) == 0 or step == total or out_of_time:
+        stop = out_of_time or bool(should_stop is not None and should_stop())
+        val_score = None
+        if step % cfg.get("eval_every", 500) == 0 or step == total or stop:
             rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet"),
                    "seconds": seconds + time.time() - t_run}
             history.append(rec)
             _log(json.dumps(rec))
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "step": step, "history": history, "seconds": rec["seconds"], "config": cfg}
-            torch.save(state, out / "checkpoint.tmp")
-            os.replace(out / "checkpoint.tmp", ckpt)
-        if out_of_time:
+            val_score = _mean_val_score(rec["val"])
+            if keep_best and val_score is not None and (best is None or val_score > best["val_score"]):
+                best = {"step": step, "val_score": val_score,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            _checkpoint(ckpt, model, opt, sched, cfg, history)
+        if callback is not None:
+            callback(step, total, loss_value, val_score)
+        if stop and finish_early:
+            _log(f"stopped at step {step}/{total} ({'time budget' if out_of_time else 'requested'})")
+            break
+        if stop:
             _log(f"time budget of {max_minutes} min reached at step {step}; rerun to resume")
             return {}
-    return _finish(model, cfg, sources, history, seconds + time.time() - t_run, out, scfg, acfg)
+    if best is not None:
+        model.load_state_dict(best["state"])
+    return _finish(model, cfg, sources, history, seconds + time.time() - t_run, out, scfg, acfg, step, best)
 
 
-def _finish(model, cfg, sources, history, seconds, out, scfg, acfg):
+def _finish(model, cfg, sources, history, seconds, out, scfg, acfg, step=None, best=None):
     train_samples = [s for src in sources for s in src.train]
     meta = {
         "arch": cfg["arch"],
@@ -234,6 +297,8 @@ def _finish(model, cfg, sources, history, seconds, out, scfg, acfg):
         "training_cell_diameter_median": float(np.median([s.diameter for s in train_samples])),
         "history": history,
         "steps": int(cfg["steps"]),
+        "steps_done": int(cfg["steps"] if step is None else step),
+        "best": None if best is None else {"step": best["step"], "val_score": best["val_score"]},
         "train_seconds": seconds,
         "commit": _git_commit(),
         "torch": torch.__version__,
