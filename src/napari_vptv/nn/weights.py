@@ -130,7 +130,8 @@ def _load_verified(d: Path, name: str, device: str):
         model = _build(meta)
         model.load_state_dict(sd)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"could not load weights file '{pt}': {exc}") from exc
+        raise RuntimeError(f"could not load weights file '{pt}' (not a napari-vptv {meta.get('arch')} "
+                           f"network?): {' '.join(str(exc).split())[:300]}") from exc
     return model.to(device).eval(), meta
 
 
@@ -144,7 +145,7 @@ def _load_run(run_dir: Path, device: str):
         model = _build(meta)
         model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
     except Exception as exc:  # noqa: BLE001 - re-raised with the folder name
-        raise RuntimeError(f"could not load the training run in '{run_dir}': {exc}") from exc
+        raise RuntimeError(f"could not load the training run in '{run_dir}': {' '.join(str(exc).split())[:300]}") from exc
     return model.to(device).eval(), meta
 
 
