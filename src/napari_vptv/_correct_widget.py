@@ -1,12 +1,15 @@
 """napari widget "Correct mask".
 
 Snaps a rough Labels layer (instance labels, a binary mask, or class labels) to the
-boundaries of an Image layer with VPTV, keeping each object's area
+boundaries of an Image layer with VPTV; by default the size bias of the mask is
+unknown (each boundary may move up to "Band" px, the image decides), or the area is
+kept exactly / scaled by a known factor
 (:func:`napari_vptv.core.correct.correct_mask_iter`).
 
 * The work is the napari-free generator ``correct_mask_iter`` run in a
   ``napari.qt.threading.thread_worker``; a ``napari.utils.progress`` bar counts the
-  objects, Cancel stops after the current object (nothing is written then).
+  batched solves, Cancel stops after the current one (nothing is written then). The
+  status line reports the mean area before / after and objects kept as given.
 * Output: a Labels layer "<labels> corrected" tagged ``metadata["vptv"]``
   (``{"kind": "correct_mask", "source": ..., "image": ..., "params": ...}``); running
   again for the same Labels layer replaces only that tagged layer's data. The input
@@ -38,6 +41,33 @@ KIND = "correct_mask"
 MODEL_COLOUR = "colour model from the mask"
 MODEL_NET = "VPTVU-net nucleus probability (WBC)"
 MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
+VOLUME_DEFAULT = "unknown bias (interval)"
+VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
+
+
+def _engine(img, lab, rgb, model, report, kwargs):
+    """The correction generator; the VPTVU-net evidence is computed in the worker too."""
+    from napari_vptv.core.correct import correct_mask_iter
+
+    if model == "vptv-unet":
+        if not rgb:
+            raise ValueError("The VPTVU-net costs need an RGB image layer.")
+        from napari_vptv.nn.weights import predict_wbc
+
+        _, probs = predict_wbc(img[..., :3], method="vptv-unet")
+        kwargs["evidence"] = probs[2] if kwargs["mode"] == "objects" else probs
+    return (yield from correct_mask_iter(img, lab, channel_axis=-1 if rgb else None, report=report, **kwargs))
+
+
+def _report_summary(report) -> str:
+    """'; 12 objects, area 1234 -> 1100 px (mean), 1 kept as given' for the status line."""
+    if not report:
+        return ""
+    before = np.mean([r.area_before for r in report])
+    after = np.mean([r.area_after for r in report])
+    kept = sum(r.status != "corrected" for r in report)
+    return (f"; {len(report)} objects, mean area {before:.0f} -> {after:.0f} px"
+            + (f", {kept} kept as given" if kept else ""))
 
 
 class CorrectMaskWidget(WidgetRunMixin, Container):
@@ -75,12 +105,19 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                              tooltip="objects: one 2-phase VPTV per label id (ids kept, no merging); "
                                      "semantic: one multi-class VPTV on the whole image")
         self.model = ComboBox(label="Costs", choices=list(MODELS), value=MODEL_COLOUR)
+        self.volume_mode = ComboBox(label="Area", choices=list(VOLUME_CHOICES), value=VOLUME_DEFAULT,
+                                    tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
+                                            "image decides; exact: keep each area; factor: area × factor")
+        self.band = SpinBox(label="Band (px)", min=1, max=1000, value=6,
+                            tooltip="unknown bias: the largest boundary error to correct")
         self.volume_factor = FloatSpinBox(label="Volume factor", min=0.1, max=10.0, step=0.01, value=1.0,
-                                          tooltip="target area = mask area × factor (1.1: mask ~10 % too small)")
-        self.volume_tolerance = FloatSpinBox(label="Volume tolerance", min=0.0, max=0.9, step=0.01, value=0.0,
-                                             tooltip="0: exact areas; t: areas within (1 ± t) × target")
+                                          tooltip="'known factor' mode: target area = mask area × factor "
+                                                  "(1.1: mask ~10 % too small)")
+        self.volume_tolerance = FloatSpinBox(label="Area tolerance", min=0.0, max=0.9, step=0.01, value=0.0,
+                                             tooltip="unknown bias: also keep areas within (1 ± t) × given "
+                                                     "(0: no such limit); semantic: class volume interval")
         self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
-        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.4,
+        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.1,
                                         tooltip="cost for leaving the given mask (costs are in [0, 1]); "
                                                 "0: the image alone decides the boundary")
         self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
@@ -98,7 +135,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.status = Label(label="Status", value="ready")
         self.status.native.setWordWrap(True)
         self.extend([
-            self.image, self.labels, self.mode, self.model, self.volume_factor, self.volume_tolerance,
+            self.image, self.labels, self.mode, self.model, self.volume_mode, self.band, self.volume_factor,
+            self.volume_tolerance,
             self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
             self.max_iter, buttons, self.status,
         ])
@@ -116,6 +154,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         return {
             "mode": self.mode,
             "model": self.model,
+            "volume_mode": self.volume_mode,
+            "band": self.band,
             "volume_factor": self.volume_factor,
             "volume_tolerance": self.volume_tolerance,
             "margin": self.margin,
@@ -140,6 +180,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         return {
             "mode": self.mode.value,
             "model": MODELS[self.model.value],
+            "volume_mode": VOLUME_CHOICES[self.volume_mode.value],
+            "band": int(self.band.value),
             "volume_factor": float(self.volume_factor.value),
             "volume_tolerance": float(self.volume_tolerance.value),
             "margin": int(self.margin.value) or None,
@@ -188,17 +230,18 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         try:
             image, labels, img, lab = self._validate()
             params = self.parameters()
-            from napari_vptv.core.correct import correct_mask_iter
-
+            kwargs = dict(params)
+            model = kwargs.pop("model")
             # copies: the user may edit the layers while the worker runs
-            engine = correct_mask_iter(img.copy(), lab.copy(), channel_axis=-1 if image.rgb else None, **params)
+            report = []  # per-object area before / after, filled when the engine finishes
+            engine = _engine(img.copy(), lab.copy(), bool(image.rgb), model, report, kwargs)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._error(str(exc), show_error)
             return None
         self._save_settings()
         self._cancel_requested = False
         self._run = {"image": image.name, "source": labels.name, "labels_layer": labels, "params": params,
-                     "done": 0, "total": None, "finished": False}
+                     "done": 0, "total": None, "finished": False, "report": report}
 
         def gen():
             # errors are yielded, not raised: superqt swallows some exceptions in generator workers
@@ -246,7 +289,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                     self._pbar.total = payload.total
                 self._pbar.n = payload.done
                 self._pbar.refresh()
-            what = "passes" if st["params"]["mode"] == "semantic" else "objects"
+            what = "passes" if st["params"]["mode"] == "semantic" else "batched solves"
             self._set_status(f"{st['source']}: {payload.done}/{payload.total} {what}")
         elif kind == "result":
             if self._cancel_requested:
@@ -254,7 +297,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             self._write_output(np.asarray(payload))
             st["finished"] = True
             changed = float(np.mean(np.asarray(payload) != np.asarray(st["labels_layer"].data)))
-            self._set_status(f"done: {self.output_layer.name!r} ({changed:.2%} of the pixels changed)")
+            self._set_status(f"done: {self.output_layer.name!r} ({changed:.2%} of the pixels changed)"
+                             + _report_summary(st.get("report") or []))
         elif kind == "error":
             st["error"] = payload
             self._error(f"Mask correction failed: {payload}", show_error)
