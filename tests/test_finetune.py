@@ -188,3 +188,73 @@ def test_cli_bad_model_is_one_line(tmp_path, capsys):
     assert main(["segment", str(img), "--out", str(tmp_path / "o"), "--model", str(bad), "--no-progress"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "x.pt" in err[-1]
+
+
+# --------------------------------------------------------------------------- widget
+def _viewer_with_pairs(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for n in NAMES:
+        image, mask = load_sample(n)
+        viewer.add_image(image[..., :3], name=n, rgb=True)
+        viewer.add_labels(mask_to_labels(mask).astype(np.int32), name=f"{n} corrected")
+    return viewer
+
+
+def _select_pairs(widget):
+    from napari_vptv._finetune_widget import pair_choices
+
+    chosen = [d for _, d in pair_choices(widget.viewer.layers) if d[1].name == f"{d[0].name} corrected"]
+    assert len(chosen) == 3
+    widget.pairs.value = chosen
+
+
+def test_widget_trains_and_the_model_is_offered(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QTimer
+
+    from napari_vptv._finetune_widget import FinetuneWidget
+
+    viewer = _viewer_with_pairs(make_napari_viewer)
+    w = FinetuneWidget(viewer)
+    _select_pairs(w)
+    w.model_name.value, w.minutes.value = "lab-a", 0.1
+    w.base.value = "unet"
+    w.train_options = {"batch": 2, "steps": 3}
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(50)
+    assert w.train() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=600000)
+    timer.stop()
+    assert ticks, "the event loop did not run during training"
+    assert w.saved_path is not None and w.saved_path.is_file(), w.status.value
+    assert list_user_models() == ["lab-a"]
+    assert [x[0] for x in w.val_scores] == [1, 2, 3] and len(w.losses) == 3
+    assert w.progress.value == w.progress.max == 3
+    assert "saved 'lab-a'" in w.status.value
+    model, meta = load_model(w.saved_path)
+    assert meta["finetune"]["images"][0]["name"] == f"{NAMES[0]} corrected"
+    assert "lab-a" in w.base.choices  # offered to continue training
+    # the same name again is refused before any training
+    w.train_options = {"batch": 2, "steps": 2}
+    assert w.train() is None and "exists" in w.status.value
+
+
+def test_widget_cancel_keeps_the_best_model_so_far(make_napari_viewer, qtbot):
+    from napari_vptv._finetune_widget import FinetuneWidget
+
+    viewer = _viewer_with_pairs(make_napari_viewer)
+    w = FinetuneWidget(viewer)
+    _select_pairs(w)
+    w.model_name.value, w.minutes.value = "lab-b", 30.0
+    w.base.value = "unet"
+    w.train_options = {"batch": 2, "steps": 500}
+    w.train()
+    qtbot.waitUntil(lambda: len(w.losses) >= 1, timeout=600000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=600000)
+    assert w.result is not None and w.result.stopped
+    ft = w.result.metadata["finetune"]
+    assert ft["steps_done"] < 500 and ft["best_step"] is not None
+    assert w.saved_path.is_file() and list_user_models() == ["lab-b"]
+    assert "best model kept" in w.status.value

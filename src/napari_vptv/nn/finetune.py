@@ -257,7 +257,7 @@ def _plan_steps(model, source, meta, minutes, steps, seed, opts):
 def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: float = 3.0,
              steps: Optional[int] = None, seed: int = 0, threads: Optional[int] = None,
              callback: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
-             check_labels: bool = True, **train_options) -> FinetuneResult:
+             check_labels: bool = True, scratch: bool = False, **train_options) -> FinetuneResult:
     """Fine-tune ``base`` on image / mask pairs (see the module docstring).
 
     Parameters
@@ -276,6 +276,9 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
         torch CPU threads (default: torch's current setting).
     check_labels : bool
         Refuse masks whose classes look swapped relative to the base model.
+    scratch : bool
+        Train ``base``'s architecture from random weights instead (the control of the
+        benchmark; no label check).
     train_options : override :data:`FINETUNE_DEFAULTS` (``batch``, ``lr``, ...).
 
     Raises
@@ -299,7 +302,7 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
     except (RuntimeError, ValueError, OSError) as exc:
         raise ValueError(f"cannot load the base model: {exc}") from None
     source = user_source(samples, seed)
-    label_check = _check_labels(model, meta, source.samples) if check_labels else None
+    label_check = _check_labels(model, meta, source.samples) if check_labels and not scratch else None
     base_val = _validate(model, [source], meta["arch"] != "unet")
     base_score = float(np.mean(base_val["user"]["dice"])) if base_val else None
     cfg = _config(meta, _plan_steps(model, source, meta, minutes, steps, seed, opts), seed, opts)
@@ -307,12 +310,15 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
     work = Path(tempfile.mkdtemp(prefix="vptv-finetune-"))
     try:
         tmeta = train(cfg, work, sources=[source], resume=False, max_minutes=minutes if not steps else 0.0,
-                      threads=threads or torch.get_num_threads(), init=model.state_dict(), callback=callback, should_stop=should_stop,
+                      threads=threads or torch.get_num_threads(), init=None if scratch else model.state_dict(),
+                      callback=callback, should_stop=should_stop,
                       keep_best=bool(source.val), finish_early=True)
         state = torch.load(work / "model.pt", map_location="cpu", weights_only=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _result(state, meta, tmeta, base, source, base_score, label_check, time.time() - t0)
+    result = _result(state, meta, tmeta, base, source, base_score, label_check, time.time() - t0)
+    result.metadata["finetune"]["from_scratch"] = bool(scratch)
+    return result
 
 
 def _result(state, base_meta, tmeta, base, source, base_score, label_check, seconds) -> FinetuneResult:

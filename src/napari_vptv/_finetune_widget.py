@@ -1,0 +1,292 @@
+"""napari widget "Train on my images": fine-tune a WBC network on corrected layers.
+
+The user corrects a few segmentations with napari's Labels tools, selects the
+Labels / Image pairs (or two folders of images and masks), names the model, sets a
+time budget and presses Train. :func:`napari_vptv.nn.finetune.finetune` runs in a
+``napari.qt.threading.thread_worker``; its per-step callback reaches the widget
+through a Qt signal (queued into the GUI thread), which updates the progress bar,
+the loss, a loss curve and the held-out mean Dice, so the viewer stays usable.
+Cancel stops after the current step and keeps the best model so far.
+
+The model is saved as ``NAME.pt`` + ``NAME.json`` in the user's model folder
+(:func:`napari_vptv.user_models.user_models_dir`), never replacing a model unless
+"Replace" is ticked; it then appears in the model lists (``--model NAME`` in the CLI).
+A Labels layer is paired with the Image layer it was computed from (the plugin's
+``metadata["vptv"]["source"]``) or with Image layers of the same height and width.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+)
+
+from ._common import METADATA_KEY, WidgetRunMixin
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["FinetuneWidget", "pair_choices"]
+
+FROM_LAYERS = "layers in the viewer"
+FROM_FOLDERS = "folders of images and masks"
+SHIPPED_BASES = {"VPTVU-net generalist (vptv-unet)": "vptv-unet", "U-net generalist (unet)": "unet"}
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _sparkline(values: List[float], width: int = 40) -> str:
+    """The last ``width`` values (each the mean of a slice) as block characters."""
+    if not values:
+        return ""
+    chunks = np.array_split(np.asarray(values, dtype=float), min(width, len(values)))
+    v = np.array([c.mean() for c in chunks])
+    lo, hi = v.min(), v.max()
+    idx = np.zeros(len(v), int) if hi - lo < 1e-12 else np.round((v - lo) / (hi - lo) * 7).astype(int)
+    return "".join(_SPARK[i] for i in idx)
+
+
+def _hw(layer) -> Optional[tuple]:
+    shape = np.shape(layer.data)
+    if getattr(layer, "rgb", False):
+        shape = shape[:-1]
+    return tuple(shape) if len(shape) == 2 else None
+
+
+def pair_choices(layers) -> List[tuple]:
+    """``(text, (image_layer, labels_layer))`` for every 2-D Labels layer and an Image
+    layer it fits: its tagged source first, then other images of the same size."""
+    import napari
+
+    images = [ly for ly in layers if isinstance(ly, napari.layers.Image) and _hw(ly)]
+    out = []
+    for lab in layers:
+        if not isinstance(lab, napari.layers.Labels) or _hw(lab) is None:
+            continue
+        meta = lab.metadata.get(METADATA_KEY) if isinstance(lab.metadata, dict) else None
+        src = meta.get("source") if isinstance(meta, dict) else None
+        fits = [im for im in images if _hw(im) == _hw(lab)]
+        fits.sort(key=lambda im: (im.name != src, not lab.name.startswith(im.name)))
+        out.extend((f"{lab.name}  ⟵  {im.name}", (im, lab)) for im in fits)
+    return out
+
+
+class _Relay:
+    """A Qt signal living in the GUI thread: emitted from the worker, delivered queued."""
+
+    def __init__(self, slot):
+        from qtpy.QtCore import QObject, Signal
+
+        class Relay(QObject):
+            step = Signal(int, int, float, object)
+
+        self.qobject = Relay()
+        self.qobject.step.connect(slot)
+
+    def emit(self, step, total, loss, val_score):
+        self.qobject.step.emit(int(step), int(total), float(loss), val_score)
+
+
+class FinetuneWidget(WidgetRunMixin, Container):
+    """Dock widget "Train on my images" (see the module docstring).
+
+    Attributes
+    ----------
+    worker : the running ``thread_worker`` or None.
+    result : the last :class:`~napari_vptv.nn.finetune.FinetuneResult`.
+    saved_path : path of the last saved model.
+    losses, val_scores : the live figures of the current / last run.
+    train_options : dict
+        Extra keyword arguments of :func:`~napari_vptv.nn.finetune.finetune` (e.g.
+        ``{"batch": 2}`` in tests).
+    """
+
+    SETTINGS_NAME = "finetune"
+
+    def __init__(self, napari_viewer: "napari.Viewer"):
+        super().__init__(labels=True)
+        from .user_models import user_models_dir
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result = None
+        self.saved_path = None
+        self.losses: List[float] = []
+        self.val_scores: List[tuple] = []
+        self._stop = threading.Event()
+        self.train_options: Dict[str, Any] = {}
+        self._pbar = None
+        self._relay = _Relay(self._on_step)
+
+        self.pairs_from = ComboBox(label="Pairs from", choices=[FROM_LAYERS, FROM_FOLDERS], value=FROM_LAYERS)
+        self.pairs = Select(label="Labels ⟵ Image", choices=self._pair_choices,
+                            tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus) and "
+                                    "their images; select several with Ctrl / Shift")
+        self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
+        self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False,
+                                  tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2")
+        self.model_name = LineEdit(label="Model name", value="my-model")
+        self.base = ComboBox(label="Start from", choices=self._base_choices,
+                             tooltip="a shipped generalist, or one of your models to continue training it")
+        self.minutes = FloatSpinBox(label="Time budget (min)", min=0.1, max=600.0, step=0.5, value=3.0)
+        self.replace = CheckBox(text="Replace a model of this name", value=False)
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop after the current step and keep the best model so far")
+        self.run_button = self.train_button  # the mixin's name
+        buttons = Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self.live = Label(label="Loss / Dice", value="")
+        self.curve = Label(label="Loss curve", value="")
+        self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
+        self.status.native.setWordWrap(True)
+        self.extend([self.pairs_from, self.pairs, self.images_dir, self.masks_dir, self.model_name, self.base,
+                     self.minutes, self.replace, buttons, self.progress, self.live, self.curve, self.status])
+        self.pairs_from.changed.connect(self._on_pairs_from)
+        self.train_button.changed.connect(lambda *_: self.train())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        ev = self.viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.connect(self.reset_choices)
+        self._restore_settings()
+        self._on_pairs_from()
+
+    def _persisted_widgets(self) -> Dict[str, Any]:
+        return {"pairs_from": self.pairs_from, "minutes": self.minutes}
+
+    # ------------------------------------------------------------------ choices
+    def _pair_choices(self, *_):
+        return pair_choices(self.viewer.layers)
+
+    def _base_choices(self, *_):
+        from .user_models import list_user_models
+
+        return list(SHIPPED_BASES.items()) + [(f"{n} (my model)", n) for n in list_user_models()]
+
+    def _on_pairs_from(self, *_):
+        layers = self.pairs_from.value == FROM_LAYERS
+        self.pairs.visible = layers
+        self.images_dir.visible = self.masks_dir.visible = not layers
+
+    # ----------------------------------------------------------------- training
+    def _target(self):
+        from .user_models import check_model_name, user_model_path
+
+        path = user_model_path(check_model_name(self.model_name.value))
+        if not self.replace.value and (path.exists() or path.with_suffix(".json").exists()):
+            raise ValueError(f"a model named {path.stem!r} exists: choose another name or tick 'Replace'")
+        return path
+
+    def _layer_samples(self):
+        from .nn.finetune import samples_from_arrays
+
+        chosen = list(self.pairs.value or [])
+        if not chosen:
+            raise ValueError("select at least one Labels ⟵ Image pair (your corrected segmentations)")
+        names = [lab.name for _, lab in chosen]
+        if len(set(names)) != len(names):
+            raise ValueError("each Labels layer may be used once; select one image per Labels layer")
+        # copies: painting on the layers during training does not change the data
+        return samples_from_arrays([np.array(im.data) for im, _ in chosen],
+                                   [np.array(lab.data) for _, lab in chosen], names)
+
+    def _job(self, samples, folders, base, minutes):
+        from .nn.finetune import finetune, samples_from_folders
+        from .user_models import resolve_model
+
+        if folders is not None:
+            samples = samples_from_folders(*folders)
+        return finetune(samples, base=resolve_model(base), minutes=minutes, callback=self._relay.emit,
+                        should_stop=self._stop.is_set, **self.train_options)
+
+    def train(self):
+        """Check the inputs, then start the fine-tuning in a ``thread_worker``."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return None
+        try:
+            target = self._target()
+            folders, samples = None, None
+            if self.pairs_from.value == FROM_LAYERS:
+                samples = self._layer_samples()
+            else:
+                folders = (self.images_dir.value, self.masks_dir.value)
+        except (ValueError, FileNotFoundError) as exc:
+            self._error(str(exc), show_error)
+            return None
+        self._save_settings()
+        self._stop.clear()
+        self.losses, self.val_scores, self.result, self.saved_path = [], [], None, None
+        self.progress.value, self.live.value, self.curve.value = 0, "", ""
+        self._target_path = target
+        worker = thread_worker(self._job, start_thread=False)(samples, folders, self.base.value,
+                                                              float(self.minutes.value))
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(lambda exc: self._error(f"training failed: {exc}", show_error))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.train_button.enabled, self.cancel_button.enabled = False, True
+        self._set_status("preparing (checking the masks against the base model)...")
+        worker.start()
+        return worker
+
+    def cancel(self):
+        """Stop after the current step; the best model so far is saved."""
+        if self.worker is None:
+            return
+        self._stop.set()
+        self.cancel_button.enabled = False
+        self._set_status("stopping after the current step (the best model so far is kept)...")
+
+    # ---------------------------------------------------------------- callbacks
+    def _on_step(self, step, total, loss, val_score):
+        self.losses.append(loss)
+        if val_score is not None:
+            self.val_scores.append((step, val_score))
+        self.progress.max = max(1, total)
+        self.progress.value = min(step, total)
+        dice = f" · held-out Dice {self.val_scores[-1][1]:.3f}" if self.val_scores else ""
+        self.live.value = f"step {step}/{total} · loss {loss:.4f}{dice}"
+        self.curve.value = _sparkline(self.losses)
+        self._set_status("stopping..." if self._stop.is_set() else "training...")
+
+    def _on_returned(self, result):
+        from napari.utils.notifications import show_error, show_info, show_warning
+
+        from .nn.finetune import save_finetuned
+
+        self.result = result
+        try:
+            self.saved_path = save_finetuned(result, self._target_path, overwrite=bool(self.replace.value))
+        except (OSError, ValueError) as exc:
+            self._error(f"could not save the model: {exc}", show_error)
+            return
+        ft = result.metadata["finetune"]
+        score = "" if result.val_score is None else \
+            f", held-out Dice {result.val_score:.3f} (base {result.base_val_score:.3f})"
+        how = "stopped early, best model kept" if result.stopped else "done"
+        self._set_status(f"{how}: saved '{self.saved_path.stem}' ({ft['steps_done']} steps{score}) "
+                         f"in {self.saved_path.parent}")
+        show_info(f"model '{self.saved_path.stem}' saved; choose it in the segmentation widget")
+        for w in result.warnings:
+            show_warning(w)
+        self.base.reset_choices()
+
+    def _on_finished(self, *_):
+        self.worker = None
+        self.train_button.enabled, self.cancel_button.enabled = True, False
