@@ -43,7 +43,6 @@ __all__ = ["FinetuneWidget", "pair_choices"]
 
 FROM_LAYERS = "layers in the viewer"
 FROM_FOLDERS = "folders of images and masks"
-SHIPPED_BASES = {"VPTVU-net generalist (vptv-unet)": "vptv-unet", "U-net generalist (unet)": "unet"}
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -172,9 +171,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
         return pair_choices(self.viewer.layers)
 
     def _base_choices(self, *_):
-        from .user_models import list_user_models
+        from .user_models import network_choices
 
-        return list(SHIPPED_BASES.items()) + [(f"{n} (my model)", n) for n in list_user_models()]
+        return network_choices()
 
     def _on_pairs_from(self, *_):
         layers = self.pairs_from.value == FROM_LAYERS

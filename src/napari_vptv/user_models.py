@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import List
 
 __all__ = ["MODELS_DIR_ENV", "user_models_dir", "list_user_models", "user_model_path", "resolve_model",
-           "check_model_name", "model_and_method"]
+           "check_model_name", "model_and_method", "network_choices"]
 
 #: Environment variable overriding the user's model folder (tests, shared lab folders).
 MODELS_DIR_ENV = "NAPARI_VPTV_MODELS_DIR"
 SHIPPED = ("vptv-unet", "unet")
+SHIPPED_LABELS = {"vptv-unet": "VPTVU-net generalist (vptv-unet)", "unet": "U-net generalist (unet)"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -84,6 +85,12 @@ def resolve_model(name_or_path) -> str:
     mine = list_user_models()
     raise ValueError(f"model {text!r} is neither a shipped model {SHIPPED}, a model in '{user_models_dir()}' "
                      f"({', '.join(mine) if mine else 'none yet'}), nor an existing .pt file or training-run folder")
+
+
+def network_choices() -> List[tuple]:
+    """``(label, model name)`` of the shipped networks, then of the user's models: the
+    choices of a widget's model list (pass the name to :func:`model_and_method`)."""
+    return [(SHIPPED_LABELS[n], n) for n in SHIPPED] + [(f"{n} (my model)", n) for n in list_user_models()]
 
 
 def model_and_method(name_or_path):
