@@ -99,3 +99,11 @@ def test_write_csv_never_overwrites(tmp_path):
     assert path.read_text() == "mine"
     write_csv(t, path, overwrite=True)
     assert path.read_text().startswith("cell,")
+
+
+def test_specks_are_not_cells():
+    lab = two_cells()
+    lab[30, 20] = 1  # one stray pixel
+    assert cell_instances(lab).max() == 2
+    assert cell_instances(lab, min_area=0).max() == 3
+    assert len(measure_cells(lab)["cell"]) == 2

@@ -121,7 +121,7 @@ def test_wbc_sample_interval(viewer, widget, wbc, notes):
     out = widget.run(sync=True)
     assert not errors(notes), notes
     assert out is not None and out in viewer.layers and isinstance(out, Labels)
-    assert out.name == f"{image_layer.name} VPTV"
+    assert out.name == f"{image_layer.name} VPTV (variational)"
     assert out.data.shape == (300, 300) and out.data.dtype == np.uint8
     meta = out.metadata[METADATA_KEY]
     assert meta["source"] == image_layer.name and meta["method"] == "vptv" and meta["complete"]
@@ -134,9 +134,10 @@ def test_wbc_sample_interval(viewer, widget, wbc, notes):
     assert widget.run_button.enabled and widget.worker is None
 
 
-def test_exact_volumes_and_rerun_updates_same_layer(viewer, widget, wbc, notes):
+def test_rerun_replaces_own_result_only_when_asked(viewer, widget, wbc, notes):
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
+    widget.keep_previous.value = False
     widget.preset.value = "custom"
     widget.volume_mode.value = "exact"
     widget.volumes.value = "0.7, 0.2, 0.1"
@@ -149,26 +150,87 @@ def test_exact_volumes_and_rerun_updates_same_layer(viewer, widget, wbc, notes):
     out2 = widget.run(sync=True)
     assert not errors(notes), notes
     assert out2 is out and len(labels_layers(viewer)) == 1
-    assert out.name == "cell VPTV"
+    assert out.name == "cell VPTV (variational)"
     np.testing.assert_allclose(fractions(out.data, 3), [0.6, 0.25, 0.15], atol=0.005)
     assert not np.array_equal(first, out.data)
     assert out.metadata[METADATA_KEY]["params"]["volumes"] == "0.6, 0.25, 0.15"
+
+    # the default: keep previous results, a new layer per run
+    widget.keep_previous.value = True
+    kept = out.data.copy()
+    out3 = widget.run(sync=True)
+    assert out3 is not out and out3.name == "cell VPTV (variational) [2]"
+    np.testing.assert_array_equal(out.data, kept)
+    assert len(labels_layers(viewer)) == 2
+
+
+def test_renamed_duplicated_or_edited_results_are_the_users(viewer, widget, wbc, notes):
+    from napari.layers._layer_actions import _duplicate_layer
+
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.keep_previous.value = False  # even when asked to replace the previous result
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    out.name = "variational (keep)"
+    kept = out.data.copy()
+    out2 = widget.run(sync=True)
+    assert out2 is not out and out.name == "variational (keep)"
+    np.testing.assert_array_equal(out.data, kept)
+
+    viewer.layers.selection = {out2}
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers[f"{out2.name} copy"]
+    assert copy.metadata[METADATA_KEY]["token"] == out2.metadata[METADATA_KEY]["token"]  # copied metadata
+    out3 = widget.run(sync=True)
+    assert out3 is out2  # the original, untouched: replaced as asked; the copy is not
+    assert copy in viewer.layers and copy.name == f"{out2.name} copy"
+
+    out3.data[0:4, 0:4] = (out3.data[0:4, 0:4] + 1) % 3  # a user's edit (like painting)
+    out3.refresh()
+    edited = out3.data.copy()
+    out4 = widget.run(sync=True)
+    assert out4 is not out3
+    np.testing.assert_array_equal(out3.data, edited)
+    assert not errors(notes), notes
+
+
+def test_each_method_its_own_named_layer(viewer, widget, wbc, notes):
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.keep_previous.value = False
+    widget.max_iter.value = FAST
+    widget.measure.value = False
+    variational = widget.run(sync=True)
+    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    # the switch says what it changed, not silently
+    assert not widget.notice.native.isHidden() and "VPTVU-net" in widget.notice.value
+    assert "Max iterations" in widget.notice.value
+    network = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert network is not variational and variational in viewer.layers
+    assert (variational.name, network.name) == ("cell VPTV (variational)", "cell VPTV (VPTVU-net)")
+    assert network.metadata[METADATA_KEY]["method_label"] == "VPTVU-net"
 
 
 def test_user_layer_with_output_name_untouched(viewer, widget, wbc):
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     mine = np.full(image.shape[:2], 7, np.uint8)
-    user = viewer.add_labels(mine.copy(), name="cell VPTV")
+    user = viewer.add_labels(mine.copy(), name="cell VPTV (variational)")
     widget.preset.value = "custom"
     widget.volume_mode.value = "exact"
     widget.volumes.value = "0.7, 0.2, 0.1"
     widget.max_iter.value = FAST
+    widget.keep_previous.value = False
     out = widget.run(sync=True)
-    assert out is not user and out.name == "cell VPTV [2]"
+    assert out is not user and out.name == "cell VPTV (variational) [2]"
     out2 = widget.run(sync=True)
     assert out2 is out
-    assert user in viewer.layers and user.name == "cell VPTV"
+    assert user in viewer.layers and user.name == "cell VPTV (variational)"
     np.testing.assert_array_equal(user.data, mine)
     assert METADATA_KEY not in user.metadata
     assert len(labels_layers(viewer)) == 2
@@ -353,7 +415,7 @@ def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
     assert widget.run() is None  # refused while running
     assert any("already running" in m for _, m in notes)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
-    out = viewer.layers["cell VPTV"]
+    out = viewer.layers["cell VPTV (variational)"]
     assert out.metadata[METADATA_KEY]["complete"]
     np.testing.assert_allclose(fractions(out.data, 3), [0.7, 0.2, 0.1], atol=0.005)
     assert len(labels_layers(viewer)) == 1
@@ -378,7 +440,7 @@ def test_cancel_mid_run(viewer, widget, qtbot):
                         layer.metadata[METADATA_KEY]["complete"], layer.data[item.done:].any()))
 
     widget.slice_finished.connect(first_slice_visible)
-    worker = widget.run()
+    widget.run()
     assert widget.output_layer is not None and not widget.output_layer.data.any()
     qtbot.waitUntil(lambda: len(arrived) >= 1, timeout=120000)
     widget.cancel()
@@ -390,17 +452,22 @@ def test_cancel_mid_run(viewer, widget, qtbot):
     assert 1 <= done < n
     assert not meta["complete"]
     assert meta["status"] == f"cancelled after {done} of {n} slices"
-    assert out.name == f"tstack VPTV (cancelled {done}/{n})"
+    assert out.name == f"tstack VPTV (variational) (cancelled {done}/{n})"
     assert f"cancelled after {done} of {n}" in widget.status.value
+    assert "finish" in widget.status.value and "resumes" in widget.status.value
     # finished slices are complete segmentations, the rest untouched (zeros)
     for z in range(done):
         np.testing.assert_allclose(fractions(out.data[z], 2), [0.8, 0.2], atol=0.005)
     assert not out.data[done:].any()
-    # the viewer and the widget still work: a rerun completes and updates the layer
-    widget.max_iter.value = FAST
+    finished = out.data[:done].copy()
+    # Run with the same settings resumes: only the missing slices, in the same layer
+    arrived.clear()
     out2 = widget.run(sync=True)
-    assert out2 is out and out.name == "tstack VPTV"
-    assert out.metadata[METADATA_KEY]["complete"]
+    assert out2 is out and out.name == "tstack VPTV (variational)"
+    assert [a[0] for a in arrived] == [(z,) for z in range(done, n)]
+    np.testing.assert_array_equal(out.data[:done], finished)
+    meta = out.metadata[METADATA_KEY]
+    assert meta["complete"] and meta["slices_done"] == n and len(meta["slice_volumes"]) == n
     for z in range(n):
         np.testing.assert_allclose(fractions(out.data[z], 2), [0.8, 0.2], atol=0.005)
     assert len(labels_layers(viewer)) == 1
@@ -480,6 +547,10 @@ def test_settings_remembered_in_a_new_session(viewer, widget, wbc, make_napari_v
     assert w2.seed.value == 7 and w2.max_iter.value == FAST
     assert w2.parameters() == dict(widget.parameters())
     assert "restored" in w2.status.value
+    assert not w2.notice.native.isHidden() and "restored" in w2.notice.value  # shown clearly, not only in the status
+    w2.reset_to_defaults()
+    assert w2.epsilon.value != pytest.approx(0.05) and w2.seed.value == 0 and w2.notice.native.isHidden()
+    assert {k: w.value for k, w in w2._persisted_widgets().items()} == w2._defaults
     assert w2.image.value is viewer2.layers["other"]  # layer choices are not remembered
 
 
@@ -542,3 +613,90 @@ def test_corrupt_or_stale_settings_are_ignored(make_napari_viewer, notes):
     assert got["epsilon"] == pytest.approx(0.05)
     assert {k: v for k, v in got.items() if k != "epsilon"} == {k: v for k, v in defaults.items() if k != "epsilon"}
     assert not errors(notes)
+
+
+# ------------------------------------------------------- class names / measurements
+def test_class_names_on_hover_legend_fields_and_errors(viewer, widget, wbc, notes):
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.preset.value = "WBC (3 classes)"
+    for text in ("background", "cytoplasm", "nucleus"):
+        assert text in widget.legend.value and text in widget.lower.label and text in widget.upper.label
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert list(out.features["class"]) == ["background", "cytoplasm", "nucleus"]
+    ys, xs = np.nonzero(out.data == 2)
+    assert "class: nucleus" in out.get_status((ys[0], xs[0]))["value"]
+    colours = out.colormap.color_dict
+    assert colours[0][3] == 0 and not np.allclose(colours[1], colours[2])  # fixed, distinct class colours
+    assert "nucleus" in widget.status.value and "cytoplasm" in widget.status.value
+
+    widget.lower.value = "0.5, 0.3, 0.1"
+    widget.upper.value = "0.9, 0.2, 0.2"
+    assert widget.run(sync=True) is None
+    assert "'cytoplasm'" in errors(notes)[-1] and "class 1" not in errors(notes)[-1]
+
+
+def test_run_disabled_while_inputs_invalid(viewer, widget, wbc, notes):
+    assert not widget.run_button.enabled and "No image layer" in widget.reason.value
+    assert widget.run(sync=True) is None and "No image layer" in widget.status.value
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    assert widget.run_button.enabled and not widget.reason.visible
+    assert widget.status.value == "ready"  # the stale problem is gone
+    widget.preset.value = "custom"
+    widget.volume_mode.value = "exact"
+    widget.volumes.value = "0.8, 0.4, 0.2"
+    assert not widget.run_button.enabled and "sum to 1" in widget.reason.value
+    assert "2px" in widget.volumes.native.styleSheet()
+    widget.volumes.value = "0.7, 0.2, 0.1"
+    assert widget.run_button.enabled and not widget.reason.visible
+
+
+def test_measurements_table_cells_layer_and_csv(viewer, widget, wbc, tmp_path, notes):
+    from napari_vptv.core.measure import measure_cells
+
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True, scale=(0.1, 0.1))  # 0.1 µm per pixel
+    widget.preset.value = "WBC (3 classes)"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    cells_layer = widget.cells_layer
+    assert cells_layer is not None and cells_layer.name == "cell cells (variational)"
+    assert tuple(cells_layer.scale) == (0.1, 0.1)
+    expected = measure_cells(out.data, image=image, spacing=(0.1, 0.1))
+    table = widget.results.cells
+    assert len(table["cell"]) == len(expected["cell"]) >= 1
+    np.testing.assert_allclose(table["nucleus_area_um2"], expected["nucleus_area_um2"])
+    np.testing.assert_allclose(table["nucleus_area_px"] * 0.01, table["nucleus_area_um2"])
+    np.testing.assert_allclose(table["nc_ratio"], expected["nc_ratio"])
+    assert widget.results.table.rowCount() == len(table["cell"])
+    headers = [widget.results.table.horizontalHeaderItem(j).text() for j in range(widget.results.table.columnCount())]
+    assert "cell area (µm²)" in headers and "N/(N+C)" in headers
+    # hovering a cell shows its measurements (layer features)
+    big = int(table["cell"][np.argmax(table["cell_area_px"])])
+    ys, xs = np.nonzero(cells_layer.data == big)
+    assert "nc_ratio" in cells_layer.get_status((ys[0] * 0.1, xs[0] * 0.1), world=True)["value"]
+    # a row click selects that cell
+    assert widget.results.select_row(0) == cells_layer.selected_label
+    path = widget.results.export_csv(tmp_path / "cells.csv")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + len(table["cell"]) and "cell_area_um2" in lines[0]
+    with pytest.raises(FileExistsError):
+        widget.results.export_csv(path)
+
+
+def test_stack_measured_per_frame(viewer, widget, wbc):
+    image, _ = wbc
+    crop = image[:96, :96]
+    viewer.add_image(np.stack([crop, np.ascontiguousarray(crop[::-1])]), name="movie", rgb=True)
+    widget.preset.value = "WBC (3 classes)"
+    widget.max_iter.value = FAST
+    out = widget.run(sync=True)
+    frames = widget.results.frames
+    assert frames["frame"].tolist() == [0, 1]
+    for t in range(2):
+        assert frames["nucleus_area_px"][t] == np.sum(out.data[t] == 2)
+    cells = widget.results.cells
+    assert set(cells["frame"].tolist()) <= {0, 1} and len(set(cells["cell"].tolist())) == len(cells["cell"])

@@ -1,4 +1,4 @@
-"""npe2 sample-data contributions (File > Open Sample > VPTV segmentation).
+"""npe2 sample-data contributions (File > Open Sample > napari-vptv).
 
 Each function returns a list of napari ``LayerData`` tuples
 ``(data, kwargs, layer_type)``. No napari import is needed here.

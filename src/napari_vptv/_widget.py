@@ -1,20 +1,25 @@
-"""napari widget "VPTV segmentation".
+"""napari widget "VPTV segmentation" (npe2: ``napari_vptv._widget:SegmentationWidget``).
 
-A magicgui :class:`~magicgui.widgets.Container` (npe2 widget contribution
-``napari_vptv._widget:SegmentationWidget``) that segments an Image layer (grey or RGB,
-2-D or with leading axes ZYX / TYX / TZYX) with the variational VPTV solver or the
-pretrained VPTVU-net, and writes the labels to a Labels layer.
+Segments an Image layer (grey or RGB, 2-D or with leading axes ZYX / TYX / TZYX) with
+the variational VPTV solver or the pretrained VPTVU-net. The fields and their checks
+live in :mod:`napari_vptv._widget_fields`, the output layers' ownership, names and
+class colours in :mod:`napari_vptv._outputs`, the measurement table in
+:mod:`napari_vptv._measure_table`; this module runs.
 
 * The work is the napari-free generator :func:`napari_vptv.core.stack.segment_stack`
   run in a ``napari.qt.threading.thread_worker``; a napari progress bar counts slices,
   the output layer fills in as slices finish, and Cancel stops at the next slice
-  boundary (or, inside a long 2-D solve, at the next iteration).
-* Output: a new Labels layer "<image> VPTV" tagged ``metadata["vptv"]``; running
-  again updates only a layer carrying that tag for the same source. User layers are
-  never overwritten or removed (a user layer called "<image> VPTV" makes the output
-  "<image> VPTV [2]").
-* Inputs are checked before running; problems are shown as napari notifications and
-  in the status line, never as an exception.
+  boundary (or, inside a long 2-D solve, at the next iteration). Run again with the
+  same settings resumes a cancelled stack: only the missing slices are computed.
+* Output: a new Labels layer per run, "<image> VPTV (<method>)", with fixed class
+  colours and the class names as layer features (hovering says "nucleus"). With
+  "Keep previous results" unchecked a run replaces only the plugin's own untouched
+  result of the same method and image; a renamed, duplicated or edited result is the
+  user's and is never written to.
+* Measurements (WBC classes): a per-cell table (areas, N/(N+C), lobes, solidity) in
+  the widget, as features of a "<image> cells (<method>)" Labels layer, and as CSV.
+* Run is disabled while an input is invalid (the reason is shown next to it);
+  problems are napari notifications, never exceptions.
 
 Heavy imports (torch, the solver, the network) happen inside the functions that need
 them, so opening napari's plugin menu stays fast.
@@ -22,56 +27,72 @@ them, so opening napari's plugin menu stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    Label,
-    LineEdit,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
+
+from ._common import METADATA_KEY, WidgetRunMixin
+from ._measure_table import MeasurementTable, add_cells_layer, measure_result
+from ._outputs import apply_classes, claim, find_own_output, method_label, seal, tag
+from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
+    METHOD_NET,
+    METHOD_VPTV,
+    METHODS,
+    PRESET_CUSTOM,
+    PRESET_KMEANS,
+    PRESET_WBC,
+    STACK_SLICES,
+    STACK_VOLUME,
+    SegmentSettings,
+    fmt,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 __all__ = ["SegmentationWidget", "METADATA_KEY"]
 
-#: Key of ``layer.metadata`` that marks the plugin's own output layers.
-from ._common import METADATA_KEY, WidgetRunMixin
-from .api import wbc_priors
-from .options import SegmentOptions
-
 OUTPUT_KIND = "segmentation"
-
-METHOD_VPTV = "Variational VPTV"
-METHOD_NET = "VPTVU-net (WBC, pretrained)"
-METHODS = {METHOD_VPTV: "vptv", METHOD_NET: "vptv-unet"}
-
-PRESET_WBC = "WBC (3 classes)"
-PRESET_KMEANS = "estimate from image (k-means)"
-PRESET_CUSTOM = "custom"
-
-STACK_SLICES = "slice by slice"
-STACK_VOLUME = "3-D volume (variational only)"
-
-#: Half-width of the interval put around k-means fractions ("estimate from image").
-KMEANS_INTERVAL = 0.05
-
-def _fmt(values) -> str:
-    return ", ".join(f"{float(v):.3g}" for v in np.ravel(values))
 
 
 class _Cancelled(Exception):
     """Raised from the solver's iteration callback when Cancel was pressed."""
 
 
-class SegmentationWidget(WidgetRunMixin, Container):
+def _index_key(index) -> str:
+    return ",".join(map(str, index))
+
+
+def _pieces(data, segment_fn, *, rgb, mode, n_classes, todo=None, total=None):
+    """:func:`segment_stack`, or only the pieces ``todo`` (a resumed run)."""
+    from napari_vptv.core.stack import segment_stack
+
+    if todo is None:
+        yield from segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=n_classes)
+        return
+    done0 = total - len(todo)
+    for i, index in enumerate(todo, start=1):
+        for item in segment_stack(data[index], segment_fn, rgb=rgb, mode=mode, n_classes=n_classes):
+            yield item._replace(index=tuple(index), done=done0 + i, total=total)
+
+
+def _network_details(result) -> Optional[Dict[str, Any]]:
+    """Diameter information of a network result, if the result carries it."""
+    for source in (result, getattr(result, "network", None), getattr(result, "info", None)):
+        diameter = getattr(source, "diameter", None)
+        if diameter is None and isinstance(source, dict):
+            diameter = source.get("diameter")
+        if diameter is not None:
+            estimated = getattr(source, "estimated", None)
+            if isinstance(source, dict):
+                estimated = source.get("estimated", estimated)
+            return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated)}
+    return None
+
+
+class SegmentationWidget(WidgetRunMixin, SegmentSettings):
     """Dock widget "VPTV segmentation".
 
     Parameters
@@ -86,6 +107,8 @@ class SegmentationWidget(WidgetRunMixin, Container):
         scripts). ``run(sync=True)`` does the same for one call.
     worker : the running ``GeneratorWorker`` or None.
     output_layer : the Labels layer of the last run (or None).
+    cells_layer : the cell instance Labels layer of the last measured run (or None).
+    results : :class:`~napari_vptv._measure_table.MeasurementTable` of the last run.
     slice_finished : psygnal Signal
         Emitted in the GUI thread with each finished
         :class:`~napari_vptv.core.stack.StackSlice`, after it was written to the
@@ -97,108 +120,54 @@ class SegmentationWidget(WidgetRunMixin, Container):
     OUTPUT_KIND = OUTPUT_KIND
     CANCEL_NOTE = "Stop at the next slice boundary (or solver iteration)."
     SETTINGS_NAME = "segmentation"
+    # the fields' list, not the mixin's empty default (which comes first in the MRO)
+    _persisted_widgets = SegmentSettings._persisted_widgets
 
     def __init__(self, napari_viewer: "napari.Viewer"):
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.synchronous = False
         self.worker = None
         self.output_layer = None
+        self.cells_layer = None
         self._cancel_requested = False
         self._iteration: Optional[Tuple[int, int]] = None
         self._pbar = None
         self._run_state: Dict[str, Any] = {}
-        self._restoring = False
+        self._status_is_problem = False
 
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
-        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV)
-        self.preset = ComboBox(
-            label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC
-        )
-        self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
-        self.volume_mode = ComboBox(label="Volume mode", choices=["interval", "exact", "none"], value="interval")
-        self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10",
-                                tooltip="Exact class fractions, comma-separated, summing to 1")
-        self.lower = LineEdit(label="Lower bounds", value="",
-                              tooltip="Per-class lower bounds of the class fractions, comma-separated")
-        self.upper = LineEdit(label="Upper bounds", value="",
-                              tooltip="Per-class upper bounds of the class fractions, comma-separated")
-        self.estimate = PushButton(text="Estimate volumes from current slice (k-means)")
-        self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
-                                    tooltip="Entropic regularisation ε (paper eq. 11)")
-        self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.02,
-                                      tooltip="Weight λ of the total variation term (paper eq. 11)")
-        self.edge = CheckBox(text="Edge weight e(x)", value=False,
-                             tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
-        self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
-        defaults = SegmentOptions()
-        self.diameter = FloatSpinBox(label="cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
-                                     value=defaults.diameter,
-                                     tooltip="Cell diameter in pixels for the network; 0 estimates it")
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
-        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
-        self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
         self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
-                            labels=False, label="")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="Finishes the current slice, then stops; Run resumes")
+        buttons = Container(widgets=[self.run_button, self.cancel_button, self.reset_button],
+                            layout="horizontal", labels=False, label="")
         buttons.margins = (0, 0, 0, 0)
-        self.status = Label(label="Status", value="ready")
-        self.status.native.setWordWrap(True)
-
+        self.reason = Label(label="", value="")
+        self.reason.native.setWordWrap(True)
+        self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
+        self.reason.visible = False
+        self.results = MeasurementTable(napari_viewer)
+        self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
         self.extend([
-            self.image, self.method, self.preset, self.n_classes, self.volume_mode,
-            self.volumes, self.lower, self.upper, self.estimate, self.epsilon,
-            self.tv_weight, self.edge, self.max_iter, self.diameter, self.seed, self.device,
-            self.stack_mode, buttons, self.status,
+            self.image, self.method, self.preset, self.n_classes, self.legend, self.volume_mode,
+            self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight, self.edge,
+            self.max_iter, self.diameter, self.seed, self.device, self.stack_mode, self.keep_previous,
+            self.measure, self.notice, buttons, self.reason, self.status,
         ])
-
-        self.method.changed.connect(self._on_method)
-        self.preset.changed.connect(self._on_preset)
-        self.volume_mode.changed.connect(self._update_visibility)
-        self.n_classes.changed.connect(self._on_n_classes)
-        self.estimate.changed.connect(self._on_estimate)
+        # full width (outside the label column): the table needs the room
+        self.native.layout().addWidget(self.results.native)
         self.run_button.changed.connect(lambda *_: self.run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
-        for w in (self.volumes, self.lower, self.upper):
-            w.changed.connect(self._on_volume_text)
-
+        for w in self._persisted_widgets().values():
+            w.changed.connect(self._refresh_run_state)
+        self.image.changed.connect(self._refresh_run_state)
         layers_events = self.viewer.layers.events
         for ev in (layers_events.inserted, layers_events.removed, layers_events.reordered):
             ev.connect(self._reset_image_choices)
-        self._apply_preset()
-        self._update_visibility()
         self._reset_image_choices()
-        # the last session's settings (see _common.settings_dir)
-        self._restoring = True
-        try:
-            if self._restore_settings():
-                self._set_status("ready (settings of the last run restored)")
-        finally:
-            self._restoring = False
+        self.restore_or_default(self._defaults, self._restore_settings)  # the last session's settings
+        self._refresh_run_state()
 
-    def _persisted_widgets(self) -> Dict[str, Any]:
-        # restore order matters: method / preset / n_classes callbacks rewrite the
-        # volume fields (and ε, λ, edge), so those come first and the volume texts last
-        return {
-            "method": self.method,
-            "preset": self.preset,
-            "n_classes": self.n_classes,
-            "volume_mode": self.volume_mode,
-            "epsilon": self.epsilon,
-            "tv_weight": self.tv_weight,
-            "edge": self.edge,
-            "max_iter": self.max_iter,
-            "diameter": self.diameter,
-            "seed": self.seed,
-            "device": self.device,
-            "stack_mode": self.stack_mode,
-            "volumes": self.volumes,
-            "lower": self.lower,
-            "upper": self.upper,
-        }
-
-    # ------------------------------------------------------------------ choices
+    # ------------------------------------------------------------ choices / state
     def _reset_image_choices(self, *_):
         # keep names in the combo box up to date when a layer is renamed
         import napari
@@ -207,243 +176,35 @@ class SegmentationWidget(WidgetRunMixin, Container):
             if isinstance(layer, napari.layers.Image):
                 layer.events.name.connect(self._reset_image_choices)  # no-op if connected
         self.image.reset_choices()
+        self._refresh_run_state()
 
     def reset_choices(self, *_):  # called by napari on layer changes
         super().reset_choices()
 
-    # ----------------------------------------------------------- preset / modes
-    def _on_method(self, *_):
-        net = METHODS[self.method.value] == "vptv-unet"
-        if net:
-            self.n_classes.value = 3
-            if self.preset.value == PRESET_KMEANS:
-                self.preset.value = PRESET_WBC
-            self.stack_mode.value = STACK_SLICES
-        self.n_classes.enabled = not net
-        self._apply_preset()
-        self._update_visibility()
+    def _set_status(self, text: str):
+        super()._set_status(text)
+        self._status_is_problem = False
 
-    def _on_preset(self, *_):
-        self._apply_preset()
+    def _error(self, text: str, notify):
+        super()._error(text, notify)
+        self._status_is_problem = True
 
-    def _on_n_classes(self, *_):
-        if self.preset.value == PRESET_WBC and self.n_classes.value != 3:
-            self.preset.value = PRESET_CUSTOM
-        elif self.preset.value == PRESET_KMEANS:
-            self._apply_preset()
-
-    def _on_volume_text(self, *_):
-        self._mark_volume_fields()
-
-    def _on_estimate(self, *_):
-        self.estimate_volumes()
-
-    def _update_visibility(self, *_):
-        mode = self.volume_mode.value
-        self.volumes.visible = mode == "exact"
-        self.lower.visible = mode == "interval"
-        self.upper.visible = mode == "interval"
-        net = METHODS[self.method.value] == "vptv-unet"
-        for w in (self.max_iter, self.edge):
-            w.enabled = not net
-        self.diameter.enabled = net
-        self._mark_volume_fields()
-
-    def _apply_preset(self):
-        preset = self.preset.value
-        if preset == PRESET_WBC:
-            pri = wbc_priors(METHODS[self.method.value])
-            self.n_classes.value = 3
-            self.volumes.value = _fmt(pri["volumes"])
-            if pri.get("lower") is not None and pri.get("upper") is not None:
-                self.lower.value = _fmt(pri["lower"])
-                self.upper.value = _fmt(pri["upper"])
-                self.volume_mode.value = "interval"
-            else:
-                self.lower.value = self.upper.value = ""
-                self.volume_mode.value = "exact"
-            for key, w in (("epsilon", self.epsilon), ("tv_weight", self.tv_weight), ("edge", self.edge)):
-                if pri.get(key) is not None:
-                    w.value = pri[key]
-            self._set_status(f"WBC preset loaded ({pri['source']})")
-        elif preset == PRESET_KMEANS:
-            # not while restoring saved settings: the saved volume texts follow
-            if self.image.value is not None and not self._restoring:
-                self.estimate_volumes()
-        self._mark_volume_fields()
-
-    def estimate_volumes(self) -> Optional[np.ndarray]:
-        """Fill the volume fields with k-means class fractions of the current slice.
-
-        The exact volumes become the k-means fractions, the interval
-        ``fraction ± KMEANS_INTERVAL`` (clipped to [0, 1]). Returns the fractions,
-        or None (with a notification) if it fails.
-        """
-        from napari.utils.notifications import show_error
-
-        layer = self.image.value
-        if layer is None:
-            self._error("No image layer to estimate volumes from.", show_error)
-            return None
+    def _refresh_run_state(self, *_):
+        """Enable Run only while the inputs are valid; say why not; clear stale problems."""
+        if getattr(self, "reason", None) is None or self.worker is not None:
+            return
         try:
-            from napari_vptv.core.costs import kmeans_init, kmeans_labels
-            from napari_vptv.core.segment import prepare_image
-
-            piece = self._current_slice(layer)
-            feats = prepare_image(piece, -1 if layer.rgb else None)
-            pixels = feats.reshape(feats.shape[0], -1).T.astype(np.float64)
-            k = int(self.n_classes.value)
-            means, _ = kmeans_init(pixels, k, seed=int(self.seed.value))
-            frac = np.bincount(kmeans_labels(pixels, means), minlength=k) / pixels.shape[0]
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            self._error(f"Could not estimate volumes: {exc}", show_error)
-            return None
-        frac = np.clip(frac, 1e-3, None)
-        frac = frac / frac.sum()
-        self.volumes.value = _fmt(frac)
-        self.lower.value = _fmt(np.clip(frac - KMEANS_INTERVAL, 0.0, 1.0))
-        self.upper.value = _fmt(np.clip(frac + KMEANS_INTERVAL, 0.0, 1.0))
-        self._set_status(f"k-means fractions of the current slice: {_fmt(frac)}")
-        return frac
-
-    def _current_slice(self, layer) -> np.ndarray:
-        """The 2-D plane (plus colour) of ``layer`` at the viewer's current position."""
-        data = layer.data
-        if getattr(layer, "multiscale", False):
-            data = data[-1]
-        n_lead = data.ndim - (3 if layer.rgb else 2)
-        step = tuple(self.viewer.dims.current_step)
-        # layer axes are the last layer.ndim world axes
-        world = step[len(step) - layer.ndim:] if len(step) >= layer.ndim else (0,) * layer.ndim
-        index = tuple(min(max(int(i), 0), data.shape[a] - 1) for a, i in enumerate(world[:n_lead]))
-        return np.asarray(data[index] if index else data)
-
-    def _mark_volume_fields(self):
-        """Mark volume fields red while they do not parse as a valid constraint."""
-        err = None
-        try:
-            self.volume_spec()
-        except ValueError as exc:
-            err = str(exc)
-        for w in (self.volumes, self.lower, self.upper):
-            try:
-                w.native.setStyleSheet("QLineEdit { border: 1px solid #d04040; }" if err and w.visible else "")
-                w.tooltip = err if err else w.tooltip
-            except Exception:  # noqa: BLE001 - cosmetic only
-                pass
-
-    # --------------------------------------------------------------- validation
-    def volume_spec(self):
-        """The entered volume constraint as a validated ``VolumeSpec``.
-
-        Raises ``ValueError`` (from :func:`napari_vptv.core.volumes.make_volume_spec`)
-        naming the problem.
-        """
-        from napari_vptv.core.volumes import make_volume_spec
-
-        mode = self.volume_mode.value
-        k = int(self.n_classes.value)
-        if mode == "exact":
-            return make_volume_spec(k, "exact", volumes=self.volumes.value)
-        if mode == "interval":
-            return make_volume_spec(k, "interval", lower=self.lower.value, upper=self.upper.value)
-        return make_volume_spec(k, "none")
-
-    def parameters(self) -> Dict[str, Any]:
-        """The widget's settings as plain values (recorded in the output metadata)."""
-        return {
-            "method": METHODS[self.method.value],
-            "preset": self.preset.value,
-            "n_classes": int(self.n_classes.value),
-            "volume_mode": self.volume_mode.value,
-            "volumes": self.volumes.value,
-            "lower": self.lower.value,
-            "upper": self.upper.value,
-            "epsilon": float(self.epsilon.value),
-            "tv_weight": float(self.tv_weight.value),
-            "edge": bool(self.edge.value),
-            "max_num_iter": int(self.max_iter.value),
-            "diameter": float(self.diameter.value),
-            "seed": int(self.seed.value),
-            "device": self.device.value,
-            "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
-        }
-
-    def _validate(self):
-        """Check everything before a run; returns (layer, spec, params, mode)."""
-        import napari
-
-        layer = self.image.value
-        if layer is None or layer not in self.viewer.layers or not isinstance(layer, napari.layers.Image):
-            raise ValueError("No image layer selected: open an image (e.g. File > Open Sample > VPTV segmentation).")
-        if getattr(layer, "multiscale", False):
-            raise ValueError(f"Image layer {layer.name!r} is multiscale; VPTV needs a single-resolution image.")
-        spec = self.volume_spec()
-        params = self.parameters()
-        method = params["method"]
-        mode = params["stack_mode"]
-        data = layer.data
-        from napari_vptv.core.stack import stack_layout
-
-        if method != "vptv" and mode == "volume":
-            raise ValueError("3-D volume mode is only available for the variational VPTV method.")
-        if mode == "volume":
-            n_spatial = data.ndim - (1 if layer.rgb else 0)
-            if n_spatial < 3:
-                raise ValueError(f"3-D volume mode needs a stack (Z, Y, X); {layer.name!r} is 2-D.")
-        stack_layout(data.shape, rgb=layer.rgb, mode=mode)
-        if data.dtype == object or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-            raise ValueError(f"Image layer {layer.name!r} has unsupported dtype {data.dtype}.")
-        if isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-            raise ValueError(f"Image layer {layer.name!r} contains NaN or infinite values.")
-        if method == "vptv-unet" and spec.n_classes != 3:
-            raise ValueError("The pretrained VPTVU-net segments 3 WBC classes; set Classes to 3.")
-        if method == "vptv-unet":
-            try:
-                from napari_vptv.nn.weights import model_metadata
-
-                model_metadata("vptv-unet")
-            except Exception as exc:  # noqa: BLE001
-                raise ValueError(f"The pretrained VPTVU-net is not available: {exc}") from None
-        if params["device"] != "cpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError(f"Device {params['device']!r} is not available on this machine; use 'cpu'.")
-        self.segment_options(spec, params)  # checks the settings as a whole
-        return layer, spec, params, mode
+            self.check_inputs(scan_values=False)
+            problem = ""
+        except Exception as exc:  # noqa: BLE001 - shown next to Run
+            problem = str(exc)
+        self.run_button.enabled = not problem
+        self.reason.value = problem
+        self.reason.visible = bool(problem)
+        if self._status_is_problem and not problem:
+            self._set_status("ready")
 
     # ------------------------------------------------------------------ running
-    def segment_options(self, spec=None, params=None) -> SegmentOptions:
-        """The widget's settings as the shared :class:`~napari_vptv.options.SegmentOptions`.
-
-        Parameters
-        ----------
-        spec : VolumeSpec, optional
-            The entered volume constraint (default: :meth:`volume_spec`).
-        params : dict, optional
-            The widget's settings (default: :meth:`parameters`).
-        """
-        spec = self.volume_spec() if spec is None else spec
-        params = self.parameters() if params is None else params
-        net = params["method"] != "vptv"  # the network's own unrolled T, no edge option
-        return SegmentOptions(
-            method=params["method"],
-            preset="wbc" if params["preset"] == PRESET_WBC else "none",
-            n_classes=spec.n_classes,
-            volume_mode=spec.mode,
-            volumes=spec.volumes if spec.mode == "exact" else None,
-            lower=spec.lower if spec.mode == "interval" else None,
-            upper=spec.upper if spec.mode == "interval" else None,
-            epsilon=params["epsilon"],
-            tv_weight=params["tv_weight"],
-            edge=None if net else params["edge"],
-            max_num_iter=None if net else params["max_num_iter"],
-            seed=params["seed"],
-            device=params["device"],
-            diameter=params["diameter"],
-        )
-
     def _make_segment_fn(self, spec, params):
         """``fn(image, *, channel_axis)`` for :func:`segment_stack`; Cancel stops the solver."""
         from napari_vptv.api import SegmentFn
@@ -474,13 +235,24 @@ class SegmentationWidget(WidgetRunMixin, Container):
             self._error("A segmentation is already running: wait for it or press Cancel.", show_warning)
             return None
         try:
-            layer, spec, params, mode = self._validate()
+            layer, spec, params, mode = self.check_inputs()
         except Exception as exc:  # noqa: BLE001 - any bad input becomes a notification
             self._error(str(exc), show_error)
             return None
         self._save_settings()
+        gen = self._start(layer, spec, params, mode)
+        if sync if sync is not None else self.synchronous:
+            return self._run_sync(gen)
+        st = self._run_state
+        worker = self._make_worker(gen, total=st["total"] - len(st["done_indices"]), desc=f"VPTV {layer.name}",
+                                   failure="Segmentation failed")
+        self._timer_start()
+        worker.start()
+        return worker
 
-        from napari_vptv.core.stack import segment_stack, stack_layout
+    def _start(self, layer, spec, params, mode):
+        """Set up the run state and the output layer; returns the generator function."""
+        from napari_vptv.core.stack import stack_layout
 
         leading, label_shape = stack_layout(layer.data.shape, rgb=layer.rgb, mode=mode)
         total = int(np.prod(leading)) if leading else 1
@@ -488,25 +260,26 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self._cancel_requested = False
         self._iteration = None
         self._run_state = {
-            "image": layer,
-            "source": layer.name,
-            "params": params,
-            "spec": spec,
-            "label_shape": tuple(label_shape),
-            "total": total,
-            "done": 0,
-            "volumes": {},
-            "layer": None,
-            "error": None,
+            "image": layer, "source": layer.name, "params": params, "spec": spec,
+            "names": self.class_names(), "label_shape": tuple(label_shape), "total": total, "done": 0,
+            "volumes": {}, "done_indices": [], "layer": None, "error": None, "network": None,
+            "label": method_label(params["method"]),
         }
-        data = layer.data
-        rgb = bool(layer.rgb)
+        # Create (or pick) the output layer now, in the GUI thread, before the worker
+        # competes for the GIL: building a layer makes many Qt calls.
+        self._output_layer()
+        st = self._run_state
+        done = {tuple(i) for i in st["done_indices"]}
+        todo = None
+        if done:  # a resumed run: only the missing pieces
+            todo = [i for i in (np.ndindex(*leading) if leading else [()]) if tuple(i) not in done]
+        data, rgb, k = layer.data, bool(layer.rgb), spec.n_classes
 
         def gen():
             # every error is caught and yielded: superqt swallows RuntimeErrors
             # (e.g. from torch) raised inside a generator worker
             try:
-                for item in segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=spec.n_classes):
+                for item in _pieces(data, segment_fn, rgb=rgb, mode=mode, n_classes=k, todo=todo, total=total):
                     yield ("slice", item)
             except _Cancelled:
                 yield ("cancelled", None)
@@ -515,64 +288,63 @@ class SegmentationWidget(WidgetRunMixin, Container):
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self._set_status(f"running on {layer.name!r}: 0/{total} slices")
-        # Create (or reset) the output layer now, in the GUI thread, before the
-        # worker competes for the GIL: building a layer makes many Qt calls, each of
-        # which would wait for the busy worker thread to hand back the GIL.
-        self._output_layer()
-        if sync if sync is not None else self.synchronous:
-            self.worker = "sync"
-            try:
-                for msg in gen():
-                    self._on_yield(msg)
-                    if self._cancel_requested and msg[0] == "slice":
-                        self._on_aborted()
-                        return self.output_layer
-            finally:
-                if self.worker == "sync":
-                    self._on_finished()
-            return self.output_layer
+        what = f"resuming: {len(done)}/{total} slices already done" if done else f"0/{total} slices"
+        self._set_status(f"running on {layer.name!r}: {what}")
+        return gen
 
-        worker = self._make_worker(gen, total=total, desc=f"VPTV {layer.name}", failure="Segmentation failed")
-        self._timer_start()
-        worker.start()
-        return worker
+    def _run_sync(self, gen):
+        self.worker = "sync"
+        try:
+            for msg in gen():
+                self._on_yield(msg)
+                if self._cancel_requested and msg[0] == "slice":
+                    self._on_aborted()
+                    return self.output_layer
+        finally:
+            if self.worker == "sync":
+                self._on_finished()
+        return self.output_layer
 
     # ----------------------------------------------------------- worker events
     def _on_yield(self, msg):
-        from napari.utils.notifications import show_error
-
         kind, payload = msg
-        st = self._run_state
         if kind == "slice":
-            item = payload
-            out = self._output_layer()
-            out.data[item.index] = item.labels.astype(out.data.dtype, copy=False)
-            st["done"] = item.done
-            st["volumes"][item.index] = np.asarray(item.volumes, dtype=float)
-            self._update_metadata(out, complete=item.done == st["total"])
-            self._set_status(
-                f"{st['source']}: {item.done}/{st['total']} slices"
-                + (f"; volumes {_fmt(item.volumes)}" if st["total"] == 1 else "")
-            )
-            # refresh / progress may process queued Qt events (e.g. an abort) here,
-            # so nothing after these lines may overwrite the state
-            out.refresh()
-            self.slice_finished.emit(item)
-            if self._pbar is not None:
-                self._pbar.update(1)
+            self._on_slice(payload)
         elif kind == "cancelled":
             self._cancel_requested = True
             self._on_aborted()
         elif kind == "error":
-            st["error"] = payload
-            where = ""
-            if st["total"] > 1:
-                where = f" (slice {st['done'] + 1} of {st['total']})"
-            if st["layer"] is not None:
-                self._update_metadata(st["layer"], complete=False, status=f"failed after {st['done']} of {st['total']} slices")
-                st["layer"].name = self._free_name(f"{st['source']} VPTV (failed {st['done']}/{st['total']})", st["layer"])
-            self._error(f"Segmentation failed{where}: {payload}", show_error)
+            self._on_error(payload)
+
+    def _on_slice(self, item):
+        st = self._run_state
+        out = self._output_layer()
+        out.data[item.index] = item.labels.astype(out.data.dtype, copy=False)
+        st["done"] = item.done
+        st["done_indices"].append(list(item.index))
+        st["volumes"][item.index] = np.asarray(item.volumes, dtype=float)
+        st["network"] = _network_details(item.result) or st["network"]
+        self._update_metadata(out, complete=item.done == st["total"])
+        self._set_status(f"{st['source']}: {item.done}/{st['total']} slices"
+                         + (f"; {self._named(item.volumes)}" if st["total"] == 1 else ""))
+        # refresh / progress may process queued Qt events (e.g. an abort) here,
+        # so nothing after these lines may overwrite the state
+        out.refresh()
+        self.slice_finished.emit(item)
+        if self._pbar is not None:
+            self._pbar.update(1)
+
+    def _on_error(self, exc):
+        from napari.utils.notifications import show_error
+
+        st = self._run_state
+        st["error"] = exc
+        where = f" (slice {st['done'] + 1} of {st['total']})" if st["total"] > 1 else ""
+        if st["layer"] is not None:
+            self._update_metadata(st["layer"], complete=False,
+                                  status=f"failed after {st['done']} of {st['total']} slices")
+            self._rename(st["layer"], f"failed {st['done']}/{st['total']}")
+        self._error(f"Segmentation failed{where}: {exc}", show_error)
 
     def _on_aborted(self):
         st = self._run_state
@@ -583,8 +355,9 @@ class SegmentationWidget(WidgetRunMixin, Container):
         out = st.get("layer")
         if out is not None and n < m:
             self._update_metadata(out, complete=False, status=f"cancelled after {n} of {m} slices")
-            out.name = self._free_name(f"{st['source']} VPTV (cancelled {n}/{m})", out)
-            self._set_status(f"cancelled after {n} of {m} slices")
+            self._rename(out, f"cancelled {n}/{m}")
+            self._set_status(f"cancelled after {n} of {m} slices (the current slice was finished); "
+                             "Run with the same settings resumes")
         elif out is None:
             self._set_status("cancelled before the first slice finished; no output")
         else:
@@ -594,69 +367,132 @@ class SegmentationWidget(WidgetRunMixin, Container):
         self._timer_stop()
         self._close_progress()
         st = self._run_state
-        if st.get("error") is None and not self._cancel_requested and st.get("layer") is not None:
-            if st["done"] == st["total"]:
-                vol = st["layer"].metadata[METADATA_KEY]["volumes"]
-                what = f"{st['total']} slices, mean volumes" if st["total"] > 1 else "volumes"
-                self._set_status(f"done: {st['source']}; {what} {_fmt(vol)}")
+        out = st.get("layer")
+        if out is not None and out in self.viewer.layers:
+            seal(out)  # from now on, a rename / paint / duplicate makes it the user's
+        if st.get("error") is None and not self._cancel_requested and out is not None and st["done"] == st["total"]:
+            self._set_status(self._done_message())
+            if self.measure.value:
+                self._measure(out)
+        self._refresh_run_state()
+
+    def _named(self, volumes) -> str:
+        names = self._run_state["names"]
+        return ", ".join(f"{name} {float(v):.3g}" for name, v in zip(names, np.ravel(volumes)))
+
+    def _done_message(self) -> str:
+        st = self._run_state
+        vol = st["layer"].metadata[METADATA_KEY]["volumes"]
+        what = f"{st['total']} slices, mean fractions" if st["total"] > 1 else "fractions"
+        net = st["network"]
+        extra = ""
+        if net is not None:
+            how = "estimated" if net.get("estimated") else "given"
+            extra = f"; cell diameter {net['diameter']:.0f} px ({how})"
+        return f"done: {st['layer'].name!r}; {what}: {self._named(vol)}{extra}"
+
+    def _measure(self, out):
+        from napari.utils.notifications import show_warning
+
+        st = self._run_state
+        diameter = float(self.diameter.value) or (st["network"] or {}).get("diameter") or None
+        try:
+            cells, frames, instances = measure_result(np.asarray(out.data), st["image"], names=st["names"],
+                                                      diameter=diameter)
+        except Exception as exc:  # noqa: BLE001 - a failed measurement keeps the result
+            self._error(f"Measurements failed: {exc}", show_warning)
+            return
+        if cells is not None:
+            meta = {"source": st["source"], "method": st["params"]["method"], "result": out.name}
+            old = None if self.keep_previous.value else find_own_output(
+                self.viewer.layers, kind="cells", source=st["source"], method=st["params"]["method"])
+            if old is not None:
+                self.viewer.layers.remove(old)  # the plugin's own untouched cells layer of the replaced result
+            name = self._free_name(f"{st['source']} cells ({st['label']})")
+            self.cells_layer = add_cells_layer(self.viewer, instances, cells, name=name, like=out, meta=meta)
+            self.viewer.layers.selection.active = out
+        tag(out, {"measurements": {"cells": None if cells is None else int(len(cells["cell"])),
+                                   "frames": int(len(frames["frame"]))}})
+        seal(out)
+        self.results.show_tables(cells, frames, cells_layer=self.cells_layer if cells is not None else None,
+                                 source=out.name)
 
     # ------------------------------------------------------------ output layer
     def _output_layer(self):
-        """Create or reuse (first slice of a run) the tagged output Labels layer."""
+        """The output Labels layer of this run: resumed, replaced (own) or new."""
         from napari_vptv.core.stack import label_dtype
 
         st = self._run_state
         if st["layer"] is not None and st["layer"] in self.viewer.layers:
             return st["layer"]
-        source, image = st["source"], st["image"]
-        shape, dtype = st["label_shape"], label_dtype(st["spec"].n_classes)
-        data = np.zeros(shape, dtype=dtype)
-        name_base = f"{source} VPTV"
-        layer = self._find_output_layer(source)
-        if layer is not None and layer.ndim == len(shape):
-            layer.data = data
-            layer.name = self._free_name(name_base, layer)
+        shape, method = st["label_shape"], st["params"]["method"]
+        own = find_own_output(self.viewer.layers, kind=OUTPUT_KIND, source=st["source"], method=method)
+        if own is not None and own.data.shape != shape:
+            own = None
+        resume = own is not None and self._resumable(own)
+        if resume:
+            st["done_indices"] = [list(i) for i in own.metadata[METADATA_KEY].get("done_indices", [])]
+            st["volumes"] = {tuple(map(int, k.split(","))) if k else (): np.asarray(v) for k, v in
+                             (own.metadata[METADATA_KEY].get("slice_volumes") or {}).items()}
+            st["done"] = len(st["done_indices"])
+            layer = own
+        elif own is not None and not self.keep_previous.value:
+            own.data = np.zeros(shape, dtype=label_dtype(st["spec"].n_classes))
+            layer = own
         else:
-            layer = self.viewer.add_labels(
-                data,
-                name=self._free_name(name_base),
-                scale=tuple(image.scale),
-                translate=tuple(image.translate),
-                opacity=0.5,
-            )
+            layer = self.viewer.add_labels(np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
+                                           name=self._free_name(self._base_name()), scale=tuple(st["image"].scale),
+                                           translate=tuple(st["image"].translate), opacity=0.5)
+            tag(layer, {"token": claim(layer)})
+        layer.name = self._free_name(self._base_name(), layer)
+        apply_classes(layer, st["names"])
         st["layer"] = layer
         self.output_layer = layer
         self._update_metadata(layer, complete=False)
         return layer
 
+    def _resumable(self, layer) -> bool:
+        meta = layer.metadata[METADATA_KEY]
+        done = meta.get("done_indices") or []
+        return (not meta.get("complete") and str(meta.get("status", "")).startswith("cancelled")
+                and meta.get("params") == self._run_state["params"] and 0 < len(done) < meta.get("slices_total", 0))
+
+    def _base_name(self) -> str:
+        st = self._run_state
+        return f"{st['source']} VPTV ({st['label']})"
+
+    def _rename(self, layer, note: str):
+        layer.name = self._free_name(f"{self._base_name()} ({note})", layer)
+        seal(layer)  # the plugin's own rename: still untouched
+
     def _update_metadata(self, layer, *, complete: bool, status: Optional[str] = None):
         st = self._run_state
         per = st["volumes"]
-        volumes: List[float] = []
-        if per:
-            volumes = np.mean(np.stack(list(per.values())), axis=0).tolist()
+        volumes = np.mean(np.stack(list(per.values())), axis=0).tolist() if per else []
         n, m = st["done"], st["total"]
-        meta = {
+        spec = st["spec"]
+        tag(layer, {
             "kind": OUTPUT_KIND,
             "source": st["source"],
             "method": st["params"]["method"],
+            "method_label": st["label"],
+            "class_names": list(st["names"]),
             "params": dict(st["params"]),
             "volume_spec": {
-                "mode": st["spec"].mode,
-                "volumes": None if st["spec"].volumes is None else st["spec"].volumes.tolist(),
-                "lower": None if st["spec"].lower is None else st["spec"].lower.tolist(),
-                "upper": None if st["spec"].upper is None else st["spec"].upper.tolist(),
+                "mode": spec.mode,
+                "volumes": None if spec.volumes is None else spec.volumes.tolist(),
+                "lower": None if spec.lower is None else spec.lower.tolist(),
+                "upper": None if spec.upper is None else spec.upper.tolist(),
             },
             "complete": bool(complete),
             "slices_done": n,
             "slices_total": m,
+            "done_indices": [list(i) for i in st["done_indices"]],
             "status": status or ("complete" if complete else f"running: {n} of {m} slices"),
             "volumes": volumes,
-            "slice_volumes": {",".join(map(str, k)): v.tolist() for k, v in per.items()} if m > 1 else None,
-        }
-        md = dict(layer.metadata)
-        md[METADATA_KEY] = meta
-        layer.metadata = md
+            "slice_volumes": {_index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
+            "network": st["network"],
+        })
 
     # ------------------------------------------------------------------ status
     def _timer_start(self):

@@ -48,6 +48,8 @@ Table = Dict[str, np.ndarray]
 
 #: A component bigger than this many expected cell areas is split (touching cells).
 SPLIT_FACTOR = 1.5
+#: A cell component smaller than this share of the reference area is a speck (default ``min_area``).
+MIN_CELL_SHARE = 0.1
 #: A nucleus piece smaller than this share of the cell's nucleus is not a lobe (noise).
 MIN_LOBE_SHARE = 0.05
 
@@ -62,7 +64,7 @@ def _pixel_area(spacing: Optional[Sequence[float]]) -> Optional[float]:
 
 
 def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS),
-                   diameter: Optional[float] = None) -> np.ndarray:
+                   diameter: Optional[float] = None, min_area: Optional[float] = None) -> np.ndarray:
     """Cell instances (1, 2, ...; 0 = no cell) of a 2-D class label image.
 
     Parameters
@@ -75,6 +77,10 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
         Typical cell diameter in pixels. Components larger than ``SPLIT_FACTOR``
         times the area ``pi d^2 / 4`` are split along the ridges of the distance
         transform (watershed from maxima at least ``d / 2`` apart). None or 0: no split.
+    min_area : float, optional
+        Components smaller than this (px) are specks, not cells, and are dropped.
+        Default: ``MIN_CELL_SHARE`` of the expected cell area ``pi d^2 / 4`` when
+        ``diameter`` is given, else of the largest component.
 
     Returns
     -------
@@ -87,7 +93,7 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D image, got shape {labels.shape}")
     mask = np.isin(labels, list(cell_classes))
-    inst = connected_components(mask, connectivity=1).astype(np.int32)
+    inst = _drop_specks(connected_components(mask, connectivity=1).astype(np.int32), diameter, min_area)
     if not diameter or diameter <= 0 or inst.max() == 0:
         return inst
     expected = np.pi * float(diameter) ** 2 / 4.0
@@ -106,6 +112,23 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
     out = inst.copy()
     out[region] = split[region] + inst.max()
     return relabel_sequential(out)[0].astype(np.int32)
+
+
+def _drop_specks(inst: np.ndarray, diameter, min_area) -> np.ndarray:
+    from skimage.segmentation import relabel_sequential
+
+    areas = np.bincount(inst.ravel())
+    areas[0] = 0
+    if areas.max(initial=0) == 0:
+        return inst
+    if min_area is None:
+        reference = np.pi * float(diameter) ** 2 / 4.0 if diameter and diameter > 0 else areas.max()
+        min_area = MIN_CELL_SHARE * reference
+    small = areas < min_area
+    small[0] = False
+    if not small.any():
+        return inst
+    return relabel_sequential(np.where(small[inst], 0, inst))[0].astype(np.int32)
 
 
 def _lobes(region_mask: np.ndarray) -> int:

@@ -1,0 +1,430 @@
+"""The settings half of the "VPTV segmentation" widget.
+
+:class:`SegmentSettings` is a magicgui ``Container`` with the fields (method, preset,
+classes, volumes, ε, λ, ...), their presets and their checks, and nothing that runs.
+It turns the fields into the shared :class:`~napari_vptv.options.SegmentOptions`
+(:meth:`SegmentSettings.segment_options`). Settings never change silently: a method
+switch says which values it changed, restored settings are announced in a notice
+with a "Reset to defaults" button, and Run is disabled (with the reason next to it)
+while an input is invalid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+
+from ._outputs import class_names_for, legend_html, name_classes_in
+from .api import wbc_priors
+from .options import SegmentOptions
+
+METHOD_VPTV = "Variational VPTV"
+METHOD_NET = "VPTVU-net (WBC, pretrained)"
+METHODS = {METHOD_VPTV: "vptv", METHOD_NET: "vptv-unet"}
+
+PRESET_WBC = "WBC (3 classes)"
+PRESET_KMEANS = "estimate from image (k-means)"
+PRESET_CUSTOM = "custom"
+
+STACK_SLICES = "slice by slice"
+STACK_VOLUME = "3-D volume (variational only)"
+
+#: Half-width of the interval put around k-means fractions ("estimate from image").
+KMEANS_INTERVAL = 0.05
+
+#: Style of a field whose text does not parse (2 px: visible at a glance).
+INVALID_STYLE = "QLineEdit { border: 2px solid #d04040; }"
+
+
+def fmt(values) -> str:
+    """``"0.77, 0.13, 0.1"``: numbers as the volume fields show them."""
+    return ", ".join(f"{float(v):.3g}" for v in np.ravel(values))
+
+
+class SegmentSettings(Container):
+    """The fields of the segmentation widget, their presets and their checks."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self._restoring = False
+        self._build_fields()
+        self.method.changed.connect(self._on_method)
+        self.preset.changed.connect(self._on_preset)
+        self.volume_mode.changed.connect(self._update_visibility)
+        self.n_classes.changed.connect(self._on_n_classes)
+        self.estimate.changed.connect(lambda *_: self.estimate_volumes())
+        self.reset_button.changed.connect(lambda *_: self.reset_to_defaults())
+        for w in (self.volumes, self.lower, self.upper):
+            w.changed.connect(lambda *_: self._mark_volume_fields())
+        self._apply_preset()
+        self._update_visibility()
+
+    def _build_fields(self):
+        defaults = SegmentOptions()
+        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
+        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV)
+        self.preset = ComboBox(label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC)
+        self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
+        self.legend = Label(label="Classes shown", value="")
+        self.volume_mode = ComboBox(label="Volume mode", choices=["interval", "exact", "none"], value="interval")
+        self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10",
+                                tooltip="Exact class fractions, comma-separated, summing to 1")
+        self.lower = LineEdit(label="Lower bounds", value="",
+                              tooltip="Per-class lower bounds of the class fractions, comma-separated")
+        self.upper = LineEdit(label="Upper bounds", value="",
+                              tooltip="Per-class upper bounds of the class fractions, comma-separated")
+        self.estimate = PushButton(text="Estimate volumes from current slice (k-means)")
+        self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
+                                    tooltip="Entropic regularisation ε (paper eq. 11)")
+        self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.02,
+                                      tooltip="Weight λ of the total variation term (paper eq. 11)")
+        self.edge = CheckBox(text="Edge weight e(x)", value=False,
+                             tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
+        self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
+        self.diameter = FloatSpinBox(label="cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
+                                     value=defaults.diameter,
+                                     tooltip="Cell diameter in pixels for the network (0 estimates it); "
+                                             "also splits touching cells in the measurements")
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
+        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
+        self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
+        self.keep_previous = CheckBox(text="Keep previous results (new layer per run)", value=True,
+                                      tooltip="Unchecked: a run replaces the plugin's own, untouched result of "
+                                              "the same method and image. Renamed, duplicated or edited "
+                                              "results are never replaced.")
+        self.measure = CheckBox(text="Measure cells (WBC classes)", value=True,
+                                tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
+                                        "table below and as a '… cells' Labels layer")
+        self.reset_button = PushButton(text="Reset to defaults")
+        self.notice = Label(label="", value="")
+        self.notice.native.setWordWrap(True)
+        self.notice.visible = False
+        self.status = Label(label="Status", value="ready")
+        self.status.native.setWordWrap(True)
+
+    def _persisted_widgets(self) -> Dict[str, Any]:
+        # restore order matters: method / preset / n_classes callbacks rewrite the
+        # volume fields (and ε, λ, edge), so those come first and the volume texts last
+        return {
+            "method": self.method, "preset": self.preset, "n_classes": self.n_classes,
+            "volume_mode": self.volume_mode, "epsilon": self.epsilon, "tv_weight": self.tv_weight,
+            "edge": self.edge, "max_iter": self.max_iter, "diameter": self.diameter, "seed": self.seed,
+            "device": self.device, "stack_mode": self.stack_mode, "keep_previous": self.keep_previous,
+            "measure": self.measure, "volumes": self.volumes, "lower": self.lower, "upper": self.upper,
+        }
+
+    # ---------------------------------------------------------------- classes
+    @property
+    def is_network(self) -> bool:
+        return METHODS[self.method.value] != "vptv"
+
+    def class_names(self):
+        """Names of the classes the current settings produce."""
+        wbc = self.is_network or self.preset.value == PRESET_WBC
+        return class_names_for(int(self.n_classes.value), wbc)
+
+    def _update_class_labels(self):
+        names = self.class_names()
+        order = ", ".join(names)
+        self.legend.value = legend_html(names)
+        self.volumes.label = f"Volumes ({order})"
+        self.lower.label = f"Lower bounds ({order})"
+        self.upper.label = f"Upper bounds ({order})"
+
+    # ------------------------------------------------------- preset / modes
+    def _on_method(self, *_):
+        before = self._solver_values()
+        if self.is_network:
+            self.n_classes.value = 3
+            if self.preset.value == PRESET_KMEANS:
+                self.preset.value = PRESET_WBC
+            self.stack_mode.value = STACK_SLICES
+        self.n_classes.enabled = not self.is_network
+        self._apply_preset()
+        self._update_visibility()
+        if not self._restoring:
+            self._announce_method_change(before, self._solver_values())
+
+    def _solver_values(self) -> Dict[str, Any]:
+        return {"ε": self.epsilon.value, "λ": self.tv_weight.value, "classes": self.n_classes.value,
+                "volume mode": self.volume_mode.value, "lower bounds": self.lower.value,
+                "upper bounds": self.upper.value, "volumes": self.volumes.value}
+
+    def _announce_method_change(self, before, after):
+        changed = [f"{k} {before[k]:g} → {after[k]:g}" if isinstance(after[k], float) else f"{k} {after[k]}"
+                   for k in after if before[k] != after[k]]
+        if self.is_network:
+            changed.append("Max iterations and Edge weight do not apply (the network's own settings)")
+        else:
+            changed.append("cell diameter applies only to the network")
+        self.show_notice(f"Method {self.method.value}: " + "; ".join(changed) + ".")
+
+    def _on_preset(self, *_):
+        self._apply_preset()
+
+    def _on_n_classes(self, *_):
+        if self.preset.value == PRESET_WBC and self.n_classes.value != 3:
+            self.preset.value = PRESET_CUSTOM
+        elif self.preset.value == PRESET_KMEANS:
+            self._apply_preset()
+        self._update_class_labels()
+        self._mark_volume_fields()
+
+    def _update_visibility(self, *_):
+        mode = self.volume_mode.value
+        self.volumes.visible = mode == "exact"
+        self.lower.visible = mode == "interval"
+        self.upper.visible = mode == "interval"
+        for w in (self.max_iter, self.edge):
+            w.enabled = not self.is_network
+        self.diameter.enabled = self.is_network
+        self._update_class_labels()
+        self._mark_volume_fields()
+
+    def _apply_preset(self):
+        preset = self.preset.value
+        if preset == PRESET_WBC:
+            pri = wbc_priors(METHODS[self.method.value])
+            self.n_classes.value = 3
+            self.volumes.value = fmt(pri["volumes"])
+            if pri.get("lower") is not None and pri.get("upper") is not None:
+                self.lower.value = fmt(pri["lower"])
+                self.upper.value = fmt(pri["upper"])
+                self.volume_mode.value = "interval"
+            else:
+                self.lower.value = self.upper.value = ""
+                self.volume_mode.value = "exact"
+            for key, w in (("epsilon", self.epsilon), ("tv_weight", self.tv_weight), ("edge", self.edge)):
+                if pri.get(key) is not None:
+                    w.value = pri[key]
+            self._set_status(f"WBC preset loaded ({pri['source']})")
+        elif preset == PRESET_KMEANS:
+            # not while restoring saved settings: the saved volume texts follow
+            if self.image.value is not None and not self._restoring:
+                self.estimate_volumes()
+        self._update_class_labels()
+        self._mark_volume_fields()
+
+    # ------------------------------------------------------ notice / defaults
+    def show_notice(self, text: str):
+        """Show a note that stays until the next change of method or reset."""
+        self.notice.value = text
+        self.notice.visible = bool(text)
+        self.notice.native.setStyleSheet("QLabel { background: #5a4a10; color: #ffe9a0; padding: 3px; }"
+                                         if text else "")
+
+    def restore_or_default(self, defaults: Dict[str, Any], restore) -> list:
+        """Restore the saved settings (``restore()``); announce what was restored."""
+        self._restoring = True
+        try:
+            restored = restore()
+        finally:
+            self._restoring = False
+        self._update_visibility()
+        if restored:
+            diff = [k for k in restored if defaults.get(k) != self._persisted_widgets()[k].value]
+            shown = f"{self.method.value}, preset {self.preset.value}"
+            self.show_notice(f"Settings of your last run restored ({shown}; {len(diff)} value(s) differ from the "
+                             "defaults). 'Reset to defaults' undoes this.")
+            self._set_status("ready (settings of the last run restored)")
+        return restored
+
+    def reset_to_defaults(self):
+        """Set every remembered field back to its default value."""
+        self._restoring = True
+        try:
+            for key, w in self._persisted_widgets().items():
+                if w.value != self._defaults[key]:
+                    w.value = self._defaults[key]
+        finally:
+            self._restoring = False
+        self._on_method()
+        self.show_notice("")
+        self._set_status("defaults restored")
+
+    def estimate_volumes(self) -> Optional[np.ndarray]:
+        """Fill the volume fields with k-means class fractions of the current slice.
+
+        The exact volumes become the k-means fractions, the interval
+        ``fraction ± KMEANS_INTERVAL`` (clipped to [0, 1]). Returns the fractions,
+        or None (with a notification) if it fails.
+        """
+        from napari.utils.notifications import show_error
+
+        layer = self.image.value
+        if layer is None:
+            self._error("No image layer to estimate volumes from.", show_error)
+            return None
+        try:
+            from napari_vptv.core.costs import kmeans_init, kmeans_labels
+            from napari_vptv.core.segment import prepare_image
+
+            feats = prepare_image(self._current_slice(layer), -1 if layer.rgb else None)
+            pixels = feats.reshape(feats.shape[0], -1).T.astype(np.float64)
+            k = int(self.n_classes.value)
+            means, _ = kmeans_init(pixels, k, seed=int(self.seed.value))
+            frac = np.bincount(kmeans_labels(pixels, means), minlength=k) / pixels.shape[0]
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self._error(f"Could not estimate volumes: {exc}", show_error)
+            return None
+        frac = np.clip(frac, 1e-3, None)
+        frac = frac / frac.sum()
+        self.volumes.value = fmt(frac)
+        self.lower.value = fmt(np.clip(frac - KMEANS_INTERVAL, 0.0, 1.0))
+        self.upper.value = fmt(np.clip(frac + KMEANS_INTERVAL, 0.0, 1.0))
+        self._set_status(f"k-means fractions of the current slice: {fmt(frac)}")
+        return frac
+
+    def _current_slice(self, layer) -> np.ndarray:
+        """The 2-D plane (plus colour) of ``layer`` at the viewer's current position."""
+        data = layer.data
+        if getattr(layer, "multiscale", False):
+            data = data[-1]
+        n_lead = data.ndim - (3 if layer.rgb else 2)
+        step = tuple(self.viewer.dims.current_step)
+        # layer axes are the last layer.ndim world axes
+        world = step[len(step) - layer.ndim:] if len(step) >= layer.ndim else (0,) * layer.ndim
+        index = tuple(min(max(int(i), 0), data.shape[a] - 1) for a, i in enumerate(world[:n_lead]))
+        return np.asarray(data[index] if index else data)
+
+    def _mark_volume_fields(self):
+        """Mark volume fields red while they do not parse as a valid constraint."""
+        err = None
+        try:
+            self.volume_spec()
+        except ValueError as exc:
+            err = str(exc)
+        mode = self.volume_mode.value
+        for w in (self.volumes, self.lower, self.upper):
+            active = (w is self.volumes) == (mode == "exact") and mode != "none"
+            try:
+                w.native.setStyleSheet(INVALID_STYLE if err and active else "")
+                w.tooltip = err if err else "Per-class values in the order " + ", ".join(self.class_names())
+            except Exception:  # noqa: BLE001 - cosmetic only
+                pass
+        self._refresh_run_state()
+
+    def _refresh_run_state(self, *_):
+        """Hook of the running widget: enable Run only for valid inputs."""
+
+    # ---------------------------------------------------------------- checks
+    def check_inputs(self, scan_values: bool = True):
+        """Check everything before a run; returns ``(layer, spec, params, mode)``.
+
+        ``scan_values=False`` skips the scan of the pixel values for NaN (the live
+        check while fields change). Raises ``ValueError`` with a sentence naming the
+        problem.
+        """
+        import napari
+
+        from napari_vptv.core.stack import stack_layout
+
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers or not isinstance(layer, napari.layers.Image):
+            raise ValueError("No image layer selected: open an image (e.g. File > Open Sample > napari-vptv).")
+        if getattr(layer, "multiscale", False):
+            raise ValueError(f"Image layer {layer.name!r} is multiscale; VPTV needs a single-resolution image.")
+        spec = self.volume_spec()
+        params = self.parameters()
+        mode = params["stack_mode"]
+        data = layer.data
+        if self.is_network and mode == "volume":
+            raise ValueError("3-D volume mode is only available for the variational VPTV method.")
+        if mode == "volume" and data.ndim - (1 if layer.rgb else 0) < 3:
+            raise ValueError(f"3-D volume mode needs a stack (Z, Y, X); {layer.name!r} is 2-D.")
+        stack_layout(data.shape, rgb=layer.rgb, mode=mode)
+        if data.dtype == object or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise ValueError(f"Image layer {layer.name!r} has unsupported dtype {data.dtype}.")
+        if scan_values and isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+            raise ValueError(f"Image layer {layer.name!r} contains NaN or infinite values.")
+        if self.is_network:
+            self._check_network(spec)
+        if params["device"] != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"Device {params['device']!r} is not available on this machine; use 'cpu'.")
+        self.segment_options(spec, params)  # checks the settings as a whole
+        return layer, spec, params, mode
+
+    def _check_network(self, spec):
+        if spec.n_classes != 3:
+            raise ValueError("The pretrained VPTVU-net segments 3 WBC classes; set Classes to 3.")
+        try:
+            from napari_vptv.nn.weights import model_metadata
+
+            model_metadata("vptv-unet")
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"The pretrained VPTVU-net is not available: {exc}") from None
+
+    # --------------------------------------------------------------- values
+    def volume_spec(self):
+        """The entered volume constraint as a validated ``VolumeSpec``.
+
+        Raises ``ValueError`` naming the problem and the classes by name.
+        """
+        from napari_vptv.core.volumes import make_volume_spec
+
+        mode = self.volume_mode.value
+        k = int(self.n_classes.value)
+        try:
+            if mode == "exact":
+                return make_volume_spec(k, "exact", volumes=self.volumes.value)
+            if mode == "interval":
+                return make_volume_spec(k, "interval", lower=self.lower.value, upper=self.upper.value)
+            return make_volume_spec(k, "none")
+        except ValueError as exc:
+            raise ValueError(name_classes_in(str(exc), self.class_names())) from None
+
+    def parameters(self) -> Dict[str, Any]:
+        """The widget's settings as plain values (recorded in the output metadata)."""
+        return {
+            "method": METHODS[self.method.value],
+            "preset": self.preset.value,
+            "n_classes": int(self.n_classes.value),
+            "volume_mode": self.volume_mode.value,
+            "volumes": self.volumes.value,
+            "lower": self.lower.value,
+            "upper": self.upper.value,
+            "epsilon": float(self.epsilon.value),
+            "tv_weight": float(self.tv_weight.value),
+            "edge": bool(self.edge.value),
+            "max_num_iter": int(self.max_iter.value),
+            "diameter": float(self.diameter.value),
+            "seed": int(self.seed.value),
+            "device": self.device.value,
+            "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
+        }
+
+    def segment_options(self, spec=None, params=None) -> SegmentOptions:
+        """The widget's settings as the shared :class:`~napari_vptv.options.SegmentOptions`.
+
+        Parameters
+        ----------
+        spec : VolumeSpec, optional
+            The entered volume constraint (default: :meth:`volume_spec`).
+        params : dict, optional
+            The widget's settings (default: :meth:`parameters`).
+        """
+        spec = self.volume_spec() if spec is None else spec
+        params = self.parameters() if params is None else params
+        net = params["method"] != "vptv"  # the network's own unrolled T, no edge option
+        return SegmentOptions(
+            method=params["method"],
+            preset="wbc" if params["preset"] == PRESET_WBC else "none",
+            n_classes=spec.n_classes,
+            volume_mode=spec.mode,
+            volumes=spec.volumes if spec.mode == "exact" else None,
+            lower=spec.lower if spec.mode == "interval" else None,
+            upper=spec.upper if spec.mode == "interval" else None,
+            epsilon=params["epsilon"],
+            tv_weight=params["tv_weight"],
+            edge=None if net else params["edge"],
+            max_num_iter=None if net else params["max_num_iter"],
+            seed=params["seed"],
+            device=params["device"],
+            diameter=params["diameter"],
+        )
