@@ -264,11 +264,19 @@ def test_demo_writes_labels_and_overlays(tmp_path, capsys):
         assert set(np.unique(lab)) <= {0, 128, 255}
         ov = iio.imread(out / f"wbc_{sid}_overlay.png")
         assert ov.shape == (300, 300, 3) and ov.dtype == np.uint8
+        fig = iio.imread(out / f"wbc_{sid}_compare.png")  # image | vptv | network | truth, legend below
+        assert fig.ndim == 3 and fig.shape[1] > 4 * 300 and fig.shape[0] > 300
     assert text.strip().splitlines()[-1].startswith("mean pixel accuracy: ")
     assert float(text.strip().splitlines()[-1].split(": ")[1]) > 0.9
-    # never overwrites silently
-    assert main(["demo", "--out", str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "mean pixel accuracy of vptv-unet: " in text and "neutrophil" in text.split("What the numbers")[1]
+    # rerunnable: its own unchanged outputs are replaced, nothing else is touched
+    (out / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--compare", "none"]) == 0, capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    # a file it did not write (or one changed since) is never overwritten silently
+    iio.imwrite(out / f"wbc_{sample_ids()[0]}_overlay.png", np.zeros((4, 4), np.uint8))
+    assert main(["demo", "--out", str(out), "--compare", "none"]) == 2
+    assert "was not written by an earlier demo" in capsys.readouterr().err
 
 
 def test_correct_subcommand(tmp_path, capsys):

@@ -32,6 +32,7 @@ __all__ = [
     "make_segment_fn",
     "evaluate_folder",
     "wbc_priors",
+    "check_device",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -97,6 +98,13 @@ def segment_image(
     (300, 300)
     """
     opts = _as_options(options, settings)
+    _check_channel_axis(image, channel_axis)
+    check_device(opts.device)
+    return _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
+
+
+def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
+    """The method / preset of ``opts`` on ``image`` (see :func:`segment_image`)."""
     if opts.is_network:
         return _segment_network(image, opts, channel_axis)
     if opts.resolved_preset(channel_axis is not None) == "wbc":
@@ -113,6 +121,42 @@ def segment_image(
         callback=callback,
         **_solver_overrides(opts),
     )
+
+
+def _check_channel_axis(image, channel_axis) -> None:
+    ndim = np.ndim(image)
+    if channel_axis is not None and not -ndim <= int(channel_axis) < ndim:
+        raise ValueError(f"channel_axis={channel_axis} is outside the image's {ndim} axes (shape {np.shape(image)})")
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line ``OptionError`` unless ``device`` names a torch device this machine has."""
+    import torch
+
+    from .options import OptionError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError("device", f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device", f"device {device!r}: this torch build or machine has no CUDA GPU; use 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError("device", f"device {device!r}: Apple MPS is not available here; use 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise OptionError("device", f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+
+
+def _check_finite(result: SegmentationResult, opts: SegmentOptions) -> SegmentationResult:
+    """Numerical guard: NaN / Inf probabilities are an error, never labels."""
+    prob = getattr(result, "probabilities", None)
+    if prob is not None and not np.all(np.isfinite(prob)):
+        raise ValueError(
+            "the segmentation produced NaN or infinite probabilities; the likely cause is epsilon "
+            f"({opts.epsilon if opts.epsilon is not None else 'default'}) or tv_weight "
+            f"({opts.tv_weight if opts.tv_weight is not None else 'default'}); try epsilon from 0.001 to 10"
+        )
+    return result
 
 
 def _solver_overrides(opts: SegmentOptions) -> Dict[str, Any]:
@@ -140,7 +184,10 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
 
     channel_axis = _rgb_channel_axis(image, channel_axis)
     arr = np.asarray(image)
-    if np.moveaxis(arr, channel_axis, -1).shape[-1] == 4:  # RGBA -> RGB
+    n_channels = np.moveaxis(arr, channel_axis, -1).shape[-1]
+    if n_channels not in (3, 4):
+        raise ValueError(f"the WBC preset needs an RGB image with 3 channels; got {n_channels} (shape {arr.shape})")
+    if n_channels == 4:  # RGBA -> RGB
         arr = np.moveaxis(np.moveaxis(arr, channel_axis, -1)[..., :3], -1, channel_axis)
     volume_mode = opts.volume_mode
     if volume_mode is None:
@@ -224,6 +271,7 @@ class SegmentFn:
     def __init__(self, options: SegmentOptions, callback: Optional[ProgressCallback] = None):
         if not isinstance(options, SegmentOptions):
             raise TypeError(f"options must be a SegmentOptions, got {type(options).__name__}")
+        check_device(options.device)  # once, before a batch reads any file
         self.options = options
         self.callback = callback
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .core.volumes import VOLUME_MODES, make_volume_spec
 
-__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "SegmentOptions"]
+__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions"]
 
 #: Segmentation methods: the variational solver and the shipped WBC networks.
 METHODS = ("vptv", "unet", "vptv-unet")
@@ -32,6 +32,31 @@ PRESETS = ("auto", "wbc", "none")
 
 _Floats = Optional[Tuple[float, ...]]
 
+#: Accepted ranges ``(low, high)`` (inclusive) of the numeric settings. Outside
+#: them the solver under- or overflows (``epsilon`` 1e-40 or 1e300 gives NaN
+#: probabilities), or the run cannot be meant (a 10^6-class segmentation).
+#: The widget's spin boxes use the same bounds or narrower ones.
+RANGES: Dict[str, Tuple[float, float]] = {
+    "epsilon": (1e-4, 100.0),
+    "tv_weight": (0.0, 100.0),
+    "max_num_iter": (1, 100_000),
+    "n_classes": (2, 255),
+    "seed": (0, 2**32 - 1),
+    "diameter": (0.0, 100_000.0),
+}
+
+
+class OptionError(ValueError):
+    """A bad setting; ``field`` is the :class:`SegmentOptions` field it is about.
+
+    Front-ends re-word the message in their own terms (the CLI names ``--epsilon``
+    where the API names ``epsilon``).
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
 
 def _float_tuple(values, name: str) -> _Floats:
     if values is None:
@@ -39,18 +64,28 @@ def _float_tuple(values, name: str) -> _Floats:
     if isinstance(values, str):
         values = [v for v in values.replace(";", ",").split(",") if v.strip()]
     try:
-        return tuple(float(v) for v in np.ravel(np.asarray(values, dtype=object)))
+        out = tuple(float(v) for v in np.ravel(np.asarray(values, dtype=object)))
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}") from None
+        raise OptionError(name, f"{name} must be a sequence of numbers, got {values!r}") from None
+    if not all(np.isfinite(out)):
+        raise OptionError(name, f"{name} must be finite numbers, got {values!r}")
+    return out
 
 
-def _optional_number(value, name: str, *, positive: bool) -> Optional[float]:
+def _number(value, field: str, name: str, *, integer: bool = False, positive: bool = False):
+    """``value`` as a float / int inside :data:`RANGES` ``[field]``; None passes through."""
     if value is None:
         return None
-    value = float(value)
-    ok = np.isfinite(value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be a {'positive number' if positive else 'number >= 0'}, got {value}")
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptionError(field, f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if integer and float(value) != int(value):
+        raise OptionError(field, f"{name} must be {kind}, got {value!r}")
+    value = int(value) if integer else float(value)
+    low, high = RANGES[field]
+    if not np.isfinite(value) or (positive and value <= 0) or not (low <= value <= high):
+        span = f"{low} to {high}" if integer else f"{low:g} to {high:g}"
+        raise OptionError(field, f"{name} must be {kind} from {span}, got {value if integer else format(value, 'g')}")
     return value
 
 
@@ -69,7 +104,7 @@ class SegmentOptions:
     preset : {"none", "wbc", "auto"}
         See :data:`PRESETS`. ``None`` is taken as ``"none"``.
     n_classes : int, optional
-        Number of classes ``I`` (>= 2). The WBC preset and the networks have 3.
+        Number of classes (2 to 255). The WBC preset and the networks have 3.
     volume_mode : {"exact", "interval", "none"}, optional
         Volume constraint. Default: inferred from ``volumes`` / ``lower``,
         ``upper``; the WBC preset's default is ``"interval"``.
@@ -78,17 +113,21 @@ class SegmentOptions:
     lower, upper : sequence of float, optional
         Per-class fraction bounds (``volume_mode="interval"``); both or neither.
     epsilon : float, optional
-        Entropic regularisation ``eps`` (eq. 11), > 0.
+        Entropic regularisation ``eps`` of the softmax / optimal-transport step,
+        from 1e-4 to 100 (:data:`RANGES`); smaller is sharper.
     tv_weight : float, optional
-        TV weight ``lambda`` (eq. 11), >= 0.
+        Weight ``lambda`` of the total-variation (boundary length) term, from 0
+        to 100; larger gives smoother boundaries.
     edge : bool, optional
         Weight the TV by the edge function ``e(x)`` (variational solver only).
     max_num_iter : int, optional
-        Solver iterations; for the networks the unrolled iterations ``T``.
+        Solver iterations (1 to 100 000); for the networks the unrolled
+        iterations ``T``.
     seed : int
-        Seed of the k-means initialisation (the only random step).
+        Seed of the k-means initialisation (the only random step), 0 to 2**32 - 1.
     device : str
-        torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        torch device, e.g. ``"cpu"`` or ``"cuda"`` (checked when the options are
+        used: :class:`napari_vptv.api.SegmentFn`).
     diameter : float
         Cell diameter in pixels for the networks; ``0`` estimates it
         automatically. Ignored by the variational solver.
@@ -99,9 +138,10 @@ class SegmentOptions:
 
     Raises
     ------
-    ValueError
-        A sentence naming the bad setting (unknown method / preset, impossible
-        volumes, a WBC setting with a class count other than 3, ...).
+    OptionError
+        (a ``ValueError``) A sentence naming the bad setting (unknown method /
+        preset, a number outside :data:`RANGES`, impossible volumes, a WBC setting
+        with a class count other than 3, ...); ``error.field`` names the field.
 
     Examples
     --------
@@ -132,40 +172,54 @@ class SegmentOptions:
         set_ = object.__setattr__  # frozen: normalise the fields once, here
         set_(self, "preset", "none" if self.preset is None else self.preset)
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise OptionError("method", f"method must be one of {METHODS}, got {self.method!r}")
         if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+            raise OptionError("preset", f"preset must be one of {PRESETS}, got {self.preset!r}")
         self._check_classes()
         if self.volume_mode is not None and self.volume_mode not in VOLUME_MODES:
-            raise ValueError(f"volume_mode must be 'exact', 'interval' or 'none', got {self.volume_mode!r}")
+            raise OptionError(
+                "volume_mode", f"volume_mode must be 'exact', 'interval' or 'none', got {self.volume_mode!r}"
+            )
         for name in ("volumes", "lower", "upper"):
             set_(self, name, _float_tuple(getattr(self, name), name))
         if (self.lower is None) != (self.upper is None):
-            raise ValueError("interval volumes need both lower and upper bounds")
-        set_(self, "epsilon", _optional_number(self.epsilon, "epsilon", positive=True))
-        set_(self, "tv_weight", _optional_number(self.tv_weight, "the TV weight", positive=False))
+            raise OptionError("lower", "interval volumes need both lower and upper bounds")
+        set_(self, "epsilon", _number(self.epsilon, "epsilon", "epsilon", positive=True))
+        set_(self, "tv_weight", _number(self.tv_weight, "tv_weight", "the TV weight"))
         if self.edge is not None:
             set_(self, "edge", bool(self.edge))
-        if self.max_num_iter is not None:
-            if int(self.max_num_iter) < 1:
-                raise ValueError(f"the maximum number of iterations must be >= 1, got {self.max_num_iter}")
-            set_(self, "max_num_iter", int(self.max_num_iter))
-        set_(self, "seed", int(self.seed))
-        set_(self, "diameter", float(_optional_number(self.diameter, "the cell diameter", positive=False)))
+        set_(
+            self,
+            "max_num_iter",
+            _number(self.max_num_iter, "max_num_iter", "the maximum number of iterations", integer=True),
+        )
+        set_(self, "seed", _number(self.seed, "seed", "the seed", integer=True))
+        set_(self, "diameter", _number(self.diameter, "diameter", "the cell diameter"))
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise OptionError(
+                "device", f"device must be a torch device name such as 'cpu' or 'cuda', got {self.device!r}"
+            )
         self._check_model()
-        self._check_volumes()
+        try:
+            self._check_volumes()
+        except OptionError:
+            raise
+        except ValueError as exc:
+            field = "volumes" if self.volumes is not None else ("lower" if self.lower is not None else "volume_mode")
+            raise OptionError(field, str(exc)) from None
 
     def _check_classes(self):
         k = self.n_classes
         if k is None:
             return
-        if int(k) != k or k < 2:
-            raise ValueError(f"the number of classes must be an integer >= 2, got {k}")
-        object.__setattr__(self, "n_classes", int(k))
+        k = _number(k, "n_classes", "the number of classes", integer=True)
+        object.__setattr__(self, "n_classes", k)
         if self.preset == "wbc" and k != 3:
-            raise ValueError(f"the WBC preset has 3 classes (background, cytoplasm, nucleus), got n_classes={k}")
+            raise OptionError(
+                "n_classes", f"the WBC preset has 3 classes (background, cytoplasm, nucleus), got n_classes={k}"
+            )
         if self.is_network and k != 3:
-            raise ValueError(f"method {self.method!r} (a WBC network) has 3 classes, got n_classes={k}")
+            raise OptionError("n_classes", f"method {self.method!r} (a WBC network) has 3 classes, got n_classes={k}")
 
     def _check_model(self):
         model = str(self.model or "")
@@ -174,16 +228,24 @@ class SegmentOptions:
             return
         if model in NETWORK_METHODS:
             if self.is_network and model != self.method:
-                raise ValueError(f"model {model!r} is the shipped network of method {model!r}, not of {self.method!r}")
+                raise OptionError(
+                    "model", f"model {model!r} is the shipped network of method {model!r}, not of {self.method!r}"
+                )
         elif not model.endswith(".pt"):
-            raise ValueError(f"model must be one of {NETWORK_METHODS} or the path of a .pt file, got {model!r}")
+            raise OptionError(
+                "model", f"model must be one of {NETWORK_METHODS} or the path of a .pt file, got {model!r}"
+            )
 
     def _check_volumes(self):
         """Check the volume constraint now: one clear message before any file is read."""
         if self.volume_mode is None and self.volumes is None and self.lower is None:
             return
-        if self.volume_mode in ("exact", "interval") and self.volumes is None and self.lower is None \
-                and (self.preset != "none" or self.is_network):
+        if (
+            self.volume_mode in ("exact", "interval")
+            and self.volumes is None
+            and self.lower is None
+            and (self.preset != "none" or self.is_network)
+        ):
             return  # the preset's / network's own priors
         k = self.n_classes
         if k is None:
@@ -231,8 +293,11 @@ class SegmentOptions:
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as plain Python values (JSON-serialisable)."""
-        return {f.name: (list(v) if isinstance(v, tuple) else v)
-                for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
+        return {
+            f.name: (list(v) if isinstance(v, tuple) else v)
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
 
     @classmethod
     def from_kwargs(cls, volume_bounds=None, **settings) -> "SegmentOptions":

@@ -62,12 +62,42 @@ def _parse(argv) -> argparse.Namespace:
         for module in _modules():
             if getattr(module, "RAW_ARGS", False) and argv[0] == module.NAME:
                 return argparse.Namespace(command=module.NAME, raw_args=argv[1:], func=module.run)
-    return build_parser().parse_args(argv)
+    return build_parser().parse_args(_join_negative_lists(argv))
 
 
 def _error_line(exc: BaseException, with_type: bool) -> str:
     msg = (str(exc).strip().splitlines() or [type(exc).__name__ if not with_type else ""])[0]
+    field = getattr(exc, "field", None)  # an OptionError: name the option in the CLI's words
+    if field is not None:
+        from .solver_options import FLAGS
+
+        msg = f"{FLAGS.get(field, field)}: {msg}"
     return f"{type(exc).__name__}: {msg}" if with_type else msg
+
+
+#: Options whose value is a comma-separated list that may start with a minus sign.
+_LIST_OPTIONS = ("--volumes", "--lower", "--upper")
+
+
+def _join_negative_lists(argv):
+    """``--volumes -0.2,1.2`` -> ``--volumes=-0.2,1.2`` (argparse would take ``-0.2,1.2`` for an option)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (
+            a in _LIST_OPTIONS
+            and nxt is not None
+            and len(nxt) > 1
+            and nxt[0] == "-"
+            and (nxt[1].isdigit() or nxt[1] == ".")
+        ):
+            out.append(f"{a}={nxt}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -83,7 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "threads", None):
             import torch
 
-            torch.set_num_threads(int(args.threads))
+            from .solver_options import cap_threads
+
+            torch.set_num_threads(int(cap_threads(args.threads)))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{cmd}: interrupted", file=sys.stderr)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .common import CLIError, echo, nonneg_float, positive_float, positive_int
+from .solver_options import check_range
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -70,10 +70,33 @@ def add_parser(sub) -> None:
         metavar="PX",
         help="interval mode: largest boundary error to correct in pixels (default 6)",
     )
-    p.add_argument("--epsilon", type=positive_float, default=None, metavar="E", help="eps (eq. 11)")
-    p.add_argument("--tv-weight", type=nonneg_float, default=None, metavar="L", help="lambda (eq. 11)")
+    _add_solver_arguments(p)
+
+
+def _add_solver_arguments(p) -> None:
+    """The solver settings of ``vptv correct`` (eps, lambda, edge, iterations, costs, ...)."""
+    p.add_argument(
+        "--epsilon",
+        type=positive_float,
+        default=None,
+        metavar="E",
+        help="entropic regularisation eps, 1e-4 to 100; smaller is sharper (default 0.01)",
+    )
+    p.add_argument(
+        "--tv-weight",
+        type=nonneg_float,
+        default=None,
+        metavar="L",
+        help="weight lambda of the total-variation (boundary length) term, 0 to 100 (default 0.05)",
+    )
     p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=None, help="edge-weighted TV (default: on)")
-    p.add_argument("--max-iter", type=positive_int, default=None, metavar="N", help="iterations per solve")
+    p.add_argument(
+        "--max-iter",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="iterations per solve, 1 to 100000 (default 300)",
+    )
     p.add_argument(
         "--margin",
         type=positive_int,
@@ -86,7 +109,7 @@ def add_parser(sub) -> None:
         type=nonneg_float,
         default=None,
         metavar="B",
-        help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.4)",
+        help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.1)",
     )
     p.add_argument(
         "--model",
@@ -111,18 +134,23 @@ def run(args) -> int:
     import inspect
 
     from ..core.io import read_image, read_mask, write_labels
+    from ..core.outputs import OutputGuard
 
     try:
         from ..core.correct import correct_mask
     except ImportError as exc:
         raise CLIError(f"the mask-correction module is not available ({exc})") from None
     out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"'{out}' already exists; use --overwrite to replace it")
     if out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise CLIError(f"--out must be a .png or .tif file, got '{out}'")
+    guard = OutputGuard([args.image, args.mask], overwrite=args.overwrite)
+    guard.check(out)  # before the work: never onto IMAGE or MASK, never over a file without --overwrite
+    check_range(args.epsilon, "epsilon", "--epsilon")
+    check_range(args.tv_weight, "tv_weight", "--tv-weight")
+    check_range(args.max_iter, "max_num_iter", "--max-iter")
+    check_range(args.seed, "seed", "--seed")
     image = read_image(args.image)
-    mask = read_mask(args.mask)
+    mask = read_mask(args.mask, style="labels")  # ids are kept: a 0/255 mask stays 0/255
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if rgb:
         image = image[..., :3]
@@ -159,12 +187,7 @@ def run(args) -> int:
     kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
     corrected = correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs)
     corrected = np.asarray(corrected)
-    tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
-    try:
-        write_labels(tmp, corrected)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    guard.write(out, lambda tmp: write_labels(tmp, corrected))
     changed = float(np.mean(corrected != mask))
     echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
     return 0

@@ -57,7 +57,10 @@ def add_parser(sub) -> None:
         "--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
     )
     add_diameter_option(p)
-    p.add_argument("--json", metavar="FILE", default=None, help="also write all figures to a JSON file")
+    p.add_argument(
+        "--json", metavar="FILE", default=None, help="also write all figures to a JSON file (never an input file)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -115,6 +118,17 @@ def run(args) -> int:
             raise CLIError(f"{what} folder '{p}' does not exist")
         if not p.is_dir():
             raise CLIError(f"{what} '{p}' is not a folder")
+    guard = None
+    if args.json:  # checked before the work: never onto an image or mask, never over a file without --overwrite
+        from ..core.evaluate import pair_images_and_masks
+        from ..core.outputs import OutputGuard
+
+        inputs = [f for pair in pair_images_and_masks(args.images, args.masks) for f in pair]
+        guard = OutputGuard(inputs, overwrite=args.overwrite)
+        try:
+            guard.check(args.json)
+        except (ValueError, FileExistsError) as exc:
+            raise CLIError(f"--json: {exc}") from None
     bar = {"bar": None}
 
     def progress(done, total=None, *rest):
@@ -140,25 +154,17 @@ def run(args) -> int:
         mean_acc = float(np.nanmean(accs))
     mean_acc = float(mean_acc)
     errors = [r for r in rows if _row_get(r, "error")]
-    if args.json:
-        jp = Path(args.json).expanduser()
-        if jp.parent and not jp.parent.exists():
-            jp.parent.mkdir(parents=True, exist_ok=True)
-        jp.write_text(
-            json.dumps(
-                _jsonable(
-                    {
-                        "method": args.method,
-                        "preset": args.preset,
-                        "volume_mode": args.volume_mode,
-                        "rows": rows,
-                        "summary": summary,
-                        "mean_pixel_accuracy": mean_acc,
-                    }
-                ),
-                indent=1,
-            )
-        )
+    if guard is not None:
+        record = {
+            "method": args.method,
+            "preset": args.preset,
+            "volume_mode": args.volume_mode,
+            "rows": rows,
+            "summary": summary,
+            "mean_pixel_accuracy": mean_acc,
+        }
+        text = json.dumps(_jsonable(record), indent=1)
+        guard.write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if errors:
         echo_err(f"{len(errors)} image(s) could not be evaluated")
     echo(f"mean pixel accuracy: {mean_acc:.4f}")

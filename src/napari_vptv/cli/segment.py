@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import CLIError, echo, echo_err, fmt_vec, positive_int, progress_bar
-from .solver_options import add_solver_options, options_from_args
+from .solver_options import add_solver_options, cap_threads, options_from_args
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -144,7 +144,7 @@ def run(args) -> int:
             overwrite=args.overwrite,
             mode="volume" if args.volume3d else "slices",
             scheduler=scheduler,
-            num_workers=args.workers,
+            num_workers=cap_threads(args.workers, "--workers"),
             on_result=report,
             progress_factory=slice_bar,
         )
@@ -152,6 +152,9 @@ def run(args) -> int:
         bar.close()
         if client is not None:
             client.close()
+    if summary.stale_removed:
+        names = ", ".join(f.name for f in summary.stale_removed)
+        echo_err(f"removed {len(summary.stale_removed)} temporary file(s) left by an interrupted run: {names}")
     echo(summary.line())
     if summary.failed:
         echo_err(f"{len(summary.failed)} input(s) failed:")

@@ -4,13 +4,42 @@ one conversion of a parsed command line into :class:`~napari_vptv.options.Segmen
 from __future__ import annotations
 
 import argparse
+import os
 
-from .common import floats, nonneg_float, positive_float, positive_int
+from ..options import RANGES, OptionError, SegmentOptions
+from .common import CLIError, echo_err, floats, nonneg_float, positive_float, positive_int
 
-__all__ = ["METHOD_HELP", "add_solver_options", "add_diameter_option", "options_from_args"]
+__all__ = [
+    "METHOD_HELP",
+    "FLAGS",
+    "add_solver_options",
+    "add_diameter_option",
+    "options_from_args",
+    "check_range",
+    "cap_threads",
+]
+
+#: The command-line flag of each :class:`~napari_vptv.options.SegmentOptions` field.
+FLAGS = {
+    "method": "--method",
+    "preset": "--preset",
+    "n_classes": "--classes",
+    "volume_mode": "--volume-mode",
+    "volumes": "--volumes",
+    "lower": "--lower",
+    "upper": "--upper",
+    "epsilon": "--epsilon",
+    "tv_weight": "--tv-weight",
+    "edge": "--edge",
+    "max_num_iter": "--max-iter",
+    "seed": "--seed",
+    "device": "--device",
+    "diameter": "--diameter",
+    "model": "--model",
+}
 
 METHOD_HELP = (
-    "vptv: the variational VPTV solver (Algorithm 1); unet / vptv-unet: the shipped "
+    "vptv: the variational VPTV solver; unet / vptv-unet: the shipped "
     "white-blood-cell networks (plain softmax / VPTV-softmax head) (default: %(default)s)"
 )
 
@@ -63,41 +92,48 @@ def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> No
         metavar="U1,U2,...",
         help="upper bounds of the class fractions (interval mode)",
     )
+    _add_solver_settings(g)
+
+
+def _add_solver_settings(g) -> None:
+    """eps, lambda, edge, iterations, seed, device, threads, diameter."""
     g.add_argument(
         "--epsilon",
         type=positive_float,
         default=None,
         metavar="E",
-        help="entropic regularisation eps (eq. 11; default: the preset's / 0.01)",
+        help="entropic regularisation eps of the soft class assignment, 1e-4 to 100; smaller is sharper "
+        "(default: 1.0 with the WBC preset, else 0.01)",
     )
     g.add_argument(
         "--tv-weight",
         type=nonneg_float,
         default=None,
         metavar="L",
-        help="TV weight lambda (eq. 11; default: the preset's / 0.02)",
+        help="weight lambda of the total-variation (boundary length) term, 0 to 100; larger is smoother "
+        "(default: 2.0 with the WBC preset, else 0.02)",
     )
     g.add_argument(
         "--edge",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="use the edge function e(x) = 1/(1 + eps'|grad G*I|) in the TV term",
+        help="weight the TV term by an edge function of the image, so boundaries prefer image edges (default: off)",
     )
     g.add_argument(
         "--max-iter",
         type=positive_int,
         default=None,
         metavar="N",
-        help="maximum number of solver iterations (default 500)",
+        help="maximum number of solver iterations, 1 to 100000 (default 500)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation, >= 0 (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     g.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         metavar="N",
-        help="torch CPU threads for one image (default: torch's; stacks use --workers)",
+        help="torch CPU threads for one image, at most the CPU count (default: torch's; stacks use --workers)",
     )
     add_diameter_option(g)
 
@@ -122,7 +158,6 @@ def add_diameter_option(p) -> None:
 
 def options_from_args(args, **fixed):
     """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated)."""
-    from ..options import SegmentOptions
 
     given = dict(
         method=args.method,
@@ -145,4 +180,26 @@ def options_from_args(args, **fixed):
 
         given["model"], given["method"] = model_and_method(args.model)
     given.update(fixed)
-    return SegmentOptions(**given)
+    try:
+        return SegmentOptions(**given)
+    except OptionError as exc:
+        raise CLIError(f"{FLAGS.get(exc.field, exc.field)}: {exc}") from None
+
+
+def check_range(value, field: str, flag: str):
+    """``value`` if inside :data:`~napari_vptv.options.RANGES` ``[field]`` (None passes); else a CLIError."""
+    if value is None:
+        return None
+    low, high = RANGES[field]
+    if not (low <= value <= high) or (field == "epsilon" and value <= 0):
+        raise CLIError(f"{flag} must be from {low:g} to {high:g}, got {value:g}")
+    return value
+
+
+def cap_threads(n, flag: str = "--threads"):
+    """``n`` capped at the machine's CPU count (more threads only slow down or crash BLAS)."""
+    cpus = os.cpu_count() or 1
+    if n is not None and n > cpus:
+        echo_err(f"{flag} {n} is more than the {cpus} CPU(s) of this machine; using {cpus}")
+        return cpus
+    return n

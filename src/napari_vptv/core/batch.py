@@ -41,6 +41,7 @@ import numpy as np
 
 from .dask_stack import label_dtype_and_sentinel, segment_stack_dask
 from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, write_labels
+from .outputs import OutputGuard, clean_stale_partials, partial_name, publish
 from .stack import labels_of, segment_stack, stack_layout
 from .tiff import open_lazy, store_labels_tiff, tiff_layout
 
@@ -248,29 +249,6 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-
-
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move a finished temporary file into place; never clobber without ``overwrite``."""
-    if overwrite:
-        os.replace(tmp, final)
-        return
-    try:
-        os.link(tmp, final)  # atomic, fails if ``final`` exists
-    except FileExistsError:
-        tmp.unlink(missing_ok=True)
-        raise FileExistsError(f"output '{final}' appeared meanwhile; not overwritten") from None
-    except OSError:  # file systems without hard links
-        if final.exists():
-            tmp.unlink(missing_ok=True)
-            raise FileExistsError(f"output '{final}' appeared meanwhile; not overwritten") from None
-        os.replace(tmp, final)
-        return
-    tmp.unlink()
-
-
 def _volumes(labels: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(labels.ravel().astype(np.int64), minlength=k)[: max(k, int(labels.max()) + 1)] / labels.size
 
@@ -286,6 +264,7 @@ def segment_file(
     scheduler=None,
     num_workers: Optional[int] = None,
     progress_factory: Optional[Callable[[int, str], Any]] = None,
+    run_inputs: Sequence[PathLike] = (),
 ) -> FileResult:
     """Segment one image or stack file and write its label file into ``out_dir``.
 
@@ -312,14 +291,21 @@ def segment_file(
         See :func:`store_labels_tiff` (stacks only).
     progress_factory : callable ``(total, description) -> tqdm-like``, optional
         Creates a progress bar over the slices of a stack (``update(n)``, ``close()``).
+    run_inputs : sequence of path
+        Every input of the run: an output that would be one of them (e.g. ``a.png``
+        -> ``out/a.tif`` when ``out/a.tif`` is itself an input) is refused, even
+        with ``overwrite``.
     """
     p = Path(path)
     out_dir = Path(out_dir)
     result = FileResult(p)
+    guard = OutputGuard([p, *run_inputs], overwrite=overwrite)
     try:
         for cand in _possible_outputs(p, out_dir, fmt):
-            if p.exists() and cand.exists() and os.path.samefile(cand, p):
-                raise ValueError(f"the output '{cand}' would be the input file itself; choose another output folder")
+            src = guard.input_of(cand)
+            if src is not None:
+                what = "the input file itself" if src == p else f"the input '{src}' of this run"
+                raise ValueError(f"the output '{cand}' would be {what}; choose another output folder")
         # resume: skip before reading anything (the name only depends on the header)
         if not overwrite and p.exists():
             for cand in _possible_outputs(p, out_dir, fmt):
@@ -340,20 +326,7 @@ def segment_file(
         out_dir.mkdir(parents=True, exist_ok=True)
         k = segment_fn.n_classes(info.rgb) if hasattr(segment_fn, "n_classes") else 2
         if not info.is_stack:
-            image = open_lazy(p)
-            if info.rgb and image.shape[-1] == 4:
-                image = image[..., :3]
-            res = segment_fn(image, channel_axis=-1 if info.rgb else None)
-            labels = labels_of(res)
-            tmp = _tmp_name(final)
-            try:
-                write_labels(tmp, labels)
-                _publish(tmp, final, overwrite)
-            finally:
-                tmp.unlink(missing_ok=True)
-            vol = getattr(res, "volumes", None)
-            result.slice_volumes.append(((), np.asarray(vol) if vol is not None else _volumes(labels, k)))
-            result.shape = labels.shape
+            _segment_image_file(p, info, final, segment_fn, k, result, overwrite=overwrite)
             return result
         result.shape = _segment_stack_file(
             p, info, final, segment_fn, k, result, overwrite=overwrite, mode=mode,
@@ -369,6 +342,24 @@ def segment_file(
     except Exception as exc:  # noqa: BLE001 - per-item error capture
         result.status, result.message = "failed", _error_text(exc)
     return result
+
+
+def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> None:
+    """A 2-D image: segment, write atomically (temporary file + rename), record the volumes."""
+    image = open_lazy(p)
+    if info.rgb and image.shape[-1] == 4:
+        image = image[..., :3]
+    res = segment_fn(image, channel_axis=-1 if info.rgb else None)
+    labels = labels_of(res)
+    tmp = partial_name(final)
+    try:
+        write_labels(tmp, labels)
+        publish(tmp, final, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+    vol = getattr(res, "volumes", None)
+    result.slice_volumes.append(((), np.asarray(vol) if vol is not None else _volumes(labels, k)))
+    result.shape = labels.shape
 
 
 def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mode, scheduler,
@@ -391,7 +382,7 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
     array = open_lazy(p)
     labels = segment_stack_dask(array, segment_fn, rgb=info.rgb, mode=mode, n_classes=k, progress=progress)
     _, sentinel = label_dtype_and_sentinel(k)
-    tmp = _tmp_name(final)
+    tmp = partial_name(final)
     n_threads = num_workers or os.cpu_count() or 1
     torch_threads = None
     if local and (scheduler in (None, "threads")) and n_threads > 1:
@@ -422,7 +413,7 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
             desc = {"shape": list(labels.shape), "axes": "Q" * (labels.ndim - 2) + "YX",
                     "failed_slices": [[list(i), m] for i, m in result.failed_slices]}
             tifffile.tiffcomment(str(tmp), json.dumps(desc))
-        _publish(tmp, final, overwrite)
+        publish(tmp, final, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
         if torch_threads is not None:
@@ -456,9 +447,14 @@ def _rerun_error(array, idx, segment_fn, rgb, mode) -> str:
 # --------------------------------------------------------------------------- #
 @dataclass
 class BatchSummary:
-    """Counts and per-file results of :func:`run_batch`."""
+    """Counts and per-file results of :func:`run_batch`.
+
+    ``stale_removed`` lists the temporary files of killed earlier runs that were
+    removed from the output folder before this run started.
+    """
 
     results: List[FileResult] = field(default_factory=list)
+    stale_removed: List[Path] = field(default_factory=list)
 
     @property
     def done(self) -> List[FileResult]:
@@ -499,11 +495,16 @@ def run_batch(
     Each file is independent: a failure is recorded and the others are done.
     Two inputs with the same stem (``a.png`` and ``a.tif``) would write the same
     output; the second is reported as failed rather than overwriting the first.
-    ``on_result`` is called after each file.
+    No output may be an input of the run (:class:`~napari_vptv.core.outputs.OutputGuard`).
+    Temporary files left in ``out_dir`` by killed runs are removed first
+    (``summary.stale_removed``). ``on_result`` is called after each file.
     """
     summary = BatchSummary()
     claimed = {}
-    for item in iter_inputs(inputs):
+    items = list(iter_inputs(inputs))
+    run_inputs = [item.path for item in items if item.problem is None]
+    summary.stale_removed = clean_stale_partials(out_dir)
+    for item in items:
         if item.problem is not None:
             res = FileResult(item.path, status="failed", message=item.problem)
         else:
@@ -517,7 +518,7 @@ def run_batch(
                     claimed[s] = item.path
                 res = segment_file(item.path, out_dir, segment_fn, fmt=fmt, overwrite=overwrite, mode=mode,
                                    scheduler=scheduler, num_workers=num_workers,
-                                   progress_factory=progress_factory)
+                                   progress_factory=progress_factory, run_inputs=run_inputs)
         summary.results.append(res)
         if on_result is not None:
             on_result(res)

@@ -33,7 +33,8 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     FileNotFoundError
         A folder does not exist, or an image has no mask (the message names it).
     ValueError
-        ``images_dir`` holds no images.
+        ``images_dir`` holds no images, or an image has two masks (``a.png`` and
+        ``a.tif``): one is never picked silently.
     """
     images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
     for what, d in (("images", images_dir), ("masks", masks_dir)):
@@ -42,9 +43,9 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     images = list_images(images_dir)
     if not images:
         raise ValueError(f"no images (.png, .jpg, .tif, .bmp) found in '{images_dir}'")
-    masks: Dict[str, Path] = {}
+    masks: Dict[str, List[Path]] = {}
     for m in list_images(masks_dir):
-        masks.setdefault(m.stem, m)
+        masks.setdefault(m.stem, []).append(m)
     pairs = []
     missing = []
     for img in images:
@@ -53,10 +54,13 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
             if img.stem + sfx in masks:
                 found = masks[img.stem + sfx]
                 break
+        if found is not None and len(found) > 1:
+            names = " and ".join(f"'{f.name}'" for f in found)
+            raise ValueError(f"image '{img.name}' has two masks, {names}, in '{masks_dir}'; remove or rename one")
         if found is None:
             missing.append(img.name)
         else:
-            pairs.append((img, found))
+            pairs.append((img, found[0]))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(
@@ -64,6 +68,23 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
             "(masks are matched by file stem, e.g. images/001.png <-> masks/001.png)"
         )
     return pairs
+
+
+def _load_pair(img_path: Path, mask_path: Path, segment_fn):
+    """(image, truth labels, channel axis); the mask must have the method's classes."""
+    image = read_image(img_path)
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    n_classes = segment_fn.n_classes(rgb) if hasattr(segment_fn, "n_classes") else None
+    truth = read_mask(mask_path, n_classes=n_classes)
+    if image.shape[: truth.ndim] != truth.shape:
+        raise ValueError(
+            f"mask '{mask_path.name}' has shape {truth.shape}, but image '{img_path.name}' has "
+            f"spatial shape {image.shape[: truth.ndim]}"
+        )
+    channel_axis = -1 if image.ndim == truth.ndim + 1 else None
+    if channel_axis is not None and image.shape[-1] == 4:
+        image = image[..., :3]
+    return image, truth, channel_axis
 
 
 def score_folder(
@@ -86,6 +107,11 @@ def score_folder(
     progress : callable ``(done, total)``, optional
         Called after every image (and once with ``done = 0`` before the first).
 
+    Every image and mask is read and checked before the first segmentation, so a
+    bad mask stops the run at once, not after minutes of work. A mask must be a
+    WBC grey mask or hold labels below the method's number of classes
+    (``segment_fn.n_classes(rgb)``).
+
     Returns
     -------
     rows : list of dict
@@ -107,21 +133,14 @@ def score_folder(
         (named), bad method / volumes.
     """
     pairs = pair_images_and_masks(images_dir, masks_dir)
+    for img_path, mask_path in pairs:  # every pair checked before minutes of work
+        _load_pair(img_path, mask_path, segment_fn)
     total = len(pairs)
     if progress is not None:
         progress(0, total)
     rows = []
     for done, (img_path, mask_path) in enumerate(pairs, 1):
-        image = read_image(img_path)
-        truth = read_mask(mask_path)
-        if image.shape[: truth.ndim] != truth.shape:
-            raise ValueError(
-                f"mask '{mask_path.name}' has shape {truth.shape}, but image '{img_path.name}' has "
-                f"spatial shape {image.shape[:truth.ndim]}"
-            )
-        channel_axis = -1 if image.ndim == truth.ndim + 1 else None
-        if channel_axis is not None and image.shape[-1] == 4:
-            image = image[..., :3]
+        image, truth, channel_axis = _load_pair(img_path, mask_path, segment_fn)
         t0 = time.perf_counter()
         try:
             result = segment_fn(image, channel_axis=channel_axis)
