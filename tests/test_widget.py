@@ -700,3 +700,29 @@ def test_stack_measured_per_frame(viewer, widget, wbc):
         assert frames["nucleus_area_px"][t] == np.sum(out.data[t] == 2)
     cells = widget.results.cells
     assert set(cells["frame"].tolist()) <= {0, 1} and len(set(cells["cell"].tolist())) == len(cells["cell"])
+
+
+# ------------------------------------------------- mask correction (issue 18 part)
+def test_correct_mask_defaults_to_new_labels_and_reports_changes(viewer, notes):
+    from napari_vptv._correct_widget import CorrectMaskWidget
+
+    viewer.open_sample("napari-vptv", "wbc_001_truth")
+    truth = viewer.layers[-1]
+    w = CorrectMaskWidget(viewer)
+    image = viewer.layers[0]
+    rough = np.zeros(truth.data.shape, np.uint8)
+    rough[np.asarray(truth.data) > 0] = 1
+    from scipy import ndimage as ndi
+
+    rough = ndi.binary_erosion(rough, iterations=6).astype(np.uint8)  # a too-small mask
+    user = viewer.add_labels(rough, name="rough")
+    assert w.labels.value is user  # the newest Labels layer, not the ground truth
+    w.image.value = image
+    w.max_iter.value = 60
+    out = w.run(sync=True)
+    assert not errors(notes), notes
+    assert out.contour > 0  # drawn as outlines over the filled input
+    row = out.features[out.features["index"] == 1].iloc[0]
+    assert row["area_before"] == rough.sum() and row["area_after"] == np.sum(out.data == 1)
+    assert "median area" in w.status.value and "%" in w.status.value
+    assert w.labels.value is user  # our own output does not become the next input

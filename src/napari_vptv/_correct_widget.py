@@ -66,8 +66,31 @@ def _report_summary(report) -> str:
     before = np.mean([r.area_before for r in report])
     after = np.mean([r.area_after for r in report])
     kept = sum(r.status != "corrected" for r in report)
-    return (f"; {len(report)} objects, mean area {before:.0f} -> {after:.0f} px"
+    change = np.median([100.0 * (r.area_after - r.area_before) / max(r.area_before, 1) for r in report])
+    return (f"; {len(report)} objects, median area {change:+.0f} %, mean area {before:.0f} -> {after:.0f} px"
             + (f", {kept} kept as given" if kept else ""))
+
+
+def _show_changes(layer, report) -> None:
+    """Draw the output as contours (over the filled input: both visible) and give every
+    object its area before / after as layer features (shown when hovering)."""
+    import pandas as pd
+
+    layer.contour = 2
+    layer.opacity = 1.0
+    if report:
+        layer.features = pd.DataFrame({
+            "index": [r.label for r in report],
+            "area_before": [r.area_before for r in report],
+            "area_after": [r.area_after for r in report],
+            "change_%": [round(100.0 * (r.area_after - r.area_before) / max(r.area_before, 1), 1) for r in report],
+            "status": [r.status for r in report],
+        })
+
+
+def _is_ground_truth(layer) -> bool:
+    meta = layer.metadata.get("napari_vptv_sample") if isinstance(layer.metadata, dict) else None
+    return isinstance(meta, dict) and meta.get("role") == "ground_truth"
 
 
 class CorrectMaskWidget(WidgetRunMixin, Container):
@@ -145,6 +168,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
+        ev.inserted.connect(self._on_inserted)
         self.reset_choices()
         # the last session's settings (see _common.settings_dir)
         if self._restore_settings():
@@ -171,8 +195,22 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     def _labels_choices(self, *_):
         import napari
 
-        # our own outputs are valid inputs too (correct again)
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Labels)]
+        # our own outputs are valid inputs too (correct again); the newest first (the
+        # default), ground truth last
+        labels = [layer for layer in reversed(list(self.viewer.layers)) if isinstance(layer, napari.layers.Labels)]
+        return [(layer.name, layer) for layer in sorted(labels, key=_is_ground_truth)]
+
+    def _on_inserted(self, event):
+        """A Labels layer the user just added (not ground truth, not our output) becomes the input."""
+        import napari
+
+        layer = event.value
+        if self.worker is not None:  # our own output, being written
+            return
+        meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+        if isinstance(layer, napari.layers.Labels) and not _is_ground_truth(layer) and not (
+                isinstance(meta, dict) and meta.get("kind") == KIND):
+            self.labels.value = layer
 
     # --------------------------------------------------------------- parameters
     def parameters(self) -> Dict[str, Any]:
@@ -329,4 +367,5 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         md = dict(layer.metadata)
         md[METADATA_KEY] = meta
         layer.metadata = md
+        _show_changes(layer, st.get("report") or [])
         self.output_layer = layer
