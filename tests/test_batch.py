@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from napari_vptv.api import make_segment_fn
-from napari_vptv.core import batch, tiff
+from napari_vptv.core import tiff
 from napari_vptv.core.batch import (
     FileResult,
     inspect_input,
@@ -20,7 +20,14 @@ from napari_vptv.core.batch import (
     segment_file,
 )
 from napari_vptv.core.dask_stack import segment_stack_dask
+from napari_vptv.core.outputs import publish
 from napari_vptv.core.tiff import TiffFrames, store_labels_tiff
+
+
+def _write_zero_size_tiff(path):
+    """A deliberately broken input; tifffile warns that it is nonconformant (expected here)."""
+    with pytest.warns(UserWarning, match="zero-size"):
+        tifffile.imwrite(path, np.zeros((0, 8, 8), np.uint8))
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +123,7 @@ def test_inspect_input_layouts(tmp_path):
     info = inspect_input(tmp_path / "one.png")
     assert info.shape == (16, 20, 3) and info.rgb and not info.is_stack
 
-    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((0, 8, 8), np.uint8))
+    _write_zero_size_tiff(tmp_path / "zero.tif")
     with pytest.raises(ValueError, match="zero-size"):
         inspect_input(tmp_path / "zero.tif")
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
@@ -219,7 +226,7 @@ def test_segment_file_2d_and_stack_with_real_solver(tmp_path):
     lab = tifffile.imread(res.output)
     assert lab.shape == (3, 32, 32)
     assert len(res.slice_volumes) == 3
-    for (idx, vol), sl in zip(res.slice_volumes, lab):
+    for (_idx, vol), sl in zip(res.slice_volumes, lab):
         # volumes apply per slice
         assert abs(np.mean(sl == 1) - 0.25) <= 0.01
         np.testing.assert_allclose(vol, [np.mean(sl == 0), np.mean(sl == 1)])
@@ -254,7 +261,7 @@ def test_run_batch_bad_items_are_reported_and_others_done(tmp_path):
     tifffile.imwrite(d / "u16.tif", (img * 60000).astype(np.uint16))  # mixed dtypes
     tifffile.imwrite(d / "f32.tif", img)
     (d / "broken.png").write_bytes(b"\x89PNG but not really")
-    tifffile.imwrite(d / "zero.tif", np.zeros((0, 8, 8), np.uint8))
+    _write_zero_size_tiff(d / "zero.tif")
     (d / "dup.png").write_bytes((d / "u8.png").read_bytes())
     iio.imwrite(tmp_path / "dup.png", (img * 255).astype(np.uint8))  # same stem elsewhere
 
@@ -305,7 +312,7 @@ def test_publish_never_clobbers(tmp_path):
     tmp.write_bytes(b"new")
     final.write_bytes(b"old")
     with pytest.raises(FileExistsError, match="not overwritten"):
-        batch._publish(tmp, final, overwrite=False)
+        publish(tmp, final, overwrite=False)
     assert final.read_bytes() == b"old" and not tmp.exists()
 
 
