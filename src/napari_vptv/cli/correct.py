@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("image", metavar="IMAGE", help="image file (grey or RGB)")
     p.add_argument("mask", metavar="MASK", help="mask file (integer labels, binary, or WBC grey)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output mask file (.png or .tif)")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="output mask file, .png or .tif (required; never IMAGE or MASK)"
+    )
     p.add_argument(
         "--mode",
         choices=["objects", "semantic"],
@@ -61,7 +63,7 @@ def add_parser(sub) -> None:
         type=nonneg_float,
         default=None,
         metavar="T",
-        help="interval mode: also keep each area within (1 +- T) x the given one",
+        help="interval mode: also keep each area within (1 +- T) x the given one (default: no limit)",
     )
     p.add_argument(
         "--band",

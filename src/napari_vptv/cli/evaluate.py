@@ -28,8 +28,8 @@ def add_parser(sub) -> None:
             "with the line 'mean pixel accuracy: 0.XXXX'. Defaults: the WBC preset."
         ),
     )
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
-    p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks (same file stems)")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (required)")
+    p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems (required)")
     p.add_argument("--method", choices=["vptv", "unet", "vptv-unet"], default="vptv", help=METHOD_HELP)
     p.add_argument(
         "--preset",
@@ -50,7 +50,13 @@ def add_parser(sub) -> None:
         metavar="V1,V2,...",
         help="exact class fractions (with --volume-mode exact; default: training averages)",
     )
-    p.add_argument("--classes", type=int, default=None, metavar="K", help="number of classes (preset none)")
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="number of classes with --preset none (default: 2, or the number of --volumes)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
@@ -58,7 +64,10 @@ def add_parser(sub) -> None:
     )
     add_diameter_option(p)
     p.add_argument(
-        "--json", metavar="FILE", default=None, help="also write all figures to a JSON file (never an input file)"
+        "--json",
+        metavar="FILE",
+        default=None,
+        help="also write all figures to a JSON file, never an input file (default: no file)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

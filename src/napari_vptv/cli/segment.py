@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder, glob pattern or TIFF stack")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (required; created if missing)")
     add_solver_options(p, default_preset="auto")
     s = p.add_argument_group("stacks and batches")
     dim = s.add_mutually_exclusive_group()

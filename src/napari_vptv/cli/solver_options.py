@@ -76,21 +76,22 @@ def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> No
         type=floats,
         default=None,
         metavar="V1,V2,...",
-        help="exact class fractions, one per class, summing to 1, e.g. 0.77,0.13,0.10",
+        help="exact class fractions, one per class, summing to 1, e.g. 0.77,0.13,0.10 "
+        "(default: the WBC preset's training averages; none without the preset)",
     )
     g.add_argument(
         "--lower",
         type=floats,
         default=None,
         metavar="L1,L2,...",
-        help="lower bounds of the class fractions (interval mode)",
+        help="lower bounds of the class fractions (interval mode; default: the WBC preset's, else none)",
     )
     g.add_argument(
         "--upper",
         type=floats,
         default=None,
         metavar="U1,U2,...",
-        help="upper bounds of the class fractions (interval mode)",
+        help="upper bounds of the class fractions (interval mode; default: the WBC preset's, else none)",
     )
     _add_solver_settings(g)
 
