@@ -267,3 +267,32 @@ def test_forced_wbc_style_refuses_a_mask_far_from_the_grey_values(tmp_path):
     iio.imwrite(tmp_path / "m.png", np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20, 1)))
     with pytest.raises(ValueError, match="not a WBC grey mask"):
         io.read_mask(tmp_path / "m.png", style="wbc")
+
+
+# --------------------------------------------------------------------------- #
+# unclear errors
+# --------------------------------------------------------------------------- #
+def test_empty_text_and_looping_files_are_named_clearly(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, not an image")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    with pytest.raises(ValueError, match="empty"):
+        io.read_image(tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="text.png"):
+        io.read_image(tmp_path / "text.png")
+    with pytest.raises(FileNotFoundError, match="symbolic link"):
+        io.read_image(tmp_path / "loop.png")
+
+
+def test_an_unknown_scheduler_protocol_fails_at_once(tmp_path, capsys):
+    iio.imwrite(tmp_path / "a.png", _grey_u8())
+    rc = main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), *GREY,
+               "--scheduler", "bogus://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown protocol 'bogus'" in err and _one_line(err)
+
+
+def test_png_labels_round_trip_through_the_in_memory_encoder(tmp_path):
+    lab = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    io.write_labels(tmp_path / "l.png", lab)
+    np.testing.assert_array_equal(iio.imread(tmp_path / "l.png"), lab)

@@ -14,6 +14,8 @@ from .solver_options import add_solver_options, cap_threads, options_from_args
 __all__ = ["NAME", "add_parser", "run"]
 
 NAME = "segment"
+#: Address protocols of dask.distributed schedulers.
+_SCHEDULER_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 
 def add_parser(sub) -> None:
@@ -103,6 +105,12 @@ def run(args) -> int:
             from distributed import Client
         except ImportError:
             raise CLIError("--scheduler needs the 'distributed' package (pip install distributed)") from None
+        scheme = args.scheduler.split("://")[0] if "://" in args.scheduler else "tcp"
+        if scheme not in _SCHEDULER_PROTOCOLS:  # distributed would retry an unknown protocol, then leak a traceback
+            raise CLIError(
+                f"cannot connect to the dask scheduler at {args.scheduler!r}: unknown protocol {scheme!r} "
+                "(use tcp://HOST:PORT)"
+            )
         try:
             client = Client(args.scheduler, timeout="15s", set_as_default=False)
         except Exception as exc:  # noqa: BLE001

@@ -66,9 +66,13 @@ WBC_STRAY_FRACTION = 0.01
 def _check_file(path: PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
+        if p.is_symlink():
+            raise FileNotFoundError(f"{what} file '{p}' is a symbolic link that cannot be followed (loop or missing target).")
         raise FileNotFoundError(f"{what} file '{p}' does not exist.")
     if p.is_dir():
         raise ValueError(f"{what} path '{p}' is a directory, not a file.")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{what} file '{p}' is empty (0 bytes).")
     return p
 
 
@@ -106,9 +110,10 @@ def read_image(path: PathLike) -> np.ndarray:
 
             img = iio.imread(p)
     except Exception as exc:  # decoder errors come in many types
-        raise ValueError(
-            f"Could not read image file '{p}': {type(exc).__name__}: {exc}"
-        ) from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        if "backend" in str(exc) or "iomode" in str(exc):  # imageio's words for "no decoder knows this file"
+            detail = "not a PNG, JPEG, BMP or TIFF image"
+        raise ValueError(f"Could not read image file '{p}': {detail}") from exc
     img = np.asarray(img)
     if img.size == 0:
         raise ValueError(f"Image file '{p}' contains no pixels.")
@@ -351,7 +356,9 @@ def write_labels(
             )
         import imageio.v3 as iio
 
-        iio.imwrite(p, out)
+        # encode in memory, then one plain write: a full disk raises a clean OSError
+        # instead of leaving the encoder to fail (and complain) in its destructor
+        p.write_bytes(iio.imwrite("<bytes>", out, extension=".png"))
     else:
         import tifffile
 
