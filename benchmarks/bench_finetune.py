@@ -71,7 +71,25 @@ def _run(samples, base, minutes, scratch, seed, lr):
                  "held_out_val_score": res.val_score, "best_step": ft["best_step"]}
 
 
+def summarise(paths) -> str:
+    """Markdown table of result files (``python benchmarks/bench_finetune.py --summarise F...``)."""
+    lines = ["| target | model | k | min | steps | pixel acc. | Dice bg | Dice cyto | Dice nucleus |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        for r in d["rows"]:
+            mode = {"base": f"base ({', '.join(d['base_trained_on'])} only)"}.get(r["mode"], r["mode"])
+            steps = r.get("steps_done", "")
+            lines.append(f"| {d['target']} | {mode} | {r['k']} | {r['minutes']:g} | {steps} | "
+                         f"{r['pixel_accuracy']:.4f} | " + " | ".join(f"{x:.4f}" for x in r["dice"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--summarise":
+        print(summarise(argv[1:]))
+        return None
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--target", required=True, choices=sorted(N_VAL))
