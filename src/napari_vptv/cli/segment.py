@@ -87,6 +87,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _connect(address: str):
+    """A ``distributed.Client`` of the scheduler at ``address`` (one-line errors)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CLIError("--scheduler needs the 'distributed' package (pip install distributed)") from None
+    scheme = address.split("://")[0] if "://" in address else "tcp"
+    if scheme not in _SCHEDULER_PROTOCOLS:  # distributed would retry an unknown protocol, then leak a traceback
+        raise CLIError(
+            f"cannot connect to the dask scheduler at {address!r}: unknown protocol {scheme!r} (use tcp://HOST:PORT)"
+        )
+    try:
+        return Client(address, timeout="15s", set_as_default=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CLIError(f"cannot connect to the dask scheduler at {address!r}: {exc}") from None
+
+
 def run(args) -> int:
     """Run ``vptv segment``; returns the exit status."""
     from ..api import SegmentFn
@@ -99,23 +116,8 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out '{out_dir}' exists and is not a folder")
     items = list(iter_inputs(args.inputs))
-    scheduler, client = None, None
-    if args.scheduler:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise CLIError("--scheduler needs the 'distributed' package (pip install distributed)") from None
-        scheme = args.scheduler.split("://")[0] if "://" in args.scheduler else "tcp"
-        if scheme not in _SCHEDULER_PROTOCOLS:  # distributed would retry an unknown protocol, then leak a traceback
-            raise CLIError(
-                f"cannot connect to the dask scheduler at {args.scheduler!r}: unknown protocol {scheme!r} "
-                "(use tcp://HOST:PORT)"
-            )
-        try:
-            client = Client(args.scheduler, timeout="15s", set_as_default=False)
-        except Exception as exc:  # noqa: BLE001
-            raise CLIError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {exc}") from None
-        scheduler = client
+    client = _connect(args.scheduler) if args.scheduler else None
+    scheduler = client
     bar = progress_bar(len(items), "segment", args.no_progress)
 
     def slice_bar(total, name):

@@ -253,6 +253,21 @@ def _volumes(labels: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(labels.ravel().astype(np.int64), minlength=k)[: max(k, int(labels.max()) + 1)] / labels.size
 
 
+def _finished_output(p: Path, out_dir: Path, fmt: str, mode: str) -> Optional[Path]:
+    """The existing output of ``p`` (resume), found before reading any pixel (the name depends on the header)."""
+    if not p.exists():
+        return None
+    for cand in _possible_outputs(p, out_dir, fmt):
+        if cand.exists():
+            try:
+                if output_path(inspect_input(p, mode=mode), out_dir, fmt) != cand:
+                    continue
+            except (ValueError, OSError):
+                pass
+            return cand
+    return None
+
+
 def segment_file(
     path: PathLike,
     out_dir: PathLike,
@@ -306,17 +321,10 @@ def segment_file(
             if src is not None:
                 what = "the input file itself" if src == p else f"the input '{src}' of this run"
                 raise ValueError(f"the output '{cand}' would be {what}; choose another output folder")
-        # resume: skip before reading anything (the name only depends on the header)
-        if not overwrite and p.exists():
-            for cand in _possible_outputs(p, out_dir, fmt):
-                if cand.exists():
-                    try:
-                        if output_path(inspect_input(p, mode=mode), out_dir, fmt) != cand:
-                            continue
-                    except (ValueError, OSError):
-                        pass
-                    result.output, result.status, result.message = cand, "skipped", "exists"
-                    return result
+        done = None if overwrite else _finished_output(p, out_dir, fmt, mode)
+        if done is not None:
+            result.output, result.status, result.message = done, "skipped", "exists"
+            return result
         info = inspect_input(p, mode=mode)
         final = output_path(info, out_dir, fmt)
         result.output = final

@@ -341,24 +341,7 @@ def write_labels(
     p.parent.mkdir(parents=True, exist_ok=True)
 
     if suffix == ".png":
-        if lab.ndim != 2:
-            raise ValueError(
-                f"PNG output needs a 2-D label image; got shape {lab.shape}. "
-                "Use a .tif file for stacks."
-            )
-        if vmax <= 255:
-            out = lab.astype(np.uint8)
-        elif vmax <= 65535:
-            out = lab.astype(np.uint16)
-        else:
-            raise ValueError(
-                f"labels go up to {vmax}, too many for PNG; use a .tif file."
-            )
-        import imageio.v3 as iio
-
-        # encode in memory, then one plain write: a full disk raises a clean OSError
-        # instead of leaving the encoder to fail (and complain) in its destructor
-        p.write_bytes(iio.imwrite("<bytes>", out, extension=".png"))
+        _write_png_labels(p, lab, vmax)
     else:
         import tifffile
 
@@ -368,6 +351,20 @@ def write_labels(
                 break
         tifffile.imwrite(str(p), out, compression="zlib")
     return p
+
+
+def _write_png_labels(p: Path, lab: np.ndarray, vmax: int) -> None:
+    """8-bit (16-bit above 255) PNG; encoded in memory, then one plain write."""
+    if lab.ndim != 2:
+        raise ValueError(f"PNG output needs a 2-D label image; got shape {lab.shape}. Use a .tif file for stacks.")
+    if vmax > 65535:
+        raise ValueError(f"labels go up to {vmax}, too many for PNG; use a .tif file.")
+    import imageio.v3 as iio
+
+    out = lab.astype(np.uint8 if vmax <= 255 else np.uint16)
+    # a full disk raises a clean OSError here instead of leaving the encoder to fail
+    # (and complain) in its destructor
+    p.write_bytes(iio.imwrite("<bytes>", out, extension=".png"))
 
 
 # --------------------------------------------------------------------------- #
