@@ -21,7 +21,7 @@ def manifest() -> PluginManifest:
 
 def test_manifest_is_installed_and_valid(manifest):
     assert manifest.name == "napari-vptv"
-    assert manifest.display_name == "VPTV segmentation"
+    assert manifest.display_name == "napari-vptv"  # the sample and plugin menus say what the README says
     # loading validates; also validate the file shipped inside the package
     from importlib.resources import as_file, files
 
