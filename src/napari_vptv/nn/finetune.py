@@ -269,7 +269,8 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
     minutes : float
         Time budget of the training loop; the run stops with the best model so far.
     steps : int, optional
-        Planned steps (deterministic given ``seed``); default: as many as fit ``minutes``.
+        Planned steps (deterministic given ``seed`` unless ``minutes`` runs out first);
+        default: as many as fit ``minutes`` by the time of one step.
     callback : ``callback(step, total, loss, val_score)``, called after every step.
     should_stop : ``should_stop() -> bool``, polled after every step (Cancel).
     threads : int, optional
@@ -309,7 +310,7 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="vptv-finetune-"))
     try:
-        tmeta = train(cfg, work, sources=[source], resume=False, max_minutes=minutes if not steps else 0.0,
+        tmeta = train(cfg, work, sources=[source], resume=False, max_minutes=minutes or 0.0,
                       threads=threads or torch.get_num_threads(), init=None if scratch else model.state_dict(),
                       callback=callback, should_stop=should_stop,
                       keep_best=bool(source.val), finish_early=True)
