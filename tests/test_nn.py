@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 
 from napari_vptv.core.vptv import vptv_iterate, vptv_probabilities  # noqa: E402
 from napari_vptv.nn import data as D  # noqa: E402
+from napari_vptv.nn.augment import dihedral  # noqa: E402
+from napari_vptv.nn.sources import split_names  # noqa: E402
 from napari_vptv.nn.layer import SoftmaxUNet, VPTVSoftmax, VPTVUNet, build_model  # noqa: E402
 from napari_vptv.nn.unet import UNet, count_parameters  # noqa: E402
 
@@ -131,7 +133,7 @@ def test_smoke_training(arch):
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(2):
-        xb, yb = D.augment_batch(x, y, g)
+        xb, yb = dihedral(x, y, g)
         p = net(xb, volumes=D.volume_targets(yb))
         loss = torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), yb)
         opt.zero_grad()
@@ -146,7 +148,7 @@ def test_augment_keeps_pairs_aligned():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (8, 6, 6), generator=g)
     x = y[:, None].float().expand(8, 3, 6, 6)
-    xa, ya = D.augment_batch(x, y, g)
+    xa, ya = dihedral(x, y, g)
     assert torch.equal(xa[:, 0].long(), ya)
 
 
@@ -160,9 +162,9 @@ def test_volume_targets_clipped_and_normalised():
 
 def test_split_is_by_image_and_deterministic():
     ids = [f"{i:03d}" for i in range(90)]
-    tr, va = D.split_ids(ids, 14, seed=0)
+    tr, va = split_names(ids, 14, seed=0)
     assert len(tr) == 76 and len(va) == 14 and not set(tr) & set(va)
-    assert (tr, va) == D.split_ids(ids, 14, seed=0)
+    assert (tr, va) == split_names(ids, 14, seed=0)
 
 
 # --------------------------------------------------------------------------- weights
@@ -206,7 +208,8 @@ def test_shipped_weights_load_and_predict(name):
 
     model, meta = W.load_pretrained(name)
     assert meta["classes"] == ["background", "cytoplasm", "nucleus"]
-    assert not set(meta["train_ids"]) & set(meta["val_ids"])
+    for src in meta["sources"]:
+        assert src["train_ids"] and not set(src["train_ids"]) & set(src["val_ids"])
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (41, 57, 3), dtype=np.uint8)
     labels, probs = W.predict_wbc(img, method=name)
@@ -230,5 +233,5 @@ def test_predict_wbc_modes_and_errors():
         predict_wbc(img, volume_mode="exact", volumes=[0.5, 0.6, 0.2])
     with pytest.raises(ValueError, match="image"):
         predict_wbc(np.zeros((4, 4, 5), np.uint8))
-    with pytest.raises(ValueError, match="unknown pretrained"):
+    with pytest.raises(ValueError, match="'foo'"):
         predict_wbc(img, method="foo")

@@ -34,7 +34,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import data as D
+from .data import normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
 from .sources import cell_diameter
@@ -46,6 +46,9 @@ PRIORS = ("self", "pooled", "training-average", "none")
 DEFAULT_COMFORT_RANGE = (56.0, 170.0)
 #: first pass on at most this many pixels (large fields are downsampled for it)
 FIRST_PASS_MAX_PIXELS = 1024 * 1024
+#: network-pixel diameter below which a detected blob does not count as a cell when
+#: the diameter is estimated (half the smallest training diameter, 36 px)
+MIN_CELL_DIAMETER = 18.0
 SELF_PRIOR_RELATIVE = 0.15
 SELF_PRIOR_ABSOLUTE = 0.005
 
@@ -110,7 +113,9 @@ def _network_pass(model, x, diameter, comfort, max_pixels):
     s, d_prev, lg = cap, None, None
     for _ in range(3):  # first pass, then at most two corrections
         lg = _logits_at(model, x, s)
-        d = cell_diameter(lg[0].argmax(0).cpu().numpy())  # measured at full resolution
+        # measured at full resolution; blobs far below the smallest cell the network
+        # was trained on (at this scale) are debris, not evidence of small cells
+        d = cell_diameter(lg[0].argmax(0).cpu().numpy(), min_diameter=MIN_CELL_DIAMETER / s)
         if d <= 0:
             return lg, 0.0, s
         s_new = min(_scale_for(d, comfort), cap * 4.0)
@@ -198,7 +203,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
     rgb = as_rgb_uint8(image)
     dflt = dict(meta.get("defaults") or {})
     comfort = tuple(comfort_range or dflt.get("comfort_range") or DEFAULT_COMFORT_RANGE)
-    x = D.normalise(rgb[None]).to(device)
+    x = normalise(rgb[None]).to(device)
     with torch.inference_mode():
         logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS)
         info = {"prior": None}

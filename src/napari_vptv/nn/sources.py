@@ -33,13 +33,14 @@ def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     return d.argmin(axis=-1).astype(np.int64)
 
 
-def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25) -> float:
+def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0) -> float:
     """Typical white-cell diameter in pixels of a label image (0 = background).
 
     The median equivalent-circle diameter ``sqrt(4 A / pi)`` of the connected
     cell regions (cytoplasm + nucleus) whose area is at least ``min_relative_area``
     of the largest one: fragments and cells cut by the border count less than whole
-    cells. Returns 0.0 when there is no cell.
+    cells. Regions smaller than a disc of ``min_diameter`` are ignored (debris,
+    platelets). Returns 0.0 when there is no cell.
     """
     from scipy import ndimage as ndi
 
@@ -48,6 +49,9 @@ def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25) -> float:
     if n == 0:
         return 0.0
     areas = np.bincount(lab.ravel())[1:].astype(np.float64)
+    areas = areas[areas >= np.pi / 4 * min_diameter**2]
+    if areas.size == 0:
+        return 0.0
     keep = areas[areas >= min_relative_area * areas.max()]
     return float(np.median(np.sqrt(4.0 * keep / np.pi)))
 

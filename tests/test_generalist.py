@@ -1,0 +1,143 @@
+"""The generalist network path: scale (cell diameter), volume priors, cell-free fields,
+training-data sampling and augmentation. Real shipped weights and the package's
+sample images; no data set needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_vptv.core.samples import load_sample  # noqa: E402
+from napari_vptv.nn.augment import AugmentConfig, augment_colour, augment_optics, dihedral  # noqa: E402
+from napari_vptv.nn.predict import predict_cells  # noqa: E402
+from napari_vptv.nn.sampler import SamplerConfig, sample_batch  # noqa: E402
+from napari_vptv.nn.sources import Sample, Source, cell_diameter, mask_to_labels  # noqa: E402
+from napari_vptv.nn.weights import load_model, predict_wbc  # noqa: E402
+
+
+def _rescale(image, labels, s):
+    from skimage.transform import rescale
+
+    im = rescale(image, s, channel_axis=-1, order=1, anti_aliasing=s < 1, preserve_range=True)
+    lb = rescale(labels, s, order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
+    return np.clip(np.round(im), 0, 255).astype(np.uint8), lb
+
+
+@pytest.fixture(scope="module")
+def sample():
+    image, labels = load_sample("wbc_001")
+    return image[..., :3], mask_to_labels(labels)
+
+
+@pytest.mark.parametrize("method", ["unet", "vptv-unet"])
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_diameter_estimated_and_accuracy_kept_when_rescaled(sample, method, scale):
+    image, gt = sample
+    base = predict_wbc(image, method=method, details=True)
+    acc0 = (base.labels == gt).mean()
+    im, lb = _rescale(image, gt, scale)
+    pred = predict_wbc(im, method=method, details=True)
+    truth = cell_diameter(lb)
+    assert pred.estimated
+    assert abs(pred.diameter - truth) <= 0.15 * truth
+    assert (pred.labels == lb).mean() >= acc0 - 0.01
+
+
+def test_given_diameter_is_used(sample):
+    image, _ = sample
+    im, _ = _rescale(image, sample[1], 2.0)
+    pred = predict_wbc(im, method="unet", diameter=300.0, details=True)
+    assert not pred.estimated and pred.diameter == 300.0
+    assert pred.scale < 0.7  # cells of 300 px are brought into the network's range
+
+
+def test_cell_free_field_gets_no_cells(sample):
+    image, gt = sample
+    crop = image[:100, :100]
+    assert not (gt[:100, :100] > 0).any()
+    for method in ("unet", "vptv-unet"):
+        assert (predict_wbc(crop, method=method)[0] > 0).mean() <= 0.02
+
+
+@pytest.mark.parametrize("prior", ["self", "pooled", "training-average", "none"])
+def test_every_prior_gives_probabilities(sample, prior):
+    image, gt = sample
+    pred = predict_wbc(image, method="vptv-unet", prior=prior, details=True)
+    assert pred.probabilities.shape == (3,) + gt.shape
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-4)
+    assert (pred.labels == gt).mean() > 0.9
+
+
+def test_bad_arguments_are_named(sample):
+    image, _ = sample
+    model, meta = load_model("vptv-unet")
+    with pytest.raises(ValueError, match="prior"):
+        predict_cells(model, meta, image, prior="psychic")
+    with pytest.raises(ValueError, match="diameter"):
+        predict_cells(model, meta, image, diameter=-3)
+    bad = image.astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        predict_cells(model, meta, bad / 255.0)
+    with pytest.raises(ValueError, match="neither"):
+        load_model("no/such/model.pt")
+
+
+def test_same_input_same_labels(sample):
+    image, _ = sample
+    a = predict_wbc(image, method="vptv-unet")[0]
+    b = predict_wbc(image.copy(), method="vptv-unet")[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cell_diameter_of_discs():
+    yy, xx = np.mgrid[:200, :200]
+    lab = np.zeros((200, 200), int)
+    lab[(yy - 50) ** 2 + (xx - 50) ** 2 < 30**2] = 1
+    lab[(yy - 140) ** 2 + (xx - 140) ** 2 < 30**2] = 2
+    lab[(yy - 10) ** 2 + (xx - 190) ** 2 < 3**2] = 1  # a fragment does not count
+    assert abs(cell_diameter(lab) - 60) < 2
+    assert cell_diameter(np.zeros((5, 5), int)) == 0.0
+
+
+def _colour_coded_source():
+    """Image whose red channel encodes the label: lets a test check alignment."""
+    rng = np.random.default_rng(0)
+    lab = np.zeros((120, 100), np.int64)
+    lab[30:90, 20:80] = 1
+    lab[45:75, 35:65] = 2
+    img = np.zeros((120, 100, 3), np.uint8)
+    img[..., 0] = lab * 100
+    img[..., 1] = rng.integers(0, 255, lab.shape)
+    s = Sample("a", img, lab, cell_diameter(lab))
+    return Source("synthetic", None, [s], train=[s])
+
+
+def test_sampler_keeps_image_and_labels_aligned():
+    src = _colour_coded_source()
+    cfg = SamplerConfig(patch_size=48)
+    x, y = sample_batch([src], [1.0], 16, np.random.default_rng(1), cfg)
+    assert x.shape == (16, 3, 48, 48) and y.shape == (16, 48, 48)
+    code = torch.round(x[:, 0] * 255 / 100).long()
+    inner = (torch.nn.functional.max_pool2d(y[:, None].float(), 3, 1, 1)[:, 0]
+             == -torch.nn.functional.max_pool2d(-y[:, None].float(), 3, 1, 1)[:, 0])
+    assert (code[inner] == y[inner]).float().mean() > 0.98
+    xd, yd = dihedral(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.round(xd[:, 0] * 255 / 100).long()[yd == 2], yd[yd == 2])
+
+
+def test_augmentation_is_seeded_and_in_range():
+    src = _colour_coded_source()
+    x, _ = sample_batch([src], [1.0], 8, np.random.default_rng(2), SamplerConfig(patch_size=32))
+    cfg = AugmentConfig(p_jpeg=1.0, p_blur=1.0, p_noise=1.0)
+
+    def run():
+        g = torch.Generator().manual_seed(5)
+        return augment_optics(augment_colour(x.clone(), g, cfg), g, cfg)
+
+    a, b = run(), run()
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.allclose(a, x)
