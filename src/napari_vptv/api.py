@@ -189,6 +189,10 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
         raise ValueError(f"the WBC preset needs an RGB image with 3 channels; got {n_channels} (shape {arr.shape})")
     if n_channels == 4:  # RGBA -> RGB
         arr = np.moveaxis(np.moveaxis(arr, channel_axis, -1)[..., :3], -1, channel_axis)
+    if opts.volume_mode is None and opts.volumes is None and opts.volume_bounds is None:
+        adapted = _segment_wbc_adapted(arr, opts, channel_axis, callback)
+        if adapted is not None:
+            return adapted
     volume_mode = opts.volume_mode
     if volume_mode is None:
         volume_mode = "exact" if opts.volumes is not None else "interval"
@@ -199,6 +203,42 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
         kw["volume_bounds"] = opts.volume_bounds
     kw["channel_axis"] = channel_axis
     return vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw)
+
+
+#: solver settings of the image-adapted WBC preset (benchmarks/eval_generalist.py)
+ADAPTED_WBC_SETTINGS = {"epsilon": 0.05, "tv_weight": 0.05}
+
+
+def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
+    """The WBC preset refitted to this image: a Gaussian colour model per class from the
+    generalist U-net's confident pixels, EM updates, and a volume interval around the
+    network's class fractions (:mod:`napari_vptv.core.adapt`). A class the network does
+    not see (e.g. no white cell) gives the network's own labels. None when the network
+    code is not installed (the fixed colour model is used then)."""
+    try:
+        from .nn.weights import predict_wbc
+    except ImportError:
+        return None
+    from .core.adapt import fraction_interval, gaussian_from_probabilities
+    from .core.segment import prepare_image
+
+    rgb = np.moveaxis(arr, channel_axis, -1)
+    pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True)
+    model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
+    if model is None:
+        result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
+                                                class_model=None, volume_spec=make_volume_spec(3, "none"))
+    else:
+        lo, hi = fraction_interval(pred.probabilities)
+        settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
+                                               if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
+        result = vptv_segment(rgb, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
+                              volume_bounds=(lo, hi), volume_mode="interval", em_update=True, seed=opts.seed,
+                              device=opts.device, callback=callback, **settings)
+    result.diameter = float(pred.diameter)
+    result.info = {"diameter": float(pred.diameter), "diameter_estimated": bool(pred.estimated),
+                   "colour_model": "refitted on this image" if model is not None else "none (no cell found)"}
+    return result
 
 
 def _network_volumes(opts: SegmentOptions):
@@ -233,11 +273,12 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
     if opts.max_num_iter is not None:
         kwargs["num_iter"] = opts.max_num_iter
     try:
-        labels, prob = predict_wbc(
+        pred = predict_wbc(
             arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
             epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
-            diameter=opts.diameter, **kwargs,
+            diameter=opts.diameter, details=True, **kwargs,
         )
+        labels, prob = pred.labels, pred.probabilities
     except FileNotFoundError as exc:
         raise RuntimeError(f"the pretrained weights of {opts.method!r} are not available: {exc}") from exc
     prob = np.asarray(prob, dtype=np.float32)
@@ -249,8 +290,13 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         spec = make_volume_spec(k, "interval", lower=net_volumes[0], upper=net_volumes[1])
     else:
         spec = make_volume_spec(k, "none")
-    return SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
-                                          volume_spec=spec)
+    result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
+                                            volume_spec=spec)
+    # what the network decided on its own: shown by the widget, stored in layer metadata
+    result.diameter = float(pred.diameter)
+    result.info = {"diameter": float(pred.diameter), "diameter_estimated": bool(pred.estimated),
+                   "scale": float(pred.scale), **pred.info}
+    return result
 
 
 class SegmentFn:

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images (required)")
     p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems (required)")
-    p.add_argument("--method", choices=["vptv", "unet", "vptv-unet"], default="vptv", help=METHOD_HELP)
+    p.add_argument("--method", choices=["auto", "vptv", "unet", "vptv-unet"], default="auto", help=METHOD_HELP)
     p.add_argument(
         "--preset",
         choices=["wbc", "none"],

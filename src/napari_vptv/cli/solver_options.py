@@ -39,7 +39,9 @@ FLAGS = {
 }
 
 METHOD_HELP = (
-    "vptv: the variational VPTV solver; unet / vptv-unet: the shipped "
+    "auto: the generalist VPTVU-net for 3-class white-blood-cell segmentation, the variational "
+    "solver when other classes / solver settings are asked for; vptv: the variational VPTV solver; "
+    "unet / vptv-unet: the shipped "
     "white-blood-cell networks (plain softmax / VPTV-softmax head) (default: %(default)s)"
 )
 
@@ -47,7 +49,7 @@ METHOD_HELP = (
 def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> None:
     """The solver's options (method, preset, classes, volumes, eps, lambda, ...) of ``p``."""
     g = p.add_argument_group("segmentation")
-    g.add_argument("--method", choices=["vptv", "unet", "vptv-unet"], default="vptv", help=METHOD_HELP)
+    g.add_argument("--method", choices=["auto", "vptv", "unet", "vptv-unet"], default="auto", help=METHOD_HELP)
     g.add_argument(
         "--preset",
         choices=["auto", "wbc", "none"],
@@ -157,9 +159,24 @@ def add_diameter_option(p) -> None:
     )
 
 
+def resolve_method(args) -> str:
+    """``--method auto``: the best method across sources (the VPTVU-net, docs/generalist.md)
+    unless the command asks for something only the variational solver does: another class
+    count, no preset, solver settings or per-class volumes of another length."""
+    if args.method != "auto":
+        return args.method
+    classes = getattr(args, "classes", None)
+    vols = [v for v in (getattr(args, n, None) for n in ("volumes", "lower", "upper")) if v is not None]
+    solver = any(getattr(args, n, None) is not None for n in ("epsilon", "tv_weight", "max_iter", "edge"))
+    generic = (classes not in (None, 3) or getattr(args, "preset", None) == "none" or solver
+               or any(len(v) != 3 for v in vols))
+    return "vptv" if generic else "vptv-unet"
+
+
 def options_from_args(args, **fixed):
     """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated)."""
 
+    args.method = resolve_method(args)  # reports name the method that ran
     given = dict(
         method=args.method,
         preset=getattr(args, "preset", None),
