@@ -69,8 +69,12 @@ def test_preset_deterministic(samples):
 
 def test_segment_image_dispatcher_matches_solver(samples, interval_results):
     img, _ = samples["016"]
-    r = segment_image(img, method="vptv", preset="wbc")
+    r = segment_image(img, method="vptv", preset="wbc", volume_mode="interval")
     np.testing.assert_array_equal(r.labels, interval_results["016"].labels)
+    # without volume settings the preset refits its colour model on the image (core.adapt)
+    adapted = segment_image(img, method="vptv", preset="wbc")
+    assert adapted.info["colour_model"] == "refitted on this image"
+    assert np.mean(adapted.labels == samples["016"][1]) > 0.95
     # an explicit argument overrides the preset; volumes switch to exact mode
     r2 = segment_image(img, preset="wbc", volumes=[0.7, 0.18, 0.12])
     np.testing.assert_allclose(r2.volumes, [0.7, 0.18, 0.12], atol=TOL)
