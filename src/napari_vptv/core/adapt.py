@@ -16,7 +16,7 @@ import numpy as np
 
 from .costs import GaussianModel
 
-__all__ = ["gaussian_from_probabilities", "fraction_interval"]
+__all__ = ["gaussian_from_probabilities", "fraction_interval", "fraction_bounds"]
 
 
 def gaussian_from_probabilities(features: np.ndarray, probabilities: np.ndarray, *, kind: str = "gaussian",
@@ -54,9 +54,15 @@ def gaussian_from_probabilities(features: np.ndarray, probabilities: np.ndarray,
 
 def fraction_interval(probabilities: np.ndarray, relative: float = 0.15, absolute: float = 0.005):
     """``(lower, upper)`` class-fraction bounds around the mean of ``probabilities``
-    ``(K, *spatial)``: ``f (1 -+ relative) -+ absolute``, clipped to [0, 1]."""
+    ``(K, *spatial)`` (see :func:`fraction_bounds`)."""
     p = np.asarray(probabilities, dtype=np.float64)
-    f = p.reshape(p.shape[0], -1).mean(axis=1)
+    return fraction_bounds(p.reshape(p.shape[0], -1).mean(axis=1), relative, absolute)
+
+
+def fraction_bounds(fractions, relative: float = 0.15, absolute: float = 0.005):
+    """``(lower, upper)`` bounds ``f (1 -+ relative) -+ absolute`` around class
+    fractions ``f`` (K,), clipped to [0, 1]."""
+    f = np.asarray(fractions, dtype=np.float64)
     lo = np.clip(f * (1 - relative) - absolute, 0.0, 1.0)
     hi = np.clip(f * (1 + relative) + absolute, 0.0, 1.0)
     return lo, hi

@@ -34,6 +34,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..core.adapt import fraction_bounds
 from .data import normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
@@ -143,10 +144,7 @@ def prior_volumes(meta: dict, prior: str, soft_fractions: Optional[np.ndarray] =
         known = [s["name"] for s in meta.get("sources", []) if s.get("volume_priors")]
         raise ValueError(f"unknown source prior {prior!r}; this model knows sources {known}")
     if prior == "self":
-        f = np.asarray(soft_fractions, dtype=np.float64)
-        lo = np.clip(f * (1 - SELF_PRIOR_RELATIVE) - SELF_PRIOR_ABSOLUTE, 0.0, 1.0)
-        hi = np.clip(f * (1 + SELF_PRIOR_RELATIVE) + SELF_PRIOR_ABSOLUTE, 0.0, 1.0)
-        return "interval", (lo, hi)
+        return "interval", fraction_bounds(soft_fractions, SELF_PRIOR_RELATIVE, SELF_PRIOR_ABSOLUTE)
     raise ValueError(f"prior must be one of {PRIORS} or 'source:NAME', got {prior!r}")
 
 

@@ -18,19 +18,17 @@ import numpy as np
 
 __all__ = ["Sample", "Source", "load_source", "cell_diameter", "mask_to_labels", "split_names"]
 
-_GREY = np.array([0, 128, 255], dtype=np.int16)
-
-
 def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     """Map a WBC mask to labels 0/1/2: grey 0/128/255 by nearest grey value (the
     drawings carry a few anti-aliased pixels), or integer labels 0/1/2 unchanged."""
+    from ..core.io import wbc_grey_to_labels
+
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., 0]
     if m.max() <= 2:
         return m.astype(np.int64)
-    d = np.abs(m.astype(np.int16)[..., None] - _GREY)
-    return d.argmin(axis=-1).astype(np.int64)
+    return wbc_grey_to_labels(m).astype(np.int64)
 
 
 def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0) -> float:

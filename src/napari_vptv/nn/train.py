@@ -38,6 +38,7 @@ from .augment import AugmentConfig, augment_colour, augment_optics, dihedral
 from .layer import build_model
 from .sampler import SamplerConfig, sample_batch
 from .sources import load_source
+from .weights import _sha256
 
 __all__ = ["train", "main", "segmentation_scores", "load_config", "CONFIG_DIR"]
 
@@ -50,18 +51,11 @@ def _log(msg):
 
 def segmentation_scores(pred: np.ndarray, gt: np.ndarray, n_classes: int = 3) -> dict:
     """Mean pixel accuracy, per-class Dice and volume error over a list of label images."""
-    acc, dice, verr = [], [], []
-    for p, t in zip(pred, gt):
-        p, t = np.asarray(p), np.asarray(t)
-        acc.append(float((p == t).mean()))
-        d = []
-        for k in range(n_classes):
-            a, b = p == k, t == k
-            den = a.sum() + b.sum()
-            d.append(2.0 * (a & b).sum() / den if den else 1.0)
-        dice.append(d)
-        verr.append([abs((p == k).mean() - (t == k).mean()) for k in range(n_classes)])
-    dice = np.asarray(dice)
+    from ..core.metrics import dice_per_class, pixel_accuracy, volume_error
+
+    acc = [pixel_accuracy(p, t) for p, t in zip(pred, gt)]
+    dice = np.asarray([dice_per_class(p, t, n_classes) for p, t in zip(pred, gt)])
+    verr = [volume_error(p, t, n_classes) for p, t in zip(pred, gt)]
     return {
         "pixel_accuracy": float(np.mean(acc)),
         "pixel_accuracy_per_image": acc,
@@ -88,12 +82,6 @@ def _git_commit() -> str:
                               cwd=Path(__file__).parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _lr_factor(step, total, warmup):
