@@ -36,6 +36,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .data import input_norm_of
 from .sources import Sample, Source, cell_diameter, mask_to_labels, split_names
 
 __all__ = ["FinetuneResult", "FINETUNE_DEFAULTS", "samples_from_arrays", "samples_from_folders",
@@ -216,6 +217,7 @@ def _config(meta, steps, seed, opts) -> dict:
         "warmup": min(opts["warmup"], max(1, steps // 5)), "weight_decay": 0.0,
         "sampler": dict(meta.get("sampler") or {}), "augment": dict(meta.get("augment") or {}),
         "log_every": max(1, steps // 20), "eval_every": max(1, int(round(steps * opts["eval_fraction"]))),
+        "input_norm": input_norm_of(meta),
     }
     if meta["arch"] != "unet":
         cfg.update(head=dict(meta.get("head") or {}), volume_dropout=(meta.get("config") or {}).get("volume_dropout", 0.3))
@@ -304,7 +306,7 @@ def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: flo
         raise ValueError(f"cannot load the base model: {exc}") from None
     source = user_source(samples, seed)
     label_check = _check_labels(model, meta, source.samples) if check_labels and not scratch else None
-    base_val = _validate(model, [source], meta["arch"] != "unet")
+    base_val = _validate(model, [source], meta["arch"] != "unet", input_norm_of(meta))
     base_score = float(np.mean(base_val["user"]["dice"])) if base_val else None
     cfg = _config(meta, _plan_steps(model, source, meta, minutes, steps, seed, opts), seed, opts)
     t0 = time.time()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..core.adapt import fraction_bounds
-from .data import normalise
+from .data import input_norm_of, normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
 from .sources import cell_diameter
@@ -201,7 +201,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
     rgb = as_rgb_uint8(image)
     dflt = dict(meta.get("defaults") or {})
     comfort = tuple(comfort_range or dflt.get("comfort_range") or DEFAULT_COMFORT_RANGE)
-    x = normalise(rgb[None]).to(device)
+    x = normalise(rgb[None], input_norm_of(meta)).to(device)
     with torch.inference_mode():
         logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS)
         info = {"prior": None}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import white_point
 from .sources import Source
 
 __all__ = ["SamplerConfig", "sample_batch", "resize_image", "resize_probabilities"]
@@ -82,15 +83,25 @@ def _one_patch(sample, rng, cfg: SamplerConfig, n_classes: int):
 
 
 def sample_batch(sources: Sequence[Source], weights: Sequence[float], batch: int, rng: np.random.Generator,
-                 cfg: SamplerConfig, n_classes: int = 3):
-    """``batch`` patches: float ``(B, 3, P, P)`` in [0, 1] and labels int64 ``(B, P, P)``."""
+                 cfg: SamplerConfig, n_classes: int = 3, with_white: bool = False):
+    """``batch`` patches: float ``(B, 3, P, P)`` in [0, 1] and labels int64 ``(B, P, P)``.
+
+    With ``with_white``, also the white point ``(B, 3)`` of each patch's whole image (a
+    patch may show no empty slide; its image does).
+    """
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
-    xs, ys = [], []
+    xs, ys, whites = [], [], []
     for _ in range(batch):
         src = sources[rng.choice(len(sources), p=w)]
         sample = src.train[rng.integers(len(src.train))]
         x, y = _one_patch(sample, rng, cfg, n_classes)
         xs.append(x)
         ys.append(y)
+        if with_white:
+            if sample.white is None:
+                sample.white = white_point(sample.image)
+            whites.append(torch.as_tensor(sample.white, dtype=torch.float32))
+    if with_white:
+        return torch.stack(xs), torch.stack(ys), torch.stack(whites)
     return torch.stack(xs), torch.stack(ys)

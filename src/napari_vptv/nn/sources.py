@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray
     diameter: float
+    #: white point of the whole image (:func:`napari_vptv.nn.data.white_point`), set on first use
+    white: Optional[np.ndarray] = None
 
 
 @dataclass

@@ -90,7 +90,7 @@ def _lr_factor(step, total, warmup):
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
 
 
-def _validate(model, sources, is_vptv):
+def _validate(model, sources, is_vptv, norm="none"):
     """Whole-image validation at native scale, per source (plain softmax of the
     backbone: the figure that tracks learning; test-time layers are chosen later)."""
     model.eval()
@@ -99,7 +99,7 @@ def _validate(model, sources, is_vptv):
         for src in sources:
             if not src.val:
                 continue
-            preds = [model.logits(D.normalise(s.image[None]))[0].argmax(0).numpy() for s in src.val]
+            preds = [model.logits(D.normalise(s.image[None], norm))[0].argmax(0).numpy() for s in src.val]
             sc = segmentation_scores(preds, [s.labels for s in src.val])
             out[src.name] = {"pixel_accuracy": sc["pixel_accuracy"], "dice": sc["dice"]}
     model.train()
@@ -136,9 +136,18 @@ def _step_batch(sources, weights, step, cfg, scfg, acfg):
     seed = int(cfg.get("seed", 0))
     rng = np.random.default_rng([seed, step])
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    xb, yb = sample_batch(sources, weights, cfg["batch"], rng, scfg)
+    white_norm = cfg.get("input_norm", "none") == "white-point"
+    xb, yb, white = sample_batch(sources, weights, cfg["batch"], rng, scfg, with_white=True)
     xb, yb = dihedral(xb, yb, g)
-    xb = augment_optics(augment_colour(xb, g, acfg), g, acfg)
+    if white_norm:
+        # the white point rides along as one extra pixel column, so it gets the same colour
+        # augmentation as the patch and the normalisation then removes the augmented cast
+        B, _, P, _ = xb.shape
+        xb = torch.cat([xb, white.view(B, 3, 1, 1).expand(B, 3, P, 1)], dim=3)
+    xb = augment_colour(xb, g, acfg)
+    if white_norm:
+        xb = D.apply_white(xb[..., :-1], xb[..., 0, -1])
+    xb = augment_optics(xb, g, acfg)
     vol = None
     if cfg["arch"] != "unet" and float(torch.rand((), generator=g)) >= cfg.get("volume_dropout", 0.0):
         vol = D.volume_targets(yb)
@@ -246,7 +255,7 @@ def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, 
         stop = out_of_time or bool(should_stop is not None and should_stop())
         val_score = None
         if step % cfg.get("eval_every", 500) == 0 or step == total or stop:
-            rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet"),
+            rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet", cfg.get("input_norm", "none")),
                    "seconds": seconds + time.time() - t_run}
             history.append(rec)
             _log(json.dumps(rec))
@@ -272,6 +281,7 @@ def _finish(model, cfg, sources, history, seconds, out, scfg, acfg, step=None, b
     train_samples = [s for src in sources for s in src.train]
     meta = {
         "arch": cfg["arch"],
+        "input_norm": cfg.get("input_norm", "none"),
         "config": cfg,
         "sampler": scfg.to_dict(),
         "augment": acfg.to_dict(),
