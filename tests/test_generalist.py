@@ -144,3 +144,63 @@ def test_augmentation_is_seeded_and_in_range():
     assert torch.equal(a, b)
     assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
     assert not torch.allclose(a, x)
+
+
+# ------------------------------------------------------------ white-point input colours
+def test_white_point_is_the_empty_slide_colour(sample):
+    from napari_vptv.nn.data import white_point
+
+    image, gt = sample
+    bg = image[gt == 0].astype(float) / 255
+    w = white_point(image)
+    assert w.shape == (3,)
+    # the brightest pixels are empty slide: as bright as the background's bright end
+    assert np.all(w >= np.percentile(bg, 50, axis=0) - 1e-6)
+    assert np.all(w <= 1.0)
+
+
+def test_white_point_normalisation_removes_a_colour_cast(sample):
+    """A per-channel gain (another camera's white balance / another lab's yellow
+    background) gives nearly the same network input after white-point normalisation,
+    and a very different one without it."""
+    from napari_vptv.nn.data import normalise
+
+    image, _ = sample
+    cast = np.clip(image * np.array([1.0, 0.93, 0.7]), 0, 255).astype(np.uint8)
+    plain = (normalise(image[None]) - normalise(cast[None])).abs().mean().item()
+    white = (normalise(image[None], "white-point") - normalise(cast[None], "white-point")).abs().mean().item()
+    assert white < 0.25 * plain
+
+
+def test_training_batch_with_white_point_is_seeded_and_white(sample):
+    from napari_vptv.nn.data import MEAN, STD, WHITE_TARGET
+    from napari_vptv.nn.train import _step_batch
+
+    image, labels = sample
+    cast = np.clip(image * np.array([1.0, 0.95, 0.65]), 0, 255).astype(np.uint8)
+    src = Source("s", None, [Sample("a", cast, labels, cell_diameter(labels))])
+    src.train = src.samples
+    cfg = {"seed": 3, "batch": 8, "arch": "unet", "input_norm": "white-point"}
+    scfg = SamplerConfig(patch_size=48, p_cell=0.0)
+    # no colour or optics augmentation: the background must come out at the white target
+    acfg = AugmentConfig(hed_scale=0, hed_shift=0, hue_degrees=0, saturation=(1, 1), white_balance=0,
+                         brightness=0, contrast=(1, 1), gamma=(1, 1), p_blur=0, p_noise=0, p_jpeg=0, p_grey=0)
+    x1, y1, _ = _step_batch([src], [1.0], 5, cfg, scfg, acfg)
+    x2, y2, _ = _step_batch([src], [1.0], 5, cfg, scfg, acfg)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    rgb = x1 * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    bg = rgb.permute(1, 0, 2, 3)[:, y1 == 0]  # (3, n) background pixels
+    # the yellow cast is gone: background channels agree within a few percent
+    med = bg.median(dim=1).values
+    assert float(med.max() - med.min()) < 0.08, med
+    assert abs(float(med.max()) - WHITE_TARGET) < 0.1
+
+
+def test_unknown_input_normalisation_is_named():
+    from napari_vptv.nn.data import input_norm_of, normalise
+
+    with pytest.raises(ValueError, match="input normalisation 'lab'"):
+        input_norm_of({"input_norm": "lab"})
+    with pytest.raises(ValueError, match="input normalisation"):
+        normalise(np.zeros((1, 4, 4, 3), np.uint8), "lab")
+    assert input_norm_of({}) == "none"  # models trained before the option
