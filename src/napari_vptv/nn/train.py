@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .augment import AugmentConfig, augment_colour, augment_optics, dihedral
+from .augment import AugmentConfig, augment_class_colour, augment_colour, augment_optics, dihedral
 from .layer import build_model
 from .sampler import SamplerConfig, sample_batch
 from .sources import load_source
@@ -139,6 +139,7 @@ def _step_batch(sources, weights, step, cfg, scfg, acfg):
     white_norm = cfg.get("input_norm", "none") == "white-point"
     xb, yb, white = sample_batch(sources, weights, cfg["batch"], rng, scfg, with_white=True)
     xb, yb = dihedral(xb, yb, g)
+    xb = augment_class_colour(xb, yb, g, acfg)
     if white_norm:
         # the white point rides along as one extra pixel column, so it gets the same colour
         # augmentation as the patch and the normalisation then removes the augmented cast
