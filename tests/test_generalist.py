@@ -204,3 +204,26 @@ def test_unknown_input_normalisation_is_named():
     with pytest.raises(ValueError, match="input normalisation"):
         normalise(np.zeros((1, 4, 4, 3), np.uint8), "lab")
     assert input_norm_of({}) == "none"  # models trained before the option
+
+
+def test_class_colour_recolours_classes_independently_and_is_seeded():
+    from napari_vptv.nn.augment import augment_class_colour
+
+    x = torch.full((6, 3, 32, 32), 0.5)
+    y = torch.zeros((6, 32, 32), dtype=torch.long)
+    y[:, :, 16:] = 2  # left half background, right half nucleus
+    off = AugmentConfig()
+    assert torch.equal(augment_class_colour(x, y, torch.Generator().manual_seed(0), off), x)
+    cfg = AugmentConfig(p_class_colour=1.0)
+    a = augment_class_colour(x, y, torch.Generator().manual_seed(0), cfg)
+    b = augment_class_colour(x, y, torch.Generator().manual_seed(0), cfg)
+    assert torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    left, right = a[:, :, :, 2], a[:, :, :, 29]  # far from the border: one gain each
+    # each half is uniform (one stain per class region) but the halves differ
+    assert torch.allclose(left, a[:, :, :, 5], atol=1e-4)
+    assert (left - right).abs().max() > 0.02
+    # OD gains within the configured range
+    od_ratio = torch.log(left.clamp(min=1e-6)) / np.log(0.5)
+    assert float(od_ratio.min()) >= cfg.class_od_gain[0] - 1e-4
+    assert float(od_ratio.max()) <= cfg.class_od_gain[1] + 1e-4
