@@ -14,7 +14,7 @@ pytest.importorskip("pytestqt")
 from napari.layers import Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_vptv._widget import METADATA_KEY, SegmentationWidget  # noqa: E402
+from napari_vptv._widget import METADATA_KEY, METHOD_NET, METHOD_VPTV, VOLUME_AUTO, SegmentationWidget  # noqa: E402
 from napari_vptv.core.samples import load_sample  # noqa: E402
 
 FAST = 25  # solver iterations in tests: the labels meet the volumes for any count
@@ -111,12 +111,15 @@ def test_widget_from_manifest(viewer):
 
 # -------------------------------------------------------------------- 2-D WBC runs
 def test_wbc_sample_interval(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     viewer.open_sample("napari-vptv", "wbc_001")
     image_layer = viewer.layers[-1]
     assert image_layer.rgb
     widget.image.value = image_layer
     widget.preset.value = "WBC (3 classes)"
-    assert widget.volume_mode.value == "interval"
+    assert widget.volume_mode.value == VOLUME_AUTO  # the preset's default
+    widget.volume_mode.value = "interval"  # the fixed preset's prior interval
+    assert not widget.lower.native.isHidden() and not widget.epsilon.native.isHidden()
     widget.max_iter.value = FAST
     out = widget.run(sync=True)
     assert not errors(notes), notes
@@ -135,6 +138,7 @@ def test_wbc_sample_interval(viewer, widget, wbc, notes):
 
 
 def test_rerun_replaces_own_result_only_when_asked(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     widget.keep_previous.value = False
@@ -165,6 +169,7 @@ def test_rerun_replaces_own_result_only_when_asked(viewer, widget, wbc, notes):
 
 
 def test_renamed_duplicated_or_edited_results_are_the_users(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     from napari.layers._layer_actions import _duplicate_layer
 
     image, _ = wbc
@@ -199,15 +204,16 @@ def test_renamed_duplicated_or_edited_results_are_the_users(viewer, widget, wbc,
 
 
 def test_each_method_its_own_named_layer(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     widget.keep_previous.value = False
     widget.max_iter.value = FAST
     widget.measure.value = False
     variational = widget.run(sync=True)
-    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    widget.method.value = METHOD_NET
     # the switch says what it changed, not silently
-    assert not widget.notice.native.isHidden() and "VPTVU-net" in widget.notice.value
+    assert not widget.notice.native.isHidden() and METHOD_NET in widget.notice.value
     assert "Max iterations" in widget.notice.value
     network = widget.run(sync=True)
     assert not errors(notes), notes
@@ -217,6 +223,7 @@ def test_each_method_its_own_named_layer(viewer, widget, wbc, notes):
 
 
 def test_user_layer_with_output_name_untouched(viewer, widget, wbc):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     mine = np.full(image.shape[:2], 7, np.uint8)
@@ -238,6 +245,7 @@ def test_user_layer_with_output_name_untouched(viewer, widget, wbc):
 
 # ----------------------------------------------------------------------- bad input
 def test_bad_inputs_notify_and_change_nothing(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     # no image layer
     before = snapshot(viewer)
     assert widget.run(sync=True) is None
@@ -293,6 +301,7 @@ def test_bad_inputs_notify_and_change_nothing(viewer, widget, wbc, notes):
 
 def test_error_inside_a_slice_is_a_notification(viewer, widget, notes):
     """A NaN slice in a lazy stack fails inside the run: notification, layer marked failed."""
+    widget.method.value = METHOD_VPTV
     da = pytest.importorskip("dask.array")
     stack = disc_stack(3, 32)
     stack[1, 5, 5] = np.nan
@@ -311,6 +320,7 @@ def test_error_inside_a_slice_is_a_notification(viewer, widget, notes):
 
 # -------------------------------------------------------------------------- stacks
 def test_stack_slice_by_slice(viewer, widget, notes):
+    widget.method.value = METHOD_VPTV
     stack = disc_stack(4, 64)
     viewer.add_image(stack, name="zstack")
     widget.preset.value = "custom"
@@ -330,6 +340,7 @@ def test_stack_slice_by_slice(viewer, widget, notes):
 
 
 def test_rgb_time_series(viewer, widget, wbc):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     crop = image[:96, :96]
     stack = np.stack([crop, np.ascontiguousarray(crop[::-1])])  # T, Y, X, RGB
@@ -345,6 +356,7 @@ def test_rgb_time_series(viewer, widget, wbc):
 
 
 def test_volume_mode_ball(viewer, widget, notes):
+    widget.method.value = METHOD_VPTV
     image, inside = ball()
     viewer.add_image(image, name="ball")
     frac = inside.mean()
@@ -366,7 +378,7 @@ def test_volume_mode_ball(viewer, widget, notes):
 
 def test_volume_mode_refused_for_network(viewer, widget, notes):
     viewer.add_image(ball()[0], name="ball")
-    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    widget.method.value = METHOD_NET
     widget.stack_mode.value = "3-D volume (variational only)"
     before = snapshot(viewer)
     assert widget.run(sync=True) is None
@@ -376,9 +388,12 @@ def test_volume_mode_refused_for_network(viewer, widget, notes):
 
 def test_network_method(viewer, widget, wbc, notes):
     """VPTVU-net from the widget if its weights are shipped, else a clear error."""
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
-    widget.method.value = "VPTVU-net (WBC, pretrained)"
+    widget.preset.value = "estimate from image (k-means)"
+    widget.n_classes.value = 2
+    widget.method.value = METHOD_NET
     assert widget.n_classes.value == 3 and not widget.n_classes.enabled
     assert widget.preset.value == "WBC (3 classes)"
     try:
@@ -401,8 +416,158 @@ def test_network_method(viewer, widget, wbc, notes):
     np.testing.assert_allclose(meta["volumes"], fractions(out.data, 3))
 
 
+# ------------------------------------------------- defaults: the best measured method
+def test_default_run_is_the_network_with_its_own_defaults(viewer, widget, notes):
+    """Untouched widget on the sample = ``vptv segment``'s default: the VPTVU-net with
+    its own per-image prior and tuned ε, λ (no volume settings passed)."""
+    from napari_vptv.api import segment_image
+    from napari_vptv.options import SegmentOptions
+
+    viewer.open_sample("napari-vptv", "wbc_001")
+    assert widget.method.value == METHOD_NET and widget.network.value == "vptv-unet"
+    assert widget.preset.value == "WBC (3 classes)" and widget.volume_mode.value == VOLUME_AUTO
+    # auto mode: no volume / ε / λ fields, a note saying what the network does instead
+    for w in (widget.volumes, widget.lower, widget.upper, widget.epsilon, widget.tv_weight, widget.estimate):
+        assert w.native.isHidden(), w.label
+    assert not widget.auto_note.native.isHidden() and "own predicted class fractions" in widget.auto_note.value
+    assert widget.run_button.enabled, widget.reason.value
+    opts = widget.segment_options()
+    assert (opts.volume_mode, opts.volumes, opts.lower, opts.upper, opts.epsilon, opts.tv_weight) == (None,) * 6
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    image, truth = load_sample("001")
+    expected = segment_image(image, SegmentOptions(method="vptv-unet")).labels
+    np.testing.assert_array_equal(out.data, expected)
+    assert np.mean(out.data == truth) > 0.97  # the sample's ground truth
+    meta = out.metadata[METADATA_KEY]
+    assert meta["method"] == "vptv-unet" and meta["volume_spec"]["mode"] == "auto"
+    assert meta["params"]["epsilon"] is None and meta["params"]["lower"] is None
+    assert out.name.endswith("VPTV (VPTVU-net)") and "estimated" in widget.status.value
+
+
+def test_variational_auto_is_the_image_adapted_preset(viewer, widget, notes):
+    """Variational + WBC preset in auto mode = ``SegmentOptions(method="vptv", preset="wbc")``
+    (colour model refitted per image); the interval mode is the fixed preset."""
+    from napari_vptv.api import segment_image
+    from napari_vptv.options import SegmentOptions
+
+    viewer.open_sample("napari-vptv", "wbc_001")
+    widget.method.value = METHOD_VPTV
+    assert "refitted to each image" in widget.notice.value or "own, per image" in widget.notice.value
+    assert widget.volume_mode.value == VOLUME_AUTO and "refitted" in widget.auto_note.value
+    assert widget.diameter.enabled and widget.network.native.isHidden()
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    image, _ = load_sample("001")
+    adapted = segment_image(image, SegmentOptions(method="vptv", preset="wbc")).labels
+    np.testing.assert_array_equal(out.data, adapted)
+
+    widget.volume_mode.value = "interval"
+    assert widget.notice.native.isHidden()  # the method-change note described auto mode
+    assert not widget.lower.native.isHidden() and widget.auto_note.native.isHidden()
+    opts = widget.segment_options()
+    assert opts.volume_mode == "interval" and opts.lower is not None and opts.epsilon is not None
+    fixed = widget.run(sync=True)
+    expected = segment_image(image, opts).labels
+    np.testing.assert_array_equal(fixed.data, expected)
+    assert not np.array_equal(fixed.data, out.data)
+
+
+def test_auto_mode_only_where_the_method_has_its_own_defaults(viewer, widget, wbc):
+    viewer.add_image(wbc[0], name="cell", rgb=True)
+    widget.method.value = METHOD_VPTV
+    widget.preset.value = "custom"  # the variational solver has no per-image defaults here
+    assert widget.volume_mode.value == "interval" and "auto (per image) is for" in widget.status.value
+    widget.volume_mode.value = VOLUME_AUTO
+    assert widget.volume_mode.value == "interval"
+    widget.method.value = METHOD_NET  # the network has its own prior under any preset
+    widget.preset.value = "custom"
+    widget.volume_mode.value = VOLUME_AUTO
+    assert widget.volume_mode.value == VOLUME_AUTO and widget.segment_options().volume_mode is None
+    widget.reset_to_defaults()
+    assert (widget.method.value, widget.preset.value, widget.volume_mode.value) == (
+        METHOD_NET, "WBC (3 classes)", VOLUME_AUTO)
+
+
+def test_settings_saved_before_auto_mode_still_restore(make_napari_viewer, wbc, notes):
+    """A settings file of the previous version (variational, interval bounds) restores as it was."""
+    import json
+
+    from napari_vptv._common import settings_path
+
+    path = settings_path("segmentation")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "method": "Variational VPTV", "preset": "WBC (3 classes)", "n_classes": 3, "volume_mode": "interval",
+        "epsilon": 1.0, "tv_weight": 2.0, "edge": False, "max_iter": 500, "diameter": 0.0, "seed": 0,
+        "device": "cpu", "stack_mode": "slice by slice", "keep_previous": True, "measure": True,
+        "volumes": "0.77, 0.13, 0.1", "lower": "0.6, 0.03, 0.05", "upper": "0.9, 0.26, 0.19",
+    }), encoding="utf-8")
+    viewer = make_napari_viewer()
+    viewer.add_image(wbc[0], name="cell", rgb=True)
+    w = SegmentationWidget(viewer)
+    assert (w.method.value, w.volume_mode.value, w.lower.value) == (METHOD_VPTV, "interval", "0.6, 0.03, 0.05")
+    assert not w.lower.native.isHidden() and "restored" in w.notice.value
+    opts = w.segment_options()
+    assert opts.lower == (0.6, 0.03, 0.05) and opts.epsilon == 1.0
+    assert w.run_button.enabled and not errors(notes)
+
+    # a file naming the network by its former label falls back to the default network
+    path.write_text(json.dumps({"method": "VPTVU-net (WBC, pretrained)", "volume_mode": "interval"}))
+    w = SegmentationWidget(viewer)
+    assert (w.method.value, w.volume_mode.value) == (METHOD_NET, "interval")
+    assert w.segment_options().lower is not None and not errors(notes)
+
+
+def test_own_fine_tuned_model_is_a_network_choice(viewer, widget, wbc, tmp_path, monkeypatch, notes):
+    """A user's model (here the shipped U-net's weights saved as a user model) is offered
+    under Network; its architecture picks the method; the layer is named after it."""
+    import json
+    import shutil
+
+    from napari_vptv.api import segment_image
+    from napari_vptv.nn.weights import MODELS_DIR
+    from napari_vptv.options import SegmentOptions
+    from napari_vptv.user_models import MODELS_DIR_ENV
+
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv(MODELS_DIR_ENV, str(models))
+    shutil.copy(MODELS_DIR / "unet.pt", models / "my-unet.pt")
+    meta = json.loads((MODELS_DIR / "unet.json").read_text())
+    meta["weights_file"] = "my-unet.pt"
+    (models / "my-unet.json").write_text(json.dumps(meta))
+
+    image, _ = wbc
+    viewer.add_image(image, name="cell", rgb=True)
+    widget.method.value = METHOD_VPTV
+    widget.method.value = METHOD_NET  # the list is read again
+    assert "my-unet" in widget.network.choices
+    widget.network.value = "my-unet"
+    assert "Plain softmax U-net" in widget.auto_note.value
+    widget.volume_mode.value = "interval"  # a U-net has no volume layer
+    assert not widget.run_button.enabled and "volume layer" in widget.reason.value
+    widget.volume_mode.value = VOLUME_AUTO
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    assert out.name == "cell VPTV (my-unet)"
+    params = out.metadata[METADATA_KEY]["params"]
+    assert params["method"] == "unet" and params["model"] == str(models / "my-unet.pt")
+    expected = segment_image(image, SegmentOptions(method="unet", model=str(models / "my-unet.pt"))).labels
+    np.testing.assert_array_equal(out.data, expected)
+    np.testing.assert_array_equal(out.data, segment_image(image, SegmentOptions(method="unet")).labels)
+
+    (models / "my-unet.json").unlink()  # the model is gone: refused with its name, nothing added
+    before = snapshot(viewer)
+    widget.reset_choices()  # as napari does on layer changes: the choice stays, marked
+    assert widget.network.value == "my-unet"
+    assert widget.run(sync=True) is None
+    assert snapshot(viewer) == before and "'my-unet'" in errors(notes)[-1]
+
+
 # ------------------------------------------------------------------------ threaded
 def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     widget.preset.value = "custom"
@@ -423,6 +588,7 @@ def test_threaded_run_and_second_run_refused(viewer, widget, wbc, qtbot, notes):
 
 
 def test_cancel_mid_run(viewer, widget, qtbot):
+    widget.method.value = METHOD_VPTV
     n = 10
     stack = disc_stack(n, 128, seed=1)  # at this size the solver runs all 300 iterations
     viewer.add_image(stack, name="tstack")
@@ -474,6 +640,7 @@ def test_cancel_mid_run(viewer, widget, qtbot):
 
 
 def test_dask_layer_read_slice_by_slice(viewer, widget):
+    widget.method.value = METHOD_VPTV
     da = pytest.importorskip("dask.array")
     base = disc_stack(5, 48)
     computed = []
@@ -502,6 +669,7 @@ def test_dask_layer_read_slice_by_slice(viewer, widget):
 
 # ------------------------------------------------------------------ presets / k-means
 def test_estimate_from_image(viewer, widget):
+    widget.method.value = METHOD_VPTV
     stack = disc_stack(2, 64)
     viewer.add_image(stack, name="discs")
     widget.preset.value = "custom"
@@ -520,12 +688,13 @@ def test_estimate_from_image(viewer, widget):
 
 # ------------------------------------------------------------ remembered settings
 def test_settings_remembered_in_a_new_session(viewer, widget, wbc, make_napari_viewer, vptv_config_dir, notes):
+    widget.method.value = METHOD_VPTV
     from napari_vptv._common import settings_path
 
     image, _ = wbc
     widget.image.value = viewer.add_image(image, name="crop", rgb=True)
     widget.preset.value = "WBC (3 classes)"
-    assert widget.volume_mode.value == "interval"
+    widget.volume_mode.value = "interval"
     preset_lower = widget.lower.value
     widget.lower.value = "0.5, 0.02, 0.04"  # the user's text, not the preset's
     assert widget.lower.value != preset_lower
@@ -555,6 +724,7 @@ def test_settings_remembered_in_a_new_session(viewer, widget, wbc, make_napari_v
 
 
 def test_settings_custom_classes_remembered(viewer, widget, make_napari_viewer):
+    widget.method.value = METHOD_VPTV
     image = disc_stack(n=1, size=40)[0]
     widget.image.value = viewer.add_image(image, name="disc")
     widget.n_classes.value = 2
@@ -605,21 +775,24 @@ def test_corrupt_or_stale_settings_are_ignored(make_napari_viewer, notes):
     # unknown keys, vanished choices, wrong types, out-of-range values are skipped;
     # the values that still fit are restored
     path.write_text(json.dumps({
-        "method": "a method that no longer exists", "n_classes": "three", "seed": -5,
-        "max_iter": 10**9, "edge": "yes", "volumes": None, "unknown_key": 1, "epsilon": 0.05,
+        "method": "a method that no longer exists", "n_classes": "three", "diameter": -5.0,
+        "max_iter": 10**9, "edge": "yes", "volumes": None, "unknown_key": 1, "seed": 7,
+        "network": "a model that was deleted", "volume_mode": "a mode that never existed",
     }), encoding="utf-8")
     w = SegmentationWidget(make_napari_viewer())
     got = w.parameters()
-    assert got["epsilon"] == pytest.approx(0.05)
-    assert {k: v for k, v in got.items() if k != "epsilon"} == {k: v for k, v in defaults.items() if k != "epsilon"}
+    assert got["seed"] == 7
+    assert {k: v for k, v in got.items() if k != "seed"} == {k: v for k, v in defaults.items() if k != "seed"}
     assert not errors(notes)
 
 
 # ------------------------------------------------------- class names / measurements
 def test_class_names_on_hover_legend_fields_and_errors(viewer, widget, wbc, notes):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True)
     widget.preset.value = "WBC (3 classes)"
+    widget.volume_mode.value = "interval"
     for text in ("background", "cytoplasm", "nucleus"):
         assert text in widget.legend.value and text in widget.lower.label and text in widget.upper.label
     widget.max_iter.value = FAST
@@ -654,6 +827,7 @@ def test_run_disabled_while_inputs_invalid(viewer, widget, wbc, notes):
 
 
 def test_measurements_table_cells_layer_and_csv(viewer, widget, wbc, tmp_path, notes):
+    widget.method.value = METHOD_VPTV
     from napari_vptv.core.measure import measure_cells
 
     image, _ = wbc
@@ -688,6 +862,7 @@ def test_measurements_table_cells_layer_and_csv(viewer, widget, wbc, tmp_path, n
 
 
 def test_stack_measured_per_frame(viewer, widget, wbc):
+    widget.method.value = METHOD_VPTV
     image, _ = wbc
     crop = image[:96, :96]
     viewer.add_image(np.stack([crop, np.ascontiguousarray(crop[::-1])]), name="movie", rgb=True)

@@ -1,7 +1,8 @@
 """napari widget "VPTV segmentation" (npe2: ``napari_vptv._widget:SegmentationWidget``).
 
 Segments an Image layer (grey or RGB, 2-D or with leading axes ZYX / TYX / TZYX) with
-the variational VPTV solver or the pretrained VPTVU-net. The fields and their checks
+the pretrained VPTVU-net (the default), the U-net, the user's fine-tuned networks or
+the variational VPTV solver. The fields and their checks
 live in :mod:`napari_vptv._widget_fields`, the output layers' ownership, names and
 class colours in :mod:`napari_vptv._outputs`, the measurement table in
 :mod:`napari_vptv._measure_table`; this module runs.
@@ -45,8 +46,11 @@ from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     PRESET_WBC,
     STACK_SLICES,
     STACK_VOLUME,
+    VOLUME_AUTO,
+    VOLUME_CHOICES,
     SegmentSettings,
     fmt,
+    wrapped,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,17 +83,14 @@ def _pieces(data, segment_fn, *, rgb, mode, n_classes, todo=None, total=None):
 
 
 def _network_details(result) -> Optional[Dict[str, Any]]:
-    """Diameter information of a network result, if the result carries it."""
-    for source in (result, getattr(result, "network", None), getattr(result, "info", None)):
-        diameter = getattr(source, "diameter", None)
-        if diameter is None and isinstance(source, dict):
-            diameter = source.get("diameter")
-        if diameter is not None:
-            estimated = getattr(source, "estimated", None)
-            if isinstance(source, dict):
-                estimated = source.get("estimated", estimated)
-            return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated)}
-    return None
+    """The cell diameter a result was computed at (network or variational auto mode):
+    ``{"diameter", "estimated"}``, or None if the result carries none."""
+    diameter = getattr(result, "diameter", None)
+    if diameter is None:
+        return None
+    info = getattr(result, "info", None)
+    estimated = info.get("diameter_estimated") if isinstance(info, dict) else None
+    return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated)}
 
 
 class SegmentationWidget(WidgetRunMixin, SegmentSettings):
@@ -141,15 +142,15 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         buttons = Container(widgets=[self.run_button, self.cancel_button, self.reset_button],
                             layout="horizontal", labels=False, label="")
         buttons.margins = (0, 0, 0, 0)
-        self.reason = Label(label="", value="")
-        self.reason.native.setWordWrap(True)
+        self.reason = wrapped(Label(label="", value=""))
         self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
         self.reason.visible = False
         self.results = MeasurementTable(napari_viewer)
         self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
         self.extend([
-            self.image, self.method, self.preset, self.n_classes, self.legend, self.volume_mode,
-            self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight, self.edge,
+            self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
+            self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
+            self.edge,
             self.max_iter, self.diameter, self.seed, self.device, self.stack_mode, self.keep_previous,
             self.measure, self.notice, buttons, self.reason, self.status,
         ])
@@ -263,7 +264,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             "image": layer, "source": layer.name, "params": params, "spec": spec,
             "names": self.class_names(), "label_shape": tuple(label_shape), "total": total, "done": 0,
             "volumes": {}, "done_indices": [], "layer": None, "error": None, "network": None,
-            "label": method_label(params["method"]),
+            "label": method_label(params["method"], params["model"]),
         }
         # Create (or pick) the output layer now, in the GUI thread, before the worker
         # competes for the GIL: building a layer makes many Qt calls.
@@ -478,8 +479,8 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             "method_label": st["label"],
             "class_names": list(st["names"]),
             "params": dict(st["params"]),
-            "volume_spec": {
-                "mode": spec.mode,
+            "volume_spec": {  # "auto": the method's own per-image prior
+                "mode": "auto" if st["params"]["volume_mode"] == "auto" else spec.mode,
                 "volumes": None if spec.volumes is None else spec.volumes.tolist(),
                 "lower": None if spec.lower is None else spec.lower.tolist(),
                 "upper": None if spec.upper is None else spec.upper.tolist(),

@@ -7,6 +7,10 @@ It turns the fields into the shared :class:`~napari_vptv.options.SegmentOptions`
 switch says which values it changed, restored settings are announced in a notice
 with a "Reset to defaults" button, and Run is disabled (with the reason next to it)
 while an input is invalid.
+
+The defaults are the best measured ones: the pretrained VPTVU-net, and the WBC
+preset's volume mode *auto (per image)* (:mod:`napari_vptv._widget_methods`), which
+leaves volumes, ε and λ to the method, as the command line's default does.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from ._outputs import class_names_for, legend_html, name_classes_in
+from ._widget_methods import VOLUME_AUTO, auto_description, network_choices, resolve_network
 from .api import wbc_priors
 from .options import SegmentOptions
 
 METHOD_VPTV = "Variational VPTV"
-METHOD_NET = "VPTVU-net (WBC, pretrained)"
+METHOD_NET = "Network (WBC, pretrained)"
+#: Method choice -> method; the network's own method (its architecture) comes from
+#: the "Network" choice (:func:`~napari_vptv._widget_methods.resolve_network`).
 METHODS = {METHOD_VPTV: "vptv", METHOD_NET: "vptv-unet"}
+#: Volume-mode choices; VOLUME_AUTO = the method's own per-image defaults.
+VOLUME_CHOICES = [VOLUME_AUTO, "interval", "exact", "none"]
 
 PRESET_WBC = "WBC (3 classes)"
 PRESET_KMEANS = "estimate from image (k-means)"
@@ -36,6 +45,18 @@ KMEANS_INTERVAL = 0.05
 
 #: Style of a field whose text does not parse (2 px: visible at a glance).
 INVALID_STYLE = "QLineEdit { border: 2px solid #d04040; }"
+
+
+def wrapped(label: Label) -> Label:
+    """``label`` word-wrapped, left-aligned and as wide as its column (a wrapped QLabel
+    otherwise takes a narrow width and sits centred)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    return label
 
 
 def fmt(values) -> str:
@@ -52,24 +73,39 @@ class SegmentSettings(Container):
         self._restoring = False
         self._build_fields()
         self.method.changed.connect(self._on_method)
+        self._network_chosen = (self.network.current_choice, self.network.value)
+        self.network.changed.connect(self._on_network)
         self.preset.changed.connect(self._on_preset)
         self.volume_mode.changed.connect(self._update_visibility)
+        self.volume_mode.changed.connect(self._on_volume_mode)
         self.n_classes.changed.connect(self._on_n_classes)
         self.estimate.changed.connect(lambda *_: self.estimate_volumes())
         self.reset_button.changed.connect(lambda *_: self.reset_to_defaults())
         for w in (self.volumes, self.lower, self.upper):
             w.changed.connect(lambda *_: self._mark_volume_fields())
-        self._apply_preset()
-        self._update_visibility()
+        self._restoring = True  # the default method, silently
+        try:
+            self._on_method()
+        finally:
+            self._restoring = False
 
     def _build_fields(self):
         defaults = SegmentOptions()
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
-        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV)
+        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_NET,
+                               tooltip="The pretrained network (default: best measured on WBC images) or the "
+                                       "variational VPTV solver")
+        self.network = ComboBox(label="Network", choices=self._network_choices, value="vptv-unet",
+                                tooltip="The shipped generalists and your own fine-tuned models "
+                                        "(Plugins › napari-vptv › Train on my images)")
         self.preset = ComboBox(label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC)
         self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
         self.legend = Label(label="Classes shown", value="")
-        self.volume_mode = ComboBox(label="Volume mode", choices=["interval", "exact", "none"], value="interval")
+        self.volume_mode = ComboBox(
+            label="Volume mode", choices=VOLUME_CHOICES, value=VOLUME_AUTO,
+            tooltip=f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, ε, λ), as "
+                    "`vptv segment` uses them: the best measured. interval / exact / none: your values.")
+        self.auto_note = wrapped(Label(label="Auto settings", value=""))
         self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10",
                                 tooltip="Exact class fractions, comma-separated, summing to 1")
         self.lower = LineEdit(label="Lower bounds", value="",
@@ -86,8 +122,9 @@ class SegmentSettings(Container):
         self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
         self.diameter = FloatSpinBox(label="cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
                                      value=defaults.diameter,
-                                     tooltip="Cell diameter in pixels for the network (0 estimates it); "
-                                             "also splits touching cells in the measurements")
+                                     tooltip="Cell diameter in pixels for the networks and the variational "
+                                             "auto mode's U-net (0 estimates it); also splits touching cells "
+                                             "in the measurements")
         self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
         self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
         self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
@@ -99,17 +136,15 @@ class SegmentSettings(Container):
                                 tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
                                         "table below and as a '… cells' Labels layer")
         self.reset_button = PushButton(text="Reset to defaults")
-        self.notice = Label(label="", value="")
-        self.notice.native.setWordWrap(True)
+        self.notice = wrapped(Label(label="", value=""))
         self.notice.visible = False
-        self.status = Label(label="Status", value="ready")
-        self.status.native.setWordWrap(True)
+        self.status = wrapped(Label(label="Status", value="ready"))
 
     def _persisted_widgets(self) -> Dict[str, Any]:
         # restore order matters: method / preset / n_classes callbacks rewrite the
         # volume fields (and ε, λ, edge), so those come first and the volume texts last
         return {
-            "method": self.method, "preset": self.preset, "n_classes": self.n_classes,
+            "method": self.method, "network": self.network, "preset": self.preset, "n_classes": self.n_classes,
             "volume_mode": self.volume_mode, "epsilon": self.epsilon, "tv_weight": self.tv_weight,
             "edge": self.edge, "max_iter": self.max_iter, "diameter": self.diameter, "seed": self.seed,
             "device": self.device, "stack_mode": self.stack_mode, "keep_previous": self.keep_previous,
@@ -120,6 +155,30 @@ class SegmentSettings(Container):
     @property
     def is_network(self) -> bool:
         return METHODS[self.method.value] != "vptv"
+
+    @property
+    def is_auto(self) -> bool:
+        """Whether the volume mode is *auto (per image)*: the method's own defaults."""
+        return self.volume_mode.value == VOLUME_AUTO
+
+    def _network_choices(self, *_):
+        choices = network_choices()
+        chosen = getattr(self, "_network_chosen", None)  # (label, name)
+        if chosen and chosen[1] not in {name for _, name in choices}:
+            # a chosen model whose files went away stays chosen (the reason next to Run
+            # says it is missing) instead of silently becoming another network
+            choices.append(chosen)
+        return choices
+
+    def method_and_model(self):
+        """``(method, model)`` of the chosen method / network (see :class:`SegmentOptions`).
+
+        Raises ``ValueError`` when the chosen network's files are gone or unreadable.
+        """
+        if not self.is_network:
+            return "vptv", ""
+        model, method = resolve_network(self.network.value)
+        return method, model
 
     def class_names(self):
         """Names of the classes the current settings produce."""
@@ -138,6 +197,7 @@ class SegmentSettings(Container):
     def _on_method(self, *_):
         before = self._solver_values()
         if self.is_network:
+            self.network.reset_choices()  # models trained since the widget opened
             self.n_classes.value = 3
             if self.preset.value == PRESET_KMEANS:
                 self.preset.value = PRESET_WBC
@@ -149,21 +209,41 @@ class SegmentSettings(Container):
             self._announce_method_change(before, self._solver_values())
 
     def _solver_values(self) -> Dict[str, Any]:
+        if self.is_auto:  # the fields do not apply; the method's own settings do
+            return {"classes": self.n_classes.value, "volume mode": self.volume_mode.value,
+                    "auto": self.auto_note.value}
         return {"ε": self.epsilon.value, "λ": self.tv_weight.value, "classes": self.n_classes.value,
                 "volume mode": self.volume_mode.value, "lower bounds": self.lower.value,
                 "upper bounds": self.upper.value, "volumes": self.volumes.value}
 
     def _announce_method_change(self, before, after):
-        changed = [f"{k} {before[k]:g} → {after[k]:g}" if isinstance(after[k], float) else f"{k} {after[k]}"
-                   for k in after if before[k] != after[k]]
+        changed = []
+        for k, value in after.items():
+            if k == "auto":
+                if before.get(k) != value:
+                    changed.append("volume prior, ε and λ: its own, per image (see Auto settings)")
+            elif before.get(k) != value:
+                old = before.get(k)
+                both = isinstance(old, float) and isinstance(value, float)
+                changed.append(f"{k} {old:g} → {value:g}" if both else f"{k} {value}")
         if self.is_network:
             changed.append("Max iterations and Edge weight do not apply (the network's own settings)")
-        else:
-            changed.append("cell diameter applies only to the network")
+        elif not self._uses_diameter():
+            changed.append("cell diameter applies only to the networks and auto (per image)")
         self.show_notice(f"Method {self.method.value}: " + "; ".join(changed) + ".")
+
+    def _on_network(self, *_):
+        self._network_chosen = (self.network.current_choice, self.network.value)
+        self._update_visibility()
+
+    def _on_volume_mode(self, *_):
+        # a method-change notice describes the previous mode's settings: stale now
+        if not self._restoring and self.notice.value.startswith("Method "):
+            self.show_notice("")
 
     def _on_preset(self, *_):
         self._apply_preset()
+        self._update_visibility()
 
     def _on_n_classes(self, *_):
         if self.preset.value == PRESET_WBC and self.n_classes.value != 3:
@@ -173,34 +253,59 @@ class SegmentSettings(Container):
         self._update_class_labels()
         self._mark_volume_fields()
 
+    def _auto_allowed(self) -> bool:
+        """*auto (per image)* exists for the networks and the variational WBC preset."""
+        return self.is_network or self.preset.value == PRESET_WBC
+
+    def _uses_diameter(self) -> bool:
+        """The networks, and the variational auto mode (its colour model comes from the U-net)."""
+        return self.is_network or self.is_auto
+
     def _update_visibility(self, *_):
-        mode = self.volume_mode.value
+        if self.is_auto and not self._auto_allowed():
+            self.volume_mode.value = "interval"  # calls this again
+            self._set_status(f"{VOLUME_AUTO} is for the networks and the WBC preset; volume mode set to interval")
+            return
+        mode, auto = self.volume_mode.value, self.is_auto
         self.volumes.visible = mode == "exact"
         self.lower.visible = mode == "interval"
         self.upper.visible = mode == "interval"
+        # auto: the method's tuned ε, λ (said in the note), not the fields'
+        for w in (self.epsilon, self.tv_weight, self.estimate):
+            w.visible = not auto
+        self.auto_note.visible = auto
+        if auto:
+            try:
+                method, _ = self.method_and_model()
+                self.auto_note.value = auto_description(method, self.network.value)
+            except ValueError as exc:
+                self.auto_note.value = str(exc)
         for w in (self.max_iter, self.edge):
             w.enabled = not self.is_network
-        self.diameter.enabled = self.is_network
+        self.network.visible = self.is_network
+        self.diameter.enabled = self._uses_diameter()
         self._update_class_labels()
         self._mark_volume_fields()
 
     def _apply_preset(self):
         preset = self.preset.value
         if preset == PRESET_WBC:
-            pri = wbc_priors(METHODS[self.method.value])
+            pri = wbc_priors("vptv-unet" if self.is_network else "vptv")
             self.n_classes.value = 3
             self.volumes.value = fmt(pri["volumes"])
+            # the fields hold the fixed preset for the explicit modes; the default
+            # mode leaves everything to the method, per image
             if pri.get("lower") is not None and pri.get("upper") is not None:
                 self.lower.value = fmt(pri["lower"])
                 self.upper.value = fmt(pri["upper"])
-                self.volume_mode.value = "interval"
             else:
                 self.lower.value = self.upper.value = ""
-                self.volume_mode.value = "exact"
+            self.volume_mode.value = VOLUME_AUTO
             for key, w in (("epsilon", self.epsilon), ("tv_weight", self.tv_weight), ("edge", self.edge)):
                 if pri.get(key) is not None:
                     w.value = pri[key]
-            self._set_status(f"WBC preset loaded ({pri['source']})")
+            self._set_status(f"WBC preset loaded: {VOLUME_AUTO}; the interval / exact values are the "
+                             f"{pri['source']} priors")
         elif preset == PRESET_KMEANS:
             # not while restoring saved settings: the saved volume texts follow
             if self.image.value is not None and not self._restoring:
@@ -299,7 +404,7 @@ class SegmentSettings(Container):
             err = str(exc)
         mode = self.volume_mode.value
         for w in (self.volumes, self.lower, self.upper):
-            active = (w is self.volumes) == (mode == "exact") and mode != "none"
+            active = (w is self.volumes) == (mode == "exact") and mode in ("exact", "interval")
             try:
                 w.native.setStyleSheet(INVALID_STYLE if err and active else "")
                 w.tooltip = err if err else "Per-class values in the order " + ", ".join(self.class_names())
@@ -341,7 +446,7 @@ class SegmentSettings(Container):
         if scan_values and isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
             raise ValueError(f"Image layer {layer.name!r} contains NaN or infinite values.")
         if self.is_network:
-            self._check_network(spec)
+            self._check_network(spec, params)
         if params["device"] != "cpu":
             import torch
 
@@ -350,26 +455,35 @@ class SegmentSettings(Container):
         self.segment_options(spec, params)  # checks the settings as a whole
         return layer, spec, params, mode
 
-    def _check_network(self, spec):
+    def _check_network(self, spec, params):
         if spec.n_classes != 3:
-            raise ValueError("The pretrained VPTVU-net segments 3 WBC classes; set Classes to 3.")
+            raise ValueError("The WBC networks segment 3 classes; set Classes to 3.")
+        if params["method"] == "unet" and params["volume_mode"] in ("exact", "interval"):
+            raise ValueError(f"{self.network.value!r} is a plain U-net without a volume layer: "
+                             f"use volume mode {VOLUME_AUTO!r} or 'none'.")
+        if params["model"]:
+            return  # a user's model: resolve_network read its metadata
         try:
             from napari_vptv.nn.weights import model_metadata
 
-            model_metadata("vptv-unet")
+            model_metadata(params["method"])
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"The pretrained VPTVU-net is not available: {exc}") from None
+            raise ValueError(f"The pretrained network {params['method']!r} is not available: {exc}") from None
 
     # --------------------------------------------------------------- values
     def volume_spec(self):
         """The entered volume constraint as a validated ``VolumeSpec``.
 
-        Raises ``ValueError`` naming the problem and the classes by name.
+        In *auto (per image)* no constraint is entered: a spec of mode "none" (the
+        method sets its own; :meth:`segment_options` passes none). Raises
+        ``ValueError`` naming the problem and the classes by name.
         """
         from napari_vptv.core.volumes import make_volume_spec
 
         mode = self.volume_mode.value
         k = int(self.n_classes.value)
+        if self.is_auto:
+            return make_volume_spec(k, "none")
         try:
             if mode == "exact":
                 return make_volume_spec(k, "exact", volumes=self.volumes.value)
@@ -380,17 +494,25 @@ class SegmentSettings(Container):
             raise ValueError(name_classes_in(str(exc), self.class_names())) from None
 
     def parameters(self) -> Dict[str, Any]:
-        """The widget's settings as plain values (recorded in the output metadata)."""
+        """The widget's settings as plain values (recorded in the output metadata).
+
+        ``method`` is the method that runs (a network's architecture), ``model`` the
+        ``.pt`` file of a user's network (else ""). In *auto (per image)*
+        ``volume_mode`` is ``"auto"`` and the volumes, ε and λ are None: the method's own.
+        """
+        method, model = self.method_and_model()
+        auto = self.is_auto
         return {
-            "method": METHODS[self.method.value],
+            "method": method,
+            "model": model,
             "preset": self.preset.value,
             "n_classes": int(self.n_classes.value),
-            "volume_mode": self.volume_mode.value,
-            "volumes": self.volumes.value,
-            "lower": self.lower.value,
-            "upper": self.upper.value,
-            "epsilon": float(self.epsilon.value),
-            "tv_weight": float(self.tv_weight.value),
+            "volume_mode": "auto" if auto else self.volume_mode.value,
+            "volumes": None if auto else self.volumes.value,
+            "lower": None if auto else self.lower.value,
+            "upper": None if auto else self.upper.value,
+            "epsilon": None if auto else float(self.epsilon.value),
+            "tv_weight": None if auto else float(self.tv_weight.value),
             "edge": bool(self.edge.value),
             "max_num_iter": int(self.max_iter.value),
             "diameter": float(self.diameter.value),
@@ -412,14 +534,16 @@ class SegmentSettings(Container):
         spec = self.volume_spec() if spec is None else spec
         params = self.parameters() if params is None else params
         net = params["method"] != "vptv"  # the network's own unrolled T, no edge option
+        auto = params["volume_mode"] == "auto"  # None everywhere: api picks the method's defaults
         return SegmentOptions(
             method=params["method"],
+            model=params["model"],
             preset="wbc" if params["preset"] == PRESET_WBC else "none",
             n_classes=spec.n_classes,
-            volume_mode=spec.mode,
-            volumes=spec.volumes if spec.mode == "exact" else None,
-            lower=spec.lower if spec.mode == "interval" else None,
-            upper=spec.upper if spec.mode == "interval" else None,
+            volume_mode=None if auto else spec.mode,
+            volumes=spec.volumes if spec.mode == "exact" and not auto else None,
+            lower=spec.lower if spec.mode == "interval" and not auto else None,
+            upper=spec.upper if spec.mode == "interval" and not auto else None,
             epsilon=params["epsilon"],
             tv_weight=params["tv_weight"],
             edge=None if net else params["edge"],
