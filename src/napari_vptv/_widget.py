@@ -146,6 +146,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
         self.reason.visible = False
         self.results = MeasurementTable(napari_viewer)
+        wrapped(self.results.summary)  # the table's full width, not a narrow centred column
         self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
         self.extend([
             self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
