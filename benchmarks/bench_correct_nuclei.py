@@ -7,7 +7,9 @@ Data (no real fluorescence nuclei on this machine):
   while choosing parameters).
 * ``wbc``: ``/work/shared/data/wbc`` nuclei (mask value 255, components = objects),
   tuning = every 15th image (001, 018, 036, 052, 069, 084), held out = the rest.
-* ``wbc-d1``: ``/work/shared/data/wbc-d1`` (another source, never tuned on).
+* ``wbc-d1``: ``/work/shared/data/wbc-d1`` (another source, small nuclei), tuning =
+  every 24th image of the sorted files from the 13th (014, 045, ..., 287: 10
+  images), held out = the rest.
 
 Corruptions of the true instance mask: ``identity``, ``dilateN`` (labels expanded by
 N px, objects never merge), ``erodeN`` (each object eroded by a disc of radius N),
@@ -71,10 +73,10 @@ def load(dataset, split, data_root, every=1):
     from skimage.io import imread
 
     root = Path(data_root) / dataset
-    for f in sorted((root / "images").glob("*.png"))[::every]:
+    files = sorted((root / "images").glob("*.png"))
+    tune = {"wbc": WBC_TUNE, "wbc-d1": tuple(f.stem for f in files[12::24])}
+    for f in [f for f in files if (f.stem in tune[dataset]) != (split == "tune")][::every]:
         key = f.stem
-        if dataset == "wbc" and (key in WBC_TUNE) != (split == "tune"):
-            continue
         img = imread(f)[..., :3]
         lab, _ = ndi.label(imread(root / "masks" / f.name) == 255)
         yield key, img, -1, rgb2gray(img).astype(np.float32), lab.astype(np.int32)
