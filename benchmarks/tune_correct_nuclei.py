@@ -49,7 +49,7 @@ def evaluate(variant, datasets, kinds, data_root):
     res, seconds = {}, 0.0
     try:
         for ds in datasets:
-            for key, img, ch, grey, truth in load(ds, "tune", data_root):
+            for _key, img, ch, grey, truth in load(ds, "tune", data_root):
                 for j, kind in enumerate(kinds):
                     given = corrupt(truth, kind, j)
                     t0 = time.perf_counter()

@@ -114,6 +114,82 @@ def test_accurate_masks_stay(one_disc):
     assert dice(out > 0, truth > 0) >= 0.98
 
 
+def small_nuclei(seed=0):
+    """Nine small blurred grey nuclei (radius 5-8 px), one dim, with Poisson noise."""
+    rng = np.random.default_rng(seed)
+    shape = (90, 90)
+    truth = np.zeros(shape, np.int32)
+    signal = np.zeros(shape)
+    for i, (cy, cx) in enumerate([(15 + 30 * a, 15 + 30 * b) for a in range(3) for b in range(3)], start=1):
+        d = disc(shape, (cy + rng.integers(-2, 3), cx + rng.integers(-2, 3)), rng.uniform(5, 8))
+        truth[d] = i
+        signal[d] = 0.35 if i == 5 else rng.uniform(0.8, 1.0)
+    image = rng.poisson(200 * (0.1 + ndi.gaussian_filter(signal, 1.2))) + 100
+    return image.astype(np.uint16), truth
+
+
+@pytest.mark.parametrize("bias", ["identity", "dilate", "erode"])
+def test_small_nuclei_biased_by_3px(bias):
+    """Nuclei of radius 5-8 px: a 3 px error is half the radius; the band shrinks with the size."""
+    from skimage.segmentation import expand_labels
+
+    image, truth = small_nuclei()
+    rough = {"identity": truth, "dilate": expand_labels(truth, 3), "erode": erode_each(truth, 2)}[bias]
+    out = correct_mask(image, rough)
+    assert set(np.unique(out)) == set(np.unique(truth))
+    if bias == "identity":
+        assert dice(out > 0, truth > 0) >= 0.97
+    else:
+        assert dice(out > 0, truth > 0) >= 0.92 and dice(out > 0, truth > 0) > dice(rough > 0, truth > 0) + 0.1
+
+
+def stained_cell(seed=0):
+    """RGB brightfield-like cell: dark purple nucleus, pale cytoplasm 5 px wide, yellowish background."""
+    shape = (72, 72)
+    nucleus = disc(shape, (36, 36), 14)
+    cell = disc(shape, (36, 36), 19)
+    rgb = np.empty(shape + (3,))
+    rgb[:] = (0.95, 0.92, 0.6)
+    rgb[cell] = (0.75, 0.6, 0.7)
+    rgb[nucleus] = (0.35, 0.15, 0.4)
+    rng = np.random.default_rng(seed)
+    rgb = np.stack([ndi.gaussian_filter(rgb[..., c], 1.0) for c in range(3)], -1) + rng.normal(0, 0.02, rgb.shape)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), nucleus.astype(np.int32)
+
+
+@pytest.mark.parametrize("bias", ["identity", "dilate"])
+def test_nucleus_edge_is_the_cytoplasm_edge_not_the_cell_edge(bias):
+    """The outside level comes from the material next to the nucleus (cytoplasm), not the background."""
+    image, truth = stained_cell()
+    rough = truth if bias == "identity" else ndi.binary_dilation(truth, iterations=3).astype(np.int32)
+    out = correct_mask(image, rough, channel_axis=-1)
+    assert dice(out == 1, truth) >= (0.99 if bias == "identity" else 0.97)
+
+
+def test_edge_offset_finds_the_bias():
+    from napari_vptv.core.correct_evidence import edge_offset
+
+    truth = disc((60, 60), (30, 30), 14)
+    image = ndi.gaussian_filter(truth.astype(float), 1.5)
+    for grow in (-3, 0, 3):
+        given = ndi.binary_dilation(truth, iterations=grow) if grow > 0 else (
+            ndi.binary_erosion(truth, iterations=-grow) if grow < 0 else truth)
+        sd = np.where(given, 0.5 - ndi.distance_transform_edt(given), ndi.distance_transform_edt(~given) - 0.5)
+        off = edge_offset(image, sd, 6, np.zeros(truth.shape, bool))
+        assert np.all(np.abs(off + grow) <= 1.0), (grow, np.unique(off))
+
+
+def test_explicit_band_limits_the_move():
+    from skimage.segmentation import expand_labels
+
+    image, truth = small_nuclei(seed=1)
+    rough = expand_labels(truth, 4)
+    out = correct_mask(image, rough, band=2)
+    for i in range(1, 10):
+        inner = ndi.binary_erosion(rough == i, iterations=2)  # chessboard-safe: city-block depth <= Euclidean
+        assert np.all(out[inner] == i)
+
+
 def test_sample_wbc_nucleus_mask():
     from napari_vptv.core.samples import load_sample, sample_ids
 

@@ -140,7 +140,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                              tooltip="unknown bias: also keep areas within (1 ± t) × given "
                                                      "(0: no such limit); semantic: class volume interval")
         self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
-        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.1,
+        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.15,
                                         tooltip="cost for leaving the given mask (costs are in [0, 1]); "
                                                 "0: the image alone decides the boundary")
         self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,

@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
         type=positive_int,
         default=None,
         metavar="PX",
-        help="interval mode: largest boundary error to correct in pixels (default 6)",
+        help="interval mode: largest boundary error to correct in pixels (default: per object, half its radius, 4-6)",
     )
     _add_solver_arguments(p)
 
@@ -111,7 +111,7 @@ def _add_solver_arguments(p) -> None:
         type=nonneg_float,
         default=None,
         metavar="B",
-        help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.1)",
+        help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.15)",
     )
     p.add_argument(
         "--model",

@@ -285,7 +285,7 @@ def _check_object_params(mask_weight, smooth, band):
         raise ValueError(f"mask_weight must be >= 0, got {mask_weight}")
     if not np.isfinite(smooth) or smooth < 0:
         raise ValueError(f"smooth must be >= 0 (a Gaussian sigma in pixels), got {smooth}")
-    if int(band) != band or band < 1:
+    if band is not None and (int(band) != band or band < 1):
         raise ValueError(f"band must be a positive whole number of pixels, got {band}")
 
 
@@ -299,7 +299,7 @@ def correct_mask_iter(
     volume_factor: float = 1.0,
     area_tolerance: Optional[float] = None,
     volume_tolerance: float = 0.0,
-    band: int = 6,
+    band: Optional[int] = None,
     margin: Optional[int] = None,
     epsilon: float = 0.01,
     tv_weight: float = 0.05,
@@ -307,7 +307,7 @@ def correct_mask_iter(
     evidence: Optional[np.ndarray] = None,
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.1,
+    mask_weight: float = 0.15,
     fill_holes: bool = True,
     smooth: float = 1.0,
     max_num_iter: int = 300,
@@ -352,7 +352,7 @@ def correct_mask_iter(
     ids = [i + 1 for i, s in enumerate(slices) if s is not None]
     engine = correct_objects_iter(
         features, compact, ids, slices, volume_mode=volume_mode, volume_factor=volume_factor,
-        area_tolerance=area_tolerance, band=int(band), margin=margin, mask_weight=mask_weight, epsilon=epsilon,
+        area_tolerance=area_tolerance, band=None if band is None else int(band), margin=margin, mask_weight=mask_weight, epsilon=epsilon,
         tv_weight=tv_weight, edge=edge, smooth=smooth, fill_holes=fill_holes, max_num_iter=max_num_iter,
         prob=model_prob)
     out, rep = yield from _relay(engine)
@@ -381,7 +381,7 @@ def correct_mask(
     volume_factor: float = 1.0,
     area_tolerance: Optional[float] = None,
     volume_tolerance: float = 0.0,
-    band: int = 6,
+    band: Optional[int] = None,
     margin: Optional[int] = None,
     epsilon: float = 0.01,
     tv_weight: float = 0.05,
@@ -389,7 +389,7 @@ def correct_mask(
     evidence: Optional[np.ndarray] = None,
     similarity: str = "gaussian",
     em_rounds: int = 1,
-    mask_weight: float = 0.1,
+    mask_weight: float = 0.15,
     fill_holes: bool = True,
     smooth: float = 1.0,
     max_num_iter: int = 300,
@@ -419,7 +419,7 @@ def correct_mask(
         How each object's volume ``V_1`` (eq. 2) is set. ``"interval"``: the size
         bias is unknown; the boundary may move up to ``band`` pixels in or out and
         the image decides where (``V_1`` between the areas of the mask eroded and
-        dilated by ``band``). ``"exact"``: the given area. ``"factor"``: the given
+        dilated by ``band``; see Notes). ``"exact"``: the given area. ``"factor"``: the given
         area times ``volume_factor``. None (default): ``"factor"`` if
         ``volume_factor != 1``, else ``"interval"``.
     volume_factor : float
@@ -429,12 +429,14 @@ def correct_mask(
     volume_tolerance : float
         Older name of ``area_tolerance`` (used when that is None); in semantic mode
         the interval class volumes ``V (1 +- t)``.
-    band : int
-        Interval mode: the largest boundary error (pixels) to correct; also where the
-        inside / outside evidence is sampled (core and ring beyond ``band + 1``).
+    band : int or None
+        Interval mode: the largest boundary error (pixels) to correct; also the depth
+        beyond which the first inside / outside samples are taken. None (default):
+        per object, half its equivalent radius clipped to 4-6 px (small nuclei move
+        less); a number applies to every object.
     margin : int or None
         Pixels added around each object's bounding box for its crop (clipped at the
-        image border). None: ``2 band + 6``.
+        image border). None: ``2 band + 6`` (``band`` = 6 if automatic).
     epsilon : float
         Entropic regularisation ``eps`` (eq. 11).
     tv_weight : float
@@ -451,8 +453,9 @@ def correct_mask(
     em_rounds : int
         Semantic mode: re-estimations of the class model from the corrected mask.
     mask_weight : float
-        ``beta``: cost of leaving the given mask; a small trust that keeps an
-        accurate mask in place where the evidence is ambiguous.
+        ``beta``: cost of leaving the prior mask (the given mask moved to the image's
+        edge); a small trust that keeps the boundary in place where the evidence is
+        ambiguous.
     fill_holes : bool
         Fill holes of a corrected object where the given object had none.
     smooth : float
@@ -487,20 +490,27 @@ def correct_mask(
 
     Notes
     -----
-    Per object (crop ``Omega``, given object ``M``) the evidence ``t(x)`` is the
-    smoothed image projected on the Fisher direction between the object's core
-    (deeper than ``band + 1`` in ``M``) and a ring outside it, scaled so that the
-    core's median is 1 and the ring's 0. The costs are
+    Per object (crop ``Omega``, given object ``M``, signed distance ``sd`` to its
+    boundary) the smoothed image is projected on the Fisher direction between the
+    object's deep core and a ring outside it (beyond ``band``). The *edge offset*
+    ``o`` -- the level set ``{sd = o}``, ``|o| <= band``, with the strongest mean
+    gradient of that projection (2-D: per angular sector, pulled towards the whole
+    object's) -- says where the image's edge lies; the prior ``M' = {sd < o}`` is the
+    given mask moved there. The evidence ``t(x)`` is the projection (refitted)
+    between a thin core just inside and a thin ring just outside that edge, scaled so
+    their medians are 1 and 0: the material adjacent to the object sets the outside
+    level. The costs are
 
-    ``c_1 = clip(1 - t, 0, 1) + beta [x not in M]``, ``c_0 = clip(t, 0, 1) + beta [x in M]``
+    ``c_1 = clip(1 - t, 0, 1) + beta [x not in M']``, ``c_0 = clip(t, 0, 1) + beta [x in M']``
 
-    so the boundary goes where ``t = 1/2`` (the half-maximum edge of a blurred
-    nucleus) unless that is ambiguous; per-object scaling treats dim and bright
-    nuclei alike. Other objects' pixels are forbidden for the object class. All
-    crops are padded and solved as one batch by Algorithm 1 (eq. 11 with the volume
-    interval or ``U(V)``); labels are ``u_1 > 1/2`` with the count clipped to the
-    volume bounds, holes inside ``M`` filled, components not touching ``M``
-    dropped; a pixel two objects claim goes to the larger ``u_1``.
+    (exact / factor modes: ``M' = M``), so the boundary goes where ``t = 1/2`` (the
+    half-maximum edge of a blurred nucleus) unless that is ambiguous; per-object
+    scaling treats dim and bright nuclei alike. Other objects' pixels are forbidden
+    for the object class. All crops are padded and solved as one batch by
+    Algorithm 1 (eq. 11 with the volume interval or ``U(V)``); labels are
+    ``u_1 > 1/2`` with the count clipped to the volume bounds, holes inside ``M``
+    filled, components not touching ``M`` dropped; a pixel two objects claim goes to
+    the larger ``u_1``.
 
     References
     ----------

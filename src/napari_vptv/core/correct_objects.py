@@ -1,16 +1,19 @@
 """Instance-mask correction: all objects of an image in one batched VPTV solve.
 
 Every object is cut out with its bounding box plus a margin. In the crop a
-per-object, contrast-normalised *evidence* map ``t`` is built (0 = like the pixels
-outside the object, 1 = like its core), so dim and bright nuclei, grey fluorescence
-and RGB brightfield are treated alike. The two-phase costs of all crops are padded to
+per-object, contrast-normalised *evidence* map ``t`` is built (0 = like the material
+just outside the object's edge, 1 = like its inside) together with a *prior*, the
+given mask moved to the edge the image shows
+(:func:`napari_vptv.core.correct_evidence.object_evidence`), so dim and bright
+nuclei, grey fluorescence and RGB brightfield are treated alike. The two-phase costs of all crops are padded to
 common shapes and solved together by :func:`napari_vptv.core.vptv.vptv_iterate`
 (Algorithm 1, batched ``(N, 2, H, W)``), then pasted back with their ids.
 
 Volume (eq. 2) per object, ``volume_mode``:
 
 ``"interval"`` (default, unknown size bias)
-    The boundary may move at most ``band`` pixels in or out of the given one: pixels
+    The boundary may move at most ``band`` pixels in or out of the given one (default:
+    per object, half its equivalent radius clipped to 4-6 px): pixels
     deeper than ``band`` inside are object, farther than ``band`` outside are not, so
     ``V_1`` lies in ``[|erode_band(M)|, |dilate_band(M)|] / |Omega|`` (optionally
     intersected with ``area (1 +- area_tolerance)``); the image's evidence places the
@@ -26,6 +29,8 @@ from typing import List, Optional
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .correct_evidence import AUTO_BAND_RANGE, object_band, object_evidence
 
 __all__ = ["ObjectCorrection", "correct_objects_iter", "VOLUME_MODES"]
 
@@ -81,51 +86,19 @@ def _crops(compact, ids, slices, margin):
     return out
 
 
-def _evidence(feat, obj, other, band, prob=None):
-    """Contrast-normalised evidence ``t`` of the crop (None if there is no contrast).
-
-    The object's core (deeper than ``band + 1`` inside the given mask) and a ring
-    outside (``band + 1`` to ``2 band + 3`` pixels away, other objects excluded) are
-    taken as sure samples of inside and outside whatever the size bias is. Colour is
-    projected on the Fisher direction ``Sigma^-1 (mu_in - mu_out)``; ``t`` is the
-    projection rescaled so the median of the core is 1 and of the ring 0: the
-    boundary of a blurred object is where ``t = 1/2``.
-    """
-    din = ndi.distance_transform_edt(obj)
-    dout = ndi.distance_transform_edt(~obj)
-    if prob is not None:
-        return np.clip(prob, 0, 1).astype(np.float32), din, dout
-    core = din > band + 1
-    if core.sum() < 9:
-        core = din >= max(1.0, 0.6 * din.max())
-    ring = (dout > band + 1) & (dout <= 2 * band + 3) & ~other
-    if ring.sum() < 9:
-        ring = (dout > 1) & ~other
-    if core.sum() < 3 or ring.sum() < 3:
-        return None, din, dout
-    x_in = feat[:, core].T.astype(np.float64)
-    x_out = feat[:, ring].T.astype(np.float64)
-    c = feat.shape[0]
-    pooled = (np.atleast_2d(np.cov(x_in.T)) + np.atleast_2d(np.cov(x_out.T))) / 2 + 1e-6 * np.eye(c)
-    w = np.linalg.solve(pooled, x_in.mean(0) - x_out.mean(0))
-    proj = np.tensordot(w, feat, axes=1)
-    p_in, p_out = np.median(proj[core]), np.median(proj[ring])
-    spread = np.sqrt(0.5 * (proj[core].var() + proj[ring].var())) + 1e-12
-    if abs(p_in - p_out) < spread:  # core and surroundings overlap: nothing to snap to
-        return None, din, dout
-    return ((proj - p_out) / (p_in - p_out)).astype(np.float32), din, dout
-
-
 def _prepare(crop, feat, prob, *, band, mask_weight, volume_mode, target_factor, area_tolerance,
              edge, edge_beta):
     """Costs, edge weight and area bounds of one crop (sets ``crop.status`` if skipped)."""
-    t, din, dout = _evidence(feat, crop.obj, crop.other, band, prob)
     area = int(crop.obj.sum())
+    band = object_band(area, crop.obj.ndim, band)
+    t, din, dout, prior = object_evidence(feat, crop.obj, crop.other, band, prob)
     if t is None:
         crop.status = "kept: no contrast"
         return
-    c1 = np.clip(1.0 - t, 0.0, 1.0) + mask_weight * ~crop.obj
-    c0 = np.clip(t, 0.0, 1.0) + mask_weight * crop.obj
+    if volume_mode != "interval":
+        prior = crop.obj  # the area is known: trust the given shape
+    c1 = np.clip(1.0 - t, 0.0, 1.0) + mask_weight * ~prior
+    c0 = np.clip(t, 0.0, 1.0) + mask_weight * prior
     free = ~crop.other
     if volume_mode == "interval":
         c0[din > band] = _PROHIBITIVE
@@ -229,7 +202,7 @@ def _paste(out, best, crop, new, u1):
 
 
 def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interval", volume_factor=1.0,
-                    area_tolerance=None, band=6, margin=None, mask_weight=0.1, epsilon=0.01, tv_weight=0.05,
+                    area_tolerance=None, band=None, margin=None, mask_weight=0.15, epsilon=0.01, tv_weight=0.05,
                     edge=True, edge_beta=10.0, smooth=1.0, fill_holes=True, max_num_iter=300, prob=None,
                     ):
     """Correct all objects of ``compact`` (ids ``1..n``) together (a generator).
@@ -242,7 +215,8 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
     feats = features
     if smooth > 0:
         feats = np.stack([ndi.gaussian_filter(ch, smooth) for ch in features]).astype(np.float32)
-    m = int(margin) if margin is not None else 2 * int(band) + 6
+    widest = int(band) if band is not None else max(AUTO_BAND_RANGE)
+    m = int(margin) if margin is not None else 2 * widest + 6
     crops = _crops(compact, ids, slices, m)
     for c in crops:
         _prepare(c, feats[(slice(None),) + c.sl], None if prob is None else prob[c.sl], band=band,
