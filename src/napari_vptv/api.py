@@ -21,7 +21,7 @@ import numpy as np
 
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
-from .options import METHODS, PRESETS, SegmentOptions
+from .options import METHODS, PRESETS, SegmentOptions, auto_method
 
 __all__ = [
     "METHODS",
@@ -36,6 +36,24 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int, int], None]
+
+
+def _auto_settings(image, channel_axis, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """Settings with the measured best method when neither a method nor a preset is
+    asked for (:func:`~napari_vptv.options.auto_method`)."""
+    if "method" in settings or "preset" in settings:
+        return settings
+    shape = list(np.shape(image))
+    if channel_axis is not None and shape:
+        shape.append(shape.pop(int(channel_axis) % len(shape)))  # colour axis last
+    bounds = settings.get("volume_bounds")
+    method = auto_method(
+        n_classes=settings.get("n_classes"), volumes=[settings.get(k) for k in ("volumes", "lower", "upper")]
+        + (list(bounds) if bounds is not None else []),
+        solver_settings=any(settings.get(k) is not None for k in ("epsilon", "tv_weight", "edge", "max_num_iter")),
+        rgb=len(shape) == 3 and shape[-1] in (3, 4),
+    )
+    return {**settings, "method": method}
 
 
 def _as_options(options: Optional[SegmentOptions], settings: Dict[str, Any]) -> SegmentOptions:
@@ -67,7 +85,11 @@ def segment_image(
         Grey ``(H, W)`` / ``(Z, H, W)`` or colour image (``channel_axis``). The WBC
         preset and the networks need RGB ``(H, W, 3)``.
     options : SegmentOptions, optional
-        The settings. Default: made from ``settings``.
+        The settings. Default: made from ``settings``; when these name neither a
+        ``method`` nor a ``preset``, the best method measured across sources
+        (:func:`~napari_vptv.options.auto_method`): the VPTVU-net for a 2-D RGB
+        image, the variational solver for grey images, other class counts or
+        solver settings.
     channel_axis : int, optional
         Colour axis (``-1`` for RGB). With the WBC preset an ``(H, W, 3)`` image is
         taken as RGB even when it is None.
@@ -97,8 +119,10 @@ def segment_image(
     >>> segment_image(image, SegmentOptions.wbc()).labels.shape   # doctest: +SKIP
     (300, 300)
     """
-    opts = _as_options(options, settings)
     _check_channel_axis(image, channel_axis)
+    if options is None:
+        settings = _auto_settings(image, channel_axis, settings)
+    opts = _as_options(options, settings)
     check_device(opts.device)
     return _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
 

@@ -89,6 +89,22 @@ def _number(value, field: str, name: str, *, integer: bool = False, positive: bo
     return value
 
 
+def auto_method(*, n_classes=None, preset=None, volumes=(), solver_settings: bool = False, rgb: bool = True) -> str:
+    """The method that "auto" stands for: the best one measured across sources.
+
+    The VPTVU-net (``"vptv-unet"``, docs/generalist.md) for 3-class colour images,
+    unless the request asks for what only the variational solver does: a grey image,
+    another class count, no preset (``preset="none"``), solver settings (``epsilon``,
+    ``tv_weight``, ``edge``, ``max_num_iter``) or per-class volumes of another length.
+    Shared by ``vptv segment --method auto`` and :func:`napari_vptv.api.segment_image`
+    called without a method.
+    """
+    lengths = [len(v) for v in volumes if v is not None]
+    generic = (not rgb or n_classes not in (None, 3) or preset == "none" or solver_settings
+               or any(n != 3 for n in lengths))
+    return "vptv" if generic else "vptv-unet"
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     """Settings of one segmentation, validated once (frozen).

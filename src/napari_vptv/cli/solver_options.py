@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..options import RANGES, OptionError, SegmentOptions
+from ..options import RANGES, OptionError, SegmentOptions, auto_method
 from .common import CLIError, echo_err, floats, nonneg_float, positive_float, positive_int
 
 __all__ = [
@@ -160,17 +160,14 @@ def add_diameter_option(p) -> None:
 
 
 def resolve_method(args) -> str:
-    """``--method auto``: the best method across sources (the VPTVU-net, docs/generalist.md)
-    unless the command asks for something only the variational solver does: another class
-    count, no preset, solver settings or per-class volumes of another length."""
+    """``--method auto``: :func:`napari_vptv.options.auto_method` of the command's settings."""
     if args.method != "auto":
         return args.method
-    classes = getattr(args, "classes", None)
-    vols = [v for v in (getattr(args, n, None) for n in ("volumes", "lower", "upper")) if v is not None]
-    solver = any(getattr(args, n, None) is not None for n in ("epsilon", "tv_weight", "max_iter", "edge"))
-    generic = (classes not in (None, 3) or getattr(args, "preset", None) == "none" or solver
-               or any(len(v) != 3 for v in vols))
-    return "vptv" if generic else "vptv-unet"
+    return auto_method(
+        n_classes=getattr(args, "classes", None), preset=getattr(args, "preset", None),
+        volumes=[getattr(args, n, None) for n in ("volumes", "lower", "upper")],
+        solver_settings=any(getattr(args, n, None) is not None for n in ("epsilon", "tv_weight", "max_iter", "edge")),
+    )
 
 
 def options_from_args(args, **fixed):
