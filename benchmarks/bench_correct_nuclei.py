@@ -75,7 +75,7 @@ def load(dataset, split, data_root, every=1):
     root = Path(data_root) / dataset
     files = sorted((root / "images").glob("*.png"))
     tune = {"wbc": WBC_TUNE, "wbc-d1": tuple(f.stem for f in files[12::24])}
-    for f in [f for f in files if (f.stem in tune[dataset]) != (split == "tune")][::every]:
+    for f in [f for f in files if (f.stem in tune[dataset]) == (split == "tune")][::every]:
         key = f.stem
         img = imread(f)[..., :3]
         lab, _ = ndi.label(imread(root / "masks" / f.name) == 255)
