@@ -25,9 +25,19 @@ Chambolle dual step and a torch copy-and-scale pass over the same bytes, measure
 in the same run; per-image solve time median / max, iterations and softmax passes;
 ``--compile`` also times a ``torch.compile`` (inductor) version of one step.
 
+Every time is taken twice: wall clock and the process CPU time
+(``time.process_time``, one torch thread): on a machine shared with other jobs the
+CPU time is the steadier figure. Per image: time to tolerance of the whole call
+(best of ``--repeat``), of the iteration alone, iterations; over the images p50 /
+p95 / max. ``--stack N`` adds a 512x512 RGB stack throughput (frames per second) of
+N frames (a WBC image reflect-padded to 512x512, shifted by 2 pixels per frame):
+one core cold start, one core with warm starts (``segment_stack(warm_start=True)``),
+and both cores (two halves of the stack in two threads, cold and warm).
+
 Run by hand::
 
-    python benchmarks/bench_solver.py --step 9 --threads 1 --out benchmarks/results/bench_solver.json
+    python benchmarks/bench_solver.py --step 9 --threads 1 --repeat 3 --stack 16 \
+        --out benchmarks/results/bench_solver.json
 """
 
 from __future__ import annotations
@@ -88,12 +98,13 @@ def _count_rounding_passes():
 
 
 def vptv(image, preset):
+    """``(labels, wall s, cpu s, iterations)`` of one whole ``vptv_segment`` call."""
     from napari_vptv.core.segment import vptv_segment
 
     _ROUNDING_PASSES.clear()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = vptv_segment(image, **preset)
-    return r.labels, time.perf_counter() - t0, r.n_iter
+    return r.labels, time.perf_counter() - t0, time.process_time() - c0, r.n_iter
 
 
 def vptv_iteration_only(image, preset):
@@ -106,14 +117,14 @@ def vptv_iteration_only(image, preset):
     x = torch.from_numpy(prepare_image(image, -1))[None]
     cost = preset["class_model"].cost(x)
     lo, hi = preset["volume_bounds"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         st = vptv_iterate(cost, volume_bounds=(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)),
                           epsilon=preset["epsilon"], tv_weight=preset["tv_weight"], max_num_iter=500, tol=1e-3)
-    return time.perf_counter() - t0, st.n_iter
+    return time.perf_counter() - t0, time.process_time() - c0, st.n_iter
 
 
-def per_iteration(n_iter=60, repeat=3):
+def per_iteration(n_iter=60, repeat=7):
     """ms / iteration of the fast loop (300x300, 3 classes, interval volumes, TV) and
     two floors measured now: a numpy float32 Chambolle dual step and a torch
     copy-and-scale pass over the same bytes as one iteration's arrays (u, q)."""
@@ -157,10 +168,11 @@ def per_iteration(n_iter=60, repeat=3):
 
 
 def _timed(fn, n):
-    t0 = time.perf_counter()
+    """Process CPU time of ``n`` calls (steadier than wall time on a shared machine)."""
+    t0 = time.process_time()
     for _ in range(n):
         fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def compiled_step():
@@ -206,17 +218,25 @@ def compiled_step():
     return out
 
 
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start):
+    return time.perf_counter() - start[0], time.process_time() - start[1]
+
+
 def chan_vese_labels(image):
     from skimage.color import rgb2gray
     from skimage.segmentation import chan_vese
 
     g = rgb2gray(image)
-    t0 = time.perf_counter()
+    t0 = _clock()
     seg = chan_vese(g, mu=0.25, lambda1=1, lambda2=1, tol=1e-3, max_num_iter=500, dt=0.5)
-    dt = time.perf_counter() - t0
+    wall, cpu = _since(t0)
     # the darker phase is the white cell
     cell = seg if g[seg].mean() < g[~seg].mean() else ~seg
-    return cell.astype(np.int32), dt
+    return cell.astype(np.int32), wall, cpu
 
 
 def random_walker_labels(image, seed=0):
@@ -225,7 +245,7 @@ def random_walker_labels(image, seed=0):
     from napari_vptv.core.costs import kmeans_init
 
     x = image.astype(np.float64) / 255.0
-    t0 = time.perf_counter()
+    t0 = _clock()
     pix = x.reshape(-1, 3)
     means, _ = kmeans_init(pix, 3, seed=seed)  # ordered dark -> bright
     d = np.sqrt(((pix[:, None] - means[None]) ** 2).sum(-1))
@@ -235,16 +255,125 @@ def random_walker_labels(image, seed=0):
     cls_of_cluster = np.array([2, 1, 0])  # darkest = nucleus, middle = cytoplasm, brightest = background
     markers = np.where(confident, cls_of_cluster[near] + 1, 0).reshape(image.shape[:2])
     lab = random_walker(x, markers, beta=130, mode="cg_j", tol=1e-3, channel_axis=-1)
-    dt = time.perf_counter() - t0
-    return (lab - 1).astype(np.int32), dt
+    wall, cpu = _since(t0)
+    return (lab - 1).astype(np.int32), wall, cpu
+
+
+def make_stack(image, n_frames, size=512, shift=2):
+    """``(n_frames, size, size, 3)`` uint8: ``image`` reflect-padded to ``size`` and
+    shifted by ``shift`` pixels per frame (a slowly drifting field of view)."""
+    h, w = image.shape[:2]
+    big = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")[:size, :size]
+    return np.stack([np.roll(big, (shift * t, shift * t), axis=(0, 1)) for t in range(n_frames)])
+
+
+def stack_throughput(image, preset, n_frames):
+    """Frames per second of a 512x512 RGB stack: one core cold / warm start, both cores
+    (two halves in two threads, one torch thread each) cold / warm; iterations and the
+    agreement of warm-start labels with cold-start labels."""
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.stack import segment_stack
+
+    stack = make_stack(image, n_frames)
+    fn = functools.partial(vptv_segment, **{k: v for k, v in preset.items() if k != "channel_axis"})
+
+    def run(part, warm):
+        return [(s.labels, s.result.n_iter) for s in segment_stack(part, fn, rgb=True, warm_start=warm)]
+
+    out, labels = {}, {}
+    for warm in (False, True):
+        t0 = _clock()
+        res = run(stack, warm)
+        wall, cpu = _since(t0)
+        key = "warm" if warm else "cold"
+        labels[key] = [r[0] for r in res]
+        out[f"one_core_{key}"] = dict(fps_wall=n_frames / wall, fps_cpu=n_frames / cpu,
+                                      iterations=[int(r[1]) for r in res])
+        halves = (stack[: n_frames // 2], stack[n_frames // 2:])
+        t0 = _clock()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda part: run(part, warm), halves))
+        wall, cpu = _since(t0)
+        out[f"two_cores_{key}"] = dict(fps_wall=n_frames / wall, fps_cpu=n_frames / cpu)
+    out["warm_vs_cold_label_agreement_min"] = float(min(np.mean(a == b) for a, b in zip(labels["cold"], labels["warm"])))
+    out["iterations_saved_by_warm_start"] = 1 - sum(out["one_core_warm"]["iterations"]) / sum(
+        out["one_core_cold"]["iterations"])
+    out["frames"], out["shape"] = n_frames, list(stack.shape)
+    return out
+
+
+def _pct(values):
+    v = np.asarray(values, dtype=float)
+    return dict(p50=float(np.median(v)), p95=float(np.percentile(v, 95)), max=float(v.max()))
+
+
+def run_images(images, preset, repeat):
+    rows = []
+    for sid, img, mask in images:
+        runs = [vptv(img, preset) for _ in range(repeat)]
+        lab_v, t_v, c_v, it = min(runs, key=lambda r: r[2])
+        softmax_passes = it + 1 + sum(_ROUNDING_PASSES)
+        t_it, c_it, n_it = vptv_iteration_only(img, preset)
+        lab_c, t_c, c_c = chan_vese_labels(img)
+        lab_r, t_r, c_r = random_walker_labels(img)
+        fg = mask > 0
+        rows.append(dict(
+            id=sid, t_vptv=t_v, cpu_vptv=c_v, t_iter=t_it, cpu_iter=c_it, n_iter=n_it,
+            ms_per_iteration_cpu=1e3 * c_it / n_it, softmax_passes=softmax_passes,
+            t_cv=t_c, cpu_cv=c_c, t_rw=t_r, cpu_rw=c_r,
+            acc3_vptv=np.mean(lab_v == mask), acc3_rw=np.mean(lab_r == mask),
+            acc2_vptv=np.mean((lab_v > 0) == fg), acc2_cv=np.mean((lab_c > 0) == fg),
+            acc2_rw=np.mean((lab_r > 0) == fg),
+        ))
+        r = rows[-1]
+        print(f"  {sid}: vptv {r['t_vptv']:.3f}s wall / {r['cpu_vptv']:.3f}s cpu ({n_it} it, "
+              f"{r['ms_per_iteration_cpu']:.2f} ms/it cpu) acc3 {r['acc3_vptv']:.4f} | chan_vese "
+              f"{r['cpu_cv']:.3f}s cpu acc2 {r['acc2_cv']:.4f} | random_walker {r['cpu_rw']:.3f}s cpu "
+              f"acc3 {r['acc3_rw']:.4f} | softmax passes {softmax_passes}", flush=True)
+    return rows
+
+
+def summarise(rows, floor):
+    m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "id"}
+    print()
+    print("| method | CPU s / image | CPU time ratio to VPTV | 3-class pixel acc. | cell-vs-background acc. |")
+    print("|---|---|---|---|---|")
+    print(f"| VPTV, WBC preset (whole call, incl. volume rounding) | {m['cpu_vptv']:.3f} | 1.0 | "
+          f"{m['acc3_vptv']:.4f} | {m['acc2_vptv']:.4f} |")
+    print(f"| VPTV iteration only ({m['n_iter']:.0f} iterations avg) | {m['cpu_iter']:.3f} | "
+          f"{m['cpu_iter'] / m['cpu_vptv']:.2f} | | |")
+    print(f"| skimage chan_vese (grey, 2 phases) | {m['cpu_cv']:.3f} | {m['cpu_cv'] / m['cpu_vptv']:.1f} | n/a | "
+          f"{m['acc2_cv']:.4f} |")
+    print(f"| skimage random_walker (RGB, k-means seeds) | {m['cpu_rw']:.3f} | {m['cpu_rw'] / m['cpu_vptv']:.1f} | "
+          f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |")
+    ms_it = [r["ms_per_iteration_cpu"] for r in rows]
+    summary = dict(
+        vptv_call_wall_s=_pct([r["t_vptv"] for r in rows]), vptv_call_cpu_s=_pct([r["cpu_vptv"] for r in rows]),
+        iteration_wall_s=_pct([r["t_iter"] for r in rows]), iteration_cpu_s=_pct([r["cpu_iter"] for r in rows]),
+        ms_per_iteration_cpu=_pct(ms_it),
+        ms_per_iteration_cpu_to_copy_floor=float(np.median(ms_it) / floor["ms_torch_copy_scale_u_q"]),
+        iterations=[int(r["n_iter"]) for r in rows], softmax_passes=[int(r["softmax_passes"]) for r in rows],
+        ratio_vptv_call_to_chan_vese_cpu=float(sum(r["cpu_vptv"] for r in rows) / sum(r["cpu_cv"] for r in rows)),
+        ratio_vptv_call_to_chan_vese_wall=float(sum(r["t_vptv"] for r in rows) / sum(r["t_cv"] for r in rows)),
+        acc3_vptv_mean=m["acc3_vptv"],
+    )
+    c = summary["vptv_call_cpu_s"]
+    print(f"# VPTV call CPU p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s max {c['max']:.3f}s; ms/iteration (CPU) "
+          f"median {np.median(ms_it):.2f} = {summary['ms_per_iteration_cpu_to_copy_floor']:.1f}x the copy floor; "
+          f"CPU time ratio VPTV / chan_vese {summary['ratio_vptv_call_to_chan_vese_cpu']:.3f}")
+    return summary
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/work/shared/data/wbc")
     p.add_argument("--step", type=int, default=9)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=1, help="VPTV timing: best of n runs")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3, help="VPTV timing: best (CPU time) of n runs")
+    p.add_argument("--stack", type=int, default=0, help="frames of the 512x512 stack throughput (0: skip)")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd step")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
@@ -261,55 +390,18 @@ def main(argv=None):
     _count_rounding_passes()
     vptv(images[0][1], preset)  # warm-up (imports, allocator)
     floor = per_iteration()
-    print(f"# per iteration (300x300x3, fast loop): {floor['ms_per_iteration']:.2f} ms; numpy float32 "
+    print(f"# per iteration (300x300x3, fast loop, CPU time): {floor['ms_per_iteration']:.2f} ms; numpy float32 "
           f"Chambolle dual step {floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q "
           f"{floor['ms_torch_copy_scale_u_q']:.3f} ms", flush=True)
     comp = compiled_step() if args.compile else None
     if comp:
         print(f"# torch.compile: {comp}", flush=True)
-
-    rows = []
-    for sid, img, mask in images:
-        t_v, it = min((vptv(img, preset)[1:] for _ in range(args.repeat)), key=lambda t: t[0])
-        lab_v = vptv(img, preset)[0]
-        softmax_passes = it + 1 + sum(_ROUNDING_PASSES)
-        t_it, n_it = vptv_iteration_only(img, preset)
-        lab_c, t_c = chan_vese_labels(img)
-        lab_r, t_r = random_walker_labels(img)
-        fg = mask > 0
-        rows.append(dict(
-            id=sid, t_vptv=t_v, t_iter=t_it, n_iter=n_it, softmax_passes=softmax_passes, t_cv=t_c, t_rw=t_r,
-            acc3_vptv=np.mean(lab_v == mask), acc3_rw=np.mean(lab_r == mask),
-            acc2_vptv=np.mean((lab_v > 0) == fg), acc2_cv=np.mean((lab_c > 0) == fg),
-            acc2_rw=np.mean((lab_r > 0) == fg),
-        ))
-        r = rows[-1]
-        print(f"  {sid}: vptv {r['t_vptv']:.3f}s ({r['n_iter']} it, iteration {r['t_iter']:.3f}s) "
-              f"acc3 {r['acc3_vptv']:.4f} | chan_vese {r['t_cv']:.3f}s acc2 {r['acc2_cv']:.4f} | "
-              f"random_walker {r['t_rw']:.3f}s acc3 {r['acc3_rw']:.4f} | softmax passes {softmax_passes}", flush=True)
-    m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "id"}
-    print()
-    print("| method | s / image | time ratio to VPTV | 3-class pixel acc. | cell-vs-background acc. |")
-    print("|---|---|---|---|---|")
-    print(f"| VPTV, WBC preset (whole call, incl. volume rounding) | {m['t_vptv']:.3f} | 1.0 | "
-          f"{m['acc3_vptv']:.4f} | {m['acc2_vptv']:.4f} |")
-    print(f"| VPTV iteration only (Algorithm 1, {m['n_iter']:.0f} iterations avg) | {m['t_iter']:.3f} | "
-          f"{m['t_iter'] / m['t_vptv']:.2f} | | |")
-    print(f"| skimage chan_vese (grey, 2 phases) | {m['t_cv']:.3f} | {m['t_cv'] / m['t_vptv']:.1f} | n/a | "
-          f"{m['acc2_cv']:.4f} |")
-    print(f"| skimage random_walker (RGB, k-means seeds) | {m['t_rw']:.3f} | {m['t_rw'] / m['t_vptv']:.1f} | "
-          f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |")
-    t_v = np.array([r["t_vptv"] for r in rows])
-    t_i = np.array([r["t_iter"] for r in rows])
-    summary = dict(
-        median_s_vptv_call=float(np.median(t_v)), max_s_vptv_call=float(t_v.max()),
-        median_s_iteration=float(np.median(t_i)), max_s_iteration=float(t_i.max()),
-        iterations=[int(r["n_iter"]) for r in rows], softmax_passes=[int(r["softmax_passes"]) for r in rows],
-        ratio_vptv_call_to_chan_vese=float(t_v.sum() / sum(r["t_cv"] for r in rows)),
-    )
-    print(f"# VPTV call median {summary['median_s_vptv_call']:.3f}s max {summary['max_s_vptv_call']:.3f}s; "
-          f"iteration median {summary['median_s_iteration']:.3f}s max {summary['max_s_iteration']:.3f}s; "
-          f"time ratio VPTV / chan_vese {summary['ratio_vptv_call_to_chan_vese']:.2f}")
+    rows = run_images(images, preset, args.repeat)
+    summary = summarise(rows, floor)
+    stack = None
+    if args.stack:
+        stack = stack_throughput(images[0][1], preset, args.stack)
+        print(f"# 512x512 stack: {stack}", flush=True)
     if args.out:
         import json
         import subprocess
@@ -318,7 +410,8 @@ def main(argv=None):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         Path(args.out).write_text(json.dumps(dict(
             command="python " + " ".join(sys.argv), commit=commit, machine=machine(args.threads),
-            images=source, per_iteration=floor, torch_compile=comp, summary=summary,
+            load_average_at_end=os.getloadavg()[0], images=source, per_iteration=floor, torch_compile=comp,
+            summary=summary, stack_512=stack,
             rows=[{k: (v if isinstance(v, str) else float(v)) for k, v in r.items()} for r in rows],
         ), indent=1))
     return 0

@@ -171,3 +171,32 @@ def test_dask_stack_read_slice_by_slice():
         # when slice z is done, only chunks 0..z have been computed, each once
         assert computed == list(range(it.index[0] + 1))
         np.testing.assert_array_equal(it.labels, threshold(base[it.index]))
+
+
+def test_warm_start_passes_previous_result_and_keeps_labels():
+    """warm_start=True hands each slice the previous slice's result; with the real
+    solver the labels match a cold start and the iterations do not grow."""
+    seen = []
+
+    def fn(image, *, channel_axis=None, warm_start=None):
+        seen.append(warm_start)
+        return threshold(image, channel_axis=channel_axis)
+
+    stack = squares(3)
+    list(segment_stack(stack, fn, warm_start=True))
+    assert seen[0] is None and seen[1] is not None and np.array_equal(seen[2], threshold(stack[1]))
+
+    solver = functools.partial(vptv_segment, n_classes=2, volume_mode="interval",
+                               volume_bounds=([0.5, 0.05], [0.95, 0.5]), epsilon=0.05, tv_weight=0.05)
+    smooth = np.repeat(squares(1, size=40), 4, axis=0)
+    smooth = smooth + np.random.default_rng(1).normal(0, 0.01, smooth.shape).astype(np.float32)
+    cold = list(segment_stack(smooth, solver))
+    warm = list(segment_stack(smooth, solver, warm_start=True))
+    for c, w in zip(cold, warm):
+        assert np.mean(c.labels == w.labels) > 0.99
+    assert sum(w.result.n_iter for w in warm[1:]) < sum(c.result.n_iter for c in cold[1:])
+
+
+def test_warm_start_needs_a_keyword():
+    with pytest.raises(ValueError, match="warm_start"):
+        list(segment_stack(squares(2), threshold, warm_start=True))

@@ -144,6 +144,7 @@ def segment_stack(
     mode: str = "slices",
     on_error: str = "raise",
     n_classes: Optional[int] = None,
+    warm_start: bool = False,
 ) -> Iterator[StackSlice]:
     """Segment a stack piece by piece, yielding each finished piece.
 
@@ -170,6 +171,12 @@ def segment_stack(
         the rest continue.
     n_classes : int, optional
         Length of the counted ``volumes`` when ``segment_fn`` does not report them.
+    warm_start : bool
+        Pass the previous piece's result to ``segment_fn`` as ``warm_start=`` (None
+        for the first piece and after a failed one), e.g. for
+        :func:`~napari_vptv.core.segment.vptv_segment`, which then starts from the
+        previous slice's dual variables (fewer iterations on smooth stacks).
+        ``segment_fn`` must accept a ``warm_start`` keyword.
 
     Yields
     ------
@@ -195,11 +202,15 @@ def segment_stack(
     channel_axis = -1 if rgb else None
     total = int(np.prod(leading, dtype=np.int64)) if leading else 1
     indices = itertools.product(*(range(n) for n in leading)) if leading else iter([()])
+    extra = {}
+    if warm_start:
+        _check_accepts(segment_fn, "warm_start")
+        extra["warm_start"] = None
     for done, index in enumerate(indices, start=1):
         piece = data[index] if index else data
         try:
             arr = np.asarray(piece)  # only this piece is read / computed
-            result = segment_fn(arr, channel_axis=channel_axis)
+            result = segment_fn(arr, channel_axis=channel_axis, **extra)
             labels = labels_of(result)
             if labels.shape != piece_shape:
                 raise ValueError(
@@ -209,13 +220,29 @@ def segment_stack(
         except Exception as exc:  # noqa: BLE001 - reported per piece or re-raised
             if on_error == "raise":
                 raise
+            if warm_start:
+                extra["warm_start"] = None
             yield StackSlice(tuple(index), None, done, total, None, None, exc)
             continue
+        if warm_start:
+            extra["warm_start"] = result
         volumes = getattr(result, "volumes", None)
         if volumes is None:
             k = n_classes if n_classes is not None else int(labels.max(initial=0)) + 1
             volumes = np.bincount(labels.ravel().astype(np.int64), minlength=k) / labels.size
         yield StackSlice(tuple(index), labels, done, total, np.asarray(volumes, dtype=float), result, None)
+
+
+def _check_accepts(fn, name: str) -> None:
+    """Raise a one-line ValueError unless ``fn`` takes keyword ``name`` (or ``**kw``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return  # not introspectable: let the call tell
+    if not any(p.name == name or p.kind is p.VAR_KEYWORD for p in params):
+        raise ValueError(f"warm_start=True needs a segment_fn that accepts a {name!r} keyword")
 
 
 def segment_stack_array(
@@ -226,11 +253,12 @@ def segment_stack_array(
     mode: str = "slices",
     n_classes: Optional[int] = None,
     out: Optional[np.ndarray] = None,
+    warm_start: bool = False,
 ) -> np.ndarray:
     """Run :func:`segment_stack` to the end and return the full label array.
 
-    ``out`` (shape = the input's shape without the colour axis) is filled in place
-    if given; otherwise a ``uint8`` (``int32`` for more than 256 classes, or when
+    ``warm_start`` as in :func:`segment_stack`. ``out`` (shape = the input's shape
+    without the colour axis) is filled in place if given; otherwise a ``uint8`` (``int32`` for more than 256 classes, or when
     ``n_classes`` is unknown) array is allocated.
     """
     _, label_shape = stack_layout(np.shape(data), rgb=rgb, mode=mode)
@@ -238,6 +266,6 @@ def segment_stack_array(
         out = np.zeros(label_shape, dtype=label_dtype(n_classes) if n_classes else np.int32)
     elif tuple(out.shape) != tuple(label_shape):
         raise ValueError(f"out must have shape {label_shape}, got {out.shape}")
-    for item in segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=n_classes):
+    for item in segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=n_classes, warm_start=warm_start):
         out[item.index] = item.labels
     return out
