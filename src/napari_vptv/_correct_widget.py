@@ -131,8 +131,9 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.volume_mode = ComboBox(label="Area", choices=list(VOLUME_CHOICES), value=VOLUME_DEFAULT,
                                     tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
                                             "image decides; exact: keep each area; factor: area × factor")
-        self.band = SpinBox(label="Band (px)", min=1, max=1000, value=6,
-                            tooltip="unknown bias: the largest boundary error to correct")
+        self.band = SpinBox(label="Band (px, 0 = auto)", min=0, max=1000, value=0,
+                            tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
+                                    "half its equivalent radius within 4-6 px")
         self.volume_factor = FloatSpinBox(label="Volume factor", min=0.1, max=10.0, step=0.01, value=1.0,
                                           tooltip="'known factor' mode: target area = mask area × factor "
                                                   "(1.1: mask ~10 % too small)")
@@ -219,7 +220,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "mode": self.mode.value,
             "model": MODELS[self.model.value],
             "volume_mode": VOLUME_CHOICES[self.volume_mode.value],
-            "band": int(self.band.value),
+            "band": int(self.band.value) or None,  # 0: the per-object automatic band
             "volume_factor": float(self.volume_factor.value),
             "volume_tolerance": float(self.volume_tolerance.value),
             "margin": int(self.margin.value) or None,
