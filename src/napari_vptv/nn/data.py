@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["CLASSES", "INPUT_NORMS", "MEAN", "STD", "WHITE_TARGET", "apply_white", "input_norm_of", "normalise",
-           "normalise_unit", "volume_targets", "white_point"]
+           "normalise_unit", "volume_targets", "white_gain", "white_point"]
 
 CLASSES = ("background", "cytoplasm", "nucleus")
 #: Input normalisation: x = (rgb / 255 - MEAN) / STD (fixed, recorded in the metadata).
@@ -71,12 +71,18 @@ def white_point(rgb) -> np.ndarray:
     return np.maximum(np.median(bright, axis=0), 1.0 / 255.0)
 
 
+def white_gain(white, dtype):
+    """Per-channel gains mapping white points ``(..., 3)`` (torch) to :data:`WHITE_TARGET`,
+    clipped to :data:`WHITE_GAIN_RANGE`."""
+    return (WHITE_TARGET / white.to(dtype).clamp(min=1e-3)).clamp(*WHITE_GAIN_RANGE)
+
+
 def apply_white(x, white):
     """Map the white point of float ``(B, 3, H, W)`` images in [0, 1] to :data:`WHITE_TARGET`.
 
-    ``white`` is ``(B, 3)`` (torch). Gains are clipped to :data:`WHITE_GAIN_RANGE`.
+    ``white`` is ``(B, 3)`` (torch); see :func:`white_gain`.
     """
-    gain = (WHITE_TARGET / white.to(x.dtype).clamp(min=1e-3)).clamp(*WHITE_GAIN_RANGE)
+    gain = white_gain(white, x.dtype)
     return x * gain.view(*gain.shape, 1, 1)
 
 
@@ -91,7 +97,7 @@ def normalise(images, input_norm: str = "none"):
     t = torch.as_tensor(arr).to(torch.float32).div_(255.0)  # (..., H, W, 3)
     if input_norm == "white-point":
         white = torch.as_tensor(np.stack([white_point(a) for a in arr.reshape(-1, *arr.shape[-3:])]))
-        gain = (WHITE_TARGET / white.to(torch.float32).clamp(min=1e-3)).clamp(*WHITE_GAIN_RANGE)
+        gain = white_gain(white, torch.float32)
         # scaled in (H, W, 3) order: the same values as apply_white, and the memory layout of
         # the plain input, which the convolutions run fastest on (about 25 ms per 300 x 300)
         t = t * gain.view(*arr.shape[:-3], 1, 1, 3)
