@@ -19,10 +19,11 @@ def add_parser(sub) -> None:
     """Parser of ``vptv correct`` (the mask-correction engine's options live here)."""
     p = sub.add_parser(
         "correct",
-        help="snap a rough label mask to the image's boundaries, keeping each object's area",
+        help="snap a rough label mask to the image's boundaries (size bias unknown by default)",
         description=(
             "Correct MASK (instance labels, a binary mask, or class labels with --mode semantic) "
-            "with VPTV: each object keeps its area (volume), the image decides the boundary. "
+            "with VPTV: by default each object's boundary may move within a band around the given one "
+            "(the size bias is unknown) and the image decides where; --volume-mode exact keeps each area. "
             "Writes the corrected mask to --out (PNG or TIFF)."
         ),
     )

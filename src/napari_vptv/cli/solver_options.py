@@ -106,7 +106,8 @@ def _add_solver_settings(g) -> None:
         default=None,
         metavar="E",
         help="entropic regularisation eps of the soft class assignment, 1e-4 to 100; smaller is sharper "
-        "(default: 1.0 with the WBC preset, else 0.01)",
+        "(default with the WBC preset: 0.05 when its colour model is refitted per image, i.e. no volumes "
+        "given, 1.0 with given volumes; else 0.01)",
     )
     g.add_argument(
         "--tv-weight",
@@ -114,7 +115,8 @@ def _add_solver_settings(g) -> None:
         default=None,
         metavar="L",
         help="weight lambda of the total-variation (boundary length) term, 0 to 100; larger is smoother "
-        "(default: 2.0 with the WBC preset, else 0.02)",
+        "(default with the WBC preset: 0.05 when its colour model is refitted per image, 2.0 with given "
+        "volumes; else 0.02)",
     )
     g.add_argument(
         "--edge",
