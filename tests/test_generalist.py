@@ -229,6 +229,41 @@ def test_class_colour_recolours_classes_independently_and_is_seeded():
     assert float(od_ratio.max()) <= cfg.class_od_gain[1] + 1e-4
 
 
+def test_red_cell_restaining_changes_only_background_and_keeps_the_glass():
+    from napari_vptv.nn.augment import augment_red_cells
+
+    x = torch.full((4, 3, 32, 32), 0.9)
+    x[:, :, 4:12, 4:12] = torch.tensor([0.8, 0.5, 0.6]).view(3, 1, 1)  # a pink red cell
+    x[:, :, :, 20:] = 0.4  # the white cell
+    y = torch.zeros((4, 32, 32), dtype=torch.long)
+    y[:, :, 20:] = 1
+    white = torch.full((4, 3), 0.9)
+    g = torch.Generator
+    assert torch.equal(augment_red_cells(x, y, white, g().manual_seed(0), AugmentConfig()), x)
+    cfg = AugmentConfig(p_red_cells=1.0)
+    a = augment_red_cells(x, y, white, g().manual_seed(0), cfg)
+    assert torch.equal(a, augment_red_cells(x, y, white, g().manual_seed(0), cfg))
+    assert (a[:, :, 8, 8] - x[:, :, 8, 8]).abs().max() > 0.02  # the red cell is re-stained
+    assert torch.allclose(a[:, :, 8, 16], x[:, :, 8, 16], atol=1e-5)  # glass at the white point
+    assert torch.allclose(a[:, :, :, 26:], x[:, :, :, 26:], atol=1e-5)  # white cell untouched
+
+
+def test_synthetic_red_cells_only_darken_the_background():
+    from napari_vptv.nn.augment import augment_synthetic_red_cells
+
+    x = torch.full((4, 3, 64, 64), 0.9)
+    y = torch.zeros((4, 64, 64), dtype=torch.long)
+    y[:, 20:44, 20:44] = 2
+    assert torch.equal(augment_synthetic_red_cells(x, y, torch.Generator().manual_seed(0), AugmentConfig()), x)
+    cfg = AugmentConfig(p_synthetic_red_cells=1.0, synthetic_red_cell_cover=(0.5, 0.6))
+    a = augment_synthetic_red_cells(x, y, torch.Generator().manual_seed(1), cfg)
+    assert torch.equal(a, augment_synthetic_red_cells(x, y, torch.Generator().manual_seed(1), cfg))
+    assert float((a - x).max()) <= 1e-6  # density only adds
+    assert torch.allclose(a[:, :, 26:38, 26:38], x[:, :, 26:38, 26:38], atol=1e-4)  # behind the cell
+    drawn = (x - a)[:, 1] > 0.02  # pink: green channel absorbs most
+    assert float(drawn.float().mean()) > 0.1
+
+
 def test_white_point_input_matches_training_path_and_plain_layout(sample):
     """Inference scales in (H, W, 3) order: the same numbers as the training path
     (apply_white on (B, 3, H, W)) and the memory layout of the plain input (the

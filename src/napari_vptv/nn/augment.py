@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_class_colour", "augment_colour", "augment_optics", "dihedral"]
+__all__ = ["AugmentConfig", "augment_class_colour", "augment_colour", "augment_optics", "augment_red_cells",
+           "augment_synthetic_red_cells", "dihedral"]
 
 
 @dataclass
@@ -52,6 +53,12 @@ class AugmentConfig:
     p_class_colour: float = 0.0  # probability of a per-class recolouring (0 = off)
     class_od_gain: tuple = (0.6, 1.6)  # per class and channel OD gain, log-uniform
     class_mask_sigma: float = 1.5  # smoothing (px) of the class masks that blend the gains
+    p_red_cells: float = 0.0  # probability of re-staining the background's red cells (0 = off)
+    red_cell_od_gain: tuple = (0.2, 5.0)  # their optical density (over the glass) times this, log-uniform
+    red_cell_tint: float = 0.3  # per-channel log-gain jitter +- this on top (pink / purple / grey)
+    p_synthetic_red_cells: float = 0.0  # probability of drawing extra red cells into the background
+    synthetic_red_cell_cover: tuple = (0.1, 0.6)  # fraction of the patch their discs cover
+    synthetic_red_cell_density: tuple = (0.08, 0.6)  # their peak optical density
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +171,85 @@ def augment_class_colour(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, c
     gain_map = torch.einsum("bkhw,bkc->bchw", masks, gains)
     od = -torch.log(x.clamp(min=1.0 / 255.0))
     return torch.where(on, torch.exp(-od * gain_map), x)
+
+
+def augment_red_cells(x: torch.Tensor, y: torch.Tensor, white: torch.Tensor, g: torch.Generator,
+                      cfg: AugmentConfig) -> torch.Tensor:
+    """Re-stain what lies on the background class (red cells, platelets, debris).
+
+    Red cells are the strongest difference between smears that a white-cell network
+    must ignore: strongly pink in one lab, pale ghosts in another. Their optical density
+    over the empty glass, ``-log(x / white)``, is multiplied by a log-uniform gain (one
+    per sample, times a per-channel tint), blended by the smoothed background mask so
+    the white cell is untouched. The glass itself (density 0 over ``white``, the
+    image's white point ``(B, 3)``) keeps its colour. Draws nothing when disabled.
+    """
+    if cfg.p_red_cells <= 0:
+        return x
+    B = x.shape[0]
+    on = (torch.rand(B, generator=g) < cfg.p_red_cells).view(B, 1, 1, 1)
+    lo, hi = math.log(cfg.red_cell_od_gain[0]), math.log(cfg.red_cell_od_gain[1])
+    log_gain = _uniform(g, lo, hi, B, 1) + _uniform(g, -cfg.red_cell_tint, cfg.red_cell_tint, B, 3)
+    bg = (y == 0).to(x.dtype)[:, None]
+    bg = _gaussian_blur(bg, torch.full((B,), float(cfg.class_mask_sigma)))
+    w = white.to(x.dtype).view(B, 3, 1, 1).clamp(min=1.0 / 255.0)
+    od = (-torch.log(x.clamp(min=1.0 / 255.0) / w)).clamp(min=0.0)  # density over the glass
+    gain = 1.0 + bg * (torch.exp(log_gain).view(B, 3, 1, 1) - 1.0)
+    out = (w * torch.exp(-od * gain)).clamp(0.0, 1.0)
+    # pixels brighter than the white point (od clamped to 0) keep their value
+    out = torch.where(x > w, x, out)
+    return torch.where(on, out, x)
+
+
+# optical-density colour of eosin (skimage's rgb_from_hed): the pink of stained red cells
+_EOSIN_OD = torch.tensor([0.07, 0.99, 0.11])
+
+
+def _red_cell_density(H: int, W: int, diameter: float, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Optical density ``(3, H, W)`` of random biconcave red-cell discs of about half the
+    white-cell ``diameter`` (rim denser than the central pallor, soft 1 px edge)."""
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    cover = float(_uniform(g, *cfg.synthetic_red_cell_cover, 1))
+    r_mean = max(3.0, 0.5 * diameter * float(_uniform(g, 0.45, 0.65, 1)))
+    n = int(round(cover * H * W / (math.pi * r_mean ** 2)))
+    density = torch.zeros(H, W)
+    peak = float(_uniform(g, *cfg.synthetic_red_cell_density, 1))
+    for _ in range(min(n, 60)):
+        cy, cx = float(_uniform(g, 0, H, 1)), float(_uniform(g, 0, W, 1))
+        r = r_mean * float(_uniform(g, 0.85, 1.15, 1))
+        aspect, angle = float(_uniform(g, 0.75, 1.0, 1)), float(_uniform(g, 0, math.pi, 1))
+        u = (yy - cy) * math.cos(angle) + (xx - cx) * math.sin(angle)
+        v = -(yy - cy) * math.sin(angle) + (xx - cx) * math.cos(angle)
+        rho = torch.sqrt(u ** 2 + (v / aspect) ** 2) / r
+        pallor = float(_uniform(g, 0.3, 1.0, 1))
+        inside = torch.sigmoid((1.0 - rho) * r)  # ~1 px soft edge
+        density += inside * (pallor + (1.0 - pallor) * rho.clamp(max=1.0) ** 2)
+    tint = torch.exp(_uniform(g, -cfg.red_cell_tint, cfg.red_cell_tint, 3))
+    return peak * density.clamp(max=2.0)[None] * (_EOSIN_OD * tint).view(3, 1, 1)
+
+
+def augment_synthetic_red_cells(x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                                cfg: AugmentConfig) -> torch.Tensor:
+    """Draw pink red-cell discs into the background of some patches.
+
+    A source with pale red-cell ghosts never shows the network a strongly stained,
+    nucleus-free disc, so it calls other labs' red cells cytoplasm. The discs lie
+    behind the white cell (weighted by the smoothed background mask) and are sized from
+    the patch's white cell (its equivalent diameter; 36-120 px when none is visible).
+    Labels are unchanged: red cells are background. Draws nothing when disabled.
+    """
+    if cfg.p_synthetic_red_cells <= 0:
+        return x
+    B, _, H, W = x.shape
+    on = torch.rand(B, generator=g) < cfg.p_synthetic_red_cells
+    bg = _gaussian_blur((y == 0).to(x.dtype)[:, None], torch.full((B,), float(cfg.class_mask_sigma)))
+    out = x.clone()
+    for b in torch.nonzero(on).flatten().tolist():
+        area = float((y[b] > 0).sum())
+        d = 2.0 * math.sqrt(area / math.pi) if area > 200 else float(_uniform(g, 36.0, 120.0, 1))
+        od = _red_cell_density(H, W, d, g, cfg).to(x.dtype)
+        out[b] = x[b] * torch.exp(-od * bg[b])
+    return out
 
 
 def dihedral(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from . import data as D
-from .augment import AugmentConfig, augment_class_colour, augment_colour, augment_optics, dihedral
+from .augment import (AugmentConfig, augment_class_colour, augment_colour, augment_optics, augment_red_cells,
+                      augment_synthetic_red_cells, dihedral)
 from .layer import build_model
 from .sampler import SamplerConfig, sample_batch
 from .sources import load_source
@@ -140,6 +141,8 @@ def _step_batch(sources, weights, step, cfg, scfg, acfg):
     xb, yb, white = sample_batch(sources, weights, cfg["batch"], rng, scfg, with_white=True)
     xb, yb = dihedral(xb, yb, g)
     xb = augment_class_colour(xb, yb, g, acfg)
+    xb = augment_red_cells(xb, yb, white, g, acfg)
+    xb = augment_synthetic_red_cells(xb, yb, g, acfg)
     if white_norm:
         # the white point rides along as one extra pixel column, so it gets the same colour
         # augmentation as the patch and the normalisation then removes the augmented cast
