@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import gaussian, sobel
-from skimage.morphology import disk
+from skimage.morphology import ball, disk
 from skimage.segmentation import expand_labels, morphological_geodesic_active_contour, random_walker, watershed
 from skimage.segmentation import inverse_gaussian_gradient
 
 
 def erode_labels(labels, r):
-    """Each object eroded by a disc of radius ``r`` (objects never merge)."""
+    """Each object eroded by a disc (3-D: a ball) of radius ``r`` (objects never merge)."""
     out = np.zeros_like(labels)
-    fp = disk(r) if labels.ndim == 2 else None
+    fp = disk(r) if labels.ndim == 2 else ball(r)
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
@@ -54,6 +54,22 @@ def random_walker_refine(grey, labels, r=4, beta=130):
     out = random_walker(gaussian(grey, 1.0), markers, beta=beta, mode="cg_j", tol=1e-3)
     out[out == bg] = 0
     return out.astype(labels.dtype)
+
+
+def per_slice(peer):
+    """A 2-D peer applied to every plane of a 3-D stack (axis 0) on its own."""
+
+    def run(grey, labels, **kw):
+        if labels.ndim == 2:
+            return peer(grey, labels, **kw)
+        out = np.zeros_like(labels)
+        for z in range(labels.shape[0]):
+            if labels[z].any():
+                out[z] = peer(grey[z], labels[z], **kw)
+        return out
+
+    run.__name__ = f"{peer.__name__}_per_slice"
+    return run
 
 
 def geodesic_active_contour(grey, labels, iterations=30, margin=12):

@@ -18,6 +18,30 @@ Two modes:
 ``"semantic"`` (e.g. background / cytoplasm / nucleus)
     One multi-class VPTV on the whole image; class ``i``'s volume is its fraction in
     the given mask, the class models are estimated from the mask.
+
+Method of the objects mode
+--------------------------
+Per object (crop ``Omega``, given object ``M``, signed distance ``sd`` to its
+boundary) the smoothed image is projected on the Fisher direction between the
+object's deep core and a ring outside it (beyond ``band``). The *edge offset*
+``o`` -- the level set ``{sd = o}``, ``|o| <= band``, with the strongest mean
+gradient of that projection (2-D: per angular sector, pulled towards the whole
+object's) -- says where the image's edge lies; the prior ``M' = {sd < o}`` is the
+given mask moved there. The evidence ``t(x)`` is the projection (refitted)
+between a thin core just inside and a thin ring just outside that edge, scaled so
+their medians are 1 and 0: the material adjacent to the object sets the outside
+level. The costs are
+
+``c_1 = clip(1 - t, 0, 1) + beta [x not in M']``, ``c_0 = clip(t, 0, 1) + beta [x in M']``
+
+(exact / factor modes: ``M' = M``), so the boundary goes where ``t = 1/2`` (the
+half-maximum edge of a blurred nucleus) unless that is ambiguous; per-object
+scaling treats dim and bright nuclei alike. Other objects' pixels are forbidden
+for the object class. All crops are padded and solved as one batch by
+Algorithm 1 (eq. 11 with the volume interval or ``U(V)``); labels are
+``u_1 > 1/2`` with the count clipped to the volume bounds, holes inside ``M``
+filled, components not touching ``M`` dropped; a pixel two objects claim goes to
+the larger ``u_1``.
 """
 
 from __future__ import annotations
@@ -32,10 +56,12 @@ from .segment import prepare_image
 
 __all__ = [
     "correct_mask", "correct_mask_iter", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
-    "VOLUME_MODES",
+    "VOLUME_MODES", "STACK_MODES",
 ]
 
 CORRECTION_MODES = ("objects", "semantic")
+#: 3-D masks: one 3-D object per id ("volume"), or every plane of axis 0 on its own ("slices")
+STACK_MODES = ("volume", "slices")
 COLOUR_SIMILARITIES = ("gaussian", "mahalanobis", "mean", "histogram")
 
 
@@ -314,6 +340,7 @@ def correct_mask_iter(
     seed: int = 0,
     device: str = "cpu",
     report: Optional[list] = None,
+    stack_mode: str = "volume",
 ) -> Generator[CorrectionProgress, None, np.ndarray]:
     """Generator version of :func:`correct_mask`.
 
@@ -322,10 +349,10 @@ def correct_mask_iter(
     (``StopIteration.value``). Stopping the generator early (e.g. a Cancel button)
     leaves the inputs untouched. Parameters: see :func:`correct_mask`.
     """
-    from scipy import ndimage as ndi
-
     _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
                   em_rounds, max_num_iter)
+    if stack_mode not in STACK_MODES:
+        raise ValueError(f"stack_mode must be one of {STACK_MODES}, got {stack_mode!r}")
     volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance,
                                                        area_tolerance)
     _check_object_params(mask_weight, smooth, band)
@@ -342,19 +369,38 @@ def correct_mask_iter(
             similarity=similarity, em_rounds=em_rounds, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
             max_num_iter=max_num_iter, seed=seed, device=device, out_dtype=out_dtype))
 
-    # compact ids 1..n internally (label ids may be large and sparse), mapped back at the end
+    return (yield from _objects_iter(
+        features, m, stack_mode=stack_mode, out_dtype=out_dtype, report=report, volume_mode=volume_mode,
+        volume_factor=volume_factor, area_tolerance=area_tolerance, band=None if band is None else int(band),
+        margin=margin, mask_weight=mask_weight, epsilon=epsilon, tv_weight=tv_weight, edge=edge, smooth=smooth,
+        fill_holes=fill_holes, max_num_iter=max_num_iter, prob=model_prob))
+
+
+def _compact_ids(m, planes):
+    """Compact ids ``1..n`` of the mask's values (ids may be large and sparse) and the
+    table mapping them back; ``planes``: one id per object per plane of axis 0."""
     values, inverse = np.unique(m, return_inverse=True)
     if values[0] != 0:
         values = np.concatenate([[0], values])
         inverse = inverse + 1
-    compact = inverse.reshape(m.shape).astype(np.int32)
+    compact = inverse.reshape(m.shape)
+    if planes:
+        n = values.size - 1
+        z = np.arange(m.shape[0]).reshape((-1,) + (1,) * (m.ndim - 1))
+        compact = np.where(compact > 0, compact + n * z, 0)
+        values = np.concatenate([[0], np.tile(values[1:], m.shape[0])])
+    return compact.astype(np.int32 if values.size < 2**31 else np.int64), values
+
+
+def _objects_iter(features, m, *, stack_mode, out_dtype, report, **engine_kw):
+    """Objects mode: all objects (slice-by-slice stacks: all objects of all planes) in batched solves."""
+    from scipy import ndimage as ndi
+
+    planes = stack_mode == "slices" and m.ndim == 3
+    compact, values = _compact_ids(m, planes)
     slices = ndi.find_objects(compact)
     ids = [i + 1 for i, s in enumerate(slices) if s is not None]
-    engine = correct_objects_iter(
-        features, compact, ids, slices, volume_mode=volume_mode, volume_factor=volume_factor,
-        area_tolerance=area_tolerance, band=None if band is None else int(band), margin=margin, mask_weight=mask_weight, epsilon=epsilon,
-        tv_weight=tv_weight, edge=edge, smooth=smooth, fill_holes=fill_holes, max_num_iter=max_num_iter,
-        prob=model_prob)
+    engine = correct_objects_iter(features, compact, ids, slices, planes=planes, **engine_kw)
     out, rep = yield from _relay(engine)
     if report is not None:
         report.extend(ObjectCorrection(int(values[r.label]), r.area_before, r.area_after, r.status) for r in rep)
@@ -369,6 +415,115 @@ def _relay(engine):
         except StopIteration as stop:
             return stop.value
         yield CorrectionProgress(done, total, 0)
+
+
+#: the docstring of :func:`correct_mask` (kept apart: the function stays short)
+_CORRECT_MASK_DOC = """Snap a rough label mask to the image's boundaries; fixes an unknown size bias.
+
+Parameters
+----------
+image : ndarray
+    2-D or 3-D image, grey (e.g. DAPI) or with a channel axis (``channel_axis``).
+mask : ndarray of int (or bool)
+    Instance labels (0 = background), a binary mask (one object), or -- with
+    ``mode="semantic"`` -- class labels such as 0 / 1 / 2. Same spatial shape as
+    ``image``. Float arrays are accepted only if they hold whole numbers.
+channel_axis : int or None
+    Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
+mode : {"objects", "semantic"}
+    ``"objects"``: all objects in one batched two-phase VPTV solve over crops
+    (a 3-D mask is corrected in true 3-D). ``"semantic"``: one multi-class VPTV
+    on the whole image, class volumes from the mask's class fractions.
+volume_mode : {"interval", "exact", "factor"} or None
+    How each object's volume ``V_1`` (eq. 2) is set. ``"interval"``: the size
+    bias is unknown; the boundary may move up to ``band`` pixels in or out and
+    the image decides where (``V_1`` between the areas of the mask eroded and
+    dilated by ``band``; see Notes). ``"exact"``: the given area. ``"factor"``: the given
+    area times ``volume_factor``. None (default): ``"factor"`` if
+    ``volume_factor != 1``, else ``"interval"``.
+volume_factor : float
+    Known area bias for ``"factor"`` mode, e.g. 1.2 if the masks are ~20 % too small.
+area_tolerance : float or None
+    Interval mode: also keep each area within ``(1 +- t) x`` the given area.
+volume_tolerance : float
+    Older name of ``area_tolerance`` (used when that is None); in semantic mode
+    the interval class volumes ``V (1 +- t)``.
+band : int or None
+    Interval mode: the largest boundary error (pixels) to correct; also the depth
+    beyond which the first inside / outside samples are taken. None (default):
+    per object, half its equivalent radius clipped to 4-6 px (small nuclei move
+    less); a number applies to every object.
+margin : int or None
+    Pixels added around each object's bounding box for its crop (clipped at the
+    image border). None: ``2 band + 6`` (``band`` = 6 if automatic).
+epsilon : float
+    Entropic regularisation ``eps`` (eq. 11).
+tv_weight : float
+    ``lambda``, weight of the (edge-weighted) TV term (eq. 11); costs are in [0, 1].
+edge : bool
+    Edge-weighted TV, ``e(x) = 1/(1 + 10 |grad t|)`` on the evidence ``t`` (Notes).
+evidence : ndarray or None
+    None: evidence from the image's grey value / colour (inside vs. outside each
+    object, see Notes). Otherwise an object probability map in [0, 1] of the
+    image's spatial shape used as ``t`` (e.g. a network's nucleus probability;
+    semantic mode: class probabilities ``(3, *spatial)``).
+similarity : {"gaussian", "mahalanobis", "mean", "histogram"}
+    Semantic mode: class model (see :mod:`napari_vptv.core.costs`).
+em_rounds : int
+    Semantic mode: re-estimations of the class model from the corrected mask.
+mask_weight : float
+    ``beta``: cost of leaving the prior mask (the given mask moved to the image's
+    edge); a small trust that keeps the boundary in place where the evidence is
+    ambiguous.
+fill_holes : bool
+    Fill holes of a corrected object where the given object had none.
+smooth : float
+    Gaussian sigma (pixels) applied to the image before the evidence is computed.
+max_num_iter : int
+    ``T``, iterations per solve.
+seed : int
+    Seed (the solver is deterministic; kept for API symmetry).
+device : str
+    torch device (objects mode runs on the CPU).
+report : list, optional
+    Receives one :class:`ObjectCorrection` per object (id, area before / after,
+    status such as ``"kept: would vanish"``); per object and plane with
+    ``stack_mode="slices"``.
+stack_mode : {"volume", "slices"}
+    3-D masks, objects mode: ``"volume"`` (default) corrects every id as one 3-D
+    object (3-D TV, one edge offset per object); ``"slices"`` corrects every
+    plane of the first axis on its own (2-D objects with angular sectors, all
+    planes in the same batched solves; ids are kept per plane). Ignored in 2-D.
+progress : callable ``(done, total) -> None``, optional
+    Called after every batched solve.
+should_stop : callable ``() -> bool``, optional
+    Checked after every batched solve; if it returns True the correction stops
+    and ``InterruptedError`` is raised (the inputs are untouched).
+
+Returns
+-------
+labels : ndarray
+    Corrected mask, same shape as ``mask``, same dtype for integer masks (int32
+    otherwise). Label ids are preserved; objects never merge; an object the
+    correction would remove is kept as given (and reported).
+
+Raises
+------
+ValueError
+    Mask shape differs from the image's spatial shape, empty mask, float mask
+    with non-integer values, NaN / infinite image values, invalid parameters.
+
+Notes
+-----
+The method (evidence, costs, volume interval, rounding) is described in the
+module docstring of :mod:`napari_vptv.core.correct`.
+
+References
+----------
+F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation
+with entropic regularization optimal transport and its applications in deep
+learning", eq. 11 and Algorithm 1.
+"""
 
 
 def correct_mask(
@@ -396,134 +551,17 @@ def correct_mask(
     seed: int = 0,
     device: str = "cpu",
     report: Optional[list] = None,
+    stack_mode: str = "volume",
     progress: Optional[Callable[[int, int], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> np.ndarray:
-    """Snap a rough label mask to the image's boundaries; fixes an unknown size bias.
-
-    Parameters
-    ----------
-    image : ndarray
-        2-D or 3-D image, grey (e.g. DAPI) or with a channel axis (``channel_axis``).
-    mask : ndarray of int (or bool)
-        Instance labels (0 = background), a binary mask (one object), or -- with
-        ``mode="semantic"`` -- class labels such as 0 / 1 / 2. Same spatial shape as
-        ``image``. Float arrays are accepted only if they hold whole numbers.
-    channel_axis : int or None
-        Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
-    mode : {"objects", "semantic"}
-        ``"objects"``: all objects in one batched two-phase VPTV solve over crops
-        (a 3-D mask is corrected in true 3-D). ``"semantic"``: one multi-class VPTV
-        on the whole image, class volumes from the mask's class fractions.
-    volume_mode : {"interval", "exact", "factor"} or None
-        How each object's volume ``V_1`` (eq. 2) is set. ``"interval"``: the size
-        bias is unknown; the boundary may move up to ``band`` pixels in or out and
-        the image decides where (``V_1`` between the areas of the mask eroded and
-        dilated by ``band``; see Notes). ``"exact"``: the given area. ``"factor"``: the given
-        area times ``volume_factor``. None (default): ``"factor"`` if
-        ``volume_factor != 1``, else ``"interval"``.
-    volume_factor : float
-        Known area bias for ``"factor"`` mode, e.g. 1.2 if the masks are ~20 % too small.
-    area_tolerance : float or None
-        Interval mode: also keep each area within ``(1 +- t) x`` the given area.
-    volume_tolerance : float
-        Older name of ``area_tolerance`` (used when that is None); in semantic mode
-        the interval class volumes ``V (1 +- t)``.
-    band : int or None
-        Interval mode: the largest boundary error (pixels) to correct; also the depth
-        beyond which the first inside / outside samples are taken. None (default):
-        per object, half its equivalent radius clipped to 4-6 px (small nuclei move
-        less); a number applies to every object.
-    margin : int or None
-        Pixels added around each object's bounding box for its crop (clipped at the
-        image border). None: ``2 band + 6`` (``band`` = 6 if automatic).
-    epsilon : float
-        Entropic regularisation ``eps`` (eq. 11).
-    tv_weight : float
-        ``lambda``, weight of the (edge-weighted) TV term (eq. 11); costs are in [0, 1].
-    edge : bool
-        Edge-weighted TV, ``e(x) = 1/(1 + 10 |grad t|)`` on the evidence ``t`` (Notes).
-    evidence : ndarray or None
-        None: evidence from the image's grey value / colour (inside vs. outside each
-        object, see Notes). Otherwise an object probability map in [0, 1] of the
-        image's spatial shape used as ``t`` (e.g. a network's nucleus probability;
-        semantic mode: class probabilities ``(3, *spatial)``).
-    similarity : {"gaussian", "mahalanobis", "mean", "histogram"}
-        Semantic mode: class model (see :mod:`napari_vptv.core.costs`).
-    em_rounds : int
-        Semantic mode: re-estimations of the class model from the corrected mask.
-    mask_weight : float
-        ``beta``: cost of leaving the prior mask (the given mask moved to the image's
-        edge); a small trust that keeps the boundary in place where the evidence is
-        ambiguous.
-    fill_holes : bool
-        Fill holes of a corrected object where the given object had none.
-    smooth : float
-        Gaussian sigma (pixels) applied to the image before the evidence is computed.
-    max_num_iter : int
-        ``T``, iterations per solve.
-    seed : int
-        Seed (the solver is deterministic; kept for API symmetry).
-    device : str
-        torch device (objects mode runs on the CPU).
-    report : list, optional
-        Receives one :class:`ObjectCorrection` per object (id, area before / after,
-        status such as ``"kept: would vanish"``).
-    progress : callable ``(done, total) -> None``, optional
-        Called after every batched solve.
-    should_stop : callable ``() -> bool``, optional
-        Checked after every batched solve; if it returns True the correction stops
-        and ``InterruptedError`` is raised (the inputs are untouched).
-
-    Returns
-    -------
-    labels : ndarray
-        Corrected mask, same shape as ``mask``, same dtype for integer masks (int32
-        otherwise). Label ids are preserved; objects never merge; an object the
-        correction would remove is kept as given (and reported).
-
-    Raises
-    ------
-    ValueError
-        Mask shape differs from the image's spatial shape, empty mask, float mask
-        with non-integer values, NaN / infinite image values, invalid parameters.
-
-    Notes
-    -----
-    Per object (crop ``Omega``, given object ``M``, signed distance ``sd`` to its
-    boundary) the smoothed image is projected on the Fisher direction between the
-    object's deep core and a ring outside it (beyond ``band``). The *edge offset*
-    ``o`` -- the level set ``{sd = o}``, ``|o| <= band``, with the strongest mean
-    gradient of that projection (2-D: per angular sector, pulled towards the whole
-    object's) -- says where the image's edge lies; the prior ``M' = {sd < o}`` is the
-    given mask moved there. The evidence ``t(x)`` is the projection (refitted)
-    between a thin core just inside and a thin ring just outside that edge, scaled so
-    their medians are 1 and 0: the material adjacent to the object sets the outside
-    level. The costs are
-
-    ``c_1 = clip(1 - t, 0, 1) + beta [x not in M']``, ``c_0 = clip(t, 0, 1) + beta [x in M']``
-
-    (exact / factor modes: ``M' = M``), so the boundary goes where ``t = 1/2`` (the
-    half-maximum edge of a blurred nucleus) unless that is ambiguous; per-object
-    scaling treats dim and bright nuclei alike. Other objects' pixels are forbidden
-    for the object class. All crops are padded and solved as one batch by
-    Algorithm 1 (eq. 11 with the volume interval or ``U(V)``); labels are
-    ``u_1 > 1/2`` with the count clipped to the volume bounds, holes inside ``M``
-    filled, components not touching ``M`` dropped; a pixel two objects claim goes to
-    the larger ``u_1``.
-
-    References
-    ----------
-    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation
-    with entropic regularization optimal transport and its applications in deep
-    learning", eq. 11 and Algorithm 1.
-    """
+    """Snap a rough label mask to the image's boundaries (docstring: ``_CORRECT_MASK_DOC``, set below)."""
     gen = correct_mask_iter(
         image, mask, channel_axis=channel_axis, mode=mode, volume_mode=volume_mode, volume_factor=volume_factor,
         area_tolerance=area_tolerance, volume_tolerance=volume_tolerance, band=band, margin=margin,
         epsilon=epsilon, tv_weight=tv_weight, edge=edge, evidence=evidence, similarity=similarity, em_rounds=em_rounds,
         mask_weight=mask_weight, fill_holes=fill_holes, smooth=smooth, max_num_iter=max_num_iter, seed=seed,
-        device=device, report=report,
+        device=device, report=report, stack_mode=stack_mode,
     )
     while True:
         try:
@@ -535,3 +573,6 @@ def correct_mask(
         if should_stop is not None and should_stop():
             gen.close()
             raise InterruptedError("mask correction was cancelled")
+
+
+correct_mask.__doc__ = _CORRECT_MASK_DOC

@@ -74,12 +74,16 @@ class _Crop:
     status: str = "corrected"
 
 
-def _crops(compact, ids, slices, margin):
+def _crops(compact, ids, slices, margin, planes=False):
+    """One crop per object; ``planes``: every object lies in one plane of axis 0 and its
+    crop is that plane's 2-D window (an integer index on axis 0: views stay 2-D)."""
     spatial = compact.shape
     out = []
     for lab in ids:
         s = slices[lab - 1]
         sl = tuple(slice(max(a.start - margin, 0), min(a.stop + margin, n)) for a, n in zip(s, spatial))
+        if planes:
+            sl = (s[0].start,) + sl[1:]
         c = compact[sl]
         obj = c == lab
         out.append(_Crop(lab, sl, obj, (c != 0) & ~obj))
@@ -207,20 +211,23 @@ def _paste(out, best, crop, new, u1):
 def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interval", volume_factor=1.0,
                     area_tolerance=None, band=None, margin=None, mask_weight=0.15, epsilon=0.01, tv_weight=0.05,
                     edge=True, edge_beta=10.0, smooth=1.0, fill_holes=True, max_num_iter=300, prob=None,
-                    ):
+                    planes=False):
     """Correct all objects of ``compact`` (ids ``1..n``) together (a generator).
 
-    Parameters: see :func:`napari_vptv.core.correct.correct_mask`. Yields ``(done,
+    Parameters: see :func:`napari_vptv.core.correct.correct_mask`; ``planes=True``
+    (slice-by-slice stacks): every id lies in one plane of axis 0 and is corrected
+    as a 2-D object of that plane (smoothing in-plane only). Yields ``(done,
     total)`` after every batched solve; returns (``StopIteration.value``)
     labels : ndarray, same shape as ``compact`` (compact ids)
     report : list of :class:`ObjectCorrection` (compact ids in ``label``)
     """
     feats = features
     if smooth > 0:
-        feats = np.stack([ndi.gaussian_filter(ch, smooth) for ch in features]).astype(np.float32)
+        sigma = (0.0,) + (smooth,) * (compact.ndim - 1) if planes else smooth
+        feats = np.stack([ndi.gaussian_filter(ch, sigma) for ch in features]).astype(np.float32)
     widest = int(band) if band is not None else max(AUTO_BAND_RANGE)
     m = int(margin) if margin is not None else 2 * widest + 6
-    crops = _crops(compact, ids, slices, m)
+    crops = _crops(compact, ids, slices, m, planes)
     for c in crops:
         _prepare(c, feats[(slice(None),) + c.sl], None if prob is None else prob[c.sl], band=band,
                  mask_weight=mask_weight, volume_mode=volume_mode, target_factor=volume_factor,
