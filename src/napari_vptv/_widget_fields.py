@@ -132,6 +132,9 @@ class SegmentSettings(Container):
                                       tooltip="Unchecked: a run replaces the plugin's own, untouched result of "
                                               "the same method and image. Renamed, duplicated or edited "
                                               "results are never replaced.")
+        self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus,
+                                        tooltip="White blood cell labels: a cell region without a nucleus (a red "
+                                                "cell or debris taken for cytoplasm) becomes background")
         self.measure = CheckBox(text="Measure cells (WBC classes)", value=True,
                                 tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
                                         "table below and as a '… cells' Labels layer")
@@ -148,7 +151,7 @@ class SegmentSettings(Container):
             "volume_mode": self.volume_mode, "epsilon": self.epsilon, "tv_weight": self.tv_weight,
             "edge": self.edge, "max_iter": self.max_iter, "diameter": self.diameter, "seed": self.seed,
             "device": self.device, "stack_mode": self.stack_mode, "keep_previous": self.keep_previous,
-            "measure": self.measure, "volumes": self.volumes, "lower": self.lower, "upper": self.upper,
+            "measure": self.measure, "require_nucleus": self.require_nucleus, "volumes": self.volumes, "lower": self.lower, "upper": self.upper,
         }
 
     # ---------------------------------------------------------------- classes
@@ -284,6 +287,7 @@ class SegmentSettings(Container):
             w.enabled = not self.is_network
         self.network.visible = self.is_network
         self.diameter.enabled = self._uses_diameter()
+        self.require_nucleus.enabled = self.is_network or self.preset.value == PRESET_WBC
         self._update_class_labels()
         self._mark_volume_fields()
 
@@ -519,6 +523,7 @@ class SegmentSettings(Container):
             "seed": int(self.seed.value),
             "device": self.device.value,
             "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
+            "require_nucleus": bool(self.require_nucleus.value),
         }
 
     def segment_options(self, spec=None, params=None) -> SegmentOptions:
@@ -551,4 +556,5 @@ class SegmentSettings(Container):
             seed=params["seed"],
             device=params["device"],
             diameter=params["diameter"],
+            require_nucleus=params.get("require_nucleus", True),
         )

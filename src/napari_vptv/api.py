@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from .core.cell_rules import drop_cells_without_nucleus
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
 from .options import METHODS, PRESETS, SegmentOptions, auto_method
@@ -226,7 +227,19 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
     if volume_mode == "interval" and opts.volume_bounds is not None:
         kw["volume_bounds"] = opts.volume_bounds
     kw["channel_axis"] = channel_axis
-    return vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw)
+    return _with_nucleus_rule(vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw), opts)
+
+
+def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions) -> SegmentationResult:
+    """WBC labels: cell regions without a nucleus become background (``opts.require_nucleus``)."""
+    if opts.require_nucleus:
+        labels, n = drop_cells_without_nucleus(result.labels)
+        if n:
+            k = result.probabilities.shape[0]
+            result.labels, result.volumes = labels, np.bincount(labels.ravel(), minlength=k) / labels.size
+        info = dict(getattr(result, "info", None) or {})
+        result.info = {**info, "cells_without_nucleus_removed": n}
+    return result
 
 
 #: solver settings of the image-adapted WBC preset (benchmarks/eval_generalist.py)
@@ -247,7 +260,8 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
     from .core.segment import prepare_image
 
     rgb = np.moveaxis(arr, channel_axis, -1)
-    pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True)
+    pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True,
+                       require_nucleus=opts.require_nucleus)
     model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
     if model is None:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
@@ -259,9 +273,13 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
         result = vptv_segment(rgb, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
                               volume_bounds=(lo, hi), volume_mode="interval", em_update=True, seed=opts.seed,
                               device=opts.device, callback=callback, **settings)
+        result = _with_nucleus_rule(result, opts)
     result.diameter = float(pred.diameter)
-    result.info = {"diameter": float(pred.diameter), "diameter_estimated": bool(pred.estimated),
+    result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
+                   "diameter_estimated": bool(pred.estimated),
                    "colour_model": "refitted on this image" if model is not None else "none (no cell found)"}
+    if model is None:
+        result.info["cells_without_nucleus_removed"] = pred.info.get("cells_without_nucleus_removed", 0)
     return result
 
 
@@ -300,7 +318,7 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         pred = predict_wbc(
             arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
             epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
-            diameter=opts.diameter, details=True, **kwargs,
+            diameter=opts.diameter, details=True, require_nucleus=opts.require_nucleus, **kwargs,
         )
         labels, prob = pred.labels, pred.probabilities
     except FileNotFoundError as exc:

@@ -151,6 +151,10 @@ class SegmentOptions:
         Network to run for a network method: ``""`` (the shipped network of
         ``method``), a shipped model name (``"vptv-unet"``, ``"unet"``) or the
         path of a fine-tuned ``.pt`` file.
+    require_nucleus : bool
+        White blood cell labels (networks and WBC preset): a cell region without a
+        nucleus (a red cell or debris taken for cytoplasm) becomes background
+        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
 
     Raises
     ------
@@ -182,6 +186,7 @@ class SegmentOptions:
     device: str = "cpu"
     diameter: float = 0.0
     model: str = ""
+    require_nucleus: bool = True
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -215,6 +220,7 @@ class SegmentOptions:
             raise OptionError(
                 "device", f"device must be a torch device name such as 'cpu' or 'cuda', got {self.device!r}"
             )
+        set_(self, "require_nucleus", bool(self.require_nucleus))
         self._check_model()
         try:
             self._check_volumes()

@@ -36,6 +36,7 @@ FLAGS = {
     "device": "--device",
     "diameter": "--diameter",
     "model": "--model",
+    "require_nucleus": "--keep-cells-without-nucleus",
 }
 
 METHOD_HELP = (
@@ -159,6 +160,13 @@ def add_diameter_option(p) -> None:
         help="network to run: unet, vptv-unet, one of your models ('vptv finetune') or a .pt file; "
         "sets --method to the model's network (default: the method's shipped network)",
     )
+    p.add_argument(
+        "--keep-cells-without-nucleus",
+        dest="require_nucleus",
+        action="store_false",
+        help="white blood cell labels: keep cell regions that have no nucleus (by default they become "
+        "background: a white cell has a nucleus, a red cell or debris taken for cytoplasm does not)",
+    )
 
 
 def resolve_method(args) -> str:
@@ -191,6 +199,7 @@ def options_from_args(args, **fixed):
         seed=getattr(args, "seed", 0),
         device=args.device,
         diameter=getattr(args, "diameter", 0.0),
+        require_nucleus=getattr(args, "require_nucleus", True),
     )
     if getattr(args, "model", None):
         from ..user_models import model_and_method

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..core.adapt import fraction_bounds
+from ..core.cell_rules import drop_cells_without_nucleus
 from .data import input_norm_of, normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
@@ -180,7 +181,8 @@ def _layer_volumes(meta, logits, prior, volumes, volume_mode):
 def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None, prior: Optional[str] = None,
                   volumes=None, volume_mode: Optional[str] = None, epsilon: Optional[float] = None,
                   tv_weight: Optional[float] = None, num_iter: Optional[int] = None,
-                  comfort_range: Optional[Sequence[float]] = None, device: str = "cpu") -> NetworkPrediction:
+                  comfort_range: Optional[Sequence[float]] = None, device: str = "cpu",
+                  require_nucleus: bool = True) -> NetworkPrediction:
     """Segment one RGB image with a loaded network (see the module docstring).
 
     Parameters
@@ -195,6 +197,10 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
         Explicit ``(3,)`` exact fractions or ``(2, 3)`` bounds (``volume_mode``).
     epsilon, tv_weight, num_iter : optional
         ``eps``, ``lambda``, ``T`` of the layer; default: the model's tuned values.
+    require_nucleus : bool
+        Set cell regions without a nucleus to background in the labels
+        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`); the
+        probabilities are the network's.
     """
     if diameter is not None and (not np.isfinite(diameter) or diameter < 0):
         raise ValueError(f"diameter must be >= 0 pixels (0 = estimate), got {diameter}")
@@ -220,4 +226,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
             info = {"prior": prior if volumes is None else "given", "volume_mode": mode,
                     **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()}}
     p = probs[0].float().cpu().numpy()
-    return NetworkPrediction(p.argmax(0).astype(np.int32), p, d, not diameter, s, info)
+    labels = p.argmax(0).astype(np.int32)
+    if require_nucleus:
+        labels, info["cells_without_nucleus_removed"] = drop_cells_without_nucleus(labels)
+    return NetworkPrediction(labels, p, d, not diameter, s, info)

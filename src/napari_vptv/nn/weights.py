@@ -190,6 +190,7 @@ def predict_wbc(
     edge_weight: Optional[np.ndarray] = None,
     device: str = "cpu",
     details: bool = False,
+    require_nucleus: bool = True,
 ):
     """Segment a white-blood-cell image with a shipped network (whole image, any size).
 
@@ -217,6 +218,9 @@ def predict_wbc(
     details : bool
         Return the :class:`~napari_vptv.nn.predict.NetworkPrediction` (diameter,
         scale, prior) instead of the pair.
+    require_nucleus : bool
+        Cell regions without a nucleus become background (see
+        :func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
 
     Returns
     -------
@@ -230,5 +234,5 @@ def predict_wbc(
     model, meta = _cached(str(method), device)
     pred = predict_cells(model, meta, image, diameter=diameter, prior=prior, volumes=volumes,
                          volume_mode=volume_mode, epsilon=epsilon, tv_weight=tv_weight, num_iter=num_iter,
-                         device=device)
+                         device=device, require_nucleus=require_nucleus)
     return pred if details else (pred.labels, pred.probabilities)

@@ -1,0 +1,58 @@
+"""The white-cell rule: cell regions without a nucleus are not white cells."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_vptv.core.cell_rules import drop_cells_without_nucleus
+from napari_vptv.core.samples import load_sample
+
+
+def _regions_all_have_nucleus(labels, min_fraction=0.02):
+    regions, n = ndi.label(labels > 0, structure=np.ones((3, 3), bool))
+    for r in range(1, n + 1):
+        cell = regions == r
+        if (labels[cell] == 2).mean() < min_fraction:
+            return False
+    return True
+
+
+def test_drops_nucleus_free_regions_keeps_cells_and_input():
+    lab = np.zeros((40, 60), np.int32)
+    lab[5:25, 5:25] = 1
+    lab[10:18, 10:18] = 2  # a white cell
+    lab[30:38, 40:50] = 1  # a red cell taken for cytoplasm
+    lab[2:6, 50:54] = 2  # a lone nucleus fragment: all nucleus, kept
+    before = lab.copy()
+    out, n = drop_cells_without_nucleus(lab)
+    assert n == 1
+    assert np.array_equal(lab, before)  # input untouched
+    assert (out[30:38, 40:50] == 0).all()
+    assert np.array_equal(out[:26], lab[:26])
+    # a region with a nucleus share below the threshold goes too
+    lab[30:38, 40] = 2  # 8 of 80 px: 10 %
+    assert drop_cells_without_nucleus(lab, min_nucleus_fraction=0.12)[1] == 1  # the cell has 16 %
+    assert drop_cells_without_nucleus(lab, min_nucleus_fraction=0.05)[1] == 0
+
+
+def test_works_in_3d_and_on_empty_labels():
+    vol = np.zeros((4, 10, 10), np.int32)
+    vol[1:3, 2:5, 2:5] = 1
+    out, n = drop_cells_without_nucleus(vol)
+    assert n == 1 and not out.any()
+    assert drop_cells_without_nucleus(np.zeros((5, 5), np.int32))[1] == 0
+
+
+@pytest.mark.parametrize("method", ["vptv-unet", "vptv"])
+def test_segment_image_applies_the_rule_and_can_turn_it_off(method):
+    from napari_vptv.api import segment_image
+    from napari_vptv.options import SegmentOptions
+
+    image = load_sample("wbc_016")[0][..., :3]
+    on = segment_image(image, SegmentOptions(method=method, preset="wbc"))
+    off = segment_image(image, SegmentOptions(method=method, preset="wbc", require_nucleus=False))
+    assert _regions_all_have_nucleus(on.labels)
+    expected, n = drop_cells_without_nucleus(off.labels)
+    assert np.array_equal(on.labels, expected)
+    assert on.info["cells_without_nucleus_removed"] == n
+    assert "cells_without_nucleus_removed" not in (getattr(off, "info", None) or {})
