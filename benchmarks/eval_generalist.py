@@ -59,7 +59,7 @@ def make_predictor(spec, nets, args):
     kind, _, opt = spec.partition(":")
     if kind in ("unet", "vptv-unet"):
         model, meta = nets[kind]
-        kw = {"prior": opt or None}
+        kw = {"prior": opt or None, "augment": args.augment, "require_nucleus": not args.keep_cells_without_nucleus}
         if args.comfort:
             kw["comfort_range"] = args.comfort
 
@@ -67,21 +67,25 @@ def make_predictor(spec, nets, args):
             return predict_cells(model, meta, img, diameter=diameter, **kw).labels
         return run
     from napari_vptv.core.adapt import fraction_interval, gaussian_from_probabilities
+    from napari_vptv.core.cell_rules import drop_cells_without_nucleus
     from napari_vptv.core.segment import prepare_image, vptv_segment
     from napari_vptv.core.wbc import wbc_preset
 
+    def rule(labels):  # as the API applies it (SegmentOptions.require_nucleus)
+        return labels if args.keep_cells_without_nucleus else drop_cells_without_nucleus(labels)[0]
+
     def run(img, diameter=None):
         if opt == "preset":
-            return vptv_segment(img, **wbc_preset()).labels
+            return rule(vptv_segment(img, **wbc_preset()).labels)
         model, meta = nets["unet"]
-        p = predict_cells(model, meta, img, diameter=diameter).probabilities
+        p = predict_cells(model, meta, img, diameter=diameter, augment=args.augment).probabilities
         gm = gaussian_from_probabilities(prepare_image(img, -1), p)
         if gm is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
-            return p.argmax(0)
+            return rule(p.argmax(0))
         lo, hi = fraction_interval(p)
-        return vptv_segment(img, n_classes=3, channel_axis=-1, class_model=gm, similarity="gaussian",
-                            volume_bounds=(lo, hi), volume_mode="interval", epsilon=args.vptv_epsilon,
-                            tv_weight=args.vptv_tv, em_update=True).labels
+        return rule(vptv_segment(img, n_classes=3, channel_axis=-1, class_model=gm, similarity="gaussian",
+                                 volume_bounds=(lo, hi), volume_mode="interval", epsilon=args.vptv_epsilon,
+                                 tv_weight=args.vptv_tv, em_update=True).labels)
     return run
 
 
@@ -124,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--comfort", type=float, nargs=2, default=None)
     ap.add_argument("--vptv-epsilon", type=float, default=0.05)
     ap.add_argument("--vptv-tv", type=float, default=0.05)
+    ap.add_argument("--augment", action="store_true", help="test-time augmentation (8 flips / quarter turns)")
+    ap.add_argument("--keep-cells-without-nucleus", action="store_true",
+                    help="score the raw labels (no white-cell nucleus rule), as before session 12")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N images per source (quick look)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)

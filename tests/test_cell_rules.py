@@ -56,3 +56,16 @@ def test_segment_image_applies_the_rule_and_can_turn_it_off(method):
     assert np.array_equal(on.labels, expected)
     assert on.info["cells_without_nucleus_removed"] == n
     assert "cells_without_nucleus_removed" not in (getattr(off, "info", None) or {})
+
+
+def test_cli_flags_reach_the_options():
+    import argparse
+
+    from napari_vptv.cli.solver_options import add_solver_options, options_from_args
+
+    p = argparse.ArgumentParser()
+    add_solver_options(p, default_preset="auto")
+    opts = options_from_args(p.parse_args(["--method", "unet"]))
+    assert opts.require_nucleus and not opts.augment
+    opts = options_from_args(p.parse_args(["--method", "unet", "--keep-cells-without-nucleus", "--augment"]))
+    assert not opts.require_nucleus and opts.augment

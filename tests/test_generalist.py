@@ -276,3 +276,25 @@ def test_white_point_input_matches_training_path_and_plain_layout(sample):
     x = D.normalise(image[None], "white-point")
     assert torch.equal(x, ref)
     assert x.stride() == D.normalise(image[None]).stride()
+
+
+def test_test_time_augmentation_is_rotation_equivariant_and_close_to_plain(sample):
+    """The 8-fold mean is the same function of a rotated image, rotated (a plain
+    U-net is not), and changes few labels of the sample."""
+    from napari_vptv.nn.predict import _dihedral_logits, predict_cells
+    from napari_vptv.nn.weights import load_pretrained
+
+    model, meta = load_pretrained("unet")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = torch.rot90(_dihedral_logits(model, x), 1, (2, 3))
+        b = _dihedral_logits(model, torch.rot90(x, 1, (2, 3)))
+        plain = torch.rot90(model.logits(x), 1, (2, 3)) - model.logits(torch.rot90(x, 1, (2, 3)))
+    assert torch.allclose(a, b, atol=1e-4)
+    assert float(plain.abs().max()) > 1e-3  # so the check above can fail
+    image, labels = sample
+    p0 = predict_cells(model, meta, image)
+    p1 = predict_cells(model, meta, image, augment=True)
+    assert p1.info["augment"] and not p0.info["augment"]
+    assert (p0.labels == p1.labels).mean() > 0.98
+    assert (p1.labels == labels).mean() > 0.97

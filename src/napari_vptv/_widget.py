@@ -152,7 +152,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
             self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
             self.edge,
-            self.max_iter, self.diameter, self.require_nucleus, self.seed, self.device, self.stack_mode,
+            self.max_iter, self.diameter, self.require_nucleus, self.augment, self.seed, self.device, self.stack_mode,
             self.keep_previous, self.measure, self.notice, buttons, self.reason, self.status,
         ])
         # full width (outside the label column): the table needs the room

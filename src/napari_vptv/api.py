@@ -261,7 +261,7 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
 
     rgb = np.moveaxis(arr, channel_axis, -1)
     pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=opts.require_nucleus)
+                       require_nucleus=opts.require_nucleus, augment=opts.augment)
     model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
     if model is None:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
@@ -318,7 +318,8 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         pred = predict_wbc(
             arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
             epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
-            diameter=opts.diameter, details=True, require_nucleus=opts.require_nucleus, **kwargs,
+            diameter=opts.diameter, details=True, require_nucleus=opts.require_nucleus,
+            augment=opts.augment, **kwargs,
         )
         labels, prob = pred.labels, pred.probabilities
     except FileNotFoundError as exc:

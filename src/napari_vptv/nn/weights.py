@@ -191,6 +191,7 @@ def predict_wbc(
     device: str = "cpu",
     details: bool = False,
     require_nucleus: bool = True,
+    augment: bool = False,
 ):
     """Segment a white-blood-cell image with a shipped network (whole image, any size).
 
@@ -221,6 +222,8 @@ def predict_wbc(
     require_nucleus : bool
         Cell regions without a nucleus become background (see
         :func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
+    augment : bool
+        Test-time augmentation (mean over the 8 flips / quarter turns; 8x slower).
 
     Returns
     -------
@@ -234,5 +237,6 @@ def predict_wbc(
     model, meta = _cached(str(method), device)
     pred = predict_cells(model, meta, image, diameter=diameter, prior=prior, volumes=volumes,
                          volume_mode=volume_mode, epsilon=epsilon, tv_weight=tv_weight, num_iter=num_iter,
-                         device=device, require_nucleus=require_nucleus)
+                         device=device, require_nucleus=require_nucleus,
+                         augment=augment)
     return pred if details else (pred.labels, pred.probabilities)
