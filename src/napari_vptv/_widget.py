@@ -89,8 +89,10 @@ def _network_details(result) -> Optional[Dict[str, Any]]:
     if diameter is None:
         return None
     info = getattr(result, "info", None)
-    estimated = info.get("diameter_estimated") if isinstance(info, dict) else None
-    return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated)}
+    info = info if isinstance(info, dict) else {}
+    estimated = info.get("diameter_estimated")
+    return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated),
+            "removed": int(info.get("cells_without_nucleus_removed") or 0)}
 
 
 class SegmentationWidget(WidgetRunMixin, SegmentSettings):
@@ -325,7 +327,10 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         st["done"] = item.done
         st["done_indices"].append(list(item.index))
         st["volumes"][item.index] = np.asarray(item.volumes, dtype=float)
-        st["network"] = _network_details(item.result) or st["network"]
+        details = _network_details(item.result)
+        if details is not None:  # the count of removed regions adds up over the slices
+            details["removed"] += (st["network"] or {}).get("removed", 0)
+            st["network"] = details
         self._update_metadata(out, complete=item.done == st["total"])
         self._set_status(f"{st['source']}: {item.done}/{st['total']} slices"
                          + (f"; {self._named(item.volumes)}" if st["total"] == 1 else ""))
@@ -391,6 +396,8 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         if net is not None:
             how = "estimated" if net.get("estimated") else "given"
             extra = f"; cell diameter {net['diameter']:.0f} px ({how})"
+            if net.get("removed"):
+                extra += f"; {net['removed']} region(s) without a nucleus set to background"
         return f"done: {st['layer'].name!r}; {what}: {self._named(vol)}{extra}"
 
     def _measure(self, out):
