@@ -179,6 +179,18 @@ def test_edge_offset_finds_the_bias():
         assert np.all(np.abs(off + grow) <= 1.0), (grow, np.unique(off))
 
 
+def test_edge_offset_prefers_the_edge_nearest_the_mask():
+    """Two edges of about equal strength in the band (nucleus / thin cytoplasm / background):
+    the nucleus edge on the given boundary wins over a slightly stronger one 3 px out."""
+    from napari_vptv.core.correct_evidence import edge_offset
+
+    nucleus, cell = disc((60, 60), (30, 30), 12), disc((60, 60), (30, 30), 15)
+    image = ndi.gaussian_filter(0.5 * cell + 0.48 * nucleus, 1.0)  # outer step 0.50, inner 0.48
+    sd = np.where(nucleus, 0.5 - ndi.distance_transform_edt(nucleus), ndi.distance_transform_edt(~nucleus) - 0.5)
+    off = edge_offset(image, sd, 6, np.zeros(nucleus.shape, bool))
+    assert np.all(np.abs(off) <= 1.0), np.unique(off)
+
+
 def test_explicit_band_limits_the_move():
     from skimage.segmentation import expand_labels
 

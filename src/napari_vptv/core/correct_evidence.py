@@ -10,8 +10,10 @@ image shows. It works on grey (fluorescence) and colour (brightfield) crops alik
    outside whatever the size bias is).
 2. *Edge offset*: on the level sets ``{sd = o}`` of the signed distance ``sd`` to
    the given boundary (``-band <= o <= band``, half-pixel steps) the mean gradient
-   of that projection is taken; its maximum is where the image's edge lies relative
-   to the given boundary (``o < 0``: the mask is too fat). In 2-D this is done per
+   of that projection is taken, scaled down by up to 20 % towards the band's limits
+   (a mild preference for the edge nearest the given boundary); its maximum is
+   where the image's edge lies relative to the given boundary (``o < 0``: the mask
+   is too fat). In 2-D this is done per
    angular sector around the object's centre (a shifted mask has an edge inside on
    one side and outside on the other), pulled towards the whole object's profile.
 3. The final levels come from a thin core just inside and a thin ring just outside
@@ -41,6 +43,11 @@ _STEP = 0.5
 #: object's gradient profile added to each sector's (regularises small sectors)
 _SECTORS = 8
 _GLOBAL_WEIGHT = 3.0
+#: preference for small edge offsets: each offset's mean gradient is scaled by
+#: ``1 - _OFFSET_PRIOR |o| / band`` (an edge at the band's limit must be 25 % stronger
+#: than one on the given boundary): where a nucleus shows two edges within the band
+#: (nucleus / thin cytoplasm / background) the one nearer the given mask wins
+_OFFSET_PRIOR = 0.2
 #: automatic band: this fraction of the object's equivalent radius, clipped to AUTO_BAND_RANGE px
 _BAND_FRACTION = 0.5
 AUTO_BAND_RANGE = (4, 6)
@@ -101,6 +108,7 @@ def edge_offset(proj, sd, band, other):
             count = np.bincount(sector[sel], minlength=ns)
             profile[:, i] = np.bincount(sector[sel], grad[sel], ns) / np.maximum(count, 1)
     profile += _GLOBAL_WEIGHT * profile.mean(0) if ns > 1 else 0.0
+    profile *= 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
     # parabola through the peak and its neighbours: the edge between sampled levels
     # (without it a half-pixel level choice drops or adds a whole pixel layer)
     best = np.argmax(profile, axis=1)
