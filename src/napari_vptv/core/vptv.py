@@ -366,6 +366,7 @@ def _volume_rules(volumes, volume_bounds, cost, epsilon):
         def residual(mass):
             return (mass - target).abs()
 
+        update.fused = ("exact", log_v, log_v, target, target)  # for core.vptv_fast's numba kernels
         return update, residual
     if volume_bounds is not None:
         lo = _as_batch_volumes(volume_bounds[0], cost, "volume_bounds[0]")
@@ -384,6 +385,7 @@ def _volume_rules(volumes, volume_bounds, cost, epsilon):
         def residual(mass):
             return torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
 
+        update.fused = ("interval", log_lo, log_hi, lo, hi)  # for core.vptv_fast's numba kernels
         return update, residual
     return None, None
 

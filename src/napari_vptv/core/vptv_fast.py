@@ -23,15 +23,27 @@ kernels (2-D, one array pass each):
 The trajectory is the one of the differentiable path up to float rounding (the
 operations are the same, only their order and the scaling of ``q`` differ), which
 ``tests/test_solver.py`` checks on random 2-D and 3-D problems.
+
+:func:`run_fast` hands CPU float32 / float64 2-D problems to the fused numba
+kernels of :mod:`napari_vptv.core.vptv_numba` (two passes over the pixels per
+iteration, the same steps; ``tests/test_vptv_numba.py``) when numba can be
+imported; :func:`use_numba` is the one place that decides. The torch loop below
+remains the path for other devices, 3-D problems and machines without numba.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-__all__ = ["FastVPTV", "run_fast"]
+__all__ = ["FastVPTV", "run_fast", "use_numba", "NUMBA_AVAILABLE"]
+
+#: numba is installed (checked without importing it: the import costs start-up time
+#: and happens on the first solve); set to False to force the torch loop
+NUMBA_AVAILABLE = importlib.util.find_spec("numba") is not None
 
 #: smallest ``lambda e(x)`` used to normalise ``q``: a zero bound gives ``q ~ 0``
 MIN_BOUND = 1e-12
@@ -183,8 +195,14 @@ def run_fast(
 
     The stopping test runs at iterations ``2, 2 + check_every, ...`` (the only host
     synchronisation of the loop). ``callback`` receives a work buffer as ``u``:
-    valid during the call only.
+    valid during the call only. Dispatches to :func:`_run_numba` where
+    :func:`use_numba` says so.
     """
+    if use_numba(solver, volume_update):
+        return _run_numba(solver, volume_update=volume_update, volume_residual=volume_residual,
+                          f_lower=f_lower, f_upper=f_upper, max_num_iter=max_num_iter, tol=tol,
+                          volume_tol=volume_tol, cost_update=cost_update, update_every=update_every,
+                          check_every=check_every, callback=callback)
     cost = None
     eps = solver.epsilon
     converged = torch.zeros(solver.n, dtype=torch.bool, device=solver.u.device)
@@ -213,3 +231,119 @@ def run_fast(
     f = f_lower - f_upper
     u = solver.probabilities(f, torch.empty_like(solver.u))
     return u, f_lower, f_upper, cost, it, converged
+
+
+def _numba_kernels():
+    """The :mod:`vptv_numba` module, or None (and :data:`NUMBA_AVAILABLE` set to False)
+    where numba is installed but cannot be imported (e.g. a NumPy it does not support)."""
+    global NUMBA_AVAILABLE
+    if not NUMBA_AVAILABLE:
+        return None
+    try:
+        from . import vptv_numba
+    except ImportError:
+        NUMBA_AVAILABLE = False
+        return None
+    return vptv_numba
+
+
+def use_numba(solver: FastVPTV, volume_update=None) -> bool:
+    """Whether :func:`run_fast` runs the fused numba kernels: numba importable, a CPU
+    float32 problem with 2 spatial axes in contiguous buffers (the kernels' layout and
+    precision) and a volume rule the kernels know (``volume_update.fused``).
+    Everything else (float64 included) runs the torch loop."""
+    buffers = [solver.neg_cost, solver.u, solver.u_prev] + ([solver.p] if solver.p is not None else [])
+    return (NUMBA_AVAILABLE and solver.n_spatial == 2 and solver.u.device.type == "cpu"
+            and solver.u.dtype == torch.float32
+            and all(t.is_contiguous() for t in buffers)
+            and (volume_update is None or hasattr(volume_update, "fused")) and _numba_kernels() is not None)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """``(N, K, H, ...)`` -> the kernels' row-interleaved ``(N, H, K, ...)`` copy."""
+    return np.ascontiguousarray(np.moveaxis(x, 2 if x.ndim == 4 else 3, 1))
+
+
+def _numba_operands(solver: FastVPTV):
+    """Kernel operands: ``(p, step_plane, div_plane, step_const, div_const)``, ``p``
+    as a row-interleaved ``(N, H, K, 2, W)`` copy; the planes are ``tau / (lambda e)``
+    and ``lambda e / eps`` (computed once per call instead of a division per pixel),
+    the constants rows of ``tau / lambda`` and ``lambda / eps`` for a scalar bound;
+    dummies of the right rank where unused."""
+    width = solver.u.shape[-1]
+    dummy_plane = np.zeros((1, 1, 1, 1), np.float32)
+    if solver.p is None:
+        zeros = np.zeros(width, np.float32)
+        return np.zeros((1, 1, 1, 2, 1), np.float32), dummy_plane, dummy_plane, zeros, zeros
+    p = _rows(solver.p.numpy())
+    if solver.scalar_bound:
+        step = np.full(width, solver.tau / solver.bound, np.float32)
+        div = np.full(width, solver.bound / solver.epsilon, np.float32)
+        return p, dummy_plane, dummy_plane, step, div
+    step = (solver.tau / solver.bound).numpy()
+    div = (solver.bound / solver.epsilon).numpy()
+    return p, step, div, dummy_plane[0, 0, 0], dummy_plane[0, 0, 0]
+
+
+def _class_view(u_rows: np.ndarray) -> torch.Tensor:
+    """A ``(N, K, H, W)`` torch view of a row-interleaved ``(N, H, K, W)`` buffer."""
+    return torch.from_numpy(u_rows).transpose(1, 2)
+
+
+def _volume_terms(volume_update, shape):
+    """``(exact, log_lo, log_hi, lo, hi)`` float32 ``(N, K)`` arrays of the volume rule
+    (the ``fused`` attribute of :func:`napari_vptv.core.vptv._volume_rules`' update);
+    no rule: never-binding bounds and a residual of 0."""
+    if volume_update is None:
+        inf = np.full(shape, np.inf, np.float32)
+        return False, -inf, inf, np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    mode, *terms = volume_update.fused
+    arrays = [np.ascontiguousarray(np.broadcast_to(t.to(torch.float32).numpy(), shape)) for t in terms]
+    return mode == "exact", *arrays
+
+
+def _run_numba(solver: FastVPTV, *, volume_update, volume_residual, f_lower, f_upper, max_num_iter, tol,
+               volume_tol, cost_update, update_every, check_every, callback):
+    """:func:`run_fast` with the fused kernels on row-interleaved copies of
+    ``-c / eps``, ``u`` and ``p``; only the cost update (a torch callable) and the
+    callback see torch tensors (``(N, K, H, W)`` views of the work buffers)."""
+    kernels = _numba_kernels()
+    eps, has_tv, scalar = solver.epsilon, solver.p is not None, solver.p is None or solver.scalar_bound
+    p, step_plane, div_plane, step_const, div_const = _numba_operands(solver)
+    neg_cost = _rows(solver.neg_cost.numpy())
+    u, u_prev = np.empty_like(neg_cost), np.empty_like(neg_cost)
+    n, k = solver.n, solver.k
+    exact, log_lo, log_hi, lo, hi = _volume_terms(volume_update, (n, k))
+    f_lo = np.array(np.broadcast_to(f_lower.numpy(), (n, k)), np.float32)
+    f_hi = np.array(np.broadcast_to(f_upper.numpy(), (n, k)), np.float32)
+    pixels, inv_eps, eps32 = float(solver.u[0, 0].numel()), np.float32(1.0 / eps), np.float32(eps)
+    mass, sq_change = np.zeros((n, k), np.float64), np.zeros(n, np.float64)
+    weight, residual = np.ones((n, k), np.float32), np.zeros(n, np.float32)
+    cost, converged, it = None, np.zeros(n, bool), 0
+    for it in range(1, max_num_iter + 1):
+        if cost_update is not None and it > 1 and (it - 1) % update_every == 0:
+            cost = cost_update(_class_view(u_prev))
+            solver.set_cost(cost)
+            np.copyto(neg_cost, np.moveaxis(solver.neg_cost.numpy(), 2, 1))
+        kernels.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div_plane, div_const, has_tv, scalar, u, mass)
+        if volume_update is not None:
+            kernels.volume_step(mass, pixels, f_lo, f_hi, log_lo, log_hi, exact, eps32, weight)
+        check = it > 1 and tol > 0 and (it - 2) % check_every == 0
+        if volume_update is not None or has_tv or check:
+            kernels.dual_pass(u, weight, u_prev, p, step_plane, step_const, volume_update is not None, has_tv,
+                              check, scalar, mass, sq_change)
+        if callback is not None:
+            callback(it, _class_view(u))
+        if check:
+            converged = np.sqrt(sq_change / (k * pixels)) < tol
+            if volume_update is not None:
+                kernels.volume_residual(mass, pixels, lo, hi, residual)
+                converged &= residual < volume_tol
+            if converged.all():
+                break
+        u, u_prev = u_prev, u
+    kernels.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div_plane, div_const, has_tv, scalar, u_prev, mass)
+    if has_tv:
+        solver.p.copy_(torch.from_numpy(p).permute(0, 2, 3, 1, 4))
+    return (_class_view(u_prev).contiguous(), torch.from_numpy(f_lo), torch.from_numpy(f_hi), cost, it,
+            torch.from_numpy(converged))

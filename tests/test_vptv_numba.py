@@ -1,0 +1,154 @@
+"""The fused numba kernels of the no-grad VPTV loop (core.vptv_numba) against the
+torch no-grad loop (core.vptv_fast) they replace on the CPU: same numbers to float32
+rounding, same labels; the fallback and the uncached (read-only) case.
+
+Synthetic problems and the package's sample images only (no /work/shared).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from napari_vptv.core import vptv_fast  # noqa: E402
+from napari_vptv.core.samples import load_sample, sample_ids  # noqa: E402
+from napari_vptv.core.segment import vptv_segment  # noqa: E402
+from napari_vptv.core.vptv import vptv_iterate  # noqa: E402
+from napari_vptv.core.wbc import wbc_preset  # noqa: E402
+
+
+def _run(numba_on, monkeypatch, fn, *args, **kwargs):
+    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", numba_on)
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+def _problem(shape, mode, edge, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(shape, generator=g)
+    k = shape[1]
+    kw = {}
+    if mode == "exact":
+        v = torch.rand(k, generator=g) + 0.5
+        kw["volumes"] = v / v.sum()
+    elif mode == "interval":  # the first class's lower bound binds
+        kw["volume_bounds"] = (torch.tensor([0.6] + [0.0] * (k - 1)), torch.full((k,), 0.9))
+    if edge:
+        kw["edge_weight"] = torch.rand((shape[0],) + shape[2:], generator=g)
+    return cost, kw
+
+
+@pytest.mark.parametrize("mode", ["none", "exact", "interval"])
+@pytest.mark.parametrize("edge", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 31, 45), (1, 4, 1, 17), (1, 2, 16, 1)])
+def test_numba_loop_matches_torch_loop(mode, edge, shape, monkeypatch):
+    cost, kw = _problem(shape, mode, edge)
+    args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=80, tol=1e-5, **kw)
+    solver = vptv_fast.FastVPTV(cost, None, 0.1, 0.1, 0.05)
+    assert vptv_fast.use_numba(solver)  # the problem runs the kernels
+    fused = _run(True, monkeypatch, vptv_iterate, cost, **args)
+    ref = _run(False, monkeypatch, vptv_iterate, cost, **args)
+    assert fused.n_iter == ref.n_iter
+    assert torch.equal(fused.converged, ref.converged)
+    for name in ("u", "q", "f", "f_lower", "f_upper"):
+        torch.testing.assert_close(getattr(fused, name), getattr(ref, name), atol=2e-5, rtol=0, msg=name)
+    # a warm start continues identically and is not modified
+    q_before = fused.q.clone()
+    again = _run(True, monkeypatch, vptv_iterate, cost, state=fused, **{**args, "max_num_iter": 5})
+    again_ref = _run(False, monkeypatch, vptv_iterate, cost, state=ref, **{**args, "max_num_iter": 5})
+    assert torch.equal(fused.q, q_before)
+    torch.testing.assert_close(again.u, again_ref.u, atol=2e-5, rtol=0)
+
+
+def test_numba_loop_cost_update_and_callback(monkeypatch):
+    """The EM-style cost update and the progress callback see (N, K, H, W) views of
+    the kernels' row-interleaved buffers, with the torch loop's values."""
+    cost, kw = _problem((1, 3, 24, 20), "exact", False, seed=3)
+    seen = {True: [], False: []}
+
+    def run(flag):
+        def update(u):
+            return cost + 0.5 * u
+
+        def callback(it, u):
+            seen[flag].append(u.sum(dim=(2, 3)).clone())
+
+        return _run(flag, monkeypatch, vptv_iterate, cost, epsilon=0.1, tv_weight=0.2, max_num_iter=30, tol=0,
+                    cost_update=update, update_every=4, callback=callback, **kw)
+
+    fused, ref = run(True), run(False)
+    assert len(seen[True]) == len(seen[False]) == 30
+    torch.testing.assert_close(torch.stack(seen[True]), torch.stack(seen[False]), atol=2e-3, rtol=1e-5)
+    torch.testing.assert_close(fused.u, ref.u, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fused.cost, ref.cost, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sample", sample_ids())
+def test_numba_same_labels_on_samples(sample, monkeypatch):
+    """The WBC preset (interval volumes, colour histogram cost, TV) on the bundled
+    sample images: same labels and iterations, probabilities within 1e-5."""
+    image, _ = load_sample(sample)
+    preset = wbc_preset("interval")
+    fused = _run(True, monkeypatch, vptv_segment, image, **preset)
+    ref = _run(False, monkeypatch, vptv_segment, image, **preset)
+    assert fused.n_iter == ref.n_iter
+    np.testing.assert_array_equal(fused.labels, ref.labels)
+    np.testing.assert_allclose(fused.probabilities, ref.probabilities, atol=1e-5, rtol=0)
+
+
+def test_numba_same_labels_synthetic_exact_volumes_with_edges(monkeypatch):
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:80, :90]
+    truth = ((yy - 40) ** 2 + (xx - 45) ** 2 < 25**2).astype(int) + ((yy - 40) ** 2 + (xx - 45) ** 2 < 10**2)
+    image = (np.array([0.2, 0.5, 0.8])[truth] + 0.1 * rng.standard_normal(truth.shape)).astype(np.float32)
+    args = dict(n_classes=3, volumes=(0.6, 0.3, 0.1), epsilon=0.05, tv_weight=0.05, edge=True)
+    fused = _run(True, monkeypatch, vptv_segment, image, **args)
+    ref = _run(False, monkeypatch, vptv_segment, image, **args)
+    assert fused.n_iter == ref.n_iter
+    np.testing.assert_array_equal(fused.labels, ref.labels)
+    np.testing.assert_allclose(fused.volumes, (0.6, 0.3, 0.1), atol=0.005)
+
+
+def test_torch_loop_where_numba_does_not_apply(monkeypatch):
+    """Without numba, for float64, 3-D and autograd the torch loops run (and give a result)."""
+    cost, kw = _problem((1, 3, 12, 14), "interval", True)
+    solver = vptv_fast.FastVPTV(cost, None, 0.1, 0.1, 0.05)
+    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", False)
+    assert not vptv_fast.use_numba(solver)
+    with torch.no_grad():
+        st = vptv_iterate(cost, epsilon=0.1, tv_weight=0.1, max_num_iter=20, **kw)
+    assert torch.isfinite(st.u).all() and st.n_iter > 1
+    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", True)
+    assert vptv_fast.use_numba(solver)
+    assert not vptv_fast.use_numba(vptv_fast.FastVPTV(cost.double(), None, 0.1, 0.1, 0.05))
+    assert not vptv_fast.use_numba(vptv_fast.FastVPTV(cost[:, :, None], None, 0.1, 0.1, 0.05))
+
+
+def test_kernels_compile_without_a_writable_cache(tmp_path):
+    """Where numba finds no writable cache directory (read-only site-packages and
+    cache dir), decorating with cache=True raises; the module falls back to uncached
+    kernels and a solve still runs. Real numba, in a fresh process."""
+    script = textwrap.dedent("""
+        import torch
+        from napari_vptv.core import vptv_fast, vptv_numba
+        from napari_vptv.core.vptv import vptv_iterate
+        cost = torch.rand(1, 3, 9, 11)
+        with torch.no_grad():
+            st = vptv_iterate(cost, epsilon=0.1, tv_weight=0.1, max_num_iter=5, volumes=torch.tensor([.5, .3, .2]))
+        assert vptv_fast.NUMBA_AVAILABLE and torch.isfinite(st.u).all()
+        assert vptv_numba.softmax_pass._cache.__class__.__name__ == "NullCache"
+        print("ok")
+    """)
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")  # a file: no directory can be made below it
+    env = dict(os.environ, NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator",
+               NUMBA_CACHE_DIR=str(unwritable / "cache"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
