@@ -58,6 +58,16 @@ def test_segment_image_applies_the_rule_and_can_turn_it_off(method):
     assert "cells_without_nucleus_removed" not in (getattr(off, "info", None) or {})
 
 
+def test_an_explicit_volume_constraint_wins_over_the_rule():
+    from napari_vptv.api import segment_image
+    from napari_vptv.options import SegmentOptions
+
+    image = load_sample("wbc_016")[0][..., :3]
+    r = segment_image(image, SegmentOptions(method="vptv", preset="wbc", volumes=[0.7, 0.18, 0.12]))
+    np.testing.assert_allclose(r.volumes, [0.7, 0.18, 0.12], atol=0.01)
+    assert "cells_without_nucleus_removed" not in (getattr(r, "info", None) or {})
+
+
 def test_cli_flags_reach_the_options():
     import argparse
 

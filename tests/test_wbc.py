@@ -70,6 +70,7 @@ def test_preset_deterministic(samples):
 def test_segment_image_dispatcher_matches_solver(samples, interval_results):
     img, _ = samples["016"]
     r = segment_image(img, method="vptv", preset="wbc", volume_mode="interval")
+    # an explicit volume constraint wins over the nucleus rule: the solver's labels as they are
     np.testing.assert_array_equal(r.labels, interval_results["016"].labels)
     # without volume settings the preset refits its colour model on the image (core.adapt)
     adapted = segment_image(img, method="vptv", preset="wbc")

@@ -134,7 +134,9 @@ class SegmentSettings(Container):
                                               "results are never replaced.")
         self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus,
                                         tooltip="White blood cell labels: a cell region without a nucleus (a red "
-                                                "cell or debris taken for cytoplasm) becomes background")
+                                                "cell or debris taken for cytoplasm) becomes background. "
+                                                "Applies in volume mode auto / none (exact and interval "
+                                                "constraints win)")
         self.augment = CheckBox(text="Test-time augmentation (8x slower)", value=defaults.augment,
                                 tooltip="Networks: average over the 8 flips / quarter turns of the image; "
                                         "about +1 pt on images from a lab the network never saw")
@@ -291,7 +293,8 @@ class SegmentSettings(Container):
             w.enabled = not self.is_network
         self.network.visible = self.is_network
         self.diameter.enabled = self._uses_diameter()
-        self.require_nucleus.enabled = self.is_network or self.preset.value == PRESET_WBC
+        self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
+            auto or mode == "none")  # an exact / interval constraint wins over the rule
         self.augment.enabled = self._uses_diameter()  # the runs with a network in them
         self._update_class_labels()
         self._mark_volume_fields()

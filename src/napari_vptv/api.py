@@ -230,9 +230,16 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
     return _with_nucleus_rule(vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw), opts)
 
 
+def _nucleus_rule(opts: SegmentOptions) -> bool:
+    """``opts.require_nucleus`` unless the user asked for volumes (exact fractions or
+    bounds): the rule would break a constraint the user set, so that wins."""
+    return opts.require_nucleus and opts.volume_mode in (None, "none") and opts.volumes is None \
+        and opts.volume_bounds is None
+
+
 def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions) -> SegmentationResult:
-    """WBC labels: cell regions without a nucleus become background (``opts.require_nucleus``)."""
-    if opts.require_nucleus:
+    """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`)."""
+    if _nucleus_rule(opts):
         labels, n = drop_cells_without_nucleus(result.labels)
         if n:
             k = result.probabilities.shape[0]
@@ -261,7 +268,7 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
 
     rgb = np.moveaxis(arr, channel_axis, -1)
     pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=opts.require_nucleus, augment=opts.augment)
+                       require_nucleus=_nucleus_rule(opts), augment=opts.augment)
     model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
     if model is None:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
@@ -318,7 +325,7 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         pred = predict_wbc(
             arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
             epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
-            diameter=opts.diameter, details=True, require_nucleus=opts.require_nucleus,
+            diameter=opts.diameter, details=True, require_nucleus=_nucleus_rule(opts),
             augment=opts.augment, **kwargs,
         )
         labels, prob = pred.labels, pred.probabilities

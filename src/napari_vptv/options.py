@@ -154,7 +154,9 @@ class SegmentOptions:
     require_nucleus : bool
         White blood cell labels (networks and WBC preset): a cell region without a
         nucleus (a red cell or debris taken for cytoplasm) becomes background
-        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
+        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`). Not
+        applied when volumes or bounds are given (or ``volume_mode`` is "exact" /
+        "interval"): the rule would break the constraint you set.
     augment : bool
         Networks (and the U-net behind the variational WBC auto mode): average over
         the 8 flips / quarter turns of the image (test-time augmentation, 8x the

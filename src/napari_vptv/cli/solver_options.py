@@ -166,7 +166,8 @@ def add_diameter_option(p) -> None:
         dest="require_nucleus",
         action="store_false",
         help="white blood cell labels: keep cell regions that have no nucleus (by default they become "
-        "background: a white cell has a nucleus, a red cell or debris taken for cytoplasm does not)",
+        "background: a white cell has a nucleus, a red cell or debris taken for cytoplasm does not; "
+        "not applied with --volume-mode exact / interval, whose constraint wins)",
     )
     p.add_argument(
         "--augment",
