@@ -34,9 +34,16 @@ N frames (a WBC image reflect-padded to 512x512, shifted by 2 pixels per frame):
 one core cold start, one core with warm starts (``segment_stack(warm_start=True)``),
 and both cores (two halves of the stack in two threads, cold and warm).
 
-Run by hand::
+Solver paths (``--paths``): ``numba`` -- the fused kernels of core.vptv_numba (the
+default no-grad CPU path), ``torch`` -- the torch no-grad loop of core.vptv_fast
+(``vptv_fast.NUMBA_AVAILABLE = False``), timed on the same images in the same run;
+the peers and the floor are measured once. The numba kernels are compiled (or loaded
+from the cache) in the warm-up call, outside the timings; the JIT cost is measured
+by ``benchmarks/bench_cli_throughput.py --compile``.
 
-    python benchmarks/bench_solver.py --step 9 --threads 1 --repeat 3 --stack 16 \
+Run by hand (nice: the machine is shared)::
+
+    nice -n 5 python benchmarks/bench_solver.py --step 9 --threads 1 --repeat 3 --stack 8 \
         --out benchmarks/results/bench_solver.json
 """
 
@@ -77,6 +84,20 @@ def machine(threads):
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__} with {threads} thread(s); "
             f"load average at start {load[0]:.2f}")
+
+
+PATHS = ("numba", "torch")
+
+
+def use_path(name, _installed=[]):
+    """Select the no-grad solver loop for what follows: ``numba`` or ``torch``."""
+    from napari_vptv.core import vptv_fast
+
+    if not _installed:  # numba's availability as found at the first call
+        _installed.append(vptv_fast.NUMBA_AVAILABLE and vptv_fast._numba_kernels() is not None)
+    if name == "numba" and not _installed[0]:
+        raise SystemExit("numba is not importable: run with --paths torch")
+    vptv_fast.NUMBA_AVAILABLE = name == "numba"
 
 
 _ROUNDING_PASSES = []
@@ -124,9 +145,9 @@ def vptv_iteration_only(image, preset):
     return time.perf_counter() - t0, time.process_time() - c0, st.n_iter
 
 
-def per_iteration(n_iter=60, repeat=7):
-    """ms / iteration of the fast loop (300x300, 3 classes, interval volumes, TV) and
-    two floors measured now: a numpy float32 Chambolle dual step and a torch
+def per_iteration(paths, n_iter=60, repeat=7):
+    """ms / iteration of each no-grad loop (300x300, 3 classes, interval volumes, TV)
+    and two floors measured now: a numpy float32 Chambolle dual step and a torch
     copy-and-scale pass over the same bytes as one iteration's arrays (u, q)."""
     import torch
 
@@ -144,7 +165,6 @@ def per_iteration(n_iter=60, repeat=7):
         fn()
         return min(_timed(fn, n) for _ in range(repeat))
 
-    ms_iter = best(solve, 1) / n_iter * 1e3
     u = np.random.default_rng(0).random((3, 300, 300), dtype=np.float32)
     q = np.zeros((2, 3, 300, 300), np.float32)
 
@@ -161,10 +181,16 @@ def per_iteration(n_iter=60, repeat=7):
 
     src = torch.rand(3 * 3 * 300 * 300)  # u + q (2 components) = 3 x (3, 300, 300)
     dst = torch.empty_like(src)
-    ms_np = best(chambolle, 20) / 20 * 1e3
-    ms_copy = best(lambda: torch.mul(src, 0.5, out=dst), 50) / 50 * 1e3
-    return dict(ms_per_iteration=ms_iter, ms_numpy_chambolle_step=ms_np, ms_torch_copy_scale_u_q=ms_copy,
-                ratio_to_numpy_chambolle=ms_iter / ms_np, ratio_to_copy_scale=ms_iter / ms_copy)
+    out = dict(ms_numpy_chambolle_step=best(chambolle, 20) / 20 * 1e3,
+               ms_torch_copy_scale_u_q=best(lambda: torch.mul(src, 0.5, out=dst), 50) / 50 * 1e3)
+    for path in paths:  # interleaved with the floors' load: floors first, then each path
+        use_path(path)
+        ms = best(solve, 1) / n_iter * 1e3
+        out[f"ms_per_iteration_{path}"] = ms
+        out[f"ratio_to_copy_scale_{path}"] = ms / out["ms_torch_copy_scale_u_q"]
+        out[f"ratio_to_numpy_chambolle_{path}"] = ms / out["ms_numpy_chambolle_step"]
+    use_path(paths[0])
+    return out
 
 
 def _timed(fn, n):
@@ -295,7 +321,7 @@ def stack_throughput(image, preset, n_frames):
         halves = (stack[: n_frames // 2], stack[n_frames // 2:])
         t0 = _clock()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda part: run(part, warm), halves))
+            list(pool.map(functools.partial(run, warm=warm), halves))
         wall, cpu = _since(t0)
         out[f"two_cores_{key}"] = dict(fps_wall=n_frames / wall, fps_cpu=n_frames / cpu)
     out["warm_vs_cold_label_agreement_min"] = float(min(np.mean(a == b) for a, b in zip(labels["cold"], labels["warm"])))
@@ -310,60 +336,76 @@ def _pct(values):
     return dict(p50=float(np.median(v)), p95=float(np.percentile(v, 95)), max=float(v.max()))
 
 
-def run_images(images, preset, repeat):
+def run_images(images, preset, repeat, paths):
+    """Per image: each solver path (whole call best of ``repeat``, iteration alone),
+    then the peers once; labels of the paths compared."""
     rows = []
     for sid, img, mask in images:
-        runs = [vptv(img, preset) for _ in range(repeat)]
-        lab_v, t_v, c_v, it = min(runs, key=lambda r: r[2])
-        softmax_passes = it + 1 + sum(_ROUNDING_PASSES)
-        t_it, c_it, n_it = vptv_iteration_only(img, preset)
+        fg = mask > 0
+        row, labels = dict(id=sid), {}
+        for path in paths:
+            use_path(path)
+            runs = [vptv(img, preset) for _ in range(repeat)]
+            lab_v, t_v, c_v, it = min(runs, key=lambda r: r[2])
+            t_it, c_it, n_it = vptv_iteration_only(img, preset)
+            labels[path] = lab_v
+            row.update({f"t_vptv_{path}": t_v, f"cpu_vptv_{path}": c_v, f"t_iter_{path}": t_it,
+                        f"cpu_iter_{path}": c_it, f"n_iter_{path}": n_it,
+                        f"ms_per_iteration_cpu_{path}": 1e3 * c_it / n_it,
+                        f"softmax_passes_{path}": it + 1 + sum(_ROUNDING_PASSES),
+                        f"acc3_vptv_{path}": np.mean(lab_v == mask), f"acc2_vptv_{path}": np.mean((lab_v > 0) == fg)})
+        use_path(paths[0])
         lab_c, t_c, c_c = chan_vese_labels(img)
         lab_r, t_r, c_r = random_walker_labels(img)
-        fg = mask > 0
-        rows.append(dict(
-            id=sid, t_vptv=t_v, cpu_vptv=c_v, t_iter=t_it, cpu_iter=c_it, n_iter=n_it,
-            ms_per_iteration_cpu=1e3 * c_it / n_it, softmax_passes=softmax_passes,
-            t_cv=t_c, cpu_cv=c_c, t_rw=t_r, cpu_rw=c_r,
-            acc3_vptv=np.mean(lab_v == mask), acc3_rw=np.mean(lab_r == mask),
-            acc2_vptv=np.mean((lab_v > 0) == fg), acc2_cv=np.mean((lab_c > 0) == fg),
-            acc2_rw=np.mean((lab_r > 0) == fg),
-        ))
-        r = rows[-1]
-        print(f"  {sid}: vptv {r['t_vptv']:.3f}s wall / {r['cpu_vptv']:.3f}s cpu ({n_it} it, "
-              f"{r['ms_per_iteration_cpu']:.2f} ms/it cpu) acc3 {r['acc3_vptv']:.4f} | chan_vese "
-              f"{r['cpu_cv']:.3f}s cpu acc2 {r['acc2_cv']:.4f} | random_walker {r['cpu_rw']:.3f}s cpu "
-              f"acc3 {r['acc3_rw']:.4f} | softmax passes {softmax_passes}", flush=True)
+        row.update(t_cv=t_c, cpu_cv=c_c, t_rw=t_r, cpu_rw=c_r, acc3_rw=np.mean(lab_r == mask),
+                   acc2_cv=np.mean((lab_c > 0) == fg), acc2_rw=np.mean((lab_r > 0) == fg),
+                   labels_equal_across_paths=float(all(np.array_equal(labels[paths[0]], v) for v in labels.values())))
+        rows.append(row)
+        per_path = " | ".join(
+            f"{q} {row[f'cpu_vptv_{q}']:.3f}s cpu ({row[f'n_iter_{q}']} it, {row[f'ms_per_iteration_cpu_{q}']:.2f} ms/it)"
+            for q in paths)
+        print(f"  {sid}: {per_path} | acc3 {row[f'acc3_vptv_{paths[0]}']:.4f} | chan_vese {c_c:.3f}s cpu | "
+              f"random_walker {c_r:.3f}s cpu | labels equal {bool(row['labels_equal_across_paths'])}", flush=True)
     return rows
 
 
-def summarise(rows, floor):
+def summarise(rows, floor, paths):
     m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "id"}
+    ref = f"cpu_vptv_{paths[0]}"
     print()
-    print("| method | CPU s / image | CPU time ratio to VPTV | 3-class pixel acc. | cell-vs-background acc. |")
+    print(f"| method | CPU s / image | CPU time ratio to VPTV ({paths[0]}) | 3-class pixel acc. | cell-vs-background acc. |")
     print("|---|---|---|---|---|")
-    print(f"| VPTV, WBC preset (whole call, incl. volume rounding) | {m['cpu_vptv']:.3f} | 1.0 | "
-          f"{m['acc3_vptv']:.4f} | {m['acc2_vptv']:.4f} |")
-    print(f"| VPTV iteration only ({m['n_iter']:.0f} iterations avg) | {m['cpu_iter']:.3f} | "
-          f"{m['cpu_iter'] / m['cpu_vptv']:.2f} | | |")
-    print(f"| skimage chan_vese (grey, 2 phases) | {m['cpu_cv']:.3f} | {m['cpu_cv'] / m['cpu_vptv']:.1f} | n/a | "
+    for q in paths:
+        print(f"| VPTV {q}, WBC preset (whole call, incl. volume rounding) | {m[f'cpu_vptv_{q}']:.3f} | "
+              f"{m[f'cpu_vptv_{q}'] / m[ref]:.2f} | {m[f'acc3_vptv_{q}']:.4f} | {m[f'acc2_vptv_{q}']:.4f} |")
+        print(f"| VPTV {q} iteration only ({m[f'n_iter_{q}']:.0f} iterations avg) | {m[f'cpu_iter_{q}']:.3f} | "
+              f"{m[f'cpu_iter_{q}'] / m[ref]:.2f} | | |")
+    print(f"| skimage chan_vese (grey, 2 phases) | {m['cpu_cv']:.3f} | {m['cpu_cv'] / m[ref]:.1f} | n/a | "
           f"{m['acc2_cv']:.4f} |")
-    print(f"| skimage random_walker (RGB, k-means seeds) | {m['cpu_rw']:.3f} | {m['cpu_rw'] / m['cpu_vptv']:.1f} | "
+    print(f"| skimage random_walker (RGB, k-means seeds) | {m['cpu_rw']:.3f} | {m['cpu_rw'] / m[ref]:.1f} | "
           f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |")
-    ms_it = [r["ms_per_iteration_cpu"] for r in rows]
-    summary = dict(
-        vptv_call_wall_s=_pct([r["t_vptv"] for r in rows]), vptv_call_cpu_s=_pct([r["cpu_vptv"] for r in rows]),
-        iteration_wall_s=_pct([r["t_iter"] for r in rows]), iteration_cpu_s=_pct([r["cpu_iter"] for r in rows]),
-        ms_per_iteration_cpu=_pct(ms_it),
-        ms_per_iteration_cpu_to_copy_floor=float(np.median(ms_it) / floor["ms_torch_copy_scale_u_q"]),
-        iterations=[int(r["n_iter"]) for r in rows], softmax_passes=[int(r["softmax_passes"]) for r in rows],
-        ratio_vptv_call_to_chan_vese_cpu=float(sum(r["cpu_vptv"] for r in rows) / sum(r["cpu_cv"] for r in rows)),
-        ratio_vptv_call_to_chan_vese_wall=float(sum(r["t_vptv"] for r in rows) / sum(r["t_cv"] for r in rows)),
-        acc3_vptv_mean=m["acc3_vptv"],
-    )
-    c = summary["vptv_call_cpu_s"]
-    print(f"# VPTV call CPU p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s max {c['max']:.3f}s; ms/iteration (CPU) "
-          f"median {np.median(ms_it):.2f} = {summary['ms_per_iteration_cpu_to_copy_floor']:.1f}x the copy floor; "
-          f"CPU time ratio VPTV / chan_vese {summary['ratio_vptv_call_to_chan_vese_cpu']:.3f}")
+    summary = dict(labels_equal_across_paths=int(sum(r["labels_equal_across_paths"] for r in rows)), images=len(rows))
+    for q in paths:
+        ms_it = [r[f"ms_per_iteration_cpu_{q}"] for r in rows]
+        s = summary[q] = dict(
+            vptv_call_wall_s=_pct([r[f"t_vptv_{q}"] for r in rows]),
+            vptv_call_cpu_s=_pct([r[f"cpu_vptv_{q}"] for r in rows]),
+            iteration_wall_s=_pct([r[f"t_iter_{q}"] for r in rows]),
+            iteration_cpu_s=_pct([r[f"cpu_iter_{q}"] for r in rows]),
+            ms_per_iteration_cpu=_pct(ms_it),
+            ms_per_iteration_cpu_to_copy_floor=float(np.median(ms_it) / floor["ms_torch_copy_scale_u_q"]),
+            iterations=[int(r[f"n_iter_{q}"]) for r in rows],
+            softmax_passes=[int(r[f"softmax_passes_{q}"]) for r in rows],
+            ratio_vptv_call_to_chan_vese_cpu=float(sum(r[f"cpu_vptv_{q}"] for r in rows) / sum(r["cpu_cv"] for r in rows)),
+            ratio_vptv_call_to_chan_vese_wall=float(sum(r[f"t_vptv_{q}"] for r in rows) / sum(r["t_cv"] for r in rows)),
+            acc3_vptv_mean=m[f"acc3_vptv_{q}"],
+        )
+        c = s["vptv_call_cpu_s"]
+        print(f"# {q}: VPTV call CPU p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s max {c['max']:.3f}s "
+              f"(max/p50 {c['max'] / c['p50']:.2f}); ms/iteration (CPU) median {np.median(ms_it):.2f} = "
+              f"{s['ms_per_iteration_cpu_to_copy_floor']:.1f}x the copy floor; CPU time ratio VPTV / chan_vese "
+              f"{s['ratio_vptv_call_to_chan_vese_cpu']:.3f}")
+    print(f"# labels equal across paths: {summary['labels_equal_across_paths']} / {len(rows)} images")
     return summary
 
 
@@ -374,9 +416,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3, help="VPTV timing: best (CPU time) of n runs")
     p.add_argument("--stack", type=int, default=0, help="frames of the 512x512 stack throughput (0: skip)")
+    p.add_argument("--paths", default=",".join(PATHS), help="solver paths to time, of numba,torch")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd step")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
+    paths = [q for q in args.paths.split(",") if q]
+    if not paths or any(q not in PATHS for q in paths):
+        raise SystemExit(f"--paths: give some of {','.join(PATHS)}")
 
     import torch
 
@@ -388,20 +434,26 @@ def main(argv=None):
     print(f"# images: {len(images)} from {source}")
     preset = wbc_preset("interval")
     _count_rounding_passes()
-    vptv(images[0][1], preset)  # warm-up (imports, allocator)
-    floor = per_iteration()
-    print(f"# per iteration (300x300x3, fast loop, CPU time): {floor['ms_per_iteration']:.2f} ms; numpy float32 "
-          f"Chambolle dual step {floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q "
+    for q in paths:  # warm-up (imports, allocator, numba JIT or cache load)
+        use_path(q)
+        vptv(images[0][1], preset)
+    floor = per_iteration(paths)
+    per_path = "; ".join(f"{q} {floor[f'ms_per_iteration_{q}']:.2f} ms ({floor[f'ratio_to_copy_scale_{q}']:.1f}x floor)"
+                         for q in paths)
+    print(f"# per iteration (300x300x3, CPU time): {per_path}; numpy float32 Chambolle dual step "
+          f"{floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q (floor) "
           f"{floor['ms_torch_copy_scale_u_q']:.3f} ms", flush=True)
     comp = compiled_step() if args.compile else None
     if comp:
         print(f"# torch.compile: {comp}", flush=True)
-    rows = run_images(images, preset, args.repeat)
-    summary = summarise(rows, floor)
-    stack = None
+    rows = run_images(images, preset, args.repeat, paths)
+    summary = summarise(rows, floor, paths)
+    stack = {}
     if args.stack:
-        stack = stack_throughput(images[0][1], preset, args.stack)
-        print(f"# 512x512 stack: {stack}", flush=True)
+        for q in paths:
+            use_path(q)
+            stack[q] = stack_throughput(images[0][1], preset, args.stack)
+            print(f"# 512x512 stack, {q}: {stack[q]}", flush=True)
     if args.out:
         import json
         import subprocess
@@ -410,8 +462,8 @@ def main(argv=None):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         Path(args.out).write_text(json.dumps(dict(
             command="python " + " ".join(sys.argv), commit=commit, machine=machine(args.threads),
-            load_average_at_end=os.getloadavg()[0], images=source, per_iteration=floor, torch_compile=comp,
-            summary=summary, stack_512=stack,
+            load_average_at_end=os.getloadavg()[0], nice=os.nice(0), images=source, per_iteration=floor,
+            torch_compile=comp, summary=summary, stack_512=stack or None,
             rows=[{k: (v if isinstance(v, str) else float(v)) for k, v in r.items()} for r in rows],
         ), indent=1))
     return 0
