@@ -307,6 +307,28 @@ def test_3d_slices_mode_corrects_every_plane_and_keeps_ids():
         correct_mask(image, rough, stack_mode="planes")
 
 
+def test_cli_correct_stack_mode_slices(tmp_path):
+    """``vptv correct --stack-mode slices`` gives the API's slice-by-slice result."""
+    import tifffile
+
+    from napari_vptv.cli import main
+    from napari_vptv.core.io import read_mask
+
+    z, y, x = np.indices((3, 40, 40))
+    truth = np.zeros((3, 40, 40), np.uint8)
+    truth[(z >= 1) & ((y - 20) ** 2 + (x - 20) ** 2 <= 9**2)] = 5
+    image = noisy(0.2 + 0.6 * (truth > 0), seed=2).astype(np.float32)
+    rough = np.stack([erode_each(plane, 2) for plane in truth]).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "mask.tif", rough)
+    out = tmp_path / "fixed.tif"
+    assert main(["correct", str(tmp_path / "img.tif"), str(tmp_path / "mask.tif"), "--out", str(out),
+                 "--stack-mode", "slices", "--max-iter", "100"]) == 0
+    expected = correct_mask(image, rough, stack_mode="slices", max_num_iter=100)
+    np.testing.assert_array_equal(read_mask(out), expected)
+    assert not (read_mask(out)[0] > 0).any()
+
+
 def test_rgb_image_and_bool_mask(one_disc):
     _, truth = one_disc
     rgb = np.stack([0.9 - 0.5 * truth, 0.8 - 0.6 * truth, 0.9 - 0.1 * truth], -1)

@@ -126,6 +126,13 @@ def _add_solver_arguments(p) -> None:
         default=None,
         help="fill holes of corrected objects (default: on)",
     )
+    p.add_argument(
+        "--stack-mode",
+        choices=["volume", "slices"],
+        default=None,
+        help="3-D masks: correct each object in 3-D (volume, default) or every plane as 2-D objects "
+        "(slices: for stacks whose planes are not one sampled volume, e.g. a time series)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -178,6 +185,7 @@ def run(args) -> int:
         "volume_mode": args.volume_mode,
         "area_tolerance": args.area_tolerance,
         "band": args.band,
+        "stack_mode": args.stack_mode,
     }
     if args.model == "vptv-unet":  # the network's probabilities are the evidence (core does not import nn)
         if not rgb:
