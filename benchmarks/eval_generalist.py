@@ -128,7 +128,9 @@ def main(argv=None):
     ap.add_argument("--comfort", type=float, nargs=2, default=None)
     ap.add_argument("--vptv-epsilon", type=float, default=0.05)
     ap.add_argument("--vptv-tv", type=float, default=0.05)
-    ap.add_argument("--augment", action="store_true", help="test-time augmentation (8 flips / quarter turns)")
+    ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
+                    help="test-time augmentation: transforms averaged (default: the user default, 2; "
+                         "results before session 12's change used 1)")
     ap.add_argument("--keep-cells-without-nucleus", action="store_true",
                     help="score the raw labels (no white-cell nucleus rule), as before session 12")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N images per source (quick look)")

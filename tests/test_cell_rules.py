@@ -76,6 +76,6 @@ def test_cli_flags_reach_the_options():
     p = argparse.ArgumentParser()
     add_solver_options(p, default_preset="auto")
     opts = options_from_args(p.parse_args(["--method", "unet"]))
-    assert opts.require_nucleus and not opts.augment
-    opts = options_from_args(p.parse_args(["--method", "unet", "--keep-cells-without-nucleus", "--augment"]))
-    assert not opts.require_nucleus and opts.augment
+    assert opts.require_nucleus and opts.augment == 2
+    opts = options_from_args(p.parse_args(["--method", "unet", "--keep-cells-without-nucleus", "--augment", "8"]))
+    assert not opts.require_nucleus and opts.augment == 8

@@ -281,20 +281,34 @@ def test_white_point_input_matches_training_path_and_plain_layout(sample):
 def test_test_time_augmentation_is_rotation_equivariant_and_close_to_plain(sample):
     """The 8-fold mean is the same function of a rotated image, rotated (a plain
     U-net is not), and changes few labels of the sample."""
-    from napari_vptv.nn.predict import _dihedral_logits, predict_cells
+    from napari_vptv.nn.predict import AUGMENT_CHOICES, _logits_at, predict_cells
     from napari_vptv.nn.weights import load_pretrained
+    from napari_vptv.options import AUGMENT_CHOICES as OPTION_CHOICES, SegmentOptions
 
+    assert OPTION_CHOICES == AUGMENT_CHOICES
     model, meta = load_pretrained("unet")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    turn = lambda t: torch.rot90(t, 1, (2, 3))  # noqa: E731
+    mirror = lambda t: torch.flip(t, (3,))  # noqa: E731
     with torch.inference_mode():
-        a = torch.rot90(_dihedral_logits(model, x), 1, (2, 3))
-        b = _dihedral_logits(model, torch.rot90(x, 1, (2, 3)))
-        plain = torch.rot90(model.logits(x), 1, (2, 3)) - model.logits(torch.rot90(x, 1, (2, 3)))
-    assert torch.allclose(a, b, atol=1e-4)
-    assert float(plain.abs().max()) > 1e-3  # so the check above can fail
+        assert torch.allclose(turn(_logits_at(model, x, 1.0, 8)), _logits_at(model, turn(x), 1.0, 8), atol=1e-4)
+        assert torch.allclose(mirror(_logits_at(model, x, 1.0, 2)), _logits_at(model, mirror(x), 1.0, 2), atol=1e-4)
+        plain = turn(model.logits(x)) - model.logits(turn(x))
+        # reusing a computed plain pass (the diameter estimate's) gives the same mean
+        resized = _logits_at(model, x, 0.75, 2)
+        reused = _logits_at(model, x, 0.75, 2, plain=_logits_at(model, x, 0.75, 1))
+    assert float(plain.abs().max()) > 1e-3  # so the checks above can fail
+    assert torch.allclose(resized, reused, atol=1e-5)
     image, labels = sample
-    p0 = predict_cells(model, meta, image)
-    p1 = predict_cells(model, meta, image, augment=True)
-    assert p1.info["augment"] and not p0.info["augment"]
-    assert (p0.labels == p1.labels).mean() > 0.98
-    assert (p1.labels == labels).mean() > 0.97
+    p1 = predict_cells(model, meta, image, augment=1)
+    p2 = predict_cells(model, meta, image)
+    p8 = predict_cells(model, meta, image, augment=True)
+    assert (p1.info["augment"], p2.info["augment"], p8.info["augment"]) == (1, 2, 8)
+    for p in (p2, p8):
+        assert (p1.labels == p.labels).mean() > 0.98
+        assert (p.labels == labels).mean() > 0.97
+    with pytest.raises(ValueError, match="augment"):
+        predict_cells(model, meta, image, augment=3)
+    assert SegmentOptions(augment=True).augment == 8 and SegmentOptions(augment=False).augment == 1
+    with pytest.raises(ValueError, match="augment"):
+        SegmentOptions(augment=4)

@@ -32,6 +32,8 @@ METHOD_NET = "Network (WBC, pretrained)"
 METHODS = {METHOD_VPTV: "vptv", METHOD_NET: "vptv-unet"}
 #: Volume-mode choices; VOLUME_AUTO = the method's own per-image defaults.
 VOLUME_CHOICES = [VOLUME_AUTO, "interval", "exact", "none"]
+#: test-time augmentation: (shown text, transforms averaged)
+AUGMENT_WIDGET_CHOICES = [("image + mirror (2 passes)", 2), ("all 8 flips / turns (8 passes)", 8), ("none", 1)]
 
 PRESET_WBC = "WBC (3 classes)"
 PRESET_KMEANS = "estimate from image (k-means)"
@@ -137,9 +139,11 @@ class SegmentSettings(Container):
                                                 "cell or debris taken for cytoplasm) becomes background. "
                                                 "Applies in volume mode auto / none (exact and interval "
                                                 "constraints win)")
-        self.augment = CheckBox(text="Test-time augmentation (8x slower)", value=defaults.augment,
-                                tooltip="Networks: average over the 8 flips / quarter turns of the image; "
-                                        "about +1 pt on images from a lab the network never saw")
+        self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES,
+                                value=defaults.augment,
+                                tooltip="Networks: average over the image and its mirror image (default), all "
+                                        "8 flips / quarter turns, or none; costs that many network passes. "
+                                        "About +1 pt on images from a lab the network never saw")
         self.measure = CheckBox(text="Measure cells (WBC classes)", value=True,
                                 tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
                                         "table below and as a '… cells' Labels layer")
@@ -532,7 +536,7 @@ class SegmentSettings(Container):
             "device": self.device.value,
             "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
             "require_nucleus": bool(self.require_nucleus.value),
-            "augment": bool(self.augment.value),
+            "augment": int(self.augment.value),
         }
 
     def segment_options(self, spec=None, params=None) -> SegmentOptions:
@@ -566,5 +570,5 @@ class SegmentSettings(Container):
             device=params["device"],
             diameter=params["diameter"],
             require_nucleus=params.get("require_nucleus", True),
-            augment=params.get("augment", False),
+            augment=params.get("augment", 2),
         )

@@ -22,6 +22,9 @@ __all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "Se
 
 #: Segmentation methods: the variational solver and the shipped WBC networks.
 METHODS = ("vptv", "unet", "vptv-unet")
+#: test-time augmentation settings: transforms averaged (nn.predict.AUGMENT_CHOICES;
+#: kept here so the options need no torch)
+AUGMENT_CHOICES = (1, 2, 8)
 #: The methods that run a shipped network (their names are also the model names).
 NETWORK_METHODS = ("unet", "vptv-unet")
 #: Presets. ``"wbc"``: the white blood cell preset (3 classes, learned colour
@@ -157,10 +160,12 @@ class SegmentOptions:
         (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`). Not
         applied when volumes or bounds are given (or ``volume_mode`` is "exact" /
         "interval"): the rule would break the constraint you set.
-    augment : bool
-        Networks (and the U-net behind the variational WBC auto mode): average over
-        the 8 flips / quarter turns of the image (test-time augmentation, 8x the
-        network time; about +1 pt on sources the network never saw).
+    augment : {1, 2, 8}
+        Test-time augmentation of the networks (and of the U-net behind the
+        variational WBC auto mode): the logits averaged over the image and its mirror
+        image (2, default), all 8 flips / quarter turns (8) or none (1). The network
+        time grows by that factor; about +1 pt on sources the network never saw
+        (``True`` / ``False`` are read as 8 / 1).
 
     Raises
     ------
@@ -193,7 +198,7 @@ class SegmentOptions:
     diameter: float = 0.0
     model: str = ""
     require_nucleus: bool = True
-    augment: bool = False
+    augment: int = 2
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -228,7 +233,7 @@ class SegmentOptions:
                 "device", f"device must be a torch device name such as 'cpu' or 'cuda', got {self.device!r}"
             )
         set_(self, "require_nucleus", bool(self.require_nucleus))
-        set_(self, "augment", bool(self.augment))
+        self._check_augment()
         self._check_model()
         try:
             self._check_volumes()
@@ -250,6 +255,17 @@ class SegmentOptions:
             )
         if self.is_network and k != 3:
             raise OptionError("n_classes", f"method {self.method!r} (a WBC network) has 3 classes, got n_classes={k}")
+
+    def _check_augment(self):
+        a = self.augment
+        if isinstance(a, (bool, np.bool_)):
+            a = 8 if a else 1
+        if isinstance(a, float) and a.is_integer():
+            a = int(a)
+        if not isinstance(a, (int, np.integer)) or int(a) not in AUGMENT_CHOICES:
+            raise OptionError("augment", f"augment must be one of {AUGMENT_CHOICES} (test-time transforms "
+                                         f"averaged), got {self.augment!r}")
+        object.__setattr__(self, "augment", int(a))
 
     def _check_model(self):
         model = str(self.model or "")

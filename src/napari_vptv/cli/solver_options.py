@@ -171,9 +171,13 @@ def add_diameter_option(p) -> None:
     )
     p.add_argument(
         "--augment",
-        action="store_true",
-        help="networks: test-time augmentation, the mean over the 8 flips / quarter turns of each image "
-        "(8x the network time; about +1 pt on images from a lab the network never saw)",
+        type=int,
+        choices=[1, 2, 8],
+        default=2,
+        metavar="N",
+        help="networks: test-time augmentation, the mean over N transforms of each image: 2 = the image "
+        "and its mirror image, 8 = all flips and quarter turns, 1 = none; N times the network time "
+        "(about +1 pt on images from a lab the network never saw) (default: %(default)s)",
     )
 
 
@@ -208,7 +212,7 @@ def options_from_args(args, **fixed):
         device=args.device,
         diameter=getattr(args, "diameter", 0.0),
         require_nucleus=getattr(args, "require_nucleus", True),
-        augment=getattr(args, "augment", False),
+        augment=getattr(args, "augment", 2),
     )
     if getattr(args, "model", None):
         from ..user_models import model_and_method

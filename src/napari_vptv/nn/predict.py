@@ -88,29 +88,59 @@ def as_rgb_uint8(image) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-def _dihedral_logits(model, x: torch.Tensor) -> torch.Tensor:
-    """Mean backbone logits over the 8 flips / quarter turns of ``x`` (test-time
-    augmentation: the network was trained on all 8, see :func:`~napari_vptv.nn.augment.dihedral`)."""
-    total = None
-    for k in range(4):
-        for flip in (False, True):
-            xt = torch.rot90(x, k, (2, 3))
-            xt = torch.flip(xt, (3,)) if flip else xt
-            lg = model.logits(xt)
-            lg = torch.rot90(torch.flip(lg, (3,)) if flip else lg, -k, (2, 3))
-            total = lg if total is None else total + lg
-    return total / 8.0
+#: test-time augmentation: how many of the 8 flips / quarter turns are averaged
+AUGMENT_CHOICES = (1, 2, 8)
+#: the default: the image and its mirror image. On the sources a network never saw
+#: (leave-one-source-out, docs/generalist.md) this gained about 1 pt, as much as all 8,
+#: for one more network pass.
+DEFAULT_AUGMENT = 2
+_TRANSFORMS = {1: ((0, False),), 2: ((0, False), (0, True)),
+               8: tuple((k, flip) for k in range(4) for flip in (False, True))}
 
 
-def _logits_at(model, x: torch.Tensor, scale: float, augment: bool = False) -> torch.Tensor:
-    """Backbone logits of ``x`` (1, 3, H, W) run at ``scale``, returned at (H, W)."""
+def augment_count(augment) -> int:
+    """Number of averaged transforms for an ``augment`` setting: 1, 2 or 8
+    (``True`` = 8, ``False`` = 1)."""
+    if isinstance(augment, (bool, np.bool_)):
+        return 8 if augment else 1
+    try:
+        n = int(augment)
+    except (TypeError, ValueError):
+        n = -1
+    if n not in AUGMENT_CHOICES or n != augment:
+        raise ValueError(f"augment must be one of {AUGMENT_CHOICES} (transforms averaged), got {augment!r}")
+    return n
+
+
+def _transformed_logits(model, x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Backbone logits of ``x`` turned ``k`` quarter turns (and mirrored), turned back."""
+    xt = torch.rot90(x, k, (2, 3)) if k else x
+    lg = model.logits(torch.flip(xt, (3,)) if flip else xt)
+    lg = torch.flip(lg, (3,)) if flip else lg
+    return torch.rot90(lg, -k, (2, 3)) if k else lg
+
+
+def _logits_at(model, x: torch.Tensor, scale: float, augment: int = 1, plain=None) -> torch.Tensor:
+    """Backbone logits of ``x`` (1, 3, H, W) run at ``scale``, returned at (H, W).
+
+    ``augment`` transforms (see :data:`AUGMENT_CHOICES`; the network was trained on all
+    8, :func:`~napari_vptv.nn.augment.dihedral`) are averaged. ``plain``: this scale's
+    untransformed logits if already computed (the diameter estimate's last pass).
+    """
     H, W = x.shape[-2:]
-    run = (lambda t: _dihedral_logits(model, t)) if augment else model.logits
-    if abs(scale - 1.0) < 1e-3:
-        return run(x)
-    h, w = max(16, int(round(H * scale))), max(16, int(round(W * scale)))
-    lg = run(resize_image(x, (h, w)))
-    return torch.nn.functional.interpolate(lg, size=(H, W), mode="bilinear", align_corners=False)
+    resized = abs(scale - 1.0) >= 1e-3
+    if resized:
+        x = resize_image(x, (max(16, int(round(H * scale))), max(16, int(round(W * scale)))))
+    total = None
+    for k, flip in _TRANSFORMS[augment]:
+        if plain is not None and not k and not flip:
+            lg = plain
+        else:
+            lg = _transformed_logits(model, x, k, flip)
+            if resized:  # bilinear resizing is linear: resizing each pass = resizing the mean
+                lg = torch.nn.functional.interpolate(lg, size=(H, W), mode="bilinear", align_corners=False)
+        total = lg if total is None else total + lg
+    return total / len(_TRANSFORMS[augment])
 
 
 def _scale_for(diameter: float, comfort: Tuple[float, float]) -> float:
@@ -119,16 +149,16 @@ def _scale_for(diameter: float, comfort: Tuple[float, float]) -> float:
     return float(np.clip(diameter, *comfort) / diameter)
 
 
-def _network_pass(model, x, diameter, comfort, max_pixels, augment=False):
+def _network_pass(model, x, diameter, comfort, max_pixels, augment=1):
     """Logits at the scale the diameter calls for; estimates the diameter when None
-    (the estimate uses plain passes; ``augment`` averages the final logits over the 8
-    dihedral transforms). Returns ``(logits, diameter, scale)``."""
+    (the estimate uses plain passes; ``augment`` transforms are averaged at the final
+    scale, reusing the estimate's plain pass). Returns ``(logits, diameter, scale)``."""
     if diameter:
         s = min(_scale_for(diameter, comfort), 4.0)
         return _logits_at(model, x, s, augment), float(diameter), s
     lg, d, s = _estimate_pass(model, x, comfort, max_pixels)
-    if augment:
-        lg = _logits_at(model, x, s, augment=True)
+    if augment > 1:
+        lg = _logits_at(model, x, s, augment, plain=lg)
     return lg, d, s
 
 
@@ -147,8 +177,8 @@ def _estimate_pass(model, x, comfort, max_pixels):
         s_new = min(_scale_for(d, comfort), cap * 4.0)
         if abs(np.log(s_new / s)) < np.log(1.15) or (d_prev and abs(np.log(d / d_prev)) < np.log(1.15)):
             return lg, d, s
-        s, d_prev = s_new, d
-    return lg, d, s
+        s_last, s, d_prev = s, s_new, d
+    return lg, d, s_last  # the scale these logits were computed at
 
 
 def prior_volumes(meta: dict, prior: str, soft_fractions: Optional[np.ndarray] = None):
@@ -206,7 +236,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
                   volumes=None, volume_mode: Optional[str] = None, epsilon: Optional[float] = None,
                   tv_weight: Optional[float] = None, num_iter: Optional[int] = None,
                   comfort_range: Optional[Sequence[float]] = None, device: str = "cpu",
-                  require_nucleus: bool = True, augment: bool = False) -> NetworkPrediction:
+                  require_nucleus: bool = True, augment=DEFAULT_AUGMENT) -> NetworkPrediction:
     """Segment one RGB image with a loaded network (see the module docstring).
 
     Parameters
@@ -225,12 +255,15 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
         Set cell regions without a nucleus to background in the labels
         (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`); the
         probabilities are the network's.
-    augment : bool
-        Test-time augmentation: average the logits over the 8 flips / quarter turns
-        (8x the network time; on unseen sources about +1 pt, see docs/generalist.md).
+    augment : {1, 2, 8} or bool
+        Test-time augmentation: the logits averaged over the image and its mirror image
+        (2, default), all 8 flips / quarter turns (8, ``True``) or none (1,
+        ``False``); the network time grows by that factor (the diameter estimate is
+        not repeated). About +1 pt on sources the network never saw.
     """
     if diameter is not None and (not np.isfinite(diameter) or diameter < 0):
         raise ValueError(f"diameter must be >= 0 pixels (0 = estimate), got {diameter}")
+    augment = augment_count(augment)
     rgb = as_rgb_uint8(image)
     dflt = dict(meta.get("defaults") or {})
     comfort = tuple(comfort_range or dflt.get("comfort_range") or DEFAULT_COMFORT_RANGE)
@@ -252,7 +285,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
             probs = layer(logits, **kw)
             info = {"prior": prior if volumes is None else "given", "volume_mode": mode,
                     **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()}}
-    info["augment"] = bool(augment)
+    info["augment"] = augment
     p = probs[0].float().cpu().numpy()
     labels = p.argmax(0).astype(np.int32)
     if require_nucleus:

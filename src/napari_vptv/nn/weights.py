@@ -191,7 +191,7 @@ def predict_wbc(
     device: str = "cpu",
     details: bool = False,
     require_nucleus: bool = True,
-    augment: bool = False,
+    augment=2,
 ):
     """Segment a white-blood-cell image with a shipped network (whole image, any size).
 
@@ -222,8 +222,9 @@ def predict_wbc(
     require_nucleus : bool
         Cell regions without a nucleus become background (see
         :func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
-    augment : bool
-        Test-time augmentation (mean over the 8 flips / quarter turns; 8x slower).
+    augment : {1, 2, 8} or bool
+        Test-time augmentation: transforms averaged (2: the image and its mirror,
+        default; 8 / True: all flips and quarter turns; 1 / False: none).
 
     Returns
     -------
