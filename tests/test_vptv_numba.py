@@ -152,3 +152,22 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_torch_reweight_never_divides_zero_by_zero():
+    """A pixel whose only non-zero class gets an underflowing weight (huge volume duals,
+    e.g. the WBC preset's costs with eps 0.05) stays 0 instead of NaN."""
+    import torch
+
+    from napari_vptv.core.vptv_fast import FastVPTV
+
+    cost = torch.zeros(1, 3, 4, 5)
+    fast = FastVPTV(cost, None, None, epsilon=0.05, tau=0.25)
+    u = torch.zeros(1, 3, 4, 5)
+    u[:, 0] = 1.0  # class 0 only
+    u[:, :, 0, 0] = torch.tensor([0.5, 0.25, 0.25])
+    log_w = torch.tensor([[-200.0, 0.0, 0.0]])  # exp underflows to 0 for class 0
+    fast.reweight(u, log_w)
+    assert torch.isfinite(u).all()
+    assert torch.allclose(u[0, :, 0, 0], torch.tensor([0.0, 0.5, 0.5]))
+    assert float(u[0, :, 1, 1].abs().sum()) == 0.0

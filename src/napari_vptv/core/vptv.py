@@ -419,7 +419,8 @@ def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_res
             delta = delta - delta.amax(dim=1, keepdim=True)
             w = torch.exp(delta).reshape((n, k) + (1,) * n_spatial)
             u = u * w
-            u = u / u.sum(dim=1, keepdim=True)
+            # 0 / 0 where the only non-zero class's weight underflowed: keep 0 (no NaN)
+            u = u / u.sum(dim=1, keepdim=True).clamp(min=torch.finfo(u.dtype).tiny)
 
         # Step 3: Chambolle projected dual step for the edge-weighted TV.
         if q is not None:

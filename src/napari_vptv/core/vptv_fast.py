@@ -143,7 +143,9 @@ class FastVPTV:
         """``u <- u * exp(log_w) / sum_i (u_i * exp(log_w_i))`` (new ``f``, no second exp pass)."""
         w = torch.exp(log_w - log_w.amax(dim=1, keepdim=True))
         u.mul_(w.reshape(w.shape + (1,) * self.n_spatial))
-        u.div_(self._sum_classes(u))
+        # a pixel whose only non-zero class got a weight that underflowed sums to 0:
+        # keep it at 0 (the next primal step rebuilds it) instead of 0 / 0 = NaN
+        u.div_(self._sum_classes(u).clamp_(min=torch.finfo(u.dtype).tiny))
 
     def dual_step(self, u: torch.Tensor) -> None:
         """``q <- Proj_Q(q - tau grad u)`` (eq. 18) on ``p = q / (lambda e)``, in place."""
