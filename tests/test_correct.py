@@ -307,6 +307,35 @@ def test_3d_slices_mode_corrects_every_plane_and_keeps_ids():
         correct_mask(image, rough, stack_mode="planes")
 
 
+def test_cli_correct_folder_pairs_masks_skips_done_and_reports_failures(tmp_path, one_disc, capsys):
+    """``vptv correct IMAGES... --masks DIR --out DIR``: one output per image, masks found
+    by stem, existing outputs skipped, a missing mask reported without stopping the rest."""
+    import tifffile
+
+    from napari_vptv.cli import main
+    from napari_vptv.core.io import read_mask, write_labels
+
+    image, truth = one_disc
+    imgs, masks, out = tmp_path / "imgs", tmp_path / "masks", tmp_path / "out"
+    imgs.mkdir()
+    masks.mkdir()
+    for name, (dy, dx) in {"a": (4, -3), "b": (-3, 2)}.items():
+        tifffile.imwrite(imgs / f"{name}.tif", image)
+        write_labels(masks / f"{name}.png", shifted(truth, dy, dx).astype(np.uint8))
+    tifffile.imwrite(imgs / "c.tif", image)  # no mask for c
+    args = ["correct", str(imgs), "--masks", str(masks), "--out", str(out), "--max-iter", "150"]
+    assert main(args) == 1  # c failed
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "c.tif" in text and "2 corrected, 0 skipped, 1 failed" in text
+    for name in "ab":
+        assert dice(read_mask(out / f"{name}.png") > 0, truth) >= 0.9
+    before = (out / "a.png").stat().st_mtime_ns
+    assert main(["correct", str(imgs / "a.tif")] + args[2:]) == 0  # rerun: skipped, untouched
+    assert "0 corrected, 1 skipped" in capsys.readouterr().out
+    assert (out / "a.png").stat().st_mtime_ns == before
+    assert main(["correct", str(imgs / "a.tif"), "--out", str(out / "x.png")]) != 0  # one path, no --masks
+
+
 def test_cli_correct_stack_mode_slices(tmp_path):
     """``vptv correct --stack-mode slices`` gives the API's slice-by-slice result."""
     import tifffile

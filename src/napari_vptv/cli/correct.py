@@ -24,13 +24,20 @@ def add_parser(sub) -> None:
             "Correct MASK (instance labels, a binary mask, or class labels with --mode semantic) "
             "with VPTV: by default each object's boundary may move within a band around the given one "
             "(the size bias is unknown) and the image decides where; --volume-mode exact keeps each area. "
-            "Writes the corrected mask to --out (PNG or TIFF)."
+            "Writes the corrected mask to --out (PNG or TIFF). Many images: "
+            "vptv correct IMAGES... --masks DIR --out DIR (files, folders or globs; each image's mask is "
+            "DIR/<stem>.png or .tif; outputs <stem>.png, or .tif for stacks; existing outputs are skipped)."
         ),
+        usage="%(prog)s IMAGE MASK --out FILE [options]\n       %(prog)s IMAGES... --masks DIR --out DIR [options]",
     )
-    p.add_argument("image", metavar="IMAGE", help="image file (grey or RGB)")
-    p.add_argument("mask", metavar="MASK", help="mask file (integer labels, binary, or WBC grey)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE MASK | IMAGES",
+                   help="an image file (grey or RGB) and its mask file (integer labels, binary, or WBC grey); "
+                        "with --masks: image files, folders or globs")
+    p.add_argument("--masks", metavar="DIR", default=None,
+                   help="folder of masks named like the images (<stem>.png / .tif): correct every image")
     p.add_argument(
-        "--out", required=True, metavar="FILE", help="output mask file, .png or .tif (required; never IMAGE or MASK)"
+        "--out", required=True, metavar="FILE_OR_DIR",
+        help="output mask file, .png or .tif (never IMAGE or MASK); with --masks an output folder (required)"
     )
     p.add_argument(
         "--mode",
@@ -141,32 +148,96 @@ def _add_solver_arguments(p) -> None:
 
 def run(args) -> int:
     """Run ``vptv correct``; returns the exit status."""
-    import inspect
-
-    from ..core.io import read_image, read_mask, write_labels
-    from ..core.outputs import OutputGuard
-
     try:
-        from ..core.correct import correct_mask
+        from ..core.correct import correct_mask  # noqa: F401
     except ImportError as exc:
         raise CLIError(f"the mask-correction module is not available ({exc})") from None
-    out = Path(args.out).expanduser()
-    if out.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise CLIError(f"--out must be a .png or .tif file, got '{out}'")
-    guard = OutputGuard([args.image, args.mask], overwrite=args.overwrite)
-    guard.check(out)  # before the work: never onto IMAGE or MASK, never over a file without --overwrite
     check_range(args.epsilon, "epsilon", "--epsilon")
     check_range(args.tv_weight, "tv_weight", "--tv-weight")
     check_range(args.max_iter, "max_num_iter", "--max-iter")
     check_range(args.seed, "seed", "--seed")
-    image = read_image(args.image)
-    mask = read_mask(args.mask, style="labels")  # ids are kept: a 0/255 mask stays 0/255
+    if args.masks is not None:
+        return _run_many(args)
+    if len(args.inputs) != 2:
+        raise CLIError(f"give IMAGE and MASK (or images with --masks DIR); got {len(args.inputs)} path(s)")
+    from ..core.outputs import OutputGuard
+
+    image_path, mask_path = args.inputs
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise CLIError(f"--out must be a .png or .tif file, got '{out}'")
+    guard = OutputGuard([image_path, mask_path], overwrite=args.overwrite)
+    guard.check(out)  # before the work: never onto IMAGE or MASK, never over a file without --overwrite
+    changed = _correct_pair(args, image_path, mask_path, out, guard)
+    echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
+    return 0
+
+
+def _mask_for(image_path: Path, masks: Path):
+    for suffix in (".png", ".tif", ".tiff"):
+        m = masks / (image_path.stem + suffix)
+        if m.is_file():
+            return m
+    return None
+
+
+def _run_many(args) -> int:
+    """Every image of ``args.inputs`` with its mask in ``--masks``; one output per image in
+    ``--out``. Existing outputs are skipped (``--overwrite`` redoes them); a failing image
+    is reported and the others are still done."""
+    from ..core.batch import iter_inputs
+    from ..core.outputs import OutputGuard, clean_stale_partials
+
+    masks, out_dir = Path(args.masks).expanduser(), Path(args.out).expanduser()
+    if not masks.is_dir():
+        raise CLIError(f"--masks must be a folder, got '{masks}'")
+    if out_dir.suffix.lower() in (".png", ".tif", ".tiff") or (out_dir.exists() and not out_dir.is_dir()):
+        raise CLIError(f"with --masks, --out is a folder for the corrected masks, got '{out_dir}'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out_dir)
+    counts = {"corrected": 0, "skipped": 0, "failed": 0}
+    for item in iter_inputs(args.inputs):
+        mask_path = None if item.problem else _mask_for(item.path, masks)
+        problem = item.problem or (None if mask_path else f"no mask '{item.path.stem}.png' or '.tif' in '{masks}'")
+        if problem:
+            echo(f"FAILED {item.path}: {problem}")
+            counts["failed"] += 1
+            continue
+        guard = OutputGuard([item.path, mask_path], overwrite=args.overwrite)
+        outs = [out_dir / (item.path.stem + s) for s in (".png", ".tif")]
+        done = [o for o in outs if o.exists()]
+        if done and not args.overwrite:
+            echo(f"skipped {item.path}: {done[0]} exists (--overwrite to redo)")
+            counts["skipped"] += 1
+            continue
+        try:
+            changed, out = _correct_pair(args, item.path, mask_path, None, guard, out_dir=out_dir)
+        except (CLIError, ValueError, OSError) as exc:
+            echo(f"FAILED {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            counts["failed"] += 1
+            continue
+        echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
+        counts["corrected"] += 1
+    echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 1 if counts["failed"] else 0
+
+
+def _correct_pair(args, image_path, mask_path, out, guard, out_dir=None):
+    """Correct one image / mask pair and write it (``out``, or ``out_dir/<stem>.png|.tif``).
+    Returns the changed share (and the output path when ``out_dir`` is given)."""
+    import inspect
+
+    from ..core.correct import correct_mask
+    from ..core.io import read_image, read_mask, write_labels
+
+    image = read_image(image_path)
+    mask = read_mask(mask_path, style="labels")  # ids are kept: a 0/255 mask stays 0/255
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if rgb:
         image = image[..., :3]
     if mask.shape != image.shape[: mask.ndim] or mask.ndim != image.ndim - (1 if rgb else 0):
         raise CLIError(
-            f"mask '{args.mask}' has shape {mask.shape}, the image's spatial shape is "
+            f"mask '{mask_path}' has shape {mask.shape}, the image's spatial shape is "
             f"{image.shape[:-1] if rgb else image.shape}"
         )
     opts = {
@@ -196,9 +267,12 @@ def run(args) -> int:
         opts["evidence"] = probs[2] if args.mode == "objects" else probs
     accepted = inspect.signature(correct_mask).parameters
     kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
-    corrected = correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs)
-    corrected = np.asarray(corrected)
-    guard.write(out, lambda tmp: write_labels(tmp, corrected))
+    corrected = np.asarray(correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs))
     changed = float(np.mean(corrected != mask))
-    echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
-    return 0
+    if out_dir is None:
+        guard.write(out, lambda tmp: write_labels(tmp, corrected))
+        return changed
+    out = Path(out_dir) / (Path(image_path).stem + (".tif" if corrected.ndim > 2 else ".png"))
+    guard.check(out)
+    guard.write(out, lambda tmp: write_labels(tmp, corrected))
+    return changed, out
