@@ -212,7 +212,7 @@ def _run_many(args) -> int:
             continue
         try:
             changed, out = _correct_pair(args, item.path, mask_path, None, guard, out_dir=out_dir)
-        except (CLIError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- one image's problem must not stop the batch
             echo(f"FAILED {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             counts["failed"] += 1
             continue
