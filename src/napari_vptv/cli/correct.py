@@ -160,6 +160,7 @@ def run(args) -> int:
         return _run_many(args)
     if len(args.inputs) != 2:
         raise CLIError(f"give IMAGE and MASK (or images with --masks DIR); got {len(args.inputs)} path(s)")
+    from ..core.io import write_labels
     from ..core.outputs import OutputGuard
 
     image_path, mask_path = args.inputs
@@ -168,7 +169,8 @@ def run(args) -> int:
         raise CLIError(f"--out must be a .png or .tif file, got '{out}'")
     guard = OutputGuard([image_path, mask_path], overwrite=args.overwrite)
     guard.check(out)  # before the work: never onto IMAGE or MASK, never over a file without --overwrite
-    changed = _correct_pair(args, image_path, mask_path, out, guard)
+    corrected, changed = _correct_pair(args, image_path, mask_path)
+    guard.write(out, lambda tmp: write_labels(tmp, corrected))
     echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
     return 0
 
@@ -185,7 +187,8 @@ def _run_many(args) -> int:
     """Every image of ``args.inputs`` with its mask in ``--masks``; one output per image in
     ``--out``. Existing outputs are skipped (``--overwrite`` redoes them); a failing image
     is reported and the others are still done."""
-    from ..core.batch import iter_inputs
+    from ..core.batch import iter_inputs, output_path
+    from ..core.io import write_labels
     from ..core.outputs import OutputGuard, clean_stale_partials
 
     masks, out_dir = Path(args.masks).expanduser(), Path(args.out).expanduser()
@@ -204,14 +207,15 @@ def _run_many(args) -> int:
             counts["failed"] += 1
             continue
         guard = OutputGuard([item.path, mask_path], overwrite=args.overwrite)
-        outs = [out_dir / (item.path.stem + s) for s in (".png", ".tif")]
-        done = [o for o in outs if o.exists()]
+        done = [o for o in (output_path(item.path, out_dir, is_stack=s) for s in (False, True)) if o.exists()]
         if done and not args.overwrite:
             echo(f"skipped {item.path}: {done[0]} exists (--overwrite to redo)")
             counts["skipped"] += 1
             continue
         try:
-            changed, out = _correct_pair(args, item.path, mask_path, None, guard, out_dir=out_dir)
+            corrected, changed = _correct_pair(args, item.path, mask_path)
+            out = guard.write(output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
+                              lambda tmp, c=corrected: write_labels(tmp, c))
         except Exception as exc:  # noqa: BLE001 -- one image's problem must not stop the batch
             echo(f"FAILED {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             counts["failed"] += 1
@@ -222,13 +226,12 @@ def _run_many(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _correct_pair(args, image_path, mask_path, out, guard, out_dir=None):
-    """Correct one image / mask pair and write it (``out``, or ``out_dir/<stem>.png|.tif``).
-    Returns the changed share (and the output path when ``out_dir`` is given)."""
+def _correct_pair(args, image_path, mask_path):
+    """Correct one image / mask pair: ``(corrected labels, share of pixels changed)``."""
     import inspect
 
     from ..core.correct import correct_mask
-    from ..core.io import read_image, read_mask, write_labels
+    from ..core.io import read_image, read_mask
 
     image = read_image(image_path)
     mask = read_mask(mask_path, style="labels")  # ids are kept: a 0/255 mask stays 0/255
@@ -268,11 +271,4 @@ def _correct_pair(args, image_path, mask_path, out, guard, out_dir=None):
     accepted = inspect.signature(correct_mask).parameters
     kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
     corrected = np.asarray(correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs))
-    changed = float(np.mean(corrected != mask))
-    if out_dir is None:
-        guard.write(out, lambda tmp: write_labels(tmp, corrected))
-        return changed
-    out = Path(out_dir) / (Path(image_path).stem + (".tif" if corrected.ndim > 2 else ".png"))
-    guard.check(out)
-    guard.write(out, lambda tmp: write_labels(tmp, corrected))
-    return changed, out
+    return corrected, float(np.mean(corrected != mask))
