@@ -267,8 +267,10 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
     from .core.segment import prepare_image
 
     rgb = np.moveaxis(arr, channel_axis, -1)
+    # the rule runs once, on the result below (the U-net's own labels are used only
+    # when no colour model can be fitted)
     pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=_nucleus_rule(opts), augment=opts.augment)
+                       require_nucleus=False, augment=opts.augment)
     model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
     if model is None:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
@@ -280,13 +282,11 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
         result = vptv_segment(rgb, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
                               volume_bounds=(lo, hi), volume_mode="interval", em_update=True, seed=opts.seed,
                               device=opts.device, callback=callback, **settings)
-        result = _with_nucleus_rule(result, opts)
+    result = _with_nucleus_rule(result, opts)
     result.diameter = float(pred.diameter)
     result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
                    "colour_model": "refitted on this image" if model is not None else "none (no cell found)"}
-    if model is None:
-        result.info["cells_without_nucleus_removed"] = pred.info.get("cells_without_nucleus_removed", 0)
     return result
 
 
