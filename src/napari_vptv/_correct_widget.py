@@ -10,11 +10,20 @@ kept exactly / scaled by a known factor
   ``napari.qt.threading.thread_worker``; a ``napari.utils.progress`` bar counts the
   batched solves, Cancel stops after the current one (nothing is written then). The
   status line reports the mean area before / after and objects kept as given.
-* Output: a Labels layer "<labels> corrected" tagged ``metadata["vptv"]``
-  (``{"kind": "correct_mask", "source": ..., "image": ..., "params": ...}``); running
-  again for the same Labels layer replaces only that tagged layer's data. The input
-  Labels layer is never modified; a user layer with the same name is never touched
+* Output: a preview Labels layer "<labels> corrected" (drawn as contours over the
+  input) tagged ``metadata["vptv"]``
+  (``{"kind": "correct_mask", "source": ..., "image": ..., "params": ...}``), with
+  every object's area before / after in ``layer.features`` (hover, or **Table**:
+  napari's Features table widget); running again for the same Labels layer replaces
+  only that tagged layer's data. A user layer with the same name is never touched
   (the output becomes "<labels> corrected [2]").
+* The input Labels layer is modified only by **Accept**: the corrected pixels are
+  written into it as one step of that layer's undo history (Ctrl+Z in the layer
+  undoes it) and the preview is removed. Accept refuses if the layer was edited
+  after the run. **Discard** removes the preview.
+* 3-D Labels: *Stack* "3-D" corrects every id as one 3-D object, "slice by slice"
+  every plane of the first axis on its own (the API's ``stack_mode``); the choice
+  is shown only for 3-D layers.
 * Bad inputs are shown as napari notifications and in the status line.
 
 Heavy imports (torch, the solver) happen inside the functions that need them.
@@ -43,6 +52,8 @@ MODEL_NET = "VPTVU-net nucleus probability (WBC)"
 MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
 VOLUME_DEFAULT = "unknown bias (interval)"
 VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
+STACK_DEFAULT = "3-D"
+STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
 
 def _engine(img, lab, rgb, model, report, kwargs):
@@ -59,33 +70,46 @@ def _engine(img, lab, rgb, model, report, kwargs):
     return (yield from correct_mask_iter(img, lab, channel_axis=-1 if rgb else None, report=report, **kwargs))
 
 
-def _report_summary(report) -> str:
-    """'; 12 objects, area 1234 -> 1100 px (mean), 1 kept as given' for the status line."""
-    if not report:
+def changes_table(report):
+    """Per label id: area before / after (summed over planes in slice-by-slice mode),
+    change in %, status ("corrected", or e.g. "kept: no contrast"; with planes: the
+    kept planes' statuses and their count) -- a ``pandas.DataFrame`` with an
+    ``index`` column, as napari's ``Labels.features`` expects."""
+    import pandas as pd
+
+    rows = {}
+    for r in report:
+        row = rows.setdefault(r.label, {"index": r.label, "area_before": 0, "area_after": 0, "kept": []})
+        row["area_before"] += r.area_before
+        row["area_after"] += r.area_after
+        if r.status != "corrected":
+            row["kept"].append(r.status)
+    for row in rows.values():
+        kept = row.pop("kept")
+        row["change_%"] = round(100.0 * (row["area_after"] - row["area_before"]) / max(row["area_before"], 1), 1)
+        row["status"] = ("corrected" if not kept else kept[0] if len(kept) == 1
+                         else f"{', '.join(sorted(set(kept)))} ({len(kept)} planes)")
+    return pd.DataFrame(sorted(rows.values(), key=lambda row: row["index"]),
+                        columns=["index", "area_before", "area_after", "change_%", "status"])
+
+
+def _report_summary(table) -> str:
+    """'; 12 objects, median area -8 %, mean area 1234 -> 1100 px, 1 kept as given' for the status line."""
+    if not len(table):
         return ""
-    before = np.mean([r.area_before for r in report])
-    after = np.mean([r.area_after for r in report])
-    kept = sum(r.status != "corrected" for r in report)
-    change = np.median([100.0 * (r.area_after - r.area_before) / max(r.area_before, 1) for r in report])
-    return (f"; {len(report)} objects, median area {change:+.0f} %, mean area {before:.0f} -> {after:.0f} px"
+    kept = int((table["status"] != "corrected").sum())
+    return (f"; {len(table)} objects, median area {table['change_%'].median():+.0f} %, mean area "
+            f"{table['area_before'].mean():.0f} -> {table['area_after'].mean():.0f} px"
             + (f", {kept} kept as given" if kept else ""))
 
 
-def _show_changes(layer, report) -> None:
+def _show_changes(layer, table) -> None:
     """Draw the output as contours (over the filled input: both visible) and give every
     object its area before / after as layer features (shown when hovering)."""
-    import pandas as pd
-
     layer.contour = 2
     layer.opacity = 1.0
-    if report:
-        layer.features = pd.DataFrame({
-            "index": [r.label for r in report],
-            "area_before": [r.area_before for r in report],
-            "area_after": [r.area_after for r in report],
-            "change_%": [round(100.0 * (r.area_after - r.area_before) / max(r.area_before, 1), 1) for r in report],
-            "status": [r.status for r in report],
-        })
+    if len(table):
+        layer.features = table
 
 
 def _is_ground_truth(layer) -> bool:
@@ -121,6 +145,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self._cancel_requested = False
         self._pbar = None
         self._run: Dict[str, Any] = {}
+        self._preview: Optional[Dict[str, Any]] = None  # the last run's preview layer and its target
 
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self.labels = ComboBox(label="Labels", choices=self._labels_choices, nullable=False)
@@ -151,32 +176,62 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.edge = CheckBox(text="Edge weight e(x)", value=True)
         self.fill_holes = CheckBox(text="Fill holes", value=True)
         self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
-                            labels=False, label="")
-        buttons.margins = (0, 0, 0, 0)
+        self.stack_mode = ComboBox(label="Stack", choices=list(STACK_CHOICES), value=STACK_DEFAULT,
+                                   tooltip="3-D Labels: 3-D = every id is one 3-D object; slice by slice = "
+                                           "every plane of the first axis corrected on its own (e.g. a time "
+                                           "series or planes far apart)")
         self.status = Label(label="Status", value="ready")
         self.status.native.setWordWrap(True)
         self.extend([
-            self.image, self.labels, self.mode, self.model, self.volume_mode, self.band, self.volume_factor,
-            self.volume_tolerance,
+            self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
+            self.volume_factor, self.volume_tolerance,
             self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
-            self.max_iter, buttons, self.status,
+            self.max_iter, *self._make_buttons(), self.status,
         ])
-        self.run_button.changed.connect(lambda *_: self.run())
-        self.cancel_button.changed.connect(lambda *_: self.cancel())
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
         ev.inserted.connect(self._on_inserted)
+        ev.removed.connect(self._update_preview_buttons)
+        self.viewer.layers.selection.events.active.connect(self._on_active)
+        self.labels.changed.connect(self._update_stack_choice)
         self.reset_choices()
+        self._update_stack_choice()
         # the last session's settings (see _common.settings_dir)
         if self._restore_settings():
             self._set_status("ready (settings of the last run restored)")
 
+    def _make_buttons(self):
+        """Run / Cancel, and the preview's Accept / Discard / Table rows."""
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.accept_button = PushButton(text="Accept", enabled=False,
+                                        tooltip="write the preview into the Labels layer (Ctrl+Z there undoes it)")
+        self.discard_button = PushButton(text="Discard", enabled=False, tooltip="remove the preview layer")
+        self.table_button = PushButton(text="Table", enabled=False,
+                                       tooltip="per-object area before / after in napari's Features table")
+        self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.accept_button.changed.connect(lambda *_: self.accept())
+        self.discard_button.changed.connect(lambda *_: self.discard())
+        self.table_button.changed.connect(lambda *_: self.show_table())
+        rows = []
+        for widgets in ([self.run_button, self.cancel_button],
+                        [self.accept_button, self.discard_button, self.table_button]):
+            row = Container(widgets=widgets, layout="horizontal", labels=False, label="")
+            row.margins = (0, 0, 0, 0)
+            rows.append(row)
+        return rows
+
+    def _update_stack_choice(self, *_):
+        """The Stack choice is shown only for 3-D Labels layers."""
+        layer = self.labels.value
+        is_3d = layer is not None and getattr(layer, "ndim", 2) == 3
+        self.stack_mode.visible = self.stack_mode.enabled = is_3d
+
     def _persisted_widgets(self) -> Dict[str, Any]:
         return {
+            "stack_mode": self.stack_mode,
             "mode": self.mode,
             "model": self.model,
             "volume_mode": self.volume_mode,
@@ -203,15 +258,22 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
     def _on_inserted(self, event):
         """A Labels layer the user just added (not ground truth, not our output) becomes the input."""
+        self._follow(event.value)
+
+    def _on_active(self, event):
+        """The Labels layer the user selects in the layer list (to edit it) becomes the input."""
+        self._follow(event.value)
+
+    def _follow(self, layer):
         import napari
 
-        layer = event.value
-        if self.worker is not None:  # our own output, being written
+        if self.worker is not None or not isinstance(layer, napari.layers.Labels):  # worker: our output
             return
         meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
-        if isinstance(layer, napari.layers.Labels) and not _is_ground_truth(layer) and not (
-                isinstance(meta, dict) and meta.get("kind") == KIND):
-            self.labels.value = layer
+        if not _is_ground_truth(layer) and not (isinstance(meta, dict) and meta.get("kind") == KIND):
+            if layer in self.viewer.layers and self.labels.value is not layer:
+                self.reset_choices()
+                self.labels.value = layer
 
     # --------------------------------------------------------------- parameters
     def parameters(self) -> Dict[str, Any]:
@@ -230,6 +292,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "edge": bool(self.edge.value),
             "fill_holes": bool(self.fill_holes.value),
             "max_num_iter": int(self.max_iter.value),
+            "stack_mode": STACK_CHOICES[self.stack_mode.value],
         }
 
     def _validate(self):
@@ -273,14 +336,15 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             model = kwargs.pop("model")
             # copies: the user may edit the layers while the worker runs
             report = []  # per-object area before / after, filled when the engine finishes
-            engine = _engine(img.copy(), lab.copy(), bool(image.rgb), model, report, kwargs)
+            given = lab.copy()  # also what Accept checks the layer against
+            engine = _engine(img.copy(), given, bool(image.rgb), model, report, kwargs)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._error(str(exc), show_error)
             return None
         self._save_settings()
         self._cancel_requested = False
         self._run = {"image": image.name, "source": labels.name, "labels_layer": labels, "params": params,
-                     "done": 0, "total": None, "finished": False, "report": report}
+                     "done": 0, "total": None, "finished": False, "report": report, "given": given}
 
         def gen():
             # errors are yielded, not raised: superqt swallows some exceptions in generator workers
@@ -297,6 +361,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
+        for button in (self.accept_button, self.discard_button, self.table_button):
+            button.enabled = False
         self._set_status(f"correcting {labels.name!r} ...")
         if sync if sync is not None else self.synchronous:
             self.worker = "sync"
@@ -333,11 +399,13 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         elif kind == "result":
             if self._cancel_requested:
                 return
+            st["table"] = changes_table(st.get("report") or [])
             self._write_output(np.asarray(payload))
             st["finished"] = True
-            changed = float(np.mean(np.asarray(payload) != np.asarray(st["labels_layer"].data)))
-            self._set_status(f"done: {self.output_layer.name!r} ({changed:.2%} of the pixels changed)"
-                             + _report_summary(st.get("report") or []))
+            changed = float(np.mean(np.asarray(payload) != st["given"]))
+            self._set_status(f"preview: {self.output_layer.name!r} ({changed:.2%} of the pixels changed"
+                             + _report_summary(st["table"]) + "); Accept writes it into "
+                             f"{st['source']!r}, Discard removes it")
         elif kind == "error":
             st["error"] = payload
             self._error(f"Mask correction failed: {payload}", show_error)
@@ -349,6 +417,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
     def _on_finished(self):
         self._close_progress()
+        self._update_preview_buttons()
 
     # ------------------------------------------------------------ output layer
     def _write_output(self, data: np.ndarray):
@@ -368,5 +437,88 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         md = dict(layer.metadata)
         md[METADATA_KEY] = meta
         layer.metadata = md
-        _show_changes(layer, st.get("report") or [])
+        _show_changes(layer, st["table"])
         self.output_layer = layer
+        self._preview = {"layer": layer, "target": src, "given": st["given"], "source": st["source"]}
+        self._update_preview_buttons()
+
+    # ----------------------------------------------------------- accept / discard
+    def _live_preview(self):
+        """The last run's preview record if its layer is still in the viewer, else None."""
+        pv = self._preview
+        if pv is None or pv["layer"] not in self.viewer.layers:
+            return None
+        return pv
+
+    def _update_preview_buttons(self, *_):
+        live = self._live_preview() is not None and self.worker is None
+        for button in (self.accept_button, self.discard_button, self.table_button):
+            button.enabled = live
+
+    def accept(self) -> bool:
+        """Write the preview into the Labels layer it corrects, as one undoable step
+        (``layer.undo()`` / Ctrl+Z restores it), and remove the preview. Refused (one-line
+        message, nothing changed) if there is no preview, the layer is gone, or it was
+        edited after the run."""
+        from napari.utils.notifications import show_warning
+
+        pv = self._live_preview()
+        if pv is None:
+            self._error("Nothing to accept: run a correction first.", show_warning)
+            return False
+        target = pv["target"]
+        if target not in self.viewer.layers:
+            self._error(f"Labels layer {pv['source']!r} is no longer in the viewer; nothing written.", show_warning)
+            return False
+        current = np.asarray(target.data)
+        if current.shape != pv["given"].shape or not np.array_equal(current, pv["given"]):
+            self._error(f"{target.name!r} was edited after the correction; run again before accepting.",
+                        show_warning)
+            return False
+        corrected = np.asarray(pv["layer"].data)
+        where = np.nonzero(corrected != current)
+        try:
+            with target.block_history():  # one undo step
+                target.data_setitem(where, corrected[where])
+        except Exception as exc:  # noqa: BLE001 - e.g. read-only or lazy (dask) layer data
+            self._error(f"Could not write into {target.name!r}: {exc}", show_warning)
+            return False
+        self._remove_preview(pv)
+        self.viewer.layers.selection.active = target  # so that Ctrl+Z applies to it
+        self._set_status(f"accepted into {target.name!r} ({where[0].size} pixels changed); "
+                         "Ctrl+Z in that layer undoes it")
+        return True
+
+    def discard(self) -> bool:
+        """Remove the preview layer; the Labels layer stays as it is."""
+        pv = self._live_preview()
+        if pv is None:
+            self._set_status("no preview to discard")
+            return False
+        self._remove_preview(pv)
+        self._set_status(f"preview discarded; {pv['source']!r} unchanged")
+        return True
+
+    def _remove_preview(self, pv):
+        self._preview = None
+        if self.output_layer is pv["layer"]:
+            self.output_layer = None
+        self.viewer.layers.remove(pv["layer"])
+        self._update_preview_buttons()
+
+    def show_table(self):
+        """Open napari's Features table widget on the preview (per-object areas)."""
+        from napari.utils.notifications import show_warning
+
+        pv = self._live_preview()
+        if pv is None:
+            self._error("No preview: run a correction first.", show_warning)
+            return None
+        self.viewer.layers.selection.active = pv["layer"]
+        try:
+            _, table = self.viewer.window.add_plugin_dock_widget("napari", "Features table widget")
+        except Exception as exc:  # noqa: BLE001 - an older napari without the widget
+            self._error(f"napari's Features table widget is not available ({exc}); hover the objects "
+                        "to see their areas.", show_warning)
+            return None
+        return table
