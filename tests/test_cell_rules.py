@@ -79,3 +79,33 @@ def test_cli_flags_reach_the_options():
     assert opts.require_nucleus and opts.augment == 2
     opts = options_from_args(p.parse_args(["--method", "unet", "--keep-cells-without-nucleus", "--augment", "8"]))
     assert not opts.require_nucleus and opts.augment == 8
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2
+
+
+def test_a_red_cell_touching_the_white_cell_is_split_off_and_dropped():
+    shape = (100, 150)
+    white, red = _disc(shape, (50, 45), 30), _disc(shape, (50, 97), 24)
+    lab = np.zeros(shape, np.int32)
+    lab[white | red] = 1
+    lab[_disc(shape, (50, 45), 15)] = 2
+    out, n = drop_cells_without_nucleus(lab)
+    assert n == 1
+    assert not out[red & ~white].any()  # the red cell is gone...
+    assert (out[white] == lab[white]).mean() > 0.98  # ...the white cell stays
+    # without the split, the touching red cell rides along with the nucleus
+    kept, n = drop_cells_without_nucleus(lab, neck_depth=None)
+    assert n == 0 and np.array_equal(kept, lab)
+
+
+def test_a_lobed_nucleus_and_a_round_cell_are_not_split_apart():
+    shape = (120, 120)
+    lab = np.zeros(shape, np.int32)
+    lab[_disc(shape, (60, 60), 45)] = 1
+    for c in [(45, 45), (50, 75), (78, 62)]:  # three nuclear lobes
+        lab[_disc(shape, c, 12)] = 2
+    out, n = drop_cells_without_nucleus(lab)
+    assert n == 0 and np.array_equal(out, lab)

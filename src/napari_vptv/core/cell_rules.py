@@ -3,9 +3,17 @@
 A white blood cell has a nucleus. A connected region labelled cytoplasm (with or
 without nucleus pixels) whose nucleus share is below ``min_nucleus_fraction`` is
 something else -- a red cell, a platelet, stain debris, a smudge -- that a network
-or colour model took for cytoplasm, typically on a smear from another lab (measured
-in ``docs/generalist.md``: leave-one-source-out pixel accuracy 0.660 -> 0.703 and
-0.888 -> 0.897; held-out images of the training sources unchanged or +0.06 pt).
+or colour model took for cytoplasm, typically on a smear from another lab.
+
+Red cells often *touch* the white cell, so the region containing the nucleus also
+contains them. The cell mask is therefore first split at its necks, as touching
+objects are split in instance segmentation (a watershed of the distance transform
+seeded at its h-maxima), and the rule applies to each part. A white cell is close
+to convex, so its own cytoplasm stays in one part with its nucleus.
+
+Measured in ``docs/generalist.md`` (leave-one-source-out pixel accuracy, shipped
+recipe): 0.707 -> 0.755 and 0.903 -> 0.918 with the split; held-out images of the
+training sources unchanged.
 """
 
 from __future__ import annotations
@@ -15,15 +23,51 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_NUCLEUS_FRACTION", "drop_cells_without_nucleus"]
+__all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "drop_cells_without_nucleus", "split_at_necks"]
 
 #: nucleus share of a cell region below which it is not a white cell
 MIN_NUCLEUS_FRACTION = 0.02
 
+#: how much deeper than the neck between them (in pixels of the distance transform)
+#: two parts of a cell mask must be to be split
+NECK_DEPTH = 1.0
+
+
+def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
+    """Split a binary mask into round parts joined by necks.
+
+    The watershed of the negated Euclidean distance transform, seeded at its
+    h-maxima of height ``neck_depth`` (scikit-image), restricted to ``mask``.
+
+    Returns
+    -------
+    parts : ndarray of int
+        0 outside ``mask``, 1..n for the parts.
+    n : int
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32), 0
+    distance = ndi.distance_transform_edt(mask)
+    seeds, n = ndi.label(h_maxima(distance, neck_depth), structure=np.ones((3,) * mask.ndim, bool))
+    parts = watershed(-distance, seeds, mask=mask)
+    return parts.astype(np.int32, copy=False), int(n)
+
+
+def _parts_without_nucleus(labels, parts, n, nucleus, min_nucleus_fraction):
+    index = np.arange(1, n + 1)
+    size = ndi.sum_labels(parts > 0, parts, index)
+    nuclear = ndi.sum_labels(labels == nucleus, parts, index)
+    return index[nuclear < min_nucleus_fraction * size]
+
 
 def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleus: int = 2,
-                               min_nucleus_fraction: float = MIN_NUCLEUS_FRACTION) -> Tuple[np.ndarray, int]:
-    """Set to background every cell region with (almost) no nucleus.
+                               min_nucleus_fraction: float = MIN_NUCLEUS_FRACTION,
+                               neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
+    """Set to background every part of the cell mask with (almost) no nucleus.
 
     Parameters
     ----------
@@ -33,15 +77,18 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
     cytoplasm, nucleus : int
         The label values of the two cell classes.
     min_nucleus_fraction : float
-        A connected region of cytoplasm and nucleus pixels (full connectivity) is kept
-        when at least this share of its pixels is nucleus.
+        A part is kept when at least this share of its pixels is nucleus.
+    neck_depth : float or None
+        Parts are the connected regions of cytoplasm and nucleus pixels (full
+        connectivity), each split at its necks by :func:`split_at_necks` with this
+        depth in pixels; ``None`` = no split (whole connected regions).
 
     Returns
     -------
     labels : ndarray
         A new array (the input is not modified).
     n_removed : int
-        How many regions were set to background.
+        How many parts were set to background.
 
     Examples
     --------
@@ -53,13 +100,20 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
     labels = np.asarray(labels)
     cell = (labels == cytoplasm) | (labels == nucleus)
     regions, n = ndi.label(cell, structure=np.ones((3,) * labels.ndim, bool))
-    if n == 0:
-        return labels.copy(), 0
-    index = np.arange(1, n + 1)
-    size = ndi.sum_labels(cell, regions, index)
-    nuclear = ndi.sum_labels(labels == nucleus, regions, index)
-    bad = index[nuclear < min_nucleus_fraction * size]
     out = labels.copy()
-    if len(bad):
-        out[np.isin(regions, bad)] = 0
-    return out, int(len(bad))
+    if n == 0:
+        return out, 0
+    bad = _parts_without_nucleus(labels, regions, n, nucleus, min_nucleus_fraction)
+    out[np.isin(regions, bad)] = 0
+    n_removed = len(bad)
+    if neck_depth is not None:  # split each remaining region, in its bounding box (cheaper)
+        for r, box in enumerate(ndi.find_objects(regions), start=1):
+            if box is None or r in bad:
+                continue
+            sub = out[box]  # a view: edits land in ``out``
+            parts, k = split_at_necks(regions[box] == r, neck_depth)
+            if k > 1:
+                drop = _parts_without_nucleus(labels[box], parts, k, nucleus, min_nucleus_fraction)
+                sub[np.isin(parts, drop)] = 0
+                n_removed += len(drop)
+    return out, int(n_removed)
