@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -238,6 +239,8 @@ def main(argv=None):
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
+        # a `git archive` of the code has no .git: its commit is given in VPTV_CODE_COMMIT
+        commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
                                                   table=table, rows=rows), indent=1))

@@ -48,6 +48,11 @@ _GLOBAL_WEIGHT = 3.0
 #: than one on the given boundary): where a nucleus shows two edges within the band
 #: (nucleus / thin cytoplasm / background) the one nearer the given mask wins
 _OFFSET_PRIOR = 0.2
+#: 2-D: largest whole-object shift (px) searched before the edge offsets (0 = none),
+#: and its preference for small shifts (the score of shift ``s`` is scaled by
+#: ``1 - _SHIFT_PRIOR |s| / band``)
+_SHIFT_MAX = 4
+_SHIFT_PRIOR = 0.3
 #: automatic band: this fraction of the object's equivalent radius, clipped to AUTO_BAND_RANGE px
 _BAND_FRACTION = 0.5
 AUTO_BAND_RANGE = (4, 6)
@@ -86,6 +91,52 @@ def _sectors(sd):
     return (frac * _SECTORS).astype(int) % _SECTORS, _SECTORS
 
 
+def _gradient(proj, other):
+    grad = np.sqrt(sum(gi**2 for gi in np.gradient(proj)))
+    grad[other] = 0
+    return grad
+
+
+def best_shift(grad, sd, band):
+    """Whole-object shift ``s`` (2-D, whole pixels) that puts the given boundary on the
+    strongest edge: the maximum over ``s`` and offsets ``o`` of the mean gradient on
+    ``{x : sd(x - s) = o}``, scaled by the offset and shift preferences.
+
+    A shifted mask has its edge inside on one side and outside on the other, which
+    offsets per angular sector only partly follow; the shift moves the whole mask
+    first. Returns ``(0, 0)`` in 3-D or when no shift beats the unshifted mask.
+    """
+    smax = min(_SHIFT_MAX, band)
+    if sd.ndim != 2 or smax < 1:
+        return (0,) * sd.ndim
+    offsets = np.arange(-band, band + 0.01, _STEP)
+    q = np.nonzero(np.abs(sd) <= band + 0.5 * _STEP)  # level-set samples, unshifted frame
+    bins = np.clip(np.rint((sd[q] + band) / _STEP).astype(int), 0, offsets.size - 1)
+    count = np.maximum(np.bincount(bins, minlength=offsets.size), 1)
+    padded = np.pad(grad, smax)  # outside the crop: no gradient
+    weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
+    best, best_score = (0, 0), -np.inf
+    for dy in range(-smax, smax + 1):
+        for dx in range(-smax, smax + 1):
+            r = np.hypot(dy, dx)
+            if r > smax:
+                continue
+            g = padded[q[0] + smax + dy, q[1] + smax + dx]
+            score = np.max(np.bincount(bins, g, offsets.size) / count * weight) * (1.0 - _SHIFT_PRIOR * r / band)
+            if score > best_score + 1e-12:
+                best, best_score = (dy, dx), score
+    return best
+
+
+def _shifted(sd, shift):
+    """``sd(x - shift)`` (edge values beyond the crop)."""
+    if not any(shift):
+        return sd
+    pad = max(abs(v) for v in shift)
+    big = np.pad(sd, pad, mode="edge")
+    return big[tuple(slice(pad - v, pad - v + n) for v, n in zip(shift, sd.shape))]
+
+
 def edge_offset(proj, sd, band, other):
     """Per-pixel offset (px) of the strongest edge relative to the given boundary.
 
@@ -96,8 +147,7 @@ def edge_offset(proj, sd, band, other):
     band : largest offset searched (px)
     other : pixels of other objects (ignored)
     """
-    grad = np.sqrt(sum(gi**2 for gi in np.gradient(proj)))
-    grad[other] = 0
+    grad = _gradient(proj, other)
     offsets = np.arange(-band, band + 0.01, _STEP)
     sector, ns = _sectors(sd)
     near = np.abs(sd) <= band + 1
@@ -151,6 +201,7 @@ def object_evidence(feat, obj, other, band, prob=None):
         return None, din, dout, obj
     proj = _fisher(feat, core, ring)
     sd = np.where(obj, 0.5 - din, dout - 0.5)  # signed distance to the given boundary (outside > 0)
+    sd = _shifted(sd, best_shift(_gradient(proj, other), sd, band))  # a shifted mask: move it first
     offset = edge_offset(proj, sd, band, other)
     prior = sd < offset
     # thin shells on both sides: a symmetric blur lowers the inner level as much as
