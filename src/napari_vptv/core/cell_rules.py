@@ -28,16 +28,20 @@ __all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "drop_cells_without_nucleus", "
 #: nucleus share of a cell region below which it is not a white cell
 MIN_NUCLEUS_FRACTION = 0.02
 
-#: how much deeper than the neck between them (in pixels of the distance transform)
-#: two parts of a cell mask must be to be split
-NECK_DEPTH = 1.0
+#: how much deeper than the neck between them two parts of a cell mask must be to be
+#: split, as a fraction of the mask's largest inscribed radius (at least 1 px).
+#: 0.03 is the smallest value that cost nothing on the validation images of either
+#: source for the networks and the variational preset (docs/generalist.md).
+NECK_DEPTH = 0.03
 
 
 def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
-    """Split a binary mask into round parts joined by necks.
+    """Split one connected binary mask into round parts joined by necks.
 
-    The watershed of the negated Euclidean distance transform, seeded at its
-    h-maxima of height ``neck_depth`` (scikit-image), restricted to ``mask``.
+    The watershed of the negated Euclidean distance transform of the mask with its
+    holes filled (holes in a ragged cytoplasm would seed spurious parts), seeded at
+    the transform's h-maxima (scikit-image) with ``h = max(1, neck_depth * r_max)``,
+    ``r_max`` the largest distance; restricted to ``mask``.
 
     Returns
     -------
@@ -51,8 +55,9 @@ def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros(mask.shape, np.int32), 0
-    distance = ndi.distance_transform_edt(mask)
-    seeds, n = ndi.label(h_maxima(distance, neck_depth), structure=np.ones((3,) * mask.ndim, bool))
+    distance = ndi.distance_transform_edt(ndi.binary_fill_holes(mask))
+    depth = max(1.0, neck_depth * float(distance.max()))
+    seeds, n = ndi.label(h_maxima(distance, depth), structure=np.ones((3,) * mask.ndim, bool))
     parts = watershed(-distance, seeds, mask=mask)
     return parts.astype(np.int32, copy=False), int(n)
 
@@ -81,7 +86,7 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
     neck_depth : float or None
         Parts are the connected regions of cytoplasm and nucleus pixels (full
         connectivity), each split at its necks by :func:`split_at_necks` with this
-        depth in pixels; ``None`` = no split (whole connected regions).
+        relative depth; ``None`` = no split (whole connected regions).
 
     Returns
     -------
