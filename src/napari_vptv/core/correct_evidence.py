@@ -53,6 +53,8 @@ _OFFSET_PRIOR = 0.2
 #: ``1 - _SHIFT_PRIOR |s| / band``)
 _SHIFT_MAX = 4
 _SHIFT_PRIOR = 0.3
+#: a shift is taken only if its score beats the unshifted mask's by this fraction
+_SHIFT_GAIN = 0.05
 #: automatic band: this fraction of the object's equivalent radius, clipped to AUTO_BAND_RANGE px
 _BAND_FRACTION = 0.5
 AUTO_BAND_RANGE = (4, 6)
@@ -115,11 +117,13 @@ def best_shift(grad, sd, band):
     count = np.maximum(np.bincount(bins, minlength=offsets.size), 1)
     padded = np.pad(grad, smax)  # outside the crop: no gradient
     weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
-    best, best_score = (0, 0), -np.inf
+    g = padded[q[0] + smax, q[1] + smax]
+    unshifted = np.max(np.bincount(bins, g, offsets.size) / count * weight)
+    best, best_score = (0, 0), unshifted * (1.0 + _SHIFT_GAIN)
     for dy in range(-smax, smax + 1):
         for dx in range(-smax, smax + 1):
             r = np.hypot(dy, dx)
-            if r > smax:
+            if r > smax or r == 0:
                 continue
             g = padded[q[0] + smax + dy, q[1] + smax + dx]
             score = np.max(np.bincount(bins, g, offsets.size) / count * weight) * (1.0 - _SHIFT_PRIOR * r / band)
