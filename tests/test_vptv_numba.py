@@ -115,6 +115,36 @@ def test_numba_same_labels_synthetic_exact_volumes_with_edges(monkeypatch):
     np.testing.assert_allclose(fused.volumes, (0.6, 0.3, 0.1), atol=0.005)
 
 
+# bounds free at every eps (6 skipped), violated at the first (0), from the fourth (3)
+@pytest.mark.parametrize("bounds", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.3, 0.2, 0.1), (0.5, 0.4, 0.3)),
+                                    ((0.0, 0.0, 0.0), (0.3219, 1.0, 1.0))])
+def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
+    """The volume rounding's shortcut (core.vptv_fast.rounding_steps_at_zero): the
+    leading eps it skips are exactly those where the dual solver keeps f = 0, and the
+    labels equal those of the full eps-scaling loop."""
+    from napari_vptv.core.segment import round_to_volumes
+    from napari_vptv.core.volumes import make_volume_spec
+    from napari_vptv.core.vptv_volume import solve_volume_dual
+
+    g = torch.Generator().manual_seed(4)
+    u = torch.softmax(3 * torch.randn((1, 3, 40, 50), generator=g), dim=1)
+    spec = make_volume_spec(3, "interval", None, *bounds)
+    cost = -torch.log(torch.clamp(u, min=1e-12))
+    epsilons = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    steps = vptv_fast.rounding_steps_at_zero(cost, *spec.solver_kwargs()["volume_bounds"], epsilons, 2e-4)
+    f = None
+    for i, eps in enumerate(epsilons):
+        _, f, sweeps = solve_volume_dual(cost, eps, f=f, volume_tol=2e-4, volume_bounds=spec.solver_kwargs()["volume_bounds"])
+        if sweeps:  # the first eps whose f moves: nothing from here on is skipped
+            assert steps <= i
+            break
+    else:
+        assert steps == len(epsilons)
+    fast = _run(True, monkeypatch, round_to_volumes, u, spec)
+    full = _run(False, monkeypatch, round_to_volumes, u, spec)
+    assert torch.equal(fast, full)
+
+
 def test_torch_loop_where_numba_does_not_apply(monkeypatch):
     """Without numba, for float64, 3-D and autograd the torch loops run (and give a result)."""
     cost, kw = _problem((1, 3, 12, 14), "interval", True)

@@ -418,10 +418,15 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
               for k, v in spec.solver_kwargs().items()}
     # Safeguarded Newton on the volume dual per eps (core.vptv_volume): a few passes
     # instead of up to 300 Sinkhorn steps per eps (issue 14: 1,700 on one WBC image).
+    from .vptv_fast import rounding_steps_at_zero
     from .vptv_volume import solve_volume_dual
 
+    # leading eps whose dual stays f = 0 (checked in one fused sweep where numba applies)
+    start = rounding_steps_at_zero(cost, *kwargs["volume_bounds"], epsilons, 2e-4)
+    if start == len(epsilons):  # the loop below would return softmax(-cost / eps) of the last eps
+        return class_argmax(torch.softmax(-cost / epsilons[-1], dim=1))
     f = None
-    for eps in epsilons:
+    for eps in epsilons[start:]:
         u_eps, f, _ = solve_volume_dual(cost, eps, f=f, volume_tol=2e-4, **kwargs)
     return class_argmax(u_eps)
 

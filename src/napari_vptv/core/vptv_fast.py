@@ -34,12 +34,13 @@ remains the path for other devices, 3-D problems and machines without numba.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["FastVPTV", "run_fast", "use_numba", "NUMBA_AVAILABLE"]
+__all__ = ["FastVPTV", "run_fast", "use_numba", "NUMBA_AVAILABLE", "rounding_steps_at_zero"]
 
 #: numba is installed (checked without importing it: the import costs start-up time
 #: and happens on the first solve); set to False to force the torch loop
@@ -67,34 +68,49 @@ class FastVPTV:
         self.n_spatial = cost.ndim - 2
         self.spatial_dims = tuple(range(2, cost.ndim))
         self.epsilon, self.tau = float(epsilon), float(tau)
-        self.neg_cost = torch.mul(cost, -1.0 / self.epsilon)  # -c / eps
+        self.cost, self.q_init, self.q_final = cost, q, None
+        self._neg_cost = self._p = None  # built on first use: the numba path builds its own layout
         self.logits = torch.empty_like(cost)
         self.u = torch.empty_like(cost)
         self.u_prev = torch.empty_like(cost)
         plane = (self.n, 1) + tuple(cost.shape[2:])
         self.class_sum = cost.new_empty(plane)
-        self.bound = self.inv_bound = self.p = None
+        self.bound = None
+        self.has_tv = bound is not None
         if bound is None:
             return
         self.scalar_bound = not isinstance(bound, torch.Tensor)
         self.norm = torch.empty_like(cost)
-        shape = (self.n, self.k, self.n_spatial) + tuple(cost.shape[2:])
         if self.scalar_bound:
             self.bound = max(float(bound), MIN_BOUND)
         else:
             self.bound = torch.clamp(bound, min=MIN_BOUND).expand(plane).contiguous()
-        if q is None:
-            self.p = cost.new_zeros(shape)
-        elif self.scalar_bound:
-            self.p = q / self.bound
-        else:
-            self.p = q / self.bound.unsqueeze(2)
+
+    @property
+    def neg_cost(self) -> torch.Tensor:
+        """``-c / eps``."""
+        if self._neg_cost is None:
+            self._neg_cost = torch.mul(self.cost, -1.0 / self.epsilon)
+        return self._neg_cost
+
+    @property
+    def p(self) -> Optional[torch.Tensor]:
+        """The normalised TV dual ``p = q / (lambda e)`` (None without TV)."""
+        if self._p is None and self.has_tv:
+            q = self.q_init
+            if q is None:
+                self._p = self.cost.new_zeros((self.n, self.k, self.n_spatial) + tuple(self.cost.shape[2:]))
+            else:
+                self._p = q / (self.bound if self.scalar_bound else self.bound.unsqueeze(2))
+        return self._p
 
     @property
     def q(self) -> Optional[torch.Tensor]:
         """The TV dual ``q = lambda e p`` (a new tensor)."""
-        if self.p is None:
+        if not self.has_tv:
             return None
+        if self.q_final is not None:
+            return self.q_final
         return self.p * (self.bound if self.scalar_bound else self.bound.unsqueeze(2))
 
     def set_cost(self, cost: torch.Tensor) -> None:
@@ -113,7 +129,7 @@ class FastVPTV:
             torch.add(self.neg_cost, f.reshape(f.shape + (1,) * self.n_spatial), alpha=1.0 / self.epsilon, out=z)
         else:
             z.copy_(self.neg_cost)
-        if self.p is not None:
+        if self.has_tv:
             # -div q / eps, axis by axis: div_d q = q_d[i] - q_d[i-1], q_d[-1] = q_d[n-1] = 0
             for d in range(self.n_spatial):
                 head, tail = self._slices(d, z.shape[2 + d])
@@ -219,7 +235,7 @@ def run_fast(
             mass = u.mean(dim=solver.spatial_dims)
             f_lower, f_upper = volume_update(f_lower, f_upper, torch.log(torch.clamp(mass, min=1e-30)))
             solver.reweight(u, (f_lower - f_upper - f) / eps)
-        if solver.p is not None:
+        if solver.has_tv:
             solver.dual_step(u)
         if callback is not None:
             callback(it, u)
@@ -251,40 +267,101 @@ def _numba_kernels():
 
 def use_numba(solver: FastVPTV, volume_update=None) -> bool:
     """Whether :func:`run_fast` runs the fused numba kernels: numba importable, a CPU
-    float32 problem with 2 spatial axes in contiguous buffers (the kernels' layout and
-    precision) and a volume rule the kernels know (``volume_update.fused``).
+    float32 problem with 2 spatial axes (the kernels' precision; they copy the
+    operands into their own layout) and a volume rule the kernels know
+    (``volume_update.fused``).
     Everything else (float64 included) runs the torch loop."""
-    buffers = [solver.neg_cost, solver.u, solver.u_prev] + ([solver.p] if solver.p is not None else [])
     return (NUMBA_AVAILABLE and solver.n_spatial == 2 and solver.u.device.type == "cpu"
             and solver.u.dtype == torch.float32
-            and all(t.is_contiguous() for t in buffers)
             and (volume_update is None or hasattr(volume_update, "fused")) and _numba_kernels() is not None)
 
 
-def _rows(x: np.ndarray) -> np.ndarray:
-    """``(N, K, H, ...)`` -> the kernels' row-interleaved ``(N, H, K, ...)`` copy."""
-    return np.ascontiguousarray(np.moveaxis(x, 2 if x.ndim == 4 else 3, 1))
+#: safety margin of :func:`rounding_steps_at_zero` on the volume residual: its class
+#: sums differ from torch's float32 ones by ~1e-7 (same logits, ~1 ulp exp, other
+#: summation order); closer to the tolerance, torch decides
+ROUNDING_MARGIN = 1e-5
 
 
-def _numba_operands(solver: FastVPTV):
-    """Kernel operands: ``(p, step_plane, div_plane, step_const, div_const)``, ``p``
-    as a row-interleaved ``(N, H, K, 2, W)`` copy; the planes are ``tau / (lambda e)``
-    and ``lambda e / eps`` (computed once per call instead of a division per pixel),
-    the constants rows of ``tau / lambda`` and ``lambda / eps`` for a scalar bound;
-    dummies of the right rank where unused."""
-    width = solver.u.shape[-1]
-    dummy_plane = np.zeros((1, 1, 1, 1), np.float32)
-    if solver.p is None:
-        zeros = np.zeros(width, np.float32)
-        return np.zeros((1, 1, 1, 2, 1), np.float32), dummy_plane, dummy_plane, zeros, zeros
-    p = _rows(solver.p.numpy())
+def rounding_steps_at_zero(cost: torch.Tensor, lower, upper, epsilons, volume_tol: float) -> int:
+    """How many leading ``eps`` of the volume rounding's eps-scaling
+    (:func:`napari_vptv.core.segment.round_to_volumes`) end with the volume dual
+    ``f = 0``: those whose softmax ``softmax(-cost / eps)`` already meets the interval
+    ``[lower, upper]`` to ``volume_tol - ROUNDING_MARGIN`` (the dual solver then returns
+    at once, with ``f = 0``). One fused numba sweep for all ``eps``
+    (:func:`~napari_vptv.core.vptv_numba.tempered_masses`) instead of one torch softmax
+    each; 0 (nothing skipped) where the kernels do not apply (not CPU float32 2-D
+    contiguous, no numba)."""
+    if not (NUMBA_AVAILABLE and cost.device.type == "cpu" and cost.dtype == torch.float32 and cost.ndim == 4
+            and cost.is_contiguous() and not cost.requires_grad) or _numba_kernels() is None:
+        return 0
+    eps = np.asarray(epsilons, np.float32)
+    sums = np.zeros((len(eps),) + tuple(cost.shape[:2]))
+    _numba_kernels().tempered_masses(cost.numpy(), eps, sums)
+    mass = sums / (cost.shape[2] * cost.shape[3])
+    lo, hi = (np.broadcast_to(np.asarray(b, np.float64), mass.shape[1:]) for b in (lower, upper))
+    residual = np.maximum(lo - mass, 0) + np.maximum(mass - hi, 0)
+    free = residual.max(axis=(1, 2)) < volume_tol - ROUNDING_MARGIN
+    return len(eps) if free.all() else int(np.argmin(free))
+
+
+def _numba_operands(solver: FastVPTV, neg_cost: np.ndarray, p: np.ndarray):
+    """Fill the kernels' ``-c / eps`` (row-interleaved ``(N, H, K, W)``) and ``p = q /
+    (lambda e)`` (``(N, H, K, 2, W)``), each in one pass with the torch loop's float32
+    operations; return ``(step, div)``: ``step = tau / (lambda e)`` and ``div = lambda e
+    / eps`` as ``(N, 1, H, W)`` planes (computed once per call instead of a division
+    per pixel) or, for a scalar bound, ``(1, 1, 1, W)`` rows of the constant."""
+    cost = solver.cost.detach().numpy()
+    np.multiply(np.moveaxis(cost, 2, 1), np.float32(-1.0 / solver.epsilon), out=neg_cost)
+    width = cost.shape[-1]
+    if not solver.has_tv:
+        dummy = np.zeros((1, 1, 1, width), np.float32)
+        return dummy, dummy
     if solver.scalar_bound:
-        step = np.full(width, solver.tau / solver.bound, np.float32)
-        div = np.full(width, solver.bound / solver.epsilon, np.float32)
-        return p, dummy_plane, dummy_plane, step, div
-    step = (solver.tau / solver.bound).numpy()
-    div = (solver.bound / solver.epsilon).numpy()
-    return p, step, div, dummy_plane[0, 0, 0], dummy_plane[0, 0, 0]
+        step = np.full((1, 1, 1, width), solver.tau / solver.bound, np.float32)
+        div = np.full((1, 1, 1, width), solver.bound / solver.epsilon, np.float32)
+        bound = np.float32(solver.bound)
+    else:
+        step, div = (solver.tau / solver.bound).numpy(), (solver.bound / solver.epsilon).numpy()
+        bound = np.moveaxis(solver.bound.numpy(), 2, 1)[:, :, :, None, :]  # (N, H, 1, 1, W)
+    if solver.q_init is None:
+        p.fill(0.0)
+    else:
+        np.divide(np.moveaxis(solver.q_init.detach().numpy(), 3, 1), bound, out=p)
+    return step, div
+
+
+#: largest set of work arrays (bytes) a thread keeps for its next solve
+POOL_MAX_BYTES = 64 * 2**20
+_POOL = threading.local()
+
+
+def _take_buffers(solver: FastVPTV):
+    """``(key, neg_cost, p, s, u)``: the kernels' row-interleaved float32 work arrays,
+    this thread's from its previous solve of the same shape if kept. Fresh arrays of
+    a few MB cost ~1-2 ms of page faults per call here (measured on 300x300x3), a
+    tenth of a solve. Taken out of the pool while in use (a solve started from a
+    callback gets its own)."""
+    h, w = solver.cost.shape[2:]
+    key = (solver.n, h, solver.k, w, solver.has_tv)
+    kept, _POOL.kept = getattr(_POOL, "kept", None), None
+    if kept is not None and kept[0] == key:
+        return kept
+    shape = (solver.n, h, solver.k, w)
+    p = np.empty((solver.n, h, solver.k, 2, w), np.float32) if solver.has_tv else np.zeros((1, 1, 1, 2, 1), np.float32)
+    return key, np.empty(shape, np.float32), p, np.empty(shape, np.float32), np.empty(shape, np.float32)
+
+
+def _give_back(buffers) -> None:
+    if sum(a.nbytes for a in buffers[1:]) <= POOL_MAX_BYTES:
+        _POOL.kept = buffers
+
+
+def _final_q(solver: FastVPTV, p: np.ndarray) -> torch.Tensor:
+    """``q = lambda e p`` as a contiguous ``(N, K, 2, H, W)`` tensor from the kernels'
+    ``p`` (one pass)."""
+    p_view = torch.from_numpy(p).permute(0, 2, 3, 1, 4)
+    q = torch.empty(p_view.shape, dtype=p_view.dtype)
+    return torch.mul(p_view, solver.bound if solver.scalar_bound else solver.bound.unsqueeze(2), out=q)
 
 
 def _class_view(u_rows: np.ndarray) -> torch.Tensor:
@@ -304,48 +381,68 @@ def _volume_terms(volume_update, shape):
     return mode == "exact", *arrays
 
 
-def _run_numba(solver: FastVPTV, *, volume_update, volume_residual, f_lower, f_upper, max_num_iter, tol,
-               volume_tol, cost_update, update_every, check_every, callback):
+def _run_numba(solver: FastVPTV, **loop):
     """:func:`run_fast` with the fused kernels on row-interleaved copies of
-    ``-c / eps``, ``u`` and ``p``; only the cost update (a torch callable) and the
-    callback see torch tensors (``(N, K, H, W)`` views of the work buffers)."""
+    ``-c / eps``, ``u`` and ``p`` (work arrays reused across calls, see
+    :func:`_take_buffers`)."""
+    buffers = _take_buffers(solver)
+    try:
+        return _iterate_numba(solver, *buffers[1:], **loop)
+    finally:
+        _give_back(buffers)
+
+
+def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, *, volume_update, volume_residual, f_lower, f_upper,
+                   max_num_iter, tol, volume_tol, cost_update, update_every, check_every, callback):
+    """The loop of :func:`run_fast` on the kernels; only the cost update (a torch
+    callable) and the callback see torch tensors (``(N, K, H, W)`` views of the work
+    arrays).
+
+    One sweep per iteration (:func:`~napari_vptv.core.vptv_numba.fused_pass`): the
+    softmax ``s`` of iteration ``it`` comes from the sweep of ``it - 1`` (or a
+    :func:`~napari_vptv.core.vptv_numba.softmax_pass` at the start and after a cost
+    update), so ``s`` after the last sweep is the final ``u``."""
     kernels = _numba_kernels()
-    eps, has_tv, scalar = solver.epsilon, solver.p is not None, solver.p is None or solver.scalar_bound
-    p, step_plane, div_plane, step_const, div_const = _numba_operands(solver)
-    neg_cost = _rows(solver.neg_cost.numpy())
-    u, u_prev = np.empty_like(neg_cost), np.empty_like(neg_cost)
+    eps, has_tv = solver.epsilon, solver.has_tv
+    step, div = _numba_operands(solver, neg_cost, p)
     n, k = solver.n, solver.k
     exact, log_lo, log_hi, lo, hi = _volume_terms(volume_update, (n, k))
     f_lo = np.array(np.broadcast_to(f_lower.numpy(), (n, k)), np.float32)
     f_hi = np.array(np.broadcast_to(f_upper.numpy(), (n, k)), np.float32)
     pixels, inv_eps, eps32 = float(solver.u[0, 0].numel()), np.float32(1.0 / eps), np.float32(eps)
-    mass, sq_change = np.zeros((n, k), np.float64), np.zeros(n, np.float64)
+    mass_s, mass_u, sq_change = np.zeros((n, k)), np.zeros((n, k)), np.zeros(n)
     weight, residual = np.ones((n, k), np.float32), np.zeros(n, np.float32)
-    cost, converged, it = None, np.zeros(n, bool), 0
+    cost, converged, it, fresh = None, np.zeros(n, bool), 0, False
+
+    def softmax():
+        kernels.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div, has_tv, s, mass_s)
+        return True
+
     for it in range(1, max_num_iter + 1):
         if cost_update is not None and it > 1 and (it - 1) % update_every == 0:
-            cost = cost_update(_class_view(u_prev))
-            solver.set_cost(cost)
-            np.copyto(neg_cost, np.moveaxis(solver.neg_cost.numpy(), 2, 1))
-        kernels.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div_plane, div_const, has_tv, scalar, u, mass)
+            cost = cost_update(_class_view(u))
+            np.multiply(np.moveaxis(cost.detach().numpy(), 2, 1), np.float32(-1.0 / eps), out=neg_cost)
+            fresh = False
+        fresh = fresh or softmax()
         if volume_update is not None:
-            kernels.volume_step(mass, pixels, f_lo, f_hi, log_lo, log_hi, exact, eps32, weight)
+            kernels.volume_step(mass_s, pixels, f_lo, f_hi, log_lo, log_hi, exact, eps32, weight)
         check = it > 1 and tol > 0 and (it - 2) % check_every == 0
-        if volume_update is not None or has_tv or check:
-            kernels.dual_pass(u, weight, u_prev, p, step_plane, step_const, volume_update is not None, has_tv,
-                              check, scalar, mass, sq_change)
+        # the next softmax, unless the next iteration first updates the cost
+        fresh = cost_update is None or it % update_every != 0
+        kernels.fused_pass(neg_cost, f_lo, f_hi, inv_eps, p, div, step, has_tv, weight, volume_update is not None,
+                           check, fresh, s, u, mass_u, sq_change, mass_s)
         if callback is not None:
             callback(it, _class_view(u))
         if check:
             converged = np.sqrt(sq_change / (k * pixels)) < tol
             if volume_update is not None:
-                kernels.volume_residual(mass, pixels, lo, hi, residual)
+                kernels.volume_residual(mass_u, pixels, lo, hi, residual)
                 converged &= residual < volume_tol
             if converged.all():
                 break
-        u, u_prev = u_prev, u
-    kernels.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div_plane, div_const, has_tv, scalar, u_prev, mass)
+    if not fresh:
+        softmax()
     if has_tv:
-        solver.p.copy_(torch.from_numpy(p).permute(0, 2, 3, 1, 4))
-    return (_class_view(u_prev).contiguous(), torch.from_numpy(f_lo), torch.from_numpy(f_hi), cost, it,
+        solver.q_final = _final_q(solver, p)
+    return (_class_view(s).contiguous(), torch.from_numpy(f_lo), torch.from_numpy(f_hi), cost, it,
             torch.from_numpy(converged))

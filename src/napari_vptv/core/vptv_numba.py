@@ -3,32 +3,44 @@
 :func:`napari_vptv.core.vptv_fast.run_fast` dispatches here (see
 :func:`~napari_vptv.core.vptv_fast.use_numba`); the torch loop of
 :mod:`napari_vptv.core.vptv_fast` stays the path for autograd, GPUs, 3-D, float64
-and machines without numba. One iteration of Algorithm 1 is two passes over the
-pixels instead of ~20 eager torch kernels:
+and machines without numba. One iteration of Algorithm 1 is one sweep over the
+rows of the image instead of ~20 eager torch kernels (:func:`fused_pass`):
 
-* :func:`softmax_pass` -- the logits ``(-c - div q + f) / eps`` (eq. 26, the
-  divergence read from the normalised dual ``p = q / (lambda e)`` of the two
-  neighbouring pixels), the softmax over the classes and the class sums
-  ``sum_x u_i(x)`` the volume dual needs;
-* :func:`dual_pass` -- the per-class reweighting of ``u`` by the new volume dual
-  ``f`` (eq. 25), the stopping test's sums (``|u - u_prev|^2``, class sums) and,
-  one row behind, the Chambolle step ``p <- Proj(p - tau grad u / (lambda e))``
-  (eq. 18) with its projection ``p / max(|p|, 1)``.
+* row ``i``: the per-class reweighting of the softmax ``s`` by the new volume dual
+  ``f`` (eq. 25) into ``u``, with the stopping test's sums (``|u - u_prev|^2``,
+  class sums);
+* row ``i - 1`` (its two ``u`` rows are final): the Chambolle step
+  ``p <- Proj(p - tau grad u / (lambda e))`` (eq. 18) with its projection
+  ``p / max(|p|, 1)``, and then the softmax of the *next* iteration on that row
+  (eq. 26: the logits ``(-c - div q + f) / eps``, the divergence read from the
+  normalised dual ``p = q / (lambda e)`` of the row and the one above, both final)
+  and its class sums, which the next volume dual step needs.
 
-Layout: row-interleaved, ``u`` and ``-c / eps`` as ``(N, H, K, W)``, ``p`` as
+:func:`softmax_pass` is the softmax alone (the first iteration, after a cost
+update). The rows in flight stay in the L1 cache, so ``u``, ``s``, ``p`` and
+``-c / eps`` are each read and written once per iteration.
+
+Layout: row-interleaved, ``u``, ``s`` and ``-c / eps`` as ``(N, H, K, W)``, ``p`` as
 ``(N, H, K, 2, W)``, so that a row of every class and dual component is one
 contiguous block (reading ``(N, K, H, W)`` planes row by row across the K planes
-measured up to 4x slower for the projection loop here). Inner loops run over ``W`` and vectorise (the exp is a
-polynomial, :func:`_exp_row`).
+measured up to 4x slower for the projection loop here). Inner loops run over ``W``
+and vectorise (AVX2 here), which needed, each measured: the exp as a polynomial
+(:func:`_exp_row`); ``error_model="numpy"`` (:func:`_jit`); every inner loop writing
+one array (LLVM cannot rule out that two written arrays overlap: 2-3x slower);
+plain element indexing instead of row views (a view passed on costs an atomic
+reference count increment and decrement: ~20 % of the pass) and the row helpers
+inlined.
 
 The volume dual (eq. 25, the same closed-form step as the torch loop, exact or
 interval) and the volume residual of the stopping test are small ``(N, K)``
 kernels too (:func:`volume_step`, :func:`volume_residual`): as torch calls they
 cost ~0.5 ms per iteration in call overhead. The kernels do the torch loop's
-operations in the same order and in float32 (float32 module constants keep numba from promoting
-to float64); the tau / (lambda e) and lambda e / eps planes are precomputed
-products instead of per-pixel divisions and the exp is a ~1 ulp polynomial, so
-results agree with the torch loop to float rounding (``tests/test_vptv_numba.py``).
+operations in the same order and in float32 (float32 module constants keep numba
+from promoting to float64), except that a division by a per-pixel sum or norm is a
+multiplication by its reciprocal (one division per pixel instead of one per class);
+the tau / (lambda e) and lambda e / eps planes are precomputed products and the exp
+is a ~1 ulp polynomial, so results agree with the torch loop to float rounding
+(``tests/test_vptv_numba.py``). Class sums are float32 over 16 rows, then float64.
 
 Compilation: the kernels are compiled on first use (seconds) and cached on disk
 (``cache=True``) in ``__pycache__`` next to this file or, where that is read-only,
@@ -44,7 +56,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["softmax_pass", "dual_pass", "volume_step", "volume_residual"]
+__all__ = ["softmax_pass", "fused_pass", "volume_step", "volume_residual", "tempered_masses"]
 
 # Cephes expf (S. L. Moshier): exp(x) = 2^n exp(r), |r| <= ln 2 / 2, degree-5
 # polynomial, < 1 ulp here; written so that LLVM vectorises the pixel loop (a call
@@ -72,6 +84,8 @@ def _jit(fn):
     (``fastmath=False``). Inner loops take their bound from the array they write
     (a bound from another array's shape measured 4x slower: not vectorised)."""
     options = dict(fastmath=False, nogil=True, error_model="numpy")
+    if fn.__name__.startswith("_"):  # row helpers: inlined into the passes (see below)
+        options["inline"] = "always"
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -90,13 +104,15 @@ def _float32_from_bits(typingctx, bits):
     return sig, codegen
 
 
+_TINY_NORMAL = np.float32(1.17549435e-38)  # the torch loop's clamp of the reweighted class sum
+_FLUSH_ROWS = 16  # rows summed in float32 before a float64 flush (the sums stay accurate to ~1e-6)
+
+
 @_jit
-def _exp_row(x, shift, total, first):
-    """``x <- exp(x - shift)`` in place (``x - shift <= 0``, float32 rows) and
-    ``total <- x`` (``first``) or ``total + x``: the softmax numerators and their
-    running class sum in one vectorised loop."""
-    for j in range(x.shape[0]):
-        v = x[j] - shift[j]
+def _exp_row(z, k, shift):
+    """``z[k] <- exp(z[k] - shift)`` in place (``z - shift <= 0``, float32 rows)."""
+    for j in range(z.shape[1]):
+        v = z[k, j] - shift[j]
         if v < _EXP_MIN:
             v = _EXP_MIN
         n = np.floor(v * _LOG2E + _HALF)
@@ -105,51 +121,92 @@ def _exp_row(x, shift, total, first):
         r2 = r * r
         y = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r2 + r + _ONE
         # 2^n: n in [-126, 0] here, a normal float32 with exponent field n + 127
-        e = y * _float32_from_bits((np.int32(n) + np.int32(127)) << 23)
-        x[j] = e
-        total[j] = e if first else total[j] + e
+        z[k, j] = y * _float32_from_bits((np.int32(n) + np.int32(127)) << 23)
 
 
 @_jit
-def _copy(src, dst):
-    """``dst[:] = src`` for 1-D rows (numba's slice assignment is a generic,
-    unvectorised loop)."""
-    for j in range(dst.shape[0]):
-        dst[j] = src[j]
-
-
-@_jit
-def _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div_plane, div_const, has_tv, scalar_bound, n, i,
-                zero_row, z):
+def _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z):
     """``z[k] = -c / eps + f / eps - div q / eps`` for row ``i`` of image ``n``, each
     pixel's terms in the torch loop's order: ``- q_0[i] + q_0[i-1] - q_1[j] +
-    q_1[j-1]`` (Chambolle's ``div``, ``q[-1] = q[last] = 0``; a missing term is
-    ``zero_row``, and ``z - 0 = z`` exactly)."""
-    h, k_cls = neg_cost.shape[1], neg_cost.shape[2]
-    s_here = div_const if scalar_bound else div_plane[n, 0, i]
-    s_up = div_const if scalar_bound else div_plane[n, 0, max(i - 1, 0)]  # (row 0: times zero_row)
+    q_1[j-1]`` (Chambolle's ``div``, ``q[-1] = q[last] = 0``: a missing term is left
+    out, as ``z - 0 = z`` exactly). ``div``: ``(N or 1, 1, H or 1, W)``, ``lambda e /
+    eps`` (one row for a scalar bound). The second axis's terms in a loop of their own."""
+    h, k_cls, w = neg_cost.shape[1], neg_cost.shape[2], neg_cost.shape[3]
+    dn = n if div.shape[0] > 1 else 0
+    di = i if div.shape[2] > 1 else 0
+    du = max(i - 1, 0) if div.shape[2] > 1 else 0
     for k in range(k_cls):
-        zk, cost = z[k], neg_cost[n, i, k]
         fk = (f_lower[n, k] - f_upper[n, k]) * inv_eps
         if not has_tv:
-            for j in range(zk.shape[0]):
-                zk[j] = cost[j] + fk
+            for j in range(w):
+                z[k, j] = neg_cost[n, i, k, j] + fk
             continue
-        p0 = p[n, i, k, 0] if i < h - 1 else zero_row
-        p0_up = p[n, i - 1, k, 0] if i > 0 else zero_row
-        p1 = p[n, i, k, 1]
-        last = zk.shape[0] - 1
-        for j in range(1, zk.shape[0] - 1):
-            zk[j] = cost[j] + fk - s_here[j] * p0[j] + s_up[j] * p0_up[j] - s_here[j] * p1[j] + s_here[j - 1] * p1[j - 1]
-        zk[0] = cost[0] + fk - s_here[0] * p0[0] + s_up[0] * p0_up[0]
-        if last > 0:
-            zk[0] = zk[0] - s_here[0] * p1[0]
-            zk[last] = cost[last] + fk - s_here[last] * p0[last] + s_up[last] * p0_up[last]
-            zk[last] = zk[last] + s_here[last - 1] * p1[last - 1]
+        if 0 < i < h - 1:
+            for j in range(w):
+                z[k, j] = (neg_cost[n, i, k, j] + fk - div[dn, 0, di, j] * p[n, i, k, 0, j]
+                           + div[dn, 0, du, j] * p[n, i - 1, k, 0, j])
+        elif i == 0 and h > 1:
+            for j in range(w):
+                z[k, j] = neg_cost[n, i, k, j] + fk - div[dn, 0, di, j] * p[n, i, k, 0, j]
+        elif i > 0:
+            for j in range(w):
+                z[k, j] = neg_cost[n, i, k, j] + fk + div[dn, 0, du, j] * p[n, i - 1, k, 0, j]
+        else:
+            for j in range(w):
+                z[k, j] = neg_cost[n, i, k, j] + fk
+        for j in range(1, w - 1):
+            z[k, j] = z[k, j] - div[dn, 0, di, j] * p[n, i, k, 1, j] + div[dn, 0, di, j - 1] * p[n, i, k, 1, j - 1]
+        if w > 1:
+            z[k, 0] = z[k, 0] - div[dn, 0, di, 0] * p[n, i, k, 1, 0]
+            z[k, w - 1] = z[k, w - 1] + div[dn, 0, di, w - 2] * p[n, i, k, 1, w - 2]
 
 
 @_jit
-def softmax_pass(neg_cost, f_lower, f_upper, inv_eps, p, div_plane, div_const, has_tv, scalar_bound, u, mass):
+def _softmax_numerators(z, zmax, total):
+    """``z[k] <- exp(z[k] - max_k z)`` and ``total <- 1 / sum_k z`` for a row ``(K, W)``."""
+    k_cls, w = z.shape
+    for j in range(w):
+        zmax[j] = z[0, j]
+    for k in range(1, k_cls):
+        for j in range(w):
+            zmax[j] = max(zmax[j], z[k, j])
+    for k in range(k_cls):
+        _exp_row(z, k, zmax)
+    for j in range(w):
+        total[j] = z[0, j]
+    for k in range(1, k_cls):
+        for j in range(w):
+            total[j] = total[j] + z[k, j]
+    for j in range(w):
+        total[j] = _ONE / total[j]
+
+
+@_jit
+def _softmax_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z, zmax, total, out, acc):
+    """``out[n, i] = softmax(z)`` of row ``i`` (logits by :func:`_logits_row`) and
+    ``acc += out[n, i]`` (float32 column sums); one division per pixel."""
+    _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z)
+    _softmax_numerators(z, zmax, total)
+    k_cls, w = z.shape
+    for k in range(k_cls):
+        for j in range(w):
+            out[n, i, k, j] = z[k, j] * total[j]
+        for j in range(w):
+            acc[k, j] = acc[k, j] + out[n, i, k, j]
+
+
+@_jit
+def _flush(acc32, acc64):
+    """``acc64 += acc32; acc32 = 0`` (rows of float32 column sums into float64)."""
+    for k in range(acc32.shape[0]):
+        for j in range(acc32.shape[1]):
+            acc64[k, j] += acc32[k, j]
+        for j in range(acc32.shape[1]):
+            acc32[k, j] = _ZERO
+
+
+@_jit
+def softmax_pass(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, u, mass):
     """``u = softmax(-c / eps + f / eps - div q / eps)`` over the classes (eq. 26)
     and ``mass[n, k] = sum_x u`` (float64), row by row.
 
@@ -159,111 +216,153 @@ def softmax_pass(neg_cost, f_lower, f_upper, inv_eps, p, div_plane, div_const, h
     f_lower, f_upper : ``(N, K)``, the volume dual ``f = f_lower - f_upper``
     inv_eps : float32, ``1 / eps``
     p : ``(N, H, K, 2, W)``, normalised dual (``q = lambda e p``); unused without TV
-    div_plane : ``(N, 1, H, W)``, ``lambda e / eps`` (unless ``scalar_bound``)
-    div_const : ``(W,)`` filled with ``lambda / eps`` (used if ``scalar_bound``)
+    div : ``(N, 1, H, W)``, ``lambda e / eps``, or ``(1, 1, 1, W)`` for a scalar bound
     u : ``(N, H, K, W)`` output; mass : ``(N, K)`` float64 output
     """
     n_img, h, k_cls, w = neg_cost.shape
-    z = np.empty((k_cls, w), dtype=np.float32)
-    zero_row = np.zeros(w, dtype=np.float32)
-    zmax = np.empty(w, dtype=np.float32)
-    total = np.empty(w, dtype=np.float32)
-    row_mass = np.empty((k_cls, w), dtype=np.float64)
+    z, zmax, total = np.empty((k_cls, w), np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
+    acc, sums = np.zeros((k_cls, w), np.float32), np.zeros((k_cls, w))
     for n in range(n_img):
-        row_mass[:] = 0.0
+        sums[:] = 0.0
         for i in range(h):
-            _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div_plane, div_const, has_tv, scalar_bound, n, i,
-                        zero_row, z)
-            _copy(z[0], zmax)
-            for k in range(1, k_cls):
-                zk = z[k]
-                for j in range(zmax.shape[0]):
-                    zmax[j] = max(zmax[j], zk[j])
-            for k in range(k_cls):
-                _exp_row(z[k], zmax, total, k == 0)
-            for k in range(k_cls):
-                zk, uk, mk = z[k], u[n, i, k], row_mass[k]
-                for j in range(uk.shape[0]):
-                    v = zk[j] / total[j]
-                    uk[j] = v
-                    mk[j] += v
+            _softmax_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z, zmax, total, u, acc)
+            if (i + 1) % _FLUSH_ROWS == 0 or i == h - 1:
+                _flush(acc, sums)
         for k in range(k_cls):
-            mass[n, k] = row_mass[k].sum()
+            mass[n, k] = sums[k].sum()
 
 
 @_jit
-def dual_pass(u, weight, u_prev, p, step_plane, step_const, reweight, has_tv, check, scalar_bound, mass,
-              sq_change):
-    """Reweight ``u`` by the new volume dual, sums for the stopping test, Chambolle
-    step on ``p``; all in place, row by row.
-
-    ``reweight``: ``u <- u * weight[n, k] / sum_k (u * weight[n, k])`` (eq. 25 without
-    a second exp pass). ``check``: ``mass[n, k] = sum_x u`` and ``sq_change[n] =
-    sum (u - u_prev)^2`` (float64). ``has_tv``: the Chambolle step (eq. 18) with
-    ``s = tau / (lambda e)`` (``step_const`` row or ``step_plane``), see
-    :func:`_dual_row`. Row ``i - 1`` is stepped right after row ``i`` is final.
-    """
-    n_img, h, k_cls, w = u.shape
-    total = np.empty(w, dtype=u.dtype)
-    row_mass = np.empty((k_cls, w), dtype=np.float64)
-    row_sq = np.empty(w, dtype=np.float64)
-    for n in range(n_img):
-        row_mass[:] = 0.0
-        row_sq[:] = 0.0
-        for i in range(h + 1):
-            if i < h and reweight:
-                u0, w0 = u[n, i, 0], weight[n, 0]
-                for j in range(u0.shape[0]):
-                    u0[j] = u0[j] * w0
-                _copy(u0, total)
-                for k in range(1, k_cls):
-                    uk, wk = u[n, i, k], weight[n, k]
-                    for j in range(uk.shape[0]):
-                        uk[j] = uk[j] * wk
-                        total[j] = total[j] + uk[j]
-                for k in range(k_cls):
-                    uk = u[n, i, k]
-                    for j in range(uk.shape[0]):
-                        uk[j] = uk[j] / total[j]
-            if i < h and check:
-                for k in range(k_cls):
-                    uk, prev, mk = u[n, i, k], u_prev[n, i, k], row_mass[k]
-                    for j in range(row_sq.shape[0]):
-                        d = np.float64(uk[j]) - np.float64(prev[j])
-                        row_sq[j] += d * d
-                        mk[j] += uk[j]
-            if has_tv and i > 0:
-                _dual_row(u, p, step_const if scalar_bound else step_plane[n, 0, i - 1], n, i - 1)
+def _reweight_row(s, weight, u, reweight, check, n, i, total, acc, acc_sq):
+    """``u[n, i] <- s * weight / sum_k (s * weight)`` (or ``<- s``) for row ``i``; with
+    ``check`` first ``acc_sq += (u_new - u_old)^2`` (summed over classes), then
+    ``acc += u_new`` (float32 column sums)."""
+    k_cls, w = s.shape[2], s.shape[3]
+    for j in range(w):
+        total[j] = s[n, i, 0, j] * weight[n, 0] if reweight else _ONE
+    if reweight:
+        for k in range(1, k_cls):
+            for j in range(w):
+                total[j] = total[j] + s[n, i, k, j] * weight[n, k]
+        for j in range(w):
+            total[j] = _ONE / max(total[j], _TINY_NORMAL)
+    for k in range(k_cls):
+        wk = weight[n, k] if reweight else _ONE  # s * 1 * 1 = s exactly
         if check:
-            sq_change[n] = row_sq.sum()
-            for k in range(k_cls):
-                mass[n, k] = row_mass[k].sum()
+            for j in range(w):
+                d = s[n, i, k, j] * wk * total[j] - u[n, i, k, j]
+                acc_sq[0, j] = acc_sq[0, j] + d * d
+        for j in range(w):
+            u[n, i, k, j] = s[n, i, k, j] * wk * total[j]
+        if check:
+            for j in range(w):
+                acc[k, j] = acc[k, j] + u[n, i, k, j]
 
 
 @_jit
-def _dual_row(u, p, step, n, i):
+def _dual_row(u, p, step, n, i, scale):
     """``p <- Proj(p - step (u[next] - u))`` on row ``i`` of image ``n`` (rows ``i`` and
     ``i + 1`` of ``u`` final): forward differences with the last one 0 (Neumann, the
     component is then left as it is), then ``p / max(|p|, 1)`` on every pixel, as the
-    torch loop; one loop per class."""
-    h, k_cls = u.shape[1], u.shape[2]
+    torch loop (times ``1 / max(|p|, 1)``). ``step``: ``tau / (lambda e)`` as ``div`` in
+    :func:`softmax_pass`; ``scale`` is a scratch row."""
+    h, k_cls, w = u.shape[1], u.shape[2], u.shape[3]
+    sn = n if step.shape[0] > 1 else 0
+    si = i if step.shape[2] > 1 else 0
     for k in range(k_cls):
-        p0, p1, uk = p[n, i, k, 0], p[n, i, k, 1], u[n, i, k]
-        below = u[n, min(i + 1, h - 1), k]
-        last = p0.shape[0] - 1
-        for j in range(p0.shape[0]):
-            a = p0[j]
-            if i < h - 1:
-                a = a - step[j] * below[j] + step[j] * uk[j]
-            b = p1[j]
-            if j < last:
-                b = b - step[j] * uk[min(j + 1, last)] + step[j] * uk[j]
-            norm = a * a + b * b
+        if i < h - 1:
+            for j in range(w):
+                p[n, i, k, 0, j] = (p[n, i, k, 0, j] - step[sn, 0, si, j] * u[n, i + 1, k, j]
+                                    + step[sn, 0, si, j] * u[n, i, k, j])
+        for j in range(w - 1):
+            p[n, i, k, 1, j] = (p[n, i, k, 1, j] - step[sn, 0, si, j] * u[n, i, k, j + 1]
+                                + step[sn, 0, si, j] * u[n, i, k, j])
+        for j in range(w):
+            norm = p[n, i, k, 0, j] * p[n, i, k, 0, j] + p[n, i, k, 1, j] * p[n, i, k, 1, j]
             if norm < _ONE:
                 norm = _ONE
-            r = np.sqrt(norm)
-            p0[j] = a / r
-            p1[j] = b / r
+            scale[j] = _ONE / np.sqrt(norm)
+        for c in range(2):
+            for j in range(w):
+                p[n, i, k, c, j] = p[n, i, k, c, j] * scale[j]
+
+
+@_jit
+def fused_pass(neg_cost, f_lower, f_upper, inv_eps, p, div, step, has_tv, weight, reweight, check, next_softmax,
+               s, u, mass_u, sq_change, mass_s):
+    """One iteration of Algorithm 1 after its softmax, and the softmax of the next, in
+    one sweep over the rows.
+
+    Row ``i``: ``u <- s`` reweighted by the new volume dual (eq. 25, ``weight`` from
+    :func:`volume_step`; ``u`` held the previous iterate, compared for the stopping
+    test when ``check``); row ``i - 1``: the Chambolle step (eq. 18, :func:`_dual_row`)
+    and, with ``next_softmax``, ``s <- softmax`` of the next iteration (eq. 26) from the
+    new ``p`` and ``f``. ``f_lower`` / ``f_upper`` are already the new dual.
+
+    Parameters
+    ----------
+    s : ``(N, H, K, W)``, the softmax of this iteration in, of the next out
+    u : ``(N, H, K, W)``, the previous iterate in, the reweighted one out
+    mass_u, mass_s : ``(N, K)`` float64, ``sum_x u`` (with ``check``) and ``sum_x s``
+    sq_change : ``(N,)`` float64, ``sum_x sum_k (u_new - u_old)^2`` (with ``check``)
+    step : ``tau / (lambda e)``, shaped as ``div``; other operands as in
+    :func:`softmax_pass`.
+    """
+    n_img, h, k_cls, w = s.shape
+    z, zmax, total = np.empty((k_cls, w), np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
+    acc_u, acc_s, acc_sq = np.zeros((k_cls, w), np.float32), np.zeros((k_cls, w), np.float32), np.zeros((1, w), np.float32)
+    sum_u, sum_s, sum_sq = np.zeros((k_cls, w)), np.zeros((k_cls, w)), np.zeros((1, w))
+    for n in range(n_img):
+        sum_u[:] = 0.0
+        sum_s[:] = 0.0
+        sum_sq[:] = 0.0
+        for i in range(h + 1):
+            if i < h:
+                _reweight_row(s, weight, u, reweight, check, n, i, total, acc_u, acc_sq)
+            if i > 0:
+                if has_tv:
+                    _dual_row(u, p, step, n, i - 1, zmax)
+                if next_softmax:
+                    _softmax_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i - 1, z, zmax, total, s,
+                                 acc_s)
+            if i % _FLUSH_ROWS == 0 or i == h:
+                _flush(acc_u, sum_u)
+                _flush(acc_s, sum_s)
+                _flush(acc_sq, sum_sq)
+        sq_change[n] = sum_sq.sum()
+        for k in range(k_cls):
+            mass_u[n, k] = sum_u[k].sum()
+            mass_s[n, k] = sum_s[k].sum()
+
+
+@_jit
+def tempered_masses(cost, epsilons, out):
+    """``out[e, n, k] = sum_x softmax_k(-cost / epsilons[e])`` (float64) for every
+    ``eps`` of the volume rounding's eps-scaling (``cost = -log u``, ``(N, K, H, W)``):
+    its class sums at ``f = 0``, the logits computed as torch does (``(-c) / eps`` in
+    float32), row by row, float32 sums over 16 rows then float64."""
+    n_img, k_cls, h, w = cost.shape
+    n_eps = epsilons.shape[0]
+    z, zmax, total = np.empty((k_cls, w), np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
+    acc, sums = np.zeros((n_eps * k_cls, w), np.float32), np.zeros((n_eps * k_cls, w))
+    for n in range(n_img):
+        sums[:] = 0.0
+        for i in range(h):
+            for e in range(n_eps):
+                eps = epsilons[e]
+                for k in range(k_cls):
+                    for j in range(w):
+                        z[k, j] = -cost[n, k, i, j] / eps
+                _softmax_numerators(z, zmax, total)
+                for k in range(k_cls):
+                    row = e * k_cls + k
+                    for j in range(w):
+                        acc[row, j] = acc[row, j] + z[k, j] * total[j]
+            if (i + 1) % _FLUSH_ROWS == 0 or i == h - 1:
+                _flush(acc, sums)
+        for e in range(n_eps):
+            for k in range(k_cls):
+                out[e, n, k] = sums[e * k_cls + k].sum()
 
 
 @_jit
