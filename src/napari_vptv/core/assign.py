@@ -101,6 +101,32 @@ def auction_assign(
     MBO scheme", J. Comput. Phys. 354 (2018) 288-310. D. P. Bertsekas, "The auction
     algorithm for assignment and other network flow problems" (1989).
     """
+    a, cap = _checked_problem(benefit, capacities, scaling)
+    k, n = a.shape
+    active = np.flatnonzero(cap > 0)
+    if active.size == 1:  # one class takes every item
+        return np.full(n, active[0], dtype=np.int64), _copy_prices(prices, k)
+    # classes with capacity 0 never receive items: restrict the problem to the others
+    sub = a[active]
+    p = np.zeros(active.size) if prices is None else np.asarray(prices, dtype=np.float64)[active].copy()
+    eps, eps_min = _epsilon_range(sub, epsilon_min, epsilon_start, scaling)
+    while True:  # eps-scaling: each phase restarts with every item unassigned, keeping the prices
+        owner = _auction_phase(sub, cap[active], p, eps, max_rounds)
+        if eps <= eps_min:
+            break
+        eps = max(eps / scaling, eps_min)
+    out_p = _copy_prices(prices, k)
+    out_p[active] = p
+    return active[owner], out_p
+
+
+def _copy_prices(prices, k):
+    """A float64 copy of the warm-start prices (zeros without them)."""
+    return np.zeros(k) if prices is None else np.asarray(prices, dtype=np.float64).copy()
+
+
+def _checked_problem(benefit, capacities, scaling):
+    """The benefit ``(K, P)`` as float64 and the capacities as int64, or a one-line ValueError."""
     a = np.asarray(benefit, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"benefit must have shape (K, P), got {a.shape}")
@@ -115,16 +141,12 @@ def auction_assign(
         raise ValueError(f"capacities must sum to the number of items ({n}), got {int(cap.sum())}")
     if scaling <= 1:
         raise ValueError(f"scaling must be > 1, got {scaling}")
+    return a, cap
 
-    labels = np.full(n, -1, dtype=np.int64)
-    active = np.flatnonzero(cap > 0)
-    if active.size == 1:
-        labels[:] = active[0]
-        return labels, (np.zeros(k) if prices is None else np.asarray(prices, dtype=np.float64).copy())
-    # classes with capacity 0 never receive items: restrict the problem to the others
-    sub = a[active]
-    kk = active.size
-    p = np.zeros(kk) if prices is None else np.asarray(prices, dtype=np.float64)[active].copy()
+
+def _epsilon_range(sub, epsilon_min, epsilon_start, scaling):
+    """First and final bid increments ``(eps_start, eps_min)``, relative to the benefit spread."""
+    n = sub.shape[1]
     spread = float(sub.max() - sub.min())
     if spread == 0:
         spread = 1.0
@@ -132,52 +154,67 @@ def auction_assign(
     if eps_min <= 0:
         raise ValueError(f"epsilon_min must be > 0, got {epsilon_min}")
     eps = max(spread / scaling if epsilon_start is None else float(epsilon_start), eps_min)
-    c_active = cap[active]
-    cols = np.arange(n)
-    while True:
-        owner = np.full(n, -1, dtype=np.int64)  # index into active classes
-        held_idx = [np.empty(0, np.int64) for _ in range(kk)]
-        held_bid = [np.empty(0, np.float64) for _ in range(kk)]
-        unassigned = cols
-        rounds = 0
-        while unassigned.size:
-            rounds += 1
-            if rounds > max_rounds:
-                raise RuntimeError(f"auction did not finish within {max_rounds} rounds (eps={eps:g})")
-            vals = sub[:, unassigned] - p[:, None]
-            best = vals.argmax(axis=0)
-            w = vals[best, np.arange(unassigned.size)]
-            if kk == 2:
-                w2 = vals.min(axis=0)
-            else:
-                vals[best, np.arange(unassigned.size)] = -np.inf
-                w2 = vals.max(axis=0)
-            bids = p[best] + (w - w2) + eps
-            for i in range(kk):
-                sel = best == i
-                if not sel.any():
-                    continue
-                # held bids are kept sorted (ascending): merge the new bids in, then
-                # release the lowest ones beyond the capacity
-                nb, ni = bids[sel], unassigned[sel]
-                order = np.argsort(nb, kind="stable")
-                nb, ni = nb[order], ni[order]
-                pos = np.searchsorted(held_bid[i], nb, side="right")
-                cand_bid = np.insert(held_bid[i], pos, nb)
-                cand_idx = np.insert(held_idx[i], pos, ni)
-                owner[ni] = i
-                extra = cand_idx.size - c_active[i]
-                if extra > 0:
-                    owner[cand_idx[:extra]] = -1
-                    cand_idx, cand_bid = cand_idx[extra:], cand_bid[extra:]
-                held_idx[i], held_bid[i] = cand_idx, cand_bid
-                if cand_idx.size == c_active[i]:
-                    p[i] = max(p[i], float(cand_bid[0]))
-            unassigned = np.flatnonzero(owner < 0)
-        if eps <= eps_min:
-            break
-        eps = max(eps / scaling, eps_min)
-    labels = active[owner]
-    out_p = np.zeros(k) if prices is None else np.asarray(prices, dtype=np.float64).copy()
-    out_p[active] = p
-    return labels, out_p
+    return eps, eps_min
+
+
+def _auction_phase(sub, capacities, p, eps, max_rounds):
+    """One auction at a fixed ``eps``, from all items unassigned until every item is held.
+
+    ``sub`` is the benefit ``(K, P)`` of the classes with a positive capacity;
+    the prices ``p`` are raised in place. Returns the owner class of every item.
+    """
+    kk, n = sub.shape
+    owner = np.full(n, -1, dtype=np.int64)  # index into the rows of sub
+    held_idx = [np.empty(0, np.int64) for _ in range(kk)]
+    held_bid = [np.empty(0, np.float64) for _ in range(kk)]
+    unassigned = np.arange(n)
+    rounds = 0
+    while unassigned.size:
+        rounds += 1
+        if rounds > max_rounds:
+            raise RuntimeError(f"auction did not finish within {max_rounds} rounds (eps={eps:g})")
+        best, bids = _bids(sub, p, unassigned, eps)
+        for i in range(kk):
+            sel = best == i
+            if not sel.any():
+                continue
+            held_idx[i], held_bid[i] = _take_bids(
+                held_idx[i], held_bid[i], bids[sel], unassigned[sel], i, capacities[i], owner
+            )
+            if held_idx[i].size == capacities[i]:  # full: the price is the lowest held bid
+                p[i] = max(p[i], float(held_bid[i][0]))
+        unassigned = np.flatnonzero(owner < 0)
+    return owner
+
+
+def _bids(sub, p, unassigned, eps):
+    """Every unassigned item's best class and bid ``p_{i*} + (w - w2) + eps`` (Jacobi round)."""
+    vals = sub[:, unassigned] - p[:, None]
+    cols = np.arange(unassigned.size)
+    best = vals.argmax(axis=0)
+    w = vals[best, cols]
+    if sub.shape[0] == 2:
+        w2 = vals.min(axis=0)
+    else:
+        vals[best, cols] = -np.inf
+        w2 = vals.max(axis=0)
+    return best, p[best] + (w - w2) + eps
+
+
+def _take_bids(held_idx, held_bid, new_bid, new_idx, cls, capacity, owner):
+    """Class ``cls``'s held items after new bids: keep the ``capacity`` highest, release the rest.
+
+    Held bids are kept sorted (ascending): the new bids are merged in and the lowest
+    ones beyond the capacity are released (``owner`` is updated in place).
+    """
+    order = np.argsort(new_bid, kind="stable")
+    new_bid, new_idx = new_bid[order], new_idx[order]
+    pos = np.searchsorted(held_bid, new_bid, side="right")
+    cand_bid = np.insert(held_bid, pos, new_bid)
+    cand_idx = np.insert(held_idx, pos, new_idx)
+    owner[new_idx] = cls
+    extra = cand_idx.size - capacity
+    if extra > 0:
+        owner[cand_idx[:extra]] = -1
+        cand_idx, cand_bid = cand_idx[extra:], cand_bid[extra:]
+    return cand_idx, cand_bid
