@@ -209,3 +209,23 @@ def test_the_labels_layer_selected_for_editing_becomes_the_input(viewer_widget):
     assert w.labels.value is first
     viewer.layers.selection.active = viewer.layers["nuclei"]  # an Image: the Labels choice stays
     assert w.labels.value is first
+
+
+def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_widget):
+    viewer, w = viewer_widget
+    image, truth = _nuclei_stack(n_planes=1)
+    viewer.add_image(image[0], name="nuclei")
+    w.max_iter.value = FAST
+    rough_a = _erode_each(truth[0], 3)
+    rough_b = _erode_each(truth[0], 2)
+    a = viewer.add_labels(rough_a.copy(), name="a")
+    out_a = np.array(w.run(sync=True).data)
+    b = viewer.add_labels(rough_b.copy(), name="b")
+    assert w.labels.value is b and w.run(sync=True) is not None
+    w.labels.value = a  # back to the first layer: its preview is still there
+    assert w.accept()
+    np.testing.assert_array_equal(a.data, out_a)
+    np.testing.assert_array_equal(b.data, rough_b)
+    assert "a corrected" not in viewer.layers and "b corrected" in viewer.layers
+    assert w.discard() and "b corrected" not in viewer.layers
+    np.testing.assert_array_equal(b.data, rough_b)

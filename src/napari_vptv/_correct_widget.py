@@ -20,7 +20,8 @@ kept exactly / scaled by a known factor
 * The input Labels layer is modified only by **Accept**: the corrected pixels are
   written into it as one step of that layer's undo history (Ctrl+Z in the layer
   undoes it) and the preview is removed. Accept refuses if the layer was edited
-  after the run. **Discard** removes the preview.
+  after the run. **Discard** removes the preview. Both act on the preview of the
+  Labels layer chosen in the widget (else the newest preview).
 * 3-D Labels: *Stack* "3-D" corrects every id as one 3-D object, "slice by slice"
   every plane of the first axis on its own (the API's ``stack_mode``); the choice
   is shown only for 3-D layers.
@@ -145,7 +146,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self._cancel_requested = False
         self._pbar = None
         self._run: Dict[str, Any] = {}
-        self._preview: Optional[Dict[str, Any]] = None  # the last run's preview layer and its target
+        # previews not yet accepted or discarded, the newest last: {"layer", "target", "given", "source"}
+        self._previews: list = []
 
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self.labels = ComboBox(label="Labels", choices=self._labels_choices, nullable=False)
@@ -439,16 +441,17 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         layer.metadata = md
         _show_changes(layer, st["table"])
         self.output_layer = layer
-        self._preview = {"layer": layer, "target": src, "given": st["given"], "source": st["source"]}
+        self._previews = [pv for pv in self._previews if pv["layer"] is not layer]
+        self._previews.append({"layer": layer, "target": src, "given": st["given"], "source": st["source"]})
         self._update_preview_buttons()
 
     # ----------------------------------------------------------- accept / discard
     def _live_preview(self):
-        """The last run's preview record if its layer is still in the viewer, else None."""
-        pv = self._preview
-        if pv is None or pv["layer"] not in self.viewer.layers:
-            return None
-        return pv
+        """The preview Accept / Discard / Table act on: that of the Labels layer chosen in
+        the Labels field, else the newest; None if no preview layer is left in the viewer."""
+        self._previews = [pv for pv in self._previews if pv["layer"] in self.viewer.layers]
+        chosen = [pv for pv in self._previews if pv["target"] is self.labels.value]
+        return (chosen or self._previews or [None])[-1]
 
     def _update_preview_buttons(self, *_):
         live = self._live_preview() is not None and self.worker is None
@@ -500,7 +503,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         return True
 
     def _remove_preview(self, pv):
-        self._preview = None
+        self._previews = [p for p in self._previews if p is not pv]
         if self.output_layer is pv["layer"]:
             self.output_layer = None
         self.viewer.layers.remove(pv["layer"])
