@@ -198,19 +198,30 @@ def segment_stack(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     leading, spatial = stack_layout(np.shape(data), rgb=rgb, mode=mode)
-    piece_shape = spatial[len(leading):]
-    channel_axis = -1 if rgb else None
-    total = int(np.prod(leading, dtype=np.int64)) if leading else 1
-    indices = itertools.product(*(range(n) for n in leading)) if leading else iter([()])
-    extra = {}
     if warm_start:
         _check_accepts(segment_fn, "warm_start")
-        extra["warm_start"] = None
-    for done, index in enumerate(indices, start=1):
+    total = int(np.prod(leading, dtype=np.int64)) if leading else 1
+    pieces = _segment_pieces(data, leading, spatial[len(leading):], segment_fn,
+                             channel_axis=-1 if rgb else None, on_error=on_error, warm_start=warm_start)
+    for done, (index, result, labels, error) in enumerate(pieces, start=1):
+        volumes = None if error is not None else _piece_volumes(result, labels, n_classes)
+        yield StackSlice(index, labels, done, total, volumes, result, error)
+
+
+def _segment_pieces(data, leading, piece_shape, segment_fn, *, channel_axis, on_error, warm_start):
+    """Yield ``(index, result, labels, error)`` per piece, in C order of the leading axes.
+
+    A failed piece gives ``(index, None, None, exc)`` (``on_error="skip"``) or raises.
+    With ``warm_start`` the previous good result is passed on (None after a failure).
+    """
+    indices = itertools.product(*(range(n) for n in leading)) if leading else iter([()])
+    previous = None
+    for index in indices:
         piece = data[index] if index else data
+        kwargs = {"warm_start": previous} if warm_start else {}
         try:
             arr = np.asarray(piece)  # only this piece is read / computed
-            result = segment_fn(arr, channel_axis=channel_axis, **extra)
+            result = segment_fn(arr, channel_axis=channel_axis, **kwargs)
             labels = labels_of(result)
             if labels.shape != piece_shape:
                 raise ValueError(
@@ -220,17 +231,20 @@ def segment_stack(
         except Exception as exc:  # noqa: BLE001 - reported per piece or re-raised
             if on_error == "raise":
                 raise
-            if warm_start:
-                extra["warm_start"] = None
-            yield StackSlice(tuple(index), None, done, total, None, None, exc)
+            previous = None
+            yield tuple(index), None, None, exc
             continue
-        if warm_start:
-            extra["warm_start"] = result
-        volumes = getattr(result, "volumes", None)
-        if volumes is None:
-            k = n_classes if n_classes is not None else int(labels.max(initial=0)) + 1
-            volumes = np.bincount(labels.ravel().astype(np.int64), minlength=k) / labels.size
-        yield StackSlice(tuple(index), labels, done, total, np.asarray(volumes, dtype=float), result, None)
+        previous = result
+        yield tuple(index), result, labels, None
+
+
+def _piece_volumes(result, labels, n_classes) -> np.ndarray:
+    """Class fractions of a piece: the result's ``volumes`` if it has them, else counted."""
+    volumes = getattr(result, "volumes", None)
+    if volumes is None:
+        k = n_classes if n_classes is not None else int(labels.max(initial=0)) + 1
+        volumes = np.bincount(labels.ravel().astype(np.int64), minlength=k) / labels.size
+    return np.asarray(volumes, dtype=float)
 
 
 def _check_accepts(fn, name: str) -> None:
