@@ -75,6 +75,22 @@ def test_tds_and_emtv_denoise_better_than_kmeans():
     assert acc_emtv > acc_km + 0.01
 
 
+def test_emtv_iteration_budget_and_progress():
+    """E-steps of at most inner_num_iter; the last one is cut at max_num_iter; the callback sees the total."""
+    img, _ = _noisy_disc()
+    calls = []
+    res = emtv_segment(img, 2, tv_weight=0.1, max_num_iter=12, inner_num_iter=5,
+                       callback=lambda i, m: calls.append((i, m)))
+    assert res.n_iter == 12 and not res.converged
+    totals = [0] + [i for i, _ in calls]
+    assert calls[-1] == (12, 12) and len(calls) >= 3  # several E-step / M-step rounds
+    assert all(0 < b - a <= 5 for a, b in zip(totals, totals[1:]))
+    # with the default budget the EM alternation stops because u no longer changes
+    full = emtv_segment(img, 2, tv_weight=0.1)
+    assert full.converged and full.n_iter < 500
+    assert full.class_model.kind == "gaussian" and full.class_model.covariances is not None
+
+
 @pytest.mark.parametrize("volumes", [[0.5, 0.5], [0.8, 0.2], [0.35, 0.65]])
 def test_advp_hits_volumes_exactly(volumes):
     img, _ = _noisy_disc(shape=(37, 41))

@@ -192,35 +192,63 @@ def emtv_segment(
     variation regularization for vector-valued image segmentation", J. Vis. Commun.
     Image Represent. 23(8) (2012) 1234-1244 (the paper's ref. [8]).
     """
-    import torch
-
-    from .vptv import vptv_iterate
-
     k = _check_n_classes(n_classes)
     if not np.isfinite(tv_weight) or tv_weight < 0:
         raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
     if int(max_num_iter) < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
-    feats = prepare_image(image, channel_axis)
-    dev = torch.device(device)
-    x = torch.from_numpy(feats).to(dev)[None]
-    model = _initial_model(feats, k, "gaussian", None, seed)
-    pixels = feats.reshape(feats.shape[0], -1).T
-    frac0 = np.bincount(kmeans_labels(pixels, model.means), minlength=k) / pixels.shape[0]
-    holder = {"model": model, "alpha": np.clip(frac0, 1e-3, None)}
+    mixture = _GaussianMixture(prepare_image(image, channel_axis), k, seed, device)
+    u, n_iter, converged = _emtv_iterate(
+        mixture, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol, inner_num_iter=inner_num_iter,
+        callback=callback,
+    )
+    return SegmentationResult.from_arrays(u.argmax(axis=0), u, n_iter=n_iter, converged=converged,
+                                          class_model=mixture.model, volume_spec=make_volume_spec(k, "none"))
 
-    def full_cost():
-        la = torch.as_tensor(np.log(holder["alpha"]), dtype=x.dtype, device=dev)
-        return holder["model"].cost(x) - la.reshape((1, k) + (1,) * (x.ndim - 2))
 
-    def update(u):
-        holder["model"] = holder["model"].update(x, u)
-        holder["alpha"] = np.clip(u.mean(dim=tuple(range(2, u.ndim)))[0].double().cpu().numpy(), 1e-6, None)
-        return full_cost()
+class _GaussianMixture:
+    """EMTV's class model: Gaussians ``(m_i, Sigma_i)`` and mixture weights ``alpha_i``.
 
-    # Alternating minimisation (eq. 5 with TV): the E-step (u, q) is iterated to
-    # tolerance with the parameters fixed (warm-started dual q), then the M-step
-    # updates alpha, m, Sigma; repeat until u no longer changes.
+    Initialised by k-means (means, covariances and cluster fractions). ``cost()`` is
+    the negative log-likelihood ``-log alpha_i + 0.5 Mahalanobis + 0.5 log det``;
+    ``update(u)`` is the M-step (eq. 5).
+    """
+
+    def __init__(self, feats, k, seed, device):
+        import torch
+
+        self.k = k
+        self.dev = torch.device(device)
+        self.x = torch.from_numpy(feats).to(self.dev)[None]
+        self.model = _initial_model(feats, k, "gaussian", None, seed)
+        pixels = feats.reshape(feats.shape[0], -1).T
+        frac0 = np.bincount(kmeans_labels(pixels, self.model.means), minlength=k) / pixels.shape[0]
+        self.alpha = np.clip(frac0, 1e-3, None)
+
+    def cost(self):
+        import torch
+
+        x = self.x
+        la = torch.as_tensor(np.log(self.alpha), dtype=x.dtype, device=self.dev)
+        return self.model.cost(x) - la.reshape((1, self.k) + (1,) * (x.ndim - 2))
+
+    def update(self, u) -> None:
+        self.model = self.model.update(self.x, u)
+        self.alpha = np.clip(u.mean(dim=tuple(range(2, u.ndim)))[0].double().cpu().numpy(), 1e-6, None)
+
+
+def _emtv_iterate(mixture, *, tv_weight, max_num_iter, tol, inner_num_iter, callback):
+    """Alternate E-steps (``u``, ``q``) and M-steps until ``u`` stops changing.
+
+    Alternating minimisation (eq. 5 with TV): the E-step is iterated to tolerance
+    with the parameters fixed (warm-started dual ``q``), then the M-step updates
+    ``alpha``, ``m``, ``Sigma``. Returns ``u`` ``(K, *spatial)``, the total number of
+    E-step iterations and whether ``u`` converged.
+    """
+    import torch
+
+    from .vptv import vptv_iterate
+
     state = None
     u_prev = None
     total = 0
@@ -228,7 +256,7 @@ def emtv_segment(
     with torch.no_grad():
         while total < int(max_num_iter):
             state = vptv_iterate(
-                full_cost(),
+                mixture.cost(),
                 epsilon=1.0,
                 tv_weight=float(tv_weight),
                 max_num_iter=min(int(inner_num_iter), int(max_num_iter) - total),
@@ -243,16 +271,8 @@ def emtv_segment(
                 converged = True
                 break
             u_prev = u_t
-            update(u_t)
-    u = state.u[0].cpu().numpy()
-    return SegmentationResult.from_arrays(
-        u.argmax(axis=0),
-        u,
-        n_iter=total,
-        converged=converged,
-        class_model=holder["model"],
-        volume_spec=make_volume_spec(k, "none"),
-    )
+            mixture.update(u_t)
+    return state.u[0].cpu().numpy(), total, converged
 
 
 # --------------------------------------------------------------------------- #
