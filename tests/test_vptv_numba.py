@@ -145,6 +145,23 @@ def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
     assert torch.equal(fast, full)
 
 
+def test_kernels_restore_the_denormal_mode(monkeypatch):
+    """The kernels flush denormals to zero while they run (x86 MXCSR) and restore the
+    mode: numpy and torch afterwards still produce denormal numbers; a problem whose
+    probabilities underflow (small eps, large costs) matches the torch loop."""
+    g = torch.Generator().manual_seed(5)
+    cost = 400 * torch.rand((1, 3, 20, 24), generator=g)
+    args = dict(epsilon=0.05, tv_weight=0.05, max_num_iter=40, tol=1e-4,
+                volume_bounds=(torch.tensor([0.2, 0.1, 0.1]), torch.tensor([0.6, 0.5, 0.5])))
+    fused = _run(True, monkeypatch, vptv_iterate, cost, **args)
+    ref = _run(False, monkeypatch, vptv_iterate, cost, **args)
+    assert (ref.u[ref.u > 0] < 1e-38).any()  # the torch loop has denormal probabilities here
+    assert fused.n_iter == ref.n_iter
+    torch.testing.assert_close(fused.u, ref.u, atol=2e-5, rtol=0)
+    assert (np.array([1e-20], np.float32) * np.float32(1e-20))[0] > 0
+    assert (torch.tensor([1e-20]) * 1e-20).item() > 0
+
+
 def test_torch_loop_where_numba_does_not_apply(monkeypatch):
     """Without numba, for float64, 3-D and autograd the torch loops run (and give a result)."""
     cost, kw = _problem((1, 3, 12, 14), "interval", True)
