@@ -306,6 +306,20 @@ def test_output_never_replaces_the_input(tmp_path):
     assert (tmp_path / "a.png").read_bytes() == before
 
 
+def test_output_never_replaces_another_input_of_the_run(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    iio.imwrite(tmp_path / "in" / "a.png", _grey_u8())
+    iio.imwrite(tmp_path / "out" / "a.png", _grey_u8(seed=1))
+    before = (tmp_path / "out" / "a.png").read_bytes()
+    summary = run_batch([tmp_path / "in" / "a.png", tmp_path / "out" / "a.png"], tmp_path / "out", _threshold,
+                        overwrite=True)
+    first, second = summary.results
+    assert first.status == "failed" and f"the input '{tmp_path / 'out' / 'a.png'}' of this run" in first.message
+    assert second.status == "failed" and "same output name" in second.message  # same stem as the first
+    assert (tmp_path / "out" / "a.png").read_bytes() == before
+
+
 def test_publish_never_clobbers(tmp_path):
     tmp = tmp_path / ".x.partial.png"
     final = tmp_path / "x.png"

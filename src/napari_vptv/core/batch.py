@@ -316,11 +316,7 @@ def segment_file(
     result = FileResult(p)
     guard = OutputGuard([p, *run_inputs], overwrite=overwrite)
     try:
-        for cand in _possible_outputs(p, out_dir, fmt):
-            src = guard.input_of(cand)
-            if src is not None:
-                what = "the input file itself" if src == p else f"the input '{src}' of this run"
-                raise ValueError(f"the output '{cand}' would be {what}; choose another output folder")
+        _refuse_input_as_output(p, out_dir, fmt, guard)
         done = None if overwrite else _finished_output(p, out_dir, fmt, mode)
         if done is not None:
             result.output, result.status, result.message = done, "skipped", "exists"
@@ -341,15 +337,28 @@ def segment_file(
             scheduler=scheduler, num_workers=num_workers, progress_factory=progress_factory,
         )
         if result.failed_slices:
-            result.status = "failed"
-            idx, msg = result.failed_slices[0]
-            result.message = (
-                f"{len(result.failed_slices)} of {len(result.failed_slices) + len(result.slice_volumes)} "
-                f"slices failed (written as 0), first: slice {idx}: {msg}"
-            )
+            result.status, result.message = "failed", _failed_slices_message(result)
     except Exception as exc:  # noqa: BLE001 - per-item error capture
         result.status, result.message = "failed", _error_text(exc)
     return result
+
+
+def _refuse_input_as_output(p: Path, out_dir: Path, fmt: str, guard: OutputGuard) -> None:
+    """A one-line ValueError if any possible output of ``p`` is an input of the run (even with overwrite)."""
+    for cand in _possible_outputs(p, out_dir, fmt):
+        src = guard.input_of(cand)
+        if src is not None:
+            what = "the input file itself" if src == p else f"the input '{src}' of this run"
+            raise ValueError(f"the output '{cand}' would be {what}; choose another output folder")
+
+
+def _failed_slices_message(result: FileResult) -> str:
+    """``"2 of 5 slices failed (written as 0), first: slice (1,): ..."``."""
+    idx, msg = result.failed_slices[0]
+    return (
+        f"{len(result.failed_slices)} of {len(result.failed_slices) + len(result.slice_volumes)} "
+        f"slices failed (written as 0), first: slice {idx}: {msg}"
+    )
 
 
 def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> None:
