@@ -229,3 +229,18 @@ def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_widget):
     assert "a corrected" not in viewer.layers and "b corrected" in viewer.layers
     assert w.discard() and "b corrected" not in viewer.layers
     np.testing.assert_array_equal(b.data, rough_b)
+
+
+def test_changes_table_sums_planes_and_names_kept_objects():
+    from napari_vptv._correct_widget import changes_table
+    from napari_vptv.core.correct import ObjectCorrection
+
+    report = [ObjectCorrection(7, 100, 120, "corrected"), ObjectCorrection(3, 50, 50, "kept: no contrast"),
+              ObjectCorrection(7, 80, 90, "kept: would vanish"), ObjectCorrection(7, 10, 10, "kept: would vanish"),
+              ObjectCorrection(5, 40, 30, "corrected")]
+    table = changes_table(report)
+    assert table["index"].tolist() == [3, 5, 7]
+    assert table["area_before"].tolist() == [50, 40, 190] and table["area_after"].tolist() == [50, 30, 220]
+    assert table["change_%"].tolist() == [0.0, -25.0, round(100 * 30 / 190, 1)]
+    assert table["status"].tolist() == ["kept: no contrast", "corrected", "kept: would vanish (2 planes)"]
+    assert len(changes_table([])) == 0
