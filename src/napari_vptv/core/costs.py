@@ -59,7 +59,9 @@ class GaussianModel:
             cov = torch.as_tensor(self.covariances, dtype=torch.float64, device=x.device)
             cov = cov + COV_REG * torch.eye(c, dtype=cov.dtype, device=cov.device)
             prec = torch.linalg.inv(cov).to(x.dtype)  # (K, C, C)
-            md = torch.einsum("nkcp,kcd,nkdp->nkp", diff, prec, diff)
+            # (Sigma^-1 diff) . diff: a batched matmul, same numbers as the 3-operand
+            # einsum and ~2x faster on the CPU (issue 14: the EM cost update)
+            md = (torch.matmul(prec, diff) * diff).sum(dim=2)
             if self.kind == "mahalanobis":
                 out = md
             else:
