@@ -299,7 +299,7 @@ class SegmentSettings(Container):
         self.diameter.enabled = self._uses_diameter()
         self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
             auto or mode == "none")  # an exact / interval constraint wins over the rule
-        self.augment.enabled = self._uses_diameter()  # the runs with a network in them
+        self.augment.enabled = self.is_network  # the variational auto mode's U-net runs without
         self._update_class_labels()
         self._mark_volume_fields()
 

@@ -161,8 +161,8 @@ class SegmentOptions:
         applied when volumes or bounds are given (or ``volume_mode`` is "exact" /
         "interval"): the rule would break the constraint you set.
     augment : {1, 2, 8}
-        Test-time augmentation of the networks (and of the U-net behind the
-        variational WBC auto mode): the logits averaged over the image and its mirror
+        Test-time augmentation of the networks (not of the U-net that initialises
+        the variational WBC auto mode: no gain there): the logits averaged over the image and its mirror
         image (2, default), all 8 flips / quarter turns (8) or none (1). The network
         time grows by that factor; about +1 pt on sources the network never saw
         (``True`` / ``False`` are read as 8 / 1).
