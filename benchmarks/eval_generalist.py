@@ -66,9 +66,9 @@ def make_predictor(spec, nets, args):
         def run(img, diameter=None):
             return predict_cells(model, meta, img, diameter=diameter, **kw).labels
         return run
-    from napari_vptv.core.adapt import fraction_interval, gaussian_from_probabilities
+    from napari_vptv.core.adapt import adapted_segment
     from napari_vptv.core.cell_rules import drop_cells_without_nucleus
-    from napari_vptv.core.segment import prepare_image, vptv_segment
+    from napari_vptv.core.segment import vptv_segment
     from napari_vptv.core.wbc import wbc_preset
 
     def rule(labels):  # as the API applies it (SegmentOptions.require_nucleus)
@@ -78,14 +78,13 @@ def make_predictor(spec, nets, args):
         if opt == "preset":
             return rule(vptv_segment(img, **wbc_preset()).labels)
         model, meta = nets["unet"]
-        p = predict_cells(model, meta, img, diameter=diameter, augment=args.augment).probabilities
-        gm = gaussian_from_probabilities(prepare_image(img, -1), p)
-        if gm is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
+        # the API's adapted preset (api._segment_wbc_adapted: one plain U-net pass), with this run's U-net
+        p = predict_cells(model, meta, img, diameter=diameter, augment=1).probabilities
+        r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
+                            tv_weight=args.vptv_tv)
+        if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
-        lo, hi = fraction_interval(p)
-        return rule(vptv_segment(img, n_classes=3, channel_axis=-1, class_model=gm, similarity="gaussian",
-                                 volume_bounds=(lo, hi), volume_mode="interval", epsilon=args.vptv_epsilon,
-                                 tv_weight=args.vptv_tv, em_update=True).labels)
+        return rule(r.labels)
     return run
 
 
@@ -128,6 +127,9 @@ def main(argv=None):
     ap.add_argument("--comfort", type=float, nargs=2, default=None)
     ap.add_argument("--vptv-epsilon", type=float, default=0.05)
     ap.add_argument("--vptv-tv", type=float, default=0.05)
+    ap.add_argument("--network-weight", type=float, default=None,
+                    help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
+                         "(default: the API's, core.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
                          "results before session 12's change used 1)")
@@ -136,6 +138,9 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="score only the first N images per source (quick look)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.network_weight is None:
+        from napari_vptv.core.adapt import NETWORK_WEIGHT
+        args.network_weight = NETWORK_WEIGHT
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}
     meta = nets["unet"][1]

@@ -255,16 +255,16 @@ ADAPTED_WBC_SETTINGS = {"epsilon": 0.05, "tv_weight": 0.05}
 
 def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
     """The WBC preset refitted to this image: a Gaussian colour model per class from the
-    generalist U-net's confident pixels, EM updates, and a volume interval around the
-    network's class fractions (:mod:`napari_vptv.core.adapt`). A class the network does
+    generalist U-net's confident pixels, EM updates, a volume interval around the
+    network's class fractions, then the colour cost and the network's log-probabilities
+    together (:func:`napari_vptv.core.adapt.adapted_segment`). A class the network does
     not see (e.g. no white cell) gives the network's own labels. None when the network
     code is not installed (the fixed colour model is used then)."""
     try:
         from .nn.weights import predict_wbc
     except ImportError:
         return None
-    from .core.adapt import fraction_interval, gaussian_from_probabilities
-    from .core.segment import prepare_image
+    from .core.adapt import adapted_segment
 
     rgb = np.moveaxis(arr, channel_axis, -1)
     # the rule runs once, on the result below (the U-net's own labels are used only
@@ -274,17 +274,14 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
     # docs/solver-speed.md) and doubled its time.
     pred = predict_wbc(rgb, method="unet", diameter=opts.diameter, device=opts.device, details=True,
                        require_nucleus=False, augment=1)
-    model = gaussian_from_probabilities(prepare_image(rgb, -1), pred.probabilities)
-    if model is None:
+    settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
+                                           if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
+    result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
+                             callback=callback, **settings)
+    model = None if result is None else result.class_model
+    if result is None:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
                                                 class_model=None, volume_spec=make_volume_spec(3, "none"))
-    else:
-        lo, hi = fraction_interval(pred.probabilities)
-        settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
-                                               if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
-        result = vptv_segment(rgb, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
-                              volume_bounds=(lo, hi), volume_mode="interval", em_update=True, seed=opts.seed,
-                              device=opts.device, callback=callback, **settings)
     result = _with_nucleus_rule(result, opts)
     result.diameter = float(pred.diameter)
     result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),

@@ -16,7 +16,7 @@ import numpy as np
 
 from .costs import GaussianModel
 
-__all__ = ["gaussian_from_probabilities", "fraction_interval", "fraction_bounds"]
+__all__ = ["NETWORK_WEIGHT", "adapted_segment", "gaussian_from_probabilities", "fraction_interval", "fraction_bounds"]
 
 
 def gaussian_from_probabilities(features: np.ndarray, probabilities: np.ndarray, *, kind: str = "gaussian",
@@ -66,3 +66,59 @@ def fraction_bounds(fractions, relative: float = 0.15, absolute: float = 0.005):
     lo = np.clip(f * (1 - relative) - absolute, 0.0, 1.0)
     hi = np.clip(f * (1 + relative) + absolute, 0.0, 1.0)
     return lo, hi
+
+
+#: weight ``w`` of the network's negative log-probabilities next to the refitted colour
+#: model's cost in :func:`adapted_segment` (0 = colour model only, the session-12 preset)
+NETWORK_WEIGHT = 1.0
+
+
+def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
+                    channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
+                    **solver):
+    """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
+
+    1. A Gaussian per class from the confidently assigned pixels
+       (:func:`gaussian_from_probabilities`), refined by the solver's EM updates, with
+       the class fractions held in :func:`fraction_interval` of ``probabilities``.
+    2. With ``network_weight`` ``w > 0``, one more solve on the cost
+       ``o_i(x) = colour_i(x) - w log u_i(x)`` (``u`` = ``probabilities``): a product of
+       the two experts, so the network's shape knowledge and the image's own colours
+       both count. The network alone misses colours it never saw; the colour model
+       alone confuses classes of similar colour (red cells and cytoplasm).
+
+    Parameters
+    ----------
+    image : ndarray, with ``channel_axis``
+    probabilities : ndarray ``(K, *spatial)``, e.g. a network's softmax.
+    network_weight : float
+        ``w`` above (0 = the refitted colour model alone).
+    epsilon, tv_weight, **solver
+        Passed to :func:`~napari_vptv.core.segment.vptv_segment`.
+
+    Returns
+    -------
+    SegmentationResult, or None when some class has too few confident pixels to fit
+    its colour (e.g. no cell in the image): the caller keeps ``probabilities``.
+    """
+    import torch
+
+    from .segment import prepare_image, vptv_segment
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    features = prepare_image(image, channel_axis)
+    model = gaussian_from_probabilities(features, probabilities)
+    if model is None:
+        return None
+    k = probabilities.shape[0]
+    common = dict(n_classes=k, channel_axis=channel_axis, volume_bounds=fraction_interval(probabilities),
+                  volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, **solver)
+    result = vptv_segment(image, class_model=model, similarity="gaussian", em_update=True, **common)
+    if network_weight <= 0:
+        return result
+    colour = result.class_model.cost(torch.as_tensor(features, dtype=torch.float64)[None])[0].numpy()
+    # floor: a network's "impossible" must not outweigh every colour (log 1e-4 ~ -9)
+    cost = colour - network_weight * np.log(np.clip(probabilities, 1e-4, 1.0))
+    combined = vptv_segment(image, cost=cost.astype(np.float32), em_update=False, **common)
+    combined.class_model = result.class_model
+    return combined

@@ -1,0 +1,51 @@
+"""The image-adapted variational WBC method: colour model refitted per image, then
+combined with the network's probabilities (core.adapt.adapted_segment)."""
+
+import numpy as np
+
+from napari_vptv.core.adapt import adapted_segment, fraction_interval, gaussian_from_probabilities
+from napari_vptv.core.samples import load_sample
+from napari_vptv.core.segment import prepare_image, vptv_segment
+
+
+def test_weight_zero_is_the_refitted_colour_model_alone():
+    image = load_sample("wbc_016")[0][..., :3]
+    from napari_vptv.nn.weights import predict_wbc
+
+    p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
+    alone = adapted_segment(image, p, network_weight=0.0)
+    model = gaussian_from_probabilities(prepare_image(image, -1), p)
+    assert model is not None
+    expected = vptv_segment(image, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
+                            volume_bounds=fraction_interval(p), volume_mode="interval", em_update=True,
+                            epsilon=0.05, tv_weight=0.05)
+    assert np.array_equal(alone.labels, expected.labels)
+
+
+def test_the_network_term_counts_and_is_weighted():
+    image = load_sample("wbc_016")[0][..., :3]
+    from napari_vptv.nn.weights import predict_wbc
+
+    p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
+    # the network is made to claim a background square as nucleus
+    p = p.copy()
+    p[:, 5:45, 5:45] = np.array([0.02, 0.02, 0.96])[:, None, None]
+    colour_only = adapted_segment(image, p, network_weight=0.0).labels
+    heavy = adapted_segment(image, p, network_weight=50.0).labels
+    both = adapted_segment(image, p, network_weight=1.0).labels
+    square = (slice(5, 45), slice(5, 45))
+    # the slide's colour wins alone; a heavily weighted network wins; equal weight: the
+    # colours of this clear background still win over a confident but wrong network
+    assert (colour_only[square] == 0).mean() > 0.95
+    assert (heavy[square] == 2).mean() > 0.95
+    assert (both[square] == 0).mean() > 0.9
+    # the cell itself: the combination agrees with the colour model almost everywhere
+    assert (both == colour_only).mean() > 0.97
+
+
+def test_no_cell_gives_none():
+    rng = np.random.default_rng(0)
+    image = (220 + rng.integers(0, 10, (64, 64, 3))).astype(np.uint8)
+    p = np.zeros((3, 64, 64))
+    p[0] = 1.0
+    assert adapted_segment(image, p) is None
