@@ -72,10 +72,18 @@ def fraction_bounds(fractions, relative: float = 0.15, absolute: float = 0.005):
 #: model's cost in :func:`adapted_segment` (0 = colour model only, the session-12 preset)
 NETWORK_WEIGHT = 1.0
 
+#: iteration cap of both solves of :func:`adapted_segment`. The EM solve of some images
+#: (2 of the first 50 WBC images) never passes the volume test -- the EM update and the
+#: interval volume dual pull against each other -- and ran to the solver's 500
+#: iterations (~1.3 s each, a fifth of ``vptv segment`` over those 50). Validation
+#: splits wbc / wbc-d1 with the code of c9aec09: 0.9860 / 0.9714 at 500, 0.9873 /
+#: 0.9753 at 100, 0.9877 / 0.9756 at 50 (docs/solver-speed.md, issue 14).
+MAX_ITER = 100
+
 
 def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
                     channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
-                    **solver):
+                    max_num_iter: int = MAX_ITER, **solver):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
 
     1. A Gaussian per class from the confidently assigned pixels
@@ -93,8 +101,8 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     probabilities : ndarray ``(K, *spatial)``, e.g. a network's softmax.
     network_weight : float
         ``w`` above (0 = the refitted colour model alone).
-    epsilon, tv_weight, **solver
-        Passed to :func:`~napari_vptv.core.segment.vptv_segment`.
+    epsilon, tv_weight, max_num_iter, **solver
+        Passed to :func:`~napari_vptv.core.segment.vptv_segment` (both solves).
 
     Returns
     -------
@@ -112,6 +120,7 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
         return None
     k = probabilities.shape[0]
     common = dict(n_classes=k, channel_axis=channel_axis, volume_bounds=fraction_interval(probabilities),
+                  max_num_iter=max_num_iter,
                   volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, **solver)
     result = vptv_segment(image, class_model=model, similarity="gaussian", em_update=True, **common)
     if network_weight <= 0:
