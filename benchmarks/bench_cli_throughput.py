@@ -9,6 +9,9 @@ segment, write a PNG label image per input.
 * **vptv-torch** -- the same CLI call in a process where
   ``core.vptv_fast.NUMBA_AVAILABLE = False`` (the torch no-grad loop), for reference
   (inputs it fails on are listed; the CLI continues past them);
+* **vptv-2workers** (``--two-workers``) -- the first call with ``--workers 2``: the
+  files segmented in two threads on both cores (the kernels and torch release the
+  GIL); not the issue's comparison (the peer runs on one core), shown beside it;
 * **chan_vese** -- one Python process: ``skimage.segmentation.chan_vese`` on the grey
   image with the parameters of ``benchmarks/bench_solver.py`` (two phases, darker =
   cell), PNG written with imageio.
@@ -83,12 +86,14 @@ def timed(cmd, env):
     return wall, cpu, failed
 
 
-def commands(images, out_dir):
+def commands(images, out_dir, workers=1):
     vptv = str(Path(sys.executable).parent / "vptv")
     seg = ["segment", *images, "--out", out_dir, "--method", "vptv", "--workers", "1", "--threads", "1",
            "--no-progress", "--overwrite"]
+    two = [a if a != "1" or seg[i - 1] != "--workers" else "2" for i, a in enumerate(seg)]
     return {
         "vptv": [vptv, *seg],
+        "vptv-2workers": [vptv, *two],
         "vptv-torch": [sys.executable, "-c", VPTV_TORCH, *seg],
         "chan_vese": [sys.executable, "-c", CHAN_VESE, out_dir, *images],
     }
@@ -112,6 +117,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time the numba JIT (cold vs warm cache)")
+    ap.add_argument("--two-workers", action="store_true", help="also time `vptv segment --workers 2`")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     images = sorted(str(p) for p in (Path(args.root) / "images").glob("*.png"))[: args.n]
@@ -119,7 +125,8 @@ def main(argv=None):
     env = dict(os.environ, **threads)
     load0 = os.getloadavg()[0]
     print(f"# {len(images)} images from {args.root}; load average {load0:.2f}; nice {os.nice(0)}", flush=True)
-    times = {k: {"wall_s": [], "cpu_s": []} for k in ("vptv", "vptv-torch", "chan_vese")}
+    names = ("vptv", "vptv-torch") + (("vptv-2workers",) if args.two_workers else ()) + ("chan_vese",)
+    times = {k: {"wall_s": [], "cpu_s": []} for k in names}
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
             for name in times:
@@ -132,7 +139,7 @@ def main(argv=None):
                 times[name].setdefault("failed_inputs", []).append(failed)
                 print(f"  round {r} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, failed: {failed}", flush=True)
     med = {k: {m: float(np.median(v[m])) for m in ("wall_s", "cpu_s")} for k, v in times.items()}
-    ratios = {f"{k}/chan_vese_{m}": med[k][m] / med["chan_vese"][m] for k in ("vptv", "vptv-torch")
+    ratios = {f"{k}/chan_vese_{m}": med[k][m] / med["chan_vese"][m] for k in names[:-1]
               for m in ("wall_s", "cpu_s")}
     print(json.dumps(dict(median=med, ratios=ratios), indent=1))
     comp = compile_cost(images[0], env) if args.compile else None

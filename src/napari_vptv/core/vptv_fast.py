@@ -24,11 +24,12 @@ The trajectory is the one of the differentiable path up to float rounding (the
 operations are the same, only their order and the scaling of ``q`` differ), which
 ``tests/test_solver.py`` checks on random 2-D and 3-D problems.
 
-:func:`run_fast` hands CPU float32 / float64 2-D problems to the fused numba
-kernels of :mod:`napari_vptv.core.vptv_numba` (two passes over the pixels per
-iteration, the same steps; ``tests/test_vptv_numba.py``) when numba can be
-imported; :func:`use_numba` is the one place that decides. The torch loop below
-remains the path for other devices, 3-D problems and machines without numba.
+:func:`run_fast` hands CPU float32 2-D problems to the fused numba kernels of
+:mod:`napari_vptv.core.vptv_numba` (one sweep over the pixels per iteration, the same
+steps; ``tests/test_vptv_numba.py``) when numba can be imported; :func:`use_numba` is
+the one place that decides. The torch loop below remains the path for other devices,
+3-D problems, float64 and machines without numba. :func:`rounding_steps_at_zero` is the
+volume rounding's shortcut (:func:`napari_vptv.core.segment.round_to_volumes`).
 """
 
 from __future__ import annotations
