@@ -22,7 +22,9 @@ learn nothing.
 Issue 14 additions (one torch thread recommended): ms per iteration of the fast
 no-grad loop on a 300x300 RGB 3-class problem next to a plain numpy float32
 Chambolle dual step and a torch copy-and-scale pass over the same bytes, measured
-in the same run; per-image solve time median / max, iterations and softmax passes;
+in the same run; per-image solve time median / max, iterations and softmax passes
+(iterations + 1 + the rounding's torch dual-solver passes; the rounding shortcut's one
+numba sweep over all eps, core.vptv_fast.rounding_steps_at_zero, is not counted);
 ``--compile`` also times a ``torch.compile`` (inductor) version of one step.
 
 Every time is taken twice: wall clock and the process CPU time
