@@ -49,3 +49,14 @@ def test_no_cell_gives_none():
     p = np.zeros((3, 64, 64))
     p[0] = 1.0
     assert adapted_segment(image, p) is None
+
+
+def test_colour_smoothing_changes_only_what_the_colour_model_sees():
+    image = load_sample("wbc_016")[0][..., :3]
+    from napari_vptv.nn.weights import predict_wbc
+
+    p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
+    plain = adapted_segment(image, p, colour_sigma=0.0).labels
+    smooth = adapted_segment(image, p, colour_sigma=1.0).labels
+    assert smooth.shape == plain.shape and not np.array_equal(smooth, plain)
+    assert (smooth == plain).mean() > 0.97

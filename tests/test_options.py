@@ -124,22 +124,24 @@ def test_no_import_cycle_inside_core():
 
 
 def test_segment_image_without_method_or_preset_runs_the_best_method():
-    """No method and no preset: the VPTVU-net for RGB (as `vptv segment --method auto`),
-    the solver for grey images, other class counts or solver settings."""
+    """No method and no preset: the solver with the image-adapted WBC preset for RGB (as
+    `vptv segment --method auto`), the generic solver for grey images, other class
+    counts or solver settings; the VPTVU-net when 3-class volumes are given."""
     from napari_vptv.core.samples import load_sample
     from napari_vptv.options import auto_method
 
     image, _ = load_sample("wbc_001")
     rgb = image[..., :3]
     plain = segment_image(rgb)
-    net = segment_image(rgb, SegmentOptions(method="vptv-unet"))
-    np.testing.assert_array_equal(plain.labels, net.labels)
-    assert plain.n_iter == 0  # the network, not the iterative solver
+    adapted = segment_image(rgb, SegmentOptions(method="vptv", preset="wbc"))
+    np.testing.assert_array_equal(plain.labels, adapted.labels)
+    assert plain.n_iter > 0 and plain.info["colour_model"] == "refitted on this image"
     grey = rgb.mean(axis=-1)
     assert segment_image(grey, n_classes=2, max_num_iter=50).n_iter > 0
     assert auto_method(rgb=False) == "vptv"
     assert auto_method(n_classes=4) == "vptv"
     assert auto_method(preset="none") == "vptv"
     assert auto_method(solver_settings=True) == "vptv"
+    assert auto_method() == "vptv"
     assert auto_method(volumes=[(0.7, 0.2, 0.1)]) == "vptv-unet"
     assert auto_method(volumes=[(0.8, 0.2)]) == "vptv"

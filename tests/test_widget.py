@@ -417,31 +417,50 @@ def test_network_method(viewer, widget, wbc, notes):
 
 
 # ------------------------------------------------- defaults: the best measured method
-def test_default_run_is_the_network_with_its_own_defaults(viewer, widget, notes):
-    """Untouched widget on the sample = ``vptv segment``'s default: the VPTVU-net with
-    its own per-image prior and tuned ε, λ (no volume settings passed)."""
+def test_default_run_is_the_image_adapted_variational_method(viewer, widget, notes):
+    """Untouched widget on the sample = ``vptv segment``'s default (``segment_image``
+    without a method): the variational solver with the image-adapted WBC preset and
+    its own volumes, ε and λ (no settings passed)."""
     from napari_vptv.api import segment_image
     from napari_vptv.options import SegmentOptions
 
     viewer.open_sample("napari-vptv", "wbc_001")
-    assert widget.method.value == METHOD_NET and widget.network.value == "vptv-unet"
+    assert widget.method.value == METHOD_VPTV
     assert widget.preset.value == "WBC (3 classes)" and widget.volume_mode.value == VOLUME_AUTO
-    # auto mode: no volume / ε / λ fields, a note saying what the network does instead
     for w in (widget.volumes, widget.lower, widget.upper, widget.epsilon, widget.tv_weight, widget.estimate):
         assert w.native.isHidden(), w.label
-    assert not widget.auto_note.native.isHidden() and "own predicted class fractions" in widget.auto_note.value
+    assert not widget.auto_note.native.isHidden() and "refitted" in widget.auto_note.value
     assert widget.run_button.enabled, widget.reason.value
     opts = widget.segment_options()
     assert (opts.volume_mode, opts.volumes, opts.lower, opts.upper, opts.epsilon, opts.tv_weight) == (None,) * 6
     out = widget.run(sync=True)
     assert not errors(notes), notes
     image, truth = load_sample("001")
-    expected = segment_image(image, SegmentOptions(method="vptv-unet")).labels
-    np.testing.assert_array_equal(out.data, expected)
+    np.testing.assert_array_equal(out.data, segment_image(image).labels)
+    np.testing.assert_array_equal(out.data, segment_image(image, SegmentOptions(method="vptv", preset="wbc")).labels)
     assert np.mean(out.data == truth) > 0.97  # the sample's ground truth
     meta = out.metadata[METADATA_KEY]
-    assert meta["method"] == "vptv-unet" and meta["volume_spec"]["mode"] == "auto"
+    assert meta["method"] == "vptv" and meta["volume_spec"]["mode"] == "auto"
     assert meta["params"]["epsilon"] is None and meta["params"]["lower"] is None
+
+
+def test_network_run_uses_its_own_defaults(viewer, widget, notes):
+    """The network chosen, nothing else: the VPTVU-net with its own per-image prior and
+    tuned ε, λ."""
+    from napari_vptv.api import segment_image
+    from napari_vptv.options import SegmentOptions
+
+    viewer.open_sample("napari-vptv", "wbc_001")
+    widget.method.value = METHOD_NET
+    assert widget.network.value == "vptv-unet" and widget.volume_mode.value == VOLUME_AUTO
+    assert not widget.auto_note.native.isHidden() and "own predicted class fractions" in widget.auto_note.value
+    out = widget.run(sync=True)
+    assert not errors(notes), notes
+    image, truth = load_sample("001")
+    np.testing.assert_array_equal(out.data, segment_image(image, SegmentOptions(method="vptv-unet")).labels)
+    assert np.mean(out.data == truth) > 0.97
+    meta = out.metadata[METADATA_KEY]
+    assert meta["method"] == "vptv-unet" and meta["volume_spec"]["mode"] == "auto"
     assert out.name.endswith("VPTV (VPTVU-net)") and "estimated" in widget.status.value
 
 
@@ -452,7 +471,8 @@ def test_variational_auto_is_the_image_adapted_preset(viewer, widget, notes):
     from napari_vptv.options import SegmentOptions
 
     viewer.open_sample("napari-vptv", "wbc_001")
-    widget.method.value = METHOD_VPTV
+    widget.method.value = METHOD_NET
+    widget.method.value = METHOD_VPTV  # back to the default: the note says what it does
     assert "refitted to each image" in widget.notice.value or "own, per image" in widget.notice.value
     assert widget.volume_mode.value == VOLUME_AUTO and "refitted" in widget.auto_note.value
     assert widget.diameter.enabled and widget.network.native.isHidden()
@@ -486,7 +506,7 @@ def test_auto_mode_only_where_the_method_has_its_own_defaults(viewer, widget, wb
     assert widget.volume_mode.value == VOLUME_AUTO and widget.segment_options().volume_mode is None
     widget.reset_to_defaults()
     assert (widget.method.value, widget.preset.value, widget.volume_mode.value) == (
-        METHOD_NET, "WBC (3 classes)", VOLUME_AUTO)
+        METHOD_VPTV, "WBC (3 classes)", VOLUME_AUTO)
 
 
 def test_settings_saved_before_auto_mode_still_restore(make_napari_viewer, wbc, notes):
@@ -512,10 +532,10 @@ def test_settings_saved_before_auto_mode_still_restore(make_napari_viewer, wbc, 
     assert opts.lower == (0.6, 0.03, 0.05) and opts.epsilon == 1.0
     assert w.run_button.enabled and not errors(notes)
 
-    # a file naming the network by its former label falls back to the default network
+    # a file naming the network by its former label falls back to the default method
     path.write_text(json.dumps({"method": "VPTVU-net (WBC, pretrained)", "volume_mode": "interval"}))
     w = SegmentationWidget(viewer)
-    assert (w.method.value, w.volume_mode.value) == (METHOD_NET, "interval")
+    assert (w.method.value, w.volume_mode.value) == (METHOD_VPTV, "interval")
     assert w.segment_options().lower is not None and not errors(notes)
 
 

@@ -94,9 +94,10 @@ class SegmentSettings(Container):
     def _build_fields(self):
         defaults = SegmentOptions()
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
-        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_NET,
-                               tooltip="The pretrained network (default: best measured on WBC images) or the "
-                                       "variational VPTV solver")
+        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV,
+                               tooltip="The variational VPTV solver (default: with the WBC preset it refits a "
+                                       "colour model on each image, seeded by the pretrained U-net; best measured "
+                                       "on sources the networks never saw) or a pretrained network alone")
         self.network = ComboBox(label="Network", choices=self._network_choices, value="vptv-unet",
                                 tooltip="The shipped generalists and your own fine-tuned models "
                                         "(Plugins › napari-vptv › Train on my images)")

@@ -22,7 +22,7 @@ import numpy as np
 from .core.cell_rules import drop_cells_without_nucleus
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
-from .options import METHODS, PRESETS, SegmentOptions, auto_method
+from .options import METHODS, PRESETS, SegmentOptions, auto_choice
 
 __all__ = [
     "METHODS",
@@ -48,13 +48,14 @@ def _auto_settings(image, channel_axis, settings: Dict[str, Any]) -> Dict[str, A
     if channel_axis is not None and shape:
         shape.append(shape.pop(int(channel_axis) % len(shape)))  # colour axis last
     bounds = settings.get("volume_bounds")
-    method = auto_method(
+    request = dict(
         n_classes=settings.get("n_classes"), volumes=[settings.get(k) for k in ("volumes", "lower", "upper")]
         + (list(bounds) if bounds is not None else []),
         solver_settings=any(settings.get(k) is not None for k in ("epsilon", "tv_weight", "edge", "max_num_iter")),
         rgb=len(shape) == 3 and shape[-1] in (3, 4),
     )
-    return {**settings, "method": method}
+    method, preset = auto_choice(**request)
+    return {**settings, "method": method, **({"preset": preset} if preset else {})}
 
 
 def _as_options(options: Optional[SegmentOptions], settings: Dict[str, Any]) -> SegmentOptions:
@@ -88,9 +89,10 @@ def segment_image(
     options : SegmentOptions, optional
         The settings. Default: made from ``settings``; when these name neither a
         ``method`` nor a ``preset``, the best method measured across sources
-        (:func:`~napari_vptv.options.auto_method`): the VPTVU-net for a 2-D RGB
-        image, the variational solver for grey images, other class counts or
-        solver settings.
+        (:func:`~napari_vptv.options.auto_method`): for a 2-D RGB image the
+        variational solver with the image-adapted WBC preset (the VPTVU-net when
+        3-class volumes are given), the generic solver for grey images, other
+        class counts or solver settings.
     channel_axis : int, optional
         Colour axis (``-1`` for RGB). With the WBC preset an ``(H, W, 3)`` image is
         taken as RGB even when it is None.

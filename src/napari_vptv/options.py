@@ -95,17 +95,29 @@ def _number(value, field: str, name: str, *, integer: bool = False, positive: bo
 def auto_method(*, n_classes=None, preset=None, volumes=(), solver_settings: bool = False, rgb: bool = True) -> str:
     """The method that "auto" stands for: the best one measured across sources.
 
-    The VPTVU-net (``"vptv-unet"``, docs/generalist.md) for 3-class colour images,
-    unless the request asks for what only the variational solver does: a grey image,
-    another class count, no preset (``preset="none"``), solver settings (``epsilon``,
-    ``tv_weight``, ``edge``, ``max_num_iter``) or per-class volumes of another length.
+    The variational solver (``"vptv"``), which for a 3-class colour image runs the
+    image-adapted WBC preset: the pretrained U-net's probabilities and a colour model
+    refitted on the image, together (:func:`napari_vptv.core.adapt.adapted_segment`).
+    On sources a network never saw it beats the networks by 1-5 pt (leave-one-source-out,
+    docs/generalist.md). The VPTVU-net (``"vptv-unet"``) when the request gives
+    3-class volumes or bounds: its VPTV layer holds the network to them.
     Shared by ``vptv segment --method auto`` and :func:`napari_vptv.api.segment_image`
     called without a method.
     """
+    return auto_choice(n_classes=n_classes, preset=preset, volumes=volumes, solver_settings=solver_settings,
+                       rgb=rgb)[0]
+
+
+def auto_choice(*, n_classes=None, preset=None, volumes=(), solver_settings: bool = False,
+                rgb: bool = True) -> Tuple[str, Optional[str]]:
+    """``(method, preset)`` that "auto" stands for (:func:`auto_method`); the preset is
+    ``"wbc"`` for a white-blood-cell request (3-class colour image), else None."""
     lengths = [len(v) for v in volumes if v is not None]
     generic = (not rgb or n_classes not in (None, 3) or preset == "none" or solver_settings
                or any(n != 3 for n in lengths))
-    return "vptv" if generic else "vptv-unet"
+    if generic:
+        return "vptv", None
+    return ("vptv-unet", None) if lengths else ("vptv", "wbc")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ FLAGS = {
 }
 
 METHOD_HELP = (
-    "auto: the generalist VPTVU-net for 3-class white-blood-cell segmentation, the variational "
-    "solver when other classes / solver settings are asked for; vptv: the variational VPTV solver; "
+    "auto: for 3-class white-blood-cell segmentation the variational solver with the U-net-seeded, "
+    "image-adapted colour model (the VPTVU-net when 3-class volumes are given), the generic "
+    "variational solver when other classes / solver settings are asked for; vptv: the variational VPTV solver; "
     "unet / vptv-unet: the shipped "
     "white-blood-cell networks (plain softmax / VPTV-softmax head) (default: %(default)s)"
 )
