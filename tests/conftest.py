@@ -12,3 +12,19 @@ def vptv_config_dir(tmp_path, monkeypatch):
     path = tmp_path / "vptv-config"
     monkeypatch.setenv("NAPARI_VPTV_CONFIG_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, qtbot):
+    """A real viewer with the *Correct mask* widget docked; a running worker is
+    cancelled and awaited at teardown."""
+    pytest.importorskip("pytestqt")
+    from napari_vptv._correct_widget import CorrectMaskWidget
+
+    viewer = make_napari_viewer()
+    w = CorrectMaskWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correct mask")
+    yield viewer, w
+    if w.worker is not None and w.worker != "sync":
+        w.cancel()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)

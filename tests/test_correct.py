@@ -456,20 +456,6 @@ def test_integer_valued_float_mask_is_accepted(one_disc):
 
 
 # ------------------------------------------------------------------------ widget
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer, qtbot):
-    pytest.importorskip("pytestqt")
-    from napari_vptv._correct_widget import CorrectMaskWidget
-
-    viewer = make_napari_viewer()
-    w = CorrectMaskWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Correct mask")
-    yield viewer, w
-    if w.worker is not None and w.worker != "sync":
-        w.cancel()
-        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
-
-
 def test_widget_writes_new_corrected_layer(viewer_and_widget, one_disc, qtbot):
     from napari_vptv._correct_widget import KIND, METADATA_KEY
 

@@ -46,28 +46,13 @@ def _dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
-@pytest.fixture
-def viewer_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    pytest.importorskip("pytestqt")
-    monkeypatch.setenv("NAPARI_VPTV_CONFIG_DIR", str(tmp_path / "config"))  # no remembered settings
-    from napari_vptv._correct_widget import CorrectMaskWidget
-
-    viewer = make_napari_viewer()
-    w = CorrectMaskWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Correct mask")
-    yield viewer, w
-    if w.worker is not None and w.worker != "sync":
-        w.cancel()
-        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
-
-
 def _shown(widget):
     """Shown unless hidden (``visible`` is False while the test window is not mapped)."""
     return widget.enabled and not widget.native.isHidden()
 
 
-def test_stack_choice_only_for_3d_labels(viewer_widget):
-    viewer, w = viewer_widget
+def test_stack_choice_only_for_3d_labels(viewer_and_widget):
+    viewer, w = viewer_and_widget
     image, truth = _nuclei_stack()
     viewer.add_image(image[0], name="plane")
     flat = viewer.add_labels(truth[0], name="flat")
@@ -79,10 +64,10 @@ def test_stack_choice_only_for_3d_labels(viewer_widget):
     assert not _shown(w.stack_mode)
 
 
-def test_slice_by_slice_on_a_3d_stack_keeps_ids_and_the_users_layer(viewer_widget, qtbot):
+def test_slice_by_slice_on_a_3d_stack_keeps_ids_and_the_users_layer(viewer_and_widget, qtbot):
     from napari_vptv._correct_widget import KIND, METADATA_KEY
 
-    viewer, w = viewer_widget
+    viewer, w = viewer_and_widget
     image, truth = _nuclei_stack()
     rough = np.stack([_erode_each(p, 3) for p in truth])
     viewer.add_image(image, name="nuclei")
@@ -113,8 +98,8 @@ def test_slice_by_slice_on_a_3d_stack_keeps_ids_and_the_users_layer(viewer_widge
     assert "3 objects" in w.status.value
 
 
-def test_true_3d_mode_on_a_stack(viewer_widget):
-    viewer, w = viewer_widget
+def test_true_3d_mode_on_a_stack(viewer_and_widget):
+    viewer, w = viewer_and_widget
     zz, yy, xx = np.indices((20, 30, 30))
     truth = ((zz - 10) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= 7**2).astype(np.int32) * 5
     rng = np.random.default_rng(0)
@@ -133,9 +118,9 @@ def test_true_3d_mode_on_a_stack(viewer_widget):
 
 
 @pytest.fixture
-def previewed(viewer_widget):
+def previewed(viewer_and_widget):
     """A 2-D correction run: (viewer, widget, user's Labels layer, its data before, preview)."""
-    viewer, w = viewer_widget
+    viewer, w = viewer_and_widget
     image, truth = _nuclei_stack(n_planes=1)
     rough = _erode_each(truth[0], 3)
     viewer.add_image(image[0], name="nuclei")
@@ -198,8 +183,8 @@ def test_table_button_opens_the_features_table_of_the_preview(previewed):
     np.testing.assert_array_equal(out.features["area_before"], [np.sum(rough == i) for i in (4, 7, 9)])
 
 
-def test_the_labels_layer_selected_for_editing_becomes_the_input(viewer_widget):
-    viewer, w = viewer_widget
+def test_the_labels_layer_selected_for_editing_becomes_the_input(viewer_and_widget):
+    viewer, w = viewer_and_widget
     image, truth = _nuclei_stack(n_planes=1)
     viewer.add_image(image[0], name="nuclei")
     first = viewer.add_labels(truth[0].copy(), name="first")
@@ -211,8 +196,8 @@ def test_the_labels_layer_selected_for_editing_becomes_the_input(viewer_widget):
     assert w.labels.value is first
 
 
-def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_widget):
-    viewer, w = viewer_widget
+def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_and_widget):
+    viewer, w = viewer_and_widget
     image, truth = _nuclei_stack(n_planes=1)
     viewer.add_image(image[0], name="nuclei")
     w.max_iter.value = FAST

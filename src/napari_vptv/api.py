@@ -280,15 +280,15 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
                                            if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
     result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
                              callback=callback, **settings)
-    model = None if result is None else result.class_model
-    if result is None:
+    fitted = result is not None
+    if not fitted:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
                                                 class_model=None, volume_spec=make_volume_spec(3, "none"))
     result = _with_nucleus_rule(result, opts)
     result.diameter = float(pred.diameter)
     result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
-                   "colour_model": "refitted on this image" if model is not None else "none (no cell found)"}
+                   "colour_model": "refitted on this image" if fitted else "none (no cell found)"}
     return result
 
 

@@ -120,10 +120,9 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     its colour (e.g. no cell in the image): the caller keeps ``probabilities``.
     """
     import torch
+    from scipy.ndimage import gaussian_filter
 
     from .segment import prepare_image, vptv_segment
-
-    from scipy.ndimage import gaussian_filter
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     features = prepare_image(image, channel_axis)  # (C, *spatial) float32 in [0, 1]
@@ -134,8 +133,8 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
         return None
     k = probabilities.shape[0]
     common = dict(n_classes=k, channel_axis=0, volume_bounds=fraction_interval(probabilities),
-                  max_num_iter=max_num_iter,
-                  volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, **solver)
+                  volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter,
+                  **solver)
     result = vptv_segment(features, class_model=model, similarity="gaussian", em_update=True, **common)
     if network_weight <= 0:
         return result
