@@ -433,6 +433,7 @@ def test_default_run_is_the_image_adapted_variational_method(viewer, widget, not
     assert widget.run_button.enabled, widget.reason.value
     opts = widget.segment_options()
     assert (opts.volume_mode, opts.volumes, opts.lower, opts.upper, opts.epsilon, opts.tv_weight) == (None,) * 6
+    assert opts.max_num_iter is None and not widget.max_iter.enabled  # the preset's own iteration cap
     out = widget.run(sync=True)
     assert not errors(notes), notes
     image, truth = load_sample("001")

@@ -294,8 +294,8 @@ class SegmentSettings(Container):
                 self.auto_note.value = auto_description(method, self.network.value)
             except ValueError as exc:
                 self.auto_note.value = str(exc)
-        for w in (self.max_iter, self.edge):
-            w.enabled = not self.is_network
+        self.edge.enabled = not self.is_network
+        self.max_iter.enabled = not self.is_network and not auto  # auto: the method's own cap
         self.network.visible = self.is_network
         self.diameter.enabled = self._uses_diameter()
         self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
@@ -566,7 +566,7 @@ class SegmentSettings(Container):
             epsilon=params["epsilon"],
             tv_weight=params["tv_weight"],
             edge=None if net else params["edge"],
-            max_num_iter=None if net else params["max_num_iter"],
+            max_num_iter=None if net or auto else params["max_num_iter"],
             seed=params["seed"],
             device=params["device"],
             diameter=params["diameter"],
