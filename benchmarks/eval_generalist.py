@@ -81,7 +81,7 @@ def make_predictor(spec, nets, args):
         # the API's adapted preset (api._segment_wbc_adapted: one plain U-net pass), with this run's U-net
         p = predict_cells(model, meta, img, diameter=diameter, augment=1).probabilities
         r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
-                            tv_weight=args.vptv_tv)
+                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma)
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
         return rule(r.labels)
@@ -95,7 +95,8 @@ def score(run, images, labels, diameters=None):
         preds.append(run(img, None if diameters is None else diameters[i]))
         times.append(time.perf_counter() - t)
     s = segmentation_scores(preds, labels)
-    s.pop("pixel_accuracy_per_image")
+    s["pixel_accuracy_per_image"] = [round(float(a), 5) for a in s["pixel_accuracy_per_image"]]
+    s["seconds_per_image"] = [round(t, 4) for t in times]
     errs = [e for p, g in zip(preds, labels) for e in nc_ratio_errors(p, g)]
     s["nc_ratio_mae"] = float(np.mean(errs)) if errs else None
     s["seconds_median"] = float(np.median(times))
@@ -114,6 +115,21 @@ def eval_no_cell(run, sources, size=100):
             "share_above_2pct": float((fr > 0.02).mean()) if len(fr) else None}
 
 
+def _commit():
+    """HEAD of the checkout this script runs from, "+dirty" with uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", required=True)
@@ -130,6 +146,9 @@ def main(argv=None):
     ap.add_argument("--network-weight", type=float, default=None,
                     help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
                          "(default: the API's, core.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
+    ap.add_argument("--colour-sigma", type=float, default=None,
+                    help="vptv:adapted: smoothing (px) of the image the colour model sees "
+                         "(default: the API's, core.adapt.COLOUR_SIGMA)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
                          "results before session 12's change used 1)")
@@ -141,6 +160,9 @@ def main(argv=None):
     if args.network_weight is None:
         from napari_vptv.core.adapt import NETWORK_WEIGHT
         args.network_weight = NETWORK_WEIGHT
+    if args.colour_sigma is None:
+        from napari_vptv.core.adapt import COLOUR_SIGMA
+        args.colour_sigma = COLOUR_SIGMA
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}
     meta = nets["unet"][1]
@@ -156,7 +178,7 @@ def main(argv=None):
             raise SystemExit(f"no {args.split} images of source {name} for this model (use --split all)")
         sources.append(src)
     suites = args.suites.split(",")
-    result = {"args": vars(args), "torch_threads": 1, "machine": S.machine(), "methods": {}}
+    result = {"args": vars(args), "torch_threads": 1, "machine": S.machine(), "commit": _commit(), "methods": {}}
     for spec in args.methods.split(","):
         run = make_predictor(spec, nets, args)
         res = {}

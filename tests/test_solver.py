@@ -314,6 +314,24 @@ def test_newton_volume_dual_matches_sinkhorn_fixed_point(mode):
     torch.testing.assert_close(u, ref.u, atol=1e-4, rtol=0)
 
 
+def test_volume_dual_stops_when_the_residual_stalls():
+    """One-hot probabilities (ties everywhere, as in the rounding of a saturated
+    solve): the class fractions move in jumps and the KKT test is never met. The
+    solver stops after ``patience`` sweeps without progress and returns the best
+    iterate instead of running its 50-sweep cap (issue 14: WBC image 027)."""
+    lab = torch.zeros(1, 20, 20, dtype=torch.long)
+    lab[:, :10] = 1
+    lab[:, :, :4] = 2
+    u = torch.nn.functional.one_hot(lab, 3).permute(0, 3, 1, 2).double()
+    cost = -torch.log(torch.clamp(u, min=1e-12))
+    bounds = (torch.tensor([0.7, 0.10, 0.04], dtype=torch.float64),
+              torch.tensor([0.96, 0.14, 0.07], dtype=torch.float64))
+    capped, _, n_capped = solve_volume_dual(cost, 0.01, volume_bounds=bounds, volume_tol=2e-4, patience=0)
+    stopped, _, n_stopped = solve_volume_dual(cost, 0.01, volume_bounds=bounds, volume_tol=2e-4)
+    assert n_capped == 50 and n_stopped <= 5
+    torch.testing.assert_close(stopped.mean(dim=(2, 3)), capped.mean(dim=(2, 3)), atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("check_every", [1, 3])
 def test_check_every_same_in_both_loops(check_every):
     """The stopping test every k iterations: both loops stop at the same iteration,
