@@ -176,6 +176,18 @@ def _cytoplasm_colour(inst, cytoplasm, ids, image) -> Table:
     return out
 
 
+def _checked_instances(labels, image, instances, diameter, cell_classes) -> np.ndarray:
+    """The cell instances of :func:`measure_cells` (given or from :func:`cell_instances`),
+    after checking that ``instances`` and ``image`` match the labels' shape."""
+    inst = cell_instances(labels, cell_classes=cell_classes, diameter=diameter) \
+        if instances is None else np.asarray(instances, dtype=np.int32)
+    if inst.shape != labels.shape:
+        raise ValueError(f"instances have shape {inst.shape}, labels {labels.shape}")
+    if image is not None and np.shape(image)[:2] != labels.shape:
+        raise ValueError(f"image has shape {np.shape(image)}, labels {labels.shape}: they must match")
+    return inst
+
+
 def measure_cells(
     labels,
     *,
@@ -223,12 +235,7 @@ def measure_cells(
     ([100], [16], [0.16])
     """
     labels = np.asarray(labels)
-    inst = cell_instances(labels, cell_classes=(cytoplasm, nucleus), diameter=diameter) \
-        if instances is None else np.asarray(instances, dtype=np.int32)
-    if inst.shape != labels.shape:
-        raise ValueError(f"instances have shape {inst.shape}, labels {labels.shape}")
-    if image is not None and np.shape(image)[:2] != labels.shape:
-        raise ValueError(f"image has shape {np.shape(image)}, labels {labels.shape}: they must match")
+    inst = _checked_instances(labels, image, instances, diameter, (cytoplasm, nucleus))
     got = regionprops_table(inst, properties=("label", "centroid", "area", "perimeter", "solidity"))
     ids = np.asarray(got["label"], dtype=np.int64)
     n = int(inst.max(initial=0))

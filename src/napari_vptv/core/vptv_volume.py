@@ -63,6 +63,14 @@ def _solve_class(r: torch.Tensor, s0: torch.Tensor, lo: torch.Tensor, hi: torch.
     return torch.where(free, torch.zeros_like(s), s)
 
 
+def _kkt_residual(mass, lo, hi, s):
+    """Violation of ``lo <= mass <= hi`` plus, for a non-zero multiplier ``s``, the
+    distance of ``mass`` from the bound it must sit on (complementary slackness)."""
+    residual = torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
+    return residual + torch.where(s < 0, torch.clamp(hi - mass, min=0), torch.where(
+        s > 0, torch.clamp(mass - lo, min=0), torch.zeros_like(mass)))
+
+
 def solve_volume_dual(
     cost: torch.Tensor,
     epsilon: float,
@@ -127,12 +135,7 @@ def solve_volume_dual(
     best = None  # (largest residual, u, s) of the best sweep so far
     while True:
         u = torch.softmax(logits + s[:, :, None], dim=1)
-        mass = u.mean(dim=2)
-        residual = torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
-        # complementary slackness: a non-zero multiplier must sit on its bound
-        residual = residual + torch.where(s < 0, torch.clamp(hi - mass, min=0), torch.where(
-            s > 0, torch.clamp(mass - lo, min=0), torch.zeros_like(mass)))
-        worst = float(residual.amax())
+        worst = float(_kkt_residual(u.mean(dim=2), lo, hi, s).amax())
         if sweep == max_sweeps or worst < volume_tol:
             return u.reshape(cost.shape), s * epsilon, sweep
         if best is None or worst < 0.9 * best[0]:
