@@ -6,6 +6,15 @@
 
 numpy in, numpy out; torch is used inside (CPU by default, ``device="cuda"`` works
 when a GPU is present).
+
+Rounding
+--------
+``rounding="volume"`` (the default of :func:`vptv_segment`) keeps the volume constraint
+for the hard labels too. The relaxed model can spread a class thinly over a flat region
+(``u_i`` ~ 0.3 everywhere has zero TV), so that ``mean u_i = V_i`` while the argmax
+fractions miss ``V_i``; the labels are then the ``eps -> 0`` limit of the same entropic
+transport problem with cost ``-log u`` (the assignment of pixels to classes with the
+given volumes that best agrees with ``u``), computed by :func:`round_to_volumes`.
 """
 
 from __future__ import annotations
@@ -147,31 +156,13 @@ def _initial_model(features, n_classes, similarity, class_model, seed):
 
 
 def vptv_segment(
-    image,
-    n_classes: Optional[int] = None,
-    *,
-    volumes: Optional[Sequence[float]] = None,
-    volume_mode: Optional[str] = None,
-    volume_bounds: Optional[tuple] = None,
-    epsilon: float = 0.01,
-    tv_weight: float = 0.02,
-    edge: bool = False,
-    edge_sigma: float = 1.0,
-    edge_beta: float = 10.0,
-    similarity: str = "mean",
-    class_model=None,
-    em_update: bool = True,
-    update_every: int = 10,
-    max_num_iter: int = 500,
-    tol: float = 1e-3,
-    volume_tol: float = 1e-3,
-    channel_axis: Optional[int] = None,
-    cost: Optional[np.ndarray] = None,
-    probabilities: Optional[np.ndarray] = None,
-    rounding: str = "volume",
-    seed: int = 0,
-    device: str = "cpu",
-    callback: Optional[Callable[[int, int], None]] = None,
+    image, n_classes: Optional[int] = None, *, volumes: Optional[Sequence[float]] = None,
+    volume_mode: Optional[str] = None, volume_bounds: Optional[tuple] = None, epsilon: float = 0.01,
+    tv_weight: float = 0.02, edge: bool = False, edge_sigma: float = 1.0, edge_beta: float = 10.0,
+    similarity: str = "mean", class_model=None, em_update: bool = True, update_every: int = 10,
+    max_num_iter: int = 500, tol: float = 1e-3, volume_tol: float = 1e-3, channel_axis: Optional[int] = None,
+    cost: Optional[np.ndarray] = None, probabilities: Optional[np.ndarray] = None, rounding: str = "volume",
+    seed: int = 0, device: str = "cpu", callback: Optional[Callable[[int, int], None]] = None,
     warm_start: Optional[SegmentationResult] = None,
 ) -> SegmentationResult:
     """Volume-preserving TV segmentation of one image (Algorithm 1).
@@ -179,64 +170,52 @@ def vptv_segment(
     Parameters
     ----------
     image : ndarray
-        2-D or 3-D image, grey or with a channel axis (``channel_axis``). 3-D images
-        are segmented as volumes with 3-D TV ("volume" = 3-D class fraction).
+        2-D or 3-D image, grey or with a channel axis (``channel_axis``). 3-D images are
+        segmented as volumes with 3-D TV ("volume" = 3-D class fraction).
     n_classes : int
-        Number of classes ``I`` (>= 2). Defaults to the length of ``volumes`` /
-        bounds, of ``class_model``, of ``cost`` / ``probabilities``, else 2.
+        Number of classes ``I`` (>= 2). Defaults to the length of ``volumes`` / bounds, of
+        ``class_model``, of ``cost`` / ``probabilities``, else 2.
     volumes : sequence of float, optional
         Exact class fractions ``V_i`` (sum 1), mode ``"exact"``.
     volume_mode : {"exact", "interval", "none"}, optional
         Default: inferred from which of ``volumes`` / ``volume_bounds`` is given.
     volume_bounds : (lower, upper), optional
         Per-class fraction bounds, mode ``"interval"``.
-    epsilon : float
-        Entropic regularisation ``eps`` (eq. 11). Paper: 0.01 for images.
-    tv_weight : float
-        ``lambda``, TV weight (eq. 11). 0 disables the TV term.
-    edge : bool
-        Use the edge function ``e(x) = 1/(1 + edge_beta |grad G_sigma * I|)`` in the TV.
-    edge_sigma, edge_beta : float
-        ``sigma`` and ``eps'`` of the edge function.
+    epsilon, tv_weight : float
+        Entropic regularisation ``eps`` (eq. 11; paper: 0.01 for images) and TV weight
+        ``lambda`` (eq. 11; 0 disables the TV term).
+    edge, edge_sigma, edge_beta : bool, float, float
+        Use the edge function ``e(x) = 1/(1 + eps' |grad G_sigma * I|)`` in the TV; ``sigma``
+        is ``edge_sigma``, ``eps'`` is ``edge_beta``.
     similarity : {"mean", "mahalanobis", "gaussian", "histogram"}
-        Similarity model for ``c_i(x)``; see :mod:`napari_vptv.core.costs`.
-        Initialised by k-means unless ``class_model`` is given.
+        Similarity model for ``c_i(x)`` (:mod:`napari_vptv.core.costs`), initialised by
+        k-means unless ``class_model`` is given.
     class_model : GaussianModel or HistogramModel, optional
         Starting similarity model (e.g. learned from training images).
     em_update : bool
-        Re-estimate the class model from ``u`` every ``update_every`` iterations
-        (Algorithm 1 step 5; EM-like). The M-step uses the hard assignment
-        ``argmax_i u_i`` (classification EM), which does not collapse the classes
-        when the TV term makes ``u`` soft.
+        Re-estimate the class model from ``u`` every ``update_every`` iterations (Algorithm 1 step 5) by
+        classification EM: the M-step uses ``argmax_i u_i``, so the classes do not collapse when TV makes ``u`` soft.
     max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.vptv.vptv_iterate`.
     channel_axis : int or None
         Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
     cost : ndarray ``(K, *spatial)``, optional
         User-given costs (replaces the similarity model; no EM update).
     probabilities : ndarray ``(K, *spatial)``, optional
-        User-given class probabilities (e.g. a network's softmax); the cost is
-        ``-log p``.
+        User-given class probabilities (e.g. a network's softmax); the cost is ``-log p``.
     rounding : {"volume", "argmax"}
-        How labels are read from ``u``. ``"argmax"`` is the paper's
-        ``label = argmax_i u_i``. ``"volume"`` (default) keeps the volume constraint
-        for the hard labels too: the relaxed model can spread a class thinly over a
-        flat region (``u_i`` ~ 0.3 everywhere has zero TV), so that ``mean u_i = V_i``
-        while the argmax fractions miss ``V_i``; the labels are then the
-        ``eps -> 0`` limit of the same entropic transport problem with cost
-        ``-log u`` (the assignment of pixels to classes with the given volumes that
-        best agrees with ``u``), solved by the same iteration with eps-scaling.
+        How labels are read from ``u``. ``"argmax"`` is the paper's ``label = argmax_i u_i``.
+        ``"volume"`` (default) keeps the volume constraint for the hard labels too (see
+        "Rounding" in the module docstring and :func:`round_to_volumes`).
     seed : int
-        Seed of the k-means initialisation (the only random step). Same input and
-        seed give the same labels.
+        Seed of the k-means initialisation (the only random step): same input and seed, same labels.
     device : str
         torch device, e.g. ``"cpu"`` or ``"cuda"``.
     callback : callable ``(iteration, max_num_iter) -> None``, optional
         Progress hook.
     warm_start : SegmentationResult, optional
-        A result of the same spatial shape and number of classes (e.g. the previous
-        slice of a stack): its TV dual ``q`` and volume dual ``f`` start Algorithm 1
-        instead of zeros. Fewer iterations when neighbouring slices look alike; the
-        fixed point, and so the labels up to the tolerance, are those of a cold start.
+        A result of the same spatial shape and classes (e.g. the previous slice of a stack):
+        its TV dual ``q`` and volume dual ``f`` start Algorithm 1 instead of zeros; fewer iterations
+        when neighbouring slices look alike, same fixed point (labels up to the tolerance).
 
     Returns
     -------
@@ -244,14 +223,22 @@ def vptv_segment(
 
     References
     ----------
-    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation
-    with entropic regularization optimal transport and its applications in deep
-    learning", Algorithm 1.
+    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation with
+    entropic regularization optimal transport and its applications in deep learning", Algorithm 1.
     """
-    import torch
+    _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter)
+    features = prepare_image(image, channel_axis)
+    given = _given_cost(cost, probabilities, features.shape[1:])
+    n_classes, spec = _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, given)
+    c0, model, em = _initial_cost(features, given, n_classes, similarity, class_model, seed, em_update, device)
+    state = _solve(c0, spec, warm_start, epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol,
+                   volume_tol=volume_tol, cost_update=em, update_every=update_every, callback=callback,
+                   edge_weight=_edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None)
+    return _result(state, spec, rounding, model if em is None else em.model)
 
-    from .vptv import vptv_iterate
 
+def _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter):
+    """The checks of :func:`vptv_segment`'s scalar settings, before any image work."""
     if rounding not in ("volume", "argmax"):
         raise ValueError(f"rounding must be 'volume' or 'argmax', got {rounding!r}")
     if similarity not in SIMILARITIES:
@@ -263,9 +250,10 @@ def vptv_segment(
     if int(max_num_iter) < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
 
-    features = prepare_image(image, channel_axis)
-    spatial = features.shape[1:]
 
+def _given_cost(cost, probabilities, spatial):
+    """The user-given costs ``c_i(x)`` as a float32 array ``(K, *spatial)``: ``cost``
+    itself or ``-log p`` of ``probabilities`` (None: neither given)."""
     given = None
     if cost is not None and probabilities is not None:
         raise ValueError("give either `cost` or `probabilities`, not both")
@@ -273,6 +261,7 @@ def vptv_segment(
         p = np.asarray(probabilities, dtype=np.float32)
         if not np.all(np.isfinite(p)) or p.min() < 0:
             raise ValueError("probabilities must be finite and non-negative")
+        # (clipped so that a zero probability gives a large finite cost, not inf)
         given = -np.log(np.clip(p, 1e-8, None))
     elif cost is not None:
         given = np.asarray(cost, dtype=np.float32)
@@ -280,7 +269,13 @@ def vptv_segment(
             raise ValueError("cost contains NaN or infinite values")
     if given is not None and given.shape[1:] != spatial:
         raise ValueError(f"cost/probabilities must have shape (K, *{spatial}), got {given.shape}")
+    return given
 
+
+def _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, given):
+    """``(n_classes, spec)``: the number of classes ``I`` (by default from the volumes,
+    the bounds, the class model or the given costs, else 2) and the checked volume
+    constraint."""
     if n_classes is None:
         if volumes is not None:
             n_classes = len(np.atleast_1d(volumes)) if not isinstance(volumes, str) else len(volumes.split(","))
@@ -296,33 +291,59 @@ def vptv_segment(
     spec = make_volume_spec(n_classes, volume_mode, volumes, lower, upper)
     if given is not None and given.shape[0] != n_classes:
         raise ValueError(f"cost/probabilities have {given.shape[0]} classes, but n_classes is {n_classes}")
+    return n_classes, spec
+
+
+def _initial_cost(features, given, n_classes, similarity, class_model, seed, em_update, device):
+    """``(cost, model, em)``: the costs ``c_i(x)`` ``(1, K, *spatial)`` on ``device``,
+    the similarity model that gave them (None for user-given costs) and the EM update
+    of Algorithm 1 step 5 (None for user-given costs or ``em_update=False``)."""
+    import torch
 
     dev = torch.device(device)
-    x = torch.from_numpy(features).to(dev)[None]  # (1, C, *spatial)
-    model = None
     if given is not None:
-        c0 = torch.from_numpy(np.ascontiguousarray(given)).to(dev)[None]
-        update = None
-    else:
-        model = _initial_model(features, n_classes, similarity, class_model, seed)
-        c0 = model.cost(x)
-        update = None
-        if em_update:
-            holder = {"model": model}
+        return torch.from_numpy(np.ascontiguousarray(given)).to(dev)[None], None, None
+    x = torch.from_numpy(features).to(dev)[None]  # (1, C, *spatial)
+    model = _initial_model(features, n_classes, similarity, class_model, seed)
+    return model.cost(x), model, (_HardEMUpdate(model, x) if em_update else None)
 
-            def update(u):
-                # M-step from the hard assignment argmax_i u_i (classification EM).
-                # With the soft u the TV term lets u flatten towards the volume
-                # fractions in noisy regions; the soft means then drift together
-                # and the classes collapse (measured on a noisy disc: accuracy 0.39
-                # with soft u, 0.99 with hard u).
-                hard = torch.zeros_like(u).scatter_(1, class_argmax(u).unsqueeze(1), 1.0)  # one-hot
-                holder["model"] = holder["model"].update(x, hard)
-                return holder["model"].cost(x)
 
-    e = None
-    if edge and tv_weight > 0:
-        e = torch.from_numpy(edge_weight(features, sigma=edge_sigma, beta=edge_beta, channel_axis=0)).to(dev)
+class _HardEMUpdate:
+    """``cost_update`` of :func:`~napari_vptv.core.vptv.vptv_iterate` (Algorithm 1 step
+    5): re-fit the similarity model to ``u`` and return its new costs; ``model`` is the
+    latest fit."""
+
+    def __init__(self, model, x):
+        self.model = model
+        self.x = x  # (1, C, *spatial) features
+
+    def __call__(self, u):
+        import torch
+
+        # M-step from the hard assignment argmax_i u_i (classification EM).
+        # With the soft u the TV term lets u flatten towards the volume
+        # fractions in noisy regions; the soft means then drift together
+        # and the classes collapse (measured on a noisy disc: accuracy 0.39
+        # with soft u, 0.99 with hard u).
+        hard = torch.zeros_like(u).scatter_(1, class_argmax(u).unsqueeze(1), 1.0)  # one-hot
+        self.model = self.model.update(self.x, hard)
+        return self.model.cost(self.x)
+
+
+def _edge_map(features, sigma, beta, device):
+    """The edge function ``e(x)`` of the weighted TV on ``device``."""
+    import torch
+
+    return torch.from_numpy(edge_weight(features, sigma=sigma, beta=beta, channel_axis=0)).to(torch.device(device))
+
+
+def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_iter, tol, volume_tol,
+           cost_update, update_every, callback):
+    """Run Algorithm 1 (:func:`~napari_vptv.core.vptv.vptv_iterate`, no autograd) on
+    ``cost`` ``(1, K, *spatial)`` under ``spec``; returns the final ``VPTVState``."""
+    import torch
+
+    from .vptv import vptv_iterate
 
     progress = None
     if callback is not None:
@@ -331,24 +352,27 @@ def vptv_segment(
 
     kwargs = {k: (torch.as_tensor(v) if not isinstance(v, tuple) else tuple(torch.as_tensor(b) for b in v))
               for k, v in spec.solver_kwargs().items()}
-    init = _warm_state(warm_start, c0, tv_weight)
+    init = _warm_state(warm_start, cost, tv_weight)
     with torch.no_grad():
-        state = vptv_iterate(
-            c0,
+        return vptv_iterate(
+            cost,
             state=init,
             epsilon=float(epsilon),
             tv_weight=float(tv_weight),
-            edge_weight=e,
+            edge_weight=edge_weight,
             max_num_iter=int(max_num_iter),
             tol=float(tol),
             volume_tol=float(volume_tol),
-            cost_update=update,
+            cost_update=cost_update,
             update_every=int(update_every),
             callback=progress,
             **kwargs,
         )
-    if update is not None:
-        model = holder["model"]
+
+
+def _result(state, spec, rounding, model):
+    """The :class:`SegmentationResult` of the solver's final ``state``: labels by
+    ``rounding`` (volume rounding needs a volume constraint, else argmax)."""
     u_t = state.u
     if rounding == "volume" and spec.mode != "none":
         labels_t = round_to_volumes(u_t, spec)

@@ -199,23 +199,12 @@ def _as_batch_volumes(v, cost, name):
 
 
 def vptv_iterate(
-    cost: torch.Tensor,
-    *,
-    volumes=None,
-    volume_bounds=None,
-    epsilon: float = 0.01,
-    tv_weight: float = 0.0,
-    edge_weight: Optional[torch.Tensor] = None,
-    max_num_iter: int = 300,
-    tol: float = 1e-3,
-    volume_tol: float = 1e-3,
-    tau: Optional[float] = None,
-    cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    update_every: int = 10,
-    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-    state: Optional[VPTVState] = None,
-    differentiable: Optional[bool] = None,
-    check_every: Optional[int] = None,
+    cost: torch.Tensor, *, volumes=None, volume_bounds=None, epsilon: float = 0.01, tv_weight: float = 0.0,
+    edge_weight: Optional[torch.Tensor] = None, max_num_iter: int = 300, tol: float = 1e-3,
+    volume_tol: float = 1e-3, tau: Optional[float] = None,
+    cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, update_every: int = 10,
+    callback: Optional[Callable[[int, torch.Tensor], None]] = None, state: Optional[VPTVState] = None,
+    differentiable: Optional[bool] = None, check_every: Optional[int] = None,
 ) -> VPTVState:
     """Run Algorithm 1 on a batch of cost maps.
 
@@ -278,6 +267,21 @@ def vptv_iterate(
     rounding (tested); the differentiable one can be back-propagated end to end
     (through all ``T`` steps), the fast one reuses preallocated buffers.
     """
+    _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds)
+    tau = 0.5 * epsilon if tau is None else float(tau)
+    update, residual = _volume_rules(volumes, volume_bounds, cost, epsilon)
+    bound = _dual_bound(cost, tv_weight, edge_weight)
+    q, f_lower, f_upper = _initial_duals(cost, tv_weight, state)
+    check_every = _check_interval(check_every, cost.device)
+    loop = dict(volume_update=update, volume_residual=residual, f_lower=f_lower, f_upper=f_upper,
+                max_num_iter=int(max_num_iter), tol=float(tol), volume_tol=float(volume_tol),
+                cost_update=cost_update, update_every=int(update_every), check_every=check_every,
+                callback=callback)
+    return _run_loop(cost, q, bound, epsilon, tau, differentiable, loop)
+
+
+def _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds):
+    """The argument checks of :func:`vptv_iterate` that need no volume parsing."""
     if cost.ndim < 4:
         raise ValueError(
             f"cost must have shape (N, K, *spatial) with 2 or 3 spatial axes, got {tuple(cost.shape)}"
@@ -288,46 +292,59 @@ def vptv_iterate(
         raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
     if volumes is not None and volume_bounds is not None:
         raise ValueError("give either exact `volumes` or `volume_bounds`, not both")
-    n_spatial = cost.ndim - 2
+
+
+def _dual_bound(cost, tv_weight, edge_weight):
+    """The radius ``lambda e(x)`` of the dual set Q (eq. 12): None without TV, the
+    float ``lambda`` for ``e = 1``, else a tensor ``(N or 1, 1, *spatial)``."""
+    if not tv_weight > 0:  # (not `<= 0`: a NaN weight gives no TV term, as in _initial_duals)
+        return None
+    if edge_weight is None:
+        return tv_weight
+    e = torch.as_tensor(edge_weight, dtype=cost.dtype, device=cost.device)
+    if e.ndim == cost.ndim - 2:
+        e = e.unsqueeze(0)
+    # (N or 1, 1, *spatial): broadcast over classes
+    return (tv_weight * e).unsqueeze(1)
+
+
+def _initial_duals(cost, tv_weight, state):
+    """``(q, f_lower, f_upper)`` to start from: the warm start's, else zeros
+    (``q`` is None without TV)."""
     n, k = cost.shape[:2]
-    tau = 0.5 * epsilon if tau is None else float(tau)
-    update, residual = _volume_rules(volumes, volume_bounds, cost, epsilon)
-
-    bound = None
-    if tv_weight > 0:
-        if edge_weight is None:
-            bound = tv_weight
-        else:
-            e = torch.as_tensor(edge_weight, dtype=cost.dtype, device=cost.device)
-            if e.ndim == n_spatial:
-                e = e.unsqueeze(0)
-            # (N or 1, 1, *spatial): broadcast over classes
-            bound = (tv_weight * e).unsqueeze(1)
-
-    zeros = cost.new_zeros((n, k))
     if state is not None:
         q = state.q if tv_weight > 0 else None
-        f_lower, f_upper = state.f_lower, state.f_upper
-    else:
-        q = cost.new_zeros((n, k, n_spatial) + tuple(cost.shape[2:])) if tv_weight > 0 else None
-        f_lower, f_upper = zeros, zeros
+        return q, state.f_lower, state.f_upper
+    q = cost.new_zeros((n, k, cost.ndim - 2) + tuple(cost.shape[2:])) if tv_weight > 0 else None
+    # both multipliers start as the same zero tensor (neither loop writes into them)
+    zeros = cost.new_zeros((n, k))
+    return q, zeros, zeros
 
+
+def _check_interval(check_every, device):
+    """``check_every`` as an int >= 1; default 1 on the CPU, where the stopping test is
+    cheap, 10 elsewhere, where reading its result on the host stalls the queue."""
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 10
+    if int(check_every) < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    return int(check_every)
+
+
+def _run_loop(cost, q, bound, epsilon, tau, differentiable, loop):
+    """Run the differentiable or the fast loop with the settings ``loop`` and pack the
+    result as a :class:`VPTVState`.
+
+    ``differentiable=None`` picks the autograd loop exactly when gradients are enabled
+    and an input (costs, dual bound, warm-start duals) requires them.
+    """
     if differentiable is None:
-        inputs = (cost, bound, q, f_lower, f_upper)
+        inputs = (cost, bound, q, loop["f_lower"], loop["f_upper"])
         differentiable = torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in inputs
         )
-    if check_every is None:
-        check_every = 1 if cost.device.type == "cpu" else 10
-    if int(check_every) < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
-    loop = dict(volume_update=update, volume_residual=residual, f_lower=f_lower, f_upper=f_upper,
-                max_num_iter=int(max_num_iter), tol=float(tol), volume_tol=float(volume_tol),
-                cost_update=cost_update, update_every=int(update_every), check_every=int(check_every),
-                callback=callback)
     if differentiable:
-        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(
-            cost, q, bound, epsilon, tau, **loop)
+        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(cost, q, bound, epsilon, tau, **loop)
     else:
         from .vptv_fast import FastVPTV, run_fast
 
