@@ -79,9 +79,10 @@ def make_predictor(spec, nets, args):
             return rule(vptv_segment(img, **wbc_preset()).labels)
         model, meta = nets["unet"]
         # the API's adapted preset (api._segment_wbc_adapted: one plain U-net pass), with this run's U-net
-        p = predict_cells(model, meta, img, diameter=diameter, augment=1).probabilities
+        pred = predict_cells(model, meta, img, diameter=diameter, augment=1)
+        p = pred.probabilities
         r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
-                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma)
+                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma, diameter=pred.diameter)
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
         return rule(r.labels)
@@ -146,9 +147,10 @@ def main(argv=None):
     ap.add_argument("--network-weight", type=float, default=None,
                     help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
                          "(default: the API's, core.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
-    ap.add_argument("--colour-sigma", type=float, default=None,
-                    help="vptv:adapted: smoothing (px) of the image the colour model sees "
-                         "(default: the API's, core.adapt.COLOUR_SIGMA)")
+    ap.add_argument("--colour-sigma", default=None,
+                    help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
+                         "(core.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
+                         "default: the API's, core.adapt.COLOUR_SIGMA")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
                          "results before session 12's change used 1)")
@@ -163,6 +165,7 @@ def main(argv=None):
     if args.colour_sigma is None:
         from napari_vptv.core.adapt import COLOUR_SIGMA
         args.colour_sigma = COLOUR_SIGMA
+    args.colour_sigma = None if args.colour_sigma in ("auto", None) else float(args.colour_sigma)
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}
     meta = nets["unet"][1]

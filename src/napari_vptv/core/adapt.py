@@ -87,10 +87,16 @@ MAX_ITER = 100
 #: leave-one-source-out tests are re-run with it (docs/generalist.md).
 COLOUR_SIGMA = 0.0
 
+#: smoothing as a fraction of the cell diameter, used when ``colour_sigma=None`` and a
+#: diameter is known: 1 px for the CellaVision cells (~150 px), 0.5 px for the smaller
+#: ``wbc-d1`` cells, where 1 px cost 0.3 pt (leave-one-source-out, docs/generalist.md)
+COLOUR_SIGMA_PER_DIAMETER = 1.0 / 150.0
+
 
 def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
                     channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
-                    max_num_iter: int = MAX_ITER, colour_sigma: float = COLOUR_SIGMA, **solver):
+                    max_num_iter: int = MAX_ITER, colour_sigma: Optional[float] = COLOUR_SIGMA,
+                    diameter: Optional[float] = None, **solver):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
 
     1. A Gaussian per class from the confidently assigned pixels
@@ -108,9 +114,12 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     probabilities : ndarray ``(K, *spatial)``, e.g. a network's softmax.
     network_weight : float
         ``w`` above (0 = the refitted colour model alone).
-    colour_sigma : float
+    colour_sigma : float or None
         Gaussian smoothing in pixels of the image the colour model is fitted on and
-        evaluated on (0 = none); the labels keep the image's grid.
+        evaluated on (0 = none); the labels keep the image's grid. None:
+        ``COLOUR_SIGMA_PER_DIAMETER * diameter`` (0 without a diameter).
+    diameter : float, optional
+        Cell diameter in pixels (e.g. the network's estimate), for ``colour_sigma=None``.
     epsilon, tv_weight, max_num_iter, **solver
         Passed to :func:`~napari_vptv.core.segment.vptv_segment` (both solves).
 
@@ -126,6 +135,8 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     features = prepare_image(image, channel_axis)  # (C, *spatial) float32 in [0, 1]
+    if colour_sigma is None:  # relative to the cell: the same smoothing at every magnification
+        colour_sigma = COLOUR_SIGMA_PER_DIAMETER * diameter if diameter else 0.0
     if colour_sigma > 0:
         features = gaussian_filter(features, (0,) + (colour_sigma,) * (features.ndim - 1))
     model = gaussian_from_probabilities(features, probabilities)
