@@ -82,7 +82,8 @@ def make_predictor(spec, nets, args):
         pred = predict_cells(model, meta, img, diameter=diameter, augment=1)
         p = pred.probabilities
         r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
-                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma, diameter=pred.diameter)
+                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma, diameter=pred.diameter,
+                            **({"max_num_iter": args.max_iter} if args.max_iter else {}))
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
         return rule(r.labels)
@@ -151,6 +152,8 @@ def main(argv=None):
                     help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
                          "(core.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
                          "default: the API's, core.adapt.COLOUR_SIGMA")
+    ap.add_argument("--max-iter", type=int, default=0,
+                    help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
                          "results before session 12's change used 1)")
