@@ -60,3 +60,20 @@ def test_colour_smoothing_changes_only_what_the_colour_model_sees():
     smooth = adapted_segment(image, p, colour_sigma=1.0).labels
     assert smooth.shape == plain.shape and not np.array_equal(smooth, plain)
     assert (smooth == plain).mean() > 0.97
+
+
+def test_default_smoothing_is_relative_to_the_cell_diameter():
+    """colour_sigma=None (the default): COLOUR_SIGMA_PER_DIAMETER x diameter pixels, so
+    the same cell is smoothed alike at every magnification; no diameter, no smoothing."""
+    from napari_vptv.core.adapt import COLOUR_SIGMA, COLOUR_SIGMA_PER_DIAMETER
+
+    assert COLOUR_SIGMA is None
+    image = load_sample("wbc_016")[0][..., :3]
+    from napari_vptv.nn.weights import predict_wbc
+
+    p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
+    d = 2.0 / COLOUR_SIGMA_PER_DIAMETER
+    np.testing.assert_array_equal(adapted_segment(image, p, diameter=d).labels,
+                                  adapted_segment(image, p, colour_sigma=2.0).labels)
+    np.testing.assert_array_equal(adapted_segment(image, p).labels,
+                                  adapted_segment(image, p, colour_sigma=0.0).labels)

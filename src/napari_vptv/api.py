@@ -279,7 +279,7 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback):
     settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
                                            if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
     result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
-                             callback=callback, **settings)
+                             callback=callback, diameter=pred.diameter, **settings)
     fitted = result is not None
     if not fitted:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,

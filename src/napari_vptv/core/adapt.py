@@ -72,24 +72,27 @@ def fraction_bounds(fractions, relative: float = 0.15, absolute: float = 0.005):
 #: model's cost in :func:`adapted_segment` (0 = colour model only, the session-12 preset)
 NETWORK_WEIGHT = 1.0
 
-#: iteration cap of both solves of :func:`adapted_segment`. The EM solve of some images
-#: (2 of the first 50 WBC images) never passes the volume test -- the EM update and the
-#: interval volume dual pull against each other -- and ran to the solver's 500
-#: iterations (~1.3 s each, a fifth of ``vptv segment`` over those 50). Validation
-#: splits wbc / wbc-d1 with the code of c9aec09: 0.9860 / 0.9714 at 500, 0.9873 /
-#: 0.9753 at 100, 0.9877 / 0.9756 at 50 (docs/solver-speed.md, issue 14).
-MAX_ITER = 100
+#: iteration cap of both solves of :func:`adapted_segment`, chosen on the validation
+#: splits (session 14, diameter-relative smoothing; wbc / wbc-d1 plain, mean of the 10
+#: synthetic shifts): 100: 0.9886 / 0.9759, 0.9838 / 0.9739; 50: 0.9886 / 0.9760;
+#: 30: 0.9886 / 0.9776; 20: 0.9886 / 0.9783, 0.9862 / 0.9756; 10: 0.9885 / 0.9790 but
+#: a worse worst shift. The solve starts from the network's probabilities and a
+#: colour model fitted to them; more iterations let the EM updates drift from that
+#: start. The EM solve of a hard image never passes the volume test (the EM update and
+#: the interval volume dual pull against each other), so the cap also bounds the time
+#: (docs/generalist.md, docs/solver-speed.md).
+MAX_ITER = 20
 
-#: Gaussian smoothing (px) of the image the colour model sees (0 = none, the measured
-#: default). Camera noise widens every class's colour spread: on the validation images
-#: with synthetic noise 0.03, wbc scores 0.934 unsmoothed and 0.987 at 1 px (plain
-#: 0.9873 -> 0.9885, wbc-d1 0.9753 -> 0.9749); not the default until the
-#: leave-one-source-out tests are re-run with it (docs/generalist.md).
-COLOUR_SIGMA = 0.0
+#: Gaussian smoothing (px) of the image the colour model sees; None (the default):
+#: ``COLOUR_SIGMA_PER_DIAMETER`` x the cell diameter, 0 without a diameter. Camera
+#: noise widens every class's colour spread: synthetic noise 0.03 on the wbc validation
+#: images scored 0.937 unsmoothed and 0.987 smoothed. A fixed 1 px cost 0.3 pt on the
+#: smaller wbc-d1 cells (leave-one-source-out); relative to the diameter it costs
+#: nothing there (docs/generalist.md, session 14).
+COLOUR_SIGMA = None
 
-#: smoothing as a fraction of the cell diameter, used when ``colour_sigma=None`` and a
-#: diameter is known: 1 px for the CellaVision cells (~150 px), 0.5 px for the smaller
-#: ``wbc-d1`` cells, where 1 px cost 0.3 pt (leave-one-source-out, docs/generalist.md)
+#: smoothing as a fraction of the cell diameter (1 px for ~150 px CellaVision cells,
+#: 0.5 px for the ~75 px wbc-d1 cells)
 COLOUR_SIGMA_PER_DIAMETER = 1.0 / 150.0
 
 
