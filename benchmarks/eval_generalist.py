@@ -152,6 +152,9 @@ def main(argv=None):
                     help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
                          "(core.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
                          "default: the API's, core.adapt.COLOUR_SIGMA")
+    ap.add_argument("--min-nucleus-fraction", type=float, default=None,
+                    help="nucleus rule: nucleus share below which a cell part is dropped "
+                         "(default: core.cell_rules.MIN_NUCLEUS_FRACTION)")
     ap.add_argument("--max-iter", type=int, default=0,
                     help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
@@ -169,6 +172,9 @@ def main(argv=None):
         from napari_vptv.core.adapt import COLOUR_SIGMA
         args.colour_sigma = COLOUR_SIGMA
     args.colour_sigma = None if args.colour_sigma in ("auto", None) else float(args.colour_sigma)
+    if args.min_nucleus_fraction is not None:  # read at call time by every method's rule
+        from napari_vptv.core import cell_rules
+        cell_rules.MIN_NUCLEUS_FRACTION = args.min_nucleus_fraction
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}
     meta = nets["unet"][1]

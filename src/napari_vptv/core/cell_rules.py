@@ -19,7 +19,7 @@ preset.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -71,8 +71,8 @@ def _parts_without_nucleus(labels, parts, n, nucleus, min_nucleus_fraction):
 
 
 def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleus: int = 2,
-                               min_nucleus_fraction: float = MIN_NUCLEUS_FRACTION,
-                               neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
+                               min_nucleus_fraction: Optional[float] = None,
+                               neck_depth: Optional[float] = NECK_DEPTH) -> Tuple[np.ndarray, int]:
     """Set to background every part of the cell mask with (almost) no nucleus.
 
     Parameters
@@ -82,8 +82,9 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
         left alone and do not count as cell).
     cytoplasm, nucleus : int
         The label values of the two cell classes.
-    min_nucleus_fraction : float
-        A part is kept when at least this share of its pixels is nucleus.
+    min_nucleus_fraction : float, optional
+        A part is kept when at least this share of its pixels is nucleus (default:
+        the module's ``MIN_NUCLEUS_FRACTION``, read at call time).
     neck_depth : float or None
         Parts are the connected regions of cytoplasm and nucleus pixels (full
         connectivity), each split at its necks by :func:`split_at_necks` with this
@@ -104,6 +105,8 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
     (1, 0, 2)
     """
     labels = np.asarray(labels)
+    if min_nucleus_fraction is None:
+        min_nucleus_fraction = MIN_NUCLEUS_FRACTION
     cell = (labels == cytoplasm) | (labels == nucleus)
     regions, n = ndi.label(cell, structure=np.ones((3,) * labels.ndim, bool))
     out = labels.copy()
