@@ -8,7 +8,7 @@ from napari_vptv.core.cell_rules import drop_cells_without_nucleus
 from napari_vptv.core.samples import load_sample
 
 
-def _regions_all_have_nucleus(labels, min_fraction=0.02):
+def _regions_all_have_nucleus(labels, min_fraction=0.10):
     regions, n = ndi.label(labels > 0, structure=np.ones((3, 3), bool))
     for r in range(1, n + 1):
         cell = regions == r
@@ -33,6 +33,26 @@ def test_drops_nucleus_free_regions_keeps_cells_and_input():
     lab[30:38, 40] = 2  # 8 of 80 px: 10 %
     assert drop_cells_without_nucleus(lab, min_nucleus_fraction=0.12)[1] == 1  # the cell has 16 %
     assert drop_cells_without_nucleus(lab, min_nucleus_fraction=0.05)[1] == 0
+
+
+def test_default_threshold_drops_a_red_cell_with_a_nuclear_rim_keeps_a_small_nucleus():
+    """The default (half the smallest nucleus share of a labelled white cell, 0.205):
+    a red cell whose rim was called nucleus (~6 %) goes, a white cell whose nucleus is
+    only 15 % of it stays."""
+    from napari_vptv.core.cell_rules import MIN_NUCLEUS_FRACTION
+
+    assert MIN_NUCLEUS_FRACTION == pytest.approx(0.10)
+    shape = (80, 160)
+    lab = np.zeros(shape, np.int32)
+    red = _disc(shape, (40, 40), 25)
+    lab[red] = 1
+    lab[red & ~_disc(shape, (40, 40), 24)] = 2  # a one-pixel "nucleus" rim
+    white = _disc(shape, (40, 115), 30)
+    lab[white] = 1
+    lab[_disc(shape, (40, 115), 11.6)] = 2  # 15 % nucleus
+    assert 0.04 < (lab[red] == 2).mean() < 0.09 and 0.13 < (lab[white] == 2).mean() < 0.17
+    out, n = drop_cells_without_nucleus(lab)
+    assert n == 1 and not out[red].any() and np.array_equal(out[white], lab[white])
 
 
 def test_works_in_3d_and_on_empty_labels():
