@@ -136,8 +136,9 @@ class SegmentSettings(Container):
                                               "the same method and image. Renamed, duplicated or edited "
                                               "results are never replaced.")
         self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus,
-                                        tooltip="White blood cell labels: a cell region without a nucleus (a red "
-                                                "cell or debris taken for cytoplasm) becomes background. "
+                                        tooltip="White blood cell labels: a cell region whose nucleus is under "
+                                                "10 % of its area (a red cell or debris taken for cytoplasm) "
+                                                "becomes background. "
                                                 "Applies in volume mode auto / none (exact and interval "
                                                 "constraints win)")
         self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES,

@@ -166,8 +166,9 @@ def add_diameter_option(p) -> None:
         "--keep-cells-without-nucleus",
         dest="require_nucleus",
         action="store_false",
-        help="white blood cell labels: keep cell regions that have no nucleus (by default they become "
-        "background: a white cell has a nucleus, a red cell or debris taken for cytoplasm does not; "
+        help="white blood cell labels: keep cell regions that have (almost) no nucleus (by default a region "
+        "whose nucleus is under 10 %% of its area becomes background: a white cell has a nucleus, a red cell "
+        "or debris taken for cytoplasm does not; "
         "not applied with --volume-mode exact / interval, whose constraint wins)",
     )
     p.add_argument(
