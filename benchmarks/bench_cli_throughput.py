@@ -12,6 +12,9 @@ segment, write a PNG label image per input.
 * **vptv-2workers** (``--two-workers``) -- the first call with ``--workers 2``: the
   files segmented in two threads on both cores (the kernels and torch release the
   GIL); not the issue's comparison (the peer runs on one core), shown beside it;
+* **vptv-fixed-preset** (``--fixed-preset``) -- ``--volume-mode interval`` added: the
+  solver with the WBC preset's fixed, learned colour model and no network, to show
+  what the U-net initialiser of the default costs;
 * **chan_vese** -- one Python process: ``skimage.segmentation.chan_vese`` on the grey
   image with the parameters of ``benchmarks/bench_solver.py`` (two phases, darker =
   cell), PNG written with imageio.
@@ -93,6 +96,9 @@ def commands(images, out_dir, workers=1):
     two = [a if a != "1" or seg[i - 1] != "--workers" else "2" for i, a in enumerate(seg)]
     return {
         "vptv": [vptv, *seg],
+        # the solver alone: the WBC preset's fixed, learned colour model (an explicit
+        # volume mode skips the U-net-seeded adapted preset)
+        "vptv-fixed-preset": [vptv, *seg, "--volume-mode", "interval"],
         "vptv-2workers": [vptv, *two],
         "vptv-torch": [sys.executable, "-c", VPTV_TORCH, *seg],
         "chan_vese": [sys.executable, "-c", CHAN_VESE, out_dir, *images],
@@ -118,6 +124,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time the numba JIT (cold vs warm cache)")
     ap.add_argument("--two-workers", action="store_true", help="also time `vptv segment --workers 2`")
+    ap.add_argument("--fixed-preset", action="store_true",
+                    help="also time `vptv segment --volume-mode interval`: the solver with the fixed colour "
+                         "model, no network (the CLI default before session 12)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     images = sorted(str(p) for p in (Path(args.root) / "images").glob("*.png"))[: args.n]
@@ -125,7 +134,8 @@ def main(argv=None):
     env = dict(os.environ, **threads)
     load0 = os.getloadavg()[0]
     print(f"# {len(images)} images from {args.root}; load average {load0:.2f}; nice {os.nice(0)}", flush=True)
-    names = ("vptv", "vptv-torch") + (("vptv-2workers",) if args.two_workers else ()) + ("chan_vese",)
+    names = ("vptv", "vptv-torch") + (("vptv-2workers",) if args.two_workers else ()) \
+        + (("vptv-fixed-preset",) if args.fixed_preset else ()) + ("chan_vese",)
     times = {k: {"wall_s": [], "cpu_s": []} for k in names}
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
