@@ -67,10 +67,12 @@ def _adapted_settings() -> Dict[str, float]:
 def auto_description(method: str, network: str = "vptv-unet") -> str:
     """One or two sentences: what *auto (per image)* runs for ``method`` (and network)."""
     if method == "vptv":
+        from .core.adapt import MAX_ITER
+
         s = _adapted_settings()
         return (f"WBC colour model refitted to each image from the U-net's confident pixels, then solved on the "
                 f"colours and the U-net's probabilities together; volume interval around its class fractions; "
-                f"ε {s['epsilon']:g}, λ {s['tv_weight']:g} (as `vptv segment`).")
+                f"ε {s['epsilon']:g}, λ {s['tv_weight']:g}, at most {MAX_ITER} iterations (as `vptv segment`).")
     if method == "unet":
         return "Plain softmax U-net: no volume prior, no ε or λ (as `vptv segment --method unet`)."
     d = network_defaults(network)
