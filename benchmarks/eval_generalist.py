@@ -83,7 +83,7 @@ def make_predictor(spec, nets, args):
         p = pred.probabilities
         r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
                             tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma, diameter=pred.diameter,
-                            **({"max_num_iter": args.max_iter} if args.max_iter else {}))
+                            rounding=args.rounding, **({"max_num_iter": args.max_iter} if args.max_iter else {}))
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
         return rule(r.labels)
@@ -155,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--min-nucleus-fraction", type=float, default=None,
                     help="nucleus rule: nucleus share below which a cell part is dropped "
                          "(default: core.cell_rules.MIN_NUCLEUS_FRACTION)")
+    ap.add_argument("--rounding", choices=["volume", "argmax"], default="volume",
+                    help="vptv:adapted: final labels by the volume-respecting rounding (default) or argmax")
     ap.add_argument("--max-iter", type=int, default=0,
                     help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,

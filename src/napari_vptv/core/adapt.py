@@ -99,7 +99,7 @@ COLOUR_SIGMA_PER_DIAMETER = 1.0 / 150.0
 def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
                     channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
                     max_num_iter: int = MAX_ITER, colour_sigma: Optional[float] = COLOUR_SIGMA,
-                    diameter: Optional[float] = None, **solver):
+                    diameter: Optional[float] = None, rounding: str = "volume", **solver):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
 
     1. A Gaussian per class from the confidently assigned pixels
@@ -123,6 +123,8 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
         ``COLOUR_SIGMA_PER_DIAMETER * diameter`` (0 without a diameter).
     diameter : float, optional
         Cell diameter in pixels (e.g. the network's estimate), for ``colour_sigma=None``.
+    rounding : {"volume", "argmax"}
+        How the final labels are taken (:func:`~napari_vptv.core.segment.vptv_segment`).
     epsilon, tv_weight, max_num_iter, **solver
         Passed to :func:`~napari_vptv.core.segment.vptv_segment` (both solves).
 
@@ -151,14 +153,13 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
                   **solver)
     # with a second solve only this solve's colour model is used: its labels need no
     # volume rounding (the rounding of a hard image costs 0.2-0.8 s)
-    rounding = "volume" if network_weight <= 0 else "argmax"
     result = vptv_segment(features, class_model=model, similarity="gaussian", em_update=True,
-                          rounding=rounding, **common)
+                          rounding=rounding if network_weight <= 0 else "argmax", **common)
     if network_weight <= 0:
         return result
     colour = result.class_model.cost(torch.as_tensor(features, dtype=torch.float64)[None])[0].numpy()
     # floor: a network's "impossible" must not outweigh every colour (log 1e-4 ~ -9)
     cost = colour - network_weight * np.log(np.clip(probabilities, 1e-4, 1.0))
-    combined = vptv_segment(features, cost=cost.astype(np.float32), em_update=False, **common)
+    combined = vptv_segment(features, cost=cost.astype(np.float32), em_update=False, rounding=rounding, **common)
     combined.class_model = result.class_model
     return combined
