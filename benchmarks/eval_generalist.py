@@ -155,8 +155,9 @@ def main(argv=None):
     ap.add_argument("--min-nucleus-fraction", type=float, default=None,
                     help="nucleus rule: nucleus share below which a cell part is dropped "
                          "(default: core.cell_rules.MIN_NUCLEUS_FRACTION)")
-    ap.add_argument("--rounding", choices=["volume", "argmax"], default="volume",
-                    help="vptv:adapted: final labels by the volume-respecting rounding (default) or argmax")
+    ap.add_argument("--rounding", choices=["volume", "argmax"], default=None,
+                    help="vptv:adapted: final labels by the volume-respecting rounding or argmax "
+                         "(default: the API's, core.adapt.ROUNDING)")
     ap.add_argument("--max-iter", type=int, default=0,
                     help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
@@ -174,6 +175,9 @@ def main(argv=None):
         from napari_vptv.core.adapt import COLOUR_SIGMA
         args.colour_sigma = COLOUR_SIGMA
     args.colour_sigma = None if args.colour_sigma in ("auto", None) else float(args.colour_sigma)
+    if args.rounding is None:
+        from napari_vptv.core.adapt import ROUNDING
+        args.rounding = ROUNDING
     if args.min_nucleus_fraction is not None:  # read at call time by every method's rule
         from napari_vptv.core import cell_rules
         cell_rules.MIN_NUCLEUS_FRACTION = args.min_nucleus_fraction
