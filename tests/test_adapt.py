@@ -77,3 +77,20 @@ def test_default_smoothing_is_relative_to_the_cell_diameter():
                                   adapted_segment(image, p, colour_sigma=2.0).labels)
     np.testing.assert_array_equal(adapted_segment(image, p).labels,
                                   adapted_segment(image, p, colour_sigma=0.0).labels)
+
+
+def test_default_labels_are_the_argmax_of_the_combined_solve():
+    """ROUNDING = "argmax": the default's interval is a soft prior around the network's
+    fractions, so its labels are the argmax of the solve's probabilities; "volume"
+    still gives the volume-respecting rounding."""
+    from napari_vptv.core.adapt import ROUNDING
+
+    assert ROUNDING == "argmax"
+    image = load_sample("wbc_016")[0][..., :3]
+    from napari_vptv.nn.weights import predict_wbc
+
+    p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
+    r = adapted_segment(image, p)
+    np.testing.assert_array_equal(r.labels, np.asarray(r.probabilities).argmax(0))
+    rounded = adapted_segment(image, p, rounding="volume")
+    assert rounded.labels.shape == r.labels.shape and (rounded.labels == r.labels).mean() > 0.97
