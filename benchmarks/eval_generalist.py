@@ -117,21 +117,6 @@ def eval_no_cell(run, sources, size=100):
             "share_above_2pct": float((fr > 0.02).mean()) if len(fr) else None}
 
 
-def _commit():
-    """HEAD of the checkout this script runs from, "+dirty" with uncommitted changes."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", required=True)
@@ -196,7 +181,7 @@ def main(argv=None):
             raise SystemExit(f"no {args.split} images of source {name} for this model (use --split all)")
         sources.append(src)
     suites = args.suites.split(",")
-    result = {"args": vars(args), "torch_threads": 1, "machine": S.machine(), "commit": _commit(), "methods": {}}
+    result = {"args": vars(args), "torch_threads": 1, "machine": S.machine(), "commit": S.commit(), "methods": {}}
     for spec in args.methods.split(","):
         run = make_predictor(spec, nets, args)
         res = {}

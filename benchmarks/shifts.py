@@ -22,6 +22,23 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def commit():
+    """HEAD of the checkout the benchmarks run from, "+dirty" with uncommitted changes
+    (None outside a git checkout)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def _hue(img, degrees):
     th = np.deg2rad(degrees)
     k = np.ones(3) / np.sqrt(3)
