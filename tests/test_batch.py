@@ -122,6 +122,9 @@ def test_inspect_input_layouts(tmp_path):
     iio.imwrite(tmp_path / "one.png", rgb[0])
     info = inspect_input(tmp_path / "one.png")
     assert info.shape == (16, 20, 3) and info.rgb and not info.is_stack
+    # the decoded pixels travel with the layout (segment_file decodes a PNG once); a TIFF's do not
+    np.testing.assert_array_equal(info.pixels, rgb[0])
+    assert inspect_input(tmp_path / "rgb.tif").pixels is None
 
     _write_zero_size_tiff(tmp_path / "zero.tif")
     with pytest.raises(ValueError, match="zero-size"):

@@ -16,7 +16,7 @@ from napari_vptv.nn import data as D  # noqa: E402
 from napari_vptv.nn.augment import dihedral  # noqa: E402
 from napari_vptv.nn.sources import split_names  # noqa: E402
 from napari_vptv.nn.layer import SoftmaxUNet, VPTVSoftmax, VPTVUNet, build_model  # noqa: E402
-from napari_vptv.nn.unet import UNet, count_parameters  # noqa: E402
+from napari_vptv.nn.unet import UNet, count_parameters, inference_backbone  # noqa: E402
 
 
 def _logits(shape=(1, 2, 5, 5), seed=0):
@@ -113,6 +113,52 @@ def test_unet_shapes_any_size(hw):
 def test_default_unet_size():
     n = count_parameters(UNet())
     assert 300_000 <= n <= 600_000
+
+
+def _trained_batchnorm_unet(seed=0):
+    """A small U-net whose BatchNorms carry non-trivial running statistics and affines."""
+    torch.manual_seed(seed)
+    net = SoftmaxUNet(base_channels=4, depth=2)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # running means / variances away from 0 / 1
+            net.backbone(torch.rand(2, 3, 32, 32) * 3 + 1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-1.0, 1.0)
+    return net.eval()
+
+
+def test_inference_folds_batchnorm_with_the_same_logits():
+    net = _trained_batchnorm_unet()
+    x = torch.rand(1, 3, 37, 45)
+    with torch.no_grad():
+        folded = inference_backbone(net.backbone)
+        assert folded is not net.backbone
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert inference_backbone(net.backbone) is folded  # cached
+        torch.testing.assert_close(net.logits(x), net.backbone(x), rtol=1e-5, atol=1e-5)
+    assert "_folded" not in "".join(net.state_dict())  # the cache is not part of the weights
+    # with gradients on (training, fine-tuning) the module itself runs
+    assert inference_backbone(net.backbone) is net.backbone
+    assert net.logits(x).requires_grad
+
+
+def test_inference_fold_follows_weight_changes():
+    net = _trained_batchnorm_unet()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        before = net.logits(x)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)  # one fine-tuning step changes the weights in place
+    net.train()
+    net.logits(x).square().mean().backward()
+    opt.step()
+    net.eval()
+    with torch.inference_mode():
+        after = net.logits(x)
+        torch.testing.assert_close(after, net.backbone(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
 
 
 def test_vptv_unet_odd_size_probabilities():

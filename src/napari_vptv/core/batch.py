@@ -141,6 +141,9 @@ class InputInfo:
     dtype: np.dtype
     rgb: bool
     leading: Tuple[int, ...]
+    #: the decoded pixels of a non-TIFF file (read whole to learn its layout; kept so
+    #: that the file is decoded once), None for a TIFF (read lazily, per slice)
+    pixels: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
     def is_stack(self) -> bool:
@@ -164,6 +167,7 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"input '{p}' does not exist")
+    pixels = None
     if p.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
@@ -177,7 +181,7 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
         except (ValueError, OSError, tifffile.TiffFileError, IndexError, KeyError) as exc:
             raise ValueError(f"could not read TIFF file '{p}': {exc}") from None
     else:
-        img = read_image(p)  # PNG/JPEG/BMP are small: just read them
+        img = pixels = read_image(p)  # PNG/JPEG/BMP are small: just read them
         shape, dtype = img.shape, img.dtype
         rgb = img.ndim == 3 and img.shape[-1] in (3, 4)
         if img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
@@ -185,7 +189,7 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
     if any(s == 0 for s in shape):
         raise ValueError(f"input '{p}' has a zero-size axis (shape {tuple(shape)})")
     leading, _ = stack_layout(shape, rgb=rgb, mode=mode)
-    return InputInfo(p, tuple(shape), np.dtype(dtype), bool(rgb), tuple(leading))
+    return InputInfo(p, tuple(shape), np.dtype(dtype), bool(rgb), tuple(leading), pixels)
 
 
 def output_path(info_or_path, out_dir: PathLike, fmt: str = "png", *, is_stack: Optional[bool] = None) -> Path:
@@ -363,7 +367,7 @@ def _failed_slices_message(result: FileResult) -> str:
 
 def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> None:
     """A 2-D image: segment, write atomically (temporary file + rename), record the volumes."""
-    image = open_lazy(p)
+    image = open_lazy(p, info.pixels)
     if info.rgb and image.shape[-1] == 4:
         image = image[..., :3]
     res = segment_fn(image, channel_axis=-1 if info.rgb else None)

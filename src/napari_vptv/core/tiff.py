@@ -154,12 +154,13 @@ class TiffFrames:
         return arr.astype(dtype) if dtype is not None else arr
 
 
-def open_lazy(path: PathLike):
-    """A lazy array for a TIFF (:class:`TiffFrames`), the decoded image otherwise."""
+def open_lazy(path: PathLike, pixels: Optional[np.ndarray] = None):
+    """A lazy array for a TIFF (:class:`TiffFrames`), the decoded image otherwise
+    (``pixels``, when the caller has already decoded it)."""
     p = Path(path)
     if p.suffix.lower() in TIFF_SUFFIXES:
         return TiffFrames(p)
-    img = read_image(p)
+    img = read_image(p) if pixels is None else pixels
     if img.ndim == 3 and img.shape[-1] == 2:
         img = img[..., 0]
     return img

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..core.vptv import vptv_iterate, vptv_probabilities
-from .unet import UNet
+from .unet import UNet, inference_backbone
 
 __all__ = ["VPTVSoftmax", "VPTVUNet", "SoftmaxUNet", "build_model"]
 
@@ -137,7 +137,7 @@ class SoftmaxUNet(nn.Module):
         self.backbone = backbone if backbone is not None else UNet(**unet_kwargs)
 
     def logits(self, x):
-        return self.backbone(x)
+        return inference_backbone(self.backbone)(x)
 
     def forward(self, x, volumes=None, volume_bounds=None, edge_weight=None):
         return torch.softmax(self.backbone(x), dim=1)
@@ -164,7 +164,7 @@ class VPTVUNet(nn.Module):
         )
 
     def logits(self, x):
-        return self.backbone(x)
+        return inference_backbone(self.backbone)(x)
 
     def forward(self, x, volumes=None, volume_bounds=None, edge_weight=None):
         return self.head(self.backbone(x), volumes=volumes, volume_bounds=volume_bounds, edge_weight=edge_weight)
