@@ -67,7 +67,8 @@ def main(argv=None):
         fn_unet = lambda: W.predict_wbc(img, method="unet")  # noqa: E731
         fn_vptv = lambda: W.predict_wbc(img, method="vptv-unet")  # noqa: E731
         d = W.model_metadata("vptv-unet")["defaults"]
-        cfg = f"shipped weights; VPTV defaults {d['volume_mode']}, eps={d['epsilon']}, lambda={d['tv_weight']}, T={d['num_iter']}"
+        cfg = (f"shipped weights; VPTV defaults prior={d.get('prior', d.get('volume_mode'))}, eps={d['epsilon']}, "
+               f"lambda={d['tv_weight']}, T={d['num_iter']}; test-time augmentation: predict_wbc's default")
     else:
         from napari_vptv.nn import data as D
 

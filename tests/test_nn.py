@@ -159,6 +159,8 @@ def test_inference_fold_follows_weight_changes():
         after = net.logits(x)
         torch.testing.assert_close(after, net.backbone(x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(before, after)
+    # a rebuilt copy does not carry the previous one inside it (fine-tuning rounds would nest copies)
+    assert "_folded" not in net.backbone.__dict__["_folded"][1].__dict__
 
 
 def test_vptv_unet_odd_size_probabilities():
