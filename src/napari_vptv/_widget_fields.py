@@ -123,7 +123,7 @@ class SegmentSettings(Container):
         self.edge = CheckBox(text="Edge weight e(x)", value=False,
                              tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
         self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
-        self.diameter = FloatSpinBox(label="cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
+        self.diameter = FloatSpinBox(label="Cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
                                      value=defaults.diameter,
                                      tooltip="Cell diameter in pixels for the networks and the variational "
                                              "auto mode's U-net (0 estimates it); also splits touching cells "
