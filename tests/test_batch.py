@@ -210,6 +210,25 @@ def test_contiguous_offset():
 # --------------------------------------------------------------------------- #
 # one file / many files, with the real solver
 # --------------------------------------------------------------------------- #
+def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
+    """The layout check and the segmentation share one decode of a PNG (the real
+    reader, counted)."""
+    from napari_vptv.core import batch, io
+
+    calls = []
+
+    def counted(path):
+        calls.append(Path(path).name)
+        return io.read_image(path)
+
+    monkeypatch.setattr(batch, "read_image", counted)
+    monkeypatch.setattr(tiff, "read_image", counted)
+    iio.imwrite(tmp_path / "img.png", (_grey(32, 9.0) * 255).astype(np.uint8))
+    res = segment_file(tmp_path / "img.png", tmp_path / "out", make_segment_fn("vptv", **FAST, volumes=[0.75, 0.25]))
+    assert res.status == "done", res.message
+    assert calls == ["img.png"]
+
+
 def test_segment_file_2d_and_stack_with_real_solver(tmp_path):
     fn = make_segment_fn("vptv", **FAST, volumes=[0.75, 0.25])
     img = _grey(32, 9.0)
