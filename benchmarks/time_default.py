@@ -52,23 +52,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from skimage.io import imread
 
-    from napari_vptv.api import segment_image
-    from napari_vptv.core.adapt import adapted_segment
-    from napari_vptv.core.cell_rules import drop_cells_without_nucleus
-    from napari_vptv.nn.predict import predict_cells
-    from napari_vptv.nn.weights import load_model
+    from napari_vptv.api import _segment_wbc_adapted, segment_image
+    from napari_vptv.options import SegmentOptions
 
     torch.set_num_threads(1)
     images = [imread(f)[..., :3] for f in sorted((Path(args.data_root) / "wbc" / "images").glob("*.png"))]
     segment_image(images[0])  # warm-up: numba cache, weights
     default = cpu_ms(segment_image, images[1:31])
-    model, meta = load_model(args.loso_run)
+    opts = SegmentOptions()
 
-    def unseen(img):  # the API's adapted preset with the wbc-d1-only U-net
-        # the rule runs once, on the final labels, as in the API (until 2026-11-27 this
-        # pass also applied it to the network's unused labels: +20-40 ms per image)
-        pred = predict_cells(model, meta, img, augment=1, require_nucleus=False)
-        return drop_cells_without_nucleus(adapted_segment(img, pred.probabilities, diameter=pred.diameter).labels)[0]
+    def unseen(img):  # the API's adapted preset itself, seeded by the wbc-d1-only U-net
+        # (until 2026-11-27 this was a copy of it that also applied the nucleus rule to
+        # the network's unused labels: +20-40 ms per image)
+        return _segment_wbc_adapted(img, opts, -1, None, network=args.loso_run).labels
+
+    unseen(images[0])  # warm-up: load the run's weights
 
     out = {"command": "python " + " ".join(sys.argv), "commit": S.commit(), "machine": S.machine(),
            "load_average_end": os.getloadavg()[0],
