@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 METADATA_KEY = "vptv"
 
@@ -75,6 +75,25 @@ def save_settings(name: str, values: Dict[str, Any]) -> bool:
         except OSError:
             pass
         return False
+
+
+def layer_id(layer) -> Optional[str]:
+    """napari's ``unique_id`` of a layer (or of the layer behind a viewer proxy)."""
+    uid = getattr(layer, "unique_id", None) if layer is not None else None
+    return None if uid is None else str(uid)
+
+
+def same_layer(a, b) -> bool:
+    """Whether ``a`` and ``b`` are the same napari layer (plain or proxied)."""
+    return a is not None and b is not None and layer_id(a) == layer_id(b)
+
+
+def live_layer(layers, layer):
+    """The layer of ``layers`` that is ``layer`` (see :func:`same_layer`), or None."""
+    if layer is None:
+        return None
+    uid = layer_id(layer)
+    return next((candidate for candidate in layers if layer_id(candidate) == uid), None)
 
 
 def _fits(saved, current) -> bool:
@@ -203,7 +222,7 @@ class WidgetRunMixin:
 
     def _free_name(self, name: str, own=None) -> str:
         """``name``, or ``name [2]``, ``[3]``... if another layer already has it."""
-        taken = {layer.name for layer in self.viewer.layers if layer is not own}
+        taken = {layer.name for layer in self.viewer.layers if not same_layer(layer, own)}
         if name not in taken:
             return name
         i = 2

@@ -45,6 +45,8 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
 from ._common import METADATA_KEY, WidgetRunMixin
+from ._outputs import claim, live_layer, same_layer, tag
+
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
 KIND = "correct_mask"
 
@@ -273,7 +275,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             return
         meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
         if not _is_ground_truth(layer) and not (isinstance(meta, dict) and meta.get("kind") == KIND):
-            if layer in self.viewer.layers and self.labels.value is not layer:
+            if live_layer(self.viewer.layers, layer) is not None and not same_layer(self.labels.value, layer):
                 self.reset_choices()
                 self.labels.value = layer
 
@@ -423,12 +425,16 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
     # ------------------------------------------------------------ output layer
     def _write_output(self, data: np.ndarray):
+        """Write the preview: into this widget's live preview of the same Labels layer
+        (matched by layer id, see :func:`napari_vptv._outputs.same_layer`), else a new layer."""
         st = self._run
         src = st["labels_layer"]
         meta = {"kind": KIND, "source": st["source"], "image": st["image"], "params": dict(st["params"]),
                 "complete": True}
-        layer = self._find_output_layer(st["source"])
-        if layer is not None and layer is not src and layer.data.shape == data.shape:
+        self._previews = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is not None]
+        old = next((pv for pv in reversed(self._previews) if same_layer(pv["target"], src)), None)
+        if old is not None and old["layer"].data.shape == data.shape:
+            layer = old["layer"]
             layer.data = data
             layer.name = self._free_name(f"{st['source']} corrected", layer)
         else:
@@ -436,12 +442,11 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                 data, name=self._free_name(f"{st['source']} corrected"),
                 scale=tuple(src.scale), translate=tuple(src.translate), opacity=0.6,
             )
-        md = dict(layer.metadata)
-        md[METADATA_KEY] = meta
-        layer.metadata = md
+            claim(layer)
+        tag(layer, meta)
         _show_changes(layer, st["table"])
         self.output_layer = layer
-        self._previews = [pv for pv in self._previews if pv["layer"] is not layer]
+        self._previews = [pv for pv in self._previews if not same_layer(pv["layer"], layer)]
         self._previews.append({"layer": layer, "target": src, "given": st["given"], "source": st["source"]})
         self._update_preview_buttons()
 
@@ -449,8 +454,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     def _live_preview(self):
         """The preview Accept / Discard / Table act on: that of the Labels layer chosen in
         the Labels field, else the newest; None if no preview layer is left in the viewer."""
-        self._previews = [pv for pv in self._previews if pv["layer"] in self.viewer.layers]
-        chosen = [pv for pv in self._previews if pv["target"] is self.labels.value]
+        self._previews = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is not None]
+        chosen = [pv for pv in self._previews if same_layer(pv["target"], self.labels.value)]
         return (chosen or self._previews or [None])[-1]
 
     def _update_preview_buttons(self, *_):
@@ -470,7 +475,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             self._error("Nothing to accept: run a correction first.", show_warning)
             return False
         target = pv["target"]
-        if target not in self.viewer.layers:
+        if live_layer(self.viewer.layers, target) is None:
             self._error(f"Labels layer {pv['source']!r} is no longer in the viewer; nothing written.", show_warning)
             return False
         current = np.asarray(target.data)
@@ -504,7 +509,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
     def _remove_preview(self, pv):
         self._previews = [p for p in self._previews if p is not pv]
-        if self.output_layer is pv["layer"]:
+        if same_layer(self.output_layer, pv["layer"]):
             self.output_layer = None
         self.viewer.layers.remove(pv["layer"])
         self._update_preview_buttons()

@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 
 from ._common import METADATA_KEY
-from ._outputs import claim, seal, tag
+from ._outputs import claim, live_layer, seal, tag
 from .core.measure import class_areas, measure_cells, write_csv
 
 Table = Dict[str, np.ndarray]
@@ -85,7 +85,8 @@ def add_cells_layer(viewer, instances: np.ndarray, cells: Table, *, name: str, l
     layer = viewer.add_labels(instances, name=name, scale=tuple(like.scale), translate=tuple(like.translate),
                               opacity=0.9, features=features)
     layer.contour = 1
-    tag(layer, {**meta, "kind": "cells", "token": claim(layer)})
+    claim(layer)
+    tag(layer, {**meta, "kind": "cells"})
     seal(layer)
     return layer
 
@@ -195,7 +196,7 @@ class MeasurementTable(Container):
         self.selected_cell = int(cell)
         i = int(np.nonzero(self.cells["cell"] == cell)[0][0])
         layer = self.cells_layer
-        if layer is not None and layer in self.viewer.layers:
+        if live_layer(self.viewer.layers, layer) is not None:
             layer.selected_label = int(cell)
             self.viewer.layers.selection.active = layer
             lead = layer.data.ndim - 2

@@ -1,10 +1,18 @@
 """The plugin's output layers in napari: who owns them, their names, class colours.
 
 Ownership. A run writes to a layer the plugin created; the layer stays the plugin's
-only while it is *untouched*: the same layer object (not a duplicate, whose metadata
-is a copy), under the name the plugin gave it, with the data the plugin wrote
-(checked with a CRC-32 of the data). A renamed, duplicated or painted output belongs
-to the user from then on and is never written to again.
+only while it is *untouched*: the same layer (not a duplicate, whose metadata is a
+copy), under the name the plugin gave it, with the data the plugin wrote (checked
+with a CRC-32 of the data). A renamed, duplicated or painted output belongs to the
+user from then on and is never written to again.
+
+"The same layer" is decided by ids, never by object identity: napari hands a widget
+opened from the Plugins menu a proxy of the viewer, and every layer read through it
+is a new wrapper object. ``metadata["vptv"]["token"]`` is the run's id (registered
+in this process by :func:`claim`) and ``metadata["vptv"]["layer_id"]`` napari's
+``Layer.unique_id`` of the layer it was given to; a duplicate copies the metadata
+but gets a new ``unique_id``. :func:`same_layer` and :func:`live_layer` compare
+layers the same way.
 
 Classes. Every class has a fixed colour (class 0 is napari's transparent
 background; classes 1, 2, ... take the colour-blind-safe Okabe-Ito colours in order:
@@ -17,13 +25,12 @@ from __future__ import annotations
 
 import re
 import uuid
-import weakref
 import zlib
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ._common import METADATA_KEY
+from ._common import METADATA_KEY, layer_id, live_layer, same_layer
 from .core.samples import CLASS_NAMES
 
 __all__ = [
@@ -38,6 +45,9 @@ __all__ = [
     "claim",
     "seal",
     "is_untouched",
+    "layer_id",
+    "same_layer",
+    "live_layer",
 ]
 
 #: Colours of classes 1, 2, ... (Okabe-Ito, colour-blind safe); class 0 is transparent.
@@ -46,8 +56,8 @@ CLASS_COLOURS = ("#E69F00", "#009E73", "#56B4E9", "#F0E442", "#0072B2", "#D55E00
 #: How a method appears in layer names.
 METHOD_LABELS = {"vptv": "variational", "vptv-unet": "VPTVU-net", "unet": "U-net"}
 
-# token -> the layer object the plugin wrote (weak: closed layers disappear)
-_OWNED: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+# token -> napari unique_id of the layer the plugin wrote (this process only)
+_OWNED: Dict[str, str] = {}
 
 
 def class_names_for(n_classes: int, wbc: bool) -> List[str]:
@@ -111,9 +121,11 @@ def _fingerprint(data) -> str:
 
 
 def claim(layer) -> str:
-    """Register ``layer`` as the plugin's own; returns its token (kept in metadata)."""
+    """Register ``layer`` as the plugin's own; returns its token. Both the token and
+    the layer's id are written to ``layer.metadata["vptv"]``."""
     token = uuid.uuid4().hex
-    _OWNED[token] = layer
+    _OWNED[token] = layer_id(layer)
+    tag(layer, {"token": token, "layer_id": layer_id(layer)})
     return token
 
 
@@ -132,9 +144,9 @@ def is_untouched(layer) -> bool:
     meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
     if not isinstance(meta, dict):
         return False
-    token = meta.get("token")
-    if not token or _OWNED.get(token) is not layer:
-        return False  # a duplicate (copied metadata) or a layer of an earlier session
+    token, uid = meta.get("token"), layer_id(layer)
+    if not token or _OWNED.get(token) != uid or meta.get("layer_id") != uid:
+        return False  # a duplicate (copied metadata, new unique_id) or a layer of an earlier session
     if meta.get("layer_name") != layer.name:
         return False
     return meta.get("fingerprint") == _fingerprint(layer.data)

@@ -36,7 +36,7 @@ from psygnal import Signal
 
 from ._common import METADATA_KEY, WidgetRunMixin
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
-from ._outputs import apply_classes, claim, find_own_output, method_label, seal, tag
+from ._outputs import apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     METHOD_NET,
     METHOD_VPTV,
@@ -375,7 +375,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self._close_progress()
         st = self._run_state
         out = st.get("layer")
-        if out is not None and out in self.viewer.layers:
+        if live_layer(self.viewer.layers, out) is not None:
             seal(out)  # from now on, a rename / paint / duplicate makes it the user's
         if st.get("error") is None and not self._cancel_requested and out is not None and st["done"] == st["total"]:
             self._set_status(self._done_message())
@@ -432,7 +432,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         from napari_vptv.core.stack import label_dtype
 
         st = self._run_state
-        if st["layer"] is not None and st["layer"] in self.viewer.layers:
+        if live_layer(self.viewer.layers, st["layer"]) is not None:
             return st["layer"]
         shape, method = st["label_shape"], st["params"]["method"]
         own = find_own_output(self.viewer.layers, kind=OUTPUT_KIND, source=st["source"], method=method)
@@ -452,7 +452,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             layer = self.viewer.add_labels(np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
                                            name=self._free_name(self._base_name()), scale=tuple(st["image"].scale),
                                            translate=tuple(st["image"].translate), opacity=0.5)
-            tag(layer, {"token": claim(layer)})
+            claim(layer)
         layer.name = self._free_name(self._base_name(), layer)
         apply_classes(layer, st["names"])
         st["layer"] = layer

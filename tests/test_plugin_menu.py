@@ -1,0 +1,183 @@
+"""The widgets as napari opens them from the Plugins menu.
+
+``viewer.window.add_plugin_dock_widget`` hands a plugin widget a proxy of the viewer
+(napari's ``PublicOnlyProxy``): every layer the widget reads back is a new wrapper
+object, so ``layer is other`` is false for the same layer. These tests run the
+widgets only through that path, in a real viewer under Xvfb:
+
+    xvfb-run -a python -m pytest tests/test_plugin_menu.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Labels  # noqa: E402
+
+from napari_vptv._common import METADATA_KEY  # noqa: E402
+from napari_vptv.core.samples import load_sample  # noqa: E402
+
+FAST = 25
+WIDGETS = ("VPTV segmentation", "Correct mask", "Train on my images")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vptv", name)
+    return widget
+
+
+@pytest.fixture
+def seg(viewer, qtbot):
+    w = open_widget(viewer, "VPTV segmentation")
+    yield w
+    if w.worker is not None and w.worker != "sync":
+        w.cancel()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+
+
+@pytest.fixture(scope="module")
+def cell():
+    image, mask = load_sample("001")
+    return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()
+
+
+def kinds(viewer):
+    out = {}
+    for layer in viewer.layers:
+        meta = layer.metadata.get(METADATA_KEY) or {}
+        out.setdefault(meta.get("kind"), []).append(layer.name)
+    return out
+
+
+def disc_stack(n, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    stack = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        r = 8 + 2 * i
+        stack[i] = 0.2 + 0.6 * ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= r * r)
+    return stack + rng.normal(0, 0.05, stack.shape).astype(np.float32)
+
+
+def test_every_widget_opens_from_the_plugin_menu(viewer):
+    from napari.utils._proxies import PublicOnlyProxy
+
+    for name in WIDGETS:
+        w = open_widget(viewer, name)
+        assert isinstance(w.viewer, PublicOnlyProxy), name  # what a real user's widget gets
+    viewer.open_sample("napari-vptv", "wbc_001")
+    assert len(viewer.layers) == 1
+
+
+def test_two_runs_without_keep_previous_leave_one_result(viewer, seg, cell):
+    from napari_vptv._widget import METHOD_VPTV
+
+    image, _ = cell
+    viewer.add_image(image, name="cell", rgb=True)
+    seg.method.value = METHOD_VPTV
+    seg.preset.value = "WBC (3 classes)"
+    seg.max_iter.value = FAST
+    seg.keep_previous.value = False
+    seg.measure.value = True
+    seg.run(sync=True)
+    first = kinds(viewer)
+    assert first["segmentation"] == ["cell VPTV (variational)"], first
+    assert first["cells"] == ["cell cells (variational)"], first
+    seg.max_iter.value = FAST + 5
+    seg.run(sync=True)
+    after = kinds(viewer)
+    assert after["segmentation"] == ["cell VPTV (variational)"], after
+    assert after["cells"] == ["cell cells (variational)"], after
+    assert not [layer.name for layer in viewer.layers if "[2]" in layer.name]
+    out = viewer.layers["cell VPTV (variational)"]
+    assert out.metadata[METADATA_KEY]["params"]["max_num_iter"] == FAST + 5  # the second run's result
+    assert np.asarray(out.data).any()
+
+
+def test_keep_previous_adds_a_numbered_result(viewer, seg, cell):
+    from napari_vptv._widget import METHOD_VPTV
+
+    image, _ = cell
+    viewer.add_image(image, name="cell", rgb=True)
+    seg.method.value = METHOD_VPTV
+    seg.max_iter.value = FAST
+    seg.measure.value = False
+    seg.keep_previous.value = True
+    seg.run(sync=True)
+    seg.run(sync=True)
+    assert kinds(viewer)["segmentation"] == ["cell VPTV (variational)", "cell VPTV (variational) [2]"]
+
+
+def test_cancel_then_run_resumes_only_the_missing_slices(viewer, seg):
+    from napari_vptv._widget import METHOD_VPTV
+
+    n = 5
+    viewer.add_image(disc_stack(n), name="tstack")
+    seg.method.value = METHOD_VPTV
+    seg.preset.value = "custom"
+    seg.n_classes.value = 2
+    seg.volume_mode.value = "exact"
+    seg.volumes.value = "0.8, 0.2"
+    seg.max_iter.value = FAST
+    seg.measure.value = False
+    arrived = []
+
+    def on_slice(item):
+        arrived.append(item.index)
+        if len(arrived) == 2 and item.done == 2:
+            seg.cancel()  # as the Cancel button, after two slices
+
+    seg.slice_finished.connect(on_slice)
+    seg.run(sync=True)
+    assert arrived == [(0,), (1,)]
+    assert kinds(viewer)["segmentation"] == [f"tstack VPTV (variational) (cancelled 2/{n})"]
+    assert "resumes" in seg.status.value
+    partial = np.asarray(viewer.layers[-1].data[:2]).copy()
+
+    arrived.clear()
+    seg.run(sync=True)
+    assert arrived == [(z,) for z in range(2, n)]  # only the missing slices
+    assert kinds(viewer)["segmentation"] == ["tstack VPTV (variational)"]
+    out = viewer.layers["tstack VPTV (variational)"]
+    meta = out.metadata[METADATA_KEY]
+    assert meta["complete"] and meta["slices_done"] == n
+    np.testing.assert_array_equal(np.asarray(out.data[:2]), partial)
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 1
+
+
+def test_correction_rerun_replaces_its_preview(viewer, qtbot):
+    w = open_widget(viewer, "Correct mask")
+    yy, xx = np.indices((64, 64))
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 14 ** 2
+    image = (0.1 + 0.7 * disc).astype(np.float32)
+    viewer.add_image(image, name="img")
+    rough = np.zeros((64, 64), np.int32)
+    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = 3
+    viewer.add_labels(rough.copy(), name="rough")
+    w.max_iter.value = 60
+    assert w.run(sync=True) is not None
+    assert w.run(sync=True) is not None
+    names = kinds(viewer)
+    assert names["correct_mask"] == ["rough corrected"], names
+    assert w.accept()
+    assert (np.asarray(viewer.layers["rough"].data) == 3).sum() > rough.astype(bool).sum()
+    assert "correct_mask" not in kinds(viewer)
