@@ -4,9 +4,15 @@ The user corrects a few segmentations with napari's Labels tools, selects the
 Labels / Image pairs (or two folders of images and masks), names the model, sets a
 time budget and presses Train. :func:`napari_vptv.nn.finetune.finetune` runs in a
 ``napari.qt.threading.thread_worker``; its per-step callback reaches the widget
-through a Qt signal (queued into the GUI thread), which updates the progress bar,
-the loss, a loss curve and the held-out mean Dice, so the viewer stays usable.
-Cancel stops after the current step and keeps the best model so far.
+through a Qt signal (queued into the GUI thread), which updates the progress bar
+(the share of the time budget used), the phase (the cross-validation checks, then the
+final training), the loss and a loss curve, so the viewer stays usable. Cancel stops
+after the current step; nothing is saved then.
+
+The model is saved only when the cross-validation shows that it beats the base on
+the user's own held-out pairs ("Save even if not better" overrides this); the status
+says plainly which, with the scores of both models (the numbers stored in the
+model's metadata and printed by ``vptv finetune``).
 
 The model is saved as ``NAME.pt`` + ``NAME.json`` in the user's model folder
 (:func:`napari_vptv.user_models.user_models_dir`), never replacing a model unless
@@ -89,13 +95,13 @@ class _Relay:
         from qtpy.QtCore import QObject, Signal
 
         class Relay(QObject):
-            step = Signal(int, int, float, object)
+            step = Signal(object)
 
         self.qobject = Relay()
         self.qobject.step.connect(slot)
 
-    def emit(self, step, total, loss, val_score):
-        self.qobject.step.emit(int(step), int(total), float(loss), val_score)
+    def emit(self, progress):
+        self.qobject.step.emit(progress)
 
 
 class FinetuneWidget(WidgetRunMixin, Container):
@@ -106,10 +112,11 @@ class FinetuneWidget(WidgetRunMixin, Container):
     worker : the running ``thread_worker`` or None.
     result : the last :class:`~napari_vptv.nn.finetune.FinetuneResult`.
     saved_path : path of the last saved model.
-    losses, val_scores : the live figures of the current / last run.
+    losses : the loss of every step of the current / last run.
+    phases : the phase of every step ("check 1/3", ..., "final").
     train_options : dict
         Extra keyword arguments of :func:`~napari_vptv.nn.finetune.finetune` (e.g.
-        ``{"batch": 2}`` in tests).
+        ``{"steps": 3, "recipe": FinetuneRecipe(batch=2)}`` in tests).
     """
 
     SETTINGS_NAME = "finetune"
@@ -123,7 +130,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.result = None
         self.saved_path = None
         self.losses: List[float] = []
-        self.val_scores: List[tuple] = []
+        self.phases: List[str] = []
         self._stop = threading.Event()
         self.train_options: Dict[str, Any] = {}
         self._pbar = None
@@ -139,21 +146,25 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.model_name = LineEdit(label="Model name", value="my-model")
         self.base = ComboBox(label="Start from", choices=self._base_choices,
                              tooltip="a shipped generalist, or one of your models to continue training it")
-        self.minutes = FloatSpinBox(label="Time budget (min)", min=0.1, max=600.0, step=0.5, value=3.0)
+        self.minutes = FloatSpinBox(label="Time budget (min)", min=0.1, max=600.0, step=0.5, value=5.0,
+                                    tooltip="the whole run: the checks on held-out pairs and the final training")
         self.replace = CheckBox(text="Replace a model of this name", value=False)
+        self.keep_anyway = CheckBox(text="Save even if not better", value=False,
+                                    tooltip="by default the model is saved only when it beats the base model on "
+                                            "your held-out pairs (cross-validation)")
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="stop after the current step and keep the best model so far")
+                                        tooltip="stop after the current step; nothing is saved")
         self.run_button = self.train_button  # the mixin's name
         buttons = Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self.live = Label(label="Loss / Dice", value="")
+        self.live = Label(label="Phase / loss", value="")
         self.curve = Label(label="Loss curve", value="")
         self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
         self.status.native.setWordWrap(True)
         self.extend([self.pairs_from, self.pairs, self.images_dir, self.masks_dir, self.model_name, self.base,
-                     self.minutes, self.replace, buttons, self.progress, self.live, self.curve, self.status])
+                     self.minutes, self.replace, self.keep_anyway, buttons, self.progress, self.live, self.curve, self.status])
         self.pairs_from.changed.connect(self._on_pairs_from)
         self.train_button.changed.connect(lambda *_: self.train())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
@@ -208,8 +219,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
         if folders is not None:
             samples = samples_from_folders(*folders)
+        keep = "always" if self.keep_anyway.value else "better"
         return finetune(samples, base=resolve_model(base), minutes=minutes, callback=self._relay.emit,
-                        should_stop=self._stop.is_set, **self.train_options)
+                        should_stop=self._stop.is_set, keep=keep, **self.train_options)
 
     def train(self):
         """Check the inputs, then start the fine-tuning in a ``thread_worker``."""
@@ -230,7 +242,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
             return None
         self._save_settings()
         self._stop.clear()
-        self.losses, self.val_scores, self.result, self.saved_path = [], [], None, None
+        self.losses, self.phases, self.result, self.saved_path = [], [], None, None
         self.progress.value, self.live.value, self.curve.value = 0, "", ""
         self._target_path = target
         worker = thread_worker(self._job, start_thread=False)(samples, folders, self.base.value,
@@ -245,42 +257,43 @@ class FinetuneWidget(WidgetRunMixin, Container):
         return worker
 
     def cancel(self):
-        """Stop after the current step; the best model so far is saved."""
+        """Stop after the current step; nothing is saved."""
         if self.worker is None:
             return
         self._stop.set()
         self.cancel_button.enabled = False
-        self._set_status("stopping after the current step (the best model so far is kept)...")
+        self._set_status("stopping after the current step (nothing will be saved)...")
 
     # ---------------------------------------------------------------- callbacks
-    def _on_step(self, step, total, loss, val_score):
-        self.losses.append(loss)
-        if val_score is not None:
-            self.val_scores.append((step, val_score))
-        self.progress.max = max(1, total)
-        self.progress.value = min(step, total)
-        dice = f" · held-out Dice {self.val_scores[-1][1]:.3f}" if self.val_scores else ""
-        self.live.value = f"step {step}/{total} · loss {loss:.4f}{dice}"
+    def _on_step(self, progress):
+        self.losses.append(progress.loss)
+        self.phases.append(progress.phase)
+        self.progress.max = 100
+        self.progress.value = int(round(100 * progress.fraction))
+        what = "checking on held-out pairs" if progress.phase.startswith("check") else "training the model to keep"
+        self.live.value = f"{progress.phase} ({what}) · step {progress.step} · loss {progress.loss:.4f}"
         self.curve.value = _sparkline(self.losses)
         self._set_status("stopping..." if self._stop.is_set() else "training...")
 
     def _on_returned(self, result):
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        from .nn.finetune import save_finetuned
+        from .nn.finetune import describe_verdict, save_finetuned
 
         self.result = result
+        if not result.cancelled:
+            self.progress.value = self.progress.max
+        verdict = describe_verdict(result)
+        if not result.kept:
+            self._set_status(verdict)
+            (show_info if result.cancelled else show_warning)(f"training finished: {verdict}")
+            return
         try:
             self.saved_path = save_finetuned(result, self._target_path, overwrite=bool(self.replace.value))
         except (OSError, ValueError) as exc:
             self._error(f"could not save the model: {exc}", show_error)
             return
-        ft = result.metadata["finetune"]
-        score = "" if result.val_score is None else \
-            f", held-out Dice {result.val_score:.3f} (base {result.base_val_score:.3f})"
-        how = "stopped early, best model kept" if result.stopped else "done"
-        self._set_status(f"{how}: saved '{self.saved_path.stem}' ({ft['steps_done']} steps{score}) "
-                         f"in {self.saved_path.parent}")
+        self._set_status(f"saved '{self.saved_path.stem}' in {self.saved_path.parent}: {verdict}")
         show_info(f"model '{self.saved_path.stem}' saved; choose it in the segmentation widget")
         for w in result.warnings:
             show_warning(w)

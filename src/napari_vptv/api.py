@@ -255,15 +255,15 @@ def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions) -> Segm
 ADAPTED_WBC_SETTINGS = {"epsilon": 0.05, "tv_weight": 0.05}
 
 
-def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, network: str = "unet"):
+def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, network: Optional[str] = None):
     """The WBC preset refitted to this image: a Gaussian colour model per class from the
     generalist U-net's confident pixels, EM updates, a volume interval around the
     network's class fractions, then the colour cost and the network's log-probabilities
     together (:func:`napari_vptv.core.adapt.adapted_segment`). A class the network does
     not see (e.g. no white cell) gives the network's own labels. None when the network
     code is not installed (the fixed colour model is used then). ``network``: the
-    initialiser, as :func:`~napari_vptv.nn.weights.predict_wbc`'s ``method`` (the
-    benchmarks pass a leave-one-source-out training run)."""
+    initialiser, as :func:`~napari_vptv.nn.weights.predict_wbc`'s ``method``; default:
+    ``opts.model`` (e.g. a fine-tuned model) or the shipped U-net."""
     try:
         from .nn.weights import predict_wbc
     except ImportError:
@@ -276,6 +276,7 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, netw
     # augmentation of this initialiser did not improve the result (validation splits,
     # wbc / wbc-d1: 0.9766 / 0.9681 plain vs 0.9756 / 0.9682 with the mirror image;
     # docs/solver-speed.md) and doubled its time.
+    network = network or opts.model or "unet"
     pred = predict_wbc(rgb, method=network, diameter=opts.diameter, device=opts.device, details=True,
                        require_nucleus=False, augment=1)
     settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
@@ -290,7 +291,8 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, netw
     result.diameter = float(pred.diameter)
     result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
-                   "colour_model": "refitted on this image" if fitted else "none (no cell found)"}
+                   "colour_model": "refitted on this image" if fitted else "none (no cell found)",
+                   "network": network}
     return result
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..options import RANGES, OptionError, SegmentOptions, auto_method
+from ..options import NETWORK_METHODS, RANGES, OptionError, SegmentOptions, auto_method
 from .common import CLIError, echo_err, floats, nonneg_float, positive_float, positive_int
 
 __all__ = [
@@ -159,8 +159,9 @@ def add_diameter_option(p) -> None:
         "--model",
         default=None,
         metavar="NAME_OR_PATH",
-        help="network to run: unet, vptv-unet, one of your models ('vptv finetune') or a .pt file; "
-        "sets --method to the model's network (default: the method's shipped network)",
+        help="network to use: unet, vptv-unet, one of your models ('vptv finetune') or a .pt file; "
+        "the default method takes its probabilities, a network --method runs it (its architecture "
+        "decides which network method); default: the shipped networks",
     )
     p.add_argument(
         "--keep-cells-without-nucleus",
@@ -219,7 +220,10 @@ def options_from_args(args, **fixed):
     if getattr(args, "model", None):
         from ..user_models import model_and_method
 
-        given["model"], given["method"] = model_and_method(args.model)
+        given["model"], arch = model_and_method(args.model)
+        # a network method runs the model itself; the default method uses its probabilities
+        if given["method"] in NETWORK_METHODS:
+            given["method"] = arch
     given.update(fixed)
     try:
         return SegmentOptions(**given)

@@ -1,20 +1,28 @@
 """Fine-tune a trained WBC network on a user's own corrected images (cellpose 2.0's loop).
 
-A user gives a few image / mask pairs (arrays from napari layers, or two folders);
+A user gives a few image / mask pairs (arrays from napari layers, or two folders).
 :func:`finetune` starts from a trained model (a shipped generalist, a user model to
-continue, or a training run), trains it with the generalist trainer
-(:func:`napari_vptv.nn.train.train`: the same scale-aware patches and augmentation)
-for a time budget, and returns the weights with their metadata:
+continue, or a training run) and:
 
-- with >= 3 pairs, one pair (drawn with ``seed``) is held out; the model kept is the
-  one with the best mean Dice on it (also when the run is cancelled);
-- the volume prior (``volume_priors_pooled``) comes from the user's masks;
-- the metadata names the base model (and its sha256), every training image with the
-  sha256 of its pixels and mask, the steps, the seconds and the validation scores.
+1. refuses masks whose classes look swapped (:func:`~.finetune_data.check_labels`);
+2. **cross-validates the recipe** (:mod:`.finetune_guard`): with ``n >= 2`` pairs in
+   ``K = min(n, 3)`` folds, a copy of the base is fine-tuned on all folds but one and
+   both it and the base segment the fold left out, so every pair is scored by a model
+   that never saw it;
+3. when the cross-validated score beats the base's, fine-tunes the base on **all**
+   pairs with the same recipe (:mod:`.finetune_loop`) and returns it; otherwise the
+   base is kept (nothing to save) unless ``keep="always"``.
 
-Before training, the base model's predictions are compared with the masks under the
-6 orderings of the 3 classes: masks whose labels are swapped (e.g. nucleus = 1) are
-refused with a one-line error, since the network would unlearn what it knows.
+The time budget is shared by the ``K + 1`` trainings (each gets an equal share of the
+time left); the learning-rate schedule of each follows its elapsed time, so the
+budget is used whatever the machine's speed. ``steps`` instead runs exactly that many
+steps per training (reproducible given ``seed``).
+
+The metadata of the new model is the base's (input normalisation, defaults, comfort
+range, volume priors: everything the inference path reads) plus a ``finetune``
+record: the base and the sha256 of its weights, every image (name, sha256 of its pixels
+and mask, size, cell diameter), the recipe, steps and seconds, and the verdict with
+the cross-validated scores of both models: the numbers the CLI and the widget print.
 
 :func:`save_finetuned` writes ``NAME.pt`` + ``NAME.json`` with
 :func:`~napari_vptv.nn.weights.export_weights` (loadable by
@@ -23,8 +31,8 @@ refused with a one-line error, since the network would unlearn what it knows.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -36,165 +44,270 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .data import input_norm_of
-from .sources import Sample, Source, cell_diameter, mask_to_labels, split_names
+from .finetune_data import (IMAGE_SUFFIXES, array_sha256, check_labels as _check_labels, label_order_check,
+                            samples_from_arrays, samples_from_folders)
+from .finetune_guard import GuardScores, folds, score_pairs, verdict
+from .finetune_loop import RECIPE, FinetuneRecipe, run_loop
 
-__all__ = ["FinetuneResult", "FINETUNE_DEFAULTS", "samples_from_arrays", "samples_from_folders",
-           "user_source", "finetune", "save_finetuned", "label_order_check", "IMAGE_SUFFIXES"]
+__all__ = ["FinetuneResult", "FinetuneProgress", "RECIPE", "FinetuneRecipe", "KEEP_CHOICES", "samples_from_arrays",
+           "samples_from_folders", "finetune", "save_finetuned", "label_order_check", "IMAGE_SUFFIXES",
+           "describe_verdict"]
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-CLASS_NAMES = ("background", "cytoplasm", "nucleus")
-#: training settings of a fine-tuning run (the sampler / augmentation are the base model's)
-FINETUNE_DEFAULTS = {"batch": 16, "lr": 1e-3, "warmup": 20, "eval_fraction": 0.1, "max_steps": 5000}
-#: a class ordering that agrees this much better with the base model than the given one
-#: means the masks' labels are swapped
-LABEL_SWAP_MARGIN = 0.15
-#: a held-out mean Dice below this is reported as a warning
-LOW_VAL_SCORE = 0.7
+#: "better": keep the fine-tuned model only when it beats the base on held-out pairs;
+#: "always": keep it whatever the check says (the verdict is still recorded)
+KEEP_CHOICES = ("better", "always")
+#: keys of a training run's metadata that describe the base's own training, not the new model
+_BASE_RUN_KEYS = ("validation", "history", "best", "steps", "steps_done", "train_seconds", "commit", "torch",
+                  "weights_file", "weights_sha256", "name", "saved", "finetune")
+#: the learning rate must lie in this open interval
+LR_RANGE = (0.0, 0.1)
 
 
-class ArraySource(Source):
-    """A :class:`Source` held in memory (no folder): its digest hashes the arrays."""
+@dataclass
+class FinetuneProgress:
+    """What a running fine-tuning reports after every step.
 
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for s in self.samples:
-            h.update(s.name.encode())
-            h.update(_array_sha256(s.image).encode())
-            h.update(_array_sha256(s.labels).encode())
-        return h.hexdigest()
+    ``fraction`` of the whole run (budget or steps) done, the ``phase`` ("check 1/3" for a
+    cross-validation training, "final" for the model kept), its ``step`` and ``loss``.
+    """
+
+    fraction: float
+    phase: str
+    step: int
+    loss: float
 
 
 @dataclass
 class FinetuneResult:
-    """Weights (``state_dict``) and ``metadata`` of a fine-tuned model; ``val_score``
-    (mean Dice on the held-out pair, None with < 3 pairs) of the model kept,
-    ``base_val_score`` of the base model on the same pair, ``stopped`` when Cancel or
-    the time budget ended the run before its planned steps."""
+    """The outcome of :func:`finetune`.
 
-    state_dict: dict
+    ``state_dict`` / ``metadata`` of the fine-tuned model (``state_dict`` None when the
+    base is kept or the run was cancelled); ``verdict`` (:func:`.finetune_guard.verdict`:
+    ``better``, ``gain``, the cross-validated scores of both models); ``cancelled`` by
+    the user; ``kept``: a model to save.
+    """
+
+    state_dict: Optional[dict]
     metadata: dict
-    val_score: Optional[float]
-    base_val_score: Optional[float]
-    stopped: bool
+    verdict: dict
+    cancelled: bool = False
     warnings: List[str] = field(default_factory=list)
 
+    @property
+    def kept(self) -> bool:
+        return self.state_dict is not None
 
-def _array_sha256(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
+    @property
+    def val_score(self) -> Optional[float]:
+        """Cross-validated mean Dice of the fine-tuned recipe (None without held-out pairs)."""
+        return (self.verdict.get("finetuned") or {}).get("mean_dice")
 
-
-def _mask_labels(name: str, mask) -> np.ndarray:
-    """Labels 0/1/2 of a mask: integer labels 0/1/2, or grey 0/128/255 (a few
-    anti-aliased grey pixels are mapped to the nearest grey)."""
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] in (3, 4):
-        m = m[..., 0]
-    if m.size == 0 or m.min() < 0:
-        raise ValueError(f"mask of {name!r} is empty or has negative values")
-    if m.max() <= 2:
-        return m.astype(np.int64)
-    if np.isin(m, (0, 128, 255)).mean() < 0.99:
-        raise ValueError(f"mask of {name!r} must hold labels 0/1/2 (background/cytoplasm/nucleus) or grey "
-                         f"0/128/255, got values {np.unique(m)[:8].tolist()}")
-    return mask_to_labels(m)
+    @property
+    def base_val_score(self) -> Optional[float]:
+        """The base's mean Dice on the same held-out pairs."""
+        return (self.verdict.get("base") or {}).get("mean_dice")
 
 
-def _as_sample(name: str, image, mask) -> Sample:
-    from .predict import as_rgb_uint8
+def describe_verdict(result: FinetuneResult) -> str:
+    """One plain sentence for the user: better or not, with the measured scores."""
+    v = result.verdict
+    if result.cancelled:
+        return "cancelled: nothing was saved, the base model is unchanged"
+    if v.get("better") is None:
+        return ("one pair cannot show whether fine-tuning helps (nothing left to test on): "
+                + ("the model is kept unchecked" if result.kept else "the base model is kept; give 2 or more pairs"))
+    ft, base = v["finetuned"], v["base"]
+    scores = (f"mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
+              f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f} on {ft['n_images']} held-out pair(s), "
+              "cross-validated")
+    if v["better"]:
+        return f"better than the base: {scores}"
+    return f"NOT better than the base: {scores}; " + (
+        "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved")
 
-    img = as_rgb_uint8(image)
-    lab = _mask_labels(name, mask)
-    if lab.shape != img.shape[:2]:
-        raise ValueError(f"mask of {name!r} has shape {lab.shape}, its image has {img.shape[:2]}")
-    return Sample(name, np.ascontiguousarray(img), lab, cell_diameter(lab))
+
+def _check_options(minutes, steps, keep, recipe, lr):
+    if not (steps or (minutes is not None and np.isfinite(minutes) and minutes > 0)):
+        raise ValueError(f"the time budget must be > 0 minutes, got {minutes}")
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    if lr is not None:
+        if not (np.isfinite(lr) and LR_RANGE[0] < lr < LR_RANGE[1]):
+            raise ValueError(f"the learning rate must be > {LR_RANGE[0]:g} and < {LR_RANGE[1]:g}, got {lr}")
+        recipe = dataclasses.replace(recipe, lr=float(lr))
+    return recipe
 
 
-def samples_from_arrays(images: Sequence, masks: Sequence, names: Optional[Sequence[str]] = None) -> List[Sample]:
-    """Image / mask pairs from arrays: RGB ``(H, W, 3)`` images, masks with labels 0/1/2
-    (background / cytoplasm / nucleus) or grey 0/128/255 (the formats ``evaluate`` reads).
+def _load_base(base, device):
+    from .weights import load_model
+
+    try:
+        return load_model(base, device=device)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot load the base model: {exc}") from None
+
+
+class _Clock:
+    """Shares the budget between the trainings and turns their steps into overall progress."""
+
+    def __init__(self, minutes, steps, n_phases, callback):
+        self.t0, self.total = time.perf_counter(), (minutes or 0.0) * 60.0
+        self.steps, self.n_phases, self.done, self.callback = steps, n_phases, 0, callback
+
+    def phase_seconds(self) -> Optional[float]:
+        if self.steps:
+            return None  # the steps rule: reproducible whatever the machine's speed
+        left = self.total - (time.perf_counter() - self.t0)
+        return max(1.0, left / max(1, self.n_phases - self.done))
+
+    def hook(self, phase):
+        if self.callback is None:
+            return None
+
+        def report(frac, step, loss):
+            if self.steps:
+                overall = (self.done + frac) / self.n_phases
+            else:
+                overall = (time.perf_counter() - self.t0) / self.total
+            self.callback(FinetuneProgress(float(min(1.0, overall)), phase, step, loss))
+        return report
+
+    def finish_phase(self):
+        self.done += 1
+
+
+def _train(base_model, meta, pairs, clock, phase, recipe, seed, should_stop, device):
+    model = copy.deepcopy(base_model)
+    res = run_loop(model, meta, pairs, recipe=recipe, seed=seed, steps=clock.steps, seconds=clock.phase_seconds(),
+                   callback=clock.hook(phase), should_stop=should_stop, device=device)
+    clock.finish_phase()
+    return model, res
+
+
+def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device):
+    """Held-out scores of the fine-tuned recipe and of the base; None when cancelled."""
+    parts = folds(len(samples), seed)
+    tuned, base, runs = GuardScores(), GuardScores(), []
+    for j, held in enumerate(parts):
+        train = [s for i, s in enumerate(samples) if i not in held]
+        test = [samples[i] for i in held]
+        fold_model, res = _train(model, meta, train, clock, f"check {j + 1}/{len(parts)}", recipe, seed,
+                                 should_stop, device)
+        if res.cancelled:
+            return None, runs
+        tuned.extend(score_pairs(fold_model, meta, test, device))
+        base.extend(score_pairs(model, meta, test, device))
+        runs.append({"held_out": [s.name for s in test], "steps": res.steps, "seconds": res.seconds})
+    return verdict(tuned, base) | {"per_image": {"finetuned": tuned.to_dict(), "base": base.to_dict()}}, runs
+
+
+def _check_finite(model, meta, samples, device):
+    """Refuse a model that produces NaN or infinity on its own training images."""
+    import torch
+
+    from .data import input_norm_of, normalise
+
+    with torch.inference_mode():
+        for s in samples[:3]:
+            lg = model.logits(normalise(s.image[None], input_norm_of(meta)).to(device))
+            if not torch.isfinite(lg).all():
+                raise ValueError("the fine-tuned model produces NaN / infinite values on its own training images "
+                                 "(learning rate too high?); nothing was saved")
+
+
+def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[float] = 5.0,
+             steps: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, device: str = "cpu",
+             callback: Optional[Callable[[FinetuneProgress], None]] = None,
+             should_stop: Optional[Callable[[], bool]] = None, check_labels: bool = True, keep: str = "better",
+             recipe: FinetuneRecipe = RECIPE, lr: Optional[float] = None) -> FinetuneResult:
+    """Fine-tune ``base`` on image / mask pairs, keeping it only if it beats the base.
+
+    Parameters
+    ----------
+    samples : from :func:`samples_from_arrays` or :func:`samples_from_folders`.
+    base : str
+        ``"unet"``, ``"vptv-unet"``, a model file ``NAME.pt`` (continue training a
+        fine-tuned model) or a training-run folder (:func:`~.weights.load_model`).
+    minutes : float
+        Time budget of the whole run (cross-validation and the final training).
+    steps : int, optional
+        Exactly this many steps per training instead (reproducible given ``seed``).
+    seed : int
+        Seed of the folds and of every patch draw.
+    threads : int, optional
+        torch CPU threads (default: torch's current setting).
+    device : str
+        Torch device of the training (``"cpu"``, ``"cuda"``).
+    callback : ``callback(FinetuneProgress)`` after every step.
+    should_stop : ``should_stop() -> bool``, polled after every step (Cancel): the run
+        stops and nothing is kept.
+    check_labels : bool
+        Refuse masks whose classes look swapped relative to the base model.
+    keep : {"better", "always"}
+        Keep the fine-tuned model only when the cross-validation shows a gain, or always.
+    recipe : :class:`~.finetune_loop.FinetuneRecipe`
+        How each training runs (default: the measured recipe).
+    lr : float, optional
+        Peak learning rate instead of the recipe's (0 < lr < 0.1).
 
     Raises
     ------
     ValueError
-        No pair, unequal counts, a mask of another shape or with other values (named).
+        Bad pairs or options, swapped labels, a base model that cannot be loaded, a
+        model that produces NaN (one line each).
     """
-    images, masks = list(images), list(masks)
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
-    if not images:
+    import torch
+
+    recipe = _check_options(minutes, steps, keep, recipe, lr)
+    samples = list(samples)
+    if not samples:
         raise ValueError("no image / mask pair given")
-    names = list(names) if names is not None else [f"image{i:03d}" for i in range(len(images))]
-    if len(set(names)) != len(names):
-        raise ValueError(f"image names must be unique, got {names}")
-    return [_as_sample(n, im, m) for n, im, m in zip(names, images, masks)]
+    if threads:
+        torch.set_num_threads(int(threads))
+    t_start = time.time()
+    model, meta = _load_base(base, device)
+    label_check = _check_labels(model, meta, samples) if check_labels else None
+    n_folds = len(folds(len(samples), seed))
+    clock = _Clock(minutes, steps, n_folds + 1, callback)
+    result_verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device)
+    if result_verdict is None:
+        return FinetuneResult(None, {}, {"better": None}, cancelled=True)
+    if n_folds == 0:
+        result_verdict = verdict(GuardScores(), GuardScores())
+    if keep == "better" and not result_verdict["better"]:
+        return FinetuneResult(None, {}, result_verdict)
+    tuned, res = _train(model, meta, samples, clock, "final", recipe, seed, should_stop, device)
+    if res.cancelled:
+        return FinetuneResult(None, {}, result_verdict, cancelled=True)
+    _check_finite(tuned, meta, samples, device)
+    record = {"base": _base_info(base, meta), "base_finetune": meta.get("finetune"),
+              "images": [_image_record(s) for s in samples], "recipe": recipe.to_dict(), "seed": seed,
+              "folds": runs, "final": {"steps": res.steps, "seconds": res.seconds},
+              "seconds": time.time() - t_start, "verdict": result_verdict, "label_check": label_check,
+              "kept_because": "better" if result_verdict["better"] else "asked (keep='always')",
+              "user_class_fractions": _fractions(samples)}
+    return FinetuneResult({k: v.detach().cpu() for k, v in tuned.state_dict().items()},
+                          _metadata(meta, record), result_verdict)
 
 
-def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
-    """Pairs from two folders: every image with a mask of the same stem (any of
-    :data:`IMAGE_SUFFIXES`). Raises ``FileNotFoundError`` naming the folder / image."""
-    import imageio.v3 as iio
-
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    for d in (images_dir, masks_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"folder '{d}' does not exist")
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    paths = [p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in '{images_dir}'")
-    missing = [p.name for p in paths if p.stem not in masks]
-    if missing:
-        raise FileNotFoundError(f"no mask in '{masks_dir}' for image(s) {', '.join(missing[:5])}")
-    out = []
-    for p in paths:
-        try:
-            image, mask = iio.imread(p), iio.imread(masks[p.stem])
-        except Exception as exc:  # noqa: BLE001 - any reader error, named
-            raise ValueError(f"cannot read '{p}' or its mask: {exc}") from exc
-        out.append(_as_sample(p.stem, image, mask))
-    return out
+def _image_record(s) -> dict:
+    return {"name": s.name, "image_sha256": array_sha256(s.image), "mask_sha256": array_sha256(s.labels),
+            "shape": list(s.labels.shape), "cell_diameter": s.diameter}
 
 
-def user_source(samples: Sequence[Sample], seed: int = 0, name: str = "user") -> ArraySource:
-    """The pairs as one source; with >= 3 pairs one (drawn with ``seed``) is held out."""
-    n_val = 1 if len(samples) >= 3 else 0
-    train, val = split_names([s.name for s in samples], n_val, seed)
-    by = {s.name: s for s in samples}
-    return ArraySource(name, None, list(samples), [by[n] for n in train], [by[n] for n in val])
+def _fractions(samples) -> list:
+    return np.mean([np.bincount(s.labels.ravel(), minlength=3)[:3] / s.labels.size for s in samples], 0).tolist()
 
 
-def label_order_check(model, meta, samples: Sequence[Sample], max_images: int = 6) -> dict:
-    """Pixel agreement of the base model with the masks under each class ordering.
-
-    Returns ``{"given": acc, "best": acc, "order": (i, j, k)}``: ``order[c]`` is the
-    label the base model gives to what the mask calls ``c``.
-    """
-    from .predict import predict_cells
-
-    preds, gts = [], []
-    for s in list(samples)[:max_images]:
-        pred = predict_cells(model, meta, s.image, diameter=s.diameter or None, num_iter=0)
-        preds.append(pred.labels.ravel())
-        gts.append(s.labels.ravel())
-    p, t = np.concatenate(preds), np.concatenate(gts)
-    scores = {perm: float((np.asarray(perm)[t] == p).mean()) for perm in itertools.permutations(range(3))}
-    best = max(scores, key=scores.get)
-    return {"given": scores[(0, 1, 2)], "best": scores[best], "order": best}
-
-
-def _check_labels(model, meta, samples):
-    chk = label_order_check(model, meta, samples)
-    if chk["best"] - chk["given"] > LABEL_SWAP_MARGIN:
-        swapped = ", ".join(f"{CLASS_NAMES[c]} is {o}" for c, o in enumerate(chk["order"]) if c != o)
-        raise ValueError(
-            f"the masks' labels look swapped: the base model agrees with {chk['given']:.0%} of the mask pixels "
-            f"as given but {chk['best']:.0%} if {swapped}; masks must use 0 = background, 1 = cytoplasm, "
-            "2 = nucleus (or grey 0/128/255)")
-    return chk
+def _metadata(base_meta: dict, record: dict) -> dict:
+    """The base's metadata (all the inference path reads) with the fine-tuning record."""
+    meta = copy.deepcopy(base_meta)
+    record["base"]["training"] = {k: meta.pop(k) for k in _BASE_RUN_KEYS if k in meta}
+    record["base"]["training"].pop("finetune", None)
+    meta["finetune"] = json.loads(json.dumps(record, default=float))
+    return meta
 
 
 def _base_info(base, meta) -> dict:
@@ -210,151 +323,6 @@ def _base_info(base, meta) -> dict:
             "arch": meta["arch"]}
 
 
-def _config(meta, steps, seed, opts) -> dict:
-    cfg = {
-        "arch": meta["arch"], "unet": dict(meta["unet"]), "sources": [{"name": "user", "weight": 1.0}],
-        "seed": seed, "split_seed": seed, "steps": int(steps), "batch": opts["batch"], "lr": opts["lr"],
-        "warmup": min(opts["warmup"], max(1, steps // 5)), "weight_decay": 0.0,
-        "sampler": dict(meta.get("sampler") or {}), "augment": dict(meta.get("augment") or {}),
-        "log_every": max(1, steps // 20), "eval_every": max(1, int(round(steps * opts["eval_fraction"]))),
-        "input_norm": input_norm_of(meta),
-    }
-    if meta["arch"] != "unet":
-        cfg.update(head=dict(meta.get("head") or {}), volume_dropout=(meta.get("config") or {}).get("volume_dropout", 0.3))
-    return cfg
-
-
-def _seconds_per_step(model, source, cfg) -> float:
-    """Time of one training step on a throw-away copy (sets the step count of a budget)."""
-    import copy
-
-    import torch
-
-    from .augment import AugmentConfig
-    from .sampler import SamplerConfig
-    from .train import _step_batch
-
-    probe = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(probe.parameters(), lr=0.0)
-    scfg, acfg = SamplerConfig(**cfg["sampler"]), AugmentConfig(**cfg["augment"])
-    times = []
-    for i in range(2):  # the first step pays for allocations
-        t0 = time.perf_counter()
-        x, y, vol = _step_batch([source], [1.0], 10**9 + i, cfg, scfg, acfg)
-        loss = torch.nn.functional.nll_loss(torch.log(probe(x, volumes=vol).clamp(min=1e-8)), y)
-        opt.zero_grad()
-        loss.backward()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def _plan_steps(model, source, meta, minutes, steps, seed, opts):
-    if steps:
-        return int(steps)
-    per_step = _seconds_per_step(model, source, _config(meta, 100, seed, opts))
-    # ~10 % of the budget goes to validation and overheads
-    return int(np.clip(0.9 * 60.0 * minutes / per_step, 10, opts["max_steps"]))
-
-
-def finetune(samples: Sequence[Sample], *, base: str = "vptv-unet", minutes: float = 3.0,
-             steps: Optional[int] = None, seed: int = 0, threads: Optional[int] = None,
-             callback: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
-             check_labels: bool = True, scratch: bool = False, **train_options) -> FinetuneResult:
-    """Fine-tune ``base`` on image / mask pairs (see the module docstring).
-
-    Parameters
-    ----------
-    samples : from :func:`samples_from_arrays` or :func:`samples_from_folders`.
-    base : str
-        ``"unet"``, ``"vptv-unet"``, a model file ``NAME.pt`` (continue training a
-        fine-tuned model) or a training-run folder (:func:`~.weights.load_model`).
-    minutes : float
-        Time budget of the training loop; the run stops with the best model so far.
-    steps : int, optional
-        Planned steps (deterministic given ``seed`` unless ``minutes`` runs out first);
-        default: as many as fit ``minutes`` by the time of one step.
-    callback : ``callback(step, total, loss, val_score)``, called after every step.
-    should_stop : ``should_stop() -> bool``, polled after every step (Cancel).
-    threads : int, optional
-        torch CPU threads (default: torch's current setting).
-    check_labels : bool
-        Refuse masks whose classes look swapped relative to the base model.
-    scratch : bool
-        Train ``base``'s architecture from random weights instead (the control of the
-        benchmark; no label check).
-    train_options : override :data:`FINETUNE_DEFAULTS` (``batch``, ``lr``, ...).
-
-    Raises
-    ------
-    ValueError
-        Bad pairs, swapped labels, a base model that cannot be loaded (one line each).
-    """
-    import torch
-
-    from .train import _validate, train
-    from .weights import load_model
-
-    if not (minutes > 0 or steps):
-        raise ValueError(f"the time budget must be > 0 minutes, got {minutes}")
-    unknown = set(train_options) - set(FINETUNE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown fine-tuning option(s): {', '.join(sorted(unknown))}")
-    opts = dict(FINETUNE_DEFAULTS, **train_options)
-    try:
-        model, meta = load_model(base)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot load the base model: {exc}") from None
-    source = user_source(samples, seed)
-    label_check = _check_labels(model, meta, source.samples) if check_labels and not scratch else None
-    base_val = _validate(model, [source], meta["arch"] != "unet", input_norm_of(meta))
-    base_score = float(np.mean(base_val["user"]["dice"])) if base_val else None
-    cfg = _config(meta, _plan_steps(model, source, meta, minutes, steps, seed, opts), seed, opts)
-    t0 = time.time()
-    work = Path(tempfile.mkdtemp(prefix="vptv-finetune-"))
-    try:
-        tmeta = train(cfg, work, sources=[source], resume=False, max_minutes=minutes or 0.0,
-                      threads=threads or torch.get_num_threads(), init=None if scratch else model.state_dict(),
-                      callback=callback, should_stop=should_stop,
-                      keep_best=bool(source.val), finish_early=True)
-        state = torch.load(work / "model.pt", map_location="cpu", weights_only=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result = _result(state, meta, tmeta, base, source, base_score, label_check, time.time() - t0)
-    result.metadata["finetune"]["from_scratch"] = bool(scratch)
-    return result
-
-
-def _result(state, base_meta, tmeta, base, source, base_score, label_check, seconds) -> FinetuneResult:
-    best = tmeta.get("best")
-    val_score = best["val_score"] if best else None
-    warnings = []
-    if val_score is not None and base_score is not None and val_score < base_score:
-        warnings.append(f"the fine-tuned model scores {val_score:.3f} (mean Dice) on the held-out pair "
-                        f"{source.val[0].name!r}, below the base model's {base_score:.3f}: check the masks")
-    if val_score is not None and val_score < LOW_VAL_SCORE:
-        warnings.append(f"the fine-tuned model scores only {val_score:.3f} (mean Dice) on the held-out pair "
-                        f"{source.val[0].name!r}: check that the masks use 0 = background, 1 = cytoplasm, "
-                        "2 = nucleus, or train longer")
-    keep = ("classes", "normalisation", "defaults", "data", "licence_note")
-    meta = {k: base_meta[k] for k in keep if k in base_meta}
-    meta.update({k: tmeta[k] for k in ("arch", "unet", "head", "sampler", "augment", "sources",
-                                       "volume_priors_pooled", "training_cell_diameter_median", "commit", "torch")})
-    meta["volume_priors"] = dict(tmeta["volume_priors_pooled"], source="the user's training masks")
-    meta["finetune"] = {
-        "base": _base_info(base, base_meta),
-        "base_finetune": base_meta.get("finetune"),  # lineage when continuing a user model
-        "images": [{"name": s.name, "role": "validation" if s in source.val else "training",
-                    "image_sha256": _array_sha256(s.image), "mask_sha256": _array_sha256(s.labels),
-                    "shape": list(s.labels.shape), "cell_diameter": s.diameter} for s in source.samples],
-        "steps_planned": tmeta["steps"], "steps_done": tmeta["steps_done"], "best_step": best and best["step"],
-        "train_seconds": tmeta["train_seconds"], "seconds": seconds, "config": tmeta["config"],
-        "val_score": val_score, "base_val_score": base_score, "val_metric": "mean Dice (3 classes), held-out pair",
-        "history": tmeta["history"], "label_check": label_check, "warnings": warnings,
-        "stopped_early": tmeta["steps_done"] < tmeta["steps"],
-    }
-    return FinetuneResult(state, meta, val_score, base_score, tmeta["steps_done"] < tmeta["steps"], warnings)
-
-
 def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> Path:
     """Write ``result`` as ``path`` (``NAME.pt``) with ``NAME.json`` beside it.
 
@@ -367,6 +335,8 @@ def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> 
     """
     from .weights import export_weights
 
+    if not result.kept:
+        raise ValueError(f"nothing to save: {describe_verdict(result)}")
     path = Path(path).expanduser()
     if path.suffix != ".pt":
         raise ValueError(f"a model file must end in .pt, got '{path}'")

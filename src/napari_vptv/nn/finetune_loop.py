@@ -1,0 +1,208 @@
+"""The training loop of a fine-tuning run: a strong base model adapted to a few images.
+
+A shipped generalist already segments most labs well, so fine-tuning must *add* what
+the user's images show without losing what the base knows. Each rule below was
+measured against the plain generalist trainer on the user's situation (the shipped
+model, k images of a source, scored on the rest of that source and on the other
+source; ``benchmarks/bench_finetune.py --ablation``):
+
+- **BatchNorm frozen** (running statistics and layers in eval mode): statistics
+  re-estimated on a handful of patches no longer match whole images.
+- **A small learning rate** (:attr:`FinetuneRecipe.lr`), warm-up, then cosine decay
+  along the *elapsed* fraction of the budget (time budget) or of the steps.
+- **An anchor to the base** (L2-SP, Li et al. 2018): ``anchor_weight * sum((w - w0)^2)``
+  keeps the weights near the base's, so a few images cannot pull it far.
+- **Patches at the scale inference uses**: the user's images are seen at the scale
+  the model will run them at (the comfortable cell-diameter range of the model's
+  metadata), jittered by ``scale_jitter``; the base's colour / optics augmentation is
+  kept.
+- **Replay**: a share of each batch comes from the bundled sample images, which the
+  base was trained on, so the other lab it knows is kept in view.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["FinetuneRecipe", "RECIPE", "LoopResult", "run_loop", "replay_samples"]
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How a fine-tuning run trains (the defaults are the measured recipe).
+
+    Attributes
+    ----------
+    lr : float
+        Peak learning rate of Adam (the generalist's last stage used 5e-4).
+    batch : int
+        Patches per step.
+    warmup : int
+        Steps of linear warm-up.
+    freeze_batchnorm : bool
+        Keep BatchNorm running statistics of the base (layers in eval mode).
+    anchor_weight : float
+        L2-SP weight: ``anchor_weight * sum((w - w_base)^2)`` is added to the loss.
+    scale_jitter : float
+        Patches are drawn at the inference scale times ``[1 / j, j]``.
+    replay : float
+        Share of each batch drawn from the bundled sample images (0 = none).
+    """
+
+    lr: float = 2e-4
+    batch: int = 16
+    warmup: int = 10
+    freeze_batchnorm: bool = True
+    anchor_weight: float = 1e-3
+    scale_jitter: float = 1.25
+    replay: float = 0.25
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the recipe every front end uses
+RECIPE = FinetuneRecipe()
+#: the generalist trainer's settings, for the ablation benchmark (what fine-tuning did before)
+GENERALIST_LIKE = FinetuneRecipe(lr=1e-3, warmup=20, freeze_batchnorm=False, anchor_weight=0.0,
+                                 scale_jitter=0.0, replay=0.0)
+
+
+@dataclass
+class LoopResult:
+    """``steps`` done, training ``seconds``, whether the user ``cancelled``, the loss history."""
+
+    steps: int
+    seconds: float
+    cancelled: bool
+    losses: List[float]
+
+
+def replay_samples():
+    """The bundled sample images with their masks (CellaVision, part of the base's
+    training data), as :class:`~napari_vptv.nn.sources.Sample` objects."""
+    from ..core.samples import load_sample, sample_ids
+    from .sources import Sample, cell_diameter
+
+    out = []
+    for sid in sample_ids():
+        image, mask = load_sample(sid)
+        lab = mask.astype(np.int64)
+        out.append(Sample(f"sample-{sid}", image, lab, cell_diameter(lab)))
+    return out
+
+
+def _lr_factor(progress: float, step: int, warmup: int) -> float:
+    """Warm-up over ``warmup`` steps, then cosine decay to 2 % along ``progress`` in [0, 1]."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _sampler_config(meta: dict, recipe: FinetuneRecipe, patch_size: int):
+    from .predict import DEFAULT_COMFORT_RANGE
+    from .sampler import SamplerConfig
+
+    base = dict(meta.get("sampler") or {})
+    if recipe.scale_jitter and recipe.scale_jitter >= 1.0:
+        comfort = tuple((meta.get("defaults") or {}).get("comfort_range") or DEFAULT_COMFORT_RANGE)
+        return SamplerConfig(patch_size=patch_size, scale_range=(1 / recipe.scale_jitter, recipe.scale_jitter),
+                             diameter_range=comfort, p_cell=base.get("p_cell", 0.6))
+    return SamplerConfig(**{**base, "patch_size": patch_size})
+
+
+def _set_train_mode(model, freeze_batchnorm: bool):
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _batch(user, replay, step, seed, cfg, scfg, acfg, recipe):
+    """One batch: user patches, plus ``replay`` share from the replay samples."""
+    from .sources import Source
+    from .train import _step_batch
+
+    n_replay = int(round(recipe.replay * recipe.batch)) if replay else 0
+    parts = []
+    for samples, n, salt in ((user, recipe.batch - n_replay, 0), (replay, n_replay, 1)):
+        if n <= 0:
+            continue
+        src = Source("s", None, list(samples), list(samples), [])
+        parts.append(_step_batch([src], [1.0], step * 2 + salt, dict(cfg, batch=n, seed=seed), scfg, acfg))
+    x = torch.cat([p[0] for p in parts])
+    y = torch.cat([p[1] for p in parts])
+    vols = [p[2] for p in parts]
+    vol = None if any(v is None for v in vols) else torch.cat(vols)
+    return x, y, vol
+
+
+def run_loop(model, meta: dict, samples: Sequence, *, recipe: FinetuneRecipe = RECIPE, seed: int = 0,
+             steps: Optional[int] = None, seconds: Optional[float] = None,
+             callback: Optional[Callable[[float, int, float], None]] = None,
+             should_stop: Optional[Callable[[], bool]] = None, replay: Optional[Sequence] = None,
+             device: str = "cpu") -> LoopResult:
+    """Train ``model`` (in place) on ``samples`` for ``steps`` steps or ``seconds`` seconds.
+
+    Parameters
+    ----------
+    model : the base network (``unet`` or ``vptv-unet``), modified in place.
+    meta : its metadata (input normalisation, sampler, augmentation, comfort range).
+    samples : :class:`~napari_vptv.nn.sources.Sample` pairs to train on.
+    steps, seconds : the budget; with ``steps`` the run is deterministic given ``seed``
+        (``seconds`` then only caps it); with ``seconds`` alone the learning-rate schedule
+        follows the elapsed fraction of the time.
+    callback : ``callback(progress, step, loss)`` after every step, ``progress`` in [0, 1].
+    should_stop : polled after every step; True cancels (the weights so far are kept).
+    replay : samples mixed in (share ``recipe.replay``); default: the bundled samples.
+    device : torch device of ``model``.
+    """
+    from .augment import AugmentConfig
+    from .data import input_norm_of
+
+    if not (steps or seconds):
+        raise ValueError("give a number of steps or a time budget")
+    scfg = _sampler_config(meta, recipe, int((meta.get("sampler") or {}).get("patch_size", 96)))
+    acfg = AugmentConfig(**(meta.get("augment") or {}))
+    cfg = {"arch": meta["arch"], "input_norm": input_norm_of(meta),
+           "volume_dropout": (meta.get("config") or {}).get("volume_dropout", 0.3)}
+    replay = (replay_samples() if replay is None else list(replay)) if recipe.replay > 0 else []
+    anchor = [p.detach().clone() for p in model.parameters()] if recipe.anchor_weight > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    _set_train_mode(model, recipe.freeze_batchnorm)
+    t0, step, losses, cancelled = time.perf_counter(), 0, [], False
+    while True:
+        elapsed = time.perf_counter() - t0
+        progress = step / steps if steps else elapsed / seconds
+        if progress >= 1.0 or (seconds and elapsed >= seconds):
+            break
+        for g in opt.param_groups:
+            g["lr"] = recipe.lr * _lr_factor(progress, step, recipe.warmup)
+        x, y, vol = _batch(samples, replay, step, seed, cfg, scfg, acfg, recipe)
+        x, y = x.to(device), y.to(device)
+        vol = None if vol is None else vol.to(device)
+        p = model(x, volumes=vol)
+        loss = torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), y)
+        if anchor is not None:
+            loss = loss + recipe.anchor_weight * sum(((w - w0) ** 2).sum() for w, w0 in zip(model.parameters(), anchor))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if not np.isfinite(losses[-1]):
+            raise FloatingPointError(f"the training loss became {losses[-1]} at step {step}: lower the learning rate")
+        if callback is not None:
+            done = step / steps if steps else (time.perf_counter() - t0) / seconds
+            callback(min(1.0, done), step, losses[-1])
+        if should_stop is not None and should_stop():
+            cancelled = True
+            break
+    model.eval()
+    return LoopResult(step, time.perf_counter() - t0, cancelled, losses)
