@@ -39,14 +39,21 @@ def _frames(shape_lead):
     return list(np.ndindex(*shape_lead)) if shape_lead else [()]
 
 
-def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], diameter: Optional[float]):
+def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], diameter: Optional[float],
+                   spacing: Optional[Sequence[float]] = None):
     """Per-cell (WBC classes) or per-class tables of a label array (any leading axes).
 
     Returns ``(cells, frames, instances)``: the per-cell table (None when the classes
-    are not the WBC ones), a per-frame table of class areas, and the cell instance
-    array (globally unique ids across frames; None without cells).
+    are not the WBC ones) in the format of ``vptv segment --measure``
+    (:mod:`napari_vptv.core.cell_table`, ``image`` = the layer's name), a per-frame
+    table of class areas, and the cell instance array (globally unique ids across
+    frames; None without cells). ``spacing``: the (y, x) pixel size in µm (default:
+    the image layer's scale, if not 1).
     """
-    spacing = layer_spacing(image_layer)
+    from .core.cell_table import cell_rows, concat_tables
+    from .core.measure import cell_instances
+
+    spacing = layer_spacing(image_layer) if spacing is None else tuple(spacing)
     wbc = list(names[1:3]) == ["cytoplasm", "nucleus"]
     lead = labels.shape[:-2]
     rows, frames = [], []
@@ -63,16 +70,14 @@ def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], dia
         frames.append(frame_row)
         if not wbc:
             continue
-        from .core.measure import cell_instances
-
         inst = cell_instances(lab, diameter=diameter)
         inst[inst > 0] += offset
         image = np.asarray(image_layer.data[index] if index else image_layer.data)
         t = measure_cells(lab, image=image, spacing=spacing, instances=inst)
         offset = int(inst.max(initial=offset))
         instances[index] = inst
-        rows.append({"frame": np.full(len(t["cell"]), frame, dtype=np.int64), **t})
-    cells = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else None
+        rows.append(cell_rows(image_layer.name, frame, t))
+    cells = concat_tables(rows) if rows else None
     frame_table = {k: np.concatenate([r[k] for r in frames]) for k in frames[0]}
     return cells, frame_table, instances
 
@@ -81,7 +86,7 @@ def add_cells_layer(viewer, instances: np.ndarray, cells: Table, *, name: str, l
     """A Labels layer of the cell instances (contours) whose features are ``cells``."""
     import pandas as pd
 
-    features = pd.DataFrame({"index": cells["cell"], **{k: v for k, v in cells.items() if k != "cell"}})
+    features = pd.DataFrame({"index": cells["cell"], **{k: v for k, v in cells.items() if k not in ("cell", "image")}})
     layer = viewer.add_labels(instances, name=name, scale=tuple(like.scale), translate=tuple(like.translate),
                               opacity=0.9, features=features)
     layer.contour = 1

@@ -3,6 +3,8 @@
 Subcommands::
 
     vptv segment INPUT... --out DIR      segment images, folders, globs, TIFF stacks
+                                         (--measure FILE.csv: one row per cell)
+    vptv measure IMAGES LABELS --out FILE.csv   per-cell table of existing labels
     vptv evaluate --images DIR --masks DIR   score against ground-truth masks
     vptv demo [--out DIR]                run the WBC preset on the bundled samples
     vptv correct IMAGE MASK --out FILE   snap a rough mask to the image (VPTV)
@@ -32,7 +34,7 @@ from .common import PROG, CLIError, Parser
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CLIError"]
 
 #: The subcommand modules of this package, in the order of ``vptv --help``.
-SUBCOMMANDS = ("segment", "evaluate", "demo", "correct", "train", "finetune")
+SUBCOMMANDS = ("segment", "measure", "evaluate", "demo", "correct", "train", "finetune")
 
 
 def _modules():

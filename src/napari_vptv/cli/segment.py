@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import CLIError, echo, echo_err, fmt_vec, positive_int, progress_bar
+from .measure import add_measure_options, write_measurements
 from .solver_options import add_solver_options, cap_threads, options_from_args
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
             "  vptv segment 'stacks/*.tif' --out labels/ --preset none --classes 2 \\\n"
             "      --volumes 0.8,0.2                                      # per slice\n"
             "  vptv segment big.tif --out labels/ --scheduler tcp://host:8786\n"
+            "  vptv segment smears/ --out labels/ --measure cells.csv --pixel-size 0.1\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,6 +86,7 @@ def add_parser(sub) -> None:
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no per-slice volume lines for stacks")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_measure_options(p, with_file=True)
     p.set_defaults(func=run)
 
 
@@ -104,6 +107,24 @@ def _connect(address: str):
         raise CLIError(f"cannot connect to the dask scheduler at {address!r}: {exc}") from None
 
 
+def _measure_path(args):
+    """The ``--measure`` file (None without it); an existing one needs ``--overwrite``."""
+    path = Path(args.measure).expanduser() if args.measure else None
+    if path is not None and path.exists() and not args.overwrite:
+        raise CLIError(f"--measure '{path}' exists; use --overwrite or another file name")
+    return path
+
+
+def _measure_outputs(summary, path, args) -> int:
+    """``--measure``: the per-cell table of every label file written or kept; the exit status."""
+    pairs = [(r.output, Path(r.input)) for r in summary.results if r.ok and r.output is not None]
+    if not pairs:
+        echo_err("no label image to measure; --measure file not written")
+        return 0
+    return write_measurements(pairs, path, pixel_size=args.pixel_size, diameter=getattr(args, "diameter", None),
+                              overwrite=True)
+
+
 def run(args) -> int:
     """Run ``vptv segment``; returns the exit status."""
     from ..api import SegmentFn
@@ -115,6 +136,7 @@ def run(args) -> int:
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out '{out_dir}' exists and is not a folder")
+    measure_path = _measure_path(args)
     items = list(iter_inputs(args.inputs))
     client = _connect(args.scheduler) if args.scheduler else None
     scheduler = client
@@ -166,9 +188,10 @@ def run(args) -> int:
         names = ", ".join(f.name for f in summary.stale_removed)
         echo_err(f"removed {len(summary.stale_removed)} temporary file(s) left by an interrupted run: {names}")
     echo(summary.line())
+    status = 0 if measure_path is None else _measure_outputs(summary, measure_path, args)
     if summary.failed:
         echo_err(f"{len(summary.failed)} input(s) failed:")
         for r in summary.failed:
             echo_err(f"  {r.input}: {r.message}")
         return 1
-    return 0
+    return status

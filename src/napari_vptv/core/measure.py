@@ -35,6 +35,7 @@ __all__ = [
     "CYTOPLASM",
     "NUCLEUS",
     "cell_instances",
+    "reading_order",
     "measure_cells",
     "class_areas",
     "measure_stack",
@@ -84,7 +85,8 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
 
     Returns
     -------
-    (H, W) int32 array of instance ids, numbered 1..n in raster order.
+    (H, W) int32 array of instance ids, numbered 1..n in reading order
+    (:func:`reading_order`).
     """
     from skimage.feature import peak_local_max
     from skimage.segmentation import relabel_sequential, watershed
@@ -95,13 +97,13 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
     mask = np.isin(labels, list(cell_classes))
     inst = _drop_specks(connected_components(mask, connectivity=1).astype(np.int32), diameter, min_area)
     if not diameter or diameter <= 0 or inst.max() == 0:
-        return inst
+        return reading_order(inst)
     expected = np.pi * float(diameter) ** 2 / 4.0
     areas = np.bincount(inst.ravel())
     big = np.nonzero(areas > SPLIT_FACTOR * expected)[0]
     big = big[big > 0]
     if big.size == 0:
-        return inst
+        return reading_order(inst)
     region = np.isin(inst, big)
     dist = ndi.distance_transform_edt(region)
     peaks = peak_local_max(dist, min_distance=max(1, int(diameter / 2)), labels=np.where(region, inst, 0),
@@ -111,7 +113,31 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
     split = watershed(-dist, markers, mask=region)
     out = inst.copy()
     out[region] = split[region] + inst.max()
-    return relabel_sequential(out)[0].astype(np.int32)
+    return reading_order(relabel_sequential(out)[0].astype(np.int32))
+
+
+def reading_order(inst: np.ndarray) -> np.ndarray:
+    """Renumber instances 1..n in reading order: rows of cells top to bottom, each row
+    left to right. A cell starts a new row when its centre lies below the current
+    row's first centre by more than half the median cell height."""
+    inst = np.asarray(inst)
+    n = int(inst.max(initial=0))
+    if n <= 1:
+        return inst.astype(np.int32)
+    got = regionprops_table(inst, properties=("label", "centroid", "bbox"))
+    ids, cy, cx = (np.asarray(got[k], dtype=float) for k in ("label", "centroid-0", "centroid-1"))
+    half = 0.5 * float(np.median(np.asarray(got["bbox-2"]) - np.asarray(got["bbox-0"])))
+    order, row, top = [], [], None
+    for i in np.argsort(cy, kind="stable"):
+        if top is not None and cy[i] - top > half:
+            order += sorted(row, key=lambda j: cx[j])
+            row, top = [], None
+        top = cy[i] if top is None else top
+        row.append(i)
+    order += sorted(row, key=lambda j: cx[j])
+    lut = np.zeros(n + 1, np.int32)
+    lut[ids[order].astype(int)] = np.arange(1, len(order) + 1)
+    return lut[inst]
 
 
 def _drop_specks(inst: np.ndarray, diameter, min_area) -> np.ndarray:
@@ -225,7 +251,8 @@ def measure_cells(
     ``nucleus_area_px``, ``cytoplasm_area_px`` (and ``*_um2``), ``nc_ratio``
     ``N / (N + C)``, ``n_to_c`` ``N / C`` (inf without cytoplasm),
     ``nucleus_lobes``, ``nucleus_solidity`` (NaN without nucleus),
-    ``cell_solidity``, ``cell_circularity`` ``4 pi A / P^2``.
+    ``cell_solidity``, ``cell_circularity`` ``4 pi A / P^2``, ``touches_border``
+    (the cell reaches the image edge: it may be cut off, its areas too small).
 
     Examples
     --------
@@ -236,7 +263,7 @@ def measure_cells(
     """
     labels = np.asarray(labels)
     inst = _checked_instances(labels, image, instances, diameter, (cytoplasm, nucleus))
-    got = regionprops_table(inst, properties=("label", "centroid", "area", "perimeter", "solidity"))
+    got = regionprops_table(inst, properties=("label", "centroid", "area", "perimeter", "solidity", "bbox"))
     ids = np.asarray(got["label"], dtype=np.int64)
     n = int(inst.max(initial=0))
     nuc = _per_cell(inst, labels == nucleus, n)[ids - 1] if ids.size else np.zeros(0, np.int64)
@@ -261,6 +288,9 @@ def measure_cells(
         table.update(_nucleus_shape(inst, labels == nucleus, ids, image))
         table["cell_solidity"] = np.asarray(got["solidity"], dtype=float)
         table["cell_circularity"] = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
+        h, w = labels.shape
+        table["touches_border"] = ((np.asarray(got["bbox-0"]) == 0) | (np.asarray(got["bbox-1"]) == 0)
+                                   | (np.asarray(got["bbox-2"]) == h) | (np.asarray(got["bbox-3"]) == w))
     if image is not None:
         table.update(_cytoplasm_colour(inst, labels == cytoplasm, ids, image))
     return table
