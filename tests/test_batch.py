@@ -217,9 +217,9 @@ def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
 
     calls = []
 
-    def counted(path):
+    def counted(path, **kwargs):
         calls.append(Path(path).name)
-        return io.read_image(path)
+        return io.read_image(path, **kwargs)
 
     monkeypatch.setattr(batch, "read_image", counted)
     monkeypatch.setattr(tiff, "read_image", counted)

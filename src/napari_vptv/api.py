@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .core.cell_rules import drop_cells_without_nucleus
+from .core.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
 from .options import METHODS, PRESETS, SegmentOptions, auto_choice
@@ -85,7 +86,10 @@ def segment_image(
     ----------
     image : ndarray
         Grey ``(H, W)`` / ``(Z, H, W)`` or colour image (``channel_axis``). The WBC
-        preset and the networks need RGB ``(H, W, 3)``.
+        preset and the networks need RGB ``(H, W, 3)``. Any dtype or bit depth
+        (16-bit, 12 bits in 16, signed, float) is first brought to the 8-bit scale
+        (:func:`~napari_vptv.core.intensity.normalise_intensity`), so it gives the
+        8-bit image's labels; ``result.info["conversions"]`` says how.
     options : SegmentOptions, optional
         The settings. Default: made from ``settings``; when these name neither a
         ``method`` nor a ``preset``, the best method measured across sources
@@ -123,11 +127,15 @@ def segment_image(
     (300, 300)
     """
     _check_channel_axis(image, channel_axis)
+    image, conversion = normalise_intensity(image)
     if options is None:
         settings = _auto_settings(image, channel_axis, settings)
     opts = _as_options(options, settings)
     check_device(opts.device)
-    return _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
+    result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
+    if conversion:
+        result.info = {**(getattr(result, "info", None) or {}), "conversions": [conversion]}
+    return result
 
 
 def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:

@@ -29,7 +29,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .common import PROG, CLIError, Parser
+from .common import PROG, CLIError, Parser, echo_err
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CLIError"]
 
@@ -136,12 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ) as exc:
         if debug:
             raise
-        print(f"{cmd}: error: {_error_line(exc, with_type=False)}", file=sys.stderr)
+        echo_err(f"{cmd}: error: {_error_line(exc, with_type=False)}")
         return 2
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user
         if debug:
             raise
-        print(f"{cmd}: error: {_error_line(exc, with_type=True)}", file=sys.stderr)
+        echo_err(f"{cmd}: error: {_error_line(exc, with_type=True)}")
         return 2
 
 

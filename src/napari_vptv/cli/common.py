@@ -91,8 +91,19 @@ def fmt_vec(v) -> str:
 # --------------------------------------------------------------------------- #
 # output
 # --------------------------------------------------------------------------- #
+def _safe(msg) -> str:
+    """Text that any terminal or log can take: the bytes of a non-UTF-8 file name are
+    shown as ``\\xff`` escapes, characters the stream cannot encode as escapes."""
+    from ..core.io import printable
+
+    text = printable(msg)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def echo(msg: str = "") -> None:
     """A result line on stdout, without breaking a progress bar."""
+    msg = _safe(msg)
     try:
         from tqdm import tqdm
 
@@ -104,6 +115,7 @@ def echo(msg: str = "") -> None:
 
 def echo_err(msg: str) -> None:
     """A message line on stderr, without breaking a progress bar."""
+    msg = _safe(msg)
     try:
         from tqdm import tqdm
 

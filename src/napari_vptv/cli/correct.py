@@ -169,18 +169,17 @@ def run(args) -> int:
         raise CLIError(f"--out must be a .png or .tif file, got '{out}'")
     guard = OutputGuard([image_path, mask_path], overwrite=args.overwrite)
     guard.check(out)  # before the work: never onto IMAGE or MASK, never over a file without --overwrite
-    corrected, changed = _correct_pair(args, image_path, mask_path)
-    guard.write(out, lambda tmp: write_labels(tmp, corrected))
+    corrected, changed, meta = _correct_pair(args, image_path, mask_path)
+    guard.write(out, lambda tmp: write_labels(tmp, corrected, metadata=meta))
     echo(f"wrote {out}  ({changed:.2%} of the pixels changed)")
     return 0
 
 
 def _mask_for(image_path: Path, masks: Path):
-    for suffix in (".png", ".tif", ".tiff"):
-        m = masks / (image_path.stem + suffix)
-        if m.is_file():
-            return m
-    return None
+    """The mask ``<stem>.png`` / ``.tif`` of an image; two of them are refused (ValueError)."""
+    from ..core.masks import find_mask
+
+    return find_mask(image_path, masks, suffixes=(".png", ".tif", ".tiff"))
 
 
 def _run_many(args) -> int:
@@ -200,8 +199,11 @@ def _run_many(args) -> int:
     clean_stale_partials(out_dir)
     counts = {"corrected": 0, "skipped": 0, "failed": 0}
     for item in iter_inputs(args.inputs):
-        mask_path = None if item.problem else _mask_for(item.path, masks)
-        problem = item.problem or (None if mask_path else f"no mask '{item.path.stem}.png' or '.tif' in '{masks}'")
+        try:
+            mask_path = None if item.problem else _mask_for(item.path, masks)
+            problem = item.problem or (None if mask_path else f"no mask '{item.path.stem}.png' or '.tif' in '{masks}'")
+        except ValueError as exc:  # two masks for one image
+            mask_path, problem = None, str(exc)
         if problem:
             echo(f"FAILED {item.path}: {problem}")
             counts["failed"] += 1
@@ -213,9 +215,9 @@ def _run_many(args) -> int:
             counts["skipped"] += 1
             continue
         try:
-            corrected, changed = _correct_pair(args, item.path, mask_path)
+            corrected, changed, meta = _correct_pair(args, item.path, mask_path)
             out = guard.write(output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
-                              lambda tmp, c=corrected: write_labels(tmp, c))
+                              lambda tmp, c=corrected: write_labels(tmp, c, metadata=meta))
         except Exception as exc:  # noqa: BLE001 -- one image's problem must not stop the batch
             echo(f"FAILED {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             counts["failed"] += 1
@@ -227,14 +229,19 @@ def _run_many(args) -> int:
 
 
 def _correct_pair(args, image_path, mask_path):
-    """Correct one image / mask pair: ``(corrected labels, share of pixels changed)``."""
+    """Correct one image / mask pair: ``(corrected labels, share of pixels changed, metadata)``
+    (the metadata name the inputs and every conversion made to read them)."""
     import inspect
 
     from ..core.correct import correct_mask
-    from ..core.io import read_image, read_mask
+    from ..core.io import normalise_intensity, printable, read_image, read_mask
 
-    image = read_image(image_path)
-    mask = read_mask(mask_path, style="labels")  # ids are kept: a 0/255 mask stays 0/255
+    notes, mask_notes = [], []
+    image, conversion = normalise_intensity(read_image(image_path, notes=notes))
+    notes += [conversion] if conversion else []
+    mask = read_mask(mask_path, style="labels", notes=mask_notes)  # ids are kept: a 0/255 mask stays 0/255
+    meta = {"input": printable(Path(image_path).name), "mask": printable(Path(mask_path).name),
+            "conversions": [printable(n) for n in notes] + [f"mask: {printable(n)}" for n in mask_notes]}
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if rgb:
         image = image[..., :3]
@@ -271,4 +278,4 @@ def _correct_pair(args, image_path, mask_path):
     accepted = inspect.signature(correct_mask).parameters
     kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
     corrected = np.asarray(correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs))
-    return corrected, float(np.mean(corrected != mask))
+    return corrected, float(np.mean(corrected != mask)), meta

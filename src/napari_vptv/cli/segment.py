@@ -163,6 +163,8 @@ def run(args) -> int:
                 if not args.quiet:
                     for idx, v in res.slice_volumes:
                         echo(f"    slice {list(idx)}: volumes {fmt_vec(v)}")
+            if res.notes:
+                echo(f"    read as: {'; '.join(res.notes)}")
         if res.status == "failed":
             echo_err(f"FAILED {name}: {res.message}")
         bar.update(1)

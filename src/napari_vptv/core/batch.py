@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from .dask_stack import label_dtype_and_sentinel, segment_stack_dask
-from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, write_labels
+from .imread import tiff_needs_full_read
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, is_hidden, is_pattern, printable, read_image, write_labels
 from .outputs import OutputGuard, clean_stale_partials, partial_name, publish
 from .stack import labels_of, segment_stack, stack_layout
 from .tiff import open_lazy, store_labels_tiff, tiff_layout
@@ -84,10 +85,12 @@ def iter_inputs(
 ) -> Iterator[InputItem]:
     """Expand files, folders and glob patterns into :class:`InputItem` s.
 
-    * a file is taken as it is (whatever its suffix: a non-image fails when read);
-    * a folder gives its image files (by suffix, not recursive), sorted;
-    * a pattern (``*``, ``?``, ``[``) gives the matching files, sorted
-      (``**`` is recursive);
+    * a file is taken as it is (whatever its suffix: a non-image fails when read),
+      also when its name has ``[`` or ``*`` (an existing path is never a pattern);
+    * a folder gives its image files (by suffix, not recursive, hidden files such
+      as ``._003.png`` left out), sorted;
+    * a pattern (``*``, ``?``, ``[``) gives the matching files (hidden ones left
+      out), sorted (``**`` is recursive);
     * a missing path, a pattern matching nothing or a folder without images gives
       an item with ``problem`` set;
     * a file listed twice is given once.
@@ -104,19 +107,19 @@ def iter_inputs(
             continue
         s = str(entry)
         p = Path(s).expanduser()
-        if any(c in s for c in "*?["):
-            found = sorted(Path(f) for f in _glob.glob(str(p), recursive=True) if Path(f).is_file())
+        if is_pattern(s):
+            found = sorted(Path(f) for f in _glob.glob(str(p), recursive=True)
+                           if Path(f).is_file() and not is_hidden(f))
             if not found:
-                yield InputItem(p, f"no file matches the pattern '{s}'")
+                yield InputItem(p, f"no file matches the pattern '{printable(s)}'")
                 continue
         elif not p.exists():
-            yield InputItem(p, f"input '{s}' does not exist")
+            yield InputItem(p, f"input '{printable(s)}' does not exist")
             continue
         elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in sfx
-                           and not f.name.startswith("."))
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in sfx and not is_hidden(f))
             if not found:
-                yield InputItem(p, f"folder '{s}' holds no image files ({', '.join(sfx)})")
+                yield InputItem(p, f"folder '{printable(s)}' holds no image files ({', '.join(sfx)})")
                 continue
         else:
             found = [p]
@@ -142,8 +145,11 @@ class InputInfo:
     rgb: bool
     leading: Tuple[int, ...]
     #: the decoded pixels of a non-TIFF file (read whole to learn its layout; kept so
-    #: that the file is decoded once), None for a TIFF (read lazily, per slice)
+    #: that the file is decoded once) or of a TIFF that must be read whole (pages
+    #: written one by one, palette or CMYK colours), None for a TIFF read lazily
     pixels: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    #: what the reader converted (palette -> RGB, pages stacked, ...), for the metadata
+    notes: Tuple[str, ...] = ()
 
     @property
     def is_stack(self) -> bool:
@@ -166,30 +172,38 @@ def inspect_input(path: PathLike, *, mode: str = "slices") -> InputInfo:
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"input '{p}' does not exist")
-    pixels = None
+        raise FileNotFoundError(f"input '{printable(p)}' does not exist")
+    pixels, notes = None, []
     if p.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(str(p)) as tif:
-                if not tif.series:
-                    raise ValueError("no image series")
-                series = tif.series[0]
-                shape, _, rgb = tiff_layout(series)
-                dtype = np.dtype(series.dtype)
-        except (ValueError, OSError, tifffile.TiffFileError, IndexError, KeyError) as exc:
-            raise ValueError(f"could not read TIFF file '{p}': {exc}") from None
+        shape, dtype, rgb, whole = _tiff_header(p)
+        if whole:  # read now, with the reader's conversions
+            pixels = read_image(p, notes=notes)
+            rgb = rgb and pixels.shape[-1] == 3
+            shape, dtype = pixels.shape, pixels.dtype
     else:
-        img = pixels = read_image(p)  # PNG/JPEG/BMP are small: just read them
+        img = pixels = read_image(p, notes=notes)  # PNG/JPEG/BMP are small: just read them
         shape, dtype = img.shape, img.dtype
         rgb = img.ndim == 3 and img.shape[-1] in (3, 4)
-        if img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
-            shape, rgb = img.shape[:2], False
     if any(s == 0 for s in shape):
-        raise ValueError(f"input '{p}' has a zero-size axis (shape {tuple(shape)})")
+        raise ValueError(f"input '{printable(p)}' has a zero-size axis (shape {tuple(shape)})")
     leading, _ = stack_layout(shape, rgb=rgb, mode=mode)
-    return InputInfo(p, tuple(shape), np.dtype(dtype), bool(rgb), tuple(leading), pixels)
+    return InputInfo(p, tuple(shape), np.dtype(dtype), bool(rgb), tuple(leading), pixels, tuple(notes))
+
+
+def _tiff_header(p: Path):
+    """(shape, dtype, rgb, must be read whole) of a TIFF from its header."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(p)) as tif:
+            if not tif.series:
+                raise ValueError("no image series")
+            series = tif.series[0]
+            shape, _, rgb = tiff_layout(series)
+            palette = int(getattr(series.pages[0], "photometric", -1) or -1) == 3
+            return shape, np.dtype(series.dtype), rgb or palette, tiff_needs_full_read(tif)
+    except (ValueError, OSError, tifffile.TiffFileError, IndexError, KeyError) as exc:
+        raise ValueError(f"could not read TIFF file '{printable(p)}': {exc}") from None
 
 
 def output_path(info_or_path, out_dir: PathLike, fmt: str = "png", *, is_stack: Optional[bool] = None) -> Path:
@@ -231,6 +245,9 @@ class FileResult:
         Achieved class fractions per slice (one entry ``((), fractions)`` for a
         2-D image); failed slices are absent.
     failed_slices : list of (index, message)
+    notes : list of str
+        What was converted to read the input (palette -> RGB, 16 -> 8 bits, ...);
+        also stored in the output file's metadata.
     """
 
     input: Path
@@ -240,6 +257,7 @@ class FileResult:
     shape: Tuple[int, ...] = ()
     slice_volumes: List[Tuple[Tuple[int, ...], np.ndarray]] = field(default_factory=list)
     failed_slices: List[Tuple[Tuple[int, ...], str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -372,9 +390,10 @@ def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> 
         image = image[..., :3]
     res = segment_fn(image, channel_axis=-1 if info.rgb else None)
     labels = labels_of(res)
+    result.notes = list(info.notes) + list((getattr(res, "info", None) or {}).get("conversions", []))
     tmp = partial_name(final)
     try:
-        write_labels(tmp, labels)
+        write_labels(tmp, labels, metadata=_output_metadata(p, result.notes))
         publish(tmp, final, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
@@ -400,7 +419,10 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
             with lock:
                 bar.update(n)
 
-    array = open_lazy(p)
+    array = open_lazy(p, info.pixels)
+    result.notes = list(info.notes)
+    if info.dtype != np.uint8:
+        result.notes.append(f"{info.dtype.name} slices each brought to the 8-bit scale by their significant bits")
     labels = segment_stack_dask(array, segment_fn, rgb=info.rgb, mode=mode, n_classes=k, progress=progress)
     _, sentinel = label_dtype_and_sentinel(k)
     tmp = partial_name(final)
@@ -415,7 +437,8 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
         except ImportError:
             pass
     try:
-        target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers)
+        meta = {"vptv": _output_metadata(p, result.notes)}
+        target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers, metadata=meta)
         if bar is not None and not local:
             bar.update(total)
         # per-slice volumes and failures, read back one slice at a time (plain reads:
@@ -431,7 +454,7 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
             else:
                 result.slice_volumes.append((idx, _volumes(sl, k)))
         if result.failed_slices:  # say so in the file too (tifffile keeps shape / axes)
-            desc = {"shape": list(labels.shape), "axes": "Q" * (labels.ndim - 2) + "YX",
+            desc = {"shape": list(labels.shape), "axes": "Q" * (labels.ndim - 2) + "YX", **meta,
                     "failed_slices": [[list(i), m] for i, m in result.failed_slices]}
             tifffile.tiffcomment(str(tmp), json.dumps(desc))
         publish(tmp, final, overwrite)
@@ -444,6 +467,11 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
         if bar is not None:
             bar.close()
     return tuple(labels.shape)
+
+
+def _output_metadata(p: Path, notes: Sequence[str]) -> dict:
+    """What a label file records about its input: the name and every conversion made."""
+    return {"input": printable(p.name), "conversions": [printable(n) for n in notes]}
 
 
 def _rerun_error(array, idx, segment_fn, rgb, mode) -> str:

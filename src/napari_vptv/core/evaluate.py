@@ -16,66 +16,69 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .io import list_images, read_image, read_mask
+from .io import IMAGE_SUFFIXES, list_images, printable, read_image, read_mask
+from .masks import find_mask, index_masks
 from .metrics import evaluate as _score
 from .metrics import summarize
 
 __all__ = ["pair_images_and_masks", "score_folder"]
 
-_MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
-
 
 def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     """Pair every image in ``images_dir`` with the mask of the same file stem.
+
+    The one pairing rule of ``vptv evaluate`` and fine-tuning: masks are found with
+    :func:`~napari_vptv.core.masks.find_mask` (``NAME.*`` or ``NAME_mask.*``, ...);
+    hidden files (``._001.png``) are neither images nor masks.
 
     Raises
     ------
     FileNotFoundError
         A folder does not exist, or an image has no mask (the message names it).
     ValueError
-        ``images_dir`` holds no images, or an image has two masks (``a.png`` and
-        ``a.tif``): one is never picked silently.
+        ``images_dir`` holds no images, two images share a stem, or an image has
+        two masks (``a.png`` and ``a.tif``): one is never picked silently.
     """
     images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
     for what, d in (("images", images_dir), ("masks", masks_dir)):
         if not d.is_dir():
             raise FileNotFoundError(f"{what} folder '{d}' does not exist or is not a folder")
-    images = list_images(images_dir)
+    images = list_images(images_dir)  # hidden files (._001.png) left out, as everywhere
     if not images:
-        raise ValueError(f"no images (.png, .jpg, .tif, .bmp) found in '{images_dir}'")
-    masks: Dict[str, List[Path]] = {}
-    for m in list_images(masks_dir):
-        masks.setdefault(m.stem, []).append(m)
+        raise ValueError(f"no images (.png, .jpg, .tif, .bmp, .gif) found in '{printable(images_dir)}'")
+    stems: Dict[str, Path] = {}
+    for img in images:
+        if img.stem in stems:
+            raise ValueError(f"images '{printable(stems[img.stem].name)}' and '{printable(img.name)}' in "
+                             f"'{printable(images_dir)}' have one stem; their masks cannot be told apart: rename one")
+        stems[img.stem] = img
+    masks = index_masks(masks_dir, IMAGE_SUFFIXES)
     pairs = []
     missing = []
     for img in images:
-        found = None
-        for sfx in _MASK_SUFFIXES:
-            if img.stem + sfx in masks:
-                found = masks[img.stem + sfx]
-                break
-        if found is not None and len(found) > 1:
-            names = " and ".join(f"'{f.name}'" for f in found)
-            raise ValueError(f"image '{img.name}' has two masks, {names}, in '{masks_dir}'; remove or rename one")
+        found = find_mask(img, masks)
         if found is None:
-            missing.append(img.name)
+            missing.append(printable(img.name))
         else:
-            pairs.append((img, found[0]))
+            pairs.append((img, found))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(
-            f"no mask for image '{missing[0]}'{more} in '{masks_dir}' "
+            f"no mask for image '{missing[0]}'{more} in '{printable(masks_dir)}' "
             "(masks are matched by file stem, e.g. images/001.png <-> masks/001.png)"
         )
     return pairs
 
 
-def _load_pair(img_path: Path, mask_path: Path, segment_fn):
+def _load_pair(img_path: Path, mask_path: Path, segment_fn, notes: Optional[List[str]] = None):
     """(image, truth labels, channel axis); the mask must have the method's classes."""
-    image = read_image(img_path)
+    notes = [] if notes is None else notes
+    image = read_image(img_path, notes=notes)
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     n_classes = segment_fn.n_classes(rgb) if hasattr(segment_fn, "n_classes") else None
-    truth = read_mask(mask_path, n_classes=n_classes)
+    mask_notes: List[str] = []
+    truth = read_mask(mask_path, n_classes=n_classes, notes=mask_notes)
+    notes.extend(f"mask: {n}" for n in mask_notes)
     if image.shape[: truth.ndim] != truth.shape:
         raise ValueError(
             f"mask '{mask_path.name}' has shape {truth.shape}, but image '{img_path.name}' has "
@@ -140,17 +143,19 @@ def score_folder(
         progress(0, total)
     rows = []
     for done, (img_path, mask_path) in enumerate(pairs, 1):
-        image, truth, channel_axis = _load_pair(img_path, mask_path, segment_fn)
+        notes: List[str] = []
+        image, truth, channel_axis = _load_pair(img_path, mask_path, segment_fn, notes)
         t0 = time.perf_counter()
         try:
             result = segment_fn(image, channel_axis=channel_axis)
         except ValueError as exc:
-            raise ValueError(f"image '{img_path.name}': {exc}") from exc
+            raise ValueError(f"image '{printable(img_path.name)}': {exc}") from exc
         dt = time.perf_counter() - t0
         k = max(int(result.probabilities.shape[0]), int(truth.max()) + 1)
-        row = {"id": img_path.stem, "image": str(img_path), "mask": str(mask_path)}
+        row = {"id": printable(img_path.stem), "image": printable(img_path), "mask": printable(mask_path)}
         row.update(_score(result.labels, truth, k))
-        row.update(n_iter=int(result.n_iter), time=dt)
+        notes += (getattr(result, "info", None) or {}).get("conversions", [])
+        row.update(n_iter=int(result.n_iter), time=dt, conversions=notes)
         rows.append(row)
         if progress is not None:
             progress(done, total)

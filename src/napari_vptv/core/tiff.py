@@ -18,39 +18,11 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .io import TIFF_SUFFIXES, read_image
+from .imread import TIFF_SUFFIXES, read_image, tiff_layout
 
 __all__ = ["TiffFrames", "open_lazy", "store_labels_tiff", "tiff_layout"]
 
 PathLike = Union[str, Path]
-
-
-def tiff_layout(series) -> Tuple[Tuple[int, ...], Optional[Tuple[int, int]], bool]:
-    """(napari shape, sample-axis move ``(from, to)`` or None, rgb) of a tifffile series.
-
-    Samples (``S``) form the colour axis (moved last) when the TIFF says RGB (except
-    planar float data, see below); otherwise (e.g. a 4-slice float stack stored planar, "minisblack") they are a
-    leading axis, moved just before Y, X.
-    """
-    shape = tuple(int(s) for s in series.shape)
-    axes = series.axes
-    s_pos = axes.find("S")
-    if s_pos < 0:
-        return shape, None, False
-    photometric = getattr(series.pages[0], "photometric", None)
-    is_rgb = int(photometric) == 2 if photometric is not None else False  # PHOTOMETRIC.RGB
-    if is_rgb and axes.endswith("SYX") and np.dtype(series.dtype).kind == "f":
-        # tifffile.imwrite stores a (3 or 4, Y, X) array as planar RGB by default;
-        # for float data that is nearly always a small stack, not a colour image
-        is_rgb = False
-    if is_rgb and shape[s_pos] in (3, 4):
-        to = len(shape) - 1
-    else:
-        to = len(shape) - 3 if axes.endswith("S") else max(axes.find("Y") - 1, 0)
-        is_rgb = False
-    order = list(range(len(shape)))
-    order.insert(to, order.pop(s_pos))
-    return tuple(shape[i] for i in order), ((s_pos, to) if s_pos != to else None), is_rgb
 
 
 _TIFF_CACHE: dict = {}
@@ -155,10 +127,11 @@ class TiffFrames:
 
 
 def open_lazy(path: PathLike, pixels: Optional[np.ndarray] = None):
-    """A lazy array for a TIFF (:class:`TiffFrames`), the decoded image otherwise
-    (``pixels``, when the caller has already decoded it)."""
+    """The decoded image when the caller has it (``pixels``: a non-TIFF file, or a TIFF
+    that :func:`~napari_vptv.core.imread.read_image` had to read whole), else a lazy
+    array for a TIFF (:class:`TiffFrames`) or the file decoded now."""
     p = Path(path)
-    if p.suffix.lower() in TIFF_SUFFIXES:
+    if pixels is None and p.suffix.lower() in TIFF_SUFFIXES:
         return TiffFrames(p)
     img = read_image(p) if pixels is None else pixels
     if img.ndim == 3 and img.shape[-1] == 2:
