@@ -107,6 +107,7 @@ def test_two_runs_without_keep_previous_leave_one_result(viewer, seg, cell):
     after = kinds(viewer)
     assert after["segmentation"] == ["cell VPTV (variational)"], after
     assert after["cells"] == ["cell cells (variational)"], after
+    assert after["cell_numbers"] == ["cell cell numbers (variational)"], after
     assert not [layer.name for layer in viewer.layers if "[2]" in layer.name]
     out = viewer.layers["cell VPTV (variational)"]
     assert out.metadata[METADATA_KEY]["params"]["max_num_iter"] == FAST + 5  # the second run's result
@@ -181,3 +182,47 @@ def test_correction_rerun_replaces_its_preview(viewer, qtbot):
     assert w.accept()
     assert (np.asarray(viewer.layers["rough"].data) == 3).sum() > rough.astype(bool).sum()
     assert "correct_mask" not in kinds(viewer)
+
+
+def test_cell_numbers_on_the_image_and_pixel_size_from_the_scale(viewer, seg, cell):
+    from napari.layers import Points
+
+    from napari_vptv._widget import METHOD_VPTV
+
+    image, _ = cell
+    two = np.empty((140, 300, 3), np.uint8)  # two cells side by side, apart: numbers 1, 2 left to right
+    two[:] = image[2, 2]
+    two[10:130, 10:130] = image
+    two[14:134, 170:290] = image
+    viewer.add_image(two, name="pair", rgb=True, scale=(0.1, 0.1))
+    assert seg.pixel_size.value == pytest.approx(0.1)  # filled from the layer's scale
+    seg.method.value = METHOD_VPTV
+    seg.max_iter.value = FAST
+    seg.run(sync=True)
+    table = seg.results.cells
+    assert len(table["cell"]) >= 2 and "cell_area_um2" in table
+    numbers = viewer.layers["pair cell numbers (variational)"]
+    assert isinstance(numbers, Points)
+    shown = [str(t) for t in numbers.text.values]
+    assert shown == [str(c) for c in table["cell"]]
+    xs = np.asarray(numbers.data)[:, 1]
+    assert np.all(np.diff(xs[:2]) > 0)  # reading order
+    # the number sits on its cell
+    cells_layer = seg.cells_layer
+    for (y, x), cid in zip(np.asarray(numbers.data).round().astype(int), table["cell"]):
+        assert cells_layer.data[y, x] == cid
+    assert seg.output_layer.metadata[METADATA_KEY]["pixel_size_um"] == pytest.approx(0.1)
+    assert "numbers drawn on the image" in seg.results.summary.value
+
+
+def test_a_field_without_white_cells_says_so(viewer, seg):
+    from napari_vptv._widget import METHOD_VPTV
+
+    blank = np.full((96, 96, 3), (225, 205, 200), np.uint8)  # background of a smear, no cell
+    viewer.add_image(blank, name="empty", rgb=True)
+    seg.method.value = METHOD_VPTV
+    seg.max_iter.value = FAST
+    seg.run(sync=True)
+    texts = seg.status.value + " " + seg.results.summary.value
+    assert "no white cell found" in texts, texts
+    assert "nan" not in texts.lower() and " 0 px" not in texts

@@ -82,6 +82,19 @@ def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], dia
     return cells, frame_table, instances
 
 
+def _cells_summary(cells: Table, source: str, n_frames: int, unit: str) -> str:
+    """'img: 4 cells; median N/(N+C) 0.41; areas in µm²', or 'no white cell found'."""
+    where = f" in {n_frames} frames" if n_frames > 1 else ""
+    n = len(cells["cell"])
+    if n == 0:
+        return f"{source}: no white cell found{where}"
+    ratios = np.asarray(cells["nc_ratio"], dtype=float)
+    ratio = f"; median N/(N+C) {np.nanmedian(ratios):.2f}" if np.isfinite(ratios).any() else "; no nucleus found"
+    cut = int(np.sum(cells.get("touches_border", np.zeros(n, bool))))
+    edge = f" ({cut} at the image edge)" if cut else ""
+    return f"{source}: {n} cell{'s' if n != 1 else ''}{edge}{where}{ratio}; areas in {unit}; numbers drawn on the image"
+
+
 def add_cells_layer(viewer, instances: np.ndarray, cells: Table, *, name: str, like, meta: dict):
     """A Labels layer of the cell instances (contours) whose features are ``cells``."""
     import pandas as pd
@@ -145,9 +158,7 @@ class MeasurementTable(Container):
             n_frames = len(frames["frame"])
             if n_frames == 1:
                 shown = [s for s in shown if s[1] != "frame"]
-            ratio = np.nanmedian(cells["nc_ratio"]) if len(cells["cell"]) else float("nan")
-            self.summary.value = (f"{source}: {len(cells['cell'])} cells" + (f" in {n_frames} frames" if n_frames > 1
-                                  else "") + f"; median N/(N+C) {ratio:.2f}; areas in {unit}")
+            self.summary.value = _cells_summary(cells, source, n_frames, unit)
         else:
             shown = [(key, key.replace("_", " ")) for key in frames]
             self.summary.value = f"{source}: class areas per frame"

@@ -35,6 +35,7 @@ from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
 from ._common import METADATA_KEY, WidgetRunMixin
+from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
@@ -132,6 +133,8 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self.worker = None
         self.output_layer = None
         self.cells_layer = None
+        self.numbers_layer = None
+        self.pixel_size = pixel_size_field()
         self._cancel_requested = False
         self._iteration: Optional[Tuple[int, int]] = None
         self._pbar = None
@@ -155,7 +158,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
             self.edge,
             self.max_iter, self.diameter, self.require_nucleus, self.augment, self.seed, self.device, self.stack_mode,
-            self.keep_previous, self.measure, self.notice, buttons, self.reason, self.status,
+            self.keep_previous, self.measure, self.pixel_size, self.notice, buttons, self.reason, self.status,
         ])
         # full width (outside the label column): the table needs the room
         self.native.layout().addWidget(self.results.native)
@@ -164,6 +167,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         for w in self._persisted_widgets().values():
             w.changed.connect(self._refresh_run_state)
         self.image.changed.connect(self._refresh_run_state)
+        self.image.changed.connect(self._pixel_size_from_layer)
         layers_events = self.viewer.layers.events
         for ev in (layers_events.inserted, layers_events.removed, layers_events.reordered):
             ev.connect(self._reset_image_choices)
@@ -181,6 +185,12 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
                 layer.events.name.connect(self._reset_image_choices)  # no-op if connected
         self.image.reset_choices()
         self._refresh_run_state()
+
+    def _pixel_size_from_layer(self, *_):
+        """Fill "Pixel size (µm)" from the chosen image layer's scale, if it has one."""
+        size = pixel_size_of(self.image.value)
+        if size:
+            self.pixel_size.value = size
 
     def reset_choices(self, *_):  # called by napari on layer changes
         super().reset_choices()
@@ -393,7 +403,9 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         what = f"{st['total']} slices, mean fractions" if st["total"] > 1 else "fractions"
         net = st["network"]
         extra = ""
-        if net is not None:
+        if net is not None and not net["diameter"]:
+            extra = "; no white cell found"
+        elif net is not None:
             how = "estimated" if net.get("estimated") else "given"
             extra = f"; cell diameter {net['diameter']:.0f} px ({how})"
             if net.get("removed"):
@@ -405,26 +417,43 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
 
         st = self._run_state
         diameter = float(self.diameter.value) or (st["network"] or {}).get("diameter") or None
+        size = float(self.pixel_size.value)
         try:
             cells, frames, instances = measure_result(np.asarray(out.data), st["image"], names=st["names"],
-                                                      diameter=diameter)
+                                                      diameter=diameter, spacing=(size, size) if size else None)
         except Exception as exc:  # noqa: BLE001 - a failed measurement keeps the result
             self._error(f"Measurements failed: {exc}", show_warning)
             return
+        self.cells_layer = None
         if cells is not None:
-            meta = {"source": st["source"], "method": st["params"]["method"], "result": out.name}
-            old = None if self.keep_previous.value else find_own_output(
-                self.viewer.layers, kind="cells", source=st["source"], method=st["params"]["method"])
-            if old is not None:
-                self.viewer.layers.remove(old)  # the plugin's own untouched cells layer of the replaced result
-            name = self._free_name(f"{st['source']} cells ({st['label']})")
-            self.cells_layer = add_cells_layer(self.viewer, instances, cells, name=name, like=out, meta=meta)
-            self.viewer.layers.selection.active = out
+            self._add_cell_layers(out, cells, instances)
         tag(out, {"measurements": {"cells": None if cells is None else int(len(cells["cell"])),
-                                   "frames": int(len(frames["frame"]))}})
+                                   "frames": int(len(frames["frame"]))}, "pixel_size_um": size or None})
         seal(out)
-        self.results.show_tables(cells, frames, cells_layer=self.cells_layer if cells is not None else None,
-                                 source=out.name)
+        self.results.show_tables(cells, frames, cells_layer=self.cells_layer, source=out.name)
+
+    def _add_cell_layers(self, out, cells, instances):
+        """The cell instances (contours, the table as features) and their numbers on the image;
+        with "Keep previous results" off they replace the plugin's own untouched ones."""
+        st = self._run_state
+        size = float(self.pixel_size.value)
+        meta = {"source": st["source"], "method": st["params"]["method"], "result": out.name,
+                "pixel_size_um": size or None}
+
+        def own(kind):
+            return None if self.keep_previous.value else find_own_output(
+                self.viewer.layers, kind=kind, source=st["source"], method=st["params"]["method"])
+
+        old = own("cells")
+        if old is not None:
+            self.viewer.layers.remove(old)  # the plugin's own untouched cells layer of the replaced result
+        name = self._free_name(f"{st['source']} cells ({st['label']})")
+        self.cells_layer = add_cells_layer(self.viewer, instances, cells, name=name, like=out, meta=meta)
+        old = own(NUMBERS_KIND)
+        self.numbers_layer = add_cell_numbers(
+            self.viewer, cells, like=out, meta=meta, old=old,
+            name=self._free_name(f"{st['source']} cell numbers ({st['label']})", old))
+        self.viewer.layers.selection.active = out
 
     # ------------------------------------------------------------ output layer
     def _output_layer(self):
