@@ -516,3 +516,50 @@ def test_correct_refuses_two_masks_for_one_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 1 and "two masks" in out and "003.png" in out and "003.tif" in out
     assert not (tmp_path / "o" / "003.png").exists()
+
+
+# --------------------------------------------------------------------------- #
+# file names: literal paths before patterns, names that are not UTF-8
+# --------------------------------------------------------------------------- #
+def test_an_existing_name_with_brackets_is_a_file_not_a_pattern(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    iio.imwrite(d / "cell [1].png", _grey_u8(seed=1))
+    rc = main(["segment", str(d / "cell [1].png"), "--out", str(tmp_path / "o"), *GREY, "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert [f.name for f in (tmp_path / "o").iterdir()] == ["cell [1].png"]
+    iio.imwrite(d / "cell 1.png", _grey_u8(seed=2))  # what the name matches as a pattern
+    rc = main(["segment", str(d / "cell [1].png"), "--out", str(tmp_path / "o2"), *GREY, "--no-progress"])
+    assert rc == 0 and sorted(f.name for f in (tmp_path / "o2").iterdir()) == ["cell [1].png"]
+    assert io.list_images(d / "cell [1].png") == [d / "cell [1].png"]
+    assert io.list_images(str(d / "cell [12].png")) == [d / "cell 1.png"]  # not a file: a pattern
+
+
+def _bytes_name(folder, name: bytes, data: bytes):
+    path = os.path.join(os.fsencode(folder), name)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return os.fsdecode(path)
+
+
+def test_non_utf8_file_names_are_printed_escaped_and_the_work_goes_on(tmp_path, capsys):
+    d, masks = tmp_path / "in", tmp_path / "m"
+    d.mkdir()
+    masks.mkdir()
+    png = iio.imwrite("<bytes>", _grey_u8(), extension=".png")
+    _bytes_name(d, b"a\xff.png", png)
+    iio.imwrite(d / "b.png", _grey_u8(seed=1))
+    rc = main(["segment", str(d), "--out", str(tmp_path / "o"), *GREY, "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "a\\xff.png" in out and "2 done" in out
+    assert len(os.listdir(os.fsencode(tmp_path / "o"))) == 2
+    mask = iio.imwrite("<bytes>", (_grey_u8() > 100).astype(np.uint8), extension=".png")
+    _bytes_name(masks, b"a\xff.png", mask)
+    iio.imwrite(masks / "b.png", (_grey_u8(seed=1) > 100).astype(np.uint8))
+    rc = main(["evaluate", "--images", str(d), "--masks", str(masks), *GREY, "--json", str(tmp_path / "e.json")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "a\\xff" in cap.out and (tmp_path / "e.json").exists()
+    rc = main(["correct", str(d), "--masks", str(masks), "--out", str(tmp_path / "c"), "--max-iter", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "2 corrected" in out and "a\\xff.png" in out
