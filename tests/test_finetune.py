@@ -231,10 +231,34 @@ def test_bad_pairs_are_named(pairs):
     image, mask = pairs[0]
     with pytest.raises(ValueError, match="shape"):
         samples_from_arrays([image], [mask[:10]])
-    with pytest.raises(ValueError, match="0/1/2"):
+    with pytest.raises(ValueError, match=r"labels 0\.\.2"):
         samples_from_arrays([image], [mask * 7])
     with pytest.raises(ValueError, match="2 images but 1 masks"):
         samples_from_arrays([image, image], [mask])
+
+
+def test_pairs_are_read_by_the_rules_every_command_uses(pairs, tmp_path):
+    """Float masks 0 / 0.5 / 1 keep their cytoplasm, colour masks are refused (never read
+    from the red channel), a 16-bit image gives the 8-bit image's pixels, and a stem with
+    two masks is refused."""
+    import imageio.v3 as iio
+
+    image, labels = pairs[0]
+    (s,) = samples_from_arrays([image], [labels / 2.0])
+    np.testing.assert_array_equal(s.labels, labels)
+    (s16,) = samples_from_arrays([image.astype(np.uint16) * 257], [labels])
+    np.testing.assert_array_equal(s16.image, image)
+    colour = np.stack([labels * 100, labels * 50, labels], -1).astype(np.uint8)
+    with pytest.raises(ValueError, match="channel"):
+        samples_from_arrays([image], [colour])
+    imgs, masks = tmp_path / "i", tmp_path / "m"
+    imgs.mkdir()
+    masks.mkdir()
+    iio.imwrite(imgs / "003.png", image)
+    iio.imwrite(masks / "003.png", labels.astype(np.uint8))
+    iio.imwrite(masks / "003.tif", labels.astype(np.uint8))
+    with pytest.raises(ValueError, match="two masks"):
+        samples_from_folders(imgs, masks)
 
 
 def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir):

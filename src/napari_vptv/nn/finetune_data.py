@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .sources import Sample, Source, cell_diameter, mask_to_labels
+from .sources import Sample, Source, cell_diameter
 
 __all__ = ["ArraySource", "IMAGE_SUFFIXES", "CLASS_NAMES", "LABEL_SWAP_MARGIN", "samples_from_arrays",
            "samples_from_folders", "label_order_check", "check_labels", "array_sha256"]
@@ -48,25 +48,21 @@ def array_sha256(a: np.ndarray) -> str:
 
 
 def _mask_labels(name: str, mask) -> np.ndarray:
-    """Labels 0/1/2 of a mask: integer labels 0/1/2, or grey 0/128/255 (a few
-    anti-aliased grey pixels are mapped to the nearest grey)."""
+    """Labels 0/1/2 of a mask, with the rules every command reads masks by
+    (:func:`napari_vptv.core.masks.mask_to_labels`)."""
+    from ..core.masks import mask_to_labels as to_labels
+
     m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] in (3, 4):
-        m = m[..., 0]
-    if m.size == 0 or m.min() < 0:
-        raise ValueError(f"mask of {name!r} is empty or has negative values")
-    if m.max() <= 2:
-        return m.astype(np.int64)
-    if np.isin(m, (0, 128, 255)).mean() < 0.99:
-        raise ValueError(f"mask of {name!r} must hold labels 0/1/2 (background/cytoplasm/nucleus) or grey "
-                         f"0/128/255, got values {np.unique(m)[:8].tolist()}")
-    return mask_to_labels(m)
+    if m.size == 0:
+        raise ValueError(f"mask of {name!r} is empty")
+    return to_labels(m, n_classes=3, name=f"mask of {name!r}").astype(np.int64)
 
 
 def _as_sample(name: str, image, mask) -> Sample:
+    from ..core.intensity import normalise_intensity
     from .predict import as_rgb_uint8
 
-    img = as_rgb_uint8(image)
+    img = as_rgb_uint8(normalise_intensity(image)[0])
     lab = _mask_labels(name, mask)
     if lab.shape != img.shape[:2]:
         raise ValueError(f"mask of {name!r} has shape {lab.shape}, its image has {img.shape[:2]}")
@@ -94,27 +90,34 @@ def samples_from_arrays(images: Sequence, masks: Sequence, names: Optional[Seque
 
 
 def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
-    """Pairs from two folders: every image with a mask of the same stem (any of
-    :data:`IMAGE_SUFFIXES`). Raises ``FileNotFoundError`` naming the folder / image."""
-    import imageio.v3 as iio
+    """Pairs from two folders: every image with its mask (same file stem, found by
+    :func:`napari_vptv.core.masks.find_mask`; hidden files skipped), read with the
+    readers every command uses. Raises ``FileNotFoundError`` / ``ValueError`` naming the
+    folder or file."""
+    from ..core.imread import read_image
+    from ..core.masks import find_mask, index_masks, read_mask
 
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
     for d in (images_dir, masks_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"folder '{d}' does not exist")
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    paths = [p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    paths = [p for p in sorted(images_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not p.name.startswith(".")]
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in '{images_dir}'")
-    missing = [p.name for p in paths if p.stem not in masks]
+    index = index_masks(masks_dir, IMAGE_SUFFIXES)
+    found = {p: find_mask(p, index, IMAGE_SUFFIXES) for p in paths}
+    missing = [p.name for p, m in found.items() if m is None]
     if missing:
         raise FileNotFoundError(f"no mask in '{masks_dir}' for image(s) {', '.join(missing[:5])}")
+    if len({p.stem for p in paths}) != len(paths):
+        raise ValueError(f"two images in '{images_dir}' share a file stem: rename one")
     out = []
-    for p in paths:
+    for p, mp in found.items():
         try:
-            image, mask = iio.imread(p), iio.imread(masks[p.stem])
-        except Exception as exc:  # noqa: BLE001 - any reader error, named
-            raise ValueError(f"cannot read '{p}' or its mask: {exc}") from exc
+            image, mask = read_image(p), read_mask(mp, n_classes=3)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot use '{p.name}' / '{mp.name}': {exc}") from None
         out.append(_as_sample(p.stem, image, mask))
     return out
 
