@@ -563,3 +563,49 @@ def test_non_utf8_file_names_are_printed_escaped_and_the_work_goes_on(tmp_path, 
     rc = main(["correct", str(d), "--masks", str(masks), "--out", str(tmp_path / "c"), "--max-iter", "20"])
     out = capsys.readouterr().out
     assert rc == 0 and "2 corrected" in out and "a\\xff.png" in out
+
+
+# --------------------------------------------------------------------------- #
+# images without cells, impossible diameters, RGB arrays in the API
+# --------------------------------------------------------------------------- #
+def test_featureless_images_have_no_cells(tmp_path, capsys):
+    from napari_vptv.api import segment_image
+
+    rng = np.random.default_rng(0)
+    flat = {"black": np.zeros((300, 300, 3), np.uint8), "white": np.full((300, 300, 3), 255, np.uint8),
+            "noise": rng.integers(0, 256, (300, 300, 3)).astype(np.uint8)}
+    for name, img in flat.items():
+        iio.imwrite(tmp_path / f"{name}.png", img)
+    rc = main(["segment", *(str(tmp_path / f"{n}.png") for n in flat), "--out", str(tmp_path / "o"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("volumes 1.0000 0.0000 0.0000") == 3 and "no cells" in out
+    for name in flat:
+        assert not iio.imread(tmp_path / "o" / f"{name}.png").any(), name
+    for method in ("unet", "vptv-unet"):
+        res = segment_image(flat["black"], method=method)
+        assert not res.labels.any() and "flat colour" in res.info["no_cells"]
+    with pytest.raises(ValueError, match="no structure.*no cells to give the requested volumes"):
+        segment_image(flat["noise"], preset="wbc", volumes=[0.7, 0.2, 0.1])
+    assert segment_image(_rgb()).labels.any()  # a real image still has its cells
+
+
+def test_a_cell_diameter_larger_than_the_image_is_refused(tmp_path, capsys):
+    from napari_vptv.api import segment_image
+
+    iio.imwrite(tmp_path / "a.png", _rgb())
+    rc = main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--diameter", "100000",
+               "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "diameter 100000 px is larger than the image (300 x 300 px)" in cap.err
+    assert not (tmp_path / "o" / "a.png").exists()
+    with pytest.raises(OptionError, match="larger than the image") as info:
+        segment_image(_rgb(), method="unet", diameter=5000)
+    assert info.value.field == "diameter"
+
+
+@pytest.mark.parametrize("settings", [dict(n_classes=2), dict(volumes=[0.5, 0.5]), dict(preset="none")])
+def test_an_rgb_array_gives_labels_of_its_spatial_shape(settings):
+    from napari_vptv.api import segment_image
+
+    rgb = _rgb()[:64, :80]
+    assert segment_image(rgb, max_num_iter=30, **settings).labels.shape == (64, 80)

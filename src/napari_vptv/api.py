@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .core.cell_rules import drop_cells_without_nucleus
-from .core.intensity import normalise_intensity
+from .core.intensity import featureless, normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
 from .options import METHODS, PRESETS, SegmentOptions, auto_choice
@@ -89,7 +89,10 @@ def segment_image(
         preset and the networks need RGB ``(H, W, 3)``. Any dtype or bit depth
         (16-bit, 12 bits in 16, signed, float) is first brought to the 8-bit scale
         (:func:`~napari_vptv.core.intensity.normalise_intensity`), so it gives the
-        8-bit image's labels; ``result.info["conversions"]`` says how.
+        8-bit image's labels; ``result.info["conversions"]`` says how. An
+        ``(H, W, 3)`` image is RGB (labels ``(H, W)``) unless ``channel_axis`` says
+        otherwise. With the WBC methods an image of one flat colour or of noise has no
+        cells (all background, ``result.info["no_cells"]`` says why).
     options : SegmentOptions, optional
         The settings. Default: made from ``settings``; when these name neither a
         ``method`` nor a ``preset``, the best method measured across sources
@@ -98,8 +101,8 @@ def segment_image(
         3-class volumes are given), the generic solver for grey images, other
         class counts or solver settings.
     channel_axis : int, optional
-        Colour axis (``-1`` for RGB). With the WBC preset an ``(H, W, 3)`` image is
-        taken as RGB even when it is None.
+        Colour axis (``-1`` for RGB). An ``(H, W, 3)`` image is taken as RGB even when
+        it is None.
     callback : callable ``(iteration, max_iterations)``, optional
         Progress hook (variational solver only); it may raise to stop the solve.
     **settings
@@ -128,6 +131,8 @@ def segment_image(
     """
     _check_channel_axis(image, channel_axis)
     image, conversion = normalise_intensity(image)
+    if channel_axis is None and _is_rgb_shape(image):
+        channel_axis = -1  # (H, W, 3): a colour image, never a 3-slice grey volume
     if options is None:
         settings = _auto_settings(image, channel_axis, settings)
     opts = _as_options(options, settings)
@@ -140,9 +145,14 @@ def segment_image(
 
 def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
     """The method / preset of ``opts`` on ``image`` (see :func:`segment_image`)."""
+    wbc = opts.is_network or opts.resolved_preset(channel_axis is not None) == "wbc"
+    if wbc:
+        empty = _featureless_result(image, opts, channel_axis)
+        if empty is not None:
+            return empty
     if opts.is_network:
         return _segment_network(image, opts, channel_axis)
-    if opts.resolved_preset(channel_axis is not None) == "wbc":
+    if wbc:
         return _segment_wbc(image, opts, channel_axis, callback)
     return vptv_segment(
         image,
@@ -156,6 +166,43 @@ def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> Segmentati
         callback=callback,
         **_solver_overrides(opts),
     )
+
+
+def _is_rgb_shape(image) -> bool:
+    """``(H, W, 3 or 4)`` with H, W > 4: a colour image."""
+    shape = np.shape(image)
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def _spatial_shape(image, channel_axis):
+    shape = list(np.shape(image))
+    if channel_axis is not None:
+        shape.pop(int(channel_axis) % len(shape))
+    return tuple(shape)
+
+
+def _featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[SegmentationResult]:
+    """WBC methods: no cells in an image of one flat colour or of noise
+    (:func:`~napari_vptv.core.intensity.featureless`); refused when exact volumes are
+    asked for. Also refuses a cell diameter larger than the image. None otherwise."""
+    spatial = _spatial_shape(image, channel_axis)
+    if opts.diameter and spatial and opts.diameter > max(spatial):
+        from .options import OptionError
+
+        raise OptionError("diameter", f"the cell diameter {opts.diameter:g} px is larger than the image "
+                          f"({' x '.join(map(str, spatial))} px); give the typical white-cell diameter in "
+                          "pixels, or 0 to estimate it")
+    reason = featureless(image, channel_axis) if channel_axis is not None else None
+    if reason is None:
+        return None
+    if opts.volumes is not None and opts.volume_mode in (None, "exact"):
+        raise ValueError(f"{reason}: there are no cells to give the requested volumes")
+    prob = np.zeros((3,) + spatial, np.float32)
+    prob[0] = 1.0
+    result = SegmentationResult.from_arrays(np.zeros(spatial, np.int32), prob, n_iter=0, converged=True,
+                                            class_model=None, volume_spec=make_volume_spec(3, "none"))
+    result.info = {"no_cells": reason}
+    return result
 
 
 def _check_channel_axis(image, channel_axis) -> None:

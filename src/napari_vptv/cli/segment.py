@@ -164,7 +164,7 @@ def run(args) -> int:
                     for idx, v in res.slice_volumes:
                         echo(f"    slice {list(idx)}: volumes {fmt_vec(v)}")
             if res.notes:
-                echo(f"    read as: {'; '.join(res.notes)}")
+                echo(f"    note: {'; '.join(res.notes)}")
         if res.status == "failed":
             echo_err(f"FAILED {name}: {res.message}")
         bar.update(1)

@@ -390,7 +390,10 @@ def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> 
         image = image[..., :3]
     res = segment_fn(image, channel_axis=-1 if info.rgb else None)
     labels = labels_of(res)
-    result.notes = list(info.notes) + list((getattr(res, "info", None) or {}).get("conversions", []))
+    found = getattr(res, "info", None) or {}
+    result.notes = list(info.notes) + list(found.get("conversions", []))
+    if found.get("no_cells"):
+        result.notes.append(f"no cells: {found['no_cells']}")
     tmp = partial_name(final)
     try:
         write_labels(tmp, labels, metadata=_output_metadata(p, result.notes))

@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["normalise_intensity", "significant_bits"]
+__all__ = ["normalise_intensity", "significant_bits", "featureless"]
 
 
 def significant_bits(vmax: int) -> int:
@@ -118,3 +118,37 @@ def _floats(arr: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
         return np.zeros(arr.shape, np.float32), f"{what} image of one value ({lo:.6g}) read as 0"
     scaled = ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
     return scaled, f"{what} image scaled by the data's range [{lo:.6g}, {hi:.6g}] to [0, 1]"
+
+
+#: an image whose grey levels spread less than this (of 255) is one flat colour
+FLAT_GREY_LEVELS = 2.0
+#: neighbouring pixels of an image with structure correlate more than this (blood
+#: smears: 0.96 or more; uncorrelated noise: about 0)
+MIN_NEIGHBOUR_CORRELATION = 0.3
+
+
+def featureless(image, channel_axis: Optional[int] = None) -> Optional[str]:
+    """Why a 2-D image (on the 8-bit scale: ``uint8`` or [0, 1]) holds nothing to
+    segment, or None: one flat colour (all black, all white), or pixels that do not
+    correlate with their neighbours (noise). Large images are judged on block means
+    of at most 512 px a side."""
+    arr = np.asarray(image)
+    scale = 1.0 if arr.dtype == np.uint8 else 255.0
+    grey = arr.astype(np.float32)
+    if channel_axis is not None:
+        grey = np.moveaxis(grey, channel_axis, -1).mean(axis=-1)
+    if grey.ndim != 2 or min(grey.shape) < 8 or not np.all(np.isfinite(grey)):
+        return None
+    step = int(np.ceil(max(grey.shape) / 512))
+    if step > 1:
+        h, w = (grey.shape[0] // step) * step, (grey.shape[1] // step) * step
+        grey = grey[:h, :w].reshape(h // step, step, w // step, step).mean(axis=(1, 3))
+    grey = (grey - grey.mean()) * scale
+    spread = float(grey.std())
+    if spread < FLAT_GREY_LEVELS:
+        return f"the image is one flat colour (its grey levels spread {spread:.1f} of 255)"
+    var = float((grey * grey).mean())
+    corr = min(float((grey[:, :-1] * grey[:, 1:]).mean()), float((grey[:-1] * grey[1:]).mean())) / var
+    if corr < MIN_NEIGHBOUR_CORRELATION:
+        return f"the image has no structure (neighbouring pixels correlate {corr:.2f}: noise)"
+    return None
