@@ -45,6 +45,7 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
 from ._common import METADATA_KEY, WidgetRunMixin
+from ._counting import scrolling_body
 from ._outputs import claim, live_layer, same_layer, tag
 
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
@@ -140,7 +141,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     SETTINGS_NAME = "correct_mask"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
-        super().__init__(labels=True)
+        super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
         self.viewer = napari_viewer
         self.synchronous = False
         self.worker = None
@@ -186,7 +187,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                            "series or planes far apart)")
         self.status = Label(label="Status", value="ready")
         self.status.native.setWordWrap(True)
-        self.extend([
+        self.body = scrolling_body(self, [
             self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
             self.volume_factor, self.volume_tolerance,
             self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
@@ -204,6 +205,12 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         # the last session's settings (see _common.settings_dir)
         if self._restore_settings():
             self._set_status("ready (settings of the last run restored)")
+
+    def reset_choices(self, *_):  # called by napari on layer changes
+        super().reset_choices()
+        body = getattr(self, "body", None)
+        if body is not None:  # the fields sit in the scrolling body
+            body.reset_choices()
 
     def _make_buttons(self):
         """Run / Cancel, and the preview's Accept / Discard / Table rows."""

@@ -35,7 +35,7 @@ from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
 from ._common import METADATA_KEY, WidgetRunMixin
-from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of
+from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of, scrolling_body
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
@@ -153,7 +153,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self.results = MeasurementTable(napari_viewer)
         wrapped(self.results.summary)  # the table's full width, not a narrow centred column
         self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
-        self.extend([
+        self.body = scrolling_body(self, [
             self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
             self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
             self.edge,
@@ -161,7 +161,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self.keep_previous, self.measure, self.pixel_size, self.notice, buttons, self.reason, self.status,
         ])
         # full width (outside the label column): the table needs the room
-        self.native.layout().addWidget(self.results.native)
+        self.body.native.layout().addWidget(self.results.native)
         self.run_button.changed.connect(lambda *_: self.run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         for w in self._persisted_widgets().values():
@@ -194,6 +194,9 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
 
     def reset_choices(self, *_):  # called by napari on layer changes
         super().reset_choices()
+        body = getattr(self, "body", None)
+        if body is not None:  # the fields sit in the scrolling body
+            body.reset_choices()
 
     def _set_status(self, text: str):
         super()._set_status(text)

@@ -70,7 +70,7 @@ class SegmentSettings(Container):
     """The fields of the segmentation widget, their presets and their checks."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
         self.viewer = napari_viewer
         self._restoring = False
         self._build_fields()
