@@ -106,18 +106,38 @@ def test_stale_partial_files_of_killed_runs_are_removed_and_reported(tmp_path, c
     d.mkdir()
     out.mkdir()
     iio.imwrite(d / "a.png", _grey_u8())
+    iio.imwrite(d / "c.png", _grey_u8())
     iio.imwrite(out / "a.png", np.zeros((32, 32), np.uint8))  # finished earlier: skipped
     dead = 2**22 + 12345  # above the default pid_max: no such process
-    stale = partial_name(out / "b.tif", pid=dead)
+    stale = partial_name(out / "a.png", pid=dead)
     stale.write_bytes(b"x" * 1000)
     alive = partial_name(out / "c.tif")  # this process: a concurrent writer, kept
     alive.write_bytes(b"y")
+    other = partial_name(out / "b.tif", pid=dead)  # not an output of this run: kept
+    other.write_bytes(b"z")
     rc = main(["segment", str(d), "--out", str(out), *GREY, "--no-progress"])
     cap = capsys.readouterr()
     assert rc == 0 and "skipped (exists)" in cap.out
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and other.exists()
     assert "interrupted run" in cap.err and stale.name in cap.err
-    assert clean_stale_partials(out) == []
+    assert clean_stale_partials(out, [out / "a.png", out / "c.tif"]) == []
+
+
+def test_cleanup_never_touches_a_users_file_named_like_a_temporary_one(tmp_path, capsys):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    iio.imwrite(d / "NAME.png", _grey_u8())
+    users = [out / ".NAME.partial-77777.txt", out / ".NAME.partial-77777.png",
+             out / ".NAME.vptv-partial-77777.png", out / ".NAME.vptv-partial-77777-0123456789ab.txt"]
+    for f in users:
+        f.write_text("the user's notes")
+    for cmd in (["segment", str(d), "--out", str(out), *GREY, "--no-progress"],
+                ["correct", str(d), "--masks", str(d), "--out", str(out), "--max-iter", "5"]):
+        main(cmd)
+        assert all(f.read_text() == "the user's notes" for f in users), capsys.readouterr()
+    name = partial_name(out / "NAME.png").name
+    assert name.startswith(".NAME.vptv-partial-") and name != partial_name(out / "NAME.png").name
 
 
 def test_correct_never_writes_onto_its_image_or_mask(tmp_path, capsys):

@@ -192,7 +192,8 @@ def _featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[S
         raise OptionError("diameter", f"the cell diameter {opts.diameter:g} px is larger than the image "
                           f"({' x '.join(map(str, spatial))} px); give the typical white-cell diameter in "
                           "pixels, or 0 to estimate it")
-    reason = featureless(image, channel_axis) if channel_axis is not None else None
+    rgb = channel_axis is not None and np.shape(image)[channel_axis] in (3, 4)
+    reason = featureless(image, channel_axis) if rgb else None
     if reason is None:
         return None
     if opts.volumes is not None and opts.volume_mode in (None, "exact"):

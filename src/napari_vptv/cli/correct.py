@@ -196,9 +196,10 @@ def _run_many(args) -> int:
     if out_dir.suffix.lower() in (".png", ".tif", ".tiff") or (out_dir.exists() and not out_dir.is_dir()):
         raise CLIError(f"with --masks, --out is a folder for the corrected masks, got '{out_dir}'")
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(out_dir)
+    items = list(iter_inputs(args.inputs))
+    clean_stale_partials(out_dir, [output_path(i.path, out_dir, is_stack=s) for i in items for s in (False, True)])
     counts = {"corrected": 0, "skipped": 0, "failed": 0}
-    for item in iter_inputs(args.inputs):
+    for item in items:
         try:
             mask_path = None if item.problem else _mask_for(item.path, masks)
             problem = item.problem or (None if mask_path else f"no mask '{item.path.stem}.png' or '.tif' in '{masks}'")

@@ -548,14 +548,16 @@ def run_batch(
     Two inputs with the same stem (``a.png`` and ``a.tif``) would write the same
     output; the second is reported as failed rather than overwriting the first.
     No output may be an input of the run (:class:`~napari_vptv.core.outputs.OutputGuard`).
-    Temporary files left in ``out_dir`` by killed runs are removed first
-    (``summary.stale_removed``). ``on_result`` is called after each file.
+    Temporary files left in ``out_dir`` by killed runs for this run's outputs are
+    removed first (``summary.stale_removed``; nothing else is ever removed).
+    ``on_result`` is called after each file.
     """
     summary = BatchSummary()
     claimed = {}
     items = list(iter_inputs(inputs))
     run_inputs = [item.path for item in items if item.problem is None]
-    summary.stale_removed = clean_stale_partials(out_dir)
+    outputs = [c for path in run_inputs for c in _possible_outputs(path, Path(out_dir), fmt)]
+    summary.stale_removed = clean_stale_partials(out_dir, outputs)
     for item in items:
         if item.problem is not None:
             res = FileResult(item.path, status="failed", message=item.problem)

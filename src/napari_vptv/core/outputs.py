@@ -6,11 +6,13 @@ Rules (:class:`OutputGuard`):
 * never write onto an input of the same run (not even with ``overwrite``);
 * never replace an existing file unless ``overwrite``;
 * always write a hidden temporary file next to the target
-  (``.<stem>.partial-<pid><suffix>``) and move it into place only when complete,
-  so a full disk or a kill leaves no truncated file under the final name;
+  (``.<stem>.vptv-partial-<pid>-<token><suffix>``: the tool's name, the writing
+  process and a random token) and move it into place only when complete, so a full
+  disk or a kill leaves no truncated file under the final name;
 * a temporary file left by a killed run (its process no longer exists) is
   *stale*: :func:`clean_stale_partials` removes it and returns its name so the
-  caller can say so.
+  caller can say so. Only names of exactly that form, for an output of the current
+  run, are ever removed: a user's ``.NAME.partial-77777.txt`` is never touched.
 
 No napari, Qt or torch imports here.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Union
 
@@ -26,13 +29,15 @@ __all__ = ["OutputGuard", "partial_name", "publish", "stale_partials", "clean_st
 
 PathLike = Union[str, Path]
 
-_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]*)?$")
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.vptv-partial-(?P<pid>\d+)-[0-9a-f]{12}(?P<suffix>\.[^.]*)?$")
 
 
 def partial_name(final: PathLike, pid: Optional[int] = None) -> Path:
-    """The hidden temporary name of ``final`` while this process writes it."""
+    """A fresh hidden temporary name for ``final`` while this process writes it:
+    ``.<stem>.vptv-partial-<pid>-<12 random hex digits><suffix>``."""
     final = Path(final)
-    return final.with_name(f".{final.stem}.partial-{os.getpid() if pid is None else pid}{final.suffix}")
+    pid = os.getpid() if pid is None else pid
+    return final.with_name(f".{final.stem}.vptv-partial-{pid}-{secrets.token_hex(6)}{final.suffix}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,27 +52,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_partials(folder: PathLike) -> List[Path]:
-    """Temporary files in ``folder`` whose writing process no longer exists (sorted)."""
+def stale_partials(folder: PathLike, outputs: Optional[Iterable[PathLike]] = None) -> List[Path]:
+    """Temporary files of this tool in ``folder`` whose writing process no longer
+    exists (sorted); with ``outputs``, only those of these output files."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    names = None if outputs is None else {Path(o).name for o in outputs}
     found = []
     for f in folder.iterdir():
         m = _PARTIAL.match(f.name)
-        if m and f.is_file() and not _pid_alive(int(m.group("pid"))):
+        if not m or (names is not None and m.group("stem") + (m.group("suffix") or "") not in names):
+            continue
+        if f.is_file() and not f.is_symlink() and not _pid_alive(int(m.group("pid"))):
             found.append(f)
     return sorted(found)
 
 
-def clean_stale_partials(folder: PathLike) -> List[Path]:
+def clean_stale_partials(folder: PathLike, outputs: Optional[Iterable[PathLike]] = None) -> List[Path]:
     """Remove the stale temporary files of ``folder``; returns the removed paths.
 
-    Only names of the form ``.<stem>.partial-<pid><suffix>`` whose process is gone
-    are touched (a concurrent run's file is kept).
+    Only names that :func:`partial_name` makes (``.<stem>.vptv-partial-<pid>-<token><suffix>``)
+    whose process is gone are touched (a concurrent run's file is kept); with
+    ``outputs`` (the run's output files), only the temporary files of those.
     """
     removed = []
-    for f in stale_partials(folder):
+    for f in stale_partials(folder, outputs):
         try:
             f.unlink()
             removed.append(f)
