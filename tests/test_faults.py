@@ -629,3 +629,46 @@ def test_an_rgb_array_gives_labels_of_its_spatial_shape(settings):
 
     rgb = _rgb()[:64, :80]
     assert segment_image(rgb, max_num_iter=30, **settings).labels.shape == (64, 80)
+
+
+# --------------------------------------------------------------------------- #
+# consistency between commands and between concurrent runs
+# --------------------------------------------------------------------------- #
+def test_hidden_resource_fork_files_are_skipped_by_every_command(tmp_path, capsys):
+    images, masks = _eval_folders(tmp_path)
+    for d in (images, masks):
+        (d / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # not an image
+    rc = main(["segment", str(images), "--out", str(tmp_path / "o"), *GREY, "--no-progress"])
+    assert rc == 0 and "1 input(s)" in capsys.readouterr().out
+    rc = main(["segment", str(images / "*.png"), "--out", str(tmp_path / "o2"), *GREY, "--no-progress"])
+    assert rc == 0 and "1 input(s)" in capsys.readouterr().out
+    rc = main(["evaluate", "--images", str(images), "--masks", str(masks)])
+    assert rc == 0, capsys.readouterr().err
+    rc = main(["correct", str(images), "--masks", str(masks), "--out", str(tmp_path / "c"), "--max-iter", "5"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 corrected" in out and "._a" not in out
+    assert [p for p, _ in pair_images_and_masks(images, masks)] == [images / "a.png"]
+
+
+def test_a_second_run_skips_what_a_concurrent_run_wrote(tmp_path):
+    """Two runs segment one file into one folder; the other run publishes while this
+    one is still segmenting (the interleaving made deterministic with the real code)."""
+    from napari_vptv.api import make_segment_fn
+    from napari_vptv.core.batch import run_batch, segment_file
+
+    iio.imwrite(tmp_path / "a.png", _grey_u8())
+    out = tmp_path / "o"
+    fn = make_segment_fn("vptv", preset="none", n_classes=2, max_num_iter=30)
+    others = []
+
+    def this_run(image, **kwargs):
+        if not others:  # the other run finishes the same file now
+            others.append(segment_file(tmp_path / "a.png", out, fn))
+        return fn(image, **kwargs)
+
+    this_run.n_classes = fn.n_classes
+    summary = run_batch([tmp_path / "a.png"], out, this_run)
+    assert others[0].status == "done"
+    assert summary.ok and summary.results[0].status == "skipped", summary.results[0].message
+    assert "another run" in summary.results[0].message
+    assert sorted(f.name for f in out.iterdir()) == ["a.png"]

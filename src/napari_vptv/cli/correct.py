@@ -219,6 +219,10 @@ def _run_many(args) -> int:
             corrected, changed, meta = _correct_pair(args, item.path, mask_path)
             out = guard.write(output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
                               lambda tmp, c=corrected: write_labels(tmp, c, metadata=meta))
+        except FileExistsError:  # another run wrote it meanwhile: kept, as a finished one is
+            echo(f"skipped {item.path}: written meanwhile by another run")
+            counts["skipped"] += 1
+            continue
         except Exception as exc:  # noqa: BLE001 -- one image's problem must not stop the batch
             echo(f"FAILED {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             counts["failed"] += 1

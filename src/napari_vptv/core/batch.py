@@ -15,7 +15,8 @@ The engine behind ``vptv segment``:
   :func:`napari_vptv.core.tiff.store_labels_tiff`.
 
 Resume and safety rules: an output that already exists is skipped (``"skipped"``)
-unless ``overwrite=True``; outputs are first written under a hidden temporary name
+unless ``overwrite=True``, also when another run writing the same folder finished it
+while this one was segmenting; outputs are first written under a hidden temporary name
 and moved into place only when complete (an interrupted run never leaves a
 half-written file under the final name, and a file that appeared meanwhile is not
 clobbered). Errors are captured per item (unreadable file, NaN slice, zero-size axis,
@@ -360,6 +361,12 @@ def segment_file(
         )
         if result.failed_slices:
             result.status, result.message = "failed", _failed_slices_message(result)
+    except FileExistsError as exc:
+        if overwrite or result.output is None or not result.output.exists():
+            result.status, result.message = "failed", _error_text(exc)
+        else:  # another run wrote it meanwhile: its file is kept, as a finished one is
+            result.status, result.message = "skipped", "exists (written meanwhile by another run)"
+            result.slice_volumes, result.failed_slices = [], []
     except Exception as exc:  # noqa: BLE001 - per-item error capture
         result.status, result.message = "failed", _error_text(exc)
     return result
