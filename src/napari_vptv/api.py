@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .core.cell_rules import drop_cells_without_nucleus
-from .core.intensity import featureless, normalise_intensity
+from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
+from .core.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
 from .options import METHODS, PRESETS, SegmentOptions, auto_choice
@@ -131,12 +132,13 @@ def segment_image(
     """
     _check_channel_axis(image, channel_axis)
     image, conversion = normalise_intensity(image)
-    if channel_axis is None and _is_rgb_shape(image):
+    if channel_axis is None and is_rgb_shape(image):
         channel_axis = -1  # (H, W, 3): a colour image, never a 3-slice grey volume
     if options is None:
         settings = _auto_settings(image, channel_axis, settings)
     opts = _as_options(options, settings)
     check_device(opts.device)
+    check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
     if conversion:
         result.info = {**(getattr(result, "info", None) or {}), "conversions": [conversion]}
@@ -147,7 +149,7 @@ def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> Segmentati
     """The method / preset of ``opts`` on ``image`` (see :func:`segment_image`)."""
     wbc = opts.is_network or opts.resolved_preset(channel_axis is not None) == "wbc"
     if wbc:
-        empty = _featureless_result(image, opts, channel_axis)
+        empty = featureless_result(image, opts, channel_axis)
         if empty is not None:
             return empty
     if opts.is_network:
@@ -166,44 +168,6 @@ def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> Segmentati
         callback=callback,
         **_solver_overrides(opts),
     )
-
-
-def _is_rgb_shape(image) -> bool:
-    """``(H, W, 3 or 4)`` with H, W > 4: a colour image."""
-    shape = np.shape(image)
-    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
-
-
-def _spatial_shape(image, channel_axis):
-    shape = list(np.shape(image))
-    if channel_axis is not None:
-        shape.pop(int(channel_axis) % len(shape))
-    return tuple(shape)
-
-
-def _featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[SegmentationResult]:
-    """WBC methods: no cells in an image of one flat colour or of noise
-    (:func:`~napari_vptv.core.intensity.featureless`); refused when exact volumes are
-    asked for. Also refuses a cell diameter larger than the image. None otherwise."""
-    spatial = _spatial_shape(image, channel_axis)
-    if opts.diameter and spatial and opts.diameter > max(spatial):
-        from .options import OptionError
-
-        raise OptionError("diameter", f"the cell diameter {opts.diameter:g} px is larger than the image "
-                          f"({' x '.join(map(str, spatial))} px); give the typical white-cell diameter in "
-                          "pixels, or 0 to estimate it")
-    rgb = channel_axis is not None and np.shape(image)[channel_axis] in (3, 4)
-    reason = featureless(image, channel_axis) if rgb else None
-    if reason is None:
-        return None
-    if opts.volumes is not None and opts.volume_mode in (None, "exact"):
-        raise ValueError(f"{reason}: there are no cells to give the requested volumes")
-    prob = np.zeros((3,) + spatial, np.float32)
-    prob[0] = 1.0
-    result = SegmentationResult.from_arrays(np.zeros(spatial, np.int32), prob, n_iter=0, converged=True,
-                                            class_model=None, volume_spec=make_volume_spec(3, "none"))
-    result.info = {"no_cells": reason}
-    return result
 
 
 def _check_channel_axis(image, channel_axis) -> None:
