@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 16): one test per class of failure.
+"""Bad input and faults: one test per class of failure.
 
 Each test failed before the fix it covers: a file destroyed or half-written, a
 wrong result with exit 0, or an unclear error. Most cases are refused before any
