@@ -261,7 +261,7 @@ def test_pairs_are_read_by_the_rules_every_command_uses(pairs, tmp_path):
         samples_from_folders(imgs, masks)
 
 
-def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir):
+def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir, capsys):
     import imageio.v3 as iio
 
     from napari_vptv.cli import main
@@ -273,12 +273,15 @@ def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir):
         image, mask = load_sample(n)
         iio.imwrite(imgs / f"{n}.png", image[..., :3])
         iio.imwrite(masks / f"{n}.png", np.asarray(mask, dtype=np.uint8))
+    (imgs / "._x.png").write_bytes(b"resource fork")  # a hidden file is not a training image
     assert len(samples_from_folders(imgs, masks)) == 2
     args = ["finetune", "--images", str(imgs), "--masks", str(masks), "--name", "cli-model", "--base", "unet",
             "--steps", "2", "--threads", "1", "--keep-anyway"]
     assert main(args) == 0
     assert list_user_models() == ["cli-model"]
     assert main(args[:-1] + ["--name", "x", "--lr", "1e6"]) == 2  # refused before training
+    assert main(args[:-1] + ["--name", "x", "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
     assert main(args) == 2  # exists: refused
     assert main(args + ["--overwrite"]) == 0
     out = tmp_path / "seg"

@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                         "training (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="train exactly N steps per training instead of a time budget (reproducible)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out pair and the patches (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the cross-validation folds and of the patches, >= 0 (default 0)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name / path")
@@ -111,6 +112,8 @@ def run(args) -> int:
     from ..nn.finetune import describe_verdict, finetune, samples_from_folders, save_finetuned
     from ..user_models import resolve_model
 
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
     target = _target(args)
     if not args.overwrite and (target.exists() or target.with_suffix(".json").exists()):
         raise CLIError(f"model '{target}' exists; choose another --out / --name or pass --overwrite")

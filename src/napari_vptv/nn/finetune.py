@@ -346,10 +346,15 @@ def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target, then renamed: the .json (the marker load_model needs)
     # appears last, so an interrupted save never leaves a model that looks complete
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.vptv-partial-", dir=path.parent))
     try:
         meta = dict(result.metadata, name=path.stem, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        export_weights(result.state_dict, path.stem, json.loads(json.dumps(meta)), tmp)
+        try:
+            export_weights(result.state_dict, path.stem, json.loads(json.dumps(meta)), tmp)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"could not write the model '{path}' ({free / 2**20:.0f} MB free): "
+                          f"{' '.join(str(exc).split())[:200]}") from None
         if overwrite and targets[1].exists():
             targets[1].unlink()
         os.replace(tmp / path.name, path)
