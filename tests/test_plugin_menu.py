@@ -226,3 +226,51 @@ def test_a_field_without_white_cells_says_so(viewer, seg):
     texts = seg.status.value + " " + seg.results.summary.value
     assert "no white cell found" in texts, texts
     assert "nan" not in texts.lower() and " 0 px" not in texts
+
+
+@pytest.fixture(scope="module")
+def lab_model(tmp_path_factory):
+    """A user's fine-tuned model (one real training step of the U-net), in its own folder."""
+    from napari_vptv.nn.finetune import FinetuneRecipe, finetune, samples_from_arrays, save_finetuned
+    from napari_vptv.nn.sources import mask_to_labels
+
+    names = ("wbc_001", "wbc_004", "wbc_016")
+    images, masks = [], []
+    for n in names:
+        image, mask = load_sample(n)
+        images.append(image[..., :3])
+        masks.append(mask_to_labels(mask))
+    result = finetune(samples_from_arrays(images, masks, names), base="unet", steps=1, seed=0, keep="always",
+                      recipe=FinetuneRecipe(batch=2))
+    return save_finetuned(result, tmp_path_factory.mktemp("models") / "lab.pt")
+
+
+def test_the_default_method_offers_and_uses_my_model(viewer, cell, lab_model, monkeypatch):
+    from napari_vptv._widget import METHOD_NET, METHOD_VPTV, VOLUME_AUTO
+    from napari_vptv.api import segment_image
+    from napari_vptv.user_models import MODELS_DIR_ENV
+
+    monkeypatch.setenv(MODELS_DIR_ENV, str(lab_model.parent))
+    seg = open_widget(viewer, "VPTV segmentation")
+    image, _ = cell
+    viewer.add_image(image, name="cell", rgb=True)
+    seg.measure.value = False
+    assert (seg.method.value, seg.volume_mode.value) == (METHOD_VPTV, VOLUME_AUTO)
+    assert not seg.network.native.isHidden() and "lab" in seg.network.choices
+    assert seg.segment_options().model == ""  # nothing picked: today's default
+
+    default = seg.run(sync=True)
+    np.testing.assert_array_equal(np.asarray(default.data), segment_image(image).labels)
+    assert default.metadata[METADATA_KEY]["network"]["name"] == "unet"
+
+    seg.network.value = "lab"
+    assert "lab" in seg.auto_note.value
+    seg.method.value = METHOD_NET  # each method keeps its own choice
+    assert (seg.network.label, seg.network.value) == ("Network", "vptv-unet")
+    seg.method.value = METHOD_VPTV
+    assert (seg.network.label, seg.network.value) == ("Model", "lab")
+    out = seg.run(sync=True)
+    meta = out.metadata[METADATA_KEY]
+    assert meta["params"]["model"] == str(lab_model) and meta["network"]["name"] == str(lab_model)
+    assert "lab" in out.name
+    np.testing.assert_array_equal(np.asarray(out.data), segment_image(image, model=str(lab_model)).labels)

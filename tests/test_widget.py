@@ -476,7 +476,7 @@ def test_variational_auto_is_the_image_adapted_preset(viewer, widget, notes):
     widget.method.value = METHOD_VPTV  # back to the default: the note says what it does
     assert "refitted to each image" in widget.notice.value or "own, per image" in widget.notice.value
     assert widget.volume_mode.value == VOLUME_AUTO and "refitted" in widget.auto_note.value
-    assert widget.diameter.enabled and widget.network.native.isHidden()
+    assert widget.diameter.enabled and widget.network.label == "Model" and widget.network.value == "unet"
     out = widget.run(sync=True)
     assert not errors(notes), notes
     image, _ = load_sample("001")
@@ -486,6 +486,7 @@ def test_variational_auto_is_the_image_adapted_preset(viewer, widget, notes):
     widget.volume_mode.value = "interval"
     assert widget.notice.native.isHidden()  # the method-change note described auto mode
     assert not widget.lower.native.isHidden() and widget.auto_note.native.isHidden()
+    assert widget.network.native.isHidden()  # the fixed preset: no network seeds it
     opts = widget.segment_options()
     assert opts.volume_mode == "interval" and opts.lower is not None and opts.epsilon is not None
     fixed = widget.run(sync=True)

@@ -106,11 +106,12 @@ def name_classes_in(message: str, names: Sequence[str]) -> str:
 
 
 def method_label(method: str, model: str = "") -> str:
-    """``"variational"``, ``"VPTVU-net"``, ... or the file stem of a fine-tuned model."""
+    """``"variational"``, ``"VPTVU-net"``, ... or the file stem of a fine-tuned model
+    (``"variational, STEM"`` when the model seeds the variational method)."""
     if model and model.endswith(".pt"):
         from pathlib import Path
 
-        return Path(model).stem
+        return f"variational, {Path(model).stem}" if method == "vptv" else Path(model).stem
     return METHOD_LABELS.get(method, method)
 
 

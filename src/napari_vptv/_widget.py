@@ -85,7 +85,8 @@ def _pieces(data, segment_fn, *, rgb, mode, n_classes, todo=None, total=None):
 
 def _network_details(result) -> Optional[Dict[str, Any]]:
     """The cell diameter a result was computed at (network or variational auto mode):
-    ``{"diameter", "estimated"}``, or None if the result carries none."""
+    ``{"diameter", "estimated", "removed", "name"}`` (``name``: the network that seeded
+    the variational auto mode), or None if the result carries none."""
     diameter = getattr(result, "diameter", None)
     if diameter is None:
         return None
@@ -93,7 +94,7 @@ def _network_details(result) -> Optional[Dict[str, Any]]:
     info = info if isinstance(info, dict) else {}
     estimated = info.get("diameter_estimated")
     return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated),
-            "removed": int(info.get("cells_without_nucleus_removed") or 0)}
+            "removed": int(info.get("cells_without_nucleus_removed") or 0), "name": info.get("network")}
 
 
 class SegmentationWidget(WidgetRunMixin, SegmentSettings):

@@ -8,9 +8,12 @@ switch says which values it changed, restored settings are announced in a notice
 with a "Reset to defaults" button, and Run is disabled (with the reason next to it)
 while an input is invalid.
 
-The defaults are the best measured ones: the pretrained VPTVU-net, and the WBC
+The defaults are the best measured ones: the variational solver with the WBC
 preset's volume mode *auto (per image)* (:mod:`napari_vptv._widget_methods`), which
-leaves volumes, ε and λ to the method, as the command line's default does.
+leaves volumes, ε and λ to the method, as the command line's default does. Its
+colour model is seeded by the shipped U-net, or by the user's fine-tuned model
+chosen under "Model". The controls themselves are built in
+:mod:`napari_vptv._widget_controls`.
 """
 
 from __future__ import annotations
@@ -18,52 +21,34 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import Container
 
 from ._outputs import class_names_for, legend_html, name_classes_in
+from ._widget_controls import (  # noqa: F401 - the controls' names, used by the widget and the tests
+    AUGMENT_WIDGET_CHOICES,
+    DEFAULT_SEED_LABEL,
+    DEFAULT_SEED_NETWORK,
+    INVALID_STYLE,
+    KMEANS_INTERVAL,
+    METHOD_NET,
+    METHOD_VPTV,
+    METHODS,
+    NETWORK_TIP,
+    PRESET_CUSTOM,
+    PRESET_KMEANS,
+    PRESET_WBC,
+    SEED_MODEL_TIP,
+    STACK_SLICES,
+    STACK_VOLUME,
+    VOLUME_CHOICES,
+    build_fields,
+    fmt,
+    wrapped,
+)
 from ._widget_methods import VOLUME_AUTO, auto_description, network_choices, resolve_network
 from .api import wbc_priors
 from .options import SegmentOptions
-
-METHOD_VPTV = "Variational VPTV"
-METHOD_NET = "Network (WBC, pretrained)"
-#: Method choice -> method; the network's own method (its architecture) comes from
-#: the "Network" choice (:func:`~napari_vptv._widget_methods.resolve_network`).
-METHODS = {METHOD_VPTV: "vptv", METHOD_NET: "vptv-unet"}
-#: Volume-mode choices; VOLUME_AUTO = the method's own per-image defaults.
-VOLUME_CHOICES = [VOLUME_AUTO, "interval", "exact", "none"]
-#: test-time augmentation: (shown text, transforms averaged)
-AUGMENT_WIDGET_CHOICES = [("image + mirror (2 passes)", 2), ("all 8 flips / turns (8 passes)", 8), ("none", 1)]
-
-PRESET_WBC = "WBC (3 classes)"
-PRESET_KMEANS = "estimate from image (k-means)"
-PRESET_CUSTOM = "custom"
-
-STACK_SLICES = "slice by slice"
-STACK_VOLUME = "3-D volume (variational only)"
-
-#: Half-width of the interval put around k-means fractions ("estimate from image").
-KMEANS_INTERVAL = 0.05
-
-#: Style of a field whose text does not parse (2 px: visible at a glance).
-INVALID_STYLE = "QLineEdit { border: 2px solid #d04040; }"
-
-
-def wrapped(label: Label) -> Label:
-    """``label`` word-wrapped, left-aligned and as wide as its column (a wrapped QLabel
-    otherwise takes a narrow width and sits centred)."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QSizePolicy
-
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-    return label
-
-
-def fmt(values) -> str:
-    """``"0.77, 0.13, 0.1"``: numbers as the volume fields show them."""
-    return ", ".join(f"{float(v):.3g}" for v in np.ravel(values))
+from .user_models import SHIPPED, SHIPPED_LABELS
 
 
 class SegmentSettings(Container):
@@ -73,9 +58,11 @@ class SegmentSettings(Container):
         super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
         self.viewer = napari_viewer
         self._restoring = False
-        self._build_fields()
+        self._network_chosen: Dict[bool, tuple] = {}  # is_network -> (label, name) chosen in that mode
+        build_fields(self)
         self.method.changed.connect(self._on_method)
-        self._network_chosen = (self.network.current_choice, self.network.value)
+        self._network_chosen = {False: (self.network.current_choice, self.network.value),
+                                True: (SHIPPED_LABELS["vptv-unet"], "vptv-unet")}
         self.network.changed.connect(self._on_network)
         self.preset.changed.connect(self._on_preset)
         self.volume_mode.changed.connect(self._update_visibility)
@@ -90,69 +77,6 @@ class SegmentSettings(Container):
             self._on_method()
         finally:
             self._restoring = False
-
-    def _build_fields(self):
-        defaults = SegmentOptions()
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
-        self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV,
-                               tooltip="The variational VPTV solver (default: with the WBC preset it refits a "
-                                       "colour model on each image, seeded by the pretrained U-net; best measured "
-                                       "on sources the networks never saw) or a pretrained network alone")
-        self.network = ComboBox(label="Network", choices=self._network_choices, value="vptv-unet",
-                                tooltip="The shipped generalists and your own fine-tuned models "
-                                        "(Plugins › napari-vptv › Train on my images)")
-        self.preset = ComboBox(label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC)
-        self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
-        self.legend = Label(label="Classes shown", value="")
-        self.volume_mode = ComboBox(
-            label="Volume mode", choices=VOLUME_CHOICES, value=VOLUME_AUTO,
-            tooltip=f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, ε, λ), as "
-                    "`vptv segment` uses them: the best measured. interval / exact / none: your values.")
-        self.auto_note = wrapped(Label(label="Auto settings", value=""))
-        self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10",
-                                tooltip="Exact class fractions, comma-separated, summing to 1")
-        self.lower = LineEdit(label="Lower bounds", value="",
-                              tooltip="Per-class lower bounds of the class fractions, comma-separated")
-        self.upper = LineEdit(label="Upper bounds", value="",
-                              tooltip="Per-class upper bounds of the class fractions, comma-separated")
-        self.estimate = PushButton(text="Estimate volumes from current slice (k-means)")
-        self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
-                                    tooltip="Entropic regularisation ε (paper eq. 11)")
-        self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.02,
-                                      tooltip="Weight λ of the total variation term (paper eq. 11)")
-        self.edge = CheckBox(text="Edge weight e(x)", value=False,
-                             tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
-        self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
-        self.diameter = FloatSpinBox(label="Cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
-                                     value=defaults.diameter,
-                                     tooltip="Cell diameter in pixels for the networks and the variational "
-                                             "auto mode's U-net (0 estimates it); also splits touching cells "
-                                             "in the measurements")
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
-        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
-        self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
-        self.keep_previous = CheckBox(text="Keep previous results (new layer per run)", value=True,
-                                      tooltip="Unchecked: a run replaces the plugin's own, untouched result of "
-                                              "the same method and image. Renamed, duplicated or edited "
-                                              "results are never replaced.")
-        self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus,
-                                        tooltip="White blood cell labels: a cell region whose nucleus is under "
-                                                "10 % of its area (a red cell or debris taken for cytoplasm) "
-                                                "becomes background. "
-                                                "Applies in volume mode auto / none (exact and interval "
-                                                "constraints win)")
-        self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES,
-                                value=defaults.augment,
-                                tooltip="Networks: average over the image and its mirror image (default), all "
-                                        "8 flips / quarter turns, or none; costs that many network passes. "
-                                        "About +1 pt on images from a lab the network never saw")
-        self.measure = CheckBox(text="Measure cells (WBC classes)", value=True,
-                                tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
-                                        "table below and as a '… cells' Labels layer")
-        self.reset_button = PushButton(text="Reset to defaults")
-        self.notice = wrapped(Label(label="", value=""))
-        self.notice.visible = False
-        self.status = wrapped(Label(label="Status", value="ready"))
 
     def _persisted_widgets(self) -> Dict[str, Any]:
         # restore order matters: method / preset / n_classes callbacks rewrite the
@@ -177,8 +101,14 @@ class SegmentSettings(Container):
         return self.volume_mode.value == VOLUME_AUTO
 
     def _network_choices(self, *_):
+        """The networks (Network method) or the seeds of the colour model (default method):
+        there the shipped U-net is the default and the other choices are the user's models."""
         choices = network_choices()
-        chosen = getattr(self, "_network_chosen", None)  # (label, name)
+        net = self.is_network
+        if not net:
+            choices = [(DEFAULT_SEED_LABEL, DEFAULT_SEED_NETWORK)] + [
+                (label, name) for label, name in choices if name not in SHIPPED]
+        chosen = getattr(self, "_network_chosen", {}).get(net)  # (label, name)
         if chosen and chosen[1] not in {name for _, name in choices}:
             # a chosen model whose files went away stays chosen (the reason next to Run
             # says it is missing) instead of silently becoming another network
@@ -191,9 +121,26 @@ class SegmentSettings(Container):
         Raises ``ValueError`` when the chosen network's files are gone or unreadable.
         """
         if not self.is_network:
-            return "vptv", ""
+            if not self._seed_model_applies():
+                return "vptv", ""
+            model, _ = resolve_network(self.network.value)  # "" for the shipped U-net: the default
+            return "vptv", model
         model, method = resolve_network(self.network.value)
         return method, model
+
+    def _seed_model_applies(self) -> bool:
+        """The default method (WBC preset, auto) seeds its colour model with a network."""
+        return not self.is_network and self.preset.value == PRESET_WBC and self.is_auto
+
+    def _reset_network_choices(self):
+        """The model list of the current method, with that method's last choice."""
+        label, name = self._network_chosen.get(self.is_network) or (None, None)
+        self.network.reset_choices()  # models trained since the widget opened
+        if name is not None and name in self.network.choices:
+            self.network.value = name
+        self._network_chosen[self.is_network] = (self.network.current_choice, self.network.value)
+        self.network.label = "Network" if self.is_network else "Model"
+        self.network.tooltip = NETWORK_TIP if self.is_network else SEED_MODEL_TIP
 
     def class_names(self):
         """Names of the classes the current settings produce."""
@@ -211,8 +158,8 @@ class SegmentSettings(Container):
     # ------------------------------------------------------- preset / modes
     def _on_method(self, *_):
         before = self._solver_values()
+        self._reset_network_choices()
         if self.is_network:
-            self.network.reset_choices()  # models trained since the widget opened
             self.n_classes.value = 3
             if self.preset.value == PRESET_KMEANS:
                 self.preset.value = PRESET_WBC
@@ -248,7 +195,7 @@ class SegmentSettings(Container):
         self.show_notice(f"Method {self.method.value}: " + "; ".join(changed) + ".")
 
     def _on_network(self, *_):
-        self._network_chosen = (self.network.current_choice, self.network.value)
+        self._network_chosen[self.is_network] = (self.network.current_choice, self.network.value)
         self._update_visibility()
 
     def _on_volume_mode(self, *_):
@@ -297,7 +244,7 @@ class SegmentSettings(Container):
                 self.auto_note.value = str(exc)
         self.edge.enabled = not self.is_network
         self.max_iter.enabled = not self.is_network and not auto  # auto: the method's own cap
-        self.network.visible = self.is_network
+        self.network.visible = self.is_network or self._seed_model_applies()
         self.diameter.enabled = self._uses_diameter()
         self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
             auto or mode == "none")  # an exact / interval constraint wins over the rule

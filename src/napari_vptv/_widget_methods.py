@@ -70,8 +70,9 @@ def auto_description(method: str, network: str = "vptv-unet") -> str:
         from .core.adapt import MAX_ITER
 
         s = _adapted_settings()
-        return (f"WBC colour model refitted to each image from the U-net's confident pixels, then solved on the "
-                f"colours and the U-net's probabilities together; volume interval around its class fractions; "
+        net = "the U-net" if network in ("", "unet", "vptv-unet") else f"your model {network!r}"
+        return (f"WBC colour model refitted to each image from {net}'s confident pixels, then solved on the "
+                f"colours and its probabilities together; volume interval around its class fractions; "
                 f"ε {s['epsilon']:g}, λ {s['tv_weight']:g}, at most {MAX_ITER} iterations (as `vptv segment`).")
     if method == "unet":
         return "Plain softmax U-net: no volume prior, no ε or λ (as `vptv segment --method unet`)."
