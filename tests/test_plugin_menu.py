@@ -274,3 +274,39 @@ def test_the_default_method_offers_and_uses_my_model(viewer, cell, lab_model, mo
     assert meta["params"]["model"] == str(lab_model) and meta["network"]["name"] == str(lab_model)
     assert "lab" in out.name
     np.testing.assert_array_equal(np.asarray(out.data), segment_image(image, model=str(lab_model)).labels)
+
+
+def test_training_pairs_each_mask_with_its_own_image(viewer, seg, cell):
+    """A result pairs with the image it was computed from (even after both were renamed),
+    a mask with the image whose name it carries; other same-size pairings on request."""
+    from napari_vptv._widget import METHOD_VPTV
+
+    image, mask = cell
+    other = load_sample("004")[0][90:210, 90:210, :3].copy()
+    viewer.add_image(image, name="a", rgb=True)
+    b = viewer.add_image(other, name="b", rgb=True)
+    seg.image.value = seg.image.choices[-1]
+    assert seg.image.value.name == "b"
+    seg.method.value = METHOD_VPTV
+    seg.measure.value = True  # its cell instances are no training mask
+    seg.run(sync=True)
+    seg.output_layer.name = "mask 2"
+    b.name = "sample B"
+    viewer.add_labels((mask > 0).astype(np.int32), name="a corrected")
+    viewer.add_labels(np.zeros(mask.shape, np.int32), name="stray")
+
+    w = open_widget(viewer, "Train on my images")
+
+    def listed():
+        return sorted((lab.name, im.name) for im, lab in w.pairs.choices)
+
+    assert listed() == [("a corrected", "a"), ("mask 2", "sample B")]
+    w.show_all.value = True
+    assert listed() == sorted([("a corrected", "a"), ("a corrected", "sample B"), ("mask 2", "a"),
+                               ("mask 2", "sample B"), ("stray", "a"), ("stray", "sample B")])
+    w.show_all.value = False
+    assert len(w.pairs.choices) == 2
+    w.pairs.value = list(w.pairs.choices)
+    assert "2 of 2" in w.pairs_note.value
+    native = w.pairs.native
+    assert native.minimumHeight() >= 8 * native.sizeHintForRow(0) and "selected" in native.styleSheet()

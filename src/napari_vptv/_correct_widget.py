@@ -44,7 +44,7 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
-from ._common import METADATA_KEY, WidgetRunMixin
+from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import scrolling_body
 from ._outputs import claim, live_layer, same_layer, tag
 
@@ -354,7 +354,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             return None
         self._save_settings()
         self._cancel_requested = False
-        self._run = {"image": image.name, "source": labels.name, "labels_layer": labels, "params": params,
+        self._run = {"image": image.name, "image_id": layer_id(image), "source": labels.name,
+                     "labels_layer": labels, "params": params,
                      "done": 0, "total": None, "finished": False, "report": report, "given": given}
 
         def gen():
@@ -436,8 +437,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         (matched by layer id, see :func:`napari_vptv._outputs.same_layer`), else a new layer."""
         st = self._run
         src = st["labels_layer"]
-        meta = {"kind": KIND, "source": st["source"], "image": st["image"], "params": dict(st["params"]),
-                "complete": True}
+        meta = {"kind": KIND, "source": st["source"], "image": st["image"], "image_id": st["image_id"],
+                "params": dict(st["params"]), "complete": True}
         self._previews = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is not None]
         old = next((pv for pv in reversed(self._previews) if same_layer(pv["target"], src)), None)
         if old is not None and old["layer"].data.shape == data.shape:

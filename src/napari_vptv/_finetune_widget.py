@@ -17,8 +17,10 @@ model's metadata and printed by ``vptv finetune``).
 The model is saved as ``NAME.pt`` + ``NAME.json`` in the user's model folder
 (:func:`napari_vptv.user_models.user_models_dir`), never replacing a model unless
 "Replace" is ticked; it then appears in the model lists (``--model NAME`` in the CLI).
-A Labels layer is paired with the Image layer it was computed from (the plugin's
-``metadata["vptv"]["source"]``) or with Image layers of the same height and width.
+Each Labels layer is listed with its own image: the Image layer it was computed from
+(the plugin's ``metadata["vptv"]``, by layer id, else by name) or the one whose name
+it carries ("wbc_001 corrected" ⟵ "wbc_001"). Other pairings of the same height and
+width are listed only when "Show all same-size pairings" is ticked.
 """
 
 from __future__ import annotations
@@ -70,10 +72,58 @@ def _hw(layer) -> Optional[tuple]:
     return tuple(shape) if len(shape) == 2 else None
 
 
-def pair_choices(layers) -> List[tuple]:
-    """``(text, (image_layer, labels_layer))`` for every 2-D Labels layer and an Image
-    layer it fits: its tagged source first, then other images of the same size."""
+#: Plugin outputs that are never a class mask (cell instances, numbers).
+_NOT_MASKS = ("cells",)
+
+
+def _names_image(mask_name: str, image_name: str) -> bool:
+    """Whether ``mask_name`` carries ``image_name`` as a whole word ("wbc_001 corrected" carries
+    "wbc_001", not "wbc_0012")."""
+    at = mask_name.find(image_name)
+    while at >= 0:
+        end = at + len(image_name)
+        before = mask_name[at - 1] if at else " "
+        after = mask_name[end] if end < len(mask_name) else " "
+        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
+            return True
+        at = mask_name.find(image_name, at + 1)
+    return False
+
+
+def own_image(lab, images):
+    """``(image, how)``: the Image layer a Labels layer belongs to, or ``(None, "")``.
+
+    The image it was computed from (the plugin's ``metadata["vptv"]``: the image's layer
+    id, else its name), else the image whose name it carries (the longest such name);
+    the sizes must agree.
+    """
+    from ._common import layer_id
+
+    meta = lab.metadata.get(METADATA_KEY) if isinstance(lab.metadata, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    fits = [im for im in images if _hw(im) == _hw(lab)]
+    uid = meta.get("image_id")
+    by_id = [im for im in fits if uid is not None and layer_id(im) == str(uid)]
+    if by_id:
+        return by_id[0], "computed from"
+    source = meta.get("image") or meta.get("source")
+    by_name = [im for im in fits if source is not None and im.name == source]
+    if by_name:
+        return by_name[0], "computed from"
+    named = sorted((im for im in fits if _names_image(lab.name, im.name)), key=lambda im: -len(im.name))
+    return (named[0], "same name") if named else (None, "")
+
+
+def pair_choices(layers, show_all: bool = False) -> List[tuple]:
+    """``(text, (image_layer, labels_layer))``: each 2-D Labels layer with its own image
+    (:func:`own_image`); with ``show_all`` also with every other Image layer of its size.
+
+    Layers are compared by napari's layer id and names, never by object identity (a
+    widget opened from the Plugins menu sees proxies of the layers).
+    """
     import napari
+
+    from ._common import same_layer
 
     images = [ly for ly in layers if isinstance(ly, napari.layers.Image) and _hw(ly)]
     out = []
@@ -81,11 +131,28 @@ def pair_choices(layers) -> List[tuple]:
         if not isinstance(lab, napari.layers.Labels) or _hw(lab) is None:
             continue
         meta = lab.metadata.get(METADATA_KEY) if isinstance(lab.metadata, dict) else None
-        src = meta.get("source") if isinstance(meta, dict) else None
-        fits = [im for im in images if _hw(im) == _hw(lab)]
-        fits.sort(key=lambda im: (im.name != src, not lab.name.startswith(im.name)))
-        out.extend((f"{lab.name}  ⟵  {im.name}", (im, lab)) for im in fits)
+        if isinstance(meta, dict) and meta.get("kind") in _NOT_MASKS:
+            continue
+        mine, how = own_image(lab, images)
+        if mine is not None:
+            out.append((f"{lab.name}  ⟵  {mine.name}   ({how})", (mine, lab)))
+        if show_all:
+            out.extend((f"{lab.name}  ⟵  {im.name}   (same size)", (im, lab)) for im in images
+                       if _hw(im) == _hw(lab) and not same_layer(im, mine))
     return out
+
+
+#: The pair list: rows with room, the selection in the accent colour with bold text.
+PAIRS_STYLE = ("QListWidget::item { padding: 3px; } "
+               "QListWidget::item:selected { background: #2a82da; color: white; font-weight: bold; }")
+PAIRS_ROWS = 8
+
+
+def _list_style(select) -> None:
+    """A taller pair list whose selected rows stand out."""
+    native = select.native
+    native.setStyleSheet(PAIRS_STYLE)
+    native.setMinimumHeight(PAIRS_ROWS * max(native.sizeHintForRow(0), native.fontMetrics().height() + 8) + 4)
 
 
 class _Relay:
@@ -138,8 +205,14 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
         self.pairs_from = ComboBox(label="Pairs from", choices=[FROM_LAYERS, FROM_FOLDERS], value=FROM_LAYERS)
         self.pairs = Select(label="Labels ⟵ Image", choices=self._pair_choices,
-                            tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus) and "
-                                    "their images; select several with Ctrl / Shift")
+                            tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus), each "
+                                    "with the image it was computed from or whose name it carries; select "
+                                    "several with Ctrl / Shift")
+        _list_style(self.pairs)
+        self.show_all = CheckBox(text="Show all same-size pairings", value=False,
+                                 tooltip="also list each mask with every other image of its size (for masks "
+                                         "that neither came from the plugin nor carry their image's name)")
+        self.pairs_note = Label(label="", value="")
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False,
                                   tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2")
@@ -163,9 +236,11 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.curve = Label(label="Loss curve", value="")
         self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
         self.status.native.setWordWrap(True)
-        self.extend([self.pairs_from, self.pairs, self.images_dir, self.masks_dir, self.model_name, self.base,
+        self.extend([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir, self.model_name, self.base,
                      self.minutes, self.replace, self.keep_anyway, buttons, self.progress, self.live, self.curve, self.status])
         self.pairs_from.changed.connect(self._on_pairs_from)
+        self.show_all.changed.connect(self.reset_choices)
+        self.pairs.changed.connect(self._update_pairs_note)
         self.train_button.changed.connect(lambda *_: self.train())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         ev = self.viewer.layers.events
@@ -179,7 +254,24 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
     # ------------------------------------------------------------------ choices
     def _pair_choices(self, *_):
-        return pair_choices(self.viewer.layers)
+        return pair_choices(self.viewer.layers, show_all=bool(getattr(self, "show_all", None)
+                                                             and self.show_all.value))
+
+    def reset_choices(self, *_):  # napari calls this on layer changes
+        super().reset_choices()
+        self._update_pairs_note()
+
+    def _update_pairs_note(self, *_):
+        note = getattr(self, "pairs_note", None)
+        if note is None:
+            return
+        n, k = len(self.pairs.choices), len(self.pairs.value or [])
+        if n:
+            note.value = f"{k} of {n} pairs selected"
+        elif self.show_all.value:
+            note.value = "no Labels layer has an image of its size"
+        else:
+            note.value = "no mask is paired with its image yet: tick 'Show all same-size pairings'"
 
     def _base_choices(self, *_):
         from .user_models import network_choices
@@ -188,7 +280,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
     def _on_pairs_from(self, *_):
         layers = self.pairs_from.value == FROM_LAYERS
-        self.pairs.visible = layers
+        self.pairs.visible = self.show_all.visible = self.pairs_note.visible = layers
         self.images_dir.visible = self.masks_dir.visible = not layers
 
     # ----------------------------------------------------------------- training

@@ -34,7 +34,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
-from ._common import METADATA_KEY, WidgetRunMixin
+from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of, scrolling_body
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
@@ -516,6 +516,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         tag(layer, {
             "kind": OUTPUT_KIND,
             "source": st["source"],
+            "image_id": layer_id(st["image"]),  # the source image, even once renamed
             "method": st["params"]["method"],
             "method_label": st["label"],
             "class_names": list(st["names"]),
