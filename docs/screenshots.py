@@ -25,7 +25,8 @@ def _settle(app, n=20):
 
 def _prepare(viewer, key, widget):
     """Load a sample and run the widget once (segmentation, correction)."""
-    viewer.open_sample("napari-vptv", "wbc_004")
+    sample = "001" if key == "correct_mask" else "004"  # on 004 the correction keeps the mask (no contrast)
+    viewer.open_sample("napari-vptv", f"wbc_{sample}")
     if key == "segmentation":
         widget.reset_to_defaults()
         widget.run(sync=True)
@@ -34,7 +35,7 @@ def _prepare(viewer, key, widget):
 
         from napari_vptv.core.samples import load_sample
 
-        _, truth = load_sample("004")
+        _, truth = load_sample(sample)
         rough = ndi.binary_erosion(truth > 0, iterations=6).astype(np.int32)
         viewer.add_labels(rough, name="rough cell")
         widget.labels.value = viewer.layers["rough cell"]

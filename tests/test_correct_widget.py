@@ -59,7 +59,9 @@ def test_stack_choice_only_for_3d_labels(viewer_and_widget):
     assert w.labels.value is flat and not _shown(w.stack_mode)
     viewer.add_image(image, name="stack")
     stack = viewer.add_labels(truth, name="rough stack")
-    assert w.labels.value is stack and _shown(w.stack_mode)
+    assert w.labels.value is flat  # the chosen input stays
+    w.labels.value = stack
+    assert _shown(w.stack_mode)
     w.labels.value = flat
     assert not _shown(w.stack_mode)
 
@@ -80,7 +82,8 @@ def test_slice_by_slice_on_a_3d_stack_keeps_ids_and_the_users_layer(viewer_and_w
     assert w.run() is not None  # threaded, as from the Run button
     qtbot.waitUntil(lambda: w.worker is None, timeout=180000)
     out = w.output_layer
-    assert len(viewer.layers) == n_layers + 1 and out is viewer.layers["rough corrected"]
+    assert len(viewer.layers) == n_layers + 2 and out is viewer.layers["rough corrected"]
+    np.testing.assert_array_equal(viewer.layers["rough before"].data, rough)  # outlined under the preview
     assert out.metadata[METADATA_KEY]["kind"] == KIND
     assert out.metadata[METADATA_KEY]["params"]["stack_mode"] == "slices"
     np.testing.assert_array_equal(user.data, rough)  # the user's layer untouched until Accept
@@ -161,7 +164,7 @@ def test_discard_removes_only_the_preview(previewed):
     viewer, w, user, rough, out = previewed
     names = [layer.name for layer in viewer.layers]
     assert w.discard()
-    assert [layer.name for layer in viewer.layers] == [n for n in names if n != out.name]
+    assert [layer.name for layer in viewer.layers] == [n for n in names if n not in (out.name, "rough before")]
     np.testing.assert_array_equal(user.data, rough)
     assert not w.discard_button.enabled
 
@@ -170,6 +173,7 @@ def test_removing_the_preview_by_hand_disables_accept(previewed):
     viewer, w, user, rough, out = previewed
     viewer.layers.remove(out)
     assert not w.accept_button.enabled and not w.accept()
+    assert "rough before" not in viewer.layers  # its outline of the mask before goes with it
     np.testing.assert_array_equal(user.data, rough)
 
 
@@ -183,17 +187,18 @@ def test_table_button_opens_the_features_table_of_the_preview(previewed):
     np.testing.assert_array_equal(out.features["area_before"], [np.sum(rough == i) for i in (4, 7, 9)])
 
 
-def test_the_labels_layer_selected_for_editing_becomes_the_input(viewer_and_widget):
+def test_the_input_changes_only_when_the_user_picks_it(viewer_and_widget):
     viewer, w = viewer_and_widget
     image, truth = _nuclei_stack(n_planes=1)
     viewer.add_image(image[0], name="nuclei")
     first = viewer.add_labels(truth[0].copy(), name="first")
+    assert w.labels.value is first  # nothing was chosen: the first Labels layer
     second = viewer.add_labels(truth[0].copy(), name="second")
-    assert w.labels.value is second  # the newest
-    viewer.layers.selection.active = first  # the user picks it in the layer list to paint
+    assert w.labels.value is first  # added later: not switched to
+    viewer.layers.selection.active = second  # selected in the layer list (e.g. by another widget)
     assert w.labels.value is first
-    viewer.layers.selection.active = viewer.layers["nuclei"]  # an Image: the Labels choice stays
-    assert w.labels.value is first
+    w.labels.value = second  # the user's choice
+    assert w.labels.value is second
 
 
 def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_and_widget):
@@ -206,7 +211,8 @@ def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_and_widget
     a = viewer.add_labels(rough_a.copy(), name="a")
     out_a = np.array(w.run(sync=True).data)
     b = viewer.add_labels(rough_b.copy(), name="b")
-    assert w.labels.value is b and w.run(sync=True) is not None
+    w.labels.value = b
+    assert w.run(sync=True) is not None
     w.labels.value = a  # back to the first layer: its preview is still there
     assert w.accept()
     np.testing.assert_array_equal(a.data, out_a)

@@ -310,3 +310,66 @@ def test_training_pairs_each_mask_with_its_own_image(viewer, seg, cell):
     assert "2 of 2" in w.pairs_note.value
     native = w.pairs.native
     assert native.minimumHeight() >= 8 * native.sizeHintForRow(0) and "selected" in native.styleSheet()
+
+
+def _hue(rgb) -> float:
+    from skimage.color import lab2lch, rgb2lab
+
+    return float(np.degrees(lab2lch(rgb2lab(np.asarray(rgb, float)[None, None]))[0, 0, 2]))
+
+
+def test_result_colours_read_as_their_legend_over_stained_cells(viewer, seg, cell):
+    """Each class colour, drawn at the layer's opacity over the stained pixels of its class,
+    keeps the hue of its legend swatch (within 20°); the cell outlines have one colour, in
+    the legend too."""
+    from napari_vptv._widget import METHOD_VPTV
+
+    image, truth = cell
+    viewer.add_image(image, name="cell", rgb=True)
+    seg.method.value = METHOD_VPTV
+    seg.run(sync=True)
+    out = seg.output_layer
+    legend = seg.legend.value.lower()
+    seen = {}
+    for k, name in ((1, "cytoplasm"), (2, "nucleus")):
+        colour = np.asarray(out.get_color(k))[:3]
+        assert f"#{''.join(f'{round(c * 255):02x}' for c in colour)}" in legend, (name, legend)
+        stain = image[truth == k].mean(axis=0) / 255.0
+        seen[name] = out.opacity * colour + (1 - out.opacity) * stain
+        shift = abs((_hue(seen[name]) - _hue(colour) + 180) % 360 - 180)
+        assert shift < 20, (name, shift)
+    outline = {tuple(np.round(seg.cells_layer.get_color(c), 3)) for c in seg.results.cells["cell"]}
+    assert len(outline) == 1 and seg.cells_layer.contour > 0
+    hexa = "#" + "".join(f"{round(c * 255):02x}" for c in next(iter(outline))[:3])
+    assert hexa in legend and "outline" in legend
+
+
+def test_correction_preview_stands_out_and_the_input_stays_chosen(viewer):
+    """The preview is drawn in one colour unlike the input's, with the mask before the
+    correction outlined in another; Accept removes both. Adding or selecting another
+    Labels layer never changes the input."""
+    w = open_widget(viewer, "Correct mask")
+    yy, xx = np.indices((64, 64))
+    image = (0.1 + 0.7 * ((yy - 32) ** 2 + (xx - 32) ** 2 <= 14 ** 2)).astype(np.float32)
+    viewer.add_image(image, name="img")
+    rough = np.zeros((64, 64), np.int32)
+    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = 1
+    viewer.add_labels(rough.copy(), name="rough")
+    assert w.labels.value.name == "rough"
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="drawn later")
+    assert w.labels.value.name == "rough"  # adding a layer does not switch the input
+    viewer.layers.selection.active = viewer.layers["drawn later"]
+    assert w.labels.value.name == "rough"
+    w.max_iter.value = 60
+    preview = w.run(sync=True)
+    names = kinds(viewer)
+    assert names["correct_mask"] == ["rough corrected"] and names["correct_mask_before"] == ["rough before"], names
+    before = viewer.layers["rough before"]
+    np.testing.assert_array_equal(np.asarray(before.data), rough)
+    given = np.asarray(viewer.layers["rough"].get_color(1))[:3]
+    after, was = np.asarray(preview.get_color(1))[:3], np.asarray(before.get_color(1))[:3]
+    assert preview.contour > 0 and before.contour > 0
+    assert min(np.linalg.norm(after - given), np.linalg.norm(after - was), np.linalg.norm(was - given)) > 0.5
+    assert w.labels.value.name == "rough"  # the run's own layers do not become the input either
+    assert w.accept()
+    assert "correct_mask" not in kinds(viewer) and "correct_mask_before" not in kinds(viewer)

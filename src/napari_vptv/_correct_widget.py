@@ -46,7 +46,7 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: segmentation widget).
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import scrolling_body
-from ._outputs import claim, live_layer, same_layer, tag
+from ._outputs import claim, live_layer, same_layer, single_colour, tag
 
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
 KIND = "correct_mask"
@@ -107,13 +107,26 @@ def _report_summary(table) -> str:
             + (f", {kept} kept as given" if kept else ""))
 
 
+#: The preview's outlines (after the correction) and the given mask's (before): colours
+#: unlike napari's label colours of the input and unlike each other.
+AFTER_COLOUR = "#00FFFF"
+BEFORE_COLOUR = "#FF00FF"
+BEFORE_KIND = "correct_mask_before"
+
+
 def _show_changes(layer, table) -> None:
-    """Draw the output as contours (over the filled input: both visible) and give every
-    object its area before / after as layer features (shown when hovering)."""
+    """Draw the output as outlines in :data:`AFTER_COLOUR` (over the filled input: both
+    visible) and give every object its area before / after as layer features."""
+    single_colour(layer, AFTER_COLOUR)
     layer.contour = 2
     layer.opacity = 1.0
     if len(table):
         layer.features = table
+
+
+def _kind(layer):
+    meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    return meta.get("kind") if isinstance(meta, dict) else None
 
 
 def _is_ground_truth(layer) -> bool:
@@ -198,7 +211,6 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             e.connect(self.reset_choices)
         ev.inserted.connect(self._on_inserted)
         ev.removed.connect(self._update_preview_buttons)
-        self.viewer.layers.selection.events.active.connect(self._on_active)
         self.labels.changed.connect(self._update_stack_choice)
         self.reset_choices()
         self._update_stack_choice()
@@ -264,27 +276,24 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
 
         # our own outputs are valid inputs too (correct again); the newest first (the
         # default), ground truth last
-        labels = [layer for layer in reversed(list(self.viewer.layers)) if isinstance(layer, napari.layers.Labels)]
+        labels = [layer for layer in reversed(list(self.viewer.layers))
+                  if isinstance(layer, napari.layers.Labels) and _kind(layer) != BEFORE_KIND]
         return [(layer.name, layer) for layer in sorted(labels, key=_is_ground_truth)]
 
     def _on_inserted(self, event):
-        """A Labels layer the user just added (not ground truth, not our output) becomes the input."""
-        self._follow(event.value)
-
-    def _on_active(self, event):
-        """The Labels layer the user selects in the layer list (to edit it) becomes the input."""
-        self._follow(event.value)
-
-    def _follow(self, layer):
+        """A Labels layer added while no usable input is chosen (none, or a sample's ground
+        truth) becomes the input; a chosen input is never switched behind the user's back."""
         import napari
 
+        layer, current = event.value, self.labels.value
         if self.worker is not None or not isinstance(layer, napari.layers.Labels):  # worker: our output
             return
-        meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
-        if not _is_ground_truth(layer) and not (isinstance(meta, dict) and meta.get("kind") == KIND):
-            if live_layer(self.viewer.layers, layer) is not None and not same_layer(self.labels.value, layer):
-                self.reset_choices()
-                self.labels.value = layer
+        if current is not None and live_layer(self.viewer.layers, current) is not None \
+                and not _is_ground_truth(current):
+            return
+        if not _is_ground_truth(layer) and _kind(layer) not in (KIND, BEFORE_KIND):
+            self.reset_choices()
+            self.labels.value = layer
 
     # --------------------------------------------------------------- parameters
     def parameters(self) -> Dict[str, Any]:
@@ -439,7 +448,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         src = st["labels_layer"]
         meta = {"kind": KIND, "source": st["source"], "image": st["image"], "image_id": st["image_id"],
                 "params": dict(st["params"]), "complete": True}
-        self._previews = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is not None]
+        self._prune_previews()
         old = next((pv for pv in reversed(self._previews) if same_layer(pv["target"], src)), None)
         if old is not None and old["layer"].data.shape == data.shape:
             layer = old["layer"]
@@ -453,16 +462,38 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             claim(layer)
         tag(layer, meta)
         _show_changes(layer, st["table"])
+        before = self._before_layer(old, src, st, meta)
+        layers = list(self.viewer.layers)
+        at, below = (next(i for i, ly in enumerate(layers) if same_layer(ly, x)) for x in (layer, before))
+        if below > at:  # the before outline under the preview's
+            self.viewer.layers.move(below, at)
+        self.viewer.layers.selection.active = layer
         self.output_layer = layer
         self._previews = [pv for pv in self._previews if not same_layer(pv["layer"], layer)]
-        self._previews.append({"layer": layer, "target": src, "given": st["given"], "source": st["source"]})
+        self._previews.append({"layer": layer, "before": before, "target": src, "given": st["given"],
+                               "source": st["source"]})
         self._update_preview_buttons()
+
+    def _before_layer(self, old, src, st, meta):
+        """The mask as it was given, outlined in :data:`BEFORE_COLOUR` under the preview
+        (the previous preview's, updated, or a new one)."""
+        layer = None if old is None else live_layer(self.viewer.layers, old.get("before"))
+        if layer is not None and layer.data.shape == st["given"].shape:
+            layer.data = st["given"].copy()
+        else:
+            layer = self.viewer.add_labels(st["given"].copy(), name=self._free_name(f"{st['source']} before"),
+                                           scale=tuple(src.scale), translate=tuple(src.translate), opacity=1.0)
+            claim(layer)
+        tag(layer, {**meta, "kind": BEFORE_KIND})
+        single_colour(layer, BEFORE_COLOUR)
+        layer.contour = 2
+        return layer
 
     # ----------------------------------------------------------- accept / discard
     def _live_preview(self):
         """The preview Accept / Discard / Table act on: that of the Labels layer chosen in
         the Labels field, else the newest; None if no preview layer is left in the viewer."""
-        self._previews = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is not None]
+        self._prune_previews()
         chosen = [pv for pv in self._previews if same_layer(pv["target"], self.labels.value)]
         return (chosen or self._previews or [None])[-1]
 
@@ -515,11 +546,23 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self._set_status(f"preview discarded; {pv['source']!r} unchanged")
         return True
 
+    def _prune_previews(self):
+        """Forget previews whose layer the user removed, and remove their before outlines."""
+        gone = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is None]
+        self._previews = [pv for pv in self._previews if all(pv is not g for g in gone)]
+        for pv in gone:
+            before = live_layer(self.viewer.layers, pv.get("before"))
+            if before is not None:
+                self.viewer.layers.remove(before)
+
     def _remove_preview(self, pv):
         self._previews = [p for p in self._previews if p is not pv]
         if same_layer(self.output_layer, pv["layer"]):
             self.output_layer = None
         self.viewer.layers.remove(pv["layer"])
+        before = live_layer(self.viewer.layers, pv.get("before"))
+        if before is not None:
+            self.viewer.layers.remove(before)
         self._update_preview_buttons()
 
     def show_table(self):

@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 
 from ._common import METADATA_KEY
-from ._outputs import claim, live_layer, seal, tag
+from ._outputs import CELL_OUTLINE, claim, live_layer, seal, single_colour, tag
 from .core.measure import class_areas, measure_cells, write_csv
 
 Table = Dict[str, np.ndarray]
@@ -101,8 +101,9 @@ def add_cells_layer(viewer, instances: np.ndarray, cells: Table, *, name: str, l
 
     features = pd.DataFrame({"index": cells["cell"], **{k: v for k, v in cells.items() if k not in ("cell", "image")}})
     layer = viewer.add_labels(instances, name=name, scale=tuple(like.scale), translate=tuple(like.translate),
-                              opacity=0.9, features=features)
-    layer.contour = 1
+                              opacity=1.0, features=features)
+    single_colour(layer, CELL_OUTLINE)  # one colour, as in the widget's legend
+    layer.contour = 2
     claim(layer)
     tag(layer, {**meta, "kind": "cells"})
     seal(layer)

@@ -15,10 +15,13 @@ but gets a new ``unique_id``. :func:`same_layer` and :func:`live_layer` compare
 layers the same way.
 
 Classes. Every class has a fixed colour (class 0 is napari's transparent
-background; classes 1, 2, ... take the colour-blind-safe Okabe-Ito colours in order:
-for the WBC classes cytoplasm = orange ``#E69F00``, nucleus = bluish green
-``#009E73``) and a name, stored in the Labels layer's ``features`` so that napari's
-status bar says e.g. ``class: nucleus`` when hovering.
+background; classes 1, 2, ... take the colours of :data:`CLASS_COLOURS` in order: for
+the WBC classes cytoplasm = orange ``#E69F00``, nucleus = blue ``#1E90FF``, an
+orange / blue pair that colour-blind eyes tell apart) and a name, stored in the
+Labels layer's ``features`` so that napari's status bar says e.g. ``class: nucleus``
+when hovering. The colours were chosen over stained smears: drawn at the result's
+opacity over a purple nucleus, the blue keeps its hue (the former bluish green turned
+steel-blue). The cell outlines of the measurements are all :data:`CELL_OUTLINE`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from .core.samples import CLASS_NAMES
 
 __all__ = [
     "CLASS_COLOURS",
+    "CELL_OUTLINE",
+    "RESULT_OPACITY",
+    "single_colour",
     "METHOD_LABELS",
     "class_names_for",
     "class_colour",
@@ -50,8 +56,12 @@ __all__ = [
     "live_layer",
 ]
 
-#: Colours of classes 1, 2, ... (Okabe-Ito, colour-blind safe); class 0 is transparent.
-CLASS_COLOURS = ("#E69F00", "#009E73", "#56B4E9", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999")
+#: Colours of classes 1, 2, ... (orange / blue first, then Okabe-Ito); class 0 is transparent.
+CLASS_COLOURS = ("#E69F00", "#1E90FF", "#F0E442", "#CC79A7", "#009E73", "#D55E00", "#56B4E9", "#999999")
+#: Opacity of a result's filled classes (the stain stays visible underneath).
+RESULT_OPACITY = 0.5
+#: Colour of every cell's outline (the measured cells, numbered on the image).
+CELL_OUTLINE = "#000000"
 
 #: How a method appears in layer names.
 METHOD_LABELS = {"vptv": "variational", "vptv-unet": "VPTVU-net", "unet": "U-net"}
@@ -83,14 +93,26 @@ def apply_classes(layer, names: Sequence[str]) -> None:
     layer.features = pd.DataFrame({"index": np.arange(len(names)), "class": list(names)})
 
 
-def legend_html(names: Sequence[str]) -> str:
-    """A one-line HTML legend: coloured squares and class names."""
+def legend_html(names: Sequence[str], outline: bool = False) -> str:
+    """An HTML legend: coloured squares and class names; with ``outline``, the cell
+    outline of the measurements (a line on a white ground, as over a smear)."""
     parts = []
     for k, name in enumerate(names):
         colour = class_colour(k)
         swatch = "&#9633;" if colour is None else f"<span style='color:{colour}'>&#9632;</span>"
         parts.append(f"{swatch}&nbsp;{name}" + (" (not drawn)" if colour is None else ""))
+    if outline:
+        parts.append(f"<span style='color:{CELL_OUTLINE}; background:#ffffff'>&nbsp;&#9645;&nbsp;</span>"
+                     "&nbsp;cell outline (numbered)")
     return "&nbsp;&nbsp; ".join(parts)
+
+
+def single_colour(layer, colour: str) -> None:
+    """Draw every label of a Labels layer in ``colour`` (0 stays transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    # label 1 named too: napari takes a dict of only the default and 0 for a cyclic colormap
+    layer.colormap = DirectLabelColormap(color_dict={None: colour, 0: "transparent", 1: colour})
 
 
 def name_classes_in(message: str, names: Sequence[str]) -> str:

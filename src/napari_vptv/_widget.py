@@ -37,7 +37,7 @@ from psygnal import Signal
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of, scrolling_body
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
-from ._outputs import apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
+from ._outputs import RESULT_OPACITY, apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     METHOD_NET,
     METHOD_VPTV,
@@ -484,7 +484,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         else:
             layer = self.viewer.add_labels(np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
                                            name=self._free_name(self._base_name()), scale=tuple(st["image"].scale),
-                                           translate=tuple(st["image"].translate), opacity=0.5)
+                                           translate=tuple(st["image"].translate), opacity=RESULT_OPACITY)
             claim(layer)
         layer.name = self._free_name(self._base_name(), layer)
         apply_classes(layer, st["names"])

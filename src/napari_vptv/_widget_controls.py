@@ -11,7 +11,6 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, 
 
 from ._widget_methods import VOLUME_AUTO
 from .options import SegmentOptions
-from .user_models import SHIPPED_LABELS
 
 METHOD_VPTV = "Variational VPTV"
 METHOD_NET = "Network (WBC, pretrained)"
@@ -61,7 +60,7 @@ SEED_MODEL_TIP = ("The network whose confident pixels seed the per-image colour 
 NETWORK_TIP = ("The shipped generalists and your own fine-tuned models "
                "(Plugins › napari-vptv › Train on my images)")
 #: How the shipped default seed is listed under the default method.
-DEFAULT_SEED_LABEL = f"{SHIPPED_LABELS[DEFAULT_SEED_NETWORK]}: default"
+DEFAULT_SEED_LABEL = "pretrained U-net (default)"
 
 
 def build_fields(self) -> None:
@@ -76,7 +75,7 @@ def build_fields(self) -> None:
                             tooltip=SEED_MODEL_TIP)
     self.preset = ComboBox(label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC)
     self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
-    self.legend = Label(label="Classes shown", value="")
+    self.legend = wrapped(Label(label="Classes shown", value=""))
     self.volume_mode = ComboBox(
         label="Volume mode", choices=VOLUME_CHOICES, value=VOLUME_AUTO,
         tooltip=f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, ε, λ), as "

@@ -68,6 +68,7 @@ class SegmentSettings(Container):
         self.volume_mode.changed.connect(self._update_visibility)
         self.volume_mode.changed.connect(self._on_volume_mode)
         self.n_classes.changed.connect(self._on_n_classes)
+        self.measure.changed.connect(lambda *_: self._update_class_labels())
         self.estimate.changed.connect(lambda *_: self.estimate_volumes())
         self.reset_button.changed.connect(lambda *_: self.reset_to_defaults())
         for w in (self.volumes, self.lower, self.upper):
@@ -150,7 +151,8 @@ class SegmentSettings(Container):
     def _update_class_labels(self):
         names = self.class_names()
         order = ", ".join(names)
-        self.legend.value = legend_html(names)
+        # the measured cells' outlines are drawn too (WBC classes, "Measure cells" on)
+        self.legend.value = legend_html(names, outline=bool(self.measure.value) and names == class_names_for(3, True))
         self.volumes.label = f"Volumes ({order})"
         self.lower.label = f"Lower bounds ({order})"
         self.upper.label = f"Upper bounds ({order})"
