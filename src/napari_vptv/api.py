@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .core.cell_rules import drop_cells_without_nucleus
+from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
 from .core.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
@@ -259,15 +259,22 @@ def _nucleus_rule(opts: SegmentOptions) -> bool:
         and opts.volume_bounds is None
 
 
-def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions) -> SegmentationResult:
-    """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`)."""
+def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
+                       diameter: Optional[float] = None) -> SegmentationResult:
+    """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
+    then, with a ``diameter``, those too small for a white cell (``opts.white_cell_rule``)."""
     if _nucleus_rule(opts):
         labels, n = drop_cells_without_nucleus(result.labels)
+        info = dict(getattr(result, "info", None) or {})
+        info["cells_without_nucleus_removed"] = n
+        if opts.white_cell_rule and diameter:
+            labels, m = drop_non_white_cells(labels, diameter)
+            info["non_white_cells_removed"] = m
+            n += m
         if n:
             k = result.probabilities.shape[0]
             result.labels, result.volumes = labels, np.bincount(labels.ravel(), minlength=k) / labels.size
-        info = dict(getattr(result, "info", None) or {})
-        result.info = {**info, "cells_without_nucleus_removed": n}
+        result.info = info
     return result
 
 
@@ -307,7 +314,7 @@ def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, netw
     if not fitted:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
                                                 class_model=None, volume_spec=make_volume_spec(3, "none"))
-    result = _with_nucleus_rule(result, opts)
+    result = _with_nucleus_rule(result, opts, pred.diameter)
     result.diameter = float(pred.diameter)
     result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
@@ -366,6 +373,8 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         spec = make_volume_spec(k, "interval", lower=net_volumes[0], upper=net_volumes[1])
     else:
         spec = make_volume_spec(k, "none")
+    if _nucleus_rule(opts) and opts.white_cell_rule:  # the nucleus rule ran in the network's prediction
+        labels, pred.info["non_white_cells_removed"] = drop_non_white_cells(labels, pred.diameter)
     result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
                                             volume_spec=spec)
     # what the network decided on its own: shown by the widget, stored in layer metadata

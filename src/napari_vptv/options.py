@@ -172,6 +172,12 @@ class SegmentOptions:
         (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`). Not
         applied when volumes or bounds are given (or ``volume_mode`` is "exact" /
         "interval"): the rule would break the constraint you set.
+    white_cell_rule : bool
+        White blood cell labels: a cell region smaller than a share of the image's
+        estimated white-cell diameter, or with a nucleus too small for a white cell
+        (a platelet, a speck), becomes background
+        (:func:`~napari_vptv.core.cell_rules.drop_non_white_cells`). Applied when the
+        nucleus rule is, and only when a diameter is known (estimated or given).
     augment : {1, 2, 8}
         Test-time augmentation of the networks (not of the U-net that initialises
         the variational WBC auto mode: no gain there): the logits averaged over the image and its mirror
@@ -211,6 +217,7 @@ class SegmentOptions:
     model: str = ""
     require_nucleus: bool = True
     augment: int = 2
+    white_cell_rule: bool = True
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -245,6 +252,7 @@ class SegmentOptions:
                 "device", f"device must be a torch device name such as 'cpu' or 'cuda', got {self.device!r}"
             )
         set_(self, "require_nucleus", bool(self.require_nucleus))
+        set_(self, "white_cell_rule", bool(self.white_cell_rule))
         self._check_augment()
         self._check_model()
         try:

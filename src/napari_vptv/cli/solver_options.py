@@ -37,6 +37,7 @@ FLAGS = {
     "diameter": "--diameter",
     "model": "--model",
     "require_nucleus": "--keep-cells-without-nucleus",
+    "white_cell_rule": "--no-white-cell-rule",
     "augment": "--augment",
 }
 
@@ -173,6 +174,14 @@ def add_diameter_option(p) -> None:
         "not applied with --volume-mode exact / interval, whose constraint wins)",
     )
     p.add_argument(
+        "--no-white-cell-rule",
+        dest="white_cell_rule",
+        action="store_false",
+        help="white blood cell labels: keep cell regions too small for a white cell (by default a region "
+        "smaller than 0.4 of the estimated white-cell diameter, or whose nucleus is smaller than 0.2 of it, "
+        "becomes background: platelets and specks; applied with the nucleus rule)",
+    )
+    p.add_argument(
         "--augment",
         type=int,
         choices=[1, 2, 8],
@@ -215,6 +224,7 @@ def options_from_args(args, **fixed):
         device=args.device,
         diameter=getattr(args, "diameter", 0.0),
         require_nucleus=getattr(args, "require_nucleus", True),
+        white_cell_rule=getattr(args, "white_cell_rule", True),
         augment=getattr(args, "augment", 2),
     )
     if getattr(args, "model", None):

@@ -15,6 +15,12 @@ Measured in ``docs/generalist.md`` (leave-one-source-out pixel accuracy, shipped
 recipe): 0.707 -> 0.754 and 0.903 -> 0.915 with the split; validation images of the
 training sources unchanged for the networks, +0.04 / +0.07 pt for the variational
 preset.
+
+A white cell is also big enough: :func:`drop_non_white_cells` (the "white-cell rule")
+sets to background every cell region smaller than a share of the image's estimated
+white-cell diameter, or whose nucleus is, so platelets (2-4 µm against 7-20 µm, "all
+nucleus" for the networks) and specks are not counted as cells at any magnification.
+Measured in ``docs/fields.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "drop_cells_without_nucleus", "split_at_necks"]
+__all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "MIN_CELL_DIAMETER_SHARE", "MIN_NUCLEUS_DIAMETER_SHARE",
+           "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells"]
 
 #: nucleus share of a cell part below which it is not a white cell: half the smallest
 #: share of any labelled white cell of the training sources (wbc 0.205, wbc-d1 0.217 over
@@ -39,6 +46,21 @@ MIN_NUCLEUS_FRACTION = 0.10
 #: 0.03 is the smallest value that cost nothing on the validation images of either
 #: source for the networks and the variational preset (docs/generalist.md).
 NECK_DEPTH = 0.03
+
+#: white-cell rule: a cell region whose size (equivalent-circle diameter; for a region
+#: cut by the image edge, the larger of that and its longest run along the edge) is
+#: below this share of the image's estimated white-cell diameter is not a white cell.
+#: A platelet is 2-4 µm, a white cell 7-20 µm. The smallest labelled white cell of the
+#: training sources is 0.63 of the source's median diameter (wbc: 98 / 157 px, wbc-d1:
+#: 47 / 75 px), the largest 1.51 / 1.28 of it, so a field whose estimate comes from a
+#: large monocyte still keeps a small lymphocyte at about 0.42.
+MIN_CELL_DIAMETER_SHARE = 0.4
+
+#: white-cell rule: a cell region whose nucleus (equivalent-circle diameter of its
+#: nucleus pixels) is below this share of the estimated white-cell diameter has no
+#: nucleus-like nucleus. Smallest labelled nucleus of the training sources: 0.36 /
+#: 0.49 of the median cell diameter (wbc / wbc-d1; 1st percentiles 0.47 / 0.49).
+MIN_NUCLEUS_DIAMETER_SHARE = 0.2
 
 
 def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
@@ -131,3 +153,83 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
                 sub[np.isin(parts, drop)] = 0
                 n_removed += len(drop)
     return out, int(n_removed)
+
+
+def _edge_run(region: np.ndarray) -> int:
+    """Longest stretch of ``region`` pixels along any of the four image edges (2-D)."""
+    best = 0
+    for edge in (region[0], region[-1], region[:, 0], region[:, -1]):
+        runs, n = ndi.label(edge)
+        if n:
+            best = max(best, int(np.bincount(runs)[1:].max()))
+    return best
+
+
+def _white_cell_sizes(regions, n, nucleus_mask):
+    """Per region 1..n: the sizes (px, as diameters) of the region and of its nucleus."""
+    index = np.arange(1, n + 1)
+    area = ndi.sum_labels(np.ones(regions.shape), regions, index)
+    nuclear = ndi.sum_labels(nucleus_mask, regions, index)
+    size, nucleus_size = np.sqrt(4.0 * area / np.pi), np.sqrt(4.0 * nuclear / np.pi)
+    for r, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is None:
+            continue
+        touches = any(s.start == 0 or s.stop == dim for s, dim in zip(box, regions.shape))
+        if touches:  # a cell cut by the edge: its chords along the edge count too
+            size[r - 1] = max(size[r - 1], _edge_run(regions == r))
+            nucleus_size[r - 1] = max(nucleus_size[r - 1], _edge_run((regions == r) & nucleus_mask))
+    return size, nucleus_size
+
+
+def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytoplasm: int = 1, nucleus: int = 2,
+                         min_cell_share: Optional[float] = None,
+                         min_nucleus_share: Optional[float] = None) -> Tuple[np.ndarray, int]:
+    """Set to background every cell region too small to be a white cell, or whose
+    nucleus is too small to be a white cell's (platelets, stain specks, fragments).
+
+    Regions are the connected regions of cytoplasm and nucleus pixels (full
+    connectivity) of a 2-D label image. A region is kept when its size is at least
+    ``min_cell_share * diameter`` and its nucleus' equivalent diameter at least
+    ``min_nucleus_share * diameter`` (module constants :data:`MIN_CELL_DIAMETER_SHARE`,
+    :data:`MIN_NUCLEUS_DIAMETER_SHARE`). A size is the equivalent-circle diameter;
+    for a region that touches the image edge, the larger of that and its longest run
+    along the edge (of the region, resp. of its nucleus), so a white cell cut by the
+    edge is kept.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        0 background, ``cytoplasm``, ``nucleus``.
+    diameter : float or None
+        The image's estimated white-cell diameter in pixels; None / 0 / not finite:
+        nothing is removed (no estimate, no rule).
+
+    Returns
+    -------
+    labels : ndarray
+        A new array (the input is not modified).
+    n_removed : int
+        How many regions were set to background.
+
+    Examples
+    --------
+    >>> lab = np.zeros((40, 60), int); lab[5:35, 5:35] = 1; lab[12:28, 12:28] = 2
+    >>> lab[10:14, 45:49] = 2  # a platelet: 4 px against a 30 px cell
+    >>> out, n = drop_non_white_cells(lab, 30.0)
+    >>> n, int(out[10:14, 45:49].sum()), int(out[20, 20])
+    (1, 0, 2)
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    if labels.ndim != 2 or not diameter or not np.isfinite(diameter) or diameter <= 0:
+        return out, 0
+    cell_share = MIN_CELL_DIAMETER_SHARE if min_cell_share is None else float(min_cell_share)
+    nucleus_share = MIN_NUCLEUS_DIAMETER_SHARE if min_nucleus_share is None else float(min_nucleus_share)
+    cell = (labels == cytoplasm) | (labels == nucleus)
+    regions, n = ndi.label(cell, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return out, 0
+    size, nucleus_size = _white_cell_sizes(regions, n, labels == nucleus)
+    bad = np.nonzero((size < cell_share * diameter) | (nucleus_size < nucleus_share * diameter))[0] + 1
+    out[np.isin(regions, bad)] = 0
+    return out, int(len(bad))
