@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
             "  vptv segment 'stacks/*.tif' --out labels/ --preset none --classes 2 \\\n"
             "      --volumes 0.8,0.2                                      # per slice\n"
             "  vptv segment big.tif --out labels/ --scheduler tcp://host:8786\n"
-            "  vptv segment smears/ --out labels/ --measure cells.csv --pixel-size 0.1\n"
+            "  vptv segment smears/ --out labels/ --measure cells.csv --pixel-size 0.1 \\\n"
+            "      --instances                                            # + OUT/cells/: one id per cell\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -87,6 +88,10 @@ def add_parser(sub) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no per-slice volume lines for stacks")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_measure_options(p, with_file=True)
+    p.add_argument("--instances", action="store_true",
+                   help="also write the cell-instance labels of every label image into OUT/cells/ (same "
+                        "name): one id per white cell, shared by its nucleus and cytoplasm, the 'cell' ids of "
+                        "--measure; the ids of cells cut by the image edge are in the file's metadata")
     p.set_defaults(func=run)
 
 
@@ -123,6 +128,17 @@ def _measure_outputs(summary, path, args) -> int:
         return 0
     return write_measurements(pairs, path, pixel_size=args.pixel_size, diameter=getattr(args, "diameter", None),
                               overwrite=True)
+
+
+def _write_instances(summary, out_dir: Path, args) -> None:
+    """``--instances``: the cell instances of every label file written or kept, into ``OUT/cells/``."""
+    from ..core.cell_table import write_instances
+
+    for r in summary.results:
+        if r.ok and r.output is not None:
+            path = write_instances(r.output, out_dir / "cells" / Path(r.output).name,
+                                   diameter=getattr(args, "diameter", None))
+            echo(f"cells {r.input} -> {path}")
 
 
 def run(args) -> int:
@@ -190,6 +206,8 @@ def run(args) -> int:
         names = ", ".join(f.name for f in summary.stale_removed)
         echo_err(f"removed {len(summary.stale_removed)} temporary file(s) left by an interrupted run: {names}")
     echo(summary.line())
+    if args.instances:
+        _write_instances(summary, out_dir, args)
     status = 0 if measure_path is None else _measure_outputs(summary, measure_path, args)
     if summary.failed:
         echo_err(f"{len(summary.failed)} input(s) failed:")

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .measure import measure_cells
+from .measure import border_cells, cell_instances, measure_cells
 
 __all__ = ["LEAD_COLUMNS", "cell_rows", "measure_image", "concat_tables", "read_labels", "pair_files",
-           "measure_files", "nucleus_area_per_image"]
+           "measure_files", "nucleus_area_per_image", "instance_image", "write_instances"]
 
 Table = Dict[str, np.ndarray]
 PathLike = Union[str, Path]
@@ -93,6 +93,35 @@ def measure_image(labels, image=None, *, name: str, pixel_size: Optional[float] 
         cells = measure_cells(labels[index], image=piece, spacing=spacing, diameter=diameter)
         rows.append(cell_rows(name, frame, cells))
     return concat_tables(rows)
+
+
+def instance_image(labels, *, diameter: Optional[float] = None) -> Tuple[np.ndarray, dict]:
+    """The cell-instance labels of a WBC label image or stack ``(..., H, W)``.
+
+    One id per white cell (1..n per frame, reading order), shared by its nucleus and
+    cytoplasm: :func:`~napari_vptv.core.measure.cell_instances` with ``diameter``,
+    the same instances and ids as the ``cell`` column of :func:`measure_image` with
+    that ``diameter``. Returns ``(instances, facts)``; ``facts["touches_border"]``
+    lists the ids of the cells cut by the image edge (per frame for a stack).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim < 2:
+        raise ValueError(f"labels must be at least 2-D, got shape {labels.shape}")
+    out = np.zeros(labels.shape, np.int32)
+    border = []
+    for index in np.ndindex(*labels.shape[:-2]):
+        out[index] = cell_instances(labels[index], diameter=diameter)
+        border.append(border_cells(out[index]).tolist())
+    return out, {"touches_border": border[0] if labels.ndim == 2 else border}
+
+
+def write_instances(label_path: PathLike, out_path: PathLike, *, diameter: Optional[float] = None) -> Path:
+    """:func:`instance_image` of a label file, written to ``out_path`` (PNG or TIFF;
+    the border cells in its metadata, :func:`~napari_vptv.core.io.read_label_metadata`)."""
+    from .io import write_labels
+
+    inst, facts = instance_image(read_labels(label_path), diameter=diameter)
+    return write_labels(out_path, inst, metadata=facts)
 
 
 def read_labels(path: PathLike) -> np.ndarray:

@@ -35,6 +35,7 @@ __all__ = [
     "CYTOPLASM",
     "NUCLEUS",
     "cell_instances",
+    "border_cells",
     "reading_order",
     "measure_cells",
     "class_areas",
@@ -114,6 +115,15 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
     out = inst.copy()
     out[region] = split[region] + inst.max()
     return reading_order(relabel_sequential(out)[0].astype(np.int32))
+
+
+def border_cells(inst) -> np.ndarray:
+    """Sorted ids of the instances of a 2-D instance image that reach its edge (cells
+    cut by the field's edge: their areas are too small), as ``touches_border`` of
+    :func:`measure_cells`."""
+    inst = np.asarray(inst)
+    edge = np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]])
+    return np.unique(edge[edge > 0]).astype(np.int64)
 
 
 def reading_order(inst: np.ndarray) -> np.ndarray:
