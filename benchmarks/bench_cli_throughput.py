@@ -1,4 +1,4 @@
-"""CLI throughput of ``vptv segment --method vptv`` vs scikit-image ``chan_vese`` (issue 14).
+"""CLI throughput of ``vptv segment --method vptv`` vs scikit-image ``chan_vese``.
 
 Both run as fresh processes on the same ``--n`` WBC images (300x300 RGB, the first
 ``--n`` of ``--root``/images in name order), start-up included: read every image,
@@ -11,7 +11,7 @@ segment, write a PNG label image per input.
   (inputs it fails on are listed; the CLI continues past them);
 * **vptv-2workers** (``--two-workers``) -- the first call with ``--workers 2``: the
   files segmented in two threads on both cores (the kernels and torch release the
-  GIL); not the issue's comparison (the peer runs on one core), shown beside it;
+  GIL); not the reported comparison (the peer runs on one core), shown beside it;
 * **vptv-fixed-preset** (``--fixed-preset``) -- ``--volume-mode interval`` added: the
   solver with the WBC preset's fixed, learned colour model and no network, to show
   what the U-net initialiser of the default costs;
@@ -23,7 +23,7 @@ Each child gets one thread (``OMP_NUM_THREADS=1`` etc.); rounds are interleaved
 (vptv, vptv-torch, chan_vese, vptv, ...) so that the ratios come from the same load.
 Reported per method: wall seconds and child CPU seconds (user + sys, from
 ``resource.getrusage(RUSAGE_CHILDREN)``) per round and their medians, and the
-ratios to chan_vese. The issue's goal: vptv / chan_vese <= 0.12.
+ratios to chan_vese. The goal: vptv / chan_vese <= 0.12.
 
 ``--compile`` also times the numba JIT: one ``vptv segment`` call on one image with an
 empty numba cache (``NUMBA_CACHE_DIR`` set to a fresh folder, in-tree cache disabled)
@@ -126,7 +126,7 @@ def main(argv=None):
     ap.add_argument("--two-workers", action="store_true", help="also time `vptv segment --workers 2`")
     ap.add_argument("--fixed-preset", action="store_true",
                     help="also time `vptv segment --volume-mode interval`: the solver with the fixed colour "
-                         "model, no network (the CLI default before session 12)")
+                         "model, no network (an earlier CLI default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     images = sorted(str(p) for p in (Path(args.root) / "images").glob("*.png"))[: args.n]

@@ -1,4 +1,4 @@
-"""Benchmark (issue 12): correcting 3-D nuclei masks, true 3-D vs. slice by slice, vs. the watershed peer.
+"""Benchmark: correcting 3-D nuclei masks, true 3-D vs. slice by slice, vs. the watershed peer.
 
 A synthetic fluorescence stack of ellipsoidal nuclei (isotropic voxels; some
 touching; Gaussian PSF blur, uneven illumination, Poisson + Gaussian noise) with its

@@ -1,4 +1,4 @@
-"""Benchmark (issue 12): correcting biased nuclei masks, VPTV vs. scikit-image peers.
+"""Benchmark: correcting biased nuclei masks, VPTV vs. scikit-image peers.
 
 Data (no real fluorescence nuclei on this machine):
 
@@ -21,7 +21,7 @@ fluorescence -- nuclei bright --, the darkest class of a 3-class multi-Otsu for
 brightfield RGB -- nuclei dark --; holes filled; split into the given ids by a
 watershed of the distance transform from each true object eroded 2 px, so parts not
 reached from an object are dropped). Methods: ``vptv``
-(:func:`correct_mask`, defaults: unknown bias), ``watershed`` (the issue's peer),
+(:func:`correct_mask`, defaults: unknown bias), ``watershed`` (the main peer),
 ``randomwalker``, ``gac`` (morphological geodesic active contours).
 
 Run by hand, e.g.::

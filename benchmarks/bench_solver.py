@@ -19,7 +19,7 @@ which all three give. Note that the WBC preset's colour model was fitted on thes
 same 90 images (the cross-validated accuracy is in docs/results.md); the peers
 learn nothing.
 
-Issue 14 additions (one torch thread recommended): ms per iteration of the fast
+Iteration cost (one torch thread recommended): ms per iteration of the fast
 no-grad loop on a 300x300 RGB 3-class problem next to a plain numpy float32
 Chambolle dual step and a torch copy-and-scale pass over the same bytes, measured
 in the same run; per-image solve time median / max, iterations and softmax passes

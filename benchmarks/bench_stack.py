@@ -26,7 +26,7 @@ Usage::
     nice -n 10 python benchmarks/bench_stack.py                    # 100 and 1000 frames
     python benchmarks/bench_stack.py --frames 100 300 --json out.json
 
-Goals (issue 5): peak RSS <= 2 GB at 1000 frames, headless throughput within 1.5x of
+Goals: peak RSS <= 2 GB at 1000 frames, headless throughput within 1.5x of
 the plain loop, time linear and memory flat in the number of frames.
 """
 

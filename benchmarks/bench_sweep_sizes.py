@@ -1,4 +1,4 @@
-"""Is the VPTV iteration memory-bound or compute-bound? (issue 14, the "<= 2x floor" goal)
+"""Is the VPTV iteration memory-bound or compute-bound? (the "<= 2x floor" goal)
 
 Times one iteration of the default no-grad CPU loop (the fused numba sweep; 3 classes,
 interval volumes, TV, as ``bench_solver.py``'s per-iteration figure) and the torch

@@ -6,7 +6,7 @@ Uses the shipped weights (``napari_vptv/models``) when present, otherwise random
 initialised networks of the same architecture (timing does not depend on the weights).
 The VPTVU-net is timed with its shipped test-time defaults (volume mode, eps, lambda, T)
 through :func:`napari_vptv.nn.weights.predict_wbc`'s code path (backbone + layer).
-Targets (issue 4): <= 150 ms per image for the VPTVU-net and <= 1.5x the U-net.
+Targets: <= 150 ms per image for the VPTVU-net and <= 1.5x the U-net.
 """
 
 from __future__ import annotations

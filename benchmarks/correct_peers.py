@@ -1,4 +1,4 @@
-"""Peer methods for instance-mask correction (scikit-image baselines of issue 12).
+"""Peer methods for instance-mask correction (scikit-image baselines).
 
 All take a grey float image in [0, 1] and instance labels, and return labels with
 the same ids. Markers are each object eroded by ``r`` px; the background marker is
@@ -37,7 +37,7 @@ def _markers(labels, r):
 
 
 def seeded_watershed(grey, labels, r=4, sigma=1.0):
-    """The issue's peer: watershed on the Sobel of a Gaussian-smoothed image."""
+    """The main peer: watershed on the Sobel of a Gaussian-smoothed image."""
     markers, bg = _markers(labels, r)
     out = watershed(sobel(gaussian(grey, sigma)), markers)
     out[out == bg] = 0

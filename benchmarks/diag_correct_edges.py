@@ -1,4 +1,4 @@
-"""Where does the image's edge lie relative to an accurate mask? (issue 12, tuning split only)
+"""Where does the image's edge lie relative to an accurate mask? (tuning split only)
 
 For every object of the *true* mask (the ``identity`` corruption) this prints the
 area, relative to the true area, of

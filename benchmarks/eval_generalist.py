@@ -147,9 +147,9 @@ def main(argv=None):
                     help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
-                         "results before session 12's change used 1)")
+                         "older results used 1)")
     ap.add_argument("--keep-cells-without-nucleus", action="store_true",
-                    help="score the raw labels (no white-cell nucleus rule), as before session 12")
+                    help="score the raw labels (no white-cell nucleus rule), as older results did")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N images per source (quick look)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)

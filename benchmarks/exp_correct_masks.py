@@ -1,4 +1,4 @@
-"""Experiment: correct corrupted WBC nucleus masks with VPTV (issue 6).
+"""Experiment: correct corrupted WBC nucleus masks with VPTV.
 
 For every training image of the WBC data set (nucleus = mask value 255), the
 ground-truth nucleus mask is corrupted in several ways (fixed seeds), then corrected

@@ -1,4 +1,4 @@
-"""Time of the default method per 300x300 image, one thread, CPU time (issue 11 goal: <= 150 ms).
+"""Time of the default method per 300x300 image, one thread, CPU time (goal: <= 150 ms).
 
 * ``segment_image`` with every default on 30 CellaVision images (the U-net initialiser with
   its diameter estimate, both solves, the nucleus rule);

@@ -5,7 +5,7 @@ of its stained pixels in the plane of the two main eigenvectors; empty slide = t
 image's white point, as the networks' input normalisation) are mapped onto the
 training source's median stain vectors and 99th-percentile concentrations, then the
 leave-one-source-out U-net (white-point input) segments the re-stained image. Tried
-in session 15 and not adopted (docs/generalist.md): it lost in both directions.
+and not adopted (docs/results.md): it lost in both directions.
 
 Run by hand::
 

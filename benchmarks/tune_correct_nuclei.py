@@ -1,4 +1,4 @@
-"""Tuning of the correction defaults (issue 12) on the tuning split only.
+"""Tuning of the correction defaults on the tuning split only.
 
 Tuning split: WBC images 001, 018, 036, 052, 069, 084; wbc-d1 images number 12, 36,
 60, ... of the sorted files (every 24th from the 13th: 10 images); synthetic seeds 0-3

@@ -390,7 +390,7 @@ def write_tables(methods, eval_ids, cache_dir, quick=False):
     for method in methods:
         sel = summary[method]
         if not sel:
-            cmd = ("python -m napari_vptv.nn.train ... (helper-2), then python experiments/wbc.py --methods "
+            cmd = ("python -m napari_vptv.nn.train ..., then python experiments/wbc.py --methods "
                    + method) if method in LEARNED else f"python experiments/wbc.py --methods {method}"
             rows.append([LABELS[method], 0, "pending", "", "", "", "", "", "", f"`{cmd}`"])
             continue
