@@ -373,3 +373,86 @@ def test_correction_preview_stands_out_and_the_input_stays_chosen(viewer):
     assert w.labels.value.name == "rough"  # the run's own layers do not become the input either
     assert w.accept()
     assert "correct_mask" not in kinds(viewer) and "correct_mask_before" not in kinds(viewer)
+
+
+def _controls(container):
+    """Every input and button of a magicgui container, through nested containers."""
+    from magicgui.widgets import Container, Label, ProgressBar
+
+    for w in container:
+        if isinstance(w, Container):
+            yield from _controls(w)
+        elif not isinstance(w, (Label, ProgressBar)):
+            yield w
+
+
+def test_every_control_has_a_wrapped_tooltip_and_plain_words(viewer):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QLabel
+
+    for name in WIDGETS:
+        w = open_widget(viewer, name)
+        parts = [getattr(w, "body", w)] + ([w.results] if hasattr(w, "results") else [])
+        controls = [c for part in parts for c in _controls(part)]
+        assert len(controls) >= 8, name
+        for c in controls:
+            tip = c.tooltip or ""
+            shown = f"{name}: {c.label or getattr(c, 'text', '')!r}"
+            assert tip.strip(), f"{shown} has no tooltip"
+            assert Qt.mightBeRichText(tip), f"{shown}: tooltip shown as one long line"
+            probe = QLabel()
+            probe.setWordWrap(True)
+            probe.setText(tip)
+            assert probe.sizeHint().width() <= 520, shown
+            words = f"{c.label or ''} {getattr(c, 'text', '') or ''}"
+            assert not set(words) & set("ελβ"), f"{shown}: a symbol on the panel"
+
+
+def test_the_auto_note_speaks_plainly(viewer, seg):
+    from napari_vptv._widget import METHOD_NET
+
+    for method in (seg.method.value, METHOD_NET):
+        seg.method.value = method
+        for text in (seg.auto_note.value, seg.notice.value):
+            assert not set(text) & set("ελβ"), text
+
+
+def test_help_opens_the_docs(viewer):
+    for name in WIDGETS:
+        w = open_widget(viewer, name)
+        assert "Help" in w.help_link.value, name
+        w.help_link.native.linkActivated.emit("#help")  # as a click on the link
+        page = w._help_page
+        assert page is not None and page.isVisible(), name
+        assert "napari-vptv" in page.toPlainText() and page.windowTitle().startswith("napari-vptv"), name
+        page.close()
+
+
+def test_custom_preset_with_two_classes_can_run(viewer, seg):
+    from napari_vptv._widget import METHOD_VPTV
+
+    viewer.add_image(disc_stack(1)[0], name="grey")
+    seg.method.value = METHOD_VPTV
+    seg.preset.value = "custom"
+    seg.volume_mode.value = "interval"
+    assert len(seg.lower.value.split(",")) == 3
+    seg.n_classes.value = 2
+    assert len(seg.lower.value.split(",")) == len(seg.upper.value.split(",")) == 2
+    assert len(seg.volumes.value.split(",")) == 2
+    assert seg.run_button.enabled, seg.reason.value
+    assert "2 classes" in seg.status.value
+
+
+def test_restore_notice_says_what_differs(make_napari_viewer):
+    from napari_vptv._common import save_settings
+
+    viewer = make_napari_viewer()
+    first = open_widget(viewer, "VPTV segmentation")
+    defaults = {key: w.value for key, w in first._persisted_widgets().items()}
+    save_settings("segmentation", defaults)
+    same = open_widget(make_napari_viewer(), "VPTV segmentation")
+    assert "0 value" not in same.notice.value and "differ" not in same.notice.value
+    save_settings("segmentation", {**defaults, "seed": 7, "max_iter": 40})
+    changed = open_widget(make_napari_viewer(), "VPTV segmentation")
+    text = changed.notice.value
+    assert "Seed 7" in text and "Max iterations 40" in text, text

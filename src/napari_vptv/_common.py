@@ -120,6 +120,16 @@ class WidgetRunMixin:
     CANCEL_NOTE = "Stop the running job."
     #: File stem of the remembered settings ("" = none).
     SETTINGS_NAME = ""
+    #: Text of the README where this widget's help starts (see :func:`napari_vptv._help.open_help`).
+    HELP_SECTION = ""
+
+    def open_help(self):
+        """Open the documentation at this widget's section; returns the help window (or
+        None when a documentation URL was handed to the web browser)."""
+        from ._help import open_help
+
+        self._help_page = open_help(self.HELP_SECTION, getattr(self, "native", None))
+        return self._help_page
 
     # ---------------------------------------------------------------- settings
     def _persisted_widgets(self) -> Dict[str, Any]:

@@ -45,8 +45,11 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
+from ._correct_report import changes_table, report_summary
 from ._counting import scrolling_body
+from ._help import help_link, wrap_tooltips
 from ._outputs import claim, live_layer, same_layer, single_colour, tag
+from ._widget_controls import LABEL_EDGE, LABEL_EPSILON, LABEL_TV
 
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
 KIND = "correct_mask"
@@ -54,6 +57,22 @@ KIND = "correct_mask"
 MODEL_COLOUR = "colour model from the mask"
 MODEL_NET = "VPTVU-net nucleus probability (WBC)"
 MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
+
+#: Tooltips of the controls that do not set their own (all wrapped, see _help.wrap_tooltips).
+TIPS = {
+    "image": "The Image layer the boundaries are snapped to (grey or RGB)",
+    "labels": "The Labels layer to correct: instance labels, a binary mask or class labels. It changes only "
+              "when you choose another one here, and is written to only by Accept",
+    "model": f"What tells object from background: {MODEL_COLOUR} (colours inside vs. around each object) or "
+             f"{MODEL_NET} (white blood cell nuclei)",
+    "margin": "Room around each object that the solve sees, in pixels (0: chosen from the object's size)",
+    "edge": "Weight the smoothness by the image's edges, e(x) = 1/(1 + ε'|∇(G_σ * I)|), so that boundaries "
+            "prefer to follow edges of the image",
+    "fill_holes": "Fill holes inside every corrected object",
+    "max_iter": "Upper limit of the solver's iterations for each object (it stops earlier once converged)",
+    "run_button": "Correct the chosen Labels layer; the result is a preview layer until Accept",
+    "cancel_button": "Stop after the current object; nothing is written",
+}
 VOLUME_DEFAULT = "unknown bias (interval)"
 VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
 STACK_DEFAULT = "3-D"
@@ -72,39 +91,6 @@ def _engine(img, lab, rgb, model, report, kwargs):
         _, probs = predict_wbc(img[..., :3], method="vptv-unet")
         kwargs["evidence"] = probs[2] if kwargs["mode"] == "objects" else probs
     return (yield from correct_mask_iter(img, lab, channel_axis=-1 if rgb else None, report=report, **kwargs))
-
-
-def changes_table(report):
-    """Per label id: area before / after (summed over planes in slice-by-slice mode),
-    change in %, status ("corrected", or e.g. "kept: no contrast"; with planes: the
-    kept planes' statuses and their count) -- a ``pandas.DataFrame`` with an
-    ``index`` column, as napari's ``Labels.features`` expects."""
-    import pandas as pd
-
-    rows = {}
-    for r in report:
-        row = rows.setdefault(r.label, {"index": r.label, "area_before": 0, "area_after": 0, "kept": []})
-        row["area_before"] += r.area_before
-        row["area_after"] += r.area_after
-        if r.status != "corrected":
-            row["kept"].append(r.status)
-    for row in rows.values():
-        kept = row.pop("kept")
-        row["change_%"] = round(100.0 * (row["area_after"] - row["area_before"]) / max(row["area_before"], 1), 1)
-        row["status"] = ("corrected" if not kept else kept[0] if len(kept) == 1
-                         else f"{', '.join(sorted(set(kept)))} ({len(kept)} planes)")
-    return pd.DataFrame(sorted(rows.values(), key=lambda row: row["index"]),
-                        columns=["index", "area_before", "area_after", "change_%", "status"])
-
-
-def _report_summary(table) -> str:
-    """'; 12 objects, median area -8 %, mean area 1234 -> 1100 px, 1 kept as given' for the status line."""
-    if not len(table):
-        return ""
-    kept = int((table["status"] != "corrected").sum())
-    return (f"; {len(table)} objects, median area {table['change_%'].median():+.0f} %, mean area "
-            f"{table['area_before'].mean():.0f} -> {table['area_after'].mean():.0f} px"
-            + (f", {kept} kept as given" if kept else ""))
 
 
 #: The preview's outlines (after the correction) and the given mask's (before): colours
@@ -152,6 +138,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     OUTPUT_KIND = KIND
     CANCEL_NOTE = "Stop after the current object; no output is written."
     SETTINGS_NAME = "correct_mask"
+    HELP_SECTION = "Correct mask widget"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
@@ -184,14 +171,16 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                              tooltip="unknown bias: also keep areas within (1 ± t) × given "
                                                      "(0: no such limit); semantic: class volume interval")
         self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
-        self.mask_weight = FloatSpinBox(label="Trust in mask β", min=0.0, max=10.0, step=0.05, value=0.15,
-                                        tooltip="cost for leaving the given mask (costs are in [0, 1]); "
+        self.mask_weight = FloatSpinBox(label="Trust in mask", min=0.0, max=10.0, step=0.05, value=0.15,
+                                        tooltip="Cost β for leaving the given mask (costs are in [0, 1]); "
                                                 "0: the image alone decides the boundary")
-        self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
-                                    tooltip="Entropic regularisation ε (paper eq. 11)")
-        self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.05,
-                                      tooltip="Weight λ of the total variation term (paper eq. 11)")
-        self.edge = CheckBox(text="Edge weight e(x)", value=True)
+        self.epsilon = FloatSpinBox(label=LABEL_EPSILON, min=1e-4, max=10.0, step=0.001, value=0.01,
+                                    tooltip="Entropic regularisation ε (paper eq. 11): larger values give softer "
+                                            "boundaries")
+        self.tv_weight = FloatSpinBox(label=LABEL_TV, min=0.0, max=10.0, step=0.005, value=0.05,
+                                      tooltip="Weight λ of the total variation term (paper eq. 11): larger values "
+                                              "give smoother, shorter boundaries")
+        self.edge = CheckBox(text=LABEL_EDGE, value=True)
         self.fill_holes = CheckBox(text="Fill holes", value=True)
         self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
         self.stack_mode = ComboBox(label="Stack", choices=list(STACK_CHOICES), value=STACK_DEFAULT,
@@ -200,12 +189,16 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                            "series or planes far apart)")
         self.status = Label(label="Status", value="ready")
         self.status.native.setWordWrap(True)
+        self.help_link = help_link(self.HELP_SECTION, self)
         self.body = scrolling_body(self, [
-            self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
+            self.help_link, self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
             self.volume_factor, self.volume_tolerance,
             self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
             self.max_iter, *self._make_buttons(), self.status,
         ])
+        for name, text in TIPS.items():
+            getattr(self, name).tooltip = text
+        wrap_tooltips(self.body)
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
@@ -425,7 +418,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             st["finished"] = True
             changed = float(np.mean(np.asarray(payload) != st["given"]))
             self._set_status(f"preview: {self.output_layer.name!r} ({changed:.2%} of the pixels changed"
-                             + _report_summary(st["table"]) + "); Accept writes it into "
+                             + report_summary(st["table"]) + "); Accept writes it into "
                              f"{st['source']!r}, Discard removes it")
         elif kind == "error":
             st["error"] = payload

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import FloatSpinBox
 
+from ._help import wrap_tip
 from ._outputs import claim, seal, tag
 
 __all__ = ["NUMBERS_KIND", "NUMBER_COLOUR", "add_cell_numbers", "pixel_size_field", "pixel_size_of", "scrolling_body",
@@ -33,13 +34,6 @@ def pixel_size_field() -> FloatSpinBox:
         tooltip=wrap_tip("Size of one pixel in micrometres, to give the cell areas in µm². Filled from the image "
                          "layer's scale when it has one; 0 = unknown (areas in pixels). Recorded in the result "
                          "layers' metadata; the layers keep the image's scale so that they stay aligned with it."))
-
-
-def wrap_tip(text: str) -> str:
-    """A tooltip wrapped at about 60 characters (Qt shows rich text wrapped)."""
-    import html
-
-    return f"<p style='white-space: normal; max-width: 28em'>{html.escape(text)}</p>"
 
 
 def pixel_size_of(layer) -> float:

@@ -43,6 +43,8 @@ from magicgui.widgets import (
 )
 
 from ._common import METADATA_KEY, WidgetRunMixin
+from ._help import help_link, wrap_tooltips
+from ._widget_controls import wrapped
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -142,6 +144,16 @@ def pair_choices(layers, show_all: bool = False) -> List[tuple]:
     return out
 
 
+#: Tooltips of the controls that do not set their own (all wrapped, see _help.wrap_tooltips).
+TIPS = {
+    "pairs_from": "Train on Labels / Image layers in the viewer, or on two folders of images and masks",
+    "images_dir": "Folder of the images (PNG, TIFF, JPEG); the masks have the same file stems",
+    "model_name": "Name of the new model (letters, digits, '.', '_', '-'); it then appears in the model lists "
+                  "of the segmentation widget and as --model NAME on the command line",
+    "replace": "Overwrite an existing model of this name (otherwise a name in use is refused)",
+    "train_button": "Check the pairs, then fine-tune in the background; the viewer stays usable",
+}
+
 #: The pair list: rows with room, the selection in the accent colour with bold text.
 PAIRS_STYLE = ("QListWidget::item { padding: 3px; } "
                "QListWidget::item:selected { background: #2a82da; color: white; font-weight: bold; }")
@@ -187,6 +199,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
     """
 
     SETTINGS_NAME = "finetune"
+    HELP_SECTION = "Fine-tune on your images"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=True)
@@ -212,7 +225,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.show_all = CheckBox(text="Show all same-size pairings", value=False,
                                  tooltip="also list each mask with every other image of its size (for masks "
                                          "that neither came from the plugin nor carry their image's name)")
-        self.pairs_note = Label(label="", value="")
+        self.pairs_note = wrapped(Label(label="", value=""))
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False,
                                   tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2")
@@ -236,7 +249,8 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.curve = Label(label="Loss curve", value="")
         self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
         self.status.native.setWordWrap(True)
-        self.extend([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir, self.model_name, self.base,
+        self.help_link = help_link(self.HELP_SECTION, self)
+        self.extend([self.help_link, self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir, self.model_name, self.base,
                      self.minutes, self.replace, self.keep_anyway, buttons, self.progress, self.live, self.curve, self.status])
         self.pairs_from.changed.connect(self._on_pairs_from)
         self.show_all.changed.connect(self.reset_choices)
@@ -246,6 +260,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
+        for name, text in TIPS.items():
+            getattr(self, name).tooltip = text
+        wrap_tooltips(self)
         self._restore_settings()
         self._on_pairs_from()
 

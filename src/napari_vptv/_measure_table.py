@@ -135,7 +135,8 @@ class MeasurementTable(Container):
         self.selected_cell: Optional[int] = None
         self.summary = Label(value="No measurements yet: run a segmentation.")
         self.summary.native.setWordWrap(True)
-        self.export_button = PushButton(text="Export CSV…", enabled=False)
+        self.export_button = PushButton(text="Export CSV…", enabled=False,
+                                        tooltip="Save the per-cell table (and the per-frame areas) as CSV files")
         self.table = QTableWidget(0, 0)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)

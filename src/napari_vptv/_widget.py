@@ -36,6 +36,7 @@ from psygnal import Signal
 
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of, scrolling_body
+from ._help import help_link, wrap_tooltips
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import RESULT_OPACITY, apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
@@ -125,6 +126,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
     OUTPUT_KIND = OUTPUT_KIND
     CANCEL_NOTE = "Stop at the next slice boundary (or solver iteration)."
     SETTINGS_NAME = "segmentation"
+    HELP_SECTION = "In napari"
     # the fields' list, not the mixin's empty default (which comes first in the MRO)
     _persisted_widgets = SegmentSettings._persisted_widgets
 
@@ -142,9 +144,11 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self._run_state: Dict[str, Any] = {}
         self._status_is_problem = False
 
-        self.run_button = PushButton(text="Run")
+        self.run_button = PushButton(text="Run", tooltip="Segment the chosen image with these settings (a "
+                                                         "stack slice by slice; a cancelled stack resumes)")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
                                         tooltip="Finishes the current slice, then stops; Run resumes")
+        self.help_link = help_link(self.HELP_SECTION, self)
         buttons = Container(widgets=[self.run_button, self.cancel_button, self.reset_button],
                             layout="horizontal", labels=False, label="")
         buttons.margins = (0, 0, 0, 0)
@@ -155,7 +159,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         wrapped(self.results.summary)  # the table's full width, not a narrow centred column
         self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
         self.body = scrolling_body(self, [
-            self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
+            self.help_link, self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
             self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
             self.edge,
             self.max_iter, self.diameter, self.require_nucleus, self.augment, self.seed, self.device, self.stack_mode,
@@ -163,6 +167,8 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         ])
         # full width (outside the label column): the table needs the room
         self.body.native.layout().addWidget(self.results.native)
+        wrap_tooltips(self.body)
+        wrap_tooltips(self.results)
         self.run_button.changed.connect(lambda *_: self.run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         for w in self._persisted_widgets().values():

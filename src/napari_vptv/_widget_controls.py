@@ -29,6 +29,8 @@ PRESET_CUSTOM = "custom"
 STACK_SLICES = "slice by slice"
 STACK_VOLUME = "3-D volume (variational only)"
 
+#: Bounds of every class when Classes changes under the custom preset (no constraint to speak of).
+EQUAL_LOWER, EQUAL_UPPER = 0.01, 0.99
 #: Half-width of the interval put around k-means fractions ("estimate from image").
 KMEANS_INTERVAL = 0.05
 
@@ -62,66 +64,90 @@ NETWORK_TIP = ("The shipped generalists and your own fine-tuned models "
 #: How the shipped default seed is listed under the default method.
 DEFAULT_SEED_LABEL = "pretrained U-net (default)"
 
+#: Plain names on the panel; the symbols of the method (paper eq. 11) are in the tooltips.
+LABEL_EPSILON = "Boundary softness"
+LABEL_TV = "Smoothness"
+LABEL_EDGE = "Follow image edges"
+
+#: The tooltip of every control (wrapped by :func:`~napari_vptv._help.wrap_tip`).
+TIPS = {
+    "image": "The Image layer to segment: grey or RGB, 2-D or a stack (Z / T leading axes)",
+    "method": "The variational VPTV solver (default: with the WBC preset it refits a colour model on each "
+              "image, seeded by a network; best measured on sources the networks never saw) or a pretrained "
+              "network alone",
+    "network": SEED_MODEL_TIP,
+    "preset": f"{PRESET_WBC}: white blood cells (background, cytoplasm, nucleus) with tuned colour model and "
+              f"volumes. {PRESET_KMEANS}: class fractions from k-means on the current slice. {PRESET_CUSTOM}: "
+              "any number of classes and your own volumes",
+    "n_classes": "Number of classes, background included (the WBC preset and the networks: 3)",
+    "volume_mode": f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, boundary "
+                   "softness ε, smoothness λ), as `vptv segment` uses them: the best measured. interval: each "
+                   "class fraction between a lower and an upper bound; exact: fixed fractions; none: no volume "
+                   "constraint",
+    "volumes": "Exact class fractions, comma-separated, summing to 1",
+    "lower": "Per-class lower bounds of the class fractions, comma-separated",
+    "upper": "Per-class upper bounds of the class fractions, comma-separated",
+    "estimate": "Fill the volume fields with the k-means class fractions of the slice shown (exact) and ± 0.05 "
+                "around them (interval)",
+    "epsilon": "Entropic regularisation ε (paper eq. 11): larger values give softer, more uncertain "
+               "boundaries; smaller ones sharper boundaries and a slower solve",
+    "tv_weight": "Weight λ of the total variation term (paper eq. 11): larger values give smoother, shorter "
+                 "boundaries and remove small specks",
+    "edge": "Weight the smoothness by the image's edges, e(x) = 1/(1 + ε'|∇(G_σ * I)|), so that boundaries "
+            "prefer to follow edges of the image",
+    "max_iter": "Upper limit of the solver's iterations per image (it stops earlier once converged)",
+    "diameter": "Cell diameter in pixels for the networks and the variational auto mode's network (0 "
+                "estimates it); also splits touching cells in the measurements",
+    "seed": "Seed of the random initialisation (k-means): the same seed gives the same result",
+    "device": "Where the computation runs: cpu, or cuda for an NVIDIA graphics card",
+    "stack_mode": "Stacks: each 2-D slice on its own (any method), or the whole stack as one 3-D volume "
+                  "(variational only)",
+    "keep_previous": "Unchecked: a run replaces the plugin's own, untouched result of the same method and image. "
+                     "Renamed, duplicated or edited results are never replaced.",
+    "require_nucleus": "White blood cell labels: a cell region whose nucleus is under 10 % of its area (a red "
+                       "cell or debris taken for cytoplasm) becomes background. Applies in volume mode auto / "
+                       "none (exact and interval constraints win)",
+    "augment": "Networks: average over the image and its mirror image (default), all 8 flips / quarter turns, "
+               "or none; costs that many network passes. About +1 pt on images from a lab the network never saw",
+    "measure": "Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the table below, as a '… cells' "
+               "Labels layer (outlines) and as numbers on the image",
+    "reset_button": "Set every field back to its default value",
+}
+
 
 def build_fields(self) -> None:
     """Create the controls of :class:`~napari_vptv._widget_fields.SegmentSettings` as its attributes."""
+    from ._help import wrap_tip
+
     defaults = SegmentOptions()
     self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
-    self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV,
-                           tooltip="The variational VPTV solver (default: with the WBC preset it refits a "
-                                   "colour model on each image, seeded by the pretrained U-net; best measured "
-                                   "on sources the networks never saw) or a pretrained network alone")
-    self.network = ComboBox(label="Model", choices=self._network_choices, value=DEFAULT_SEED_NETWORK,
-                            tooltip=SEED_MODEL_TIP)
+    self.method = ComboBox(label="Method", choices=list(METHODS), value=METHOD_VPTV)
+    self.network = ComboBox(label="Model", choices=self._network_choices, value=DEFAULT_SEED_NETWORK)
     self.preset = ComboBox(label="Preset", choices=[PRESET_WBC, PRESET_KMEANS, PRESET_CUSTOM], value=PRESET_WBC)
     self.n_classes = SpinBox(label="Classes", min=2, max=64, value=3)
     self.legend = wrapped(Label(label="Classes shown", value=""))
-    self.volume_mode = ComboBox(
-        label="Volume mode", choices=VOLUME_CHOICES, value=VOLUME_AUTO,
-        tooltip=f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, ε, λ), as "
-                "`vptv segment` uses them: the best measured. interval / exact / none: your values.")
+    self.volume_mode = ComboBox(label="Volume mode", choices=VOLUME_CHOICES, value=VOLUME_AUTO)
     self.auto_note = wrapped(Label(label="Auto settings", value=""))
-    self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10",
-                            tooltip="Exact class fractions, comma-separated, summing to 1")
-    self.lower = LineEdit(label="Lower bounds", value="",
-                          tooltip="Per-class lower bounds of the class fractions, comma-separated")
-    self.upper = LineEdit(label="Upper bounds", value="",
-                          tooltip="Per-class upper bounds of the class fractions, comma-separated")
+    self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10")
+    self.lower = LineEdit(label="Lower bounds", value="")
+    self.upper = LineEdit(label="Upper bounds", value="")
     self.estimate = PushButton(text="Estimate volumes from current slice (k-means)")
-    self.epsilon = FloatSpinBox(label="ε (entropy)", min=1e-4, max=10.0, step=0.001, value=0.01,
-                                tooltip="Entropic regularisation ε (paper eq. 11)")
-    self.tv_weight = FloatSpinBox(label="λ (TV weight)", min=0.0, max=10.0, step=0.005, value=0.02,
-                                  tooltip="Weight λ of the total variation term (paper eq. 11)")
-    self.edge = CheckBox(text="Edge weight e(x)", value=False,
-                         tooltip="Weight the TV by e(x) = 1/(1 + ε'|∇(G_σ * I)|)")
+    self.epsilon = FloatSpinBox(label=LABEL_EPSILON, min=1e-4, max=10.0, step=0.001, value=0.01)
+    self.tv_weight = FloatSpinBox(label=LABEL_TV, min=0.0, max=10.0, step=0.005, value=0.02)
+    self.edge = CheckBox(text=LABEL_EDGE, value=False)
     self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
     self.diameter = FloatSpinBox(label="Cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
-                                 value=defaults.diameter,
-                                 tooltip="Cell diameter in pixels for the networks and the variational "
-                                         "auto mode's U-net (0 estimates it); also splits touching cells "
-                                         "in the measurements")
+                                 value=defaults.diameter)
     self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
     self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
     self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
-    self.keep_previous = CheckBox(text="Keep previous results (new layer per run)", value=True,
-                                  tooltip="Unchecked: a run replaces the plugin's own, untouched result of "
-                                          "the same method and image. Renamed, duplicated or edited "
-                                          "results are never replaced.")
-    self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus,
-                                    tooltip="White blood cell labels: a cell region whose nucleus is under "
-                                            "10 % of its area (a red cell or debris taken for cytoplasm) "
-                                            "becomes background. "
-                                            "Applies in volume mode auto / none (exact and interval "
-                                            "constraints win)")
-    self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES,
-                            value=defaults.augment,
-                            tooltip="Networks: average over the image and its mirror image (default), all "
-                                    "8 flips / quarter turns, or none; costs that many network passes. "
-                                    "About +1 pt on images from a lab the network never saw")
-    self.measure = CheckBox(text="Measure cells (WBC classes)", value=True,
-                            tooltip="Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the "
-                                    "table below and as a '… cells' Labels layer")
+    self.keep_previous = CheckBox(text="Keep previous results (new layer per run)", value=True)
+    self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus)
+    self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES, value=defaults.augment)
+    self.measure = CheckBox(text="Measure cells (WBC classes)", value=True)
     self.reset_button = PushButton(text="Reset to defaults")
+    for name, text in TIPS.items():
+        getattr(self, name).tooltip = wrap_tip(text)
     self.notice = wrapped(Label(label="", value=""))
     self.notice.visible = False
     self.status = wrapped(Label(label="Status", value="ready"))

@@ -23,13 +23,19 @@ from typing import Any, Dict, Optional
 import numpy as np
 from magicgui.widgets import Container
 
+from ._help import wrap_tip
 from ._outputs import class_names_for, legend_html, name_classes_in
 from ._widget_controls import (  # noqa: F401 - the controls' names, used by the widget and the tests
     AUGMENT_WIDGET_CHOICES,
     DEFAULT_SEED_LABEL,
     DEFAULT_SEED_NETWORK,
+    EQUAL_LOWER,
+    EQUAL_UPPER,
     INVALID_STYLE,
     KMEANS_INTERVAL,
+    LABEL_EDGE,
+    LABEL_EPSILON,
+    LABEL_TV,
     METHOD_NET,
     METHOD_VPTV,
     METHODS,
@@ -49,6 +55,17 @@ from ._widget_methods import VOLUME_AUTO, auto_description, network_choices, res
 from .api import wbc_priors
 from .options import SegmentOptions
 from .user_models import SHIPPED, SHIPPED_LABELS
+
+
+def _shown_value(widget) -> str:
+    """``"Seed 7"``, ``"Measure cells (WBC classes) off"``: a field as the panel shows it."""
+    name = widget.label or getattr(widget, "text", "") or ""
+    value = widget.value
+    if isinstance(value, bool):
+        return f"{name} {'on' if value else 'off'}"
+    if hasattr(widget, "current_choice"):
+        return f"{name} {widget.current_choice}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
 
 
 class SegmentSettings(Container):
@@ -141,7 +158,7 @@ class SegmentSettings(Container):
             self.network.value = name
         self._network_chosen[self.is_network] = (self.network.current_choice, self.network.value)
         self.network.label = "Network" if self.is_network else "Model"
-        self.network.tooltip = NETWORK_TIP if self.is_network else SEED_MODEL_TIP
+        self.network.tooltip = wrap_tip(NETWORK_TIP if self.is_network else SEED_MODEL_TIP)
 
     def class_names(self):
         """Names of the classes the current settings produce."""
@@ -176,7 +193,8 @@ class SegmentSettings(Container):
         if self.is_auto:  # the fields do not apply; the method's own settings do
             return {"classes": self.n_classes.value, "volume mode": self.volume_mode.value,
                     "auto": self.auto_note.value}
-        return {"ε": self.epsilon.value, "λ": self.tv_weight.value, "classes": self.n_classes.value,
+        return {LABEL_EPSILON.lower(): self.epsilon.value, LABEL_TV.lower(): self.tv_weight.value,
+                "classes": self.n_classes.value,
                 "volume mode": self.volume_mode.value, "lower bounds": self.lower.value,
                 "upper bounds": self.upper.value, "volumes": self.volumes.value}
 
@@ -185,13 +203,14 @@ class SegmentSettings(Container):
         for k, value in after.items():
             if k == "auto":
                 if before.get(k) != value:
-                    changed.append("volume prior, ε and λ: its own, per image (see Auto settings)")
+                    changed.append("volume prior, boundary softness and smoothness: its own, per image "
+                                   "(see Auto settings)")
             elif before.get(k) != value:
                 old = before.get(k)
                 both = isinstance(old, float) and isinstance(value, float)
                 changed.append(f"{k} {old:g} → {value:g}" if both else f"{k} {value}")
         if self.is_network:
-            changed.append("Max iterations and Edge weight do not apply (the network's own settings)")
+            changed.append(f"Max iterations and {LABEL_EDGE} do not apply (the network's own settings)")
         elif not self._uses_diameter():
             changed.append("cell diameter applies only to the networks and auto (per image)")
         self.show_notice(f"Method {self.method.value}: " + "; ".join(changed) + ".")
@@ -214,8 +233,24 @@ class SegmentSettings(Container):
             self.preset.value = PRESET_CUSTOM
         elif self.preset.value == PRESET_KMEANS:
             self._apply_preset()
+        if self.preset.value == PRESET_CUSTOM and not self._restoring:
+            self._fit_volume_fields()
         self._update_class_labels()
         self._mark_volume_fields()
+
+    def _fit_volume_fields(self):
+        """Volume fields holding another number of values than Classes get values for
+        that many classes (equal fractions; loose bounds), so that Run works at once."""
+        k = int(self.n_classes.value)
+        counts = {len([v for v in w.value.split(",") if v.strip()]) for w in (self.volumes, self.lower, self.upper)}
+        if counts == {k}:
+            return
+        equal = [round(1.0 / k, 4)] * (k - 1)
+        self.volumes.value = ", ".join(f"{v:.4g}" for v in equal + [round(1.0 - sum(equal), 4)])
+        self.lower.value = fmt(np.full(k, EQUAL_LOWER))
+        self.upper.value = fmt(np.full(k, EQUAL_UPPER))
+        self._set_status(f"{k} classes: volumes set to equal fractions, bounds to {EQUAL_LOWER:g}-{EQUAL_UPPER:g} "
+                         "per class; enter your own")
 
     def _auto_allowed(self) -> bool:
         """*auto (per image)* exists for the networks and the variational WBC preset."""
@@ -296,11 +331,12 @@ class SegmentSettings(Container):
         finally:
             self._restoring = False
         self._update_visibility()
-        if restored:
-            diff = [k for k in restored if defaults.get(k) != self._persisted_widgets()[k].value]
-            shown = f"{self.method.value}, preset {self.preset.value}"
-            self.show_notice(f"Settings of your last run restored ({shown}; {len(diff)} value(s) differ from the "
-                             "defaults). 'Reset to defaults' undoes this.")
+        widgets = self._persisted_widgets()
+        diff = [widgets[k] for k in restored if defaults.get(k) != widgets[k].value]
+        if diff:  # the same as the defaults: nothing to tell
+            shown = ", ".join(_shown_value(w) for w in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5
+                                                                    else "")
+            self.show_notice(f"Settings of your last run restored: {shown}. 'Reset to defaults' undoes this.")
             self._set_status("ready (settings of the last run restored)")
         return restored
 
@@ -374,7 +410,7 @@ class SegmentSettings(Container):
             active = (w is self.volumes) == (mode == "exact") and mode in ("exact", "interval")
             try:
                 w.native.setStyleSheet(INVALID_STYLE if err and active else "")
-                w.tooltip = err if err else "Per-class values in the order " + ", ".join(self.class_names())
+                w.tooltip = wrap_tip(err if err else "Per-class values in the order " + ", ".join(self.class_names()))
             except Exception:  # noqa: BLE001 - cosmetic only
                 pass
         self._refresh_run_state()
