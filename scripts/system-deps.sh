@@ -6,6 +6,7 @@
 #
 #   sh scripts/system-deps.sh          # check; install what is missing (apt-get)
 #   VPTV_NO_APT=1 sh scripts/system-deps.sh   # check only, print the command
+#   VPTV_DOCS=1 sh scripts/system-deps.sh     # also Chromium, for the docs site's browser test
 #
 # macOS and Windows need nothing here (the script says so and exits 0).
 # Other Linux distributions: the script prints the Debian package names to look for.
@@ -21,6 +22,10 @@ esac
 PKGS="python3-venv xvfb xauth libglib2.0-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 libxkbcommon-x11-0 \
 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0"
+# Headless Chromium opens the built documentation site in tests/test_docs_site.py (CI sets VPTV_DOCS=1).
+if [ "${VPTV_DOCS:-}" = 1 ]; then
+    PKGS="$PKGS chromium"
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "system-deps: not a Debian-like system; install the equivalents of: $PKGS"
