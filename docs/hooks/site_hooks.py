@@ -3,6 +3,8 @@
 * The CLI reference page is generated from the program: the marker
   ``<!-- vptv-cli-help -->`` in ``reference/cli.md`` is replaced by the output of
   ``vptv --help`` and ``vptv COMMAND --help`` for every subcommand.
+* The API reference shows the docstrings' Sphinx cross-reference roles
+  (``:class:`X```, ``:func:`f```) as plain code: the role prefix is dropped.
 * The figures of the paper experiments live in ``experiments/output/`` (written by
   ``experiments/run_all.py``); they are added to the site under ``figures/`` and the
   links of ``experiments.md`` point there.
@@ -21,6 +23,7 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "experiments" / "output"
 MARKER = "<!-- vptv-cli-help -->"
+SPHINX_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc):(?=<code>)")
 
 
 def _help(argv: list[str]) -> str:
@@ -65,3 +68,9 @@ def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "experiments.md":
         return re.sub(r"\]\(\.\./experiments/output/", "](figures/", markdown)
     return markdown
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri.startswith("reference/"):
+        return SPHINX_ROLE.sub("", html)
+    return html
