@@ -45,7 +45,13 @@ def test_drops_small_regions_and_speck_nuclei_keeps_white_cells_and_cut_cells():
 def test_thresholds_scale_with_the_diameter_and_no_diameter_means_no_rule():
     lab = _field()
     assert drop_non_white_cells(lab, 60.0)[1] == 2
-    assert drop_non_white_cells(lab, 20.0)[1] == 0  # at half the diameter both are a white cell's size
+    # an estimate pulled down by platelets is raised to the biggest cell with a clear cytoplasm
+    assert drop_non_white_cells(lab, 10.0)[1] == 2
+    platelets = np.zeros_like(lab)  # no cell with a clear cytoplasm: the estimate is all there is
+    for c in ((30, 30), (80, 150)):
+        platelets[_disc(lab.shape, c, 6)] = 1
+        platelets[_disc(lab.shape, c, 5)] = 2
+    assert drop_non_white_cells(platelets, 40.0)[1] == 2 and drop_non_white_cells(platelets, 10.0)[1] == 0
     assert drop_non_white_cells(lab, 40.0, min_nucleus_share=0.1)[1] == 1
     assert drop_non_white_cells(lab, 40.0, min_cell_share=0.2, min_nucleus_share=0.1)[1] == 0
     for d in (None, 0.0, float("nan")):

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "MIN_CELL_DIAMETER_SHARE", "MIN_NUCLEUS_DIAMETER_SHARE",
-           "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells"]
+           "MAX_REFERENCE_NUCLEUS_FRACTION", "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells"]
 
 #: nucleus share of a cell part below which it is not a white cell: half the smallest
 #: share of any labelled white cell of the training sources (wbc 0.205, wbc-d1 0.217 over
@@ -61,6 +61,14 @@ MIN_CELL_DIAMETER_SHARE = 0.4
 #: nucleus-like nucleus. Smallest labelled nucleus of the training sources: 0.36 /
 #: 0.49 of the median cell diameter (wbc / wbc-d1; 1st percentiles 0.47 / 0.49).
 MIN_NUCLEUS_DIAMETER_SHARE = 0.2
+
+#: white-cell rule: the reference diameter is the larger of the estimate and the size of
+#: the biggest region with at most this nucleus share (a cell with a clear cytoplasm:
+#: never a platelet, which the networks label almost all nucleus, 0.7-0.95 on composed
+#: fields). The network's estimate is the median of the cell-like blobs, which many
+#: platelets pull down on a field with few, or only cut, white cells
+#: (``benchmarks/bench_fields.py``).
+MAX_REFERENCE_NUCLEUS_FRACTION = 0.6
 
 
 def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
@@ -190,7 +198,8 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     Regions are the connected regions of cytoplasm and nucleus pixels (full
     connectivity) of a 2-D label image. A region is kept when its size is at least
     ``min_cell_share * diameter`` and its nucleus' equivalent diameter at least
-    ``min_nucleus_share * diameter`` (module constants :data:`MIN_CELL_DIAMETER_SHARE`,
+    ``min_nucleus_share * diameter``, ``diameter`` raised to the size of the biggest
+    region with a clear cytoplasm (:data:`MAX_REFERENCE_NUCLEUS_FRACTION`) (module constants :data:`MIN_CELL_DIAMETER_SHARE`,
     :data:`MIN_NUCLEUS_DIAMETER_SHARE`). A size is the equivalent-circle diameter;
     for a region that touches the image edge, the larger of that and its longest run
     along the edge (of the region, resp. of its nucleus), so a white cell cut by the
@@ -230,6 +239,10 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     if n == 0:
         return out, 0
     size, nucleus_size = _white_cell_sizes(regions, n, labels == nucleus)
+    area = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    share = np.bincount(regions[labels == nucleus], minlength=n + 1)[1:] / np.maximum(area, 1)
+    with_cytoplasm = size[share <= MAX_REFERENCE_NUCLEUS_FRACTION]
+    diameter = max(float(diameter), float(with_cytoplasm.max(initial=0.0)))
     bad = np.nonzero((size < cell_share * diameter) | (nucleus_size < nucleus_share * diameter))[0] + 1
     out[np.isin(regions, bad)] = 0
     return out, int(len(bad))
