@@ -78,7 +78,7 @@ def make_predictor(spec, nets, args):
         if opt == "preset":
             return rule(vptv_segment(img, **wbc_preset()).labels)
         model, meta = nets["unet"]
-        # the API's adapted preset (api._segment_wbc_adapted: one plain U-net pass), with this run's U-net
+        # the default method "vptv-adapted" (api.segment_adapted: one plain U-net pass), with this run's U-net
         pred = predict_cells(model, meta, img, diameter=diameter, augment=1, require_nucleus=False)
         p = pred.probabilities
         r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,

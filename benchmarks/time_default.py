@@ -52,19 +52,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from skimage.io import imread
 
-    from napari_vptv.api import _segment_wbc_adapted, segment_image
-    from napari_vptv.options import SegmentOptions
+    from napari_vptv.api import segment_adapted, segment_image
 
     torch.set_num_threads(1)
     images = [imread(f)[..., :3] for f in sorted((Path(args.data_root) / "wbc" / "images").glob("*.png"))]
     segment_image(images[0])  # warm-up: numba cache, weights
     default = cpu_ms(segment_image, images[1:31])
-    opts = SegmentOptions()
 
-    def unseen(img):  # the API's adapted preset itself, seeded by the wbc-d1-only U-net
-        # (until 2026-11-27 this was a copy of it that also applied the nucleus rule to
-        # the network's unused labels: +20-40 ms per image)
-        return _segment_wbc_adapted(img, opts, -1, None, network=args.loso_run).labels
+    def unseen(img):  # the default method ("vptv-adapted") itself, seeded by the wbc-d1-only U-net
+        return segment_adapted(img, network=args.loso_run).labels
 
     unseen(images[0])  # warm-up: load the run's weights
 

@@ -124,24 +124,37 @@ def test_no_import_cycle_inside_core():
 
 
 def test_segment_image_without_method_or_preset_runs_the_best_method():
-    """No method and no preset: the solver with the image-adapted WBC preset for RGB (as
-    `vptv segment --method auto`), the generic solver for grey images, other class
-    counts or solver settings; the VPTVU-net when 3-class volumes are given."""
+    """No method and no preset: "vptv-adapted" for RGB (as `vptv segment`), the generic
+    solver for grey images or other class counts; the VPTVU-net when 3-class volumes
+    are given; solver settings override the chosen method's, never choose another."""
     from napari_vptv.core.samples import load_sample
-    from napari_vptv.options import auto_method
 
     image, _ = load_sample("wbc_001")
     rgb = image[..., :3]
     plain = segment_image(rgb)
     adapted = segment_image(rgb, SegmentOptions(method="vptv", preset="wbc"))
+    named = segment_image(rgb, SegmentOptions(method="vptv-adapted"))
     np.testing.assert_array_equal(plain.labels, adapted.labels)
+    np.testing.assert_array_equal(plain.labels, named.labels)
     assert plain.n_iter > 0 and plain.info["colour_model"] == "refitted on this image"
     grey = rgb.mean(axis=-1)
     assert segment_image(grey, n_classes=2, max_num_iter=50).n_iter > 0
-    assert auto_method(rgb=False) == "vptv"
-    assert auto_method(n_classes=4) == "vptv"
-    assert auto_method(preset="none") == "vptv"
-    assert auto_method(solver_settings=True) == "vptv"
-    assert auto_method() == "vptv"
-    assert auto_method(volumes=[(0.7, 0.2, 0.1)]) == "vptv-unet"
-    assert auto_method(volumes=[(0.8, 0.2)]) == "vptv"
+
+    def method(rgb=True, **kw):
+        return SegmentOptions(**kw).resolve(rgb).method
+
+    assert method(rgb=False) == "vptv"
+    assert method(n_classes=4) == "vptv"
+    assert method(preset="none") == "vptv"
+    assert method(epsilon=0.1) == "vptv-adapted"
+    assert method() == "vptv-adapted"
+    assert method(volumes=(0.7, 0.2, 0.1)) == "vptv-unet"
+    assert method(volumes=(0.8, 0.2)) == "vptv"
+    assert method(preset="wbc", volumes=(0.7, 0.2, 0.1)) == "vptv"  # an explicit preset: the solver
+    assert method(method="vptv", preset="wbc", volume_mode="interval") == "vptv"
+    assert method(method="unet") == "unet"
+    assert SegmentOptions(volumes=(0.8, 0.2)).resolve(True).preset == "none"
+    with pytest.raises(ValueError, match="vptv-adapted"):
+        SegmentOptions(method="vptv-adapted", volumes=(0.7, 0.2, 0.1))
+    with pytest.raises(ValueError, match="vptv-adapted"):
+        SegmentOptions(method="vptv-adapted", preset="none")

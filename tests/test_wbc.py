@@ -79,7 +79,7 @@ def test_segment_image_dispatcher_matches_solver(samples, interval_results):
     # an explicit argument overrides the preset; volumes switch to exact mode
     r2 = segment_image(img, preset="wbc", volumes=[0.7, 0.18, 0.12])
     np.testing.assert_allclose(r2.volumes, [0.7, 0.18, 0.12], atol=TOL)
-    assert set(METHODS) == {"vptv", "unet", "vptv-unet"}
+    assert set(METHODS) == {"auto", "vptv-adapted", "vptv", "unet", "vptv-unet"}
 
 
 def test_segment_image_bad_input():

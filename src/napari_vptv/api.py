@@ -1,8 +1,10 @@
 """The thin API layer: one dispatcher from :class:`SegmentOptions` to labels.
 
-``segment_image(image, options)`` sends ``method="vptv"`` to the variational
-solver in :mod:`napari_vptv.core` (with the WBC preset's colour model and priors
-from :mod:`napari_vptv.core.wbc` when the preset applies) and the network methods
+``segment_image(image, options)`` resolves the options for the image
+(:meth:`SegmentOptions.resolve`; what each named method runs with which settings:
+:mod:`napari_vptv.presets`), sends ``"vptv-adapted"`` and ``"vptv"`` to the
+variational solver in :mod:`napari_vptv.core` (with the WBC preset's colour model and
+priors from :mod:`napari_vptv.core.wbc` when the preset applies) and the network methods
 to :func:`napari_vptv.nn.weights.predict_wbc` (imported lazily: torch and the
 network code load only when a network is asked for).
 
@@ -15,16 +17,17 @@ No napari or Qt imports here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
+from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from .core.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
-from .options import METHODS, PRESETS, SegmentOptions, auto_choice
+from .options import METHODS, PRESETS, SegmentOptions
+from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
 
 __all__ = [
     "METHODS",
@@ -32,6 +35,7 @@ __all__ = [
     "SegmentOptions",
     "SegmentFn",
     "segment_image",
+    "segment_adapted",
     "make_segment_fn",
     "evaluate_folder",
     "wbc_priors",
@@ -39,25 +43,6 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int, int], None]
-
-
-def _auto_settings(image, channel_axis, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """Settings with the measured best method when neither a method nor a preset is
-    asked for (:func:`~napari_vptv.options.auto_method`)."""
-    if "method" in settings or "preset" in settings:
-        return settings
-    shape = list(np.shape(image))
-    if channel_axis is not None and shape:
-        shape.append(shape.pop(int(channel_axis) % len(shape)))  # colour axis last
-    bounds = settings.get("volume_bounds")
-    request = dict(
-        n_classes=settings.get("n_classes"), volumes=[settings.get(k) for k in ("volumes", "lower", "upper")]
-        + (list(bounds) if bounds is not None else []),
-        solver_settings=any(settings.get(k) is not None for k in ("epsilon", "tv_weight", "edge", "max_num_iter")),
-        rgb=len(shape) == 3 and shape[-1] in (3, 4),
-    )
-    method, preset = auto_choice(**request)
-    return {**settings, "method": method, **({"preset": preset} if preset else {})}
 
 
 def _as_options(options: Optional[SegmentOptions], settings: Dict[str, Any]) -> SegmentOptions:
@@ -95,12 +80,12 @@ def segment_image(
         otherwise. With the WBC methods an image of one flat colour or of noise has no
         cells (all background, ``result.info["no_cells"]`` says why).
     options : SegmentOptions, optional
-        The settings. Default: made from ``settings``; when these name neither a
-        ``method`` nor a ``preset``, the best method measured across sources
-        (:func:`~napari_vptv.options.auto_method`): for a 2-D RGB image the
-        variational solver with the image-adapted WBC preset (the VPTVU-net when
-        3-class volumes are given), the generic solver for grey images, other
-        class counts or solver settings.
+        The settings. Default: made from ``settings``. Their ``"auto"`` method and
+        preset are resolved for this image (:meth:`SegmentOptions.resolve`,
+        :mod:`napari_vptv.presets`): for an RGB image ``"vptv-adapted"``, the
+        variational solver with the WBC colour model refitted on the image (the
+        VPTVU-net when 3-class volumes are given), the generic solver for grey images
+        or other class counts.
     channel_axis : int, optional
         Colour axis (``-1`` for RGB). An ``(H, W, 3)`` image is taken as RGB even when
         it is None.
@@ -134,9 +119,7 @@ def segment_image(
     image, conversion = normalise_intensity(image)
     if channel_axis is None and is_rgb_shape(image):
         channel_axis = -1  # (H, W, 3): a colour image, never a 3-slice grey volume
-    if options is None:
-        settings = _auto_settings(image, channel_axis, settings)
-    opts = _as_options(options, settings)
+    opts = _as_options(options, settings).resolve(_is_colour(image, channel_axis))
     check_device(opts.device)
     check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
@@ -145,9 +128,14 @@ def segment_image(
     return result
 
 
+def _is_colour(image, channel_axis) -> bool:
+    """Whether ``image`` is an RGB(A) image: a channel axis of 3 or 4 channels."""
+    return channel_axis is not None and np.shape(image)[int(channel_axis)] in (3, 4)
+
+
 def _dispatch(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
-    """The method / preset of ``opts`` on ``image`` (see :func:`segment_image`)."""
-    wbc = opts.is_network or opts.resolved_preset(channel_axis is not None) == "wbc"
+    """The method / preset of the resolved ``opts`` on ``image`` (see :func:`segment_image`)."""
+    wbc = opts.is_network or opts.preset == "wbc"
     if wbc:
         empty = featureless_result(image, opts, channel_axis)
         if empty is not None:
@@ -226,7 +214,9 @@ def _rgb_channel_axis(image, channel_axis):
 
 
 def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
-    """The solver with the WBC preset (:func:`~napari_vptv.core.wbc.wbc_preset`)."""
+    """The solver with the WBC preset: ``"vptv-adapted"`` (:func:`segment_adapted`), or
+    with volume settings the shipped colour model (:func:`~napari_vptv.core.wbc.wbc_preset`,
+    :data:`~napari_vptv.presets.WBC_COLOUR`)."""
     from .core.wbc import wbc_preset
 
     channel_axis = _rgb_channel_axis(image, channel_axis)
@@ -236,14 +226,14 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
         raise ValueError(f"the WBC preset needs an RGB image with 3 channels; got {n_channels} (shape {arr.shape})")
     if n_channels == 4:  # RGBA -> RGB
         arr = np.moveaxis(np.moveaxis(arr, channel_axis, -1)[..., :3], -1, channel_axis)
-    if opts.volume_mode is None and opts.volumes is None and opts.volume_bounds is None:
-        adapted = _segment_wbc_adapted(arr, opts, channel_axis, callback)
+    if opts.method == "vptv-adapted":
+        adapted = _adapted(np.moveaxis(arr, channel_axis, -1), opts, callback)
         if adapted is not None:
             return adapted
     volume_mode = opts.volume_mode
     if volume_mode is None:
-        volume_mode = "exact" if opts.volumes is not None else "interval"
-    kw = wbc_preset(volume_mode, **_solver_overrides(opts))
+        volume_mode = "exact" if opts.volumes is not None else WBC_COLOUR.volume_mode
+    kw = wbc_preset(volume_mode, **{**WBC_COLOUR.solver_kwargs(), **_solver_overrides(opts)})
     if volume_mode == "exact" and opts.volumes is not None:
         kw["volumes"] = opts.volumes
     if volume_mode == "interval" and opts.volume_bounds is not None:
@@ -278,38 +268,68 @@ def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
     return result
 
 
-#: solver settings of the image-adapted WBC preset (benchmarks/eval_generalist.py)
-ADAPTED_WBC_SETTINGS = {"epsilon": 0.05, "tv_weight": 0.05}
+#: solver settings of the image-adapted WBC preset (:data:`napari_vptv.presets.VPTV_ADAPTED`)
+ADAPTED_WBC_SETTINGS = {"epsilon": VPTV_ADAPTED.epsilon, "tv_weight": VPTV_ADAPTED.tv_weight}
 
 
-def _segment_wbc_adapted(arr, opts: SegmentOptions, channel_axis, callback, network: Optional[str] = None):
+def segment_adapted(image, options: Optional[SegmentOptions] = None, *, network: Optional[str] = None,
+                    callback: Optional[ProgressCallback] = None) -> SegmentationResult:
+    """``"vptv-adapted"`` on one RGB image ``(H, W, 3)``, seeded by any network.
+
+    What :func:`segment_image` runs by default on a colour image
+    (:data:`napari_vptv.presets.VPTV_ADAPTED`), without its input checks and
+    conversions, for a network that :class:`SegmentOptions` does not name (e.g. a
+    training-run folder).
+
+    Parameters
+    ----------
+    image : ndarray ``(H, W, 3)``
+    options : SegmentOptions, optional
+        Solver overrides, device, seed, diameter, cell rules (default: the defaults).
+    network : str, optional
+        The initialiser, as :func:`~napari_vptv.nn.weights.predict_wbc`'s ``method``
+        (a shipped model, a ``.pt`` file or a training-run folder). Default:
+        ``options.model`` or the preset's network.
+
+    Returns
+    -------
+    SegmentationResult
+
+    Raises
+    ------
+    RuntimeError
+        The network code is not installed.
+    """
+    opts = (options or SegmentOptions()).replace(method="vptv-adapted")
+    result = _adapted(np.asarray(image)[..., :3], opts, callback, network)
+    if result is None:
+        raise RuntimeError("method 'vptv-adapted' needs the napari_vptv.nn networks, which are not available")
+    return result
+
+
+def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None):
     """The WBC preset refitted to this image: a Gaussian colour model per class from the
-    generalist U-net's confident pixels, EM updates, a volume interval around the
+    initialising network's confident pixels, EM updates, a volume interval around the
     network's class fractions, then the colour cost and the network's log-probabilities
     together (:func:`napari_vptv.core.adapt.adapted_segment`). A class the network does
     not see (e.g. no white cell) gives the network's own labels. None when the network
-    code is not installed (the fixed colour model is used then). ``network``: the
-    initialiser, as :func:`~napari_vptv.nn.weights.predict_wbc`'s ``method``; default:
-    ``opts.model`` (e.g. a fine-tuned model) or the shipped U-net."""
+    code is not installed (the caller uses the fixed colour model then)."""
     try:
         from .nn.weights import predict_wbc
     except ImportError:
         return None
     from .core.adapt import adapted_segment
 
-    rgb = np.moveaxis(arr, channel_axis, -1)
-    # the rule runs once, on the result below (the U-net's own labels are used only
-    # when no colour model can be fitted). One plain network pass: test-time
-    # augmentation of this initialiser did not improve the result (validation splits,
-    # wbc / wbc-d1: 0.9766 / 0.9681 plain vs 0.9756 / 0.9682 with the mirror image;
-    # docs/solver-speed.md) and doubled its time.
-    network = network or opts.model or "unet"
+    preset = VPTV_ADAPTED
+    # the rule runs once, on the result below (the network's own labels are used only
+    # when no colour model can be fitted)
+    network = network or opts.model or preset.network
     pred = predict_wbc(rgb, method=network, diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=False, augment=1)
-    settings = {**ADAPTED_WBC_SETTINGS, **{k: v for k, v in _solver_overrides(opts).items()
-                                           if k in ("epsilon", "tv_weight", "max_num_iter", "edge")}}
+                       require_nucleus=False, augment=preset.network_augment)
+    settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
     result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
-                             callback=callback, diameter=pred.diameter, **settings)
+                             callback=callback, diameter=pred.diameter,
+                             colour_sigma_per_diameter=preset.colour_sigma_per_diameter, **settings)
     fitted = result is not None
     if not fitted:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
@@ -411,7 +431,7 @@ class SegmentFn:
 
     @property
     def method(self) -> str:
-        """The method of the options."""
+        """The (unresolved) method of the options."""
         return self.options.method
 
     @property
@@ -423,42 +443,33 @@ class SegmentFn:
         """See :meth:`SegmentOptions.resolved_preset`."""
         return self.options.resolved_preset(rgb)
 
+    def resolved_method(self, rgb: bool) -> str:
+        """The named method that runs on an RGB / grey input (:meth:`SegmentOptions.resolve`)."""
+        return self.options.resolve(rgb).method
+
     def n_classes(self, rgb: bool) -> int:
         """Number of classes of the labels for an RGB / grey input."""
-        return self.options.n_classes_for(rgb)
+        return self.options.resolve(rgb).n_classes_for(rgb)
 
     def __call__(self, image, *, channel_axis=None):
         callback = None if self.options.is_network else self.callback
         return segment_image(np.asarray(image), self.options, channel_axis=channel_axis, callback=callback)
 
 
-def make_segment_fn(
-    method: str = "vptv",
-    *,
-    preset: str = "auto",
-    n_classes: Optional[int] = None,
-    volume_mode: Optional[str] = None,
-    volumes: Optional[Sequence[float]] = None,
-    lower: Optional[Sequence[float]] = None,
-    upper: Optional[Sequence[float]] = None,
-    epsilon: Optional[float] = None,
-    tv_weight: Optional[float] = None,
-    edge: Optional[bool] = None,
-    max_num_iter: Optional[int] = None,
-    seed: int = 0,
-    device: str = "cpu",
-    diameter: float = 0.0,
-    model: str = "",
-) -> SegmentFn:
+def make_segment_fn(method: str = DEFAULT_METHOD, **settings) -> SegmentFn:
     """Validate segmentation settings and return a picklable :class:`SegmentFn`.
 
-    The keyword form of ``SegmentFn(SegmentOptions(...))``, with the batch
-    default ``preset="auto"``.
+    The keyword form of ``SegmentFn(SegmentOptions(method=method, **settings))``:
+    the same defaults as every other entry point (:mod:`napari_vptv.presets`).
 
     Parameters
     ----------
-    method, preset, n_classes, volume_mode, volumes, lower, upper, epsilon, tv_weight, edge, max_num_iter, seed, device, diameter, model
-        Fields of :class:`SegmentOptions`.
+    method : str
+        See :class:`SegmentOptions` (default ``"auto"``).
+    **settings
+        Any other field of :class:`SegmentOptions` (``preset``, ``n_classes``,
+        ``volumes``, ``epsilon``, ``require_nucleus``, ``augment``, ...) and
+        ``volume_bounds=(lower, upper)``.
 
     Returns
     -------
@@ -469,12 +480,10 @@ def make_segment_fn(
     ValueError
         Unknown method / preset, or impossible volumes (checked here, before any
         image is read).
+    TypeError
+        An unknown setting.
     """
-    return SegmentFn(SegmentOptions(
-        method=method, preset=preset, n_classes=n_classes, volume_mode=volume_mode, volumes=volumes,
-        lower=lower, upper=upper, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
-        max_num_iter=max_num_iter, seed=seed, device=device, diameter=diameter, model=model,
-    ))
+    return SegmentFn(SegmentOptions.from_kwargs(method=method, **settings))
 
 
 def evaluate_folder(
@@ -493,7 +502,7 @@ def evaluate_folder(
         Folders of images and of masks with the same file stems (see
         :func:`napari_vptv.core.evaluate.score_folder`).
     options : SegmentOptions, optional
-        Default: made from ``settings`` with ``preset="wbc"`` unless given.
+        Default: made from ``settings`` (the defaults of :class:`SegmentOptions`).
     progress : callable ``(done, total)``, optional
         Called after every image (and once with ``done = 0`` before the first).
     **settings
@@ -507,8 +516,6 @@ def evaluate_folder(
     """
     from .core.evaluate import score_folder
 
-    if options is None:
-        settings.setdefault("preset", "wbc")
     fn = SegmentFn(_as_options(options, settings))
     return score_folder(images_dir, masks_dir, fn, progress=progress)
 
@@ -521,7 +528,7 @@ def wbc_priors(method: str = "vptv") -> Dict[str, Any]:
     method : {"vptv", "vptv-unet"}
         Whose settings: the network's shipped metadata (training-average priors,
         2nd / 98th percentiles, the layer's eps, lambda) for the VPTVU-net, the shipped
-        colour model and :data:`~napari_vptv.core.wbc.WBC_DEFAULTS` for the solver.
+        colour model and :data:`~napari_vptv.presets.WBC_COLOUR` for the solver.
 
     Returns
     -------
@@ -563,9 +570,9 @@ def _net_priors() -> Dict[str, Any]:
 
 
 def _colour_model_priors() -> Dict[str, Any]:
-    from .core.wbc import WBC_DEFAULTS, load_wbc_model
+    from .core.wbc import load_wbc_model
 
-    got = {k: WBC_DEFAULTS.get(k) for k in ("epsilon", "tv_weight", "edge")}
+    got = {k: getattr(WBC_COLOUR, k) for k in ("epsilon", "tv_weight", "edge")}
     model = load_wbc_model()
     got.update(volumes=model.fractions, lower=model.lower, upper=model.upper, source="WBC colour model")
     return got

@@ -17,21 +17,20 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .core.volumes import VOLUME_MODES, make_volume_spec
+from .presets import CELL_RULES, DEFAULT_METHOD, METHOD_NAMES, NETWORKS, PRESET_NAMES
 
-__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions"]
+__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions", "check_range"]
 
-#: Segmentation methods: the variational solver and the shipped WBC networks.
-METHODS = ("vptv", "unet", "vptv-unet")
+#: Segmentation methods: ``"auto"`` and the named methods it resolves to
+#: (:mod:`napari_vptv.presets`).
+METHODS = METHOD_NAMES
 #: test-time augmentation settings: transforms averaged (nn.predict.AUGMENT_CHOICES;
 #: kept here so the options need no torch)
 AUGMENT_CHOICES = (1, 2, 8)
 #: The methods that run a shipped network (their names are also the model names).
 NETWORK_METHODS = ("unet", "vptv-unet")
-#: Presets. ``"wbc"``: the white blood cell preset (3 classes, learned colour
-#: model, volume priors); ``"none"``: k-means initialised solver; ``"auto"``:
-#: ``"wbc"`` for RGB images when the number of classes is unset or 3 (and always
-#: for the networks), else ``"none"``.
-PRESETS = ("auto", "wbc", "none")
+#: Presets of the variational solver (:data:`napari_vptv.presets.PRESET_NAMES`).
+PRESETS = PRESET_NAMES
 
 _Floats = Optional[Tuple[float, ...]]
 
@@ -75,10 +74,28 @@ def _float_tuple(values, name: str) -> _Floats:
     return out
 
 
-def _number(value, field: str, name: str, *, integer: bool = False, positive: bool = False):
-    """``value`` as a float / int inside :data:`RANGES` ``[field]``; None passes through."""
+#: The integer settings of :data:`RANGES`.
+_INTEGERS = ("max_num_iter", "n_classes", "seed")
+#: How messages name the settings of :data:`RANGES`.
+_NAMES = {"tv_weight": "the TV weight", "max_num_iter": "the maximum number of iterations",
+          "n_classes": "the number of classes", "seed": "the seed", "diameter": "the cell diameter"}
+
+
+def check_range(value, field: str, name: Optional[str] = None):
+    """``value`` as a float / int inside :data:`RANGES` ``[field]``; None passes through.
+
+    The one range check of the numeric settings: :class:`SegmentOptions`, the mask
+    correction's options and the command line call it.
+
+    Raises
+    ------
+    OptionError
+        A sentence naming the setting (``name``, default: its usual name) and the range.
+    """
     if value is None:
         return None
+    name = name or _NAMES.get(field, field)
+    integer = field in _INTEGERS
     kind = "an integer" if integer else "a number"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise OptionError(field, f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
@@ -86,38 +103,10 @@ def _number(value, field: str, name: str, *, integer: bool = False, positive: bo
         raise OptionError(field, f"{name} must be {kind}, got {value!r}")
     value = int(value) if integer else float(value)
     low, high = RANGES[field]
-    if not np.isfinite(value) or (positive and value <= 0) or not (low <= value <= high):
+    if not np.isfinite(value) or not (low <= value <= high):
         span = f"{low} to {high}" if integer else f"{low:g} to {high:g}"
         raise OptionError(field, f"{name} must be {kind} from {span}, got {value if integer else format(value, 'g')}")
     return value
-
-
-def auto_method(*, n_classes=None, preset=None, volumes=(), solver_settings: bool = False, rgb: bool = True) -> str:
-    """The method that "auto" stands for: the best one measured across sources.
-
-    The variational solver (``"vptv"``), which for a 3-class colour image runs the
-    image-adapted WBC preset: the pretrained U-net's probabilities and a colour model
-    refitted on the image, together (:func:`napari_vptv.core.adapt.adapted_segment`).
-    On sources a network never saw it beats the networks by 1-5 pt (leave-one-source-out,
-    docs/generalist.md). The VPTVU-net (``"vptv-unet"``) when the request gives
-    3-class volumes or bounds: its VPTV layer holds the network to them.
-    Shared by ``vptv segment --method auto`` and :func:`napari_vptv.api.segment_image`
-    called without a method.
-    """
-    return auto_choice(n_classes=n_classes, preset=preset, volumes=volumes, solver_settings=solver_settings,
-                       rgb=rgb)[0]
-
-
-def auto_choice(*, n_classes=None, preset=None, volumes=(), solver_settings: bool = False,
-                rgb: bool = True) -> Tuple[str, Optional[str]]:
-    """``(method, preset)`` that "auto" stands for (:func:`auto_method`); the preset is
-    ``"wbc"`` for a white-blood-cell request (3-class colour image), else None."""
-    lengths = [len(v) for v in volumes if v is not None]
-    generic = (not rgb or n_classes not in (None, 3) or preset == "none" or solver_settings
-               or any(n != 3 for n in lengths))
-    if generic:
-        return "vptv", None
-    return ("vptv-unet", None) if lengths else ("vptv", "wbc")
 
 
 @dataclass(frozen=True)
@@ -128,12 +117,15 @@ class SegmentOptions:
 
     Parameters
     ----------
-    method : {"vptv", "unet", "vptv-unet"}
-        ``"vptv"``: the variational VPTV solver (Algorithm 1); ``"unet"`` /
-        ``"vptv-unet"``: the shipped white blood cell networks (plain softmax /
-        VPTV-softmax head).
-    preset : {"none", "wbc", "auto"}
-        See :data:`PRESETS`. ``None`` is taken as ``"none"``.
+    method : {"auto", "vptv-adapted", "vptv", "unet", "vptv-unet"}
+        ``"auto"`` (default): resolved per image by :meth:`resolve`;
+        ``"vptv-adapted"``: the variational solver with the WBC colour model refitted
+        on each image from the U-net; ``"vptv"``: the variational VPTV solver
+        (Algorithm 1); ``"unet"`` / ``"vptv-unet"``: the shipped white blood cell
+        networks (plain softmax / VPTV-softmax head). The settings of each:
+        :mod:`napari_vptv.presets`.
+    preset : {"auto", "wbc", "none"}
+        See :data:`PRESETS` (default ``"auto"``). ``None`` is taken as ``"none"``.
     n_classes : int, optional
         Number of classes (2 to 255). The WBC preset and the networks have 3.
     volume_mode : {"exact", "interval", "none"}, optional
@@ -200,8 +192,8 @@ class SegmentOptions:
     1
     """
 
-    method: str = "vptv"
-    preset: str = "none"
+    method: str = DEFAULT_METHOD
+    preset: str = "auto"
     n_classes: Optional[int] = None
     volume_mode: Optional[str] = None
     volumes: _Floats = None
@@ -213,11 +205,11 @@ class SegmentOptions:
     max_num_iter: Optional[int] = None
     seed: int = 0
     device: str = "cpu"
-    diameter: float = 0.0
+    diameter: float = NETWORKS.diameter
     model: str = ""
-    require_nucleus: bool = True
-    augment: int = 2
-    white_cell_rule: bool = True
+    require_nucleus: bool = CELL_RULES.require_nucleus
+    augment: int = NETWORKS.augment
+    white_cell_rule: bool = CELL_RULES.white_cell_rule
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -236,17 +228,12 @@ class SegmentOptions:
             set_(self, name, _float_tuple(getattr(self, name), name))
         if (self.lower is None) != (self.upper is None):
             raise OptionError("lower", "interval volumes need both lower and upper bounds")
-        set_(self, "epsilon", _number(self.epsilon, "epsilon", "epsilon", positive=True))
-        set_(self, "tv_weight", _number(self.tv_weight, "tv_weight", "the TV weight"))
+        set_(self, "epsilon", check_range(self.epsilon, "epsilon"))
+        set_(self, "tv_weight", check_range(self.tv_weight, "tv_weight"))
         if self.edge is not None:
             set_(self, "edge", bool(self.edge))
-        set_(
-            self,
-            "max_num_iter",
-            _number(self.max_num_iter, "max_num_iter", "the maximum number of iterations", integer=True),
-        )
-        set_(self, "seed", _number(self.seed, "seed", "the seed", integer=True))
-        set_(self, "diameter", _number(self.diameter, "diameter", "the cell diameter"))
+        for name in ("max_num_iter", "seed", "diameter"):
+            set_(self, name, check_range(getattr(self, name), name))
         if not isinstance(self.device, str) or not self.device.strip():
             raise OptionError(
                 "device", f"device must be a torch device name such as 'cpu' or 'cuda', got {self.device!r}"
@@ -255,6 +242,7 @@ class SegmentOptions:
         set_(self, "white_cell_rule", bool(self.white_cell_rule))
         self._check_augment()
         self._check_model()
+        self._check_adapted()
         try:
             self._check_volumes()
         except OptionError:
@@ -267,7 +255,7 @@ class SegmentOptions:
         k = self.n_classes
         if k is None:
             return
-        k = _number(k, "n_classes", "the number of classes", integer=True)
+        k = check_range(k, "n_classes")
         object.__setattr__(self, "n_classes", k)
         if self.preset == "wbc" and k != 3:
             raise OptionError(
@@ -302,6 +290,16 @@ class SegmentOptions:
                 "model", f"model must be one of {NETWORK_METHODS} or the path of a .pt file, got {model!r}"
             )
 
+    def _check_adapted(self):
+        if self.method != "vptv-adapted":
+            return
+        if self.preset == "none":
+            raise OptionError("preset", "method 'vptv-adapted' is the WBC preset refitted per image; "
+                                        "it has no preset 'none' (use method 'vptv')")
+        if self.volume_mode is not None or self.volumes is not None or self.lower is not None:
+            raise OptionError("volume_mode", "method 'vptv-adapted' sets its own volume interval per image; "
+                                             "for given volumes use method 'vptv' or 'vptv-unet'")
+
     def _check_volumes(self):
         """Check the volume constraint now: one clear message before any file is read."""
         if self.volume_mode is None and self.volumes is None and self.lower is None:
@@ -335,13 +333,48 @@ class SegmentOptions:
         """``(lower, upper)`` or None."""
         return None if self.lower is None else (self.lower, self.upper)
 
+    @property
+    def has_volumes(self) -> bool:
+        """Whether any volume setting (mode, fractions or bounds) is given."""
+        return self.volume_mode is not None or self.volumes is not None or self.lower is not None
+
     def resolved_preset(self, rgb: bool) -> str:
         """The preset that applies to an image with (``rgb``) or without colour."""
         if self.preset != "auto":
             return self.preset
-        if self.is_network:
-            return "wbc"  # the networks are WBC networks
-        return "wbc" if rgb and self.n_classes in (None, 3) else "none"
+        if self.is_network or self.method == "vptv-adapted":
+            return "wbc"  # WBC methods
+        lengths = {len(v) for v in (self.volumes, self.lower) if v is not None}
+        return "wbc" if rgb and self.n_classes in (None, 3) and lengths <= {3} else "none"
+
+    def resolve(self, rgb: bool) -> "SegmentOptions":
+        """The options with ``"auto"`` resolved for an image with (``rgb``) or without colour.
+
+        The one place where ``"auto"`` is decided (:mod:`napari_vptv.presets`): the
+        preset as :meth:`resolved_preset`; the method ``"vptv-unet"`` when a WBC
+        request without an explicit preset gives volumes or bounds (its VPTV layer holds
+        the network to them), ``"vptv-adapted"`` for a WBC request without volume
+        settings, else ``"vptv"`` (an explicit preset asks for the variational solver).
+        ``method="vptv"`` with the WBC preset and no volume settings is
+        ``"vptv-adapted"`` too. The result's method is never ``"auto"``.
+
+        Examples
+        --------
+        >>> SegmentOptions().resolve(rgb=True).method
+        'vptv-adapted'
+        >>> SegmentOptions().resolve(rgb=False).method
+        'vptv'
+        """
+        preset = self.resolved_preset(rgb)
+        method = self.method
+        if method == "auto":
+            given = self.volumes is not None or self.lower is not None
+            method = "vptv-unet" if self.preset == "auto" and preset == "wbc" and given else "vptv"
+        if method == "vptv" and preset == "wbc" and not self.has_volumes:
+            method = "vptv-adapted"
+        if method == self.method and preset == self.preset:
+            return self
+        return self.replace(method=method, preset=preset)
 
     def n_classes_for(self, rgb: bool) -> int:
         """Number of classes of the labels for an RGB / grey input."""
@@ -404,5 +437,5 @@ class SegmentOptions:
 
     @classmethod
     def auto(cls, **settings) -> "SegmentOptions":
-        """``"wbc"`` for RGB images (3 or unset classes), k-means otherwise."""
+        """``"wbc"`` for RGB images (3 or unset classes), k-means otherwise (the default)."""
         return cls(preset="auto", **settings)

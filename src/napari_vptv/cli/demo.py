@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import METHODS
+from ..presets import DEFAULT_METHOD
 from .common import CLIError, echo, fmt_vec, positive_int
 from .solver_options import METHOD_HELP, options_from_args
 
@@ -52,7 +54,7 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("--out", default="vptv-demo", metavar="DIR", help="output folder (default: %(default)s)")
-    p.add_argument("--method", choices=["vptv", "unet", "vptv-unet"], default="vptv", help=METHOD_HELP)
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
     p.add_argument(
         "--volume-mode",
         choices=["interval", "exact", "none"],
@@ -189,6 +191,7 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' exists and is not a folder")
     fn = SegmentFn(options_from_args(args, preset="wbc"))
+    args.method = fn.resolved_method(rgb=True)  # the samples are RGB: reports name the method that runs
     net = _network_fn(args)
     kinds = ("labels", "overlay", "compare")
     manifest = _read_manifest(out)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import METHODS, PRESETS
+from ..presets import DEFAULT_METHOD
 from .common import CLIError, echo, echo_err, floats, positive_int, progress_bar
 from .solver_options import METHOD_HELP, add_diameter_option, options_from_args
 
@@ -25,17 +27,18 @@ def add_parser(sub) -> None:
             "Segment every image of --images and compare with the mask of the same stem in --masks "
             "(WBC-style grey masks 0/128/255 -> classes 0/1/2, or integer label images). Prints one "
             "line per image (id, pixel accuracy, Dice per class, volume error per class) and ends "
-            "with the line 'mean pixel accuracy: 0.XXXX'. Defaults: the WBC preset."
+            "with the line 'mean pixel accuracy: 0.XXXX'. Defaults: as 'vptv segment'."
         ),
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images (required)")
     p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems (required)")
-    p.add_argument("--method", choices=["auto", "vptv", "unet", "vptv-unet"], default="auto", help=METHOD_HELP)
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
     p.add_argument(
         "--preset",
-        choices=["wbc", "none"],
-        default="wbc",
-        help="wbc: the white blood cell preset; none: k-means initialised solver (default: %(default)s)",
+        choices=list(PRESETS),
+        default="auto",
+        help="wbc: the white blood cell preset; none: k-means initialised solver; auto: wbc for RGB "
+        "images when --classes is unset or 3 (default: %(default)s)",
     )
     p.add_argument(
         "--volume-mode",
@@ -168,6 +171,7 @@ def run(args) -> int:
             "method": args.method,
             "preset": args.preset,
             "volume_mode": args.volume_mode,
+            "options": options.to_dict(),
             "rows": rows,
             "summary": summary,
             "mean_pixel_accuracy": mean_acc,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..options import NETWORK_METHODS, RANGES, OptionError, SegmentOptions, auto_method
+from ..options import METHODS, NETWORK_METHODS, PRESETS, OptionError, SegmentOptions
+from ..options import check_range as _check_range
+from ..presets import DEFAULT_METHOD
 from .common import CLIError, echo_err, floats, nonneg_float, positive_float, positive_int
 
 __all__ = [
@@ -42,21 +44,22 @@ FLAGS = {
 }
 
 METHOD_HELP = (
-    "auto: for 3-class white-blood-cell segmentation the variational solver with the U-net-seeded, "
-    "image-adapted colour model (the VPTVU-net when 3-class volumes are given), the generic "
-    "variational solver when other classes / solver settings are asked for; vptv: the variational VPTV solver; "
-    "unet / vptv-unet: the shipped "
-    "white-blood-cell networks (plain softmax / VPTV-softmax head) (default: %(default)s)"
+    "auto: resolved per image (napari_vptv.presets): vptv-adapted for a colour image, the VPTVU-net "
+    "(vptv-unet) when 3-class volumes are given, the generic variational solver for grey images or other "
+    "class counts; vptv-adapted: the variational solver with the white-blood-cell colour model refitted "
+    "on each image from the U-net; vptv: the variational VPTV solver (the WBC preset's shipped colour "
+    "model with volume settings, else k-means); unet / vptv-unet: the shipped white-blood-cell networks "
+    "(plain softmax / VPTV-softmax head) (default: %(default)s)"
 )
 
 
-def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str) -> None:
+def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str = "auto") -> None:
     """The solver's options (method, preset, classes, volumes, eps, lambda, ...) of ``p``."""
     g = p.add_argument_group("segmentation")
-    g.add_argument("--method", choices=["auto", "vptv", "unet", "vptv-unet"], default="auto", help=METHOD_HELP)
+    g.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
     g.add_argument(
         "--preset",
-        choices=["auto", "wbc", "none"],
+        choices=list(PRESETS),
         default=default_preset,
         help="wbc: white blood cell preset (3 classes: background/cytoplasm/nucleus, learned "
         "colour model, volume priors from the training masks); none: k-means initialised "
@@ -193,21 +196,10 @@ def add_diameter_option(p) -> None:
     )
 
 
-def resolve_method(args) -> str:
-    """``--method auto``: :func:`napari_vptv.options.auto_method` of the command's settings."""
-    if args.method != "auto":
-        return args.method
-    return auto_method(
-        n_classes=getattr(args, "classes", None), preset=getattr(args, "preset", None),
-        volumes=[getattr(args, n, None) for n in ("volumes", "lower", "upper")],
-        solver_settings=any(getattr(args, n, None) is not None for n in ("epsilon", "tv_weight", "max_iter", "edge")),
-    )
-
-
 def options_from_args(args, **fixed):
-    """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated)."""
+    """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated).
 
-    args.method = resolve_method(args)  # reports name the method that ran
+    ``"auto"`` stays unresolved: :func:`napari_vptv.api.segment_image` resolves it per image."""
     given = dict(
         method=args.method,
         preset=getattr(args, "preset", None),
@@ -227,28 +219,32 @@ def options_from_args(args, **fixed):
         white_cell_rule=getattr(args, "white_cell_rule", True),
         augment=getattr(args, "augment", 2),
     )
+    arch = None
     if getattr(args, "model", None):
         from ..user_models import model_and_method
 
         given["model"], arch = model_and_method(args.model)
-        # a network method runs the model itself; the default method uses its probabilities
-        if given["method"] in NETWORK_METHODS:
-            given["method"] = arch
     given.update(fixed)
+    # a network method runs the model itself (its architecture decides which);
+    # the other methods use its probabilities
+    if arch is not None and given["method"] in NETWORK_METHODS:
+        given["method"] = arch
     try:
-        return SegmentOptions(**given)
+        opts = SegmentOptions(**given)
+        if arch is not None and opts.method == "auto" and opts.resolve(rgb=True).is_network:
+            opts = opts.replace(method=arch)
+        return opts
     except OptionError as exc:
         raise CLIError(f"{FLAGS.get(exc.field, exc.field)}: {exc}") from None
 
 
 def check_range(value, field: str, flag: str):
-    """``value`` if inside :data:`~napari_vptv.options.RANGES` ``[field]`` (None passes); else a CLIError."""
-    if value is None:
-        return None
-    low, high = RANGES[field]
-    if not (low <= value <= high) or (field == "epsilon" and value <= 0):
-        raise CLIError(f"{flag} must be from {low:g} to {high:g}, got {value:g}")
-    return value
+    """``value`` if inside :data:`~napari_vptv.options.RANGES` ``[field]`` (None passes); else a
+    CLIError naming ``flag`` (:func:`napari_vptv.options.check_range`)."""
+    try:
+        return _check_range(value, field, flag)
+    except OptionError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cap_threads(n, flag: str = "--threads"):

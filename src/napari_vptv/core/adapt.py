@@ -69,11 +69,11 @@ def fraction_bounds(fractions, relative: float = 0.15, absolute: float = 0.005):
 
 
 #: weight ``w`` of the network's negative log-probabilities next to the refitted colour
-#: model's cost in :func:`adapted_segment` (0 = colour model only, the session-12 preset)
+#: model's cost in :func:`adapted_segment` (0 = the refitted colour model only)
 NETWORK_WEIGHT = 1.0
 
 #: iteration cap of both solves of :func:`adapted_segment`, chosen on the validation
-#: splits (session 14, diameter-relative smoothing; wbc / wbc-d1 plain, mean of the 10
+#: splits (diameter-relative smoothing; wbc / wbc-d1 plain, mean of the 10
 #: synthetic shifts): 100: 0.9886 / 0.9759, 0.9838 / 0.9739; 50: 0.9886 / 0.9760;
 #: 30: 0.9886 / 0.9776; 20: 0.9886 / 0.9783, 0.9862 / 0.9756; 10: 0.9885 / 0.9790 but
 #: a worse worst shift. The solve starts from the network's probabilities and a
@@ -88,7 +88,7 @@ MAX_ITER = 20
 #: noise widens every class's colour spread: synthetic noise 0.03 on the wbc validation
 #: images scored 0.937 unsmoothed and 0.987 smoothed. A fixed 1 px cost 0.3 pt on the
 #: smaller wbc-d1 cells (leave-one-source-out); relative to the diameter it costs
-#: nothing there (docs/generalist.md, session 14).
+#: nothing there (docs/generalist.md).
 COLOUR_SIGMA = None
 
 #: final labels of the combined solve: "argmax" of its probabilities, not the
@@ -97,7 +97,7 @@ COLOUR_SIGMA = None
 #: validation splits the two tie (wbc 0.9892 / 0.9889, wbc-d1 0.9778 / 0.9783, shift
 #: means 0.9866 / 0.9864 and 0.9753 / 0.9756), and argmax removes the rounding's tail
 #: on hard images (unseen-source median 0.32 -> 0.25 s, 90th percentile 0.72 -> 0.36 s;
-#: docs/generalist.md, session 14). Volumes a user gives still take the rounding.
+#: docs/generalist.md). Volumes a user gives still take the rounding.
 ROUNDING = "argmax"
 
 #: smoothing as a fraction of the cell diameter (1 px for ~150 px CellaVision cells,
@@ -108,7 +108,8 @@ COLOUR_SIGMA_PER_DIAMETER = 1.0 / 150.0
 def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
                     channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
                     max_num_iter: int = MAX_ITER, colour_sigma: Optional[float] = COLOUR_SIGMA,
-                    diameter: Optional[float] = None, rounding: str = ROUNDING, **solver):
+                    diameter: Optional[float] = None, rounding: str = ROUNDING,
+                    colour_sigma_per_diameter: float = COLOUR_SIGMA_PER_DIAMETER, **solver):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
 
     1. A Gaussian per class from the confidently assigned pixels
@@ -129,9 +130,11 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     colour_sigma : float or None
         Gaussian smoothing in pixels of the image the colour model is fitted on and
         evaluated on (0 = none); the labels keep the image's grid. None:
-        ``COLOUR_SIGMA_PER_DIAMETER * diameter`` (0 without a diameter).
+        ``colour_sigma_per_diameter * diameter`` (0 without a diameter).
     diameter : float, optional
         Cell diameter in pixels (e.g. the network's estimate), for ``colour_sigma=None``.
+    colour_sigma_per_diameter : float
+        See ``colour_sigma``.
     rounding : {"argmax", "volume"}
         How the final labels are taken (:func:`~napari_vptv.core.segment.vptv_segment`);
         see ``ROUNDING``.
@@ -151,7 +154,7 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     probabilities = np.asarray(probabilities, dtype=np.float64)
     features = prepare_image(image, channel_axis)  # (C, *spatial) float32 in [0, 1]
     if colour_sigma is None:  # relative to the cell: the same smoothing at every magnification
-        colour_sigma = COLOUR_SIGMA_PER_DIAMETER * diameter if diameter else 0.0
+        colour_sigma = colour_sigma_per_diameter * diameter if diameter else 0.0
     if colour_sigma > 0:
         features = gaussian_filter(features, (0,) + (colour_sigma,) * (features.ndim - 1))
     model = gaussian_from_probabilities(features, probabilities)
