@@ -456,3 +456,46 @@ def test_restore_notice_says_what_differs(make_napari_viewer):
     changed = open_widget(make_napari_viewer(), "VPTV segmentation")
     text = changed.notice.value
     assert "Seed 7" in text and "Max iterations 40" in text, text
+
+
+def test_stack_progress_bar_and_status_agree_and_the_viewer_follows(viewer, seg, qtbot):
+    """A threaded 5-slice run, cancelled after 2 and resumed: after every slice the bar
+    and the status give the same count of slices done (of all 5, also when resuming),
+    and the viewer shows the slice being processed next."""
+    from napari_vptv._widget import METHOD_VPTV
+
+    n = 5
+    viewer.add_image(disc_stack(n, size=160), name="tstack")  # slices slow enough to cancel between
+    seg.method.value = METHOD_VPTV
+    seg.preset.value = "custom"
+    seg.n_classes.value = 2
+    seg.volume_mode.value = "exact"
+    seg.volumes.value = "0.95, 0.05"
+    seg.max_iter.value = 4 * FAST
+    seg.measure.value = False
+    seen = []
+
+    def on_slice(item):
+        bar = seg._pbar  # None for a slice that arrives after the cancelled run closed its bar
+        seen.append((item.done, bar and bar.n, bar and bar.total, seg.status.value,
+                     int(viewer.dims.current_step[0])))
+        if item.done == 2 and len(seen) == 2:
+            seg.cancel()
+
+    seg.slice_finished.connect(on_slice)
+    viewer.dims.set_current_step(0, n - 1)  # the user looks at the last slice
+    seg.run()
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=120000)
+    # slices already being computed when Cancel was pressed still arrive
+    assert 2 <= len(seen) < n and "cancelled" in seg.status.value, seen
+    seg.run()  # resumes
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=120000)
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5], seen
+    assert seg.output_layer.metadata[METADATA_KEY]["complete"]
+    running = 0
+    for done, bar, total, status, step in seen:
+        assert step == min(done, n - 1), seen  # the next slice to be processed (the last at the end)
+        if bar is not None and status.startswith("tstack:"):  # not yet the final done / cancelled message
+            assert (bar, total) == (done, n) and f"{done}/{n}" in status, seen
+            running += 1
+    assert running >= 3, seen

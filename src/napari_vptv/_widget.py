@@ -8,10 +8,12 @@ class colours in :mod:`napari_vptv._outputs`, the measurement table in
 :mod:`napari_vptv._measure_table`; this module runs.
 
 * The work is the napari-free generator :func:`napari_vptv.core.stack.segment_stack`
-  run in a ``napari.qt.threading.thread_worker``; a napari progress bar counts slices,
-  the output layer fills in as slices finish, and Cancel stops at the next slice
-  boundary (or, inside a long 2-D solve, at the next iteration). Run again with the
-  same settings resumes a cancelled stack: only the missing slices are computed.
+  run in a ``napari.qt.threading.thread_worker``; a napari progress bar counts slices
+  (of the whole stack, as the status line does, also when resuming), the viewer shows
+  the slice being processed, the output layer fills in as slices finish, and Cancel
+  stops at the next slice boundary (or, inside a long 2-D solve, at the next
+  iteration). Run again with the same settings resumes a cancelled stack: only the
+  missing slices are computed. The worker's events are handled one at a time, in order.
 * Output: a new Labels layer per run, "<image> VPTV (<method>)", with fixed class
   colours and the class names as layer features (hovering says "nucleus"). With
   "Keep previous results" unchecked a run replaces only the plugin's own untouched
@@ -39,6 +41,7 @@ from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_s
 from ._help import help_link, wrap_tooltips
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import RESULT_OPACITY, apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
+from ._stack_run import index_key, network_details, pieces, show_slice
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     METHOD_NET,
     METHOD_VPTV,
@@ -65,37 +68,6 @@ OUTPUT_KIND = "segmentation"
 
 class _Cancelled(Exception):
     """Raised from the solver's iteration callback when Cancel was pressed."""
-
-
-def _index_key(index) -> str:
-    return ",".join(map(str, index))
-
-
-def _pieces(data, segment_fn, *, rgb, mode, n_classes, todo=None, total=None):
-    """:func:`segment_stack`, or only the pieces ``todo`` (a resumed run)."""
-    from napari_vptv.core.stack import segment_stack
-
-    if todo is None:
-        yield from segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=n_classes)
-        return
-    done0 = total - len(todo)
-    for i, index in enumerate(todo, start=1):
-        for item in segment_stack(data[index], segment_fn, rgb=rgb, mode=mode, n_classes=n_classes):
-            yield item._replace(index=tuple(index), done=done0 + i, total=total)
-
-
-def _network_details(result) -> Optional[Dict[str, Any]]:
-    """The cell diameter a result was computed at (network or variational auto mode):
-    ``{"diameter", "estimated", "removed", "name"}`` (``name``: the network that seeded
-    the variational auto mode), or None if the result carries none."""
-    diameter = getattr(result, "diameter", None)
-    if diameter is None:
-        return None
-    info = getattr(result, "info", None)
-    info = info if isinstance(info, dict) else {}
-    estimated = info.get("diameter_estimated")
-    return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated),
-            "removed": int(info.get("cells_without_nucleus_removed") or 0), "name": info.get("network")}
 
 
 class SegmentationWidget(WidgetRunMixin, SegmentSettings):
@@ -143,6 +115,8 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self._pbar = None
         self._run_state: Dict[str, Any] = {}
         self._status_is_problem = False
+        self._handling = False  # a worker event is being handled (see _one_at_a_time)
+        self._pending: list = []
 
         self.run_button = PushButton(text="Run", tooltip="Segment the chosen image with these settings (a "
                                                          "stack slice by slice; a cancelled stack resumes)")
@@ -268,8 +242,10 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         if sync if sync is not None else self.synchronous:
             return self._run_sync(gen)
         st = self._run_state
-        worker = self._make_worker(gen, total=st["total"] - len(st["done_indices"]), desc=f"VPTV {layer.name}",
-                                   failure="Segmentation failed")
+        # the bar counts all slices, as the status does; a resumed run starts at the slices done
+        worker = self._make_worker(gen, total=st["total"], desc=f"VPTV {layer.name}", failure="Segmentation failed")
+        if st["done_indices"]:
+            self._pbar.update(len(st["done_indices"]))
         self._timer_start()
         worker.start()
         return worker
@@ -297,13 +273,15 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         todo = None
         if done:  # a resumed run: only the missing pieces
             todo = [i for i in (np.ndindex(*leading) if leading else [()]) if tuple(i) not in done]
+        st["order"] = [tuple(i) for i in (todo if todo is not None else np.ndindex(*leading))] if leading else []
+        self._show_next_slice()
         data, rgb, k = layer.data, bool(layer.rgb), spec.n_classes
 
         def gen():
             # every error is caught and yielded: superqt swallows RuntimeErrors
             # (e.g. from torch) raised inside a generator worker
             try:
-                for item in _pieces(data, segment_fn, rgb=rgb, mode=mode, n_classes=k, todo=todo, total=total):
+                for item in pieces(data, segment_fn, rgb=rgb, mode=mode, n_classes=k, todo=todo, total=total):
                     yield ("slice", item)
             except _Cancelled:
                 yield ("cancelled", None)
@@ -330,7 +308,31 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         return self.output_layer
 
     # ----------------------------------------------------------- worker events
+    # One at a time, in the worker's order: updating the bar or the layer repaints, and a
+    # repaint may deliver the worker's next event while one is being handled.
     def _on_yield(self, msg):
+        self._one_at_a_time(self._handle_yield, msg)
+
+    def _on_aborted(self):
+        self._one_at_a_time(self._handle_aborted)
+
+    def _on_finished(self):
+        self._one_at_a_time(self._handle_finished)
+
+    def _one_at_a_time(self, handler, *args):
+        if self._handling:
+            self._pending.append((handler, args))
+            return
+        self._handling = True
+        try:
+            handler(*args)
+            while self._pending:
+                handler, args = self._pending.pop(0)
+                handler(*args)
+        finally:
+            self._handling = False
+
+    def _handle_yield(self, msg):
         kind, payload = msg
         if kind == "slice":
             self._on_slice(payload)
@@ -347,19 +349,26 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         st["done"] = item.done
         st["done_indices"].append(list(item.index))
         st["volumes"][item.index] = np.asarray(item.volumes, dtype=float)
-        details = _network_details(item.result)
+        details = network_details(item.result)
         if details is not None:  # the count of removed regions adds up over the slices
             details["removed"] += (st["network"] or {}).get("removed", 0)
             st["network"] = details
         self._update_metadata(out, complete=item.done == st["total"])
         self._set_status(f"{st['source']}: {item.done}/{st['total']} slices"
                          + (f"; {self._named(item.volumes)}" if st["total"] == 1 else ""))
-        # refresh / progress may process queued Qt events (e.g. an abort) here,
-        # so nothing after these lines may overwrite the state
+        if self._pbar is not None:
+            self._pbar.update(item.done - self._pbar.n)  # the same count as the status
+        self._show_next_slice()
         out.refresh()
         self.slice_finished.emit(item)
-        if self._pbar is not None:
-            self._pbar.update(1)
+
+    def _show_next_slice(self):
+        """Move the viewer to the slice being processed next (a stack run slice by slice)."""
+        st = self._run_state
+        done = {tuple(i) for i in st["done_indices"]}
+        index = next((i for i in st.get("order") or [] if i not in done), None)
+        if index:
+            show_slice(self.viewer, st["image"], index)
 
     def _on_error(self, exc):
         from napari.utils.notifications import show_error
@@ -373,7 +382,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self._rename(st["layer"], f"failed {st['done']}/{st['total']}")
         self._error(f"Segmentation failed{where}: {exc}", show_error)
 
-    def _on_aborted(self):
+    def _handle_aborted(self):
         st = self._run_state
         if st.get("aborted_handled"):
             return
@@ -390,7 +399,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         else:
             self._set_status(f"{st['source']}: done ({m}/{m} slices) before cancel")
 
-    def _on_finished(self):
+    def _handle_finished(self):
         self._timer_stop()
         self._close_progress()
         st = self._run_state
@@ -539,7 +548,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             "done_indices": [list(i) for i in st["done_indices"]],
             "status": status or ("complete" if complete else f"running: {n} of {m} slices"),
             "volumes": volumes,
-            "slice_volumes": {_index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
+            "slice_volumes": {index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
             "network": st["network"],
         })
 
@@ -563,6 +572,5 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         st = self._run_state
         if it is None or self.worker is None or self._cancel_requested:
             return
-        self._set_status(
-            f"{st['source']}: slice {min(st['done'] + 1, st['total'])}/{st['total']}, iteration {it[0]}/{it[1]}"
-        )
+        self._set_status(f"{st['source']}: {st['done']}/{st['total']} slices; slice {min(st['done'] + 1, st['total'])} "
+                         f"at iteration {it[0]}/{it[1]}")
