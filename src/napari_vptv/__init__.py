@@ -2,7 +2,11 @@
 line and Python.
 
 The public API is small: build a :class:`SegmentOptions` (or use a preset
-constructor such as ``SegmentOptions.wbc()``) and call :func:`segment_image`.
+constructor such as ``SegmentOptions.wbc()``) and call :func:`segment_image`
+(what runs by default, with which settings: :mod:`napari_vptv.presets`). Masks are
+corrected with :func:`correct_image` (:class:`CorrectOptions`); a network is
+fine-tuned on your own images with :func:`finetune` and saved with
+:func:`save_finetuned` (these two need torch).
 
 >>> from napari_vptv import SegmentOptions, segment_image     # doctest: +SKIP
 >>> result = segment_image(image, SegmentOptions.wbc())        # doctest: +SKIP
@@ -30,10 +34,15 @@ __all__ = [
     "segment_image",
     "make_segment_fn",
     "evaluate_folder",
+    "CorrectOptions",
+    "correct_image",
+    "finetune",
+    "save_finetuned",
 ]
 
-_API = {"SegmentFn", "segment_image", "make_segment_fn", "evaluate_folder"}
-_OPTIONS = {"METHODS", "PRESETS", "SegmentOptions"}
+_API = {"SegmentFn", "segment_image", "make_segment_fn", "evaluate_folder", "correct_image"}
+_OPTIONS = {"METHODS", "PRESETS", "SegmentOptions", "CorrectOptions"}
+_FINETUNE = {"finetune", "save_finetuned"}
 
 
 def __getattr__(name):
@@ -46,6 +55,10 @@ def __getattr__(name):
         from . import options
 
         return getattr(options, name)
+    if name in _FINETUNE:  # torch: imported only when asked for
+        from .nn import finetune
+
+        return getattr(finetune, name)
     if name == "SegmentationResult":
         from .core.segment import SegmentationResult
 

@@ -26,7 +26,8 @@ from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from .core.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
-from .options import METHODS, PRESETS, SegmentOptions
+from .correction import correct_image, correct_image_iter, correction_evidence
+from .options import METHODS, PRESETS, CorrectOptions, SegmentOptions
 from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
 
 __all__ = [
@@ -40,6 +41,10 @@ __all__ = [
     "evaluate_folder",
     "wbc_priors",
     "check_device",
+    "CorrectOptions",
+    "correct_image",
+    "correct_image_iter",
+    "correction_evidence",
 ]
 
 ProgressCallback = Callable[[int, int], None]

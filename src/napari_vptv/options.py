@@ -1,4 +1,5 @@
-"""The one options object of a segmentation: :class:`SegmentOptions`.
+"""The options objects: :class:`SegmentOptions` (a segmentation) and
+:class:`CorrectOptions` (a mask correction).
 
 Every way into the plugin -- the napari widget, the ``vptv`` command line, the
 batch engine and the Python API (:func:`napari_vptv.api.segment_image`) -- turns
@@ -19,7 +20,8 @@ import numpy as np
 from .core.volumes import VOLUME_MODES, make_volume_spec
 from .presets import CELL_RULES, DEFAULT_METHOD, METHOD_NAMES, NETWORKS, PRESET_NAMES
 
-__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions", "check_range"]
+__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions", "CorrectOptions",
+           "check_range"]
 
 #: Segmentation methods: ``"auto"`` and the named methods it resolves to
 #: (:mod:`napari_vptv.presets`).
@@ -439,3 +441,113 @@ class SegmentOptions:
     def auto(cls, **settings) -> "SegmentOptions":
         """``"wbc"`` for RGB images (3 or unset classes), k-means otherwise (the default)."""
         return cls(preset="auto", **settings)
+
+
+#: Evidence of a mask correction: a colour model of the mask, or the VPTVU-net's
+#: class probabilities (WBC nuclei / classes of an RGB image).
+CORRECT_MODELS = ("colour", "vptv-unet")
+
+
+@dataclass(frozen=True)
+class CorrectOptions:
+    """Settings of one mask correction (:func:`napari_vptv.api.correct_image`), validated
+    once (frozen). ``None`` means the default of
+    :func:`~napari_vptv.core.correct.correct_mask`.
+
+    Parameters
+    ----------
+    mode : {"objects", "semantic"}
+        One two-phase VPTV per label id, or one multi-class VPTV.
+    model : {"colour", "vptv-unet"}
+        The evidence: a colour model of the mask (default) or the VPTVU-net's
+        probabilities (needs an RGB image; run on ``device``).
+    volume_mode : {"interval", "exact", "factor"}, optional
+        Unknown size bias (each boundary moves within ``band``), keep each area, or
+        area x ``volume_factor``.
+    volume_factor, volume_tolerance, area_tolerance : float, optional
+        Target area factor (> 0); allowed relative deviation from the target (0 to < 1);
+        interval mode: also keep each area within that share of the given one.
+    band, margin : int, optional
+        Largest boundary error to correct, crop margin (pixels, >= 1).
+    epsilon, tv_weight, max_num_iter, seed : optional
+        Solver settings, in :data:`RANGES`.
+    edge, fill_holes : bool, optional
+        Edge-weighted TV; fill holes of corrected objects.
+    mask_weight : float, optional
+        Trust in the given mask (>= 0).
+    stack_mode : {"volume", "slices"}, optional
+        3-D masks: objects in 3-D, or every plane as 2-D objects.
+    device : str
+        torch device of the solver and of the network evidence.
+
+    Examples
+    --------
+    >>> CorrectOptions(volume_mode="exact").core_kwargs()
+    {'mode': 'objects', 'volume_mode': 'exact', 'seed': 0, 'device': 'cpu'}
+    """
+
+    mode: str = "objects"
+    model: str = "colour"
+    volume_mode: Optional[str] = None
+    volume_factor: Optional[float] = None
+    volume_tolerance: Optional[float] = None
+    area_tolerance: Optional[float] = None
+    band: Optional[int] = None
+    margin: Optional[int] = None
+    epsilon: Optional[float] = None
+    tv_weight: Optional[float] = None
+    edge: Optional[bool] = None
+    mask_weight: Optional[float] = None
+    fill_holes: Optional[bool] = None
+    max_num_iter: Optional[int] = None
+    stack_mode: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        from .core.correct import CORRECTION_MODES, STACK_MODES, VOLUME_MODES
+
+        for name, choices in (("mode", CORRECTION_MODES), ("model", CORRECT_MODELS),
+                              ("volume_mode", VOLUME_MODES), ("stack_mode", STACK_MODES)):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise OptionError(name, f"{name} must be one of {choices}, got {value!r}")
+        set_ = object.__setattr__
+        for name in ("epsilon", "tv_weight", "max_num_iter", "seed"):
+            set_(self, name, check_range(getattr(self, name), name))
+        for name, low, high, integer in (("volume_factor", 0.0, np.inf, False), ("volume_tolerance", 0.0, 1.0, False),
+                                         ("area_tolerance", 0.0, 1.0, False), ("band", 1, np.inf, True),
+                                         ("margin", 1, np.inf, True), ("mask_weight", 0.0, np.inf, False)):
+            set_(self, name, _bounded(getattr(self, name), name, low, high, integer))
+        if self.volume_factor is not None and self.volume_factor <= 0:
+            raise OptionError("volume_factor", f"volume_factor must be a positive number, got {self.volume_factor:g}")
+        for name in ("edge", "fill_holes"):
+            if getattr(self, name) is not None:
+                set_(self, name, bool(getattr(self, name)))
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise OptionError("device", f"device must be a torch device name such as 'cpu', got {self.device!r}")
+
+    def replace(self, **changes) -> "CorrectOptions":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def core_kwargs(self) -> Dict[str, Any]:
+        """The keywords of :func:`~napari_vptv.core.correct.correct_mask` that are set
+        (``model`` is not one: :func:`napari_vptv.api.correct_image` turns it into evidence)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "model" and getattr(self, f.name) is not None}
+
+
+def _bounded(value, name: str, low, high, integer: bool):
+    """``value`` in ``[low, high)`` (``high`` inf: no upper limit); None passes through."""
+    if value is None:
+        return None
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or (integer and float(value) != int(value)):
+        raise OptionError(name, f"{name} must be {kind}, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not np.isfinite(value) or value < low or (np.isfinite(high) and value >= high):
+        span = f">= {low:g}" if not np.isfinite(high) else f"in [{low:g}, {high:g})"
+        raise OptionError(name, f"{name} must be {kind} {span}, got {value:g}")
+    return value

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import CorrectOptions, OptionError
 from .common import CLIError, echo, nonneg_float, positive_float, positive_int
-from .solver_options import check_range
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -146,16 +146,29 @@ def _add_solver_arguments(p) -> None:
     p.set_defaults(func=run)
 
 
+#: The flag of each :class:`~napari_vptv.options.CorrectOptions` field whose name differs.
+_FLAGS = {"max_num_iter": "--max-iter"}
+
+
+def correct_options(args) -> CorrectOptions:
+    """The :class:`~napari_vptv.options.CorrectOptions` of the command line (validated
+    before any file is read; a bad value names its flag)."""
+    given = dict(mode=args.mode, model=args.model or "colour", volume_mode=args.volume_mode,
+                 volume_factor=args.volume_factor, volume_tolerance=args.volume_tolerance,
+                 area_tolerance=args.area_tolerance, band=args.band, margin=args.margin, epsilon=args.epsilon,
+                 tv_weight=args.tv_weight, edge=args.edge, mask_weight=args.mask_weight,
+                 fill_holes=args.fill_holes, max_num_iter=args.max_iter, stack_mode=args.stack_mode,
+                 seed=args.seed, device=args.device)
+    try:
+        return CorrectOptions(**given)
+    except OptionError as exc:
+        flag = _FLAGS.get(exc.field, "--" + exc.field.replace("_", "-"))
+        raise CLIError(f"{flag}: {exc}") from None
+
+
 def run(args) -> int:
     """Run ``vptv correct``; returns the exit status."""
-    try:
-        from ..core.correct import correct_mask  # noqa: F401
-    except ImportError as exc:
-        raise CLIError(f"the mask-correction module is not available ({exc})") from None
-    check_range(args.epsilon, "epsilon", "--epsilon")
-    check_range(args.tv_weight, "tv_weight", "--tv-weight")
-    check_range(args.max_iter, "max_num_iter", "--max-iter")
-    check_range(args.seed, "seed", "--seed")
+    args.options = correct_options(args)
     if args.masks is not None:
         return _run_many(args)
     if len(args.inputs) != 2:
@@ -218,7 +231,7 @@ def _run_many(args) -> int:
         try:
             corrected, changed, meta = _correct_pair(args, item.path, mask_path)
             out = guard.write(output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
-                              lambda tmp, c=corrected: write_labels(tmp, c, metadata=meta))
+                              lambda tmp, c=corrected, m=meta: write_labels(tmp, c, metadata=m))
         except FileExistsError:  # another run wrote it meanwhile: kept, as a finished one is
             echo(f"skipped {item.path}: written meanwhile by another run")
             counts["skipped"] += 1
@@ -236,9 +249,6 @@ def _run_many(args) -> int:
 def _correct_pair(args, image_path, mask_path):
     """Correct one image / mask pair: ``(corrected labels, share of pixels changed, metadata)``
     (the metadata name the inputs and every conversion made to read them)."""
-    import inspect
-
-    from ..core.correct import correct_mask
     from ..core.io import normalise_intensity, printable, read_image, read_mask
 
     notes, mask_notes = [], []
@@ -255,32 +265,7 @@ def _correct_pair(args, image_path, mask_path):
             f"mask '{mask_path}' has shape {mask.shape}, the image's spatial shape is "
             f"{image.shape[:-1] if rgb else image.shape}"
         )
-    opts = {
-        "mode": args.mode,
-        "volume_factor": args.volume_factor,
-        "volume_tolerance": args.volume_tolerance,
-        "epsilon": args.epsilon,
-        "tv_weight": args.tv_weight,
-        "edge": args.edge,
-        "max_num_iter": args.max_iter,
-        "seed": args.seed,
-        "device": args.device,
-        "margin": args.margin,
-        "mask_weight": args.mask_weight,
-        "fill_holes": args.fill_holes,
-        "volume_mode": args.volume_mode,
-        "area_tolerance": args.area_tolerance,
-        "band": args.band,
-        "stack_mode": args.stack_mode,
-    }
-    if args.model == "vptv-unet":  # the network's probabilities are the evidence (core does not import nn)
-        if not rgb:
-            raise CLIError("--model vptv-unet needs an RGB image")
-        from ..nn.weights import predict_wbc
+    from ..correction import correct_image
 
-        _, probs = predict_wbc(image, method="vptv-unet", device=args.device)
-        opts["evidence"] = probs[2] if args.mode == "objects" else probs
-    accepted = inspect.signature(correct_mask).parameters
-    kwargs = {k: v for k, v in opts.items() if v is not None and k in accepted}
-    corrected = np.asarray(correct_mask(image, mask, channel_axis=-1 if rgb else None, **kwargs))
+    corrected = np.asarray(correct_image(image, mask, args.options, channel_axis=-1 if rgb else None))
     return corrected, float(np.mean(corrected != mask)), meta
