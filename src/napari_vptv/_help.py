@@ -98,7 +98,7 @@ def help_link(section: str, owner):
     from qtpy.QtCore import Qt
 
     where = "the online documentation" if docs_url() else "the README"
-    link = Label(value=f"<a href='#help'>Help</a>: how to use this panel ({where})")
+    link = Label(value=f"<a href='#help' style='color:#6cb4ff'>Help</a> ({'online' if docs_url() else 'README'})")
     link.native.setTextFormat(Qt.TextFormat.RichText)
     link.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     link.native.setWordWrap(True)
