@@ -68,3 +68,11 @@ def test_presets_are_frozen_and_named():
         presets.settings_of("auto")
     text = presets.describe()
     assert "vptv-adapted: epsilon=0.05" in text and text.startswith("default method: 'auto'")
+
+
+def test_make_segment_fn_passes_every_field():
+    fn = make_segment_fn("vptv-unet", require_nucleus=False, augment=8, white_cell_rule=False, diameter=30)
+    assert fn.options == SegmentOptions(method="vptv-unet", require_nucleus=False, augment=8,
+                                        white_cell_rule=False, diameter=30)
+    with pytest.raises(TypeError, match="colour"):
+        make_segment_fn(colour="red")

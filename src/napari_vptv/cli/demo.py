@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import METHODS
-from ..presets import DEFAULT_METHOD
-from .common import CLIError, echo, fmt_vec, positive_int
-from .solver_options import METHOD_HELP, options_from_args
+from .common import CLIError, echo, fmt_vec
+from .solver_options import add_solver_options, options_from_args
 
 __all__ = ["NAME", "add_parser", "run", "overlay_image", "comparison_figure", "MANIFEST"]
 
@@ -48,28 +46,19 @@ def add_parser(sub) -> None:
             "Run the main job on the bundled white blood cell samples (WBC preset): writes "
             "wbc_<id>_labels.png (grey 0/128/255 like the ground truth), wbc_<id>_overlay.png (image with "
             "coloured classes and boundaries: cytoplasm yellow, nucleus magenta, black boundaries) and "
-            "wbc_<id>_compare.png (image | VPTV | network | ground truth, with a legend), and prints the "
+            "wbc_<id>_compare.png (image | --method | the --compare network | ground truth, with a legend), and prints the "
             "achieved class fractions and the pixel accuracy against the shipped ground truth. Rerunning "
             "replaces only the demo's own unchanged outputs (listed in --out/.vptv-demo.json)."
         ),
     )
     p.add_argument("--out", default="vptv-demo", metavar="DIR", help="output folder (default: %(default)s)")
-    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
-    p.add_argument(
-        "--volume-mode",
-        choices=["interval", "exact", "none"],
-        default=None,
-        help="volume constraint (default: the preset's)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
-    )
+    # the samples are white blood cells with 3-class ground truth: the WBC preset, 3 classes
+    add_solver_options(p, omit=("preset", "n_classes"))
     p.add_argument(
         "--compare",
         default="vptv-unet",
         choices=["vptv-unet", "unet", "none"],
-        help="network shown next to the variational result (default: %(default)s)",
+        help="network shown next to the result of --method, at its own settings (default: %(default)s)",
     )
     p.add_argument(
         "--overwrite",
@@ -174,7 +163,10 @@ def _network_fn(args):
     from ..api import SegmentFn
 
     try:
-        return SegmentFn(options_from_args(args, preset="wbc", method=args.compare, volume_mode=None))
+        # the network at its own settings: the volume and solver options are the main method's
+        return SegmentFn(options_from_args(args, preset="wbc", method=args.compare, volume_mode=None, volumes=None,
+                                           lower=None, upper=None, epsilon=None, tv_weight=None, edge=None,
+                                           max_num_iter=None, model=""))
     except (ValueError, RuntimeError, ImportError) as exc:
         echo(f"(no network comparison: {exc})")
         return None

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import METHODS, PRESETS
-from ..presets import DEFAULT_METHOD
-from .common import CLIError, echo, echo_err, floats, positive_int, progress_bar
-from .solver_options import METHOD_HELP, add_diameter_option, options_from_args
+from .common import CLIError, echo, echo_err, progress_bar
+from .solver_options import add_solver_options, options_from_args
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -32,40 +30,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images (required)")
     p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems (required)")
-    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
-    p.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default="auto",
-        help="wbc: the white blood cell preset; none: k-means initialised solver; auto: wbc for RGB "
-        "images when --classes is unset or 3 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--volume-mode",
-        choices=["interval", "exact", "none"],
-        default=None,
-        help="volume constraint (default: the method's / preset's default)",
-    )
-    p.add_argument(
-        "--volumes",
-        type=floats,
-        default=None,
-        metavar="V1,V2,...",
-        help="exact class fractions (with --volume-mode exact; default: training averages)",
-    )
-    p.add_argument(
-        "--classes",
-        type=int,
-        default=None,
-        metavar="K",
-        help="number of classes with --preset none (default: 2, or the number of --volumes)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
-    )
-    add_diameter_option(p)
+    add_solver_options(p)
     p.add_argument(
         "--json",
         metavar="FILE",

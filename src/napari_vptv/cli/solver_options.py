@@ -4,11 +4,12 @@ one conversion of a parsed command line into :class:`~napari_vptv.options.Segmen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
-from ..options import METHODS, NETWORK_METHODS, PRESETS, OptionError, SegmentOptions
+from ..options import AUGMENT_CHOICES, METHODS, NETWORK_METHODS, PRESETS, OptionError, SegmentOptions
 from ..options import check_range as _check_range
-from ..presets import DEFAULT_METHOD
+from ..presets import DEFAULT_METHOD, GENERIC, NETWORKS, VPTV_ADAPTED, WBC_COLOUR
 from .common import CLIError, echo_err, floats, nonneg_float, positive_float, positive_int
 
 __all__ = [
@@ -53,9 +54,37 @@ METHOD_HELP = (
 )
 
 
-def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str = "auto") -> None:
-    """The solver's options (method, preset, classes, volumes, eps, lambda, ...) of ``p``."""
-    g = p.add_argument_group("segmentation")
+#: The argparse destinations that differ from the field names.
+_DEST = {"n_classes": "classes", "max_num_iter": "max_iter"}
+#: The field of each flag of :func:`add_solver_options`.
+_FIELD_OF = {flag: field for field, flag in FLAGS.items()}
+
+
+class _Group:
+    """An argument group that leaves out the flags of the omitted fields."""
+
+    def __init__(self, group, omit):
+        self.group, self.omit = group, set(omit)
+
+    def add_argument(self, flag, *args, **kwargs):
+        if _FIELD_OF.get(flag) not in self.omit:
+            self.group.add_argument(flag, *args, **kwargs)
+
+
+def _default(values: dict) -> str:
+    """``"vptv-adapted 0.05, ..."``: a setting's default per named method (napari_vptv.presets)."""
+    return "; ".join(f"{name} {value:g}" for name, value in values.items())
+
+
+def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str = "auto", omit=()) -> None:
+    """The segmentation options of ``p``: one flag per
+    :class:`~napari_vptv.options.SegmentOptions` field (:data:`FLAGS`), the same
+    defaults and help in ``segment``, ``evaluate`` and ``demo``. ``omit``: fields a
+    command fixes itself (their flags are left out). ``--threads`` is added too."""
+    unknown = set(omit) - set(FLAGS)
+    if unknown:
+        raise ValueError(f"not SegmentOptions fields: {sorted(unknown)}")
+    g = _Group(p.add_argument_group("segmentation"), omit)
     g.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD, help=METHOD_HELP)
     g.add_argument(
         "--preset",
@@ -103,27 +132,29 @@ def add_solver_options(p: argparse.ArgumentParser, *, default_preset: str = "aut
         help="upper bounds of the class fractions (interval mode; default: the WBC preset's, else none)",
     )
     _add_solver_settings(g)
+    add_diameter_option(g)
 
 
 def _add_solver_settings(g) -> None:
-    """eps, lambda, edge, iterations, seed, device, threads, diameter."""
+    """eps, lambda, edge, iterations, seed, device, threads (defaults: napari_vptv.presets)."""
+    per_method = "default per method: {}; the networks: their own"
     g.add_argument(
         "--epsilon",
         type=positive_float,
         default=None,
         metavar="E",
-        help="entropic regularisation eps of the soft class assignment, 1e-4 to 100; smaller is sharper "
-        "(default with the WBC preset: 0.05 when its colour model is refitted per image, i.e. no volumes "
-        "given, 1.0 with given volumes; else 0.01)",
+        help="entropic regularisation eps of the soft class assignment, 1e-4 to 100; smaller is sharper ("
+        + per_method.format(_default({"vptv-adapted": VPTV_ADAPTED.epsilon, "vptv with the WBC preset":
+                                      WBC_COLOUR.epsilon, "vptv without": GENERIC.epsilon})) + ")",
     )
     g.add_argument(
         "--tv-weight",
         type=nonneg_float,
         default=None,
         metavar="L",
-        help="weight lambda of the total-variation (boundary length) term, 0 to 100; larger is smoother "
-        "(default with the WBC preset: 0.05 when its colour model is refitted per image, 2.0 with given "
-        "volumes; else 0.02)",
+        help="weight lambda of the total-variation (boundary length) term, 0 to 100; larger is smoother ("
+        + per_method.format(_default({"vptv-adapted": VPTV_ADAPTED.tv_weight, "vptv with the WBC preset":
+                                      WBC_COLOUR.tv_weight, "vptv without": GENERIC.tv_weight})) + ")",
     )
     g.add_argument(
         "--edge",
@@ -136,26 +167,28 @@ def _add_solver_settings(g) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="maximum number of solver iterations, 1 to 100000 (default 500)",
+        help="maximum number of solver iterations, 1 to 100000 ("
+        + per_method.format(_default({"vptv-adapted": VPTV_ADAPTED.max_num_iter, "vptv": GENERIC.max_num_iter}))
+        + ")",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation, >= 0 (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    g.add_argument(
+    g.group.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         metavar="N",
         help="torch CPU threads for one image, at most the CPU count (default: torch's; stacks use --workers)",
     )
-    add_diameter_option(g)
 
 
 def add_diameter_option(p) -> None:
-    """``--diameter`` (the networks' cell diameter) and ``--model`` (which network)."""
+    """``--diameter`` (the networks' cell diameter), ``--model`` (which network), the cell
+    rules and ``--augment``."""
     p.add_argument(
         "--diameter",
         type=nonneg_float,
-        default=0.0,
+        default=NETWORKS.diameter,
         metavar="PX",
         help="cell diameter in pixels for the networks; 0 estimates it automatically (default: %(default)s)",
     )
@@ -187,8 +220,8 @@ def add_diameter_option(p) -> None:
     p.add_argument(
         "--augment",
         type=int,
-        choices=[1, 2, 8],
-        default=2,
+        choices=list(AUGMENT_CHOICES),
+        default=NETWORKS.augment,
         metavar="N",
         help="networks: test-time augmentation, the mean over N transforms of each image: 2 = the image "
         "and its mirror image, 8 = all flips and quarter turns, 1 = none; N times the network time "
@@ -200,25 +233,8 @@ def options_from_args(args, **fixed):
     """The :class:`~napari_vptv.options.SegmentOptions` of the command line (validated).
 
     ``"auto"`` stays unresolved: :func:`napari_vptv.api.segment_image` resolves it per image."""
-    given = dict(
-        method=args.method,
-        preset=getattr(args, "preset", None),
-        n_classes=getattr(args, "classes", None),
-        volume_mode=args.volume_mode,
-        volumes=getattr(args, "volumes", None),
-        lower=getattr(args, "lower", None),
-        upper=getattr(args, "upper", None),
-        epsilon=getattr(args, "epsilon", None),
-        tv_weight=getattr(args, "tv_weight", None),
-        edge=getattr(args, "edge", None),
-        max_num_iter=getattr(args, "max_iter", None),
-        seed=getattr(args, "seed", 0),
-        device=args.device,
-        diameter=getattr(args, "diameter", 0.0),
-        require_nucleus=getattr(args, "require_nucleus", True),
-        white_cell_rule=getattr(args, "white_cell_rule", True),
-        augment=getattr(args, "augment", 2),
-    )
+    given = {f.name: getattr(args, _DEST.get(f.name, f.name), f.default) for f in dataclasses.fields(SegmentOptions)}
+    given["model"] = ""
     arch = None
     if getattr(args, "model", None):
         from ..user_models import model_and_method
