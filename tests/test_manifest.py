@@ -64,3 +64,24 @@ def test_sample_data_commands_return_layer_data(manifest):
             assert kind in ("image", "labels")
             assert data.shape[:2] == (300, 300)
             assert kwargs["name"]
+
+
+def test_manifest_is_a_real_file_and_the_dependencies_age_well():
+    """A symlink breaks on Windows checkouts; upper bounds without a known
+    incompatibility make the plugin uninstallable beside a newer torch; napari and Qt
+    are extras, so installing into an existing napari does not re-resolve napari."""
+    import re
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(__file__).resolve().parents[1]
+    manifest_file = root / "src" / "napari_vptv" / "napari.yaml"
+    assert manifest_file.is_file() and not manifest_file.is_symlink()
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    deps = project["dependencies"]
+    assert not [d for d in deps if re.search(r"<(?!=?\s*$)", d)], deps
+    names = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower() for d in deps}
+    assert not names & {"napari", "pyqt5", "pyqt6", "pyside2", "pyside6"}, names
+    testing = " ".join(project["optional-dependencies"]["testing"])
+    assert "napari[" in testing and "pytest-qt" in testing

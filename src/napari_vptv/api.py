@@ -129,7 +129,7 @@ def segment_image(
     check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
     if conversion:
-        result.info = {**(getattr(result, "info", None) or {}), "conversions": [conversion]}
+        result.info = {**result.info, "conversions": [conversion]}
     return result
 
 
@@ -189,7 +189,7 @@ def check_device(device: str) -> None:
 
 def _check_finite(result: SegmentationResult, opts: SegmentOptions) -> SegmentationResult:
     """Numerical guard: NaN / Inf probabilities are an error, never labels."""
-    prob = getattr(result, "probabilities", None)
+    prob = result.probabilities
     if prob is not None and not np.all(np.isfinite(prob)):
         raise ValueError(
             "the segmentation produced NaN or infinite probabilities; the likely cause is epsilon "
@@ -260,7 +260,7 @@ def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
     then, with a ``diameter``, those too small for a white cell (``opts.white_cell_rule``)."""
     if _nucleus_rule(opts):
         labels, n = drop_cells_without_nucleus(result.labels)
-        info = dict(getattr(result, "info", None) or {})
+        info = dict(result.info)
         info["cells_without_nucleus_removed"] = n
         if opts.white_cell_rule and diameter:
             labels, m = drop_non_white_cells(labels, diameter)
@@ -341,7 +341,7 @@ def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None)
                                                 class_model=None, volume_spec=make_volume_spec(3, "none"))
     result = _with_nucleus_rule(result, opts, pred.diameter)
     result.diameter = float(pred.diameter)
-    result.info = {**(getattr(result, "info", None) or {}), "diameter": float(pred.diameter),
+    result.info = {**result.info, "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
                    "colour_model": "refitted on this image" if fitted else "none (no cell found)",
                    "network": network}

@@ -19,8 +19,8 @@ given volumes that best agrees with ``u``), computed by :func:`round_to_volumes`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class SegmentationResult:
     volume_spec : the validated volume constraint.
     state : the solver's final :class:`~napari_vptv.core.vptv.VPTVState` (duals ``q``,
         ``f``), a warm start for the next slice of a stack (``warm_start=``).
+    diameter : the white-cell diameter in pixels the result was computed at (estimated
+        or given; the networks and the image-adapted WBC preset), else None.
+    info : what a method decided on its own, for the user and the layer metadata
+        (e.g. ``"diameter_estimated"``, ``"network"``, ``"cells_without_nucleus_removed"``,
+        ``"conversions"``, ``"no_cells"``); empty by default.
     """
 
     labels: np.ndarray
@@ -57,6 +62,8 @@ class SegmentationResult:
     class_model: object
     volume_spec: VolumeSpec
     state: object = None
+    diameter: Optional[float] = None
+    info: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, labels, probabilities, *, n_iter, converged, class_model=None,
