@@ -283,7 +283,8 @@ def test_test_time_augmentation_is_rotation_equivariant_and_close_to_plain(sampl
     U-net is not), and changes few labels of the sample."""
     from napari_vptv.nn.predict import AUGMENT_CHOICES, _logits_at, predict_cells
     from napari_vptv.nn.weights import load_pretrained
-    from napari_vptv.options import AUGMENT_CHOICES as OPTION_CHOICES, SegmentOptions
+    from napari_vptv.options import AUGMENT_CHOICES as OPTION_CHOICES
+    from napari_vptv.options import SegmentOptions
 
     assert OPTION_CHOICES == AUGMENT_CHOICES
     model, meta = load_pretrained("unet")

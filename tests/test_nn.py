@@ -4,7 +4,6 @@ Small and CPU-only: no training beyond a 2-step smoke run.
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ torch = pytest.importorskip("torch")
 from napari_vptv.core.vptv import vptv_iterate, vptv_probabilities  # noqa: E402
 from napari_vptv.nn import data as D  # noqa: E402
 from napari_vptv.nn.augment import dihedral  # noqa: E402
-from napari_vptv.nn.sources import split_names  # noqa: E402
 from napari_vptv.nn.layer import SoftmaxUNet, VPTVSoftmax, VPTVUNet, build_model  # noqa: E402
+from napari_vptv.nn.sources import split_names  # noqa: E402
 from napari_vptv.nn.unet import UNet, count_parameters, inference_backbone  # noqa: E402
 
 

@@ -9,8 +9,8 @@ colour model or class order (those give ~0.6 accuracy or swapped classes).
 import numpy as np
 import pytest
 
-from napari_vptv.core.costs import HistogramModel
 from napari_vptv.api import METHODS, evaluate_folder, segment_image
+from napari_vptv.core.costs import HistogramModel
 from napari_vptv.core.samples import load_sample, sample_ids
 from napari_vptv.core.segment import vptv_segment
 from napari_vptv.core.wbc import WBCModel, fit_wbc_model, load_wbc_model, wbc_preset
@@ -54,7 +54,7 @@ def test_preset_accuracy_and_interval_on_samples(samples, interval_results):
 
 def test_preset_exact_volumes_on_samples(samples):
     model = load_wbc_model()
-    for sid, (img, mask) in samples.items():
+    for img, mask in samples.values():
         r = vptv_segment(img, **wbc_preset("exact"))
         np.testing.assert_allclose(r.volumes, model.fractions, atol=TOL)
         assert np.mean(r.labels == mask) >= 0.75
@@ -112,9 +112,9 @@ def test_fit_wbc_model_roundtrip(samples, tmp_path):
 
 
 def test_evaluate_folder_on_samples(samples, tmp_path):
-    from napari_vptv.core.io import write_labels
-
     import imageio.v3 as iio
+
+    from napari_vptv.core.io import write_labels
 
     (tmp_path / "images").mkdir()
     for sid, (img, mask) in list(samples.items())[:2]:

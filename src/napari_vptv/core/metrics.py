@@ -95,11 +95,11 @@ def dice_per_class(labels, truth, n_classes: Optional[int] = None) -> np.ndarray
     labels, truth = _check_pair(labels, truth)
     _check_nonneg(labels, truth)
     k = _n_classes(n_classes, labels, truth)
-    l = labels.ravel().astype(np.intp)
+    pred = labels.ravel().astype(np.intp)
     t = truth.ravel().astype(np.intp)
-    n_pred = np.bincount(l, minlength=k).astype(np.float64)
+    n_pred = np.bincount(pred, minlength=k).astype(np.float64)
     n_true = np.bincount(t, minlength=k).astype(np.float64)
-    inter = np.bincount(t[l == t], minlength=k).astype(np.float64)
+    inter = np.bincount(t[pred == t], minlength=k).astype(np.float64)
     denom = n_pred + n_true
     dice = np.ones(k, dtype=np.float64)
     nz = denom > 0

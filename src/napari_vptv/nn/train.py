@@ -34,8 +34,15 @@ import numpy as np
 import torch
 
 from . import data as D
-from .augment import (AugmentConfig, augment_class_colour, augment_colour, augment_optics, augment_red_cells,
-                      augment_synthetic_red_cells, dihedral)
+from .augment import (
+    AugmentConfig,
+    augment_class_colour,
+    augment_colour,
+    augment_optics,
+    augment_red_cells,
+    augment_synthetic_red_cells,
+    dihedral,
+)
 from .layer import build_model
 from .sampler import SamplerConfig, sample_batch
 from .sources import load_source

@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
