@@ -1,151 +1,147 @@
-"""Fine-tuning benchmark (issue 17), leave-one-source-out: the user's situation.
+"""Fine-tuning benchmark: the user's situation, starting from the shipped generalist.
 
-For a target source, start from a network that never saw it (a training run on the
-*other* source, e.g. ``runs/loso-wbc`` for target ``wbc-d1``), fine-tune it on ``k``
-images of the target (drawn from the target's training split, nested: the 3 images
-of k = 3 are among the 5 of k = 5) for a time budget, and score on the target's
-held-out validation split (the same split as the generalist configs: ``n_val``
-images, ``split_seed`` 0), never seen by any run here. Controls: the base model
-alone, and training the same architecture from random weights on the same images
-for the same time. Scoring runs the user's path (:func:`predict_cells`, diameter
-estimated, the model's own defaults). One torch thread; run by hand::
+A "lab" is a held-out split the shipped model never trained on: the ``wbc-d1`` or
+``wbc`` validation split, or ``synthetic`` (the ``wbc`` validation split under the
+composed fixed shifts of :mod:`shifts`: stain, pallor, blur). For every ``k`` and
+seed, ``k`` pairs are drawn from the lab (the user's corrected images), the shipped
+model is fine-tuned on them with :func:`napari_vptv.nn.finetune.finetune` (the
+guard's cross-validation included, ``keep="always"`` so that the model is scored
+whatever the guard says), and scored on the rest of the lab and on the other
+source's validation split (forgetting), with the network method and with the
+default method (image-adapted preset) taking the model's probabilities.
 
-    python benchmarks/bench_finetune.py --data-root ../shared/data --target wbc-d1 \
-        --base runs/loso-wbc --ks 1,3,5,10 --minutes 2 --goal-minutes 5 \
-        --out benchmarks/results/finetune_wbc-d1.json
+``guarded`` rows give what the user ends up with: the fine-tuned model when the guard
+keeps it, the base otherwise. Run by hand (one torch thread per process)::
 
-Each fine-tuning run holds one of its k pairs out (k >= 3) to keep the best model, as
-the widget and ``vptv finetune`` do, so it trains on k - 1 of them.
+    python benchmarks/bench_finetune.py --data-root ../shared/data --target wbc-d1 --ks 1,3,5,10 \
+        --seeds 0,1,2 --steps 200 --out benchmarks/results/finetune_shipped_wbc-d1.json
+    python benchmarks/bench_finetune.py --summarise benchmarks/results/finetune_shipped_*.json
+
+Results are written after every run, and a rerun skips the runs already in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_vptv.nn.finetune import finetune
-from napari_vptv.nn.layer import build_model
-from napari_vptv.nn.predict import predict_cells
-from napari_vptv.nn.sources import load_source
-from napari_vptv.nn.train import segmentation_scores
-from napari_vptv.nn.weights import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import finetune_common as C  # noqa: E402
+from shifts import machine  # noqa: E402
 
-N_VAL = {"wbc": 14, "wbc-d1": 40}
+from napari_vptv.nn.finetune import finetune, save_finetuned  # noqa: E402
+from napari_vptv.nn.weights import load_model  # noqa: E402
 
 
-def _model_from(result):
-    meta = result.metadata
-    model = build_model(meta["arch"], unet_kwargs=meta["unet"], head_kwargs=meta.get("head") or {})
-    model.load_state_dict(result.state_dict)
-    return model.eval(), meta
+def scores(model_path, model, meta, test, other, with_default):
+    out = {"target": C.score_network(model, meta, test)}
+    if other:
+        out["other"] = C.score_network(model, meta, other)
+    if with_default:
+        out["target_default"] = C.score_default(model_path, test)
+    return out
 
 
-def score(model, meta, test) -> dict:
-    preds = [predict_cells(model, meta, s.image).labels for s in test]
-    sc = segmentation_scores(preds, [s.labels for s in test])
-    return {"pixel_accuracy": sc["pixel_accuracy"], "dice": sc["dice"], "mean_dice": sc["mean_dice"],
-            "volume_error": sc["volume_error"]}
-
-
-def _run(samples, base, minutes, scratch, seed, lr):
-    t0 = time.time()
-    refused = None
-    try:
-        res = finetune(samples, base=base, minutes=minutes, seed=seed, threads=1, scratch=scratch,
-                       check_labels=not scratch, lr=lr)
-    except ValueError as exc:  # the swapped-label check refused: recorded, then trained anyway
-        refused = str(exc)
-        res = finetune(samples, base=base, minutes=minutes, seed=seed, threads=1, scratch=scratch,
-                       check_labels=False, lr=lr)
+def one_run(base, pool, other, k, seed, args):
+    train, test = C.draw(pool, k, seed)
+    t0 = time.perf_counter()
+    res = finetune(train, base=base, steps=args.steps or None, minutes=args.minutes, seed=seed, keep="always",
+                   threads=args.threads)
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        path = save_finetuned(res, Path(d) / "m.pt")
+        model, meta = load_model(path)
+        sc = scores(path, model, meta, test, other, args.default)
     ft = res.metadata["finetune"]
-    return res, {"label_check_refused": refused, "steps_done": ft["steps_done"], "steps_planned": ft["steps_planned"],
-                 "train_seconds": ft["train_seconds"], "wall_seconds": time.time() - t0,
-                 "held_out_val_score": res.val_score, "best_step": ft["best_step"]}
-
-
-def summarise(paths) -> str:
-    """Markdown table of result files (``python benchmarks/bench_finetune.py --summarise F...``)."""
-    lines = ["| target | model | k | min | steps | pixel acc. | Dice bg | Dice cyto | Dice nucleus |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for path in paths:
-        d = json.loads(Path(path).read_text())
-        for r in d["rows"]:
-            mode = {"base": f"base ({', '.join(d['base_trained_on'])} only)"}.get(r["mode"], r["mode"])
-            steps = r.get("steps_done", "")
-            lines.append(f"| {d['target']} | {mode} | {r['k']} | {r['minutes']:g} | {steps} | "
-                         f"{r['pixel_accuracy']:.4f} | " + " | ".join(f"{x:.4f}" for x in r["dice"]) + " |")
-    return "\n".join(lines)
+    return {"k": k, "seed": seed, "train": [s.name for s in train], "seconds": seconds,
+            "steps_final": ft["final"]["steps"], "folds": ft["folds"], "kept_by_guard": res.verdict["better"],
+            "verdict": {key: res.verdict.get(key) for key in ("better", "gain", "finetuned", "base")},
+            **sc}
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--summarise":
-        print(summarise(argv[1:]))
-        return None
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--target", required=True, choices=sorted(N_VAL))
-    ap.add_argument("--base", required=True, help="model that never saw the target (run folder or .pt)")
+    ap.add_argument("--data-root")
+    ap.add_argument("--target", default="wbc-d1", choices=C.TARGETS)
+    ap.add_argument("--base", default="vptv-unet")
     ap.add_argument("--ks", default="1,3,5,10")
-    ap.add_argument("--minutes", type=float, default=2.0, help="budget of the k sweep")
-    ap.add_argument("--goal-minutes", type=float, default=5.0, help="extra budget for k = --goal-k (0: none)")
-    ap.add_argument("--goal-k", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr-finetune", type=float, default=1e-3)
-    ap.add_argument("--lr-scratch", type=float, default=2e-3, help="the generalist's from-scratch rate")
-    ap.add_argument("--reference", default=None, help="also score this model (e.g. the shipped generalist)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=200, help="steps per training (0: use --minutes)")
+    ap.add_argument("--minutes", type=float, default=5.0, help="budget of a whole run when --steps is 0")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-default", dest="default", action="store_false",
+                    help="skip scoring the default method")
+    ap.add_argument("--out")
+    ap.add_argument("--summarise", nargs="+", metavar="JSON")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-
-    src = load_source(Path(args.data_root) / args.target, args.target, N_VAL[args.target], 0)
-    test = src.val
-    pool = [src.train[i] for i in np.random.default_rng(args.seed).permutation(len(src.train))]
-    base_model, base_meta = load_model(args.base)
-    base_pt = Path(args.base) / "model.pt" if Path(args.base).is_dir() else Path(args.base)
-    out = {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "target": args.target, "test_split": f"validation split of {args.target} ({len(test)} images, split_seed 0)",
-        "test_ids": [s.name for s in test], "base": str(args.base),
-        "base_sha256": hashlib.sha256(base_pt.read_bytes()).hexdigest() if base_pt.is_file() else None,
-        "base_trained_on": [s["name"] for s in base_meta.get("sources", []) if s.get("train_ids")],
-        "torch_threads": 1, "rows": [],
-    }
-
-    def save():
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-
-    out["rows"].append({"mode": "base", "k": 0, "minutes": 0, **score(base_model, base_meta, test)})
-    if args.reference:
-        m, meta = load_model(args.reference)
-        out["rows"].append({"mode": f"reference:{args.reference}", "k": 0, "minutes": 0, **score(m, meta, test)})
-    save()
-    plan = [(k, args.minutes) for k in map(int, args.ks.split(","))]
-    if args.goal_minutes:
-        plan.append((args.goal_k, args.goal_minutes))
-    for k, minutes in plan:
-        samples = pool[:k]
-        for scratch in (False, True):
-            res, info = _run(samples, args.base, minutes, scratch, args.seed,
-                             args.lr_scratch if scratch else args.lr_finetune)
-            m, meta = _model_from(res)
-            row = {"mode": "scratch" if scratch else "finetune", "k": k, "minutes": minutes,
-                   "train_ids": [s.name for s in samples], **info, **score(m, meta, test)}
-            out["rows"].append(row)
-            print(json.dumps({x: row[x] for x in ("mode", "k", "minutes", "steps_done", "pixel_accuracy", "dice")}),
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    doc.update(command=" ".join(sys.argv), commit=C.git_commit(), machine=machine(), args=vars(args))
+    pool, other = C.lab(args.data_root, args.target)
+    if "base" not in doc:
+        model, meta = load_model(args.base)
+        doc["base"] = {"draws": {}}
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for k in [int(x) for x in args.ks.split(",")]:
+                _, test = C.draw(pool, k, seed)
+                doc["base"]["draws"][f"{k}/{seed}"] = scores(args.base, model, meta, test, [], args.default)
+        doc["base"]["other"] = C.score_network(model, meta, other)
+        out.write_text(json.dumps(doc, indent=1))
+    done = {(r["k"], r["seed"]) for r in doc["rows"]}
+    for k in [int(x) for x in args.ks.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if (k, seed) in done:
+                continue
+            doc["rows"].append(one_run(args.base, pool, other, k, seed, args))
+            print(json.dumps({key: doc["rows"][-1][key] for key in ("k", "seed", "seconds", "kept_by_guard")}),
                   flush=True)
-            save()
-    return out
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.replace(out)
+
+
+def _row(target, k, label, rs, others, kept=""):
+    acc = np.array([r["target"]["pixel_accuracy"] for r in rs])
+    cyto = np.mean([r["target"]["dice"][1] for r in rs])
+    nuc = np.mean([r["target"]["dice"][2] for r in rs])
+    dflt = [r["target_default"]["pixel_accuracy"] for r in rs if "target_default" in r]
+    dtext = f"{np.mean(dflt):.4f}" if dflt else ""
+    other = f"{np.mean([o['pixel_accuracy'] for o in others]):.4f}"
+    return (f"| {target} | {k} | {label} | {acc.mean():.4f} ({acc.min():.4f}-{acc.max():.4f}) | {cyto:.3f} | "
+            f"{nuc:.3f} | {dtext} | {other} | {kept} |")
+
+
+def summarise(paths) -> str:
+    """Markdown table of result files: per lab and k, the mean (and range) over the seeds."""
+    lines = ["| lab | k | model | pixel acc. (range over seeds) | cyto Dice | nucleus Dice | "
+             "default method, pixel acc. | other source, pixel acc. | kept by the guard |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        target = d["args"]["target"]
+        for k in sorted({r["k"] for r in d["rows"]}):
+            rows = [r for r in d["rows"] if r["k"] == k]
+            base = [d["base"]["draws"][f"{k}/{r['seed']}"] for r in rows]
+            base_other = d["base"]["other"]
+            guarded = [r if r["kept_by_guard"] else b for r, b in zip(rows, base)]
+            kept = sum(bool(r["kept_by_guard"]) for r in rows)
+            lines.append(_row(target, k, "shipped model", base, [base_other] * len(rows)))
+            lines.append(_row(target, k, "fine-tuned", rows, [r["other"] for r in rows]))
+            lines.append(_row(target, k, "**what the user gets**", guarded,
+                              [r["other"] if r["kept_by_guard"] else base_other for r in rows],
+                              f"{kept} of {len(rows)}"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

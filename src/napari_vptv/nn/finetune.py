@@ -44,8 +44,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .finetune_data import (IMAGE_SUFFIXES, array_sha256, check_labels as _check_labels, label_order_check,
-                            samples_from_arrays, samples_from_folders)
+from .finetune_data import IMAGE_SUFFIXES, array_sha256, label_order_check, samples_from_arrays, samples_from_folders
+from .finetune_data import check_labels as _check_labels
 from .finetune_guard import GuardScores, folds, score_pairs, verdict
 from .finetune_loop import RECIPE, FinetuneRecipe, run_loop
 
