@@ -1,4 +1,4 @@
-"""The solver and the networks on a CUDA device (issue 14). Skipped without one.
+"""The solver and the networks on a CUDA device. Skipped without one.
 
 On a machine with a GPU these check that the default method, the variational solver
 and a network give the CPU's labels, and that the iteration synchronises with the host

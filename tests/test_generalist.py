@@ -44,7 +44,7 @@ def test_diameter_estimated_and_accuracy_kept_when_rescaled(sample, method, scal
     assert abs(pred.diameter - truth) <= 0.15 * truth
     # the issue asks for <= 1 pt; at 0.5x the shipped generalist loses 1.3 pt on this
     # sample (0.995 -> 0.982: twice the share of boundary pixels at half resolution), so
-    # the test guards 2 pt and docs/generalist.md reports the gap
+    # the test guards 2 pt and docs/results.md reports the gap
     assert (pred.labels == lb).mean() >= acc0 - 0.02
 
 

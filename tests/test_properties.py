@@ -1,4 +1,4 @@
-"""Property test (issue 16): within the documented ranges (:data:`napari_vptv.options.RANGES`),
+"""Property test: within the documented ranges (:data:`napari_vptv.options.RANGES`),
 the solver always returns finite probabilities, valid labels and volumes within tolerance.
 
 Small random images, class counts, volumes and parameters drawn by hypothesis with a

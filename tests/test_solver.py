@@ -318,7 +318,7 @@ def test_volume_dual_stops_when_the_residual_stalls():
     """One-hot probabilities (ties everywhere, as in the rounding of a saturated
     solve): the class fractions move in jumps and the KKT test is never met. The
     solver stops after ``patience`` sweeps without progress and returns the best
-    iterate instead of running its 50-sweep cap (issue 14: WBC image 027)."""
+    iterate instead of running its 50-sweep cap (WBC image 027)."""
     lab = torch.zeros(1, 20, 20, dtype=torch.long)
     lab[:, :10] = 1
     lab[:, :, :4] = 2

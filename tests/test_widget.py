@@ -900,7 +900,7 @@ def test_stack_measured_per_frame(viewer, widget, wbc):
     assert set(cells["frame"].tolist()) <= {0, 1} and len(set(cells["cell"].tolist())) == len(cells["cell"])
 
 
-# ------------------------------------------------- mask correction (issue 18 part)
+# ------------------------------------------------- mask correction
 def test_correct_mask_defaults_to_new_labels_and_reports_changes(viewer, notes):
     from napari_vptv._correct_widget import CorrectMaskWidget
 

@@ -80,7 +80,7 @@ NETWORK_WEIGHT = 1.0
 #: colour model fitted to them; more iterations let the EM updates drift from that
 #: start. The EM solve of a hard image never passes the volume test (the EM update and
 #: the interval volume dual pull against each other), so the cap also bounds the time
-#: (docs/generalist.md, docs/solver-speed.md).
+#: (docs/results.md, CHANGELOG.md).
 MAX_ITER = 20
 
 #: Gaussian smoothing (px) of the image the colour model sees; None (the default):
@@ -88,7 +88,7 @@ MAX_ITER = 20
 #: noise widens every class's colour spread: synthetic noise 0.03 on the wbc validation
 #: images scored 0.937 unsmoothed and 0.987 smoothed. A fixed 1 px cost 0.3 pt on the
 #: smaller wbc-d1 cells (leave-one-source-out); relative to the diameter it costs
-#: nothing there (docs/generalist.md).
+#: nothing there (docs/results.md).
 COLOUR_SIGMA = None
 
 #: final labels of the combined solve: "argmax" of its probabilities, not the
@@ -97,7 +97,7 @@ COLOUR_SIGMA = None
 #: validation splits the two tie (wbc 0.9892 / 0.9889, wbc-d1 0.9778 / 0.9783, shift
 #: means 0.9866 / 0.9864 and 0.9753 / 0.9756), and argmax removes the rounding's tail
 #: on hard images (unseen-source median 0.32 -> 0.25 s, 90th percentile 0.72 -> 0.36 s;
-#: docs/generalist.md). Volumes a user gives still take the rounding.
+#: docs/results.md). Volumes a user gives still take the rounding.
 ROUNDING = "argmax"
 
 #: smoothing as a fraction of the cell diameter (1 px for ~150 px CellaVision cells,

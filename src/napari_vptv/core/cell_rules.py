@@ -11,7 +11,7 @@ objects are split in instance segmentation (a watershed of the distance transfor
 seeded at its h-maxima), and the rule applies to each part. A white cell is close
 to convex, so its own cytoplasm stays in one part with its nucleus.
 
-Measured in ``docs/generalist.md`` (leave-one-source-out pixel accuracy, shipped
+Measured in ``docs/results.md`` (leave-one-source-out pixel accuracy, shipped
 recipe): 0.707 -> 0.754 and 0.903 -> 0.915 with the split; validation images of the
 training sources unchanged for the networks, +0.04 / +0.07 pt for the variational
 preset.
@@ -36,15 +36,15 @@ __all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "MIN_CELL_DIAMETER_SHARE", "MIN
 #: nucleus share of a cell part below which it is not a white cell: half the smallest
 #: share of any labelled white cell of the training sources (wbc 0.205, wbc-d1 0.217 over
 #: 90 + 240 cells; 1st percentiles 0.249 / 0.241). Red cells that a network from another
-#: lab takes for cytoplasm carry rims or specks of "nucleus" well below that. 0.02
-#: until session 14; 0.10 left every validation figure of every method unchanged or
-#: higher and lifted leave-one-source-out wbc-d1 -> wbc by 2.6 pt (docs/generalist.md).
+#: lab takes for cytoplasm carry rims or specks of "nucleus" well below that. Against the
+#: former 0.02, 0.10 left every validation figure of every method unchanged or higher
+#: and lifted leave-one-source-out wbc-d1 -> wbc by 2.6 pt (docs/results.md).
 MIN_NUCLEUS_FRACTION = 0.10
 
 #: how much deeper than the neck between them two parts of a cell mask must be to be
 #: split, as a fraction of the mask's largest inscribed radius (at least 1 px).
 #: 0.03 is the smallest value that cost nothing on the validation images of either
-#: source for the networks and the variational preset (docs/generalist.md).
+#: source for the networks and the variational preset (docs/results.md).
 NECK_DEPTH = 0.03
 
 #: white-cell rule: a cell region whose size (equivalent-circle diameter; for a region

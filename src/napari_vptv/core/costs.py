@@ -60,7 +60,7 @@ class GaussianModel:
             cov = cov + COV_REG * torch.eye(c, dtype=cov.dtype, device=cov.device)
             prec = torch.linalg.inv(cov).to(x.dtype)  # (K, C, C)
             # (Sigma^-1 diff) . diff: a batched matmul, same numbers as the 3-operand
-            # einsum and ~2x faster on the CPU (issue 14: the EM cost update)
+            # einsum and ~2x faster on the CPU (the EM cost update)
             md = (torch.matmul(prec, diff) * diff).sum(dim=2)
             if self.kind == "mahalanobis":
                 out = md

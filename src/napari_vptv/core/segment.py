@@ -448,7 +448,7 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
     kwargs = {k: (torch.as_tensor(v, dtype=u.dtype) if not isinstance(v, tuple) else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v))
               for k, v in spec.solver_kwargs().items()}
     # Safeguarded Newton on the volume dual per eps (core.vptv_volume): a few passes
-    # instead of up to 300 Sinkhorn steps per eps (issue 14: 1,700 on one WBC image).
+    # instead of up to 300 Sinkhorn steps per eps (1,700 on one WBC image).
     from .vptv_fast import rounding_steps_at_zero
     from .vptv_volume import solve_volume_dual
 
@@ -467,6 +467,6 @@ def class_argmax(u):
 
     ``torch.max(dim=1)`` rather than ``argmax(dim=1)``: the same indices, but on the
     CPU ``argmax`` over a non-last axis of ``(N, K, H, W)`` is ~8x slower (14 ms vs
-    1.7 ms for 3 x 300 x 300; issue 14).
+    1.7 ms for 3 x 300 x 300).
     """
     return u.max(dim=1).indices

@@ -108,7 +108,7 @@ def solve_volume_dual(
         ``u`` are exactly one-hot their costs tie, the class fractions move in jumps
         and the duals drift apart sweep after sweep without meeting the interval
         (WBC image 027: 50 sweeps at each of the rounding's 6 eps, 95 % of a
-        7.8 s call; issue 14). 0 = no such stop.
+        7.8 s call). 0 = no such stop.
 
     Returns
     -------

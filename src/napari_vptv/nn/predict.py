@@ -91,7 +91,7 @@ def as_rgb_uint8(image) -> np.ndarray:
 #: test-time augmentation: how many of the 8 flips / quarter turns are averaged
 AUGMENT_CHOICES = (1, 2, 8)
 #: the default: the image and its mirror image. On the sources a network never saw
-#: (leave-one-source-out, docs/generalist.md) this gained about 1 pt, as much as all 8,
+#: (leave-one-source-out, docs/results.md) this gained about 1 pt, as much as all 8,
 #: for one more network pass.
 DEFAULT_AUGMENT = 2
 _TRANSFORMS = {1: ((0, False),), 2: ((0, False), (0, True)),

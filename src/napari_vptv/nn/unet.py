@@ -129,7 +129,7 @@ def inference_backbone(unet: nn.Module) -> nn.Module:
     Folding is the standard inference rewrite of conv + BN (same function, float
     rounding aside: logits within ~1e-5). It removes the BatchNorm passes over every
     feature map: 3-7 % of ``predict_cells`` on a 300 x 300 image, a third of a bare
-    pass on a contiguous NCHW input (docs/solver-speed.md, session 6). The copy is
+    pass on a contiguous NCHW input (docs/results.md). The copy is
     rebuilt when any weight changes (fine-tuning in the same process).
     """
     if not isinstance(unet, UNet) or unet.training or torch.is_grad_enabled():
