@@ -4,9 +4,10 @@
   40 characters wide) instead of one line across the screen;
   :func:`wrap_tooltips` does it for every control of a container.
 * :func:`help_link` -- a "Help" link at the top of a widget. It opens the project's
-  documentation URL when the package metadata names one (``Project-URL``), else the
-  README in a window of its own, at the widget's section: the README of a source
-  checkout, or the copy in the installed package's metadata, so help works offline.
+  documentation URL when the package metadata names one (``Project-URL``), else, in
+  a window of its own, the widget's page of the source checkout's ``docs/``
+  (:data:`HELP_PAGES`), or the README (the installed package's copy) at the widget's
+  section, so help works offline.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import html
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["wrap_tip", "wrap_tooltips", "docs_url", "readme_text", "help_link", "open_help"]
+__all__ = ["wrap_tip", "wrap_tooltips", "docs_url", "docs_page", "readme_text", "help_link", "open_help", "HELP_PAGES"]
 
+#: the docs page of each widget's help section
+HELP_PAGES = {"In napari": "napari.md", "Correct mask widget": "correct.md",
+              "Fine-tune on your images": "finetune.md"}
 #: Project-URL labels that point at documentation, in order of preference.
 _DOC_LABELS = ("documentation", "docs", "homepage", "source", "repository")
 
@@ -69,6 +73,13 @@ def readme_text() -> str:
     return (meta.get_payload() or meta.get("Description") or "") if meta is not None else ""
 
 
+def docs_page(section: str) -> Optional[str]:
+    """The text of the widget's docs page in a source checkout, or None."""
+    page = HELP_PAGES.get(section)
+    path = Path(__file__).resolve().parents[2] / "docs" / page if page else None
+    return path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
+
+
 def open_help(section: str = "", parent=None):
     """Open the documentation (see the module docstring); returns the README window, or
     None when the documentation URL was handed to the web browser."""
@@ -84,9 +95,10 @@ def open_help(section: str = "", parent=None):
     page.setWindowFlag(Qt.WindowType.Window, True)
     page.setWindowTitle("napari-vptv: help" + (f" ({section})" if section else ""))
     page.setOpenExternalLinks(True)
-    page.setMarkdown(readme_text())
+    text = docs_page(section)
+    page.setMarkdown(text if text is not None else readme_text())
     page.resize(760, 640)
-    if section:
+    if section and text is None:
         page.find(section)  # scrolls to the widget's part of the README
     page.show()
     return page
