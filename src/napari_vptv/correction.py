@@ -129,14 +129,7 @@ def correct_image(image, mask, options: Optional[CorrectOptions] = None, *, chan
     --------
     >>> corrected = correct_image(image, rough, CorrectOptions(volume_mode="exact"))  # doctest: +SKIP
     """
+    from .core.correct import run_correction
+
     gen = correct_image_iter(image, mask, options, channel_axis=channel_axis, report=report, **settings)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.done, step.total)
-        if should_stop is not None and should_stop():
-            gen.close()
-            raise InterruptedError("mask correction was cancelled")
+    return run_correction(gen, progress, should_stop)

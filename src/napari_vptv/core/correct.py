@@ -55,7 +55,7 @@ from .correct_objects import VOLUME_MODES, ObjectCorrection, correct_objects_ite
 from .segment import prepare_image
 
 __all__ = [
-    "correct_mask", "correct_mask_iter", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
+    "correct_mask", "correct_mask_iter", "run_correction", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
     "VOLUME_MODES", "STACK_MODES",
 ]
 
@@ -563,6 +563,13 @@ def correct_mask(
         mask_weight=mask_weight, fill_holes=fill_holes, smooth=smooth, max_num_iter=max_num_iter, seed=seed,
         device=device, report=report, stack_mode=stack_mode,
     )
+    return run_correction(gen, progress, should_stop)
+
+
+def run_correction(gen, progress: Optional[Callable[[int, int], None]] = None,
+                   should_stop: Optional[Callable[[], bool]] = None):
+    """Drive a :func:`correct_mask_iter` generator to its end and return its result:
+    ``progress(done, total)`` after every step, ``InterruptedError`` when ``should_stop()``."""
     while True:
         try:
             step = next(gen)
