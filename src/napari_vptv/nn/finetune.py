@@ -190,6 +190,8 @@ def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, devi
     """Held-out scores of the fine-tuned recipe and of the base; None when cancelled."""
     parts = folds(len(samples), seed)
     tuned, base, runs = GuardScores(), GuardScores(), []
+    if not parts:
+        return verdict(tuned, base), runs
     for j, held in enumerate(parts):
         train = [s for i, s in enumerate(samples) if i not in held]
         test = [samples[i] for i in held]
@@ -274,20 +276,20 @@ def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[fl
     result_verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device)
     if result_verdict is None:
         return FinetuneResult(None, {}, {"better": None}, cancelled=True)
-    if n_folds == 0:
-        result_verdict = verdict(GuardScores(), GuardScores())
     if keep == "better" and not result_verdict["better"]:
         return FinetuneResult(None, {}, result_verdict)
     tuned, res = _train(model, meta, samples, clock, "final", recipe, seed, should_stop, device)
     if res.cancelled:
         return FinetuneResult(None, {}, result_verdict, cancelled=True)
     _check_finite(tuned, meta, samples, device)
+    from .train import _priors
+
     record = {"base": _base_info(base, meta), "base_finetune": meta.get("finetune"),
               "images": [_image_record(s) for s in samples], "recipe": recipe.to_dict(), "seed": seed,
               "folds": runs, "final": {"steps": res.steps, "seconds": res.seconds},
               "seconds": time.time() - t_start, "verdict": result_verdict, "label_check": label_check,
               "kept_because": "better" if result_verdict["better"] else "asked (keep='always')",
-              "user_class_fractions": _fractions(samples)}
+              "user_class_fractions": _priors(samples)["mean"]}
     return FinetuneResult({k: v.detach().cpu() for k, v in tuned.state_dict().items()},
                           _metadata(meta, record), result_verdict)
 
@@ -297,8 +299,6 @@ def _image_record(s) -> dict:
             "shape": list(s.labels.shape), "cell_diameter": s.diameter}
 
 
-def _fractions(samples) -> list:
-    return np.mean([np.bincount(s.labels.ravel(), minlength=3)[:3] / s.labels.size for s in samples], 0).tolist()
 
 
 def _metadata(base_meta: dict, record: dict) -> dict:

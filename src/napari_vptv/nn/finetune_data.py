@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..core.io import IMAGE_SUFFIXES  # noqa: F401 - the image files a folder of pairs may hold
 from .sources import Sample, Source, cell_diameter
 
 __all__ = ["ArraySource", "IMAGE_SUFFIXES", "CLASS_NAMES", "LABEL_SWAP_MARGIN", "samples_from_arrays",
            "samples_from_folders", "label_order_check", "check_labels", "array_sha256"]
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 CLASS_NAMES = ("background", "cytoplasm", "nucleus")
 #: a class ordering that agrees this much better with the base model than the given one
 #: means the masks' labels are swapped
@@ -90,37 +89,22 @@ def samples_from_arrays(images: Sequence, masks: Sequence, names: Optional[Seque
 
 
 def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
-    """Pairs from two folders: every image with its mask (same file stem, found by
-    :func:`napari_vptv.core.masks.find_mask`; hidden files skipped), read with the
-    readers every command uses. Raises ``FileNotFoundError`` / ``ValueError`` naming the
-    folder or file."""
+    """Pairs from two folders, paired by the rule every command uses
+    (:func:`napari_vptv.core.evaluate.pair_images_and_masks`: same file stem, hidden
+    files skipped, ambiguous stems refused) and read with the shared readers. Raises
+    ``FileNotFoundError`` / ``ValueError`` naming the folder or file."""
+    from ..core.evaluate import pair_images_and_masks
     from ..core.imread import read_image
-    from ..core.masks import find_mask, index_masks, read_mask
+    from ..core.masks import read_mask
 
-    images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
-    for d in (images_dir, masks_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"folder '{d}' does not exist")
-    paths = [p for p in sorted(images_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not p.name.startswith(".")]
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in '{images_dir}'")
-    index = index_masks(masks_dir, IMAGE_SUFFIXES)
-    found = {p: find_mask(p, index, IMAGE_SUFFIXES) for p in paths}
-    missing = [p.name for p, m in found.items() if m is None]
-    if missing:
-        raise FileNotFoundError(f"no mask in '{masks_dir}' for image(s) {', '.join(missing[:5])}")
-    if len({p.stem for p in paths}) != len(paths):
-        raise ValueError(f"two images in '{images_dir}' share a file stem: rename one")
     out = []
-    for p, mp in found.items():
+    for p, mp in pair_images_and_masks(images_dir, masks_dir):
         try:
             image, mask = read_image(p), read_mask(mp, n_classes=3)
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot use '{p.name}' / '{mp.name}': {exc}") from None
         out.append(_as_sample(p.stem, image, mask))
     return out
-
 
 def label_order_check(model, meta, samples: Sequence[Sample], max_images: int = 6) -> dict:
     """Pixel agreement of the base model with the masks under each class ordering.

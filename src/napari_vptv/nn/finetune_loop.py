@@ -111,12 +111,12 @@ def _lr_factor(progress: float, step: int, warmup: int) -> float:
 
 
 def _sampler_config(meta: dict, recipe: FinetuneRecipe, patch_size: int):
-    from .predict import DEFAULT_COMFORT_RANGE
+    from .predict import comfort_range_of
     from .sampler import SamplerConfig
 
     base = dict(meta.get("sampler") or {})
     if recipe.scale_jitter and recipe.scale_jitter >= 1.0:
-        comfort = tuple((meta.get("defaults") or {}).get("comfort_range") or DEFAULT_COMFORT_RANGE)
+        comfort = comfort_range_of(meta)
         return SamplerConfig(patch_size=patch_size, scale_range=(1 / recipe.scale_jitter, recipe.scale_jitter),
                              diameter_range=comfort, p_cell=base.get("p_cell", 0.6))
     return SamplerConfig(**{**base, "patch_size": patch_size})
@@ -154,21 +154,24 @@ def _set_train_mode(model, freeze_batchnorm: bool):
                 m.eval()
 
 
-def _batch(user, replay, step, seed, cfg, scfg, acfg, recipe):
-    """One batch: user patches, plus ``replay`` share from the replay samples."""
+def _batch_parts(user, replay, recipe, cfg, seed):
+    """``(source, step config, salt)`` of each part of a batch: the user's pairs, plus
+    the ``recipe.replay`` share drawn from the replay samples."""
     from .sources import Source
-    from .train import _step_batch
 
     n_replay = int(round(recipe.replay * recipe.batch)) if replay else 0
-    parts = []
-    for samples, n, salt in ((user, recipe.batch - n_replay, 0), (replay, n_replay, 1)):
-        if n <= 0:
-            continue
-        src = Source("s", None, list(samples), list(samples), [])
-        parts.append(_step_batch([src], [1.0], step * 2 + salt, dict(cfg, batch=n, seed=seed), scfg, acfg))
-    x = torch.cat([p[0] for p in parts])
-    y = torch.cat([p[1] for p in parts])
-    vols = [p[2] for p in parts]
+    return [(Source("s", None, list(samples), list(samples), []), dict(cfg, batch=n, seed=seed), salt)
+            for samples, n, salt in ((user, recipe.batch - n_replay, 0), (replay, n_replay, 1)) if n > 0]
+
+
+def _batch(parts, step, scfg, acfg):
+    """One batch of step ``step`` from the parts of :func:`_batch_parts`."""
+    from .train import _step_batch
+
+    drawn = [_step_batch([src], [1.0], step * 2 + salt, cfg, scfg, acfg) for src, cfg, salt in parts]
+    x = torch.cat([p[0] for p in drawn])
+    y = torch.cat([p[1] for p in drawn])
+    vols = [p[2] for p in drawn]
     vol = None if any(v is None for v in vols) else torch.cat(vols)
     return x, y, vol
 
@@ -202,6 +205,7 @@ def run_loop(model, meta: dict, samples: Sequence, *, recipe: FinetuneRecipe = R
     cfg = {"arch": meta["arch"], "input_norm": input_norm_of(meta),
            "volume_dropout": (meta.get("config") or {}).get("volume_dropout", 0.3)}
     replay = (replay_samples() if replay is None else list(replay)) if recipe.replay > 0 else []
+    parts = _batch_parts(samples, replay, recipe, cfg, seed)
     anchor = [p.detach().clone() for p in model.parameters()] if recipe.anchor_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     _set_train_mode(model, recipe.freeze_batchnorm)
@@ -213,7 +217,7 @@ def run_loop(model, meta: dict, samples: Sequence, *, recipe: FinetuneRecipe = R
             break
         for g in opt.param_groups:
             g["lr"] = recipe.lr * _lr_factor(progress, step, recipe.warmup)
-        x, y, vol = _batch(samples, replay, step, seed, cfg, scfg, acfg, recipe)
+        x, y, vol = _batch(parts, step, scfg, acfg)
         x, y = x.to(device), y.to(device)
         vol = None if vol is None else vol.to(device)
         p = model(x, volumes=vol)

@@ -143,6 +143,12 @@ def _logits_at(model, x: torch.Tensor, scale: float, augment: int = 1, plain=Non
     return total / len(_TRANSFORMS[augment])
 
 
+def comfort_range_of(meta: dict, comfort_range: Optional[Sequence[float]] = None) -> Tuple[float, float]:
+    """The cell-diameter range (px) a model runs images at: ``comfort_range`` if given,
+    else the model's tuned one (``meta["defaults"]``), else :data:`DEFAULT_COMFORT_RANGE`."""
+    return tuple(comfort_range or (meta.get("defaults") or {}).get("comfort_range") or DEFAULT_COMFORT_RANGE)
+
+
 def _scale_for(diameter: float, comfort: Tuple[float, float]) -> float:
     if diameter <= 0:
         return 1.0
@@ -266,7 +272,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
     augment = augment_count(augment)
     rgb = as_rgb_uint8(image)
     dflt = dict(meta.get("defaults") or {})
-    comfort = tuple(comfort_range or dflt.get("comfort_range") or DEFAULT_COMFORT_RANGE)
+    comfort = comfort_range_of(meta, comfort_range)
     x = normalise(rgb[None], input_norm_of(meta)).to(device)
     with torch.inference_mode():
         logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS, augment)
