@@ -14,6 +14,26 @@ def vptv_config_dir(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture(scope="module")
+def wbc():
+    """A 120 x 120 crop of a bundled WBC sample around the cell (keeps tests fast)."""
+    from napari_vptv.core.samples import load_sample
+
+    image, mask = load_sample("001")
+    return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small images: one torch thread (2 threads on a busy 2-core machine are ~10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def viewer_and_widget(make_napari_viewer, qtbot):
     """A real viewer with the *Correct mask* widget docked; a running worker is

@@ -30,15 +30,8 @@ def _write_zero_size_tiff(path):
         tifffile.imwrite(path, np.zeros((0, 8, 8), np.uint8))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny images: one torch thread (2 threads on a busy 2-core machine are ~10x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small images: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # a cheap real solver: 2 classes, k-means initialised, few iterations

@@ -24,15 +24,8 @@ from napari_vptv.core.samples import load_sample, sample_ids
 GREY = ["--preset", "none", "--classes", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small images: one torch thread (2 threads on a busy 2-core machine are ~10x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small images: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grey(n=32, r=9.0, seed=0):

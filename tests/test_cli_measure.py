@@ -12,15 +12,8 @@ from napari_vptv.cli import main
 from napari_vptv.core.measure import measure_cells
 from napari_vptv.core.samples import load_sample
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small images: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def read_rows(path):

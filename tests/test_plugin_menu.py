@@ -54,10 +54,10 @@ def seg(viewer, qtbot):
         qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
 
 
-@pytest.fixture(scope="module")
-def cell():
-    image, mask = load_sample("001")
-    return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()
+@pytest.fixture
+def cell(wbc):
+    """The WBC crop of tests/conftest.py."""
+    return wbc
 
 
 def kinds(viewer):

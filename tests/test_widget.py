@@ -59,13 +59,6 @@ def widget(viewer, qtbot):
         qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
 
 
-@pytest.fixture(scope="module")
-def wbc():
-    """A 120 x 120 crop of a bundled WBC sample around the cell (keeps tests fast)."""
-    image, mask = load_sample("001")
-    return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()
-
-
 def labels_layers(viewer):
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
