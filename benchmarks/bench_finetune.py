@@ -4,9 +4,9 @@ A "lab" is a held-out split the shipped model never trained on: the ``wbc-d1`` o
 ``wbc`` validation split, or ``synthetic`` (the ``wbc`` validation split under the
 composed fixed shifts of :mod:`shifts`: stain, pallor, blur). For every ``k`` and
 seed, ``k`` pairs are drawn from the lab (the user's corrected images), the shipped
-model is fine-tuned on them with :func:`napari_vptv.nn.finetune.finetune` (the
-guard's cross-validation included, ``keep="always"`` so that the model is scored
-whatever the guard says), and scored on the rest of the lab and on the other
+model is fine-tuned on them with :func:`napari_vptv.finetune` as the CLI and the
+widget run it (the guard's cross-validation with the default and the network method
+included, ``keep="always"`` so that the model is scored whatever the guard says), and scored on the rest of the lab and on the other
 source's validation split (forgetting), with the network method and with the
 default method (image-adapted preset) taking the model's probabilities.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import finetune_common as C  # noqa: E402
 from shifts import machine  # noqa: E402
 
-from napari_vptv.nn.finetune import finetune, save_finetuned  # noqa: E402
+from napari_vptv.finetuning import finetune, save_finetuned  # noqa: E402
 from napari_vptv.nn.weights import load_model  # noqa: E402
 
 
@@ -62,7 +62,8 @@ def one_run(base, pool, other, k, seed, args):
     ft = res.metadata["finetune"]
     return {"k": k, "seed": seed, "train": [s.name for s in train], "seconds": seconds,
             "steps_final": ft["final"]["steps"], "folds": ft["folds"], "kept_by_guard": res.verdict["better"],
-            "verdict": {key: res.verdict.get(key) for key in ("better", "gain", "finetuned", "base")},
+            "verdict": {key: res.verdict.get(key) for key in ("better", "gain", "finetuned", "base", "methods")},
+            "commit": C.git_commit(),
             **sc}
 
 

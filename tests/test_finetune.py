@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_vptv.core.samples import load_sample  # noqa: E402
+from napari_vptv.core.io.samples import load_sample  # noqa: E402
 from napari_vptv.nn.finetune import (  # noqa: E402
     FinetuneRecipe,
     describe_verdict,
@@ -77,10 +77,48 @@ def test_every_pair_is_scored_once_by_a_model_that_never_saw_it(tuned):
     assert sorted(held) == sorted(NAMES)
     v = ft["verdict"]
     assert v["finetuned"]["n_images"] == v["base"]["n_images"] == 3
-    assert sorted(v["per_image"]["finetuned"]["names"]) == sorted(NAMES)
+    assert sorted(v["per_image"]["vptv-unet"]["finetuned"]["names"]) == sorted(NAMES)
     # the numbers the front ends print are the metadata's
     assert result.val_score == v["finetuned"]["mean_dice"] and result.base_val_score == v["base"]["mean_dice"]
     assert f"{v['finetuned']['mean_dice']:.3f}" in describe_verdict(result)
+
+
+def _scores(*mean_dice):
+    from napari_vptv.nn.finetune_guard import GuardScores
+
+    return GuardScores(names=[f"p{i}" for i in range(len(mean_dice))], pixel_accuracy=list(mean_dice),
+                       dice=[[d, d, d] for d in mean_dice])
+
+
+def test_the_check_keeps_a_model_only_if_no_method_gets_worse():
+    from napari_vptv.nn.finetune_guard import MIN_GAIN, verdict
+
+    base = {"vptv-adapted": _scores(0.90, 0.90), "vptv-unet": _scores(0.90, 0.90)}
+    both_better = {"vptv-adapted": _scores(0.92, 0.92), "vptv-unet": _scores(0.93, 0.93)}
+    v = verdict(both_better, base)
+    assert v["better"] and v["gain"] == pytest.approx(0.025)
+    assert v["finetuned"]["mean_dice"] == pytest.approx(0.92)  # the first method is the one reported first
+    # a large network gain does not excuse a loss with the default method
+    network_only = {"vptv-adapted": _scores(0.89, 0.90), "vptv-unet": _scores(0.99, 0.99)}
+    v = verdict(network_only, base)
+    assert v["better"] is False and v["gain"] > MIN_GAIN and "worse with vptv-adapted" in v["reason"]
+    assert v["methods"]["vptv-adapted"]["gain"] == pytest.approx(-0.005)
+
+
+def test_the_api_checks_the_default_method_too(pairs):
+    import napari_vptv
+    from napari_vptv.finetuning import CHECKED_METHODS
+
+    samples = samples_from_arrays([p[0] for p in pairs[:2]], [p[1] for p in pairs[:2]], NAMES[:2])
+    result = napari_vptv.finetune(samples, base="vptv-unet", steps=1, keep="always", **TINY)
+    v = result.metadata["finetune"]["verdict"]
+    assert list(v["methods"]) == list(CHECKED_METHODS)
+    for m in CHECKED_METHODS:
+        assert v["methods"][m]["base"]["n_images"] == 2
+    # the default method is not the network: its scores are its own
+    assert v["methods"]["vptv-adapted"]["base"] != v["methods"]["vptv-unet"]["base"]
+    text = describe_verdict(result)
+    assert "vptv-adapted: mean Dice" in text and "vptv-unet: mean Dice" in text
 
 
 def _recording(meta):

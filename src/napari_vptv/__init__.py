@@ -56,9 +56,9 @@ def __getattr__(name):
 
         return getattr(options, name)
     if name in _FINETUNE:  # torch: imported only when asked for
-        from .nn import finetune
+        from . import finetuning
 
-        return getattr(finetune, name)
+        return getattr(finetuning, name)
     if name == "SegmentationResult":
         from .core.segment import SegmentationResult
 

@@ -323,7 +323,8 @@ class FinetuneWidget(WidgetRunMixin, Container):
                                    [np.array(lab.data) for _, lab in chosen], names)
 
     def _job(self, samples, folders, base, minutes):
-        from .nn.finetune import finetune, samples_from_folders
+        from .finetuning import finetune
+        from .nn.finetune import samples_from_folders
         from .user_models import resolve_model
 
         if folders is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
 from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
-from .core.intensity import normalise_intensity
+from .core.io.intensity import normalise_intensity
 from .core.segment import SegmentationResult, vptv_segment
 from .core.volumes import make_volume_spec
 from .correction import correct_image, correct_image_iter, correction_evidence
@@ -79,7 +79,7 @@ def segment_image(
         Grey ``(H, W)`` / ``(Z, H, W)`` or colour image (``channel_axis``). The WBC
         preset and the networks need RGB ``(H, W, 3)``. Any dtype or bit depth
         (16-bit, 12 bits in 16, signed, float) is first brought to the 8-bit scale
-        (:func:`~napari_vptv.core.intensity.normalise_intensity`), so it gives the
+        (:func:`~napari_vptv.core.io.intensity.normalise_intensity`), so it gives the
         8-bit image's labels; ``result.info["conversions"]`` says how. An
         ``(H, W, 3)`` image is RGB (labels ``(H, W)``) unless ``channel_axis`` says
         otherwise. With the WBC methods an image of one flat colour or of noise has no
@@ -115,7 +115,7 @@ def segment_image(
 
     Examples
     --------
-    >>> from napari_vptv.core.samples import load_sample          # doctest: +SKIP
+    >>> from napari_vptv.core.io.samples import load_sample          # doctest: +SKIP
     >>> image, _ = load_sample("001")                             # doctest: +SKIP
     >>> segment_image(image, SegmentOptions.wbc()).labels.shape   # doctest: +SKIP
     (300, 300)
@@ -323,14 +323,22 @@ def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None)
         from .nn.weights import predict_wbc
     except ImportError:
         return None
-    from .core.adapt import adapted_segment
-
     preset = VPTV_ADAPTED
     # the rule runs once, on the result below (the network's own labels are used only
     # when no colour model can be fitted)
     network = network or opts.model or preset.network
     pred = predict_wbc(rgb, method=network, diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=False, augment=preset.network_augment)
+                       require_nucleus=False, augment=VPTV_ADAPTED.network_augment)
+    return adapted_from_prediction(rgb, pred, opts, network, callback)
+
+
+def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callback=None) -> SegmentationResult:
+    """``"vptv-adapted"`` given the network's prediction ``pred`` (a
+    :class:`~napari_vptv.nn.predict.NetworkPrediction` made without the nucleus rule and
+    with the preset's test-time augmentation) of ``network`` on ``rgb``."""
+    from .core.adapt import adapted_segment
+
+    preset = VPTV_ADAPTED
     settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
     result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
                              callback=callback, diameter=pred.diameter,

@@ -109,7 +109,8 @@ def _progress_printer():
 
 def run(args) -> int:
     """Run ``vptv finetune``; returns the exit status."""
-    from ..nn.finetune import describe_verdict, finetune, samples_from_folders, save_finetuned
+    from ..finetuning import finetune, save_finetuned
+    from ..nn.finetune import describe_verdict, samples_from_folders
     from ..user_models import resolve_model
 
     if args.seed < 0:

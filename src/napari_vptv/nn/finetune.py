@@ -9,8 +9,9 @@ continue, or a training run) and:
    ``K = min(n, 3)`` folds, a copy of the base is fine-tuned on all folds but one and
    both it and the base segment the fold left out, so every pair is scored by a model
    that never saw it;
-3. when the cross-validated score beats the base's, fine-tunes the base on **all**
-   pairs with the same recipe (:mod:`.finetune_loop`) and returns it; otherwise the
+3. when the cross-validated score beats the base's with every method the model will
+   serve (the network method; :func:`napari_vptv.finetune` adds the default method),
+   fine-tunes the base on **all** pairs with the same recipe (:mod:`.finetune_loop`) and returns it; otherwise the
    base is kept (nothing to save) unless ``keep="always"``.
 
 The time budget is shared by the ``K + 1`` trainings (each gets an equal share of the
@@ -40,13 +41,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .finetune_data import IMAGE_SUFFIXES, array_sha256, label_order_check, samples_from_arrays, samples_from_folders
 from .finetune_data import check_labels as _check_labels
-from .finetune_guard import GuardScores, folds, score_pairs, verdict
+from .finetune_guard import GuardScores, Segmenter, folds, score_pairs, verdict
 from .finetune_loop import RECIPE, FinetuneRecipe, run_loop
 
 __all__ = ["FinetuneResult", "FinetuneProgress", "RECIPE", "FinetuneRecipe", "KEEP_CHOICES", "samples_from_arrays",
@@ -116,13 +117,20 @@ def describe_verdict(result: FinetuneResult) -> str:
     if v.get("better") is None:
         return ("one pair cannot show whether fine-tuning helps (nothing left to test on): "
                 + ("the model is kept unchecked" if result.kept else "the base model is kept; give 2 or more pairs"))
-    ft, base = v["finetuned"], v["base"]
-    scores = (f"mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
-              f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f} on {ft['n_images']} held-out pair(s), "
-              "cross-validated")
+    methods = v.get("methods") or {"": {"finetuned": v["finetuned"], "base": v["base"]}}
+    parts = []
+    for name, m in methods.items():
+        ft, base = m["finetuned"], m["base"]
+        label = f"{name}: " if len(methods) > 1 else ""
+        parts.append(f"{label}mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
+                     f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f}")
+    n = v["finetuned"]["n_images"]
+    scores = "; ".join(parts) + f" on {n} held-out pair(s), cross-validated"
     if v["better"]:
         return f"better than the base: {scores}"
-    return f"NOT better than the base: {scores}; " + (
+    worse = [name for name, m in methods.items() if name and m.get("gain", 0) < 0]
+    why = f" (worse with {', '.join(worse)})" if worse else ""
+    return f"NOT better than the base{why}: {scores}; " + (
         "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved")
 
 
@@ -186,10 +194,13 @@ def _train(base_model, meta, pairs, clock, phase, recipe, seed, should_stop, dev
     return model, res
 
 
-def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device):
-    """Held-out scores of the fine-tuned recipe and of the base; None when cancelled."""
+def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device, methods):
+    """Held-out scores of the fine-tuned recipe and of the base, per method; None when cancelled."""
     parts = folds(len(samples), seed)
-    tuned, base, runs = GuardScores(), GuardScores(), []
+    names = list(methods or {"vptv-unet": None})
+    tuned = {m: GuardScores() for m in names}
+    base = {m: GuardScores() for m in names}
+    runs = []
     if not parts:
         return verdict(tuned, base), runs
     for j, held in enumerate(parts):
@@ -199,10 +210,12 @@ def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, devi
                                  should_stop, device)
         if res.cancelled:
             return None, runs
-        tuned.extend(score_pairs(fold_model, meta, test, device))
-        base.extend(score_pairs(model, meta, test, device))
+        for scores, net in ((tuned, fold_model), (base, model)):
+            for m, got in score_pairs(net, meta, test, device, methods).items():
+                scores[m].extend(got)
         runs.append({"held_out": [s.name for s in test], "steps": res.steps, "seconds": res.seconds})
-    return verdict(tuned, base) | {"per_image": {"finetuned": tuned.to_dict(), "base": base.to_dict()}}, runs
+    per_image = {m: {"finetuned": tuned[m].to_dict(), "base": base[m].to_dict()} for m in names}
+    return verdict(tuned, base) | {"per_image": per_image}, runs
 
 
 def _check_finite(model, meta, samples, device):
@@ -223,7 +236,8 @@ def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[fl
              steps: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, device: str = "cpu",
              callback: Optional[Callable[[FinetuneProgress], None]] = None,
              should_stop: Optional[Callable[[], bool]] = None, check_labels: bool = True, keep: str = "better",
-             recipe: FinetuneRecipe = RECIPE, lr: Optional[float] = None) -> FinetuneResult:
+             recipe: FinetuneRecipe = RECIPE, lr: Optional[float] = None,
+             methods: Optional[Mapping[str, Segmenter]] = None) -> FinetuneResult:
     """Fine-tune ``base`` on image / mask pairs, keeping it only if it beats the base.
 
     Parameters
@@ -253,6 +267,10 @@ def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[fl
         How each training runs (default: the measured recipe).
     lr : float, optional
         Peak learning rate instead of the recipe's (0 < lr < 0.1).
+    methods : ``{name: segmenter(model, meta, image, device) -> labels}``, optional
+        The methods the check scores, the one a user runs by default first (default:
+        the network method only; :func:`napari_vptv.finetune` adds the default
+        method). The model is kept only when it is not worse with any of them.
 
     Raises
     ------
@@ -273,7 +291,8 @@ def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[fl
     label_check = _check_labels(model, meta, samples) if check_labels else None
     n_folds = len(folds(len(samples), seed))
     clock = _Clock(minutes, steps, n_folds + 1, callback)
-    result_verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device)
+    result_verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device,
+                                          methods)
     if result_verdict is None:
         return FinetuneResult(None, {}, {"better": None}, cancelled=True)
     if keep == "better" and not result_verdict["better"]:

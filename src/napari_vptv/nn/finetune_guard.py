@@ -5,29 +5,46 @@ trained on. With a handful of pairs one held-out pair cannot tell two good model
 apart, so the check is a *cross-validation*: the pairs are split into ``K`` folds
 (:func:`folds`, ``K = min(n, MAX_FOLDS)``), a model is fine-tuned on all folds but one
 with the same recipe and budget share, and both it and the base segment the fold left
-out. Every pair is scored once, by a model that never saw it. The fine-tuned model
-(trained on all pairs afterwards) is kept when the cross-validated score beats the
-base's by more than :data:`MIN_GAIN`.
+out. Every pair is scored once, by a model that never saw it.
 
-The score is the user's: the labels of the network method (diameter estimated,
-VPTV layer, the nucleus rule) against the user's masks, as pixel accuracy and Dice
-per class; the decision uses the mean Dice over the three classes and images.
+The score is the user's: the labels of every *method* the model will serve (by
+default the network method: diameter estimated, VPTV layer, the nucleus rule; the
+API adds the default method, which refits a colour model to the network's
+probabilities) against the user's masks, as pixel accuracy and Dice per class. The
+fine-tuned model (trained on all pairs afterwards) is kept when, on the mean Dice
+over the three classes and the held-out images, it is **not worse with any method**
+and beats the base by more than :data:`MIN_GAIN` on their average: a model that helps
+the network but hurts the default method is not kept.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_FOLDS", "MIN_GAIN", "GuardScores", "folds", "score_pairs", "verdict"]
+__all__ = ["MAX_FOLDS", "MIN_GAIN", "NETWORK_METHOD", "GuardScores", "Segmenter", "folds", "score_pairs", "verdict"]
 
 #: at most this many cross-validation folds (each costs one fine-tuning run)
 MAX_FOLDS = 3
 #: the cross-validated mean Dice must beat the base's by more than this to keep the model
 #: (0.2 points: a gain smaller than what a few pairs can measure is not claimed)
 MIN_GAIN = 0.002
+
+#: ``segmenter(model, meta, image, device) -> labels (H, W)``: one method run with a loaded model
+Segmenter = Callable[..., np.ndarray]
+
+
+def network_labels(model, meta, image, device: str = "cpu") -> np.ndarray:
+    """The network method's labels (:func:`~.predict.predict_cells` with its defaults)."""
+    from .predict import predict_cells
+
+    return predict_cells(model, meta, image, device=device).labels
+
+
+#: the method every check scores when no other is given
+NETWORK_METHOD = {"vptv-unet": network_labels}
 
 
 @dataclass
@@ -69,29 +86,48 @@ def folds(n: int, seed: int = 0, max_folds: int = MAX_FOLDS) -> List[List[int]]:
     return [sorted(int(i) for i in perm[j::k]) for j in range(k)]
 
 
-def score_pairs(model, meta, samples: Sequence, device: str = "cpu") -> GuardScores:
-    """The network method's labels on ``samples`` against their masks."""
+def score_pairs(model, meta, samples: Sequence, device: str = "cpu",
+                methods: Optional[Mapping[str, Segmenter]] = None) -> Dict[str, GuardScores]:
+    """Each method's labels on ``samples`` against their masks: ``{method: GuardScores}``."""
     from ..core.metrics import dice_per_class, pixel_accuracy
-    from .predict import predict_cells
 
-    out = GuardScores()
-    for s in samples:
-        pred = predict_cells(model, meta, s.image, device=device).labels
-        out.names.append(s.name)
-        out.pixel_accuracy.append(float(pixel_accuracy(pred, s.labels)))
-        out.dice.append([float(x) for x in dice_per_class(pred, s.labels, 3)])
+    out = {}
+    for name, segment in (methods or NETWORK_METHOD).items():
+        scores = out[name] = GuardScores()
+        for s in samples:
+            pred = segment(model, meta, s.image, device)
+            scores.names.append(s.name)
+            scores.pixel_accuracy.append(float(pixel_accuracy(pred, s.labels)))
+            scores.dice.append([float(x) for x in dice_per_class(pred, s.labels, 3)])
     return out
 
 
-def verdict(finetuned: GuardScores, base: GuardScores, min_gain: float = MIN_GAIN) -> dict:
-    """``{"better": bool, "gain": mean Dice difference, "finetuned": summary, "base": summary}``;
-    ``better`` is None when nothing was held out."""
-    if not finetuned.dice:
-        return {"better": None, "gain": None, "finetuned": finetuned.summary(), "base": base.summary(),
+def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores],
+            min_gain: float = MIN_GAIN) -> dict:
+    """Is the fine-tuned model better, by every method?
+
+    Returns ``{"better", "gain", "finetuned", "base", "reason", "methods"}``: ``better``
+    is True when no method's mean Dice drops and their mean gain exceeds ``min_gain``,
+    None when nothing was held out; ``gain`` is that mean gain; ``finetuned`` / ``base``
+    are the summaries of the first method (the one a user runs by default);
+    ``methods`` holds ``{"gain", "finetuned", "base"}`` per method.
+    """
+    names = list(finetuned)
+    first = names[0] if names else None
+    if first is None or not finetuned[first].dice:
+        empty = GuardScores().summary()
+        return {"better": None, "gain": None, "finetuned": empty, "base": empty, "methods": {},
                 "reason": "fewer than 2 pairs: nothing to hold out, the gain cannot be measured"}
-    gain = finetuned.mean_dice - base.mean_dice
-    better = bool(gain > min_gain)
-    reason = (f"cross-validated mean Dice {finetuned.mean_dice:.4f} against the base's {base.mean_dice:.4f} "
-              f"on {len(finetuned.names)} held-out pair(s)")
-    return {"better": better, "gain": float(gain), "finetuned": finetuned.summary(), "base": base.summary(),
-            "reason": reason}
+    gains = {m: finetuned[m].mean_dice - base[m].mean_dice for m in names}
+    gain = float(np.mean(list(gains.values())))
+    worst = min(gains, key=gains.get)
+    better = bool(gain > min_gain and gains[worst] >= 0)
+    per_method = "; ".join(f"{m}: {finetuned[m].mean_dice:.4f} vs {base[m].mean_dice:.4f}" for m in names)
+    reason = f"cross-validated mean Dice, fine-tuned vs base, on {len(finetuned[first].names)} held-out pair(s): "
+    reason += per_method
+    if gains[worst] < 0:
+        reason += f"; worse with {worst}"
+    return {"better": better, "gain": gain, "finetuned": finetuned[first].summary(), "base": base[first].summary(),
+            "reason": reason,
+            "methods": {m: {"gain": float(gains[m]), "finetuned": finetuned[m].summary(), "base": base[m].summary()}
+                        for m in names}}
