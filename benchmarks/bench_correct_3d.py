@@ -87,7 +87,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from napari_vptv.core.correct import correct_mask
+    from napari_vptv.core.correct.mask import correct_mask
 
     run = {"vptv3d": lambda img, g, grey: correct_mask(img, g, stack_mode="volume"),
            "vptv2d": lambda img, g, grey: correct_mask(img, g, stack_mode="slices"),

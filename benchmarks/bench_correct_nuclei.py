@@ -163,7 +163,7 @@ def run(args):
     import torch
 
     torch.set_num_threads(1)
-    from napari_vptv.core.correct import correct_mask
+    from napari_vptv.core.correct.mask import correct_mask
 
     kinds = args.kinds.split(",")
     methods = args.methods.split(",")

@@ -46,7 +46,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def held_out(name):
-    from napari_vptv.core.io import load_wbc_dataset
+    from napari_vptv.core.io.files import load_wbc_dataset
 
     meta = json.loads(META.read_text())
     ids = next(s["val_ids"] for s in meta["sources"] if s["name"] == name)

@@ -37,8 +37,8 @@ def main(argv=None):
     from qtpy.QtWidgets import QApplication
 
     from napari_vptv._finetune_widget import pair_choices
+    from napari_vptv.core.io.samples import load_sample
     from napari_vptv.nn.finetune import FinetuneRecipe
-    from napari_vptv.core.samples import load_sample
     from napari_vptv.nn.sources import mask_to_labels
 
     torch.set_num_threads(args.threads)

@@ -63,11 +63,11 @@ import numpy as np
 def load_images(root, step):
     root = Path(root)
     if (root / "images").is_dir():
-        from napari_vptv.core.io import load_wbc_dataset
+        from napari_vptv.core.io.files import load_wbc_dataset
 
         data = load_wbc_dataset(root)
         return [(i, im, m) for i, im, m in data[::step]], f"{root} (every {step}th image)"
-    from napari_vptv.core.samples import load_sample, sample_ids
+    from napari_vptv.core.io.samples import load_sample, sample_ids
 
     return [(s, *load_sample(s)) for s in sample_ids()], "bundled samples (no data folder)"
 

@@ -3,7 +3,7 @@
 For every object of the *true* mask (the ``identity`` corruption) this prints the
 area, relative to the true area, of
 
-* the *prior* ``M'`` of :func:`napari_vptv.core.correct_evidence.object_evidence`
+* the *prior* ``M'`` of :func:`napari_vptv.core.correct.evidence.object_evidence`
   (the mask moved to the strongest edge of the image within the band),
 * ``t > 1/2`` (the half level of the evidence, where the VPTV boundary goes unless
   the trust ``beta`` holds it),
@@ -32,8 +32,8 @@ from correct_peers import seeded_watershed  # noqa: E402
 def main(argv=None):
     import torch
 
-    from napari_vptv.core import correct_evidence as ce
-    from napari_vptv.core.correct import correct_mask
+    from napari_vptv.core.correct import evidence as ce
+    from napari_vptv.core.correct.mask import correct_mask
     from napari_vptv.core.segment import prepare_image
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

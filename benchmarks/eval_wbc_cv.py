@@ -30,7 +30,7 @@ PACKAGE_MODEL = Path(__file__).resolve().parents[1] / "src" / "napari_vptv" / "m
 
 
 def load(root):
-    from napari_vptv.core.io import load_wbc_dataset
+    from napari_vptv.core.io.files import load_wbc_dataset
 
     data = load_wbc_dataset(root)
     ids = [d[0] for d in data]

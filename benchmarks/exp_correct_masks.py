@@ -2,7 +2,7 @@
 
 For every training image of the WBC data set (nucleus = mask value 255), the
 ground-truth nucleus mask is corrupted in several ways (fixed seeds), then corrected
-with :func:`napari_vptv.core.correct.correct_mask`; mean nucleus Dice and pixel
+with :func:`napari_vptv.core.correct.mask.correct_mask`; mean nucleus Dice and pixel
 accuracy (binary nucleus vs. rest) before / after are reported per corruption kind.
 
 Run by hand (not a test), niced, e.g.::
@@ -137,8 +137,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from napari_vptv.core.correct import correct_mask
-    from napari_vptv.core.io import load_wbc_dataset
+    from napari_vptv.core.correct.mask import correct_mask
+    from napari_vptv.core.io.files import load_wbc_dataset
 
     kinds = [k for k in args.kinds.split(",") if k]
     factors = {k: 1.0 for k in kinds}

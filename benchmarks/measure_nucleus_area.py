@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_vptv.cli import main as vptv
-from napari_vptv.core.io import read_mask
+from napari_vptv.core.io.files import read_mask
 
 
 def val_ids(source: str):

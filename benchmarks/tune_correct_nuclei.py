@@ -4,7 +4,7 @@ Tuning split: WBC images 001, 018, 036, 052, 069, 084; wbc-d1 images number 12, 
 60, ... of the sorted files (every 24th from the 13th: 10 images); synthetic seeds 0-3
 (512 x 512, 60 nuclei). Kinds identity, dilate3, erode3, dilate4, shift3. Each
 argument is one variant, a JSON dict of ``correct_mask`` keyword arguments; keys
-starting with ``_`` set constants of :mod:`napari_vptv.core.correct_evidence`
+starting with ``_`` set constants of :mod:`napari_vptv.core.correct.evidence`
 (tuning only), e.g.::
 
     python benchmarks/tune_correct_nuclei.py {} '{"mask_weight": 0.25}' '{"_SECTORS": 0}' \
@@ -35,14 +35,14 @@ KINDS = ("identity", "dilate3", "erode3", "dilate4", "shift3")
 
 def evaluate(variant, datasets, kinds, data_root):
     """Mean foreground Dice per ``(dataset, kind)`` of one variant (``{"peer": "watershed"}``: the peer)."""
-    from napari_vptv.core.correct import correct_mask
+    from napari_vptv.core.correct.mask import correct_mask
 
     params = dict(variant)
     peer = params.pop("peer", None)
     saved = {}
     private = [k for k in params if k.startswith("_")]
     if private:
-        from napari_vptv.core import correct_evidence
+        from napari_vptv.core.correct import evidence as correct_evidence
     for k in private:
         saved[k] = getattr(correct_evidence, k)
         setattr(correct_evidence, k, params.pop(k))

@@ -18,7 +18,7 @@ def main(path: str) -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_vptv._widget import SegmentationWidget
-    from napari_vptv.core.samples import load_sample
+    from napari_vptv.core.io.samples import load_sample
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1650, 1100)

@@ -33,7 +33,7 @@ def _prepare(viewer, key, widget):
     elif key == "correct_mask":
         from scipy import ndimage as ndi
 
-        from napari_vptv.core.samples import load_sample
+        from napari_vptv.core.io.samples import load_sample
 
         _, truth = load_sample(sample)
         rough = ndi.binary_erosion(truth > 0, iterations=6).astype(np.int32)

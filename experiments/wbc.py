@@ -246,7 +246,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     setup_threads(1)
 
-    from napari_vptv.core.io import load_wbc_dataset
+    from napari_vptv.core.io.files import load_wbc_dataset
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:

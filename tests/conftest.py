@@ -17,7 +17,7 @@ def vptv_config_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def wbc():
     """A 120 x 120 crop of a bundled WBC sample around the cell (keeps tests fast)."""
-    from napari_vptv.core.samples import load_sample
+    from napari_vptv.core.io.samples import load_sample
 
     image, mask = load_sample("001")
     return image[90:210, 90:210].copy(), mask[90:210, 90:210].copy()

@@ -4,7 +4,7 @@ combined with the network's probabilities (core.adapt.adapted_segment)."""
 import numpy as np
 
 from napari_vptv.core.adapt import adapted_segment, fraction_interval, gaussian_from_probabilities
-from napari_vptv.core.samples import load_sample
+from napari_vptv.core.io.samples import load_sample
 from napari_vptv.core.segment import prepare_image, vptv_segment
 
 

@@ -11,7 +11,6 @@ import pytest
 import tifffile
 
 from napari_vptv.api import make_segment_fn
-from napari_vptv.core import tiff
 from napari_vptv.core.batch import (
     FileResult,
     inspect_input,
@@ -20,8 +19,9 @@ from napari_vptv.core.batch import (
     segment_file,
 )
 from napari_vptv.core.dask_stack import segment_stack_dask
-from napari_vptv.core.outputs import publish
-from napari_vptv.core.tiff import TiffFrames, store_labels_tiff
+from napari_vptv.core.io import tiff
+from napari_vptv.core.io.outputs import publish
+from napari_vptv.core.io.tiff import TiffFrames, store_labels_tiff
 
 
 def _write_zero_size_tiff(path):
@@ -206,7 +206,8 @@ def test_contiguous_offset():
 def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
     """The layout check and the segmentation share one decode of a PNG (the real
     reader, counted)."""
-    from napari_vptv.core import batch, io
+    from napari_vptv.core import batch
+    from napari_vptv.core.io import files as io
 
     calls = []
 

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_vptv.core.cell_rules import drop_cells_without_nucleus
-from napari_vptv.core.samples import load_sample
+from napari_vptv.core.io.samples import load_sample
 
 
 def _regions_all_have_nucleus(labels, min_fraction=0.10):

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 
 from napari_vptv.cli import main
-from napari_vptv.core.samples import load_sample, sample_ids
+from napari_vptv.core.io.samples import load_sample, sample_ids
 
 GREY = ["--preset", "none", "--classes", "2"]
 
@@ -273,7 +273,7 @@ def test_demo_writes_labels_and_overlays(tmp_path, capsys):
 
 
 def test_correct_subcommand(tmp_path, capsys):
-    pytest.importorskip("napari_vptv.core.correct")
+    pytest.importorskip("napari_vptv.core.correct.mask")
     img = _grey(48, 10.0)
     iio.imwrite(tmp_path / "img.png", (img * 255).astype(np.uint8))
     y, x = np.mgrid[:48, :48]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from napari_vptv.cli import main
+from napari_vptv.core.io.samples import load_sample
 from napari_vptv.core.measure import measure_cells
-from napari_vptv.core.samples import load_sample
 
 # small images: one torch thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

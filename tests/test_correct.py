@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_vptv.core.correct import CorrectionProgress, correct_mask, correct_mask_iter
+from napari_vptv.core.correct.mask import CorrectionProgress, correct_mask, correct_mask_iter
 
 FAST = dict(max_num_iter=150)
 
@@ -167,7 +167,7 @@ def test_nucleus_edge_is_the_cytoplasm_edge_not_the_cell_edge(bias):
 
 
 def test_edge_offset_finds_the_bias():
-    from napari_vptv.core.correct_evidence import edge_offset
+    from napari_vptv.core.correct.evidence import edge_offset
 
     truth = disc((60, 60), (30, 30), 14)
     image = ndi.gaussian_filter(truth.astype(float), 1.5)
@@ -182,7 +182,7 @@ def test_edge_offset_finds_the_bias():
 def test_shifted_small_nuclei_are_moved_back_whole():
     """A mask shifted by (2, -2) px on small nuclei (radius 6-9, band 4): the whole-object
     shift search puts every object back (sector offsets alone reached 0.965 / worst 0.959)."""
-    from napari_vptv.core.correct_evidence import _gradient, best_shift
+    from napari_vptv.core.correct.evidence import _gradient, best_shift
 
     yy, xx = np.indices((120, 140))
     truth = np.zeros((120, 140), np.int32)
@@ -202,7 +202,7 @@ def test_shifted_small_nuclei_are_moved_back_whole():
 def test_edge_offset_prefers_the_edge_nearest_the_mask():
     """Two edges of about equal strength in the band (nucleus / thin cytoplasm / background):
     the nucleus edge on the given boundary wins over a slightly stronger one 3 px out."""
-    from napari_vptv.core.correct_evidence import edge_offset
+    from napari_vptv.core.correct.evidence import edge_offset
 
     nucleus, cell = disc((60, 60), (30, 30), 12), disc((60, 60), (30, 30), 15)
     image = ndi.gaussian_filter(0.5 * cell + 0.48 * nucleus, 1.0)  # outer step 0.50, inner 0.48
@@ -223,7 +223,7 @@ def test_explicit_band_limits_the_move():
 
 
 def test_sample_wbc_nucleus_mask():
-    from napari_vptv.core.samples import load_sample, sample_ids
+    from napari_vptv.core.io.samples import load_sample, sample_ids
 
     image, classes = load_sample(sample_ids()[0])
     truth = classes == 2  # nucleus
@@ -333,7 +333,7 @@ def test_cli_correct_folder_pairs_masks_skips_done_and_reports_failures(tmp_path
     import tifffile
 
     from napari_vptv.cli import main
-    from napari_vptv.core.io import read_mask, write_labels
+    from napari_vptv.core.io.files import read_mask, write_labels
 
     image, truth = one_disc
     imgs, masks, out = tmp_path / "imgs", tmp_path / "masks", tmp_path / "out"
@@ -361,7 +361,7 @@ def test_cli_correct_stack_mode_slices(tmp_path):
     import tifffile
 
     from napari_vptv.cli import main
-    from napari_vptv.core.io import read_mask
+    from napari_vptv.core.io.files import read_mask
 
     z, y, x = np.indices((3, 40, 40))
     truth = np.zeros((3, 40, 40), np.uint8)
@@ -500,7 +500,7 @@ def test_widget_bad_input_is_a_notification(viewer_and_widget):
 
 def test_cli_correct(tmp_path, one_disc):
     from napari_vptv.cli import main
-    from napari_vptv.core.io import read_mask, write_labels
+    from napari_vptv.core.io.files import read_mask, write_labels
 
     image, truth = one_disc
     img_path, mask_path, out = tmp_path / "img.tif", tmp_path / "rough.png", tmp_path / "fixed.png"

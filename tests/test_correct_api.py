@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 import napari_vptv
 from napari_vptv.api import CorrectOptions, correct_image, correct_image_iter, correction_evidence
-from napari_vptv.core.correct import correct_mask
+from napari_vptv.core.correct.mask import correct_mask
 from napari_vptv.options import OptionError
 
 
@@ -60,7 +60,7 @@ def test_correct_options_are_validated_once(bad, field):
 
 
 def test_network_evidence_on_the_options_device():
-    from napari_vptv.core.samples import load_sample
+    from napari_vptv.core.io.samples import load_sample
 
     image, truth = load_sample("001")
     opts = CorrectOptions(model="vptv-unet", device="cpu")

@@ -224,7 +224,7 @@ def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_and_widget
 
 def test_changes_table_sums_planes_and_names_kept_objects():
     from napari_vptv._correct_widget import changes_table
-    from napari_vptv.core.correct import ObjectCorrection
+    from napari_vptv.core.correct.mask import ObjectCorrection
 
     report = [ObjectCorrection(7, 100, 120, "corrected"), ObjectCorrection(3, 50, 50, "kept: no contrast"),
               ObjectCorrection(7, 80, 90, "kept: would vanish"), ObjectCorrection(7, 10, 10, "kept: would vanish"),

@@ -17,10 +17,10 @@ import pytest
 import tifffile
 
 from napari_vptv.cli import main
-from napari_vptv.core import io
 from napari_vptv.core.evaluate import pair_images_and_masks
-from napari_vptv.core.outputs import OutputGuard, clean_stale_partials, partial_name
-from napari_vptv.core.samples import load_sample, sample_ids
+from napari_vptv.core.io import files as io
+from napari_vptv.core.io.outputs import OutputGuard, clean_stale_partials, partial_name
+from napari_vptv.core.io.samples import load_sample, sample_ids
 from napari_vptv.options import OptionError, SegmentOptions
 
 GREY = ["--preset", "none", "--classes", "2"]

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_vptv.cli import main
-from napari_vptv.core import io
-from napari_vptv.core.samples import load_sample, sample_ids
+from napari_vptv.core.io import files as io
+from napari_vptv.core.io.samples import load_sample, sample_ids
 from napari_vptv.options import SegmentOptions
 from test_faults import _eval_folders, _grey_u8, _one_line
 

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_vptv.core.samples import load_sample  # noqa: E402
+from napari_vptv.core.io.samples import load_sample  # noqa: E402
 from napari_vptv.nn.augment import AugmentConfig, augment_colour, augment_optics, dihedral  # noqa: E402
 from napari_vptv.nn.predict import predict_cells  # noqa: E402
 from napari_vptv.nn.sampler import SamplerConfig, sample_batch  # noqa: E402

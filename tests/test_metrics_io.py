@@ -1,4 +1,4 @@
-"""Tests of napari_vptv.core.io, core.metrics and core.samples (no viewer)."""
+"""Tests of napari_vptv.core.io.files, core.metrics and core.samples (no viewer)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_vptv.core import io, metrics
-from napari_vptv.core.samples import (
+from napari_vptv.core import metrics
+from napari_vptv.core.io import files as io
+from napari_vptv.core.io.samples import (
     CITATION,
     load_sample,
     sample_ids,

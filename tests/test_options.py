@@ -88,7 +88,7 @@ def _imports(path: Path):
             yield node.module or "", node.level
 
 
-#: Known exception, being reworked in the mask-correction issue: core/correct.py
+#: Known exception, being reworked in the mask-correction issue: core/correct/mask.py
 #: still asks the network for a nucleus probability.
 _CORE_UPWARD_KNOWN = {"correct.py"}
 
@@ -127,7 +127,7 @@ def test_segment_image_without_method_or_preset_runs_the_best_method():
     """No method and no preset: "vptv-adapted" for RGB (as `vptv segment`), the generic
     solver for grey images or other class counts; the VPTVU-net when 3-class volumes
     are given; solver settings override the chosen method's, never choose another."""
-    from napari_vptv.core.samples import load_sample
+    from napari_vptv.core.io.samples import load_sample
 
     image, _ = load_sample("wbc_001")
     rgb = image[..., :3]

@@ -19,7 +19,7 @@ pytest.importorskip("pytestqt")
 from napari.layers import Labels  # noqa: E402
 
 from napari_vptv._common import METADATA_KEY  # noqa: E402
-from napari_vptv.core.samples import load_sample  # noqa: E402
+from napari_vptv.core.io.samples import load_sample  # noqa: E402
 
 FAST = 25
 WIDGETS = ("VPTV segmentation", "Correct mask", "Train on my images")

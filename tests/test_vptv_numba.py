@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("numba")
 
 from napari_vptv.core import vptv_fast  # noqa: E402
-from napari_vptv.core.samples import load_sample, sample_ids  # noqa: E402
+from napari_vptv.core.io.samples import load_sample, sample_ids  # noqa: E402
 from napari_vptv.core.segment import vptv_segment  # noqa: E402
 from napari_vptv.core.vptv import vptv_iterate  # noqa: E402
 from napari_vptv.core.wbc import wbc_preset  # noqa: E402

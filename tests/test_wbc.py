@@ -11,7 +11,7 @@ import pytest
 
 from napari_vptv.api import METHODS, evaluate_folder, segment_image
 from napari_vptv.core.costs import HistogramModel
-from napari_vptv.core.samples import load_sample, sample_ids
+from napari_vptv.core.io.samples import load_sample, sample_ids
 from napari_vptv.core.segment import vptv_segment
 from napari_vptv.core.wbc import WBCModel, fit_wbc_model, load_wbc_model, wbc_preset
 
@@ -114,7 +114,7 @@ def test_fit_wbc_model_roundtrip(samples, tmp_path):
 def test_evaluate_folder_on_samples(samples, tmp_path):
     import imageio.v3 as iio
 
-    from napari_vptv.core.io import write_labels
+    from napari_vptv.core.io.files import write_labels
 
     (tmp_path / "images").mkdir()
     for sid, (img, mask) in list(samples.items())[:2]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_vptv.core.cell_rules import drop_non_white_cells
-from napari_vptv.core.samples import load_sample
+from napari_vptv.core.io.samples import load_sample
 
 
 def _disc(shape, centre, radius):

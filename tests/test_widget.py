@@ -15,7 +15,7 @@ from napari.layers import Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_vptv._widget import METADATA_KEY, METHOD_NET, METHOD_VPTV, VOLUME_AUTO, SegmentationWidget  # noqa: E402
-from napari_vptv.core.samples import load_sample  # noqa: E402
+from napari_vptv.core.io.samples import load_sample  # noqa: E402
 
 FAST = 25  # solver iterations in tests: the labels meet the volumes for any count
 

@@ -4,7 +4,7 @@ Snaps a rough Labels layer (instance labels, a binary mask, or class labels) to 
 boundaries of an Image layer with VPTV; by default the size bias of the mask is
 unknown (each boundary may move up to "Band" px, the image decides), or the area is
 kept exactly / scaled by a known factor
-(:func:`napari_vptv.core.correct.correct_mask_iter`).
+(:func:`napari_vptv.core.correct.mask.correct_mask_iter`).
 
 * The work is the napari-free generator ``correct_mask_iter`` run in a
   ``napari.qt.threading.thread_worker``; a ``napari.utils.progress`` bar counts the
@@ -81,7 +81,7 @@ STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
 def _engine(img, lab, rgb, model, report, kwargs):
     """The correction generator; the VPTVU-net evidence is computed in the worker too."""
-    from napari_vptv.core.correct import correct_mask_iter
+    from napari_vptv.core.correct.mask import correct_mask_iter
 
     if model == "vptv-unet":
         if not rgb:

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .core.intensity import featureless
+from .core.io.intensity import featureless
 from .core.memory import check_memory
 from .core.segment import SegmentationResult
 from .core.volumes import make_volume_spec
@@ -41,7 +41,7 @@ def spatial_shape(image, channel_axis) -> Tuple[int, ...]:
 
 def featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[SegmentationResult]:
     """WBC methods: no cells in an image of one flat colour or of noise
-    (:func:`~napari_vptv.core.intensity.featureless`); refused when exact volumes are
+    (:func:`~napari_vptv.core.io.intensity.featureless`); refused when exact volumes are
     asked for. Also refuses a cell diameter larger than the image. None otherwise."""
     spatial = spatial_shape(image, channel_axis)
     if opts.diameter and spatial and opts.diameter > max(spatial):

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ._common import METADATA_KEY, layer_id, live_layer, same_layer
-from .core.samples import CLASS_NAMES
+from .core.io.samples import CLASS_NAMES
 
 __all__ = [
     "CLASS_COLOURS",

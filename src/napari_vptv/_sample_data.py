@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from .core.samples import CITATION, CLASS_NAMES, load_sample, sample_info
+from .core.io.samples import CITATION, CLASS_NAMES, load_sample, sample_info
 
 LayerData = Tuple[Any, Dict[str, Any], str]
 

@@ -3,7 +3,7 @@
 A :class:`~napari_vptv.options.CorrectOptions` says how; this module turns its
 ``model`` into evidence (:func:`correction_evidence`: the one place that asks the
 VPTVU-net, on the options' ``device``) and runs
-:func:`napari_vptv.core.correct.correct_mask_iter`. ``vptv correct`` and the
+:func:`napari_vptv.core.correct.mask.correct_mask_iter`. ``vptv correct`` and the
 "Correct mask" widget call it; :mod:`napari_vptv.api` re-exports it.
 
 No napari or Qt imports here; torch and the network code load only when the
@@ -72,7 +72,7 @@ def correct_image_iter(image, mask, options: Optional[CorrectOptions] = None, *,
     The network evidence (``model="vptv-unet"``) is computed when the generator
     starts, so a worker thread that runs it does that work too.
     """
-    from .core.correct import correct_mask_iter
+    from .core.correct.mask import correct_mask_iter
 
     opts = _as_options(options, settings)
     image, channel_axis = _colour_image(image, channel_axis)
@@ -107,7 +107,7 @@ def correct_image(image, mask, options: Optional[CorrectOptions] = None, *, chan
         Checked after every step; True stops with ``InterruptedError``.
     report : list, optional
         Filled with one row per object (areas before / after, see
-        :func:`~napari_vptv.core.correct.correct_mask`).
+        :func:`~napari_vptv.core.correct.mask.correct_mask`).
     **settings
         Fields of :class:`~napari_vptv.options.CorrectOptions`, overriding those of
         ``options``.
@@ -129,7 +129,7 @@ def correct_image(image, mask, options: Optional[CorrectOptions] = None, *, chan
     --------
     >>> corrected = correct_image(image, rough, CorrectOptions(volume_mode="exact"))  # doctest: +SKIP
     """
-    from .core.correct import run_correction
+    from .core.correct.mask import run_correction
 
     gen = correct_image_iter(image, mask, options, channel_axis=channel_axis, report=report, **settings)
     return run_correction(gen, progress, should_stop)

@@ -452,7 +452,7 @@ CORRECT_MODELS = ("colour", "vptv-unet")
 class CorrectOptions:
     """Settings of one mask correction (:func:`napari_vptv.api.correct_image`), validated
     once (frozen). ``None`` means the default of
-    :func:`~napari_vptv.core.correct.correct_mask`.
+    :func:`~napari_vptv.core.correct.mask.correct_mask`.
 
     Parameters
     ----------
@@ -505,7 +505,7 @@ class CorrectOptions:
     device: str = "cpu"
 
     def __post_init__(self):
-        from .core.correct import CORRECTION_MODES, STACK_MODES, VOLUME_MODES
+        from .core.correct.mask import CORRECTION_MODES, STACK_MODES, VOLUME_MODES
 
         for name, choices in (("mode", CORRECTION_MODES), ("model", CORRECT_MODELS),
                               ("volume_mode", VOLUME_MODES), ("stack_mode", STACK_MODES)):
@@ -532,7 +532,7 @@ class CorrectOptions:
         return dataclasses.replace(self, **changes)
 
     def core_kwargs(self) -> Dict[str, Any]:
-        """The keywords of :func:`~napari_vptv.core.correct.correct_mask` that are set
+        """The keywords of :func:`~napari_vptv.core.correct.mask.correct_mask` that are set
         (``model`` is not one: :func:`napari_vptv.api.correct_image` turns it into evidence)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name != "model" and getattr(self, f.name) is not None}

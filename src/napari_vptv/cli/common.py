@@ -94,7 +94,7 @@ def fmt_vec(v) -> str:
 def _safe(msg) -> str:
     """Text that any terminal or log can take: the bytes of a non-UTF-8 file name are
     shown as ``\\xff`` escapes, characters the stream cannot encode as escapes."""
-    from ..core.io import printable
+    from ..core.io.files import printable
 
     text = printable(msg)
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"

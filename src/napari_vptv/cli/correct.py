@@ -173,8 +173,8 @@ def run(args) -> int:
         return _run_many(args)
     if len(args.inputs) != 2:
         raise CLIError(f"give IMAGE and MASK (or images with --masks DIR); got {len(args.inputs)} path(s)")
-    from ..core.io import write_labels
-    from ..core.outputs import OutputGuard
+    from ..core.io.files import write_labels
+    from ..core.io.outputs import OutputGuard
 
     image_path, mask_path = args.inputs
     out = Path(args.out).expanduser()
@@ -190,7 +190,7 @@ def run(args) -> int:
 
 def _mask_for(image_path: Path, masks: Path):
     """The mask ``<stem>.png`` / ``.tif`` of an image; two of them are refused (ValueError)."""
-    from ..core.masks import find_mask
+    from ..core.io.masks import find_mask
 
     return find_mask(image_path, masks, suffixes=(".png", ".tif", ".tiff"))
 
@@ -200,8 +200,8 @@ def _run_many(args) -> int:
     ``--out``. Existing outputs are skipped (``--overwrite`` redoes them); a failing image
     is reported and the others are still done."""
     from ..core.batch import iter_inputs, output_path
-    from ..core.io import write_labels
-    from ..core.outputs import OutputGuard, clean_stale_partials
+    from ..core.io.files import write_labels
+    from ..core.io.outputs import OutputGuard, clean_stale_partials
 
     masks, out_dir = Path(args.masks).expanduser(), Path(args.out).expanduser()
     if not masks.is_dir():
@@ -249,7 +249,7 @@ def _run_many(args) -> int:
 def _correct_pair(args, image_path, mask_path):
     """Correct one image / mask pair: ``(corrected labels, share of pixels changed, metadata)``
     (the metadata name the inputs and every conversion made to read them)."""
-    from ..core.io import normalise_intensity, printable, read_image, read_mask
+    from ..core.io.files import normalise_intensity, printable, read_image, read_mask
 
     notes, mask_notes = [], []
     image, conversion = normalise_intensity(read_image(image_path, notes=notes))

@@ -114,7 +114,7 @@ def _write_png(out: Path, name: str, array: np.ndarray, manifest: dict) -> Path:
     """Atomic write of one demo PNG, recorded in the manifest at once (a killed run stays rerunnable)."""
     import imageio.v3 as iio
 
-    from ..core.outputs import OutputGuard
+    from ..core.io.outputs import OutputGuard
 
     path = OutputGuard(overwrite=True).write(out / name, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
     manifest[name] = _sha256(path)
@@ -175,9 +175,9 @@ def _network_fn(args):
 def run(args) -> int:
     """Run ``vptv demo``; returns the exit status."""
     from ..api import SegmentFn
-    from ..core.io import labels_to_wbc_grey
+    from ..core.io.files import labels_to_wbc_grey
+    from ..core.io.samples import CLASS_NAMES, load_sample, sample_ids, sample_info
     from ..core.metrics import evaluate as score
-    from ..core.samples import CLASS_NAMES, load_sample, sample_ids, sample_info
 
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():

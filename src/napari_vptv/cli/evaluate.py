@@ -98,7 +98,7 @@ def run(args) -> int:
     guard = None
     if args.json:  # checked before the work: never onto an image or mask, never over a file without --overwrite
         from ..core.evaluate import pair_images_and_masks
-        from ..core.outputs import OutputGuard
+        from ..core.io.outputs import OutputGuard
 
         inputs = [f for pair in pair_images_and_masks(args.images, args.masks) for f in pair]
         guard = OutputGuard(inputs, overwrite=args.overwrite)

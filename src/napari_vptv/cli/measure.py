@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     """Run ``vptv measure``; returns the exit status."""
     from ..core.cell_table import pair_files
-    from ..core.io import IMAGE_SUFFIXES, list_images
+    from ..core.io.files import IMAGE_SUFFIXES, list_images
 
     images = list_images(args.images)
     labels = list_images(args.labels, suffixes=tuple(IMAGE_SUFFIXES))

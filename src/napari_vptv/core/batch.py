@@ -10,9 +10,9 @@ The engine behind ``vptv segment``:
   TIFF label image; a stack (multi-page TIFF: ZYX, TYX, TZYX, ..., grey or RGB) gives
   a multi-page TIFF of the same leading shape, segmented slice by slice (or volume by
   volume, ``mode="volume"``) with dask;
-* stacks are read lazily (:class:`napari_vptv.core.tiff.TiffFrames`), segmented with
+* stacks are read lazily (:class:`napari_vptv.core.io.tiff.TiffFrames`), segmented with
   :func:`napari_vptv.core.dask_stack.segment_stack_dask` and written chunk by chunk by
-  :func:`napari_vptv.core.tiff.store_labels_tiff`.
+  :func:`napari_vptv.core.io.tiff.store_labels_tiff`.
 
 Resume and safety rules: an output that already exists is skipped (``"skipped"``)
 unless ``overwrite=True``, also when another run writing the same folder finished it
@@ -41,11 +41,11 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from .dask_stack import label_dtype_and_sentinel, segment_stack_dask
-from .imread import tiff_needs_full_read
-from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, is_hidden, is_pattern, printable, read_image, write_labels
-from .outputs import OutputGuard, clean_stale_partials, partial_name, publish
+from .io.files import IMAGE_SUFFIXES, TIFF_SUFFIXES, is_hidden, is_pattern, printable, read_image, write_labels
+from .io.imread import tiff_needs_full_read
+from .io.outputs import OutputGuard, clean_stale_partials, partial_name, publish
+from .io.tiff import open_lazy, store_labels_tiff, tiff_layout
 from .stack import labels_of, segment_stack, stack_layout
-from .tiff import open_lazy, store_labels_tiff, tiff_layout
 
 __all__ = [
     "SegmentCallable",
@@ -554,7 +554,7 @@ def run_batch(
     Each file is independent: a failure is recorded and the others are done.
     Two inputs with the same stem (``a.png`` and ``a.tif``) would write the same
     output; the second is reported as failed rather than overwriting the first.
-    No output may be an input of the run (:class:`~napari_vptv.core.outputs.OutputGuard`).
+    No output may be an input of the run (:class:`~napari_vptv.core.io.outputs.OutputGuard`).
     Temporary files left in ``out_dir`` by killed runs for this run's outputs are
     removed first (``summary.stale_removed``; nothing else is ever removed).
     ``on_result`` is called after each file.

@@ -117,8 +117,8 @@ def instance_image(labels, *, diameter: Optional[float] = None) -> Tuple[np.ndar
 
 def write_instances(label_path: PathLike, out_path: PathLike, *, diameter: Optional[float] = None) -> Path:
     """:func:`instance_image` of a label file, written to ``out_path`` (PNG or TIFF;
-    the border cells in its metadata, :func:`~napari_vptv.core.io.read_label_metadata`)."""
-    from .io import write_labels
+    the border cells in its metadata, :func:`~napari_vptv.core.io.files.read_label_metadata`)."""
+    from .io.files import write_labels
 
     inst, facts = instance_image(read_labels(label_path), diameter=diameter)
     return write_labels(out_path, inst, metadata=facts)
@@ -127,13 +127,13 @@ def write_instances(label_path: PathLike, out_path: PathLike, *, diameter: Optio
 def read_labels(path: PathLike) -> np.ndarray:
     """A label file as an integer array: labels 0/1/2 (a segmentation output), WBC grey
     masks 0/128/255 (mapped to 0/1/2), or a multi-page TIFF of labels (a stack)."""
-    from .io import read_mask
+    from .io.files import read_mask
 
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        from .io import is_wbc_style, wbc_grey_to_labels
+        from .io.files import is_wbc_style, wbc_grey_to_labels
 
         try:
             arr = np.asarray(tifffile.imread(p))
@@ -180,7 +180,7 @@ def measure_files(pairs: Sequence[Tuple[Path, Optional[Path]]], *, pixel_size: O
     none could; an image without a cell has no row), and one line per pair that
     could not be read.
     """
-    from .io import read_image
+    from .io.files import read_image
 
     tables, problems = [], []
     for labels_path, image_path in pairs:

@@ -95,7 +95,7 @@ def segment_stack_dask(
         darr = array.rechunk(chunks)
     else:
         name = None
-        from .tiff import TiffFrames
+        from .io.tiff import TiffFrames
 
         if isinstance(array, TiffFrames):
             from dask.base import tokenize

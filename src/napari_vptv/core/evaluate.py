@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .io import IMAGE_SUFFIXES, list_images, printable, read_image, read_mask
-from .masks import find_mask, index_masks
+from .io.files import IMAGE_SUFFIXES, list_images, printable, read_image, read_mask
+from .io.masks import find_mask, index_masks
 from .metrics import evaluate as _score
 from .metrics import summarize
 
@@ -28,7 +28,7 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     """Pair every image in ``images_dir`` with the mask of the same file stem.
 
     The one pairing rule of ``vptv evaluate`` and fine-tuning: masks are found with
-    :func:`~napari_vptv.core.masks.find_mask` (``NAME.*`` or ``NAME_mask.*``, ...);
+    :func:`~napari_vptv.core.io.masks.find_mask` (``NAME.*`` or ``NAME_mask.*``, ...);
     hidden files (``._001.png``) are neither images nor masks.
 
     Raises
@@ -104,7 +104,7 @@ def score_folder(
     images_dir, masks_dir : str or Path
         Folders of images and of masks with the same file stems. Masks are WBC
         grey masks (0/128/255 -> 0/1/2, nearest value) or integer label images
-        (:func:`~napari_vptv.core.io.read_mask`).
+        (:func:`~napari_vptv.core.io.files.read_mask`).
     segment_fn : callable ``(image, *, channel_axis) -> SegmentationResult``
         Single-image segmentation, e.g. :class:`napari_vptv.api.SegmentFn`.
     progress : callable ``(done, total)``, optional

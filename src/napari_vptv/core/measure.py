@@ -43,7 +43,7 @@ __all__ = [
     "write_csv",
 ]
 
-#: Class ids of the WBC labels (see :data:`napari_vptv.core.samples.CLASS_NAMES`).
+#: Class ids of the WBC labels (see :data:`napari_vptv.core.io.samples.CLASS_NAMES`).
 CYTOPLASM, NUCLEUS = 1, 2
 
 Table = Dict[str, np.ndarray]

@@ -29,7 +29,7 @@ The accuracy of the preset was measured with 5-fold cross-validation by image
 
 Examples
 --------
->>> from napari_vptv.core.samples import load_sample
+>>> from napari_vptv.core.io.samples import load_sample
 >>> from napari_vptv.core.segment import vptv_segment
 >>> from napari_vptv.core.wbc import wbc_preset
 >>> image, mask = load_sample("001")
@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .costs import GaussianModel, HistogramModel
-from .samples import CLASS_NAMES
+from .io.samples import CLASS_NAMES
 
 __all__ = [
     "WBC_CLASSES",

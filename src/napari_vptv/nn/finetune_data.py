@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..core.io import IMAGE_SUFFIXES  # noqa: F401 - the image files a folder of pairs may hold
+from ..core.io.files import IMAGE_SUFFIXES  # noqa: F401 - the image files a folder of pairs may hold
 from .sources import Sample, Source, cell_diameter
 
 __all__ = ["ArraySource", "IMAGE_SUFFIXES", "CLASS_NAMES", "LABEL_SWAP_MARGIN", "samples_from_arrays",
@@ -48,8 +48,8 @@ def array_sha256(a: np.ndarray) -> str:
 
 def _mask_labels(name: str, mask) -> np.ndarray:
     """Labels 0/1/2 of a mask, with the rules every command reads masks by
-    (:func:`napari_vptv.core.masks.mask_to_labels`)."""
-    from ..core.masks import mask_to_labels as to_labels
+    (:func:`napari_vptv.core.io.masks.mask_to_labels`)."""
+    from ..core.io.masks import mask_to_labels as to_labels
 
     m = np.asarray(mask)
     if m.size == 0:
@@ -58,7 +58,7 @@ def _mask_labels(name: str, mask) -> np.ndarray:
 
 
 def _as_sample(name: str, image, mask) -> Sample:
-    from ..core.intensity import normalise_intensity
+    from ..core.io.intensity import normalise_intensity
     from .predict import as_rgb_uint8
 
     img = as_rgb_uint8(normalise_intensity(image)[0])
@@ -94,8 +94,8 @@ def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
     files skipped, ambiguous stems refused) and read with the shared readers. Raises
     ``FileNotFoundError`` / ``ValueError`` naming the folder or file."""
     from ..core.evaluate import pair_images_and_masks
-    from ..core.imread import read_image
-    from ..core.masks import read_mask
+    from ..core.io.imread import read_image
+    from ..core.io.masks import read_mask
 
     out = []
     for p, mp in pair_images_and_masks(images_dir, masks_dir):

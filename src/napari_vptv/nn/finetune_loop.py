@@ -93,7 +93,7 @@ class LoopResult:
 def replay_samples():
     """The bundled sample images with their masks (CellaVision, part of the base's
     training data), as :class:`~napari_vptv.nn.sources.Sample` objects."""
-    from ..core.samples import load_sample, sample_ids
+    from ..core.io.samples import load_sample, sample_ids
     from .sources import Sample, cell_diameter
 
     out = []

@@ -21,7 +21,7 @@ __all__ = ["Sample", "Source", "load_source", "cell_diameter", "mask_to_labels",
 def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     """Map a WBC mask to labels 0/1/2: grey 0/128/255 by nearest grey value (the
     drawings carry a few anti-aliased pixels), or integer labels 0/1/2 unchanged."""
-    from ..core.io import wbc_grey_to_labels
+    from ..core.io.files import wbc_grey_to_labels
 
     m = np.asarray(mask)
     if m.ndim == 3:

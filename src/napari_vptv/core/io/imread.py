@@ -1,7 +1,7 @@
 """Decoding image files into numpy arrays: the one image reader of every command.
 
 :func:`read_image` is what ``vptv segment``, ``evaluate``, ``correct``, fine-tuning and
-the API read files with (re-exported by :mod:`napari_vptv.core.io`). It returns the
+the API read files with (re-exported by :mod:`napari_vptv.core.io.files`). It returns the
 pixels in napari layout (leading axes, Y, X, colour last) and converts what the
 methods cannot take as stored, saying so in ``notes``:
 
@@ -14,7 +14,7 @@ methods cannot take as stored, saying so in ``notes``:
   0 / 255, grey + alpha to grey; a file of several frames (an animation) is refused;
 * an alpha channel is dropped.
 
-The dtype is kept (16-bit stays 16-bit): :func:`napari_vptv.core.intensity.normalise_intensity`
+The dtype is kept (16-bit stays 16-bit): :func:`napari_vptv.core.io.intensity.normalise_intensity`
 brings any bit depth to the 8-bit scale when an image is segmented.
 
 No napari or Qt imports here.

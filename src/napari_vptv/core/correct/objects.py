@@ -4,7 +4,7 @@ Every object is cut out with its bounding box plus a margin. In the crop a
 per-object, contrast-normalised *evidence* map ``t`` is built (0 = like the material
 just outside the object's edge, 1 = like its inside) together with a *prior*, the
 given mask moved to the edge the image shows
-(:func:`napari_vptv.core.correct_evidence.object_evidence`), so dim and bright
+(:func:`napari_vptv.core.correct.evidence.object_evidence`), so dim and bright
 nuclei, grey fluorescence and RGB brightfield are treated alike. The two-phase costs of all crops are padded to
 common shapes and solved together by :func:`napari_vptv.core.vptv.vptv_iterate`
 (Algorithm 1, batched ``(N, 2, H, W)``), then pasted back with their ids.
@@ -30,7 +30,7 @@ from typing import List, Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .correct_evidence import AUTO_BAND_RANGE, object_band, object_evidence
+from .evidence import AUTO_BAND_RANGE, object_band, object_evidence
 
 __all__ = ["ObjectCorrection", "correct_objects_iter", "VOLUME_MODES"]
 
@@ -148,7 +148,7 @@ def _solve_group(group, *, volume_mode, epsilon, tv_weight, max_num_iter):
     """One batched VPTV solve; returns ``u_1`` per crop (cropped back to its shape)."""
     import torch
 
-    from .vptv import vptv_iterate
+    from ..vptv import vptv_iterate
 
     shape = tuple(np.maximum.reduce([np.array(c.obj.shape) for c in group]))
     n = len(group)
@@ -214,7 +214,7 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
                     planes=False):
     """Correct all objects of ``compact`` (ids ``1..n``) together (a generator).
 
-    Parameters: see :func:`napari_vptv.core.correct.correct_mask`; ``planes=True``
+    Parameters: see :func:`napari_vptv.core.correct.mask.correct_mask`; ``planes=True``
     (slice-by-slice stacks): every id lies in one plane of axis 0 and is corrected
     as a 2-D object of that plane (smoothing in-plane only). Yields ``(done,
     total)`` after every batched solve; returns (``StopIteration.value``)

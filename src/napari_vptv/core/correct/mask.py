@@ -7,14 +7,14 @@ or vanishing. The volume constraint of VPTV (the paper's eq. 2 / 11) makes this 
 bounded problem: the mask gives each object's volume interval (or its exact area /
 a known factor), the image's evidence places the boundary.
 
->>> from napari_vptv.core.correct import correct_mask
+>>> from napari_vptv.core.correct.mask import correct_mask
 >>> corrected = correct_mask(image, rough_labels)                     # doctest: +SKIP
 
 Two modes:
 
 ``"objects"`` (instance labels, or a binary mask = one object)
     All objects in one batched VPTV solve over their crops, with per-object
-    contrast-normalised evidence (:mod:`napari_vptv.core.correct_objects`).
+    contrast-normalised evidence (:mod:`napari_vptv.core.correct.objects`).
 ``"semantic"`` (e.g. background / cytoplasm / nucleus)
     One multi-class VPTV on the whole image; class ``i``'s volume is its fraction in
     the given mask, the class models are estimated from the mask.
@@ -51,8 +51,8 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from .correct_objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
-from .segment import prepare_image
+from ..segment import prepare_image
+from .objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
 
 __all__ = [
     "correct_mask", "correct_mask_iter", "run_correction", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
@@ -144,7 +144,7 @@ def _fit_cost(features, labels, weights_mask, n_classes, similarity):
     """
     import torch
 
-    from .costs import GaussianModel, HistogramModel
+    from ..costs import GaussianModel, HistogramModel
 
     c = features.shape[0]
     pix = features.reshape(c, -1)[:, weights_mask.ravel()].T.astype(np.float64)  # (P, C)
@@ -197,7 +197,7 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
     directly here (a sort instead of an eps-scaling loop). In interval mode the
     argmax count is clipped to the bounds.
     """
-    from .segment import vptv_segment
+    from ..segment import vptv_segment
 
     volumes = np.asarray(volumes, dtype=float)
     kw = {}
@@ -516,7 +516,7 @@ ValueError
 Notes
 -----
 The method (evidence, costs, volume interval, rounding) is described in the
-module docstring of :mod:`napari_vptv.core.correct`.
+module docstring of :mod:`napari_vptv.core.correct.mask`.
 
 References
 ----------

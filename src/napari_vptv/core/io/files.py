@@ -2,7 +2,7 @@
 
 No napari or Qt imports here: the CLI, the API, fine-tuning, the tests and the
 widgets all use these helpers. The one image reader and the one mask reader live in
-:mod:`napari_vptv.core.imread` and :mod:`napari_vptv.core.masks` and are re-exported
+:mod:`napari_vptv.core.io.imread` and :mod:`napari_vptv.core.io.masks` and are re-exported
 here:
 
 * :func:`read_image` decodes any PNG / JPEG / BMP / GIF / TIFF (every page, palette

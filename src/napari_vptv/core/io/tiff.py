@@ -128,7 +128,7 @@ class TiffFrames:
 
 def open_lazy(path: PathLike, pixels: Optional[np.ndarray] = None):
     """The decoded image when the caller has it (``pixels``: a non-TIFF file, or a TIFF
-    that :func:`~napari_vptv.core.imread.read_image` had to read whole), else a lazy
+    that :func:`~napari_vptv.core.io.imread.read_image` had to read whole), else a lazy
     array for a TIFF (:class:`TiffFrames`) or the file decoded now."""
     p = Path(path)
     if pixels is None and p.suffix.lower() in TIFF_SUFFIXES:

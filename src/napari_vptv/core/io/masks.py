@@ -3,7 +3,7 @@
 ``vptv evaluate``, ``vptv correct``, fine-tuning (``vptv finetune`` and its widget) and
 the API read masks with :func:`read_mask` (a file) or :func:`mask_to_labels` (an
 array, e.g. a napari layer), and find a mask for an image with :func:`find_mask`;
-all re-exported by :mod:`napari_vptv.core.io`. No napari or Qt imports here.
+all re-exported by :mod:`napari_vptv.core.io.files`. No napari or Qt imports here.
 
 Rules
 -----
@@ -251,7 +251,7 @@ def read_mask(
     notes: Optional[List[str]] = None,
 ) -> np.ndarray:
     """Read a mask file as an integer label image (:func:`mask_to_labels` on the file's
-    pixels, read with :func:`~napari_vptv.core.imread.read_image`).
+    pixels, read with :func:`~napari_vptv.core.io.imread.read_image`).
 
     Parameters
     ----------

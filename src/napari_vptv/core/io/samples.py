@@ -8,7 +8,7 @@ doi:10.1016/j.micron.2018.01.010; images from the CellaVision blog
 
 Examples
 --------
->>> from napari_vptv.core.samples import sample_ids, load_sample
+>>> from napari_vptv.core.io.samples import sample_ids, load_sample
 >>> sample_ids()
 ['001', '004', '016']
 >>> image, mask = load_sample("001")
@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-from .io import read_image, read_mask
+from .files import read_image, read_mask
 
 __all__ = [
     "SAMPLES",
