@@ -24,7 +24,7 @@ no-grad loop on a 300x300 RGB 3-class problem next to a plain numpy float32
 Chambolle dual step and a torch copy-and-scale pass over the same bytes, measured
 in the same run; per-image solve time median / max, iterations and softmax passes
 (iterations + 1 + the rounding's torch dual-solver passes; the rounding shortcut's one
-numba sweep over all eps, core.vptv_fast.rounding_steps_at_zero, is not counted);
+numba sweep over all eps, core.solver.fast.rounding_steps_at_zero, is not counted);
 ``--compile`` also times a ``torch.compile`` (inductor) version of one step.
 
 Every time is taken twice: wall clock and the process CPU time
@@ -36,8 +36,8 @@ N frames (a WBC image reflect-padded to 512x512, shifted by 2 pixels per frame):
 one core cold start, one core with warm starts (``segment_stack(warm_start=True)``),
 and both cores (two halves of the stack in two threads, cold and warm).
 
-Solver paths (``--paths``): ``numba`` -- the fused kernels of core.vptv_numba (the
-default no-grad CPU path), ``torch`` -- the torch no-grad loop of core.vptv_fast
+Solver paths (``--paths``): ``numba`` -- the fused kernels of core.solver.numba_loop (the
+default no-grad CPU path), ``torch`` -- the torch no-grad loop of core.solver.fast
 (``vptv_fast.NUMBA_AVAILABLE = False``), timed on the same images in the same run;
 the peers and the floor are measured once. The numba kernels are compiled (or loaded
 from the cache) in the warm-up call, outside the timings; the JIT cost is measured
@@ -93,7 +93,7 @@ PATHS = ("numba", "torch")
 
 def use_path(name, _installed=[]):
     """Select the no-grad solver loop for what follows: ``numba`` or ``torch``."""
-    from napari_vptv.core import vptv_fast
+    from napari_vptv.core.solver import fast as vptv_fast
 
     if not _installed:  # numba's availability as found at the first call
         _installed.append(vptv_fast.NUMBA_AVAILABLE and vptv_fast._numba_kernels() is not None)
@@ -108,7 +108,7 @@ _ROUNDING_PASSES = []
 def _count_rounding_passes():
     """Wrap the rounding's volume-dual solver to count its softmax passes (1 + sweeps
     per call)."""
-    from napari_vptv.core import vptv_volume
+    from napari_vptv.core.solver import volume_step as vptv_volume
 
     orig = vptv_volume.solve_volume_dual
 
@@ -122,7 +122,7 @@ def _count_rounding_passes():
 
 def vptv(image, preset):
     """``(labels, wall s, cpu s, iterations)`` of one whole ``vptv_segment`` call."""
-    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.solver.segment import vptv_segment
 
     _ROUNDING_PASSES.clear()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -134,8 +134,8 @@ def vptv_iteration_only(image, preset):
     """Time of Algorithm 1 alone (costs given, no rounding)."""
     import torch
 
-    from napari_vptv.core.segment import prepare_image
-    from napari_vptv.core.vptv import vptv_iterate
+    from napari_vptv.core.solver.reference import vptv_iterate
+    from napari_vptv.core.solver.segment import prepare_image
 
     x = torch.from_numpy(prepare_image(image, -1))[None]
     cost = preset["class_model"].cost(x)
@@ -153,7 +153,7 @@ def per_iteration(paths, n_iter=60, repeat=7):
     copy-and-scale pass over the same bytes as one iteration's arrays (u, q)."""
     import torch
 
-    from napari_vptv.core.vptv import vptv_iterate
+    from napari_vptv.core.solver.reference import vptv_iterate
 
     g = torch.Generator().manual_seed(0)
     cost = torch.rand((1, 3, 300, 300), generator=g)
@@ -270,7 +270,7 @@ def chan_vese_labels(image):
 def random_walker_labels(image, seed=0):
     from skimage.segmentation import random_walker
 
-    from napari_vptv.core.costs import kmeans_init
+    from napari_vptv.core.solver.costs import kmeans_init
 
     x = image.astype(np.float64) / 255.0
     t0 = _clock()
@@ -302,8 +302,8 @@ def stack_throughput(image, preset, n_frames):
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
-    from napari_vptv.core.segment import vptv_segment
-    from napari_vptv.core.stack import segment_stack
+    from napari_vptv.core.batch.stack import segment_stack
+    from napari_vptv.core.solver.segment import vptv_segment
 
     stack = make_stack(image, n_frames)
     fn = functools.partial(vptv_segment, **{k: v for k, v in preset.items() if k != "channel_axis"})
@@ -429,7 +429,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_vptv.core.wbc import wbc_preset
+    from napari_vptv.core.wbc.preset import wbc_preset
 
     images, source = load_images(args.root, args.step)
     print(f"# machine: {machine(args.threads)}")

@@ -4,7 +4,7 @@ A synthetic stack of N frames of 512x512 (uint8 grey: a few drifting discs on a
 shaded, noisy background) is generated chunk by chunk into a temporary multi-page
 TIFF (never committed, never held whole in memory), then segmented
 
-* ``headless``: the production path, :func:`napari_vptv.core.batch.segment_file`
+* ``headless``: the production path, :func:`napari_vptv.core.batch.run.segment_file`
   (what ``vptv segment stack.tif --out DIR`` runs): the TIFF read slice by slice
   (``TiffFrames``), one dask ``map_blocks`` task per slice, local threaded scheduler
   (one torch thread per dask thread), labels stored chunk by chunk into a
@@ -75,8 +75,8 @@ def _segment_kwargs(iters: int) -> dict:
 def child_headless(path: str, out: str, iters: int, workers: int) -> dict:
     import torch  # noqa: F401 - imported before the clock starts, as in the loop
 
-    import napari_vptv.core.segment  # noqa: F401
-    from napari_vptv.core.batch import make_segment_fn, segment_file
+    import napari_vptv.core.solver.segment  # noqa: F401
+    from napari_vptv.core.batch.run import make_segment_fn, segment_file
 
     fn = make_segment_fn("vptv", preset="none", n_classes=2, **_segment_kwargs(iters))
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def child_loop(path: str, out: str, iters: int, workers: int, threads: int = 1) 
 
     torch.set_num_threads(threads)
 
-    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.solver.segment import vptv_segment
 
     frames = tifffile.imread(path)  # the whole stack in memory
     labels = np.empty(frames.shape, np.uint8)

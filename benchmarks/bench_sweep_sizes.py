@@ -40,7 +40,7 @@ def _best(fn, calls, repeat):
 
 
 def measure(size, n_iter, repeat):
-    from napari_vptv.core.vptv import vptv_iterate
+    from napari_vptv.core.solver.reference import vptv_iterate
 
     g = torch.Generator().manual_seed(0)
     cost = torch.rand((1, 3, size, size), generator=g)

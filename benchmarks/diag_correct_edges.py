@@ -34,7 +34,7 @@ def main(argv=None):
 
     from napari_vptv.core.correct import evidence as ce
     from napari_vptv.core.correct.mask import correct_mask
-    from napari_vptv.core.segment import prepare_image
+    from napari_vptv.core.solver.segment import prepare_image
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=["synth", "wbc", "wbc-d1"], default="wbc-d1")

@@ -66,10 +66,10 @@ def make_predictor(spec, nets, args):
         def run(img, diameter=None):
             return predict_cells(model, meta, img, diameter=diameter, **kw).labels
         return run
-    from napari_vptv.core.adapt import adapted_segment
-    from napari_vptv.core.cell_rules import drop_cells_without_nucleus
-    from napari_vptv.core.segment import vptv_segment
-    from napari_vptv.core.wbc import wbc_preset
+    from napari_vptv.core.solver.segment import vptv_segment
+    from napari_vptv.core.wbc.adapt import adapted_segment
+    from napari_vptv.core.wbc.cell_rules import drop_cells_without_nucleus
+    from napari_vptv.core.wbc.preset import wbc_preset
 
     def rule(labels):  # as the API applies it (SegmentOptions.require_nucleus)
         return labels if args.keep_cells_without_nucleus else drop_cells_without_nucleus(labels)[0]
@@ -132,19 +132,19 @@ def main(argv=None):
     ap.add_argument("--vptv-tv", type=float, default=0.05)
     ap.add_argument("--network-weight", type=float, default=None,
                     help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
-                         "(default: the API's, core.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
+                         "(default: the API's, core.wbc.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
     ap.add_argument("--colour-sigma", default=None,
                     help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
-                         "(core.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
-                         "default: the API's, core.adapt.COLOUR_SIGMA")
+                         "(core.wbc.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
+                         "default: the API's, core.wbc.adapt.COLOUR_SIGMA")
     ap.add_argument("--min-nucleus-fraction", type=float, default=None,
                     help="nucleus rule: nucleus share below which a cell part is dropped "
-                         "(default: core.cell_rules.MIN_NUCLEUS_FRACTION)")
+                         "(default: core.wbc.cell_rules.MIN_NUCLEUS_FRACTION)")
     ap.add_argument("--rounding", choices=["volume", "argmax"], default=None,
                     help="vptv:adapted: final labels by the volume-respecting rounding or argmax "
-                         "(default: the API's, core.adapt.ROUNDING)")
+                         "(default: the API's, core.wbc.adapt.ROUNDING)")
     ap.add_argument("--max-iter", type=int, default=0,
-                    help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.adapt.MAX_ITER)")
+                    help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.wbc.adapt.MAX_ITER)")
     ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
                     help="test-time augmentation: transforms averaged (default: the user default, 2; "
                          "older results used 1)")
@@ -154,17 +154,17 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.network_weight is None:
-        from napari_vptv.core.adapt import NETWORK_WEIGHT
+        from napari_vptv.core.wbc.adapt import NETWORK_WEIGHT
         args.network_weight = NETWORK_WEIGHT
     if args.colour_sigma is None:
-        from napari_vptv.core.adapt import COLOUR_SIGMA
+        from napari_vptv.core.wbc.adapt import COLOUR_SIGMA
         args.colour_sigma = COLOUR_SIGMA
     args.colour_sigma = None if args.colour_sigma in ("auto", None) else float(args.colour_sigma)
     if args.rounding is None:
-        from napari_vptv.core.adapt import ROUNDING
+        from napari_vptv.core.wbc.adapt import ROUNDING
         args.rounding = ROUNDING
     if args.min_nucleus_fraction is not None:  # read at call time by every method's rule
-        from napari_vptv.core import cell_rules
+        from napari_vptv.core.wbc import cell_rules
         cell_rules.MIN_NUCLEUS_FRACTION = args.min_nucleus_fraction
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}

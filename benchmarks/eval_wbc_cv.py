@@ -68,9 +68,9 @@ def caps(masks, folds, fit_kwargs):
 
 
 def run_config(ids, images, masks, folds, models, cfg, mode, subset=1, log=None):
-    from napari_vptv.core.metrics import evaluate, summarize
-    from napari_vptv.core.segment import vptv_segment
-    from napari_vptv.core.wbc import wbc_preset
+    from napari_vptv.core.scoring.metrics import evaluate, summarize
+    from napari_vptv.core.solver.segment import vptv_segment
+    from napari_vptv.core.wbc.preset import wbc_preset
 
     rows = []
     for j in range(0, len(ids), subset):
@@ -128,7 +128,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from napari_vptv.core.wbc import WBC_DEFAULTS, fit_wbc_model
+    from napari_vptv.core.wbc.preset import WBC_DEFAULTS, fit_wbc_model
 
     ids, images, masks = load(args.root)
     fit_kwargs = dict(bins=args.bins, sigma=args.sigma, widen=args.widen)

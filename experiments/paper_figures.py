@@ -25,8 +25,8 @@ EMTV_LAMBDA = 0.1  # EMTV's lambda is in log-likelihood units
 
 
 def fig4(seeds=(0, 1, 2), size=128):
-    from napari_vptv.core.baselines import advp_segment, emtv_segment, kmeans_segment, tds_segment
-    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.scoring.baselines import advp_segment, emtv_segment, kmeans_segment, tds_segment
+    from napari_vptv.core.solver.segment import vptv_segment
 
     methods = [
         ("k-means", lambda im: kmeans_segment(im, 2)),
@@ -67,7 +67,7 @@ def fig4(seeds=(0, 1, 2), size=128):
 
 
 def fig6(size=128, epsilons=(0.005, 0.01, 0.05, 0.1, 0.2), lambdas=(0.0, 0.005, 0.02, 0.05, 0.1)):
-    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.solver.segment import vptv_segment
 
     img, truth = toy_circle(size, seed=0)
     tiles_u, tiles_l, rows = [], [], []
@@ -107,7 +107,7 @@ def colour(volumes=(0.05, 0.35, 0.85), similarity="gaussian"):
     import skimage.data
     from skimage.transform import rescale
 
-    from napari_vptv.core.segment import vptv_segment
+    from napari_vptv.core.solver.segment import vptv_segment
 
     img = (rescale(skimage.data.chelsea(), 0.5, channel_axis=-1, anti_aliasing=True) * 255).astype(np.uint8)
     tiles = [("skimage.data.chelsea()\n(scaled 0.5)", img)]

@@ -76,18 +76,18 @@ RUN_ORDER = ["multiotsu", "otsu", "kmeans", "tds", "slic_kmeans", "random_walker
 
 #: package source files each method's result depends on (their contents are part of
 #: the cache key, so a change of the solver invalidates the cached results)
-_CORE = ["core/segment.py", "core/costs.py", "core/vptv.py", "core/volumes.py"]
+_CORE = ["core/solver/segment.py", "core/solver/costs.py", "core/solver/reference.py", "core/solver/volumes.py"]
 DEPENDS = {
-    "kmeans": _CORE + ["core/baselines.py"],
-    "emtv": _CORE + ["core/baselines.py"],
-    "tds": _CORE + ["core/baselines.py"],
-    "advp": _CORE + ["core/baselines.py"],
-    "vptv": _CORE + ["core/baselines.py"],
-    "vptv-learned": _CORE + ["core/baselines.py", "core/wbc.py"],
+    "kmeans": _CORE + ["core/scoring/baselines.py"],
+    "emtv": _CORE + ["core/scoring/baselines.py"],
+    "tds": _CORE + ["core/scoring/baselines.py"],
+    "advp": _CORE + ["core/scoring/baselines.py"],
+    "vptv": _CORE + ["core/scoring/baselines.py"],
+    "vptv-learned": _CORE + ["core/scoring/baselines.py", "core/wbc/preset.py"],
     "unet": ["nn/weights.py", "nn/layer.py", "nn/unet.py", "models/unet.pt"],
     "vptv-unet": ["nn/weights.py", "nn/layer.py", "nn/unet.py", "models/vptv-unet.pt"],
-    "random_walker": ["core/costs.py"],
-    "slic_kmeans": ["core/costs.py"],
+    "random_walker": ["core/solver/costs.py"],
+    "slic_kmeans": ["core/solver/costs.py"],
 }
 
 
@@ -131,7 +131,7 @@ def _binary_dark_is_cell(mask, grey):
 # methods: (image uint8 RGB, context) -> WBC labels
 # --------------------------------------------------------------------------- #
 def run_method(method, img, ctx):
-    from napari_vptv.core import baselines as B
+    from napari_vptv.core.scoring import baselines as B
 
     s = SETTINGS[method]
     vd = ctx["volumes_dark_first"]
@@ -144,12 +144,12 @@ def run_method(method, img, ctx):
     if method == "advp":
         return _dark_to_wbc(B.advp_segment(img, 3, volumes=vd, channel_axis=-1, **s).labels)
     if method == "vptv":
-        from napari_vptv.core.segment import vptv_segment
+        from napari_vptv.core.solver.segment import vptv_segment
 
         return _dark_to_wbc(vptv_segment(img, 3, volumes=vd, channel_axis=-1, **s).labels)
     if method == "vptv-learned":
-        from napari_vptv.core.segment import vptv_segment
-        from napari_vptv.core.wbc import wbc_preset
+        from napari_vptv.core.solver.segment import vptv_segment
+        from napari_vptv.core.wbc.preset import wbc_preset
 
         return vptv_segment(img, **wbc_preset("exact", model=ctx["fold_model"])).labels.astype(np.int32)
     if method in LEARNED:
@@ -179,7 +179,7 @@ def run_method(method, img, ctx):
         from scipy.cluster.vq import vq
         from skimage.segmentation import random_walker
 
-        from napari_vptv.core.costs import kmeans_init
+        from napari_vptv.core.solver.costs import kmeans_init
 
         x = img.astype(np.float64) / 255.0
         pix = x.reshape(-1, 3)
@@ -194,7 +194,7 @@ def run_method(method, img, ctx):
     if method == "slic_kmeans":
         from skimage.segmentation import slic
 
-        from napari_vptv.core.costs import kmeans_init, kmeans_labels
+        from napari_vptv.core.solver.costs import kmeans_init, kmeans_labels
 
         x = img.astype(np.float64) / 255.0
         seg = slic(x, n_segments=s["n_segments"], compactness=s["compactness"], start_label=0, channel_axis=-1)
@@ -208,7 +208,7 @@ def run_method(method, img, ctx):
 
 # --------------------------------------------------------------------------- #
 def _score(labels, truth):
-    from napari_vptv.core.metrics import evaluate
+    from napari_vptv.core.scoring.metrics import evaluate
 
     e = evaluate(labels, truth, 3)
     cell = evaluate((labels > 0).astype(np.int32), (truth > 0).astype(np.int32), 2)
@@ -269,9 +269,9 @@ def main(argv=None):
     import skimage.segmentation  # noqa: F401
     import torch  # noqa: F401
 
-    import napari_vptv.core.baselines  # noqa: F401
-    import napari_vptv.core.segment  # noqa: F401
-    import napari_vptv.core.wbc  # noqa: F401
+    import napari_vptv.core.scoring.baselines  # noqa: F401
+    import napari_vptv.core.solver.segment  # noqa: F401
+    import napari_vptv.core.wbc.preset  # noqa: F401
 
     if args.timing:
         measure_timing(methods, data, fr, folds, cache_dir, args.timing)
@@ -298,7 +298,7 @@ def main(argv=None):
                 if method == "vptv-learned":
                     f = folds[n]
                     if f not in fold_models:
-                        from napari_vptv.core.wbc import fit_wbc_model
+                        from napari_vptv.core.wbc.preset import fit_wbc_model
 
                         tr = [j for j in range(len(ids)) if folds[j] != f]
                         fold_models[f] = fit_wbc_model([data[j][1] for j in tr], [data[j][2] for j in tr])
@@ -323,7 +323,7 @@ def measure_timing(methods, data, fr, folds, cache_dir, n_images):
     Wall-clock times of the main run depend on what else runs on the machine; the CPU
     time of one process is much less sensitive to it.
     """
-    from napari_vptv.core.wbc import fit_wbc_model
+    from napari_vptv.core.wbc.preset import fit_wbc_model
 
     path = cache_dir / "_timing.json"
     out = json.loads(path.read_text()) if path.is_file() else {}

@@ -1,11 +1,11 @@
 """The image-adapted variational WBC method: colour model refitted per image, then
-combined with the network's probabilities (core.adapt.adapted_segment)."""
+combined with the network's probabilities (core.wbc.adapt.adapted_segment)."""
 
 import numpy as np
 
-from napari_vptv.core.adapt import adapted_segment, fraction_interval, gaussian_from_probabilities
 from napari_vptv.core.io.samples import load_sample
-from napari_vptv.core.segment import prepare_image, vptv_segment
+from napari_vptv.core.solver.segment import prepare_image, vptv_segment
+from napari_vptv.core.wbc.adapt import adapted_segment, fraction_interval, gaussian_from_probabilities
 
 
 def test_weight_zero_is_the_refitted_colour_model_alone():
@@ -65,7 +65,7 @@ def test_colour_smoothing_changes_only_what_the_colour_model_sees():
 def test_default_smoothing_is_relative_to_the_cell_diameter():
     """colour_sigma=None (the default): COLOUR_SIGMA_PER_DIAMETER x diameter pixels, so
     the same cell is smoothed alike at every magnification; no diameter, no smoothing."""
-    from napari_vptv.core.adapt import COLOUR_SIGMA, COLOUR_SIGMA_PER_DIAMETER
+    from napari_vptv.core.wbc.adapt import COLOUR_SIGMA, COLOUR_SIGMA_PER_DIAMETER
 
     assert COLOUR_SIGMA is None
     image = load_sample("wbc_016")[0][..., :3]
@@ -83,7 +83,7 @@ def test_default_labels_are_the_argmax_of_the_combined_solve():
     """ROUNDING = "argmax": the default's interval is a soft prior around the network's
     fractions, so its labels are the argmax of the solve's probabilities; "volume"
     still gives the volume-respecting rounding."""
-    from napari_vptv.core.adapt import ROUNDING
+    from napari_vptv.core.wbc.adapt import ROUNDING
 
     assert ROUNDING == "argmax"
     image = load_sample("wbc_016")[0][..., :3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from napari_vptv.core.baselines import (
+from napari_vptv.core.scoring.baselines import (
     advp_segment,
     auction_assign,
     emtv_segment,
@@ -14,7 +14,7 @@ from napari_vptv.core.baselines import (
     tds_segment,
     volume_counts,
 )
-from napari_vptv.core.segment import SegmentationResult
+from napari_vptv.core.solver.segment import SegmentationResult
 
 
 def _two_phase(shape=(40, 48), lo=0.2, hi=0.8):

@@ -1,4 +1,4 @@
-"""Tests of the headless batch engine napari_vptv.core.batch (no napari, no /work/shared)."""
+"""Tests of the headless batch engine napari_vptv.core.batch.run (no napari, no /work/shared)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 import tifffile
 
 from napari_vptv.api import make_segment_fn
-from napari_vptv.core.batch import (
+from napari_vptv.core.batch.dask_stack import segment_stack_dask
+from napari_vptv.core.batch.run import (
     FileResult,
     inspect_input,
     iter_inputs,
     run_batch,
     segment_file,
 )
-from napari_vptv.core.dask_stack import segment_stack_dask
 from napari_vptv.core.io import tiff
 from napari_vptv.core.io.outputs import publish
 from napari_vptv.core.io.tiff import TiffFrames, store_labels_tiff
@@ -206,7 +206,7 @@ def test_contiguous_offset():
 def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
     """The layout check and the segmentation share one decode of a PNG (the real
     reader, counted)."""
-    from napari_vptv.core import batch
+    from napari_vptv.core.batch import run as batch
     from napari_vptv.core.io import files as io
 
     calls = []

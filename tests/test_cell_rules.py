@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_vptv.core.cell_rules import drop_cells_without_nucleus
 from napari_vptv.core.io.samples import load_sample
+from napari_vptv.core.wbc.cell_rules import drop_cells_without_nucleus
 
 
 def _regions_all_have_nucleus(labels, min_fraction=0.10):
@@ -39,7 +39,7 @@ def test_default_threshold_drops_a_red_cell_with_a_nuclear_rim_keeps_a_small_nuc
     """The default (half the smallest nucleus share of a labelled white cell, 0.205):
     a red cell whose rim was called nucleus (~6 %) goes, a white cell whose nucleus is
     only 15 % of it stays."""
-    from napari_vptv.core.cell_rules import MIN_NUCLEUS_FRACTION
+    from napari_vptv.core.wbc.cell_rules import MIN_NUCLEUS_FRACTION
 
     assert MIN_NUCLEUS_FRACTION == pytest.approx(0.10)
     shape = (80, 160)

@@ -10,7 +10,7 @@ import pytest
 
 from napari_vptv.cli import main
 from napari_vptv.core.io.samples import load_sample
-from napari_vptv.core.measure import measure_cells
+from napari_vptv.core.wbc.measure import measure_cells
 
 # small images: one torch thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -101,7 +101,7 @@ def test_segment_measure_is_the_measure_table(tmp_path, capsys):
 
 
 def test_cells_are_numbered_in_reading_order():
-    from napari_vptv.core.measure import cell_instances
+    from napari_vptv.core.wbc.measure import cell_instances
 
     lab = np.zeros((60, 80), np.uint8)
     # two rows of cells; within a row the centres differ a little in height

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from napari_vptv.api import segment_image  # noqa: E402
 from napari_vptv.core.io.samples import load_sample  # noqa: E402
-from napari_vptv.core.vptv import vptv_iterate  # noqa: E402
+from napari_vptv.core.solver.reference import vptv_iterate  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -17,10 +17,10 @@ import pytest
 import tifffile
 
 from napari_vptv.cli import main
-from napari_vptv.core.evaluate import pair_images_and_masks
 from napari_vptv.core.io import files as io
 from napari_vptv.core.io.outputs import OutputGuard, clean_stale_partials, partial_name
 from napari_vptv.core.io.samples import load_sample, sample_ids
+from napari_vptv.core.scoring.evaluate import pair_images_and_masks
 from napari_vptv.options import OptionError, SegmentOptions
 
 GREY = ["--preset", "none", "--classes", "2"]
@@ -170,8 +170,8 @@ def test_extreme_epsilon_is_refused_naming_the_option(tmp_path, capsys, eps):
 
 def test_nan_probabilities_are_an_error_not_labels():
     from napari_vptv.api import _check_finite
-    from napari_vptv.core.segment import SegmentationResult
-    from napari_vptv.core.volumes import make_volume_spec
+    from napari_vptv.core.solver.segment import SegmentationResult
+    from napari_vptv.core.solver.volumes import make_volume_spec
 
     prob = np.full((2, 8, 8), 0.5, np.float32)
     ok = SegmentationResult.from_arrays(np.zeros((8, 8), int), prob, n_iter=1, converged=True, class_model=None,
@@ -438,7 +438,7 @@ def test_a_second_run_skips_what_a_concurrent_run_wrote(tmp_path):
     """Two runs segment one file into one folder; the other run publishes while this
     one is still segmenting (the interleaving made deterministic with the real code)."""
     from napari_vptv.api import make_segment_fn
-    from napari_vptv.core.batch import run_batch, segment_file
+    from napari_vptv.core.batch.run import run_batch, segment_file
 
     iio.imwrite(tmp_path / "a.png", _grey_u8())
     out = tmp_path / "o"
@@ -479,6 +479,6 @@ def test_an_image_that_cannot_fit_is_refused_before_the_work_with_the_size_it_ne
     assert "(5000 x 5000 px) needs about 8.8 GB" in proc.stderr and "ulimit -v" in proc.stderr
     assert "done " in proc.stdout and (tmp_path / "o" / "small.png").exists()  # the others are still done
     assert not (tmp_path / "o" / "big.png").exists() and time.perf_counter() - t0 < 60
-    from napari_vptv.core.memory import NotEnoughMemoryError, memory_needed
+    from napari_vptv.core.batch.memory import NotEnoughMemoryError, memory_needed
 
     assert memory_needed(5000 * 5000, kind="default") > 8e9 and issubclass(NotEnoughMemoryError, ValueError)

@@ -8,9 +8,9 @@ import imageio.v3 as iio
 import numpy as np
 
 from napari_vptv.cli import main
-from napari_vptv.core.cell_table import instance_image, measure_image
 from napari_vptv.core.io.files import read_label_metadata
 from napari_vptv.core.io.samples import load_sample
+from napari_vptv.core.wbc.cell_table import instance_image, measure_image
 
 
 def _cells():

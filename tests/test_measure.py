@@ -1,11 +1,11 @@
-"""Per-cell measurements (core.measure) against values computed by hand."""
+"""Per-cell measurements (core.wbc.measure) against values computed by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_vptv.core.measure import cell_instances, class_areas, measure_cells, measure_stack, write_csv
+from napari_vptv.core.wbc.measure import cell_instances, class_areas, measure_cells, measure_stack, write_csv
 
 
 def two_cells():

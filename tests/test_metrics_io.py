@@ -1,4 +1,4 @@
-"""Tests of napari_vptv.core.io.files, core.metrics and core.samples (no viewer)."""
+"""Tests of napari_vptv.core.io.files, core.scoring.metrics and core.samples (no viewer)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_vptv.core import metrics
 from napari_vptv.core.io import files as io
 from napari_vptv.core.io.samples import (
     CITATION,
@@ -20,6 +19,7 @@ from napari_vptv.core.io.samples import (
     sample_info,
     sample_path,
 )
+from napari_vptv.core.scoring import metrics
 
 WBC_ROOT = Path(os.environ.get("VPTV_WBC_ROOT", "/work/shared/data/wbc"))
 

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_vptv.core.vptv import vptv_iterate, vptv_probabilities  # noqa: E402
+from napari_vptv.core.solver.reference import vptv_iterate, vptv_probabilities  # noqa: E402
 from napari_vptv.nn import data as D  # noqa: E402
 from napari_vptv.nn.augment import dihedral  # noqa: E402
 from napari_vptv.nn.layer import SoftmaxUNet, VPTVSoftmax, VPTVUNet, build_model  # noqa: E402

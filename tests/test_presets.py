@@ -15,9 +15,9 @@ from napari_vptv.options import SegmentOptions
 
 
 def test_core_defaults_are_the_presets():
-    from napari_vptv.core import adapt
-    from napari_vptv.core.segment import vptv_segment
-    from napari_vptv.core.wbc import WBC_DEFAULTS, wbc_preset
+    from napari_vptv.core.solver.segment import vptv_segment
+    from napari_vptv.core.wbc import adapt
+    from napari_vptv.core.wbc.preset import WBC_DEFAULTS, wbc_preset
 
     assert WBC_DEFAULTS == presets.WBC_COLOUR.solver_kwargs()
     kw = wbc_preset("interval")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vptv.core.costs import kmeans_init, kmeans_labels
-from napari_vptv.core.segment import class_argmax, prepare_image, vptv_segment
-from napari_vptv.core.vptv import divergence, gradient, vptv_iterate
-from napari_vptv.core.vptv_volume import solve_volume_dual
+from napari_vptv.core.solver.costs import kmeans_init, kmeans_labels
+from napari_vptv.core.solver.reference import divergence, gradient, vptv_iterate
+from napari_vptv.core.solver.segment import class_argmax, prepare_image, vptv_segment
+from napari_vptv.core.solver.volume_step import solve_volume_dual
 
 TOL = 0.005
 

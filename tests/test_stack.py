@@ -1,4 +1,4 @@
-"""The napari-free stack generator (napari_vptv.core.stack)."""
+"""The napari-free stack generator (napari_vptv.core.batch.stack)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import functools
 import numpy as np
 import pytest
 
-from napari_vptv.core.segment import vptv_segment
-from napari_vptv.core.stack import (
+from napari_vptv.core.batch.stack import (
     StackSlice,
     label_dtype,
     segment_stack,
     segment_stack_array,
     stack_layout,
 )
+from napari_vptv.core.solver.segment import vptv_segment
 
 
 def threshold(image, *, channel_axis=None):

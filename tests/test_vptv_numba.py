@@ -1,5 +1,5 @@
-"""The fused numba kernels of the no-grad VPTV loop (core.vptv_numba) against the
-torch no-grad loop (core.vptv_fast) they replace on the CPU: same numbers to float32
+"""The fused numba kernels of the no-grad VPTV loop (core.solver.numba_loop) against the
+torch no-grad loop (core.solver.fast) they replace on the CPU: same numbers to float32
 rounding, same labels; the fallback and the uncached (read-only) case.
 
 Synthetic problems and the package's sample images only (no /work/shared).
@@ -16,11 +16,11 @@ import torch
 
 pytest.importorskip("numba")
 
-from napari_vptv.core import vptv_fast  # noqa: E402
 from napari_vptv.core.io.samples import load_sample, sample_ids  # noqa: E402
-from napari_vptv.core.segment import vptv_segment  # noqa: E402
-from napari_vptv.core.vptv import vptv_iterate  # noqa: E402
-from napari_vptv.core.wbc import wbc_preset  # noqa: E402
+from napari_vptv.core.solver import fast as vptv_fast  # noqa: E402
+from napari_vptv.core.solver.reference import vptv_iterate  # noqa: E402
+from napari_vptv.core.solver.segment import vptv_segment  # noqa: E402
+from napari_vptv.core.wbc.preset import wbc_preset  # noqa: E402
 
 
 def _run(numba_on, monkeypatch, fn, *args, **kwargs):
@@ -119,12 +119,12 @@ def test_numba_same_labels_synthetic_exact_volumes_with_edges(monkeypatch):
 @pytest.mark.parametrize("bounds", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.3, 0.2, 0.1), (0.5, 0.4, 0.3)),
                                     ((0.0, 0.0, 0.0), (0.3219, 1.0, 1.0))])
 def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
-    """The volume rounding's shortcut (core.vptv_fast.rounding_steps_at_zero): the
+    """The volume rounding's shortcut (core.solver.fast.rounding_steps_at_zero): the
     leading eps it skips are exactly those where the dual solver keeps f = 0, and the
     labels equal those of the full eps-scaling loop."""
-    from napari_vptv.core.segment import round_to_volumes
-    from napari_vptv.core.volumes import make_volume_spec
-    from napari_vptv.core.vptv_volume import solve_volume_dual
+    from napari_vptv.core.solver.segment import round_to_volumes
+    from napari_vptv.core.solver.volume_step import solve_volume_dual
+    from napari_vptv.core.solver.volumes import make_volume_spec
 
     g = torch.Generator().manual_seed(4)
     u = torch.softmax(3 * torch.randn((1, 3, 40, 50), generator=g), dim=1)
@@ -183,8 +183,9 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     kernels and a solve still runs. Real numba, in a fresh process."""
     script = textwrap.dedent("""
         import torch
-        from napari_vptv.core import vptv_fast, vptv_numba
-        from napari_vptv.core.vptv import vptv_iterate
+        from napari_vptv.core.solver import fast as vptv_fast
+        from napari_vptv.core.solver import numba_loop as vptv_numba
+        from napari_vptv.core.solver.reference import vptv_iterate
         cost = torch.rand(1, 3, 9, 11)
         with torch.no_grad():
             st = vptv_iterate(cost, epsilon=0.1, tv_weight=0.1, max_num_iter=5, volumes=torch.tensor([.5, .3, .2]))
@@ -206,7 +207,7 @@ def test_torch_reweight_never_divides_zero_by_zero():
     e.g. the WBC preset's costs with eps 0.05) stays 0 instead of NaN."""
     import torch
 
-    from napari_vptv.core.vptv_fast import FastVPTV
+    from napari_vptv.core.solver.fast import FastVPTV
 
     cost = torch.zeros(1, 3, 4, 5)
     fast = FastVPTV(cost, None, None, epsilon=0.05, tau=0.25)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from napari_vptv.api import METHODS, evaluate_folder, segment_image
-from napari_vptv.core.costs import HistogramModel
 from napari_vptv.core.io.samples import load_sample, sample_ids
-from napari_vptv.core.segment import vptv_segment
-from napari_vptv.core.wbc import WBCModel, fit_wbc_model, load_wbc_model, wbc_preset
+from napari_vptv.core.solver.costs import HistogramModel
+from napari_vptv.core.solver.segment import vptv_segment
+from napari_vptv.core.wbc.preset import WBCModel, fit_wbc_model, load_wbc_model, wbc_preset
 
 TOL = 0.005
 
@@ -72,7 +72,7 @@ def test_segment_image_dispatcher_matches_solver(samples, interval_results):
     r = segment_image(img, method="vptv", preset="wbc", volume_mode="interval")
     # an explicit volume constraint wins over the nucleus rule: the solver's labels as they are
     np.testing.assert_array_equal(r.labels, interval_results["016"].labels)
-    # without volume settings the preset refits its colour model on the image (core.adapt)
+    # without volume settings the preset refits its colour model on the image (core.wbc.adapt)
     adapted = segment_image(img, method="vptv", preset="wbc")
     assert adapted.info["colour_model"] == "refitted on this image"
     assert np.mean(adapted.labels == samples["016"][1]) > 0.95

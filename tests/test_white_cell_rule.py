@@ -5,8 +5,8 @@ import argparse
 import numpy as np
 import pytest
 
-from napari_vptv.core.cell_rules import drop_non_white_cells
 from napari_vptv.core.io.samples import load_sample
+from napari_vptv.core.wbc.cell_rules import drop_non_white_cells
 
 
 def _disc(shape, centre, radius):

@@ -844,7 +844,7 @@ def test_run_disabled_while_inputs_invalid(viewer, widget, wbc, notes):
 
 def test_measurements_table_cells_layer_and_csv(viewer, widget, wbc, tmp_path, notes):
     widget.method.value = METHOD_VPTV
-    from napari_vptv.core.measure import measure_cells
+    from napari_vptv.core.wbc.measure import measure_cells
 
     image, _ = wbc
     viewer.add_image(image, name="cell", rgb=True, scale=(0.1, 0.1))  # 0.1 µm per pixel

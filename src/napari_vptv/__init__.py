@@ -60,7 +60,7 @@ def __getattr__(name):
 
         return getattr(finetuning, name)
     if name == "SegmentationResult":
-        from .core.segment import SegmentationResult
+        from .core.solver.segment import SegmentationResult
 
         return SegmentationResult
     raise AttributeError(f"module 'napari_vptv' has no attribute {name!r}")

@@ -16,10 +16,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .core.batch.memory import check_memory
 from .core.io.intensity import featureless
-from .core.memory import check_memory
-from .core.segment import SegmentationResult
-from .core.volumes import make_volume_spec
+from .core.solver.segment import SegmentationResult
+from .core.solver.volumes import make_volume_spec
 from .options import OptionError, SegmentOptions
 
 __all__ = ["is_rgb_shape", "spatial_shape", "featureless_result", "check_memory_for"]
@@ -64,7 +64,7 @@ def featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[Se
 
 def check_memory_for(image, opts: SegmentOptions, channel_axis) -> None:
     """Refuse (one line, with the size needed) an image that cannot be segmented with
-    ``opts`` in the memory this process has left (:func:`~napari_vptv.core.memory.check_memory`)."""
+    ``opts`` in the memory this process has left (:func:`~napari_vptv.core.batch.memory.check_memory`)."""
     rgb = channel_axis is not None
     if opts.is_network:
         kind, what = "network", f"segment it with {opts.method}"

@@ -1,7 +1,7 @@
 """The measurement table of the segmentation widget (per cell, per frame).
 
 :func:`measure_result` computes the tables of a finished result with
-:mod:`napari_vptv.core.measure` and adds the cell instances as a Labels layer whose
+:mod:`napari_vptv.core.wbc.measure` and adds the cell instances as a Labels layer whose
 ``features`` are the per-cell table (hovering a cell shows its areas and ratio).
 :class:`MeasurementTable` shows the table in the widget: sortable columns, a click on
 a row selects that cell (and moves the viewer to its frame and position), and
@@ -17,7 +17,7 @@ from magicgui.widgets import Container, Label, PushButton
 
 from ._common import METADATA_KEY
 from ._outputs import CELL_OUTLINE, claim, live_layer, seal, single_colour, tag
-from .core.measure import class_areas, measure_cells, write_csv
+from .core.wbc.measure import class_areas, measure_cells, write_csv
 
 Table = Dict[str, np.ndarray]
 
@@ -45,13 +45,13 @@ def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], dia
 
     Returns ``(cells, frames, instances)``: the per-cell table (None when the classes
     are not the WBC ones) in the format of ``vptv segment --measure``
-    (:mod:`napari_vptv.core.cell_table`, ``image`` = the layer's name), a per-frame
+    (:mod:`napari_vptv.core.wbc.cell_table`, ``image`` = the layer's name), a per-frame
     table of class areas, and the cell instance array (globally unique ids across
     frames; None without cells). ``spacing``: the (y, x) pixel size in µm (default:
     the image layer's scale, if not 1).
     """
-    from .core.cell_table import cell_rows, concat_tables
-    from .core.measure import cell_instances
+    from .core.wbc.cell_table import cell_rows, concat_tables
+    from .core.wbc.measure import cell_instances
 
     spacing = layer_spacing(image_layer) if spacing is None else tuple(spacing)
     wbc = list(names[1:3]) == ["cytoplasm", "nucleus"]

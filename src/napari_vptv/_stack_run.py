@@ -15,7 +15,7 @@ def index_key(index) -> str:
 
 def pieces(data, segment_fn, *, rgb, mode, n_classes, todo=None, total=None):
     """:func:`segment_stack`, or only the pieces ``todo`` (a resumed run)."""
-    from napari_vptv.core.stack import segment_stack
+    from napari_vptv.core.batch.stack import segment_stack
 
     if todo is None:
         yield from segment_stack(data, segment_fn, rgb=rgb, mode=mode, n_classes=n_classes)

@@ -7,7 +7,7 @@ live in :mod:`napari_vptv._widget_fields`, the output layers' ownership, names a
 class colours in :mod:`napari_vptv._outputs`, the measurement table in
 :mod:`napari_vptv._measure_table`; this module runs.
 
-* The work is the napari-free generator :func:`napari_vptv.core.stack.segment_stack`
+* The work is the napari-free generator :func:`napari_vptv.core.batch.stack.segment_stack`
   run in a ``napari.qt.threading.thread_worker``; a napari progress bar counts slices
   (of the whole stack, as the status line does, also when resuming), the viewer shows
   the slice being processed, the output layer fills in as slices finish, and Cancel
@@ -89,7 +89,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
     results : :class:`~napari_vptv._measure_table.MeasurementTable` of the last run.
     slice_finished : psygnal Signal
         Emitted in the GUI thread with each finished
-        :class:`~napari_vptv.core.stack.StackSlice`, after it was written to the
+        :class:`~napari_vptv.core.batch.stack.StackSlice`, after it was written to the
         output layer.
     """
 
@@ -252,7 +252,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
 
     def _start(self, layer, spec, params, mode):
         """Set up the run state and the output layer; returns the generator function."""
-        from napari_vptv.core.stack import stack_layout
+        from napari_vptv.core.batch.stack import stack_layout
 
         leading, label_shape = stack_layout(layer.data.shape, rgb=layer.rgb, mode=mode)
         total = int(np.prod(leading)) if leading else 1
@@ -477,7 +477,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
     # ------------------------------------------------------------ output layer
     def _output_layer(self):
         """The output Labels layer of this run: resumed, replaced (own) or new."""
-        from napari_vptv.core.stack import label_dtype
+        from napari_vptv.core.batch.stack import label_dtype
 
         st = self._run_state
         if live_layer(self.viewer.layers, st["layer"]) is not None:

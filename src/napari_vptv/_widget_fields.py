@@ -367,8 +367,8 @@ class SegmentSettings(Container):
             self._error("No image layer to estimate volumes from.", show_error)
             return None
         try:
-            from napari_vptv.core.costs import kmeans_init, kmeans_labels
-            from napari_vptv.core.segment import prepare_image
+            from napari_vptv.core.solver.costs import kmeans_init, kmeans_labels
+            from napari_vptv.core.solver.segment import prepare_image
 
             feats = prepare_image(self._current_slice(layer), -1 if layer.rgb else None)
             pixels = feats.reshape(feats.shape[0], -1).T.astype(np.float64)
@@ -428,7 +428,7 @@ class SegmentSettings(Container):
         """
         import napari
 
-        from napari_vptv.core.stack import stack_layout
+        from napari_vptv.core.batch.stack import stack_layout
 
         layer = self.image.value
         if layer is None or layer not in self.viewer.layers or not isinstance(layer, napari.layers.Image):
@@ -481,7 +481,7 @@ class SegmentSettings(Container):
         method sets its own; :meth:`segment_options` passes none). Raises
         ``ValueError`` naming the problem and the classes by name.
         """
-        from napari_vptv.core.volumes import make_volume_spec
+        from napari_vptv.core.solver.volumes import make_volume_spec
 
         mode = self.volume_mode.value
         k = int(self.n_classes.value)

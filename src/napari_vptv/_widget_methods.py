@@ -67,7 +67,7 @@ def _adapted_settings() -> Dict[str, float]:
 def auto_description(method: str, network: str = "vptv-unet") -> str:
     """One or two sentences: what *auto (per image)* runs for ``method`` (and network)."""
     if method == "vptv":
-        from .core.adapt import MAX_ITER
+        from .core.wbc.adapt import MAX_ITER
 
         s = _adapted_settings()
         net = "the U-net" if network in ("", "unet", "vptv-unet") else f"your model {network!r}"

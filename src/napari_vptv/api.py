@@ -4,7 +4,7 @@
 (:meth:`SegmentOptions.resolve`; what each named method runs with which settings:
 :mod:`napari_vptv.presets`), sends ``"vptv-adapted"`` and ``"vptv"`` to the
 variational solver in :mod:`napari_vptv.core` (with the WBC preset's colour model and
-priors from :mod:`napari_vptv.core.wbc` when the preset applies) and the network methods
+priors from :mod:`napari_vptv.core.wbc.preset` when the preset applies) and the network methods
 to :func:`napari_vptv.nn.weights.predict_wbc` (imported lazily: torch and the
 network code load only when a network is asked for).
 
@@ -22,10 +22,10 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
-from .core.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from .core.io.intensity import normalise_intensity
-from .core.segment import SegmentationResult, vptv_segment
-from .core.volumes import make_volume_spec
+from .core.solver.segment import SegmentationResult, vptv_segment
+from .core.solver.volumes import make_volume_spec
+from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
 from .correction import correct_image, correct_image_iter, correction_evidence
 from .options import METHODS, PRESETS, CorrectOptions, SegmentOptions
 from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
@@ -220,9 +220,9 @@ def _rgb_channel_axis(image, channel_axis):
 
 def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> SegmentationResult:
     """The solver with the WBC preset: ``"vptv-adapted"`` (:func:`segment_adapted`), or
-    with volume settings the shipped colour model (:func:`~napari_vptv.core.wbc.wbc_preset`,
+    with volume settings the shipped colour model (:func:`~napari_vptv.core.wbc.preset.wbc_preset`,
     :data:`~napari_vptv.presets.WBC_COLOUR`)."""
-    from .core.wbc import wbc_preset
+    from .core.wbc.preset import wbc_preset
 
     channel_axis = _rgb_channel_axis(image, channel_axis)
     arr = np.asarray(image)
@@ -316,7 +316,7 @@ def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None)
     """The WBC preset refitted to this image: a Gaussian colour model per class from the
     initialising network's confident pixels, EM updates, a volume interval around the
     network's class fractions, then the colour cost and the network's log-probabilities
-    together (:func:`napari_vptv.core.adapt.adapted_segment`). A class the network does
+    together (:func:`napari_vptv.core.wbc.adapt.adapted_segment`). A class the network does
     not see (e.g. no white cell) gives the network's own labels. None when the network
     code is not installed (the caller uses the fixed colour model then)."""
     try:
@@ -336,7 +336,7 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
     """``"vptv-adapted"`` given the network's prediction ``pred`` (a
     :class:`~napari_vptv.nn.predict.NetworkPrediction` made without the nucleus rule and
     with the preset's test-time augmentation) of ``network`` on ``rgb``."""
-    from .core.adapt import adapted_segment
+    from .core.wbc.adapt import adapted_segment
 
     preset = VPTV_ADAPTED
     settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
@@ -420,8 +420,8 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
 class SegmentFn:
     """Picklable single-image segmentation ``fn(image, *, channel_axis) -> result``.
 
-    What the batch engine (:mod:`napari_vptv.core.batch`), the stack generator
-    (:func:`napari_vptv.core.stack.segment_stack`) and the dask workers call.
+    What the batch engine (:mod:`napari_vptv.core.batch.run`), the stack generator
+    (:func:`napari_vptv.core.batch.stack.segment_stack`) and the dask workers call.
 
     Parameters
     ----------
@@ -513,7 +513,7 @@ def evaluate_folder(
     ----------
     images_dir, masks_dir : str or Path
         Folders of images and of masks with the same file stems (see
-        :func:`napari_vptv.core.evaluate.score_folder`).
+        :func:`napari_vptv.core.scoring.evaluate.score_folder`).
     options : SegmentOptions, optional
         Default: made from ``settings`` (the defaults of :class:`SegmentOptions`).
     progress : callable ``(done, total)``, optional
@@ -525,9 +525,9 @@ def evaluate_folder(
     -------
     rows : list of dict
     summary : dict
-        See :func:`napari_vptv.core.evaluate.score_folder`.
+        See :func:`napari_vptv.core.scoring.evaluate.score_folder`.
     """
-    from .core.evaluate import score_folder
+    from .core.scoring.evaluate import score_folder
 
     fn = SegmentFn(_as_options(options, settings))
     return score_folder(images_dir, masks_dir, fn, progress=progress)
@@ -548,9 +548,9 @@ def wbc_priors(method: str = "vptv") -> Dict[str, Any]:
     dict
         ``{"volumes", "lower", "upper", "source"}`` and, when known,
         ``"epsilon"``, ``"tv_weight"``, ``"edge"``. Each source falls back to the
-        other, then to :data:`~napari_vptv.core.wbc.WBC_TRAINING_FRACTIONS`.
+        other, then to :data:`~napari_vptv.core.wbc.preset.WBC_TRAINING_FRACTIONS`.
     """
-    from .core.wbc import WBC_TRAINING_FRACTIONS
+    from .core.wbc.preset import WBC_TRAINING_FRACTIONS
 
     out: Dict[str, Any] = {}
     order = (_net_priors, _colour_model_priors) if method == "vptv-unet" else (_colour_model_priors, _net_priors)
@@ -583,7 +583,7 @@ def _net_priors() -> Dict[str, Any]:
 
 
 def _colour_model_priors() -> Dict[str, Any]:
-    from .core.wbc import load_wbc_model
+    from .core.wbc.preset import load_wbc_model
 
     got = {k: getattr(WBC_COLOUR, k) for k in ("epsilon", "tv_weight", "edge")}
     model = load_wbc_model()

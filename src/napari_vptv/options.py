@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .core.volumes import VOLUME_MODES, make_volume_spec
+from .core.solver.volumes import VOLUME_MODES, make_volume_spec
 from .presets import CELL_RULES, DEFAULT_METHOD, METHOD_NAMES, NETWORKS, PRESET_NAMES
 
 __all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions", "CorrectOptions",
@@ -163,14 +163,14 @@ class SegmentOptions:
     require_nucleus : bool
         White blood cell labels (networks and WBC preset): a cell region without a
         nucleus (a red cell or debris taken for cytoplasm) becomes background
-        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`). Not
+        (:func:`~napari_vptv.core.wbc.cell_rules.drop_cells_without_nucleus`). Not
         applied when volumes or bounds are given (or ``volume_mode`` is "exact" /
         "interval"): the rule would break the constraint you set.
     white_cell_rule : bool
         White blood cell labels: a cell region smaller than a share of the image's
         estimated white-cell diameter, or with a nucleus too small for a white cell
         (a platelet, a speck), becomes background
-        (:func:`~napari_vptv.core.cell_rules.drop_non_white_cells`). Applied when the
+        (:func:`~napari_vptv.core.wbc.cell_rules.drop_non_white_cells`). Applied when the
         nucleus rule is, and only when a diameter is known (estimated or given).
     augment : {1, 2, 8}
         Test-time augmentation of the networks (not of the U-net that initialises

@@ -25,7 +25,7 @@ The named methods
 ``"vptv-adapted"``
     The variational solver seeded by the shipped U-net: a colour model refitted on
     each image from the network's confident pixels, then one solve on the colours and
-    the network's probabilities together (:func:`napari_vptv.core.adapt.adapted_segment`).
+    the network's probabilities together (:func:`napari_vptv.core.wbc.adapt.adapted_segment`).
     Settings: :data:`VPTV_ADAPTED`. Also what ``method="vptv", preset="wbc"`` runs
     when no volumes are given.
 ``"vptv"``
@@ -44,9 +44,9 @@ Where the numbers live
 Here, for every front end: the API passes them explicitly to ``core``. ``core/``
 must not import this module (it sits below it), so the core functions that can be
 called on their own keep their own keyword defaults for direct callers
-(:func:`~napari_vptv.core.segment.vptv_segment`,
-:data:`napari_vptv.core.wbc.WBC_DEFAULTS`, the constants of
-:mod:`napari_vptv.core.adapt`); ``tests/test_presets.py`` checks that they equal
+(:func:`~napari_vptv.core.solver.segment.vptv_segment`,
+:data:`napari_vptv.core.wbc.preset.WBC_DEFAULTS`, the constants of
+:mod:`napari_vptv.core.wbc.adapt`); ``tests/test_presets.py`` checks that they equal
 the values here. ``python -m napari_vptv.presets`` prints this table.
 
 No napari, Qt or torch imports here.
@@ -116,7 +116,7 @@ class WBCColourSettings:
     volume_mode: str = "interval"
 
     def solver_kwargs(self) -> Dict[str, Any]:
-        """The :func:`~napari_vptv.core.wbc.wbc_preset` solver keywords."""
+        """The :func:`~napari_vptv.core.wbc.preset.wbc_preset` solver keywords."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "volume_mode"}
 
 
@@ -144,7 +144,7 @@ class AdaptedSettings:
     rounding: str = "argmax"
 
     def solver_kwargs(self) -> Dict[str, Any]:
-        """The :func:`~napari_vptv.core.adapt.adapted_segment` keywords of these settings."""
+        """The :func:`~napari_vptv.core.wbc.adapt.adapted_segment` keywords of these settings."""
         return dict(epsilon=self.epsilon, tv_weight=self.tv_weight, max_num_iter=self.max_num_iter,
                     network_weight=self.network_weight, rounding=self.rounding)
 
@@ -162,7 +162,7 @@ class NetworkSettings:
 @dataclass(frozen=True)
 class CellRules:
     """Rules on white-blood-cell labels (every WBC method), see
-    :mod:`napari_vptv.core.cell_rules`."""
+    :mod:`napari_vptv.core.wbc.cell_rules`."""
 
     #: a cell region without a nucleus becomes background
     require_nucleus: bool = True

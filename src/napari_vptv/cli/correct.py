@@ -199,7 +199,7 @@ def _run_many(args) -> int:
     """Every image of ``args.inputs`` with its mask in ``--masks``; one output per image in
     ``--out``. Existing outputs are skipped (``--overwrite`` redoes them); a failing image
     is reported and the others are still done."""
-    from ..core.batch import iter_inputs, output_path
+    from ..core.batch.run import iter_inputs, output_path
     from ..core.io.files import write_labels
     from ..core.io.outputs import OutputGuard, clean_stale_partials
 

@@ -177,7 +177,7 @@ def run(args) -> int:
     from ..api import SegmentFn
     from ..core.io.files import labels_to_wbc_grey
     from ..core.io.samples import CLASS_NAMES, load_sample, sample_ids, sample_info
-    from ..core.metrics import evaluate as score
+    from ..core.scoring.metrics import evaluate as score
 
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():

@@ -97,8 +97,8 @@ def run(args) -> int:
             raise CLIError(f"{what} '{p}' is not a folder")
     guard = None
     if args.json:  # checked before the work: never onto an image or mask, never over a file without --overwrite
-        from ..core.evaluate import pair_images_and_masks
         from ..core.io.outputs import OutputGuard
+        from ..core.scoring.evaluate import pair_images_and_masks
 
         inputs = [f for pair in pair_images_and_masks(args.images, args.masks) for f in pair]
         guard = OutputGuard(inputs, overwrite=args.overwrite)

@@ -1,7 +1,7 @@
 """``vptv measure``: per-cell table (CSV) of existing WBC label images.
 
 The same table as ``vptv segment --measure`` and the widget's "Export CSV…"
-(:mod:`napari_vptv.core.cell_table`): one row per cell per image.
+(:mod:`napari_vptv.core.wbc.cell_table`): one row per cell per image.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def write_measurements(pairs: Sequence[Tuple[Path, Optional[Path]]], path, *, pi
                        overwrite: bool = False) -> int:
     """Measure ``(labels, image)`` file pairs into the CSV ``path``; returns the exit status
     (1 if some pair could not be measured)."""
-    from ..core.cell_table import measure_files
-    from ..core.measure import write_csv
+    from ..core.wbc.cell_table import measure_files
+    from ..core.wbc.measure import write_csv
 
     out = Path(path).expanduser()
     if out.exists() and not overwrite:
@@ -85,8 +85,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """Run ``vptv measure``; returns the exit status."""
-    from ..core.cell_table import pair_files
     from ..core.io.files import IMAGE_SUFFIXES, list_images
+    from ..core.wbc.cell_table import pair_files
 
     images = list_images(args.images)
     labels = list_images(args.labels, suffixes=tuple(IMAGE_SUFFIXES))

@@ -132,7 +132,7 @@ def _measure_outputs(summary, path, args) -> int:
 
 def _write_instances(summary, out_dir: Path, args) -> None:
     """``--instances``: the cell instances of every label file written or kept, into ``OUT/cells/``."""
-    from ..core.cell_table import write_instances
+    from ..core.wbc.cell_table import write_instances
 
     for r in summary.results:
         if r.ok and r.output is not None:
@@ -144,7 +144,7 @@ def _write_instances(summary, out_dir: Path, args) -> None:
 def run(args) -> int:
     """Run ``vptv segment``; returns the exit status."""
     from ..api import SegmentFn
-    from ..core.batch import iter_inputs, run_batch
+    from ..core.batch.run import iter_inputs, run_batch
 
     if args.classes is not None and args.classes < 2:
         raise CLIError(f"--classes must be >= 2, got {args.classes}")

@@ -90,12 +90,12 @@ def samples_from_arrays(images: Sequence, masks: Sequence, names: Optional[Seque
 
 def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
     """Pairs from two folders, paired by the rule every command uses
-    (:func:`napari_vptv.core.evaluate.pair_images_and_masks`: same file stem, hidden
+    (:func:`napari_vptv.core.scoring.evaluate.pair_images_and_masks`: same file stem, hidden
     files skipped, ambiguous stems refused) and read with the shared readers. Raises
     ``FileNotFoundError`` / ``ValueError`` naming the folder or file."""
-    from ..core.evaluate import pair_images_and_masks
     from ..core.io.imread import read_image
     from ..core.io.masks import read_mask
+    from ..core.scoring.evaluate import pair_images_and_masks
 
     out = []
     for p, mp in pair_images_and_masks(images_dir, masks_dir):

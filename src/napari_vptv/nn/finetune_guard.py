@@ -89,7 +89,7 @@ def folds(n: int, seed: int = 0, max_folds: int = MAX_FOLDS) -> List[List[int]]:
 def score_pairs(model, meta, samples: Sequence, device: str = "cpu",
                 methods: Optional[Mapping[str, Segmenter]] = None) -> Dict[str, GuardScores]:
     """Each method's labels on ``samples`` against their masks: ``{method: GuardScores}``."""
-    from ..core.metrics import dice_per_class, pixel_accuracy
+    from ..core.scoring.metrics import dice_per_class, pixel_accuracy
 
     out = {}
     for name, segment in (methods or NETWORK_METHOD).items():

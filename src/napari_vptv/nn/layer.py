@@ -1,6 +1,6 @@
 """The VPTV-softmax layer (Section 5 of the paper) and the VPTVU-net.
 
-The layer unrolls :func:`napari_vptv.core.vptv.vptv_iterate` (the single implementation
+The layer unrolls :func:`napari_vptv.core.solver.reference.vptv_iterate` (the single implementation
 of Algorithm 1) for ``T`` steps on the costs ``C = -logits`` and returns the class
 probabilities ``u = softmax((-C - div q^T + f^T) / eps)``.
 
@@ -8,7 +8,7 @@ Two backward modes:
 
 ``"quasi"`` (the paper's "quasi dropout", Section 5.2)
     The ``T`` iterations run under ``torch.no_grad()`` on the detached costs; the
-    output is the closing softmax :func:`~napari_vptv.core.vptv.vptv_probabilities`
+    output is the closing softmax :func:`~napari_vptv.core.solver.reference.vptv_probabilities`
     evaluated with grad on ``-logits`` and the constants ``q^T``, ``f^T``. The gradient
     is therefore exactly the gradient of that final softmax with ``q``, ``f`` fixed.
 ``"full"``
@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..core.vptv import vptv_iterate, vptv_probabilities
+from ..core.solver.reference import vptv_iterate, vptv_probabilities
 from .unet import UNet, inference_backbone
 
 __all__ = ["VPTVSoftmax", "VPTVUNet", "SoftmaxUNet", "build_model"]
@@ -94,7 +94,7 @@ class VPTVSoftmax(nn.Module):
         return {}
 
     def solve(self, logits, volumes=None, volume_bounds=None, edge_weight=None):
-        """Run the ``T`` iterations; returns the :class:`~napari_vptv.core.vptv.VPTVState`."""
+        """Run the ``T`` iterations; returns the :class:`~napari_vptv.core.solver.reference.VPTVState`."""
         kw = self._volume_kwargs(volumes, volume_bounds)
         return vptv_iterate(
             -logits,

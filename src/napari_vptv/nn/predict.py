@@ -34,8 +34,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..core.adapt import fraction_bounds
-from ..core.cell_rules import drop_cells_without_nucleus
+from ..core.wbc.adapt import fraction_bounds
+from ..core.wbc.cell_rules import drop_cells_without_nucleus
 from .data import input_norm_of, normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
@@ -259,7 +259,7 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
         ``eps``, ``lambda``, ``T`` of the layer; default: the model's tuned values.
     require_nucleus : bool
         Set cell regions without a nucleus to background in the labels
-        (:func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`); the
+        (:func:`~napari_vptv.core.wbc.cell_rules.drop_cells_without_nucleus`); the
         probabilities are the network's.
     augment : {1, 2, 8} or bool
         Test-time augmentation: the logits averaged over the image and its mirror image

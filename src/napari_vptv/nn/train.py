@@ -59,7 +59,7 @@ def _log(msg):
 
 def segmentation_scores(pred: np.ndarray, gt: np.ndarray, n_classes: int = 3) -> dict:
     """Mean pixel accuracy, per-class Dice and volume error over a list of label images."""
-    from ..core.metrics import dice_per_class, pixel_accuracy, volume_error
+    from ..core.scoring.metrics import dice_per_class, pixel_accuracy, volume_error
 
     acc = [pixel_accuracy(p, t) for p, t in zip(pred, gt)]
     dice = np.asarray([dice_per_class(p, t, n_classes) for p, t in zip(pred, gt)])

@@ -221,7 +221,7 @@ def predict_wbc(
         scale, prior) instead of the pair.
     require_nucleus : bool
         Cell regions without a nucleus become background (see
-        :func:`~napari_vptv.core.cell_rules.drop_cells_without_nucleus`).
+        :func:`~napari_vptv.core.wbc.cell_rules.drop_cells_without_nucleus`).
     augment : {1, 2, 8} or bool
         Test-time augmentation: transforms averaged (2: the image and its mirror,
         default; 8 / True: all flips and quarter turns; 1 / False: none).

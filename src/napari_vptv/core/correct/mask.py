@@ -51,7 +51,7 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from ..segment import prepare_image
+from ..solver.segment import prepare_image
 from .objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
 
 __all__ = [
@@ -144,7 +144,7 @@ def _fit_cost(features, labels, weights_mask, n_classes, similarity):
     """
     import torch
 
-    from ..costs import GaussianModel, HistogramModel
+    from ..solver.costs import GaussianModel, HistogramModel
 
     c = features.shape[0]
     pix = features.reshape(c, -1)[:, weights_mask.ravel()].T.astype(np.float64)  # (P, C)
@@ -191,13 +191,13 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
     """VPTV labels of a crop; two classes are rounded by a quantile of ``u_1``.
 
     For two classes the volume-respecting rounding of
-    :func:`napari_vptv.core.segment.round_to_volumes` (the ``eps -> 0`` transport
+    :func:`napari_vptv.core.solver.segment.round_to_volumes` (the ``eps -> 0`` transport
     limit with cost ``-log u``) is a threshold: the ``V_1 |Omega|`` pixels with the
     largest ``log u_1 - log u_0`` (= largest ``u_1``) are class 1. It is computed
     directly here (a sort instead of an eps-scaling loop). In interval mode the
     argmax count is clipped to the bounds.
     """
-    from ..segment import vptv_segment
+    from ..solver.segment import vptv_segment
 
     volumes = np.asarray(volumes, dtype=float)
     kw = {}
@@ -468,7 +468,7 @@ evidence : ndarray or None
     image's spatial shape used as ``t`` (e.g. a network's nucleus probability;
     semantic mode: class probabilities ``(3, *spatial)``).
 similarity : {"gaussian", "mahalanobis", "mean", "histogram"}
-    Semantic mode: class model (see :mod:`napari_vptv.core.costs`).
+    Semantic mode: class model (see :mod:`napari_vptv.core.solver.costs`).
 em_rounds : int
     Semantic mode: re-estimations of the class model from the corrected mask.
 mask_weight : float

@@ -6,7 +6,7 @@ just outside the object's edge, 1 = like its inside) together with a *prior*, th
 given mask moved to the edge the image shows
 (:func:`napari_vptv.core.correct.evidence.object_evidence`), so dim and bright
 nuclei, grey fluorescence and RGB brightfield are treated alike. The two-phase costs of all crops are padded to
-common shapes and solved together by :func:`napari_vptv.core.vptv.vptv_iterate`
+common shapes and solved together by :func:`napari_vptv.core.solver.reference.vptv_iterate`
 (Algorithm 1, batched ``(N, 2, H, W)``), then pasted back with their ids.
 
 Volume (eq. 2) per object, ``volume_mode``:
@@ -148,7 +148,7 @@ def _solve_group(group, *, volume_mode, epsilon, tv_weight, max_num_iter):
     """One batched VPTV solve; returns ``u_1`` per crop (cropped back to its shape)."""
     import torch
 
-    from ..vptv import vptv_iterate
+    from ..solver.reference import vptv_iterate
 
     shape = tuple(np.maximum.reduce([np.array(c.obj.shape) for c in group]))
     n = len(group)

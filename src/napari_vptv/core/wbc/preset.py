@@ -15,7 +15,7 @@ A :class:`WBCModel` holds everything learned from labelled training images:
   (``similarity="gaussian"`` / ``"mahalanobis"``), refined per image by the EM-like
   update of Algorithm 1 (step 5);
 * a nonparametric class-conditional colour likelihood ``p(h | i)``: a smoothed
-  joint RGB histogram per class (:class:`~napari_vptv.core.costs.HistogramModel`),
+  joint RGB histogram per class (:class:`~napari_vptv.core.solver.costs.HistogramModel`),
   cost ``c_i(x) = -log p(h(x) | i)``;
 * the volume priors: the exact training-average class fractions (the paper's
   protocol, ``volume_mode="exact"``) and per-class intervals from the 2nd-98th
@@ -23,15 +23,15 @@ A :class:`WBCModel` holds everything learned from labelled training images:
 
 The shipped model (``napari_vptv/models/wbc_colour_model.npz``) is fitted on the
 90 public training images with :func:`fit_wbc_model`; :func:`wbc_preset` turns it
-into keyword arguments of :func:`~napari_vptv.core.segment.vptv_segment`.
+into keyword arguments of :func:`~napari_vptv.core.solver.segment.vptv_segment`.
 The accuracy of the preset was measured with 5-fold cross-validation by image
 (``benchmarks/eval_wbc_cv.py``, results in ``docs/results.md``).
 
 Examples
 --------
 >>> from napari_vptv.core.io.samples import load_sample
->>> from napari_vptv.core.segment import vptv_segment
->>> from napari_vptv.core.wbc import wbc_preset
+>>> from napari_vptv.core.solver.segment import vptv_segment
+>>> from napari_vptv.core.wbc.preset import wbc_preset
 >>> image, mask = load_sample("001")
 >>> result = vptv_segment(image, **wbc_preset())          # doctest: +SKIP
 >>> float((result.labels == mask).mean()) > 0.9          # doctest: +SKIP
@@ -48,8 +48,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .costs import GaussianModel, HistogramModel
-from .io.samples import CLASS_NAMES
+from ..io.samples import CLASS_NAMES
+from ..solver.costs import GaussianModel, HistogramModel
 
 __all__ = [
     "WBC_CLASSES",
@@ -165,7 +165,7 @@ class WBCModel:
 
 def _features(image) -> np.ndarray:
     """RGB pixels ``(P, 3)`` in [0, 1] (same scaling as the solver's ``prepare_image``)."""
-    from .segment import prepare_image
+    from ..solver.segment import prepare_image
 
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
@@ -272,7 +272,7 @@ def wbc_preset(
     similarity: Optional[str] = None,
     **overrides,
 ) -> dict:
-    """Keyword arguments of :func:`~napari_vptv.core.segment.vptv_segment` for WBC images.
+    """Keyword arguments of :func:`~napari_vptv.core.solver.segment.vptv_segment` for WBC images.
 
     Parameters
     ----------

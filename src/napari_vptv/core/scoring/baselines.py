@@ -1,9 +1,9 @@
 """Baseline segmentation methods of the paper's experiments (Section 6, Fig. 4).
 
-All functions follow the shape of :func:`napari_vptv.core.segment.vptv_segment`:
+All functions follow the shape of :func:`napari_vptv.core.solver.segment.vptv_segment`:
 image first, keyword parameters after ``*``, ``channel_axis`` for colour, ``seed``
 for the only random step (the k-means initialisation), and they return the same
-:class:`~napari_vptv.core.segment.SegmentationResult`.
+:class:`~napari_vptv.core.solver.segment.SegmentationResult`.
 
 ``kmeans_segment``
     Nearest-mean assignment after k-means on the pixel intensities / colours.
@@ -21,7 +21,7 @@ for the only random step (the k-means initialisation), and they return the same
     the pixels to the classes under exact volume (pixel count) constraints.
 ``auction_assign``, ``volume_counts``
     The membership auction used by ADVP and by the exact rounding of the solver,
-    re-exported from :mod:`napari_vptv.core.assign`.
+    re-exported from :mod:`napari_vptv.core.solver.assign`.
 
 Length-term scaling
 -------------------
@@ -45,10 +45,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .assign import auction_assign, volume_counts
-from .costs import GaussianModel, kmeans_init, kmeans_labels
-from .segment import SegmentationResult, _initial_model, prepare_image
-from .volumes import make_volume_spec
+from ..solver.assign import auction_assign, volume_counts
+from ..solver.costs import GaussianModel, kmeans_init, kmeans_labels
+from ..solver.segment import SegmentationResult, _initial_model, prepare_image
+from ..solver.volumes import make_volume_spec
 
 __all__ = [
     "kmeans_segment",
@@ -111,7 +111,7 @@ def kmeans_segment(image, n_classes: int = 2, *, channel_axis: Optional[int] = N
         Colour axis (``-1`` for RGB ``(H, W, 3)``); None for grey.
     seed : int
         Seed of the k-means++ initialisation and of the pixel subsample
-        (:func:`napari_vptv.core.costs.kmeans_init`).
+        (:func:`napari_vptv.core.solver.costs.kmeans_init`).
 
     Returns
     -------
@@ -148,7 +148,7 @@ def emtv_segment(
     The cost is the Gaussian-mixture negative log-likelihood
     ``c_i(x) = -log alpha_i + 0.5 (h - m_i)^T Sigma_i^{-1} (h - m_i) + 0.5 log det Sigma_i``;
     ``u`` is the softmax of ``-c_i - div q_i`` (the E-step with the TV dual ``q``,
-    solved by :func:`napari_vptv.core.vptv.vptv_iterate` with ``epsilon = 1`` and
+    solved by :func:`napari_vptv.core.solver.reference.vptv_iterate` with ``epsilon = 1`` and
     no volume constraint), alternating with the M-step that re-estimates
     ``alpha_i = mean u_i``, ``m_i`` and ``Sigma_i`` from ``u`` (eq. 5).
     Initialised by k-means (means, covariances and fractions of the clusters).
@@ -247,7 +247,7 @@ def _emtv_iterate(mixture, *, tv_weight, max_num_iter, tol, inner_num_iter, call
     """
     import torch
 
-    from .vptv import vptv_iterate
+    from ..solver.reference import vptv_iterate
 
     state = None
     u_prev = None

@@ -3,7 +3,7 @@
 This module is the single implementation of the volume-preserving, TV-regularised
 softmax iteration. It serves both
 
-* the variational solver (:func:`napari_vptv.core.segment.vptv_segment`), which runs
+* the variational solver (:func:`napari_vptv.core.solver.segment.vptv_segment`), which runs
   it to tolerance with costs from an intensity / colour similarity model, and
 * the network layer (:class:`napari_vptv.nn.layer.VPTVSoftmax`), which unrolls it for
   a fixed number of steps on costs ``C = -logits``.
@@ -247,7 +247,7 @@ def vptv_iterate(
         Warm start (``q``, ``f_lower``, ``f_upper`` are reused; never modified).
     differentiable : bool, optional
         ``True``: the out-of-place loop autograd can run through. ``False``: the
-        allocation-free in-place loop of :mod:`napari_vptv.core.vptv_fast` (no
+        allocation-free in-place loop of :mod:`napari_vptv.core.solver.fast` (no
         gradient; the ``u`` given to ``callback`` is then a work buffer, valid
         during the call only). Default: ``True`` exactly when gradients are
         enabled and ``cost``, ``edge_weight`` or the warm start requires them.
@@ -346,7 +346,7 @@ def _run_loop(cost, q, bound, epsilon, tau, differentiable, loop):
     if differentiable:
         u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(cost, q, bound, epsilon, tau, **loop)
     else:
-        from .vptv_fast import FastVPTV, run_fast
+        from .fast import FastVPTV, run_fast
 
         with torch.no_grad():
             solver = FastVPTV(cost, q, bound, epsilon, tau)
@@ -383,7 +383,7 @@ def _volume_rules(volumes, volume_bounds, cost, epsilon):
         def residual(mass):
             return (mass - target).abs()
 
-        update.fused = ("exact", log_v, log_v, target, target)  # for core.vptv_fast's numba kernels
+        update.fused = ("exact", log_v, log_v, target, target)  # for core.solver.fast's numba kernels
         return update, residual
     if volume_bounds is not None:
         lo = _as_batch_volumes(volume_bounds[0], cost, "volume_bounds[0]")
@@ -402,7 +402,7 @@ def _volume_rules(volumes, volume_bounds, cost, epsilon):
         def residual(mass):
             return torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
 
-        update.fused = ("interval", log_lo, log_hi, lo, hi)  # for core.vptv_fast's numba kernels
+        update.fused = ("interval", log_lo, log_hi, lo, hi)  # for core.solver.fast's numba kernels
         return update, residual
     return None, None
 

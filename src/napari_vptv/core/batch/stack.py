@@ -11,7 +11,7 @@ Only one slice is read at a time: for a dask (or zarr, or memory-mapped) array
 ``np.asarray``, so a stack larger than memory is never loaded whole.
 
 >>> import numpy as np
->>> from napari_vptv.core.stack import segment_stack
+>>> from napari_vptv.core.batch.stack import segment_stack
 >>> stack = np.zeros((3, 8, 8)); stack[:, 2:6, 2:6] = 1
 >>> def threshold(image, *, channel_axis=None):
 ...     return (image > 0.5).astype(np.int32)
@@ -159,7 +159,7 @@ def segment_stack(
         mode, plus a last colour axis when ``rgb``) and ``channel_axis=-1`` (RGB) or
         ``None`` (grey). It returns an integer label array of the piece's spatial
         shape, or an object with ``.labels`` (and optionally ``.volumes``), such as
-        :class:`~napari_vptv.core.segment.SegmentationResult`. E.g.
+        :class:`~napari_vptv.core.solver.segment.SegmentationResult`. E.g.
         ``functools.partial(vptv_segment, n_classes=3, volumes=[...])``.
     rgb : bool
         Whether the last axis is a colour axis (napari's ``layer.rgb``).
@@ -174,7 +174,7 @@ def segment_stack(
     warm_start : bool
         Pass the previous piece's result to ``segment_fn`` as ``warm_start=`` (None
         for the first piece and after a failed one), e.g. for
-        :func:`~napari_vptv.core.segment.vptv_segment`, which then starts from the
+        :func:`~napari_vptv.core.solver.segment.vptv_segment`, which then starts from the
         previous slice's dual variables (fewer iterations on smooth stacks).
         ``segment_fn`` must accept a ``warm_start`` keyword.
 

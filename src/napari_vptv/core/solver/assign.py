@@ -3,8 +3,8 @@
 ``auction_assign``
     The membership auction with eps-scaling (Jacobs, Merkurjev & Esedoglu 2018,
     Algorithms 2 and 3): the assignment step of auction dynamics (ADVP, in
-    :mod:`napari_vptv.core.baselines`) and the exact rounding of the VPTV solver's
-    soft labels to the prescribed volumes (:func:`napari_vptv.core.segment.round_to_volumes`).
+    :mod:`napari_vptv.core.scoring.baselines`) and the exact rounding of the VPTV solver's
+    soft labels to the prescribed volumes (:func:`napari_vptv.core.solver.segment.round_to_volumes`).
     Written for this package: no maintained Python library provides it.
 ``volume_counts``
     Integer pixel counts closest to given class fractions.

@@ -4,7 +4,7 @@ This is the engine of ``vptv evaluate``: images and masks are paired by file ste
 (``images/001.png`` <-> ``masks/001.png``; a mask named ``001_mask.png`` is also
 accepted), each image is segmented with a given single-image function (from the API
 layer: :class:`napari_vptv.api.SegmentFn`, see :func:`napari_vptv.api.evaluate_folder`)
-and scored with :mod:`napari_vptv.core.metrics` (the paper's pixel accuracy
+and scored with :mod:`napari_vptv.core.scoring.metrics` (the paper's pixel accuracy
 ``|L ∩ L_gt| / |L|``, Dice per class, per-class error of the class fractions).
 
 No napari or Qt imports here.
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .io.files import IMAGE_SUFFIXES, list_images, printable, read_image, read_mask
-from .io.masks import find_mask, index_masks
+from ..io.files import IMAGE_SUFFIXES, list_images, printable, read_image, read_mask
+from ..io.masks import find_mask, index_masks
 from .metrics import evaluate as _score
 from .metrics import summarize
 
@@ -123,7 +123,7 @@ def score_folder(
         (per class, absolute), ``fractions``, ``truth_fractions``, ``n_iter``,
         ``time`` (seconds of the segmentation).
     summary : dict
-        Means over the images (:func:`~napari_vptv.core.metrics.summarize`):
+        Means over the images (:func:`~napari_vptv.core.scoring.metrics.summarize`):
         ``n``, ``accuracy`` (the mean pixel accuracy), ``dice``, ``mean_dice``,
         ``volume_error``, ``time``, ...
 

@@ -1,10 +1,10 @@
 """The per-cell table of ``vptv segment --measure``, ``vptv measure`` and the widget.
 
 One table format everywhere: one row per cell per image (and per frame of a stack),
-the columns of :func:`napari_vptv.core.measure.measure_cells` preceded by ``image``
+the columns of :func:`napari_vptv.core.wbc.measure.measure_cells` preceded by ``image``
 (the file or layer name) and ``frame`` (0 for a 2-D image; stack frames numbered in C
 order of the leading axes). The rows are written with
-:func:`napari_vptv.core.measure.write_csv`.
+:func:`napari_vptv.core.wbc.measure.write_csv`.
 
 No napari, Qt or torch imports here.
 """
@@ -99,7 +99,7 @@ def instance_image(labels, *, diameter: Optional[float] = None) -> Tuple[np.ndar
     """The cell-instance labels of a WBC label image or stack ``(..., H, W)``.
 
     One id per white cell (1..n per frame, reading order), shared by its nucleus and
-    cytoplasm: :func:`~napari_vptv.core.measure.cell_instances` with ``diameter``,
+    cytoplasm: :func:`~napari_vptv.core.wbc.measure.cell_instances` with ``diameter``,
     the same instances and ids as the ``cell`` column of :func:`measure_image` with
     that ``diameter``. Returns ``(instances, facts)``; ``facts["touches_border"]``
     lists the ids of the cells cut by the image edge (per frame for a stack).
@@ -118,7 +118,7 @@ def instance_image(labels, *, diameter: Optional[float] = None) -> Tuple[np.ndar
 def write_instances(label_path: PathLike, out_path: PathLike, *, diameter: Optional[float] = None) -> Path:
     """:func:`instance_image` of a label file, written to ``out_path`` (PNG or TIFF;
     the border cells in its metadata, :func:`~napari_vptv.core.io.files.read_label_metadata`)."""
-    from .io.files import write_labels
+    from ..io.files import write_labels
 
     inst, facts = instance_image(read_labels(label_path), diameter=diameter)
     return write_labels(out_path, inst, metadata=facts)
@@ -127,13 +127,13 @@ def write_instances(label_path: PathLike, out_path: PathLike, *, diameter: Optio
 def read_labels(path: PathLike) -> np.ndarray:
     """A label file as an integer array: labels 0/1/2 (a segmentation output), WBC grey
     masks 0/128/255 (mapped to 0/1/2), or a multi-page TIFF of labels (a stack)."""
-    from .io.files import read_mask
+    from ..io.files import read_mask
 
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        from .io.files import is_wbc_style, wbc_grey_to_labels
+        from ..io.files import is_wbc_style, wbc_grey_to_labels
 
         try:
             arr = np.asarray(tifffile.imread(p))
@@ -180,7 +180,7 @@ def measure_files(pairs: Sequence[Tuple[Path, Optional[Path]]], *, pixel_size: O
     none could; an image without a cell has no row), and one line per pair that
     could not be read.
     """
-    from .io.files import read_image
+    from ..io.files import read_image
 
     tables, problems = [], []
     for labels_path, image_path in pairs:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .costs import GaussianModel
+from ..solver.costs import GaussianModel
 
 __all__ = ["NETWORK_WEIGHT", "adapted_segment", "gaussian_from_probabilities", "fraction_interval", "fraction_bounds"]
 
@@ -26,7 +26,7 @@ def gaussian_from_probabilities(features: np.ndarray, probabilities: np.ndarray,
     Parameters
     ----------
     features : ndarray ``(C, *spatial)``, float in [0, 1] (as
-        :func:`napari_vptv.core.segment.prepare_image` returns).
+        :func:`napari_vptv.core.solver.segment.prepare_image` returns).
     probabilities : ndarray ``(K, *spatial)``, class probabilities ``u_i(x)``.
     kind : {"gaussian", "mahalanobis", "mean"}
         Cost formula of the returned model.
@@ -136,10 +136,10 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     colour_sigma_per_diameter : float
         See ``colour_sigma``.
     rounding : {"argmax", "volume"}
-        How the final labels are taken (:func:`~napari_vptv.core.segment.vptv_segment`);
+        How the final labels are taken (:func:`~napari_vptv.core.solver.segment.vptv_segment`);
         see ``ROUNDING``.
     epsilon, tv_weight, max_num_iter, **solver
-        Passed to :func:`~napari_vptv.core.segment.vptv_segment` (both solves).
+        Passed to :func:`~napari_vptv.core.solver.segment.vptv_segment` (both solves).
 
     Returns
     -------
@@ -149,7 +149,7 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     import torch
     from scipy.ndimage import gaussian_filter
 
-    from .segment import prepare_image, vptv_segment
+    from ..solver.segment import prepare_image, vptv_segment
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     features = prepare_image(image, channel_axis)  # (C, *spatial) float32 in [0, 1]

@@ -11,7 +11,7 @@ The engine behind ``vptv segment``:
   a multi-page TIFF of the same leading shape, segmented slice by slice (or volume by
   volume, ``mode="volume"``) with dask;
 * stacks are read lazily (:class:`napari_vptv.core.io.tiff.TiffFrames`), segmented with
-  :func:`napari_vptv.core.dask_stack.segment_stack_dask` and written chunk by chunk by
+  :func:`napari_vptv.core.batch.dask_stack.segment_stack_dask` and written chunk by chunk by
   :func:`napari_vptv.core.io.tiff.store_labels_tiff`.
 
 Resume and safety rules: an output that already exists is skipped (``"skipped"``)
@@ -23,7 +23,7 @@ clobbered). Errors are captured per item (unreadable file, NaN slice, zero-size 
 ...) and per slice: the other slices and files are still done.
 
 >>> from napari_vptv.api import make_segment_fn                       # doctest: +SKIP
->>> from napari_vptv.core.batch import segment_file                   # doctest: +SKIP
+>>> from napari_vptv.core.batch.run import segment_file                   # doctest: +SKIP
 >>> fn = make_segment_fn("vptv", preset="none", n_classes=2)          # doctest: +SKIP
 >>> segment_file("stack.tif", "out/", fn).status                      # doctest: +SKIP
 'done'
@@ -40,11 +40,11 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 
 import numpy as np
 
+from ..io.files import IMAGE_SUFFIXES, TIFF_SUFFIXES, is_hidden, is_pattern, printable, read_image, write_labels
+from ..io.imread import tiff_needs_full_read
+from ..io.outputs import OutputGuard, clean_stale_partials, partial_name, publish
+from ..io.tiff import open_lazy, store_labels_tiff, tiff_layout
 from .dask_stack import label_dtype_and_sentinel, segment_stack_dask
-from .io.files import IMAGE_SUFFIXES, TIFF_SUFFIXES, is_hidden, is_pattern, printable, read_image, write_labels
-from .io.imread import tiff_needs_full_read
-from .io.outputs import OutputGuard, clean_stale_partials, partial_name, publish
-from .io.tiff import open_lazy, store_labels_tiff, tiff_layout
 from .stack import labels_of, segment_stack, stack_layout
 
 __all__ = [

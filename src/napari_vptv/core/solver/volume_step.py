@@ -15,7 +15,7 @@ coordinate ascent on the concave dual): with ``r(x) = (-c_i + eps logsumexp_{j !
 root in a few one-channel passes.
 
 Interval constraints ``lo_i <= m_i <= hi_i`` use the same sign convention as
-:func:`napari_vptv.core.vptv.vptv_iterate` (``f = f_lower - f_upper``, each
+:func:`napari_vptv.core.solver.reference.vptv_iterate` (``f = f_lower - f_upper``, each
 multiplier non-negative): a class whose fraction at ``f_i = 0`` lies inside its
 interval keeps ``f_i = 0``; otherwise ``f_i`` puts it on the violated bound.
 """

@@ -1,6 +1,6 @@
 """Validation of volume constraints (class area fractions).
 
-Three modes (see :func:`napari_vptv.core.vptv.vptv_iterate`):
+Three modes (see :func:`napari_vptv.core.solver.reference.vptv_iterate`):
 
 ``"exact"``
     ``mean_x u_i = V_i``; the paper's constraint set U(V) (eq. 2 / 11). The fractions
@@ -42,7 +42,7 @@ class VolumeSpec:
     upper: Optional[np.ndarray] = None
 
     def solver_kwargs(self) -> dict:
-        """Keyword arguments for :func:`~napari_vptv.core.vptv.vptv_iterate`."""
+        """Keyword arguments for :func:`~napari_vptv.core.solver.reference.vptv_iterate`."""
         if self.mode == "exact":
             return {"volumes": self.volumes}
         if self.mode == "interval":

@@ -1,8 +1,8 @@
 """A stack segmented lazily with dask: one ``map_blocks`` task per slice (or volume).
 
-The per-slice work is :func:`napari_vptv.core.stack.segment_stack` (the same code
+The per-slice work is :func:`napari_vptv.core.batch.stack.segment_stack` (the same code
 as the napari widget); a slice that fails is filled with a sentinel value that
-:mod:`napari_vptv.core.batch` reports (and writes as 0). No napari, no Qt.
+:mod:`napari_vptv.core.batch.run` reports (and writes as 0). No napari, no Qt.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def segment_stack_dask(
         dropped).
     segment_fn : callable ``(image, *, channel_axis) -> labels or result``
         Single-image segmentation (:class:`napari_vptv.api.SegmentFn`, or any function accepted by
-        :func:`napari_vptv.core.stack.segment_stack`). Must be picklable for a
+        :func:`napari_vptv.core.batch.stack.segment_stack`). Must be picklable for a
         distributed cluster.
     rgb : bool
         Whether the last axis is a colour axis.
@@ -95,7 +95,7 @@ def segment_stack_dask(
         darr = array.rechunk(chunks)
     else:
         name = None
-        from .io.tiff import TiffFrames
+        from ..io.tiff import TiffFrames
 
         if isinstance(array, TiffFrames):
             from dask.base import tokenize

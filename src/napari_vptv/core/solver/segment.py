@@ -1,6 +1,6 @@
 """Public numpy API of the variational VPTV solver (the paper's Algorithm 1).
 
->>> from napari_vptv.core.segment import vptv_segment
+>>> from napari_vptv.core.solver.segment import vptv_segment
 >>> result = vptv_segment(image, 2, volumes=[0.75, 0.25])        # doctest: +SKIP
 >>> result.labels, result.volumes, result.n_iter                  # doctest: +SKIP
 
@@ -44,7 +44,7 @@ class SegmentationResult:
     converged : whether the tolerance was reached before ``max_num_iter``.
     class_model : the final similarity model (after EM updates).
     volume_spec : the validated volume constraint.
-    state : the solver's final :class:`~napari_vptv.core.vptv.VPTVState` (duals ``q``,
+    state : the solver's final :class:`~napari_vptv.core.solver.reference.VPTVState` (duals ``q``,
         ``f``), a warm start for the next slice of a stack (``warm_start=``).
     diameter : the white-cell diameter in pixels the result was computed at (estimated
         or given; the networks and the image-adapted WBC preset), else None.
@@ -195,14 +195,14 @@ def vptv_segment(
         Use the edge function ``e(x) = 1/(1 + eps' |grad G_sigma * I|)`` in the TV; ``sigma``
         is ``edge_sigma``, ``eps'`` is ``edge_beta``.
     similarity : {"mean", "mahalanobis", "gaussian", "histogram"}
-        Similarity model for ``c_i(x)`` (:mod:`napari_vptv.core.costs`), initialised by
+        Similarity model for ``c_i(x)`` (:mod:`napari_vptv.core.solver.costs`), initialised by
         k-means unless ``class_model`` is given.
     class_model : GaussianModel or HistogramModel, optional
         Starting similarity model (e.g. learned from training images).
     em_update : bool
         Re-estimate the class model from ``u`` every ``update_every`` iterations (Algorithm 1 step 5) by
         classification EM: the M-step uses ``argmax_i u_i``, so the classes do not collapse when TV makes ``u`` soft.
-    max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.vptv.vptv_iterate`.
+    max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.solver.reference.vptv_iterate`.
     channel_axis : int or None
         Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
     cost : ndarray ``(K, *spatial)``, optional
@@ -316,7 +316,7 @@ def _initial_cost(features, given, n_classes, similarity, class_model, seed, em_
 
 
 class _HardEMUpdate:
-    """``cost_update`` of :func:`~napari_vptv.core.vptv.vptv_iterate` (Algorithm 1 step
+    """``cost_update`` of :func:`~napari_vptv.core.solver.reference.vptv_iterate` (Algorithm 1 step
     5): re-fit the similarity model to ``u`` and return its new costs; ``model`` is the
     latest fit."""
 
@@ -346,11 +346,11 @@ def _edge_map(features, sigma, beta, device):
 
 def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_iter, tol, volume_tol,
            cost_update, update_every, callback):
-    """Run Algorithm 1 (:func:`~napari_vptv.core.vptv.vptv_iterate`, no autograd) on
+    """Run Algorithm 1 (:func:`~napari_vptv.core.solver.reference.vptv_iterate`, no autograd) on
     ``cost`` ``(1, K, *spatial)`` under ``spec``; returns the final ``VPTVState``."""
     import torch
 
-    from .vptv import vptv_iterate
+    from .reference import vptv_iterate
 
     progress = None
     if callback is not None:
@@ -423,7 +423,7 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
     problem with cost ``-log u`` (eps-scaling with warm starts, no TV). Pixels whose
     ``u`` ties exactly cannot be split, so the fractions are met up to such ties.
     Exact volumes are solved directly by the membership auction
-    (:func:`napari_vptv.core.assign.auction_assign`): class sizes are then exact
+    (:func:`napari_vptv.core.solver.assign.auction_assign`): class sizes are then exact
     (up to one pixel from rounding ``V_i * P`` to integers).
     """
     import torch
@@ -447,10 +447,10 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
     cost = -torch.log(torch.clamp(u, min=1e-12))
     kwargs = {k: (torch.as_tensor(v, dtype=u.dtype) if not isinstance(v, tuple) else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v))
               for k, v in spec.solver_kwargs().items()}
-    # Safeguarded Newton on the volume dual per eps (core.vptv_volume): a few passes
+    # Safeguarded Newton on the volume dual per eps (core.solver.volume_step): a few passes
     # instead of up to 300 Sinkhorn steps per eps (1,700 on one WBC image).
-    from .vptv_fast import rounding_steps_at_zero
-    from .vptv_volume import solve_volume_dual
+    from .fast import rounding_steps_at_zero
+    from .volume_step import solve_volume_dual
 
     # leading eps whose dual stays f = 0 (checked in one fused sweep where numba applies)
     start = rounding_steps_at_zero(cost, *kwargs["volume_bounds"], epsilons, 2e-4)
