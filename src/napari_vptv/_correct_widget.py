@@ -46,8 +46,8 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: segmentation widget).
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._correct_report import changes_table, report_summary
-from ._counting import scrolling_body
 from ._help import help_link, wrap_tooltips
+from ._layout import Form, advanced_section, dock_body
 from ._outputs import claim, live_layer, same_layer, single_colour, tag
 from ._widget_controls import LABEL_EDGE, LABEL_EPSILON, LABEL_TV
 
@@ -76,6 +76,8 @@ TIPS = {
 VOLUME_DEFAULT = "unknown bias (interval)"
 VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
 STACK_DEFAULT = "3-D"
+EDGE_DEFAULT = "outer rim (as annotated)"
+EDGE_CHOICES = {EDGE_DEFAULT: "rim", "half-maximum": "half-max", "strongest gradient": "gradient"}
 STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
 
@@ -141,7 +143,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     HELP_SECTION = "Correct mask widget"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
-        super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
+        super().__init__(labels=False)  # the fields go into a scrolling body (_layout.dock_body)
         self.viewer = napari_viewer
         self.synchronous = False
         self.worker = None
@@ -161,6 +163,11 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.volume_mode = ComboBox(label="Area", choices=list(VOLUME_CHOICES), value=VOLUME_DEFAULT,
                                     tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
                                             "image decides; exact: keep each area; factor: area × factor")
+        self.edge_position = ComboBox(label="Edge", choices=list(EDGE_CHOICES), value=EDGE_DEFAULT,
+                                      tooltip="Where the outline goes across a nucleus's blurred edge: its outer, "
+                                              "dimmer rim (as nuclei are annotated), halfway between background and "
+                                              "interior, or on the strongest gradient. Outlines already on an edge "
+                                              "are kept")
         self.band = SpinBox(label="Band (px, 0 = auto)", min=0, max=1000, value=0,
                             tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
                                     "half its equivalent radius within 4-6 px")
@@ -190,11 +197,13 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.status = Label(label="Status", value="ready")
         self.status.native.setWordWrap(True)
         self.help_link = help_link(self.HELP_SECTION, self)
-        self.body = scrolling_body(self, [
-            self.help_link, self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
-            self.volume_factor, self.volume_tolerance,
-            self.margin, self.mask_weight, self.epsilon, self.tv_weight, self.edge, self.fill_holes,
-            self.max_iter, *self._make_buttons(), self.status,
+        self.body = dock_body(self, [
+            self.help_link,
+            Form([self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode,
+                  self.edge_position, self.band, self.volume_factor, self.volume_tolerance]),
+            *advanced_section(self, [self.mask_weight, self.margin, self.epsilon, self.tv_weight, self.max_iter,
+                                     self.edge, self.fill_holes]),
+            *self._make_buttons(), Form([self.status]),
         ])
         for name, text in TIPS.items():
             getattr(self, name).tooltip = text
@@ -251,6 +260,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "mode": self.mode,
             "model": self.model,
             "volume_mode": self.volume_mode,
+            "edge_position": self.edge_position,
             "band": self.band,
             "volume_factor": self.volume_factor,
             "volume_tolerance": self.volume_tolerance,
@@ -306,6 +316,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "fill_holes": bool(self.fill_holes.value),
             "max_num_iter": int(self.max_iter.value),
             "stack_mode": STACK_CHOICES[self.stack_mode.value],
+            "edge_position": EDGE_CHOICES[self.edge_position.value],
         }
 
     def _validate(self):

@@ -16,11 +16,7 @@ from magicgui.widgets import FloatSpinBox
 from ._help import wrap_tip
 from ._outputs import claim, seal, tag
 
-__all__ = ["NUMBERS_KIND", "NUMBER_COLOUR", "add_cell_numbers", "pixel_size_field", "pixel_size_of", "scrolling_body",
-           "MIN_DOCK_WIDTH"]
-
-#: Narrowest dock (px).
-MIN_DOCK_WIDTH = 300
+__all__ = ["NUMBERS_KIND", "NUMBER_COLOUR", "add_cell_numbers", "pixel_size_field", "pixel_size_of"]
 
 #: ``metadata["vptv"]["kind"]`` of the cell-number layer.
 NUMBERS_KIND = "cell_numbers"
@@ -72,28 +68,3 @@ def add_cell_numbers(viewer, cells, *, like, name: str, meta: dict, old=None):
     tag(layer, {**meta, "kind": NUMBERS_KIND})
     seal(layer)
     return layer
-
-
-
-def scrolling_body(container, widgets):
-    """Put ``widgets`` into a scrollable, labelled container inside ``container`` (which
-    napari docks) and return it: on a small screen the dock scrolls instead of growing
-    the napari window past the screen, and its choice boxes shrink to about 12
-    characters (the full text shows when a box is opened)."""
-    from magicgui.widgets import Container
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QComboBox
-
-    body = Container(widgets=widgets, labels=True, scrollable=True)
-    body.margins = (0, 0, 0, 0)
-    container.margins = (0, 0, 0, 0)
-    # the scroll area itself (magicgui's append would insert the widget inside it)
-    container.native.layout().addWidget(body.root_native_widget)
-    for box in body.native.findChildren(QComboBox):
-        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        box.setMinimumContentsLength(12)
-    area = body.root_native_widget  # the scroll area (native: the widget inside it)
-    area.setMinimumWidth(MIN_DOCK_WIDTH)
-    area.setMinimumHeight(160)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # nothing out of reach
-    return body

@@ -44,6 +44,7 @@ from magicgui.widgets import (
 
 from ._common import METADATA_KEY, WidgetRunMixin
 from ._help import help_link, wrap_tooltips
+from ._layout import Form, dock_body
 from ._widget_controls import wrapped
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,7 +203,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
     HELP_SECTION = "Fine-tune on your images"
 
     def __init__(self, napari_viewer: "napari.Viewer"):
-        super().__init__(labels=True)
+        super().__init__(labels=False)  # the fields go into a scrolling body (_layout.dock_body)
         from .user_models import user_models_dir
 
         self.viewer = napari_viewer
@@ -250,8 +251,12 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
         self.status.native.setWordWrap(True)
         self.help_link = help_link(self.HELP_SECTION, self)
-        self.extend([self.help_link, self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir, self.model_name, self.base,
-                     self.minutes, self.replace, self.keep_anyway, buttons, self.progress, self.live, self.curve, self.status])
+        self.body = dock_body(self, [
+            self.help_link,
+            Form([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir,
+                  self.model_name, self.base, self.minutes, self.replace, self.keep_anyway]),
+            buttons, Form([self.progress, self.live, self.curve, self.status]),
+        ])
         self.pairs_from.changed.connect(self._on_pairs_from)
         self.show_all.changed.connect(self.reset_choices)
         self.pairs.changed.connect(self._update_pairs_note)
@@ -262,7 +267,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
             e.connect(self.reset_choices)
         for name, text in TIPS.items():
             getattr(self, name).tooltip = text
-        wrap_tooltips(self)
+        wrap_tooltips(self.body)
         self._restore_settings()
         self._on_pairs_from()
 
@@ -276,6 +281,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
     def reset_choices(self, *_):  # napari calls this on layer changes
         super().reset_choices()
+        body = getattr(self, "body", None)
+        if body is not None:  # the fields sit in the scrolling body
+            body.reset_choices()
         self._update_pairs_note()
 
     def _update_pairs_note(self, *_):

@@ -109,11 +109,16 @@ def help_link(section: str, owner):
     from magicgui.widgets import Label
     from qtpy.QtCore import Qt
 
-    where = "the online documentation" if docs_url() else "the README"
-    link = Label(value=f"<a href='#help' style='color:#6cb4ff'>Help</a> ({'online' if docs_url() else 'README'})")
+    if docs_url():
+        where, short = "the online documentation", "online"
+    elif docs_page(section) is not None:
+        where, short = f"docs/{HELP_PAGES[section]}", "docs"
+    else:
+        where, short = "the README", "README"
+    link = Label(value=f"<a href='#help' style='color:#6cb4ff'>Help</a> ({short})")
     link.native.setTextFormat(Qt.TextFormat.RichText)
     link.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     link.native.setWordWrap(True)
     link.native.linkActivated.connect(lambda *_: owner.open_help())
-    link.tooltip = wrap_tip(f"Opens {where} at '{section}'")
+    link.tooltip = wrap_tip(f"Opens {where}" + (f" at '{section}'" if short == "README" else ""))
     return link

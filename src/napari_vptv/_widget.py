@@ -37,8 +37,9 @@ from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
-from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of, scrolling_body
+from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of
 from ._help import help_link, wrap_tooltips
+from ._layout import Form, advanced_section, dock_body
 from ._measure_table import MeasurementTable, add_cells_layer, measure_result
 from ._outputs import RESULT_OPACITY, apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
 from ._stack_run import index_key, network_details, pieces, show_slice
@@ -130,17 +131,18 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
         self.reason.visible = False
         self.results = MeasurementTable(napari_viewer)
-        wrapped(self.results.summary)  # the table's full width, not a narrow centred column
         self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
-        self.body = scrolling_body(self, [
-            self.help_link, self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
-            self.auto_note, self.volumes, self.lower, self.upper, self.estimate, self.epsilon, self.tv_weight,
-            self.edge,
-            self.max_iter, self.diameter, self.require_nucleus, self.augment, self.seed, self.device, self.stack_mode,
-            self.keep_previous, self.measure, self.pixel_size, self.notice, buttons, self.reason, self.status,
+        self.body = dock_body(self, [
+            self.help_link,
+            Form([self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
+                  self.auto_note, self.volumes, self.lower, self.upper]),
+            self.estimate, Form([self.epsilon, self.tv_weight]), self.measure, Form([self.pixel_size]),
+            self.keep_previous,
+            *advanced_section(self, [self.max_iter, self.diameter, self.augment, self.seed, self.device,
+                                     self.stack_mode, self.edge, self.require_nucleus]),
+            self.notice, buttons, self.reason, Form([self.status]),
+            self.results,  # full width (outside the label column): the table needs the room
         ])
-        # full width (outside the label column): the table needs the room
-        self.body.native.layout().addWidget(self.results.native)
         wrap_tooltips(self.body)
         wrap_tooltips(self.results)
         self.run_button.changed.connect(lambda *_: self.run())

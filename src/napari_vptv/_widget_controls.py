@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
+from ._layout import wrapped  # noqa: F401 - the widgets' name for it
 from ._widget_methods import VOLUME_AUTO
 from .options import SegmentOptions
 
@@ -36,18 +37,6 @@ KMEANS_INTERVAL = 0.05
 
 #: Style of a field whose text does not parse (2 px: visible at a glance).
 INVALID_STYLE = "QLineEdit { border: 2px solid #d04040; }"
-
-
-def wrapped(label: Label) -> Label:
-    """``label`` word-wrapped, left-aligned and as wide as its column (a wrapped QLabel
-    otherwise takes a narrow width and sits centred)."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QSizePolicy
-
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-    return label
 
 
 def fmt(values) -> str:
@@ -102,7 +91,8 @@ TIPS = {
     "device": "Where the computation runs: cpu, or cuda for an NVIDIA graphics card",
     "stack_mode": "Stacks: each 2-D slice on its own (any method), or the whole stack as one 3-D volume "
                   "(variational only)",
-    "keep_previous": "Unchecked: a run replaces the plugin's own, untouched result of the same method and image. "
+    "keep_previous": "Checked: every run adds a new layer. Unchecked: a run replaces the plugin's own, untouched "
+                     "result of the same method and image. "
                      "Renamed, duplicated or edited results are never replaced.",
     "require_nucleus": "White blood cell labels: a cell region whose nucleus is under 10 % of its area (a red "
                        "cell or debris taken for cytoplasm) becomes background. Applies in volume mode auto / "
@@ -131,7 +121,7 @@ def build_fields(self) -> None:
     self.volumes = LineEdit(label="Volumes", value="0.77, 0.13, 0.10")
     self.lower = LineEdit(label="Lower bounds", value="")
     self.upper = LineEdit(label="Upper bounds", value="")
-    self.estimate = PushButton(text="Estimate volumes from current slice (k-means)")
+    self.estimate = PushButton(text="Estimate volumes (k-means)")
     self.epsilon = FloatSpinBox(label=LABEL_EPSILON, min=1e-4, max=10.0, step=0.001, value=0.01)
     self.tv_weight = FloatSpinBox(label=LABEL_TV, min=0.0, max=10.0, step=0.005, value=0.02)
     self.edge = CheckBox(text=LABEL_EDGE, value=False)
@@ -141,7 +131,7 @@ def build_fields(self) -> None:
     self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
     self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
     self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
-    self.keep_previous = CheckBox(text="Keep previous results (new layer per run)", value=True)
+    self.keep_previous = CheckBox(text="Keep previous results", value=True)
     self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus)
     self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES, value=defaults.augment)
     self.measure = CheckBox(text="Measure cells (WBC classes)", value=True)

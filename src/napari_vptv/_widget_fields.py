@@ -72,7 +72,7 @@ class SegmentSettings(Container):
     """The fields of the segmentation widget, their presets and their checks."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=False)  # the fields go into a scrolling body (_counting.scrolling_body)
+        super().__init__(labels=False)  # the fields go into a scrolling body (_layout.dock_body)
         self.viewer = napari_viewer
         self._restoring = False
         self._network_chosen: Dict[bool, tuple] = {}  # is_network -> (label, name) chosen in that mode
