@@ -44,6 +44,7 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 
 #: Key of ``layer.metadata`` marking the plugin's own output layers (shared with the
 #: segmentation widget).
+from . import _warmup
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._correct_report import changes_table, report_summary
 from ._help import help_link, wrap_tooltips
@@ -216,6 +217,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.labels.changed.connect(self._update_stack_choice)
         self.reset_choices()
         self._update_stack_choice()
+        _warmup.start()  # napari's first-use compiling, off the GUI thread
         # the last session's settings (see _common.settings_dir)
         if self._restore_settings():
             self._set_status("ready (settings of the last run restored)")

@@ -36,6 +36,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
+from . import _warmup
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
 from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of
 from ._help import help_link, wrap_tooltips
@@ -157,6 +158,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self._reset_image_choices()
         self.restore_or_default(self._defaults, self._restore_settings)  # the last session's settings
         self._refresh_run_state()
+        _warmup.start()  # napari's first-use compiling, off the GUI thread
 
     # ------------------------------------------------------------ choices / state
     def _reset_image_choices(self, *_):
