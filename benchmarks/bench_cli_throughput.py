@@ -5,7 +5,7 @@ Both run as fresh processes on the same ``--n`` WBC images (300x300 RGB, the fir
 segment, write a PNG label image per input.
 
 * **vptv** -- ``vptv segment IMAGES --out DIR --method vptv --workers 1 --threads 1``
-  (the default WBC preset of the CLI; the numba kernels of core.solver.numba_loop);
+  (the default WBC preset of the CLI; the numba kernels of core.solver.numba_kernels);
 * **vptv-torch** -- the same CLI call in a process where
   ``core.solver.fast.NUMBA_AVAILABLE = False`` (the torch no-grad loop), for reference
   (inputs it fails on are listed; the CLI continues past them);

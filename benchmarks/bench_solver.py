@@ -36,7 +36,7 @@ N frames (a WBC image reflect-padded to 512x512, shifted by 2 pixels per frame):
 one core cold start, one core with warm starts (``segment_stack(warm_start=True)``),
 and both cores (two halves of the stack in two threads, cold and warm).
 
-Solver paths (``--paths``): ``numba`` -- the fused kernels of core.solver.numba_loop (the
+Solver paths (``--paths``): ``numba`` -- the fused kernels of core.solver.numba_kernels (the
 default no-grad CPU path), ``torch`` -- the torch no-grad loop of core.solver.fast
 (``vptv_fast.NUMBA_AVAILABLE = False``), timed on the same images in the same run;
 the peers and the floor are measured once. The numba kernels are compiled (or loaded

@@ -1,4 +1,4 @@
-"""The fused numba kernels of the no-grad VPTV loop (core.solver.numba_loop) against the
+"""The fused numba kernels of the no-grad VPTV loop (core.solver.numba_kernels) against the
 torch no-grad loop (core.solver.fast) they replace on the CPU: same numbers to float32
 rounding, same labels; the fallback and the uncached (read-only) case.
 
@@ -184,7 +184,7 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     script = textwrap.dedent("""
         import torch
         from napari_vptv.core.solver import fast as vptv_fast
-        from napari_vptv.core.solver import numba_loop as vptv_numba
+        from napari_vptv.core.solver import numba_kernels as vptv_numba
         from napari_vptv.core.solver.reference import vptv_iterate
         cost = torch.rand(1, 3, 9, 11)
         with torch.no_grad():

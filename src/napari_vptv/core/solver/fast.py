@@ -25,7 +25,7 @@ operations are the same, only their order and the scaling of ``q`` differ), whic
 ``tests/test_solver.py`` checks on random 2-D and 3-D problems.
 
 :func:`run_fast` hands CPU float32 2-D problems to the fused numba kernels of
-:mod:`napari_vptv.core.solver.numba_loop` (one sweep over the pixels per iteration, the same
+:mod:`napari_vptv.core.solver.numba_kernels` (one sweep over the pixels per iteration, the same
 steps; ``tests/test_vptv_numba.py``) when numba can be imported; :func:`use_numba` is
 the one place that decides. The torch loop below remains the path for other devices,
 3-D problems, float64 and machines without numba. :func:`rounding_steps_at_zero` is the
@@ -259,7 +259,7 @@ def _numba_kernels():
     if not NUMBA_AVAILABLE:
         return None
     try:
-        from . import numba_loop as vptv_numba
+        from . import numba_kernels as vptv_numba
     except ImportError:
         NUMBA_AVAILABLE = False
         return None
@@ -289,7 +289,7 @@ def rounding_steps_at_zero(cost: torch.Tensor, lower, upper, epsilons, volume_to
     ``f = 0``: those whose softmax ``softmax(-cost / eps)`` already meets the interval
     ``[lower, upper]`` to ``volume_tol - ROUNDING_MARGIN`` (the dual solver then returns
     at once, with ``f = 0``). One fused numba sweep for all ``eps``
-    (:func:`~napari_vptv.core.solver.numba_loop.tempered_masses`) instead of one torch softmax
+    (:func:`~napari_vptv.core.solver.numba_kernels.tempered_masses`) instead of one torch softmax
     each; 0 (nothing skipped) where the kernels do not apply (not CPU float32 2-D
     contiguous, no numba)."""
     if not (NUMBA_AVAILABLE and cost.device.type == "cpu" and cost.dtype == torch.float32 and cost.ndim == 4
@@ -399,9 +399,9 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, *, volume_update, volume
     callable) and the callback see torch tensors (``(N, K, H, W)`` views of the work
     arrays).
 
-    One sweep per iteration (:func:`~napari_vptv.core.solver.numba_loop.fused_pass`): the
+    One sweep per iteration (:func:`~napari_vptv.core.solver.numba_kernels.fused_pass`): the
     softmax ``s`` of iteration ``it`` comes from the sweep of ``it - 1`` (or a
-    :func:`~napari_vptv.core.solver.numba_loop.softmax_pass` at the start and after a cost
+    :func:`~napari_vptv.core.solver.numba_kernels.softmax_pass` at the start and after a cost
     update), so ``s`` after the last sweep is the final ``u``."""
     kernels = _numba_kernels()
     eps, has_tv = solver.epsilon, solver.has_tv
