@@ -7,7 +7,7 @@ segment, write a PNG label image per input.
 * **vptv** -- ``vptv segment IMAGES --out DIR --method vptv --workers 1 --threads 1``
   (the default WBC preset of the CLI; the numba kernels of core.solver.numba_kernels);
 * **vptv-torch** -- the same CLI call in a process where
-  ``core.solver.fast.NUMBA_AVAILABLE = False`` (the torch no-grad loop), for reference
+  ``core.solver.numba_loop.NUMBA_AVAILABLE = False`` (the torch no-grad loop), for reference
   (inputs it fails on are listed; the CLI continues past them);
 * **vptv-2workers** (``--two-workers``) -- the first call with ``--workers 2``: the
   files segmented in two threads on both cores (the kernels and torch release the
@@ -65,8 +65,8 @@ for path in sys.argv[2:]:
 
 VPTV_TORCH = """
 import sys
-from napari_vptv.core.solver import fast as vptv_fast
-vptv_fast.NUMBA_AVAILABLE = False
+from napari_vptv.core.solver import numba_loop
+numba_loop.NUMBA_AVAILABLE = False
 from napari_vptv.cli import main
 sys.exit(main(sys.argv[1:]))
 """

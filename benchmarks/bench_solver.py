@@ -24,7 +24,7 @@ no-grad loop on a 300x300 RGB 3-class problem next to a plain numpy float32
 Chambolle dual step and a torch copy-and-scale pass over the same bytes, measured
 in the same run; per-image solve time median / max, iterations and softmax passes
 (iterations + 1 + the rounding's torch dual-solver passes; the rounding shortcut's one
-numba sweep over all eps, core.solver.fast.rounding_steps_at_zero, is not counted);
+numba sweep over all eps, core.solver.numba_loop.rounding_steps_at_zero, is not counted);
 ``--compile`` also times a ``torch.compile`` (inductor) version of one step.
 
 Every time is taken twice: wall clock and the process CPU time
@@ -38,7 +38,7 @@ and both cores (two halves of the stack in two threads, cold and warm).
 
 Solver paths (``--paths``): ``numba`` -- the fused kernels of core.solver.numba_kernels (the
 default no-grad CPU path), ``torch`` -- the torch no-grad loop of core.solver.fast
-(``vptv_fast.NUMBA_AVAILABLE = False``), timed on the same images in the same run;
+(``numba_loop.NUMBA_AVAILABLE = False``), timed on the same images in the same run;
 the peers and the floor are measured once. The numba kernels are compiled (or loaded
 from the cache) in the warm-up call, outside the timings; the JIT cost is measured
 by ``benchmarks/bench_cli_throughput.py --compile``.
@@ -93,13 +93,13 @@ PATHS = ("numba", "torch")
 
 def use_path(name, _installed=[]):
     """Select the no-grad solver loop for what follows: ``numba`` or ``torch``."""
-    from napari_vptv.core.solver import fast as vptv_fast
+    from napari_vptv.core.solver import numba_loop
 
     if not _installed:  # numba's availability as found at the first call
-        _installed.append(vptv_fast.NUMBA_AVAILABLE and vptv_fast._numba_kernels() is not None)
+        _installed.append(numba_loop.NUMBA_AVAILABLE and numba_loop.kernels() is not None)
     if name == "numba" and not _installed[0]:
         raise SystemExit("numba is not importable: run with --paths torch")
-    vptv_fast.NUMBA_AVAILABLE = name == "numba"
+    numba_loop.NUMBA_AVAILABLE = name == "numba"
 
 
 _ROUNDING_PASSES = []

@@ -259,7 +259,7 @@ def _random_problem(shape, mode, edge, dtype, seed=0):
 def test_fast_loop_matches_differentiable_loop(shape, mode, edge, dtype, atol):
     cost, kw = _random_problem(shape, mode, edge, dtype)
     args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=60, tol=1e-5, **kw)
-    ref = vptv_iterate(cost, differentiable=True, **args)
+    ref = vptv_iterate(cost, backend="reference", **args)
     with torch.no_grad():
         fast = vptv_iterate(cost, **args)  # no_grad -> the in-place loop
     assert fast.n_iter == ref.n_iter
@@ -268,8 +268,8 @@ def test_fast_loop_matches_differentiable_loop(shape, mode, edge, dtype, atol):
     assert torch.equal(fast.converged, ref.converged)
     # a warm start from the result continues identically and is not modified
     q_before = fast.q.clone()
-    again_ref = vptv_iterate(cost, differentiable=True, state=ref, **{**args, "max_num_iter": 5})
-    again = vptv_iterate(cost, differentiable=False, state=fast, **{**args, "max_num_iter": 5})
+    again_ref = vptv_iterate(cost, backend="reference", state=ref, **{**args, "max_num_iter": 5})
+    again = vptv_iterate(cost, backend="auto", state=fast, **{**args, "max_num_iter": 5})
     assert torch.equal(fast.q, q_before)
     torch.testing.assert_close(again.u, again_ref.u, atol=atol, rtol=0)
 
@@ -281,8 +281,8 @@ def test_fast_loop_with_cost_update_matches():
         return cost + 0.1 * u
 
     args = dict(epsilon=0.1, tv_weight=0.2, max_num_iter=30, tol=0, cost_update=update, update_every=4, **kw)
-    ref = vptv_iterate(cost, differentiable=True, **args)
-    fast = vptv_iterate(cost, differentiable=False, **args)
+    ref = vptv_iterate(cost, backend="reference", **args)
+    fast = vptv_iterate(cost, backend="auto", **args)
     torch.testing.assert_close(fast.u, ref.u, atol=1e-10, rtol=0)
     torch.testing.assert_close(fast.cost, ref.cost, atol=1e-10, rtol=0)
 
@@ -297,6 +297,25 @@ def test_differentiable_path_gradcheck():
 
     assert run(cost).requires_grad  # autograd picks the differentiable loop by itself
     assert torch.autograd.gradcheck(run, (cost,), eps=1e-6, atol=1e-6)
+
+
+def test_backend_choice_is_reported_and_checked():
+    """backend="auto" names the loop it ran and why; a loop that cannot run the problem
+    is refused with a sentence naming the backend."""
+    cost, kw = _random_problem((1, 3, 8, 9), "exact", False, torch.float64, seed=1)
+    state = vptv_iterate(cost, epsilon=0.5, max_num_iter=3, **kw)
+    assert state.backend == "torch" and "float64" in state.backend_reason  # the kernels are float32
+    assert vptv_iterate(cost, epsilon=0.5, max_num_iter=3, backend="reference", **kw).backend == "reference"
+    cost.requires_grad_(True)
+    state = vptv_iterate(cost, epsilon=0.5, max_num_iter=3, **kw)
+    assert state.backend == "reference" and state.u.requires_grad and "gradient" in state.backend_reason
+    for backend in ("torch", "numba"):
+        with pytest.raises(ValueError, match=f"backend '{backend}' gives no gradient"):
+            vptv_iterate(cost, epsilon=0.5, max_num_iter=3, backend=backend, **kw)
+    with pytest.raises(ValueError, match="backend 'numba' cannot run this problem: float64"):
+        vptv_iterate(cost.detach(), epsilon=0.5, max_num_iter=3, backend="numba", **kw)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        vptv_segment(np.zeros((8, 8), np.float32), backend="gpu")
 
 
 @pytest.mark.parametrize("mode", ["exact", "interval"])
@@ -338,8 +357,8 @@ def test_check_every_same_in_both_loops(check_every):
     one of 2, 2 + k, ..., and agree."""
     cost, kw = _random_problem((1, 3, 16, 16), "interval", True, torch.float64, seed=4)
     args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=200, tol=1e-4, check_every=check_every, **kw)
-    ref = vptv_iterate(cost, differentiable=True, **args)
-    fast = vptv_iterate(cost, differentiable=False, **args)
+    ref = vptv_iterate(cost, backend="reference", **args)
+    fast = vptv_iterate(cost, backend="auto", **args)
     assert bool(fast.converged.all()) and fast.n_iter == ref.n_iter
     assert (fast.n_iter - 2) % check_every == 0
     torch.testing.assert_close(fast.u, ref.u, atol=1e-10, rtol=0)

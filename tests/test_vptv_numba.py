@@ -17,14 +17,15 @@ import torch
 pytest.importorskip("numba")
 
 from napari_vptv.core.io.samples import load_sample, sample_ids  # noqa: E402
-from napari_vptv.core.solver import fast as vptv_fast  # noqa: E402
+from napari_vptv.core.solver import numba_loop  # noqa: E402
+from napari_vptv.core.solver.dispatch import choose_backend  # noqa: E402
 from napari_vptv.core.solver.reference import vptv_iterate  # noqa: E402
 from napari_vptv.core.solver.segment import vptv_segment  # noqa: E402
 from napari_vptv.core.wbc.preset import wbc_preset  # noqa: E402
 
 
 def _run(numba_on, monkeypatch, fn, *args, **kwargs):
-    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", numba_on)
+    monkeypatch.setattr(numba_loop, "NUMBA_AVAILABLE", numba_on)
     with torch.no_grad():
         return fn(*args, **kwargs)
 
@@ -50,10 +51,12 @@ def _problem(shape, mode, edge, seed=0):
 def test_numba_loop_matches_torch_loop(mode, edge, shape, monkeypatch):
     cost, kw = _problem(shape, mode, edge)
     args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=80, tol=1e-5, **kw)
-    solver = vptv_fast.FastVPTV(cost, None, 0.1, 0.1, 0.05)
-    assert vptv_fast.use_numba(solver)  # the problem runs the kernels
+    assert choose_backend("auto", cost)[0] == "numba"  # the problem runs the kernels
     fused = _run(True, monkeypatch, vptv_iterate, cost, **args)
     ref = _run(False, monkeypatch, vptv_iterate, cost, **args)
+    assert (fused.backend, ref.backend) == ("numba", "torch")
+    forced = vptv_iterate(cost, backend="torch", **args)  # the same loop, asked for by name
+    torch.testing.assert_close(forced.u, ref.u, atol=0, rtol=0)
     assert fused.n_iter == ref.n_iter
     assert torch.equal(fused.converged, ref.converged)
     for name in ("u", "q", "f", "f_lower", "f_upper"):
@@ -119,7 +122,7 @@ def test_numba_same_labels_synthetic_exact_volumes_with_edges(monkeypatch):
 @pytest.mark.parametrize("bounds", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.3, 0.2, 0.1), (0.5, 0.4, 0.3)),
                                     ((0.0, 0.0, 0.0), (0.3219, 1.0, 1.0))])
 def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
-    """The volume rounding's shortcut (core.solver.fast.rounding_steps_at_zero): the
+    """The volume rounding's shortcut (core.solver.numba_loop.rounding_steps_at_zero): the
     leading eps it skips are exactly those where the dual solver keeps f = 0, and the
     labels equal those of the full eps-scaling loop."""
     from napari_vptv.core.solver.segment import round_to_volumes
@@ -131,7 +134,7 @@ def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
     spec = make_volume_spec(3, "interval", None, *bounds)
     cost = -torch.log(torch.clamp(u, min=1e-12))
     epsilons = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
-    steps = vptv_fast.rounding_steps_at_zero(cost, *spec.solver_kwargs()["volume_bounds"], epsilons, 2e-4)
+    steps = numba_loop.rounding_steps_at_zero(cost, *spec.solver_kwargs()["volume_bounds"], epsilons, 2e-4)
     f = None
     for i, eps in enumerate(epsilons):
         _, f, sweeps = solve_volume_dual(cost, eps, f=f, volume_tol=2e-4, volume_bounds=spec.solver_kwargs()["volume_bounds"])
@@ -165,16 +168,18 @@ def test_kernels_restore_the_denormal_mode(monkeypatch):
 def test_torch_loop_where_numba_does_not_apply(monkeypatch):
     """Without numba, for float64, 3-D and autograd the torch loops run (and give a result)."""
     cost, kw = _problem((1, 3, 12, 14), "interval", True)
-    solver = vptv_fast.FastVPTV(cost, None, 0.1, 0.1, 0.05)
-    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", False)
-    assert not vptv_fast.use_numba(solver)
+    monkeypatch.setattr(numba_loop, "NUMBA_AVAILABLE", False)
+    assert choose_backend("auto", cost)[0] == "torch"
     with torch.no_grad():
         st = vptv_iterate(cost, epsilon=0.1, tv_weight=0.1, max_num_iter=20, **kw)
-    assert torch.isfinite(st.u).all() and st.n_iter > 1
-    monkeypatch.setattr(vptv_fast, "NUMBA_AVAILABLE", True)
-    assert vptv_fast.use_numba(solver)
-    assert not vptv_fast.use_numba(vptv_fast.FastVPTV(cost.double(), None, 0.1, 0.1, 0.05))
-    assert not vptv_fast.use_numba(vptv_fast.FastVPTV(cost[:, :, None], None, 0.1, 0.1, 0.05))
+    assert torch.isfinite(st.u).all() and st.n_iter > 1 and st.backend == "torch"
+    monkeypatch.setattr(numba_loop, "NUMBA_AVAILABLE", True)
+    assert choose_backend("auto", cost)[0] == "numba"
+    name, reason = choose_backend("auto", cost.double())
+    assert name == "torch" and "float64" in reason
+    name, reason = choose_backend("auto", cost[:, :, None])
+    assert name == "torch" and "3-D" in reason
+    assert choose_backend("auto", cost, needs_grad=True)[0] == "reference"
 
 
 def test_kernels_compile_without_a_writable_cache(tmp_path):
@@ -183,14 +188,13 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     kernels and a solve still runs. Real numba, in a fresh process."""
     script = textwrap.dedent("""
         import torch
-        from napari_vptv.core.solver import fast as vptv_fast
-        from napari_vptv.core.solver import numba_kernels as vptv_numba
+        from napari_vptv.core.solver import numba_kernels, numba_loop
         from napari_vptv.core.solver.reference import vptv_iterate
         cost = torch.rand(1, 3, 9, 11)
         with torch.no_grad():
             st = vptv_iterate(cost, epsilon=0.1, tv_weight=0.1, max_num_iter=5, volumes=torch.tensor([.5, .3, .2]))
-        assert vptv_fast.NUMBA_AVAILABLE and torch.isfinite(st.u).all()
-        assert vptv_numba.softmax_pass._cache.__class__.__name__ == "NullCache"
+        assert numba_loop.NUMBA_AVAILABLE and st.backend == "numba" and torch.isfinite(st.u).all()
+        assert numba_kernels.softmax_pass._cache.__class__.__name__ == "NullCache"
         print("ok")
     """)
     unwritable = tmp_path / "file"

@@ -1,9 +1,9 @@
 """Fused CPU kernels of the no-grad VPTV iteration (numba), 2-D float32 problems.
 
-:func:`napari_vptv.core.solver.fast.run_fast` dispatches here (see
-:func:`~napari_vptv.core.solver.fast.use_numba`); the torch loop of
-:mod:`napari_vptv.core.solver.fast` stays the path for autograd, GPUs, 3-D, float64
-and machines without numba. One iteration of Algorithm 1 is one sweep over the
+:func:`napari_vptv.core.solver.numba_loop.run_numba` drives them (backend
+``"numba"``, chosen by :func:`napari_vptv.core.solver.dispatch.choose_backend`); the
+torch loop of :mod:`napari_vptv.core.solver.fast` stays the path for GPUs, 3-D,
+float64 and machines without numba, the reference loop the one for autograd. One iteration of Algorithm 1 is one sweep over the
 rows of the image instead of ~20 eager torch kernels (:func:`fused_pass`):
 
 * row ``i``: the per-class reweighting of the softmax ``s`` by the new volume dual

@@ -51,6 +51,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .dispatch import choose_backend
+from .settings import LoopSettings, VolumeRule
+
 __all__ = [
     "gradient",
     "divergence",
@@ -174,6 +177,8 @@ class VPTVState:
     cost : the costs in use at the end (changed by ``cost_update``)
     n_iter : iterations performed
     converged : per-sample bool tensor ``(N,)``
+    backend, backend_reason : the loop that ran and why
+        (:func:`~napari_vptv.core.solver.dispatch.choose_backend`)
     """
 
     u: torch.Tensor
@@ -184,18 +189,8 @@ class VPTVState:
     cost: torch.Tensor
     n_iter: int
     converged: torch.Tensor
-
-
-def _as_batch_volumes(v, cost, name):
-    v = torch.as_tensor(v, dtype=cost.dtype, device=cost.device)
-    if v.ndim == 1:
-        v = v.unsqueeze(0).expand(cost.shape[0], -1)
-    if v.shape != cost.shape[:2]:
-        raise ValueError(
-            f"{name} must have shape (K,) or (N, K) = {tuple(cost.shape[:2])}, "
-            f"got {tuple(v.shape)}"
-        )
-    return v
+    backend: str = ""
+    backend_reason: str = ""
 
 
 def vptv_iterate(
@@ -204,7 +199,7 @@ def vptv_iterate(
     volume_tol: float = 1e-3, tau: Optional[float] = None,
     cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, update_every: int = 10,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None, state: Optional[VPTVState] = None,
-    differentiable: Optional[bool] = None, check_every: Optional[int] = None,
+    backend: str = "auto", check_every: Optional[int] = None,
 ) -> VPTVState:
     """Run Algorithm 1 on a batch of cost maps.
 
@@ -245,12 +240,12 @@ def vptv_iterate(
         Progress hook, called after every iteration.
     state : VPTVState, optional
         Warm start (``q``, ``f_lower``, ``f_upper`` are reused; never modified).
-    differentiable : bool, optional
-        ``True``: the out-of-place loop autograd can run through. ``False``: the
-        allocation-free in-place loop of :mod:`napari_vptv.core.solver.fast` (no
-        gradient; the ``u`` given to ``callback`` is then a work buffer, valid
-        during the call only). Default: ``True`` exactly when gradients are
-        enabled and ``cost``, ``edge_weight`` or the warm start requires them.
+    backend : {"auto", "reference", "torch", "numba"}
+        The loop (:mod:`napari_vptv.core.solver.dispatch`): ``"reference"`` (this
+        module's, autograd runs through it), ``"torch"`` or ``"numba"`` (no gradient;
+        ``u`` given to ``callback`` is then a work buffer, valid during the call).
+        ``"auto"``: ``"reference"`` when gradients are on and an input requires them,
+        else ``"numba"`` where it applies, else ``"torch"``.
     check_every : int, optional
         Run the stopping test at iterations ``2, 2 + check_every, ...`` only. The
         test reduces ``u`` and reads the result on the host, which on a GPU
@@ -263,21 +258,19 @@ def vptv_iterate(
 
     Notes
     -----
-    Both loops perform the same steps and give the same numbers up to float
-    rounding (tested); the differentiable one can be back-propagated end to end
-    (through all ``T`` steps), the fast one reuses preallocated buffers.
+    The three loops perform the same steps and give the same numbers up to float
+    rounding (tested); the reference one can be back-propagated end to end
+    (through all ``T`` steps), the others reuse preallocated buffers.
     """
     _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds)
     tau = 0.5 * epsilon if tau is None else float(tau)
-    update, residual = _volume_rules(volumes, volume_bounds, cost, epsilon)
+    volume = VolumeRule.of(volumes, volume_bounds, cost, epsilon)
     bound = _dual_bound(cost, tv_weight, edge_weight)
     q, f_lower, f_upper = _initial_duals(cost, tv_weight, state)
-    check_every = _check_interval(check_every, cost.device)
-    loop = dict(volume_update=update, volume_residual=residual, f_lower=f_lower, f_upper=f_upper,
-                max_num_iter=int(max_num_iter), tol=float(tol), volume_tol=float(volume_tol),
-                cost_update=cost_update, update_every=int(update_every), check_every=check_every,
-                callback=callback)
-    return _run_loop(cost, q, bound, epsilon, tau, differentiable, loop)
+    settings = LoopSettings(volume=volume, max_num_iter=int(max_num_iter), tol=float(tol),
+                            volume_tol=float(volume_tol), check_every=_check_interval(check_every, cost.device),
+                            cost_update=cost_update, update_every=int(update_every), callback=callback)
+    return _run_loop(cost, q, bound, epsilon, tau, f_lower, f_upper, settings, backend)
 
 
 def _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds):
@@ -331,26 +324,23 @@ def _check_interval(check_every, device):
     return int(check_every)
 
 
-def _run_loop(cost, q, bound, epsilon, tau, differentiable, loop):
-    """Run the differentiable or the fast loop with the settings ``loop`` and pack the
-    result as a :class:`VPTVState`.
-
-    ``differentiable=None`` picks the autograd loop exactly when gradients are enabled
-    and an input (costs, dual bound, warm-start duals) requires them.
-    """
-    if differentiable is None:
-        inputs = (cost, bound, q, loop["f_lower"], loop["f_upper"])
-        differentiable = torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in inputs
-        )
-    if differentiable:
-        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(cost, q, bound, epsilon, tau, **loop)
+def _run_loop(cost, q, bound, epsilon, tau, f_lower, f_upper, settings, backend):
+    """Run the loop :func:`~napari_vptv.core.solver.dispatch.choose_backend` picks and
+    pack the result as a :class:`VPTVState`."""
+    inputs = (cost, bound, q, f_lower, f_upper)
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    name, reason = choose_backend(backend, cost, needs_grad=needs_grad)
+    if name == "reference":
+        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(cost, q, bound, epsilon, tau,
+                                                                            f_lower, f_upper, settings)
     else:
-        from .fast import FastVPTV, run_fast
+        from .fast import FastVPTV, run_torch
+        from .numba_loop import run_numba
 
         with torch.no_grad():
             solver = FastVPTV(cost, q, bound, epsilon, tau)
-            u, f_lower, f_upper, new_cost, it, converged = run_fast(solver, **loop)
+            run = run_numba if name == "numba" else run_torch
+            u, f_lower, f_upper, new_cost, it, converged = run(solver, f_lower, f_upper, settings)
             q = solver.q
     return VPTVState(
         u=u,
@@ -361,56 +351,15 @@ def _run_loop(cost, q, bound, epsilon, tau, differentiable, loop):
         cost=cost if new_cost is None else new_cost,
         n_iter=it,
         converged=converged,
+        backend=name,
+        backend_reason=reason,
     )
 
 
-def _volume_rules(volumes, volume_bounds, cost, epsilon):
-    """``(update, residual)`` of the volume dual for the chosen mode (None, None: no
-    volume term).
-
-    ``update(f_lower, f_upper, log_mass) -> (f_lower, f_upper)`` is the stabilised
-    Sinkhorn step (eq. 25) in closed form (one step per outer iteration, no inner
-    loop); for intervals, one clipped step per bound. ``residual(mass)`` is the
-    ``(N, K)`` absolute volume violation used by the stopping test.
-    """
-    if volumes is not None:
-        log_v = torch.log(_as_batch_volumes(volumes, cost, "volumes"))
-        target = torch.exp(log_v)
-
-        def update(f_lower, f_upper, log_mass):
-            return f_lower + epsilon * (log_v - log_mass), f_upper
-
-        def residual(mass):
-            return (mass - target).abs()
-
-        update.fused = ("exact", log_v, log_v, target, target)  # for core.solver.fast's numba kernels
-        return update, residual
-    if volume_bounds is not None:
-        lo = _as_batch_volumes(volume_bounds[0], cost, "volume_bounds[0]")
-        hi = _as_batch_volumes(volume_bounds[1], cost, "volume_bounds[1]")
-        # A bound of 0 (lower) or 1 (upper) never binds: its log is set to -inf / +inf,
-        # so the clipped step below is -inf -> 0 without a mask (log_mass is finite).
-        inf = torch.tensor(float("inf"), dtype=lo.dtype, device=lo.device)
-        log_lo = torch.where(lo > 0, torch.log(torch.clamp(lo, min=1e-12)), -inf)
-        log_hi = torch.where(hi < 1, torch.log(torch.clamp(hi, max=1.0)), inf)
-
-        def update(f_lower, f_upper, log_mass):
-            f_lower = torch.clamp(f_lower + epsilon * (log_lo - log_mass), min=0.0)
-            f_upper = torch.clamp(f_upper + epsilon * (log_mass - log_hi), min=0.0)
-            return f_lower, f_upper
-
-        def residual(mass):
-            return torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
-
-        update.fused = ("interval", log_lo, log_hi, lo, hi)  # for core.solver.fast's numba kernels
-        return update, residual
-    return None, None
-
-
-def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_residual, f_lower, f_upper,
-                      max_num_iter, tol, volume_tol, cost_update, update_every, check_every, callback):
-    """The differentiable loop: out-of-place ops only, so autograd can run through all
-    steps (the network layer's ``backward="full"``). Same steps as the fast path."""
+def _iterate_autograd(cost, q, bound, epsilon, tau, f_lower, f_upper, settings: LoopSettings):
+    """The reference loop: out-of-place ops only, so autograd can run through all
+    steps (the network layer's ``backward="full"``). Same steps as the other loops."""
+    volume, callback = settings.volume, settings.callback
     n_spatial = cost.ndim - 2
     n, k = cost.shape[:2]
     spatial_dims = tuple(range(2, cost.ndim))
@@ -418,9 +367,9 @@ def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_res
     u_prev = None
     converged = torch.zeros(n, dtype=torch.bool, device=cost.device)
     it = 0
-    for it in range(1, max_num_iter + 1):
-        if cost_update is not None and u_prev is not None and (it - 1) % update_every == 0:
-            cost = new_cost = cost_update(u_prev)
+    for it in range(1, settings.max_num_iter + 1):
+        if settings.updates_cost_at(it):
+            cost = new_cost = settings.cost_update(u_prev)
 
         f = f_lower - f_upper
         # Step 2: softmax primal step.
@@ -429,9 +378,9 @@ def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_res
         # Step 4 (done before step 3 here; same fixed point): stabilised Sinkhorn
         # update of f from the current marginals. Because only f changes, the new u
         # is the old one reweighted per class -- no second exp over the image.
-        if volume_update is not None:
+        if volume is not None:
             log_mass = torch.log(torch.clamp(u.mean(dim=spatial_dims), min=1e-30))
-            f_lower, f_upper = volume_update(f_lower, f_upper, log_mass)
+            f_lower, f_upper = volume.update(f_lower, f_upper, log_mass)
             delta = (f_lower - f_upper - f) / epsilon
             delta = delta - delta.amax(dim=1, keepdim=True)
             w = torch.exp(delta).reshape((n, k) + (1,) * n_spatial)
@@ -445,11 +394,11 @@ def _iterate_autograd(cost, q, bound, epsilon, tau, *, volume_update, volume_res
 
         if callback is not None:
             callback(it, u)
-        if u_prev is not None and tol > 0 and (it - 2) % check_every == 0:
+        if settings.check_at(it):
             change = torch.sqrt(((u - u_prev) ** 2).mean(dim=tuple(range(1, u.ndim))))
-            converged = change < tol
-            if volume_residual is not None:
-                converged = converged & (volume_residual(u.mean(dim=spatial_dims)).amax(dim=1) < volume_tol)
+            converged = change < settings.tol
+            if volume is not None:
+                converged = converged & (volume.residual(u.mean(dim=spatial_dims)).amax(dim=1) < settings.volume_tol)
             if bool(converged.all()):
                 u_prev = u
                 break

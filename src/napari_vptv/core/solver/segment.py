@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .costs import SIMILARITIES, GaussianModel, edge_weight, kmeans_init
+from .dispatch import check_backend
 from .volumes import VolumeSpec, make_volume_spec
 
 __all__ = ["SegmentationResult", "vptv_segment", "prepare_image", "round_to_volumes", "class_argmax"]
@@ -170,7 +171,7 @@ def vptv_segment(
     max_num_iter: int = 500, tol: float = 1e-3, volume_tol: float = 1e-3, channel_axis: Optional[int] = None,
     cost: Optional[np.ndarray] = None, probabilities: Optional[np.ndarray] = None, rounding: str = "volume",
     seed: int = 0, device: str = "cpu", callback: Optional[Callable[[int, int], None]] = None,
-    warm_start: Optional[SegmentationResult] = None,
+    warm_start: Optional[SegmentationResult] = None, backend: str = "auto",
 ) -> SegmentationResult:
     """Volume-preserving TV segmentation of one image (Algorithm 1).
 
@@ -202,7 +203,7 @@ def vptv_segment(
     em_update : bool
         Re-estimate the class model from ``u`` every ``update_every`` iterations (Algorithm 1 step 5) by
         classification EM: the M-step uses ``argmax_i u_i``, so the classes do not collapse when TV makes ``u`` soft.
-    max_num_iter, tol, volume_tol : see :func:`napari_vptv.core.solver.reference.vptv_iterate`.
+    max_num_iter, tol, volume_tol, backend : see :func:`napari_vptv.core.solver.reference.vptv_iterate`.
     channel_axis : int or None
         Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
     cost : ndarray ``(K, *spatial)``, optional
@@ -230,22 +231,23 @@ def vptv_segment(
 
     References
     ----------
-    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation with
-    entropic regularization optimal transport and its applications in deep learning", Algorithm 1.
+    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation with entropic
+    regularization optimal transport and its applications in deep learning", Algorithm 1.
     """
-    _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter)
+    _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter, backend)
     features = prepare_image(image, channel_axis)
     given = _given_cost(cost, probabilities, features.shape[1:])
     n_classes, spec = _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, given)
     c0, model, em = _initial_cost(features, given, n_classes, similarity, class_model, seed, em_update, device)
     state = _solve(c0, spec, warm_start, epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol,
                    volume_tol=volume_tol, cost_update=em, update_every=update_every, callback=callback,
-                   edge_weight=_edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None)
+                   backend=backend, edge_weight=_edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None)
     return _result(state, spec, rounding, model if em is None else em.model)
 
 
-def _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter):
+def _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter, backend):
     """The checks of :func:`vptv_segment`'s scalar settings, before any image work."""
+    check_backend(backend)
     if rounding not in ("volume", "argmax"):
         raise ValueError(f"rounding must be 'volume' or 'argmax', got {rounding!r}")
     if similarity not in SIMILARITIES:
@@ -345,7 +347,7 @@ def _edge_map(features, sigma, beta, device):
 
 
 def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_iter, tol, volume_tol,
-           cost_update, update_every, callback):
+           cost_update, update_every, callback, backend):
     """Run Algorithm 1 (:func:`~napari_vptv.core.solver.reference.vptv_iterate`, no autograd) on
     ``cost`` ``(1, K, *spatial)`` under ``spec``; returns the final ``VPTVState``."""
     import torch
@@ -373,6 +375,7 @@ def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_i
             cost_update=cost_update,
             update_every=int(update_every),
             callback=progress,
+            backend=backend,
             **kwargs,
         )
 
@@ -449,7 +452,7 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
               for k, v in spec.solver_kwargs().items()}
     # Safeguarded Newton on the volume dual per eps (core.solver.volume_step): a few passes
     # instead of up to 300 Sinkhorn steps per eps (1,700 on one WBC image).
-    from .fast import rounding_steps_at_zero
+    from .numba_loop import rounding_steps_at_zero
     from .volume_step import solve_volume_dual
 
     # leading eps whose dual stays f = 0 (checked in one fused sweep where numba applies)
