@@ -83,6 +83,29 @@ def test_every_pair_is_scored_once_by_a_model_that_never_saw_it(tuned):
     assert f"{v['finetuned']['mean_dice']:.3f}" in describe_verdict(result)
 
 
+def test_weight_interpolation_is_the_midpoint_and_keeps_counters(pairs):
+    from napari_vptv.nn.finetune_loop import interpolate_weights
+
+    base, _ = load_model("unet")
+    samples = samples_from_arrays([p[0] for p in pairs[:2]], [p[1] for p in pairs[:2]], NAMES[:2])
+    full = finetune(samples, base="unet", steps=2, keep="always", **TINY)
+    half = finetune(samples, base="unet", steps=2, keep="always",
+                    recipe=FinetuneRecipe(batch=2, interpolation=0.5))
+    sb = base.state_dict()
+    moved = 0
+    for name, w in full.state_dict.items():
+        if w.is_floating_point():
+            torch.testing.assert_close(half.state_dict[name], (sb[name] + w) / 2)
+            moved += int(not torch.equal(w, sb[name]))
+        else:
+            assert torch.equal(half.state_dict[name], w)
+    assert moved
+    interpolate_weights(base, base, 0.3)  # a model averaged with itself is unchanged
+    assert all(torch.equal(v, sb[k]) for k, v in base.state_dict().items())
+    with pytest.raises(ValueError, match="interpolation"):
+        finetune(samples, base="unet", steps=1, recipe=FinetuneRecipe(interpolation=0.0))
+
+
 def _scores(*mean_dice):
     from napari_vptv.nn.finetune_guard import GuardScores
 

@@ -48,7 +48,7 @@ import numpy as np
 from .finetune_data import IMAGE_SUFFIXES, array_sha256, label_order_check, samples_from_arrays, samples_from_folders
 from .finetune_data import check_labels as _check_labels
 from .finetune_guard import GuardScores, Segmenter, folds, score_pairs, verdict
-from .finetune_loop import RECIPE, FinetuneRecipe, run_loop
+from .finetune_loop import RECIPE, FinetuneRecipe, interpolate_weights, run_loop
 
 __all__ = ["FinetuneResult", "FinetuneProgress", "RECIPE", "FinetuneRecipe", "KEEP_CHOICES", "samples_from_arrays",
            "samples_from_folders", "finetune", "save_finetuned", "label_order_check", "IMAGE_SUFFIXES",
@@ -141,6 +141,8 @@ def _check_options(minutes, steps, keep, recipe, lr):
         raise ValueError(f"steps must be a positive integer, got {steps}")
     if keep not in KEEP_CHOICES:
         raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    if not (0.0 < recipe.interpolation <= 1.0):
+        raise ValueError(f"the recipe's interpolation must be in (0, 1], got {recipe.interpolation}")
     if lr is not None:
         if not (np.isfinite(lr) and LR_RANGE[0] < lr < LR_RANGE[1]):
             raise ValueError(f"the learning rate must be > {LR_RANGE[0]:g} and < {LR_RANGE[1]:g}, got {lr}")
@@ -190,6 +192,7 @@ def _train(base_model, meta, pairs, clock, phase, recipe, seed, should_stop, dev
     model = copy.deepcopy(base_model)
     res = run_loop(model, meta, pairs, recipe=recipe, seed=seed, steps=clock.steps, seconds=clock.phase_seconds(),
                    callback=clock.hook(phase), should_stop=should_stop, device=device)
+    interpolate_weights(base_model, model, recipe.interpolation)
     clock.finish_phase()
     return model, res
 

@@ -32,7 +32,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["FinetuneRecipe", "RECIPE", "LoopResult", "run_loop", "replay_samples"]
+__all__ = ["FinetuneRecipe", "RECIPE", "LoopResult", "interpolate_weights", "run_loop", "replay_samples"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class FinetuneRecipe:
     colour_jitter : float
         The base's stain / colour augmentation ranges times this (1 = the generalist's,
         0 = none): one lab has one stain, which the model should learn as it is.
+    interpolation : float
+        Weight averaging with the base after training (WiSE-FT, Wortsman et al. 2022):
+        the model kept is ``w_base + interpolation * (w_tuned - w_base)`` (1 = the
+        fine-tuned weights, 0 = the base).
     """
 
     lr: float = 2e-4
@@ -68,6 +72,7 @@ class FinetuneRecipe:
     scale_jitter: float = 1.25
     replay: float = 0.0
     colour_jitter: float = 0.0
+    interpolation: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +93,18 @@ class LoopResult:
     seconds: float
     cancelled: bool
     losses: List[float]
+
+
+def interpolate_weights(base: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> None:
+    """Set ``tuned``'s floating-point parameters and buffers to ``base + alpha * (tuned - base)``
+    in place (integer buffers such as BatchNorm's step counters are left as they are)."""
+    if alpha == 1.0:
+        return
+    ref = base.state_dict()
+    with torch.no_grad():
+        for name, value in tuned.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(ref[name].to(value.device) + alpha * (value - ref[name].to(value.device)))
 
 
 def replay_samples():
