@@ -102,7 +102,7 @@ def test_unknown_size_bias_is_fixed_on_fluorescence(bias):
         assert dice(out == i, truth == i) > dice(rough == i, truth == i)
         assert ndi.label(out == i)[1] == 1
     assert [r.label for r in report] == [1, 2, 3, 4]
-    assert all(r.status == "corrected" and r.area_after == (out == r.label).sum() for r in report)
+    assert all(r.status.startswith("moved") and r.area_after == (out == r.label).sum() for r in report)
 
 
 def test_accurate_masks_stay(one_disc):
@@ -283,7 +283,7 @@ def test_object_without_contrast_is_kept_and_reported():
     report = []
     out = correct_mask(image, rough, report=report)
     np.testing.assert_array_equal(out == 9, rough == 9)
-    assert {r.label: r.status for r in report}[9].startswith("kept")
+    assert {r.label: r.status for r in report}[9] == "no evidence"
 
 
 def test_object_touching_the_border():

@@ -97,7 +97,7 @@ def test_slice_by_slice_on_a_3d_stack_keeps_ids_and_the_users_layer(viewer_and_w
     for _, row in table.iterrows():
         assert row["area_before"] == np.sum(rough == row["index"])
         assert row["area_after"] == np.sum(out.data == row["index"])
-        assert row["area_after"] > row["area_before"] and row["status"] == "corrected"
+        assert row["area_after"] > row["area_before"] and row["status"].startswith("moved")
     assert "3 objects" in w.status.value
 
 
@@ -223,15 +223,19 @@ def test_accept_acts_on_the_preview_of_the_chosen_labels_layer(viewer_and_widget
 
 
 def test_changes_table_sums_planes_and_names_kept_objects():
+    from napari_vptv._correct_report import report_summary
     from napari_vptv._correct_widget import changes_table
     from napari_vptv.core.correct.mask import ObjectCorrection
 
-    report = [ObjectCorrection(7, 100, 120, "corrected"), ObjectCorrection(3, 50, 50, "kept: no contrast"),
-              ObjectCorrection(7, 80, 90, "kept: would vanish"), ObjectCorrection(7, 10, 10, "kept: would vanish"),
-              ObjectCorrection(5, 40, 30, "corrected")]
+    report = [ObjectCorrection(7, 100, 120, "moved 2.0 px", 2.0), ObjectCorrection(3, 50, 50, "no evidence"),
+              ObjectCorrection(7, 80, 80, "kept"), ObjectCorrection(7, 10, 10, "kept"),
+              ObjectCorrection(5, 40, 30, "moved 1.2 px", 1.2), ObjectCorrection(7, 30, 40, "moved 3.0 px", 3.0),
+              ObjectCorrection(8, 30, 40, "moved 3.0 px", 3.0), ObjectCorrection(8, 30, 40, "moved 2.0 px", 2.0)]
     table = changes_table(report)
-    assert table["index"].tolist() == [3, 5, 7]
-    assert table["area_before"].tolist() == [50, 40, 190] and table["area_after"].tolist() == [50, 30, 220]
-    assert table["change_%"].tolist() == [0.0, -25.0, round(100 * 30 / 190, 1)]
-    assert table["status"].tolist() == ["kept: no contrast", "corrected", "kept: would vanish (2 planes)"]
+    assert table["index"].tolist() == [3, 5, 7, 8]
+    assert table["area_before"].tolist() == [50, 40, 220, 60] and table["area_after"].tolist() == [50, 30, 250, 80]
+    assert table["change_%"].tolist() == [0.0, -25.0, round(100 * 30 / 220, 1), round(100 * 20 / 60, 1)]
+    assert table["status"].tolist() == ["no evidence", "moved 1.2 px", "moved 2.5 px (2 planes), kept (2 planes)",
+                                        "moved 2.5 px"]
+    assert report_summary(table).endswith("3 moved, 1 kept as given")
     assert len(changes_table([])) == 0

@@ -77,6 +77,8 @@ TIPS = {
 VOLUME_DEFAULT = "unknown bias (interval)"
 VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
 STACK_DEFAULT = "3-D"
+EDGE_DEFAULT = "as annotated (rim: grey, gradient: colour)"
+EDGE_CHOICES = {EDGE_DEFAULT: None, "outer rim": "rim", "half-maximum": "half-max", "strongest gradient": "gradient"}
 STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
 
@@ -162,6 +164,11 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.volume_mode = ComboBox(label="Area", choices=list(VOLUME_CHOICES), value=VOLUME_DEFAULT,
                                     tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
                                             "image decides; exact: keep each area; factor: area × factor")
+        self.edge_position = ComboBox(label="Edge", choices=list(EDGE_CHOICES), value=EDGE_DEFAULT,
+                                      tooltip="Where the outline goes across a nucleus's blurred edge: its outer, "
+                                              "dimmer rim (as fluorescence nuclei are annotated), halfway between "
+                                              "background and interior, or on the strongest gradient (as stained "
+                                              "nuclei are). Outlines already on an edge are kept")
         self.band = SpinBox(label="Band (px, 0 = auto)", min=0, max=1000, value=0,
                             tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
                                     "half its equivalent radius within 4-6 px")
@@ -193,8 +200,8 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.help_link = help_link(self.HELP_SECTION, self)
         self.body = dock_body(self, [
             self.help_link,
-            Form([self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode, self.band,
-                  self.volume_factor, self.volume_tolerance]),
+            Form([self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode,
+                  self.edge_position, self.band, self.volume_factor, self.volume_tolerance]),
             *advanced_section(self, [self.mask_weight, self.margin, self.epsilon, self.tv_weight, self.max_iter,
                                      self.edge, self.fill_holes]),
             *self._make_buttons(), Form([self.status]),
@@ -255,6 +262,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "mode": self.mode,
             "model": self.model,
             "volume_mode": self.volume_mode,
+            "edge_position": self.edge_position,
             "band": self.band,
             "volume_factor": self.volume_factor,
             "volume_tolerance": self.volume_tolerance,
@@ -310,6 +318,7 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
             "fill_holes": bool(self.fill_holes.value),
             "max_num_iter": int(self.max_iter.value),
             "stack_mode": STACK_CHOICES[self.stack_mode.value],
+            "edge_position": EDGE_CHOICES[self.edge_position.value],
         }
 
     def _validate(self):

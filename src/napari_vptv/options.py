@@ -477,6 +477,10 @@ class CorrectOptions:
         Trust in the given mask (>= 0).
     stack_mode : {"volume", "slices"}, optional
         3-D masks: objects in 3-D, or every plane as 2-D objects.
+    edge_position : {"rim", "half-max", "gradient"}, optional
+        Where the boundary goes across a nucleus's edge: the outer rim, the
+        half-maximum or the strongest gradient; None: as annotated (the outer rim for
+        grey images, the gradient for colour).
     device : str
         torch device of the solver and of the network evidence.
 
@@ -503,12 +507,14 @@ class CorrectOptions:
     stack_mode: Optional[str] = None
     seed: int = 0
     device: str = "cpu"
+    edge_position: Optional[str] = None
 
     def __post_init__(self):
-        from .core.correct.mask import CORRECTION_MODES, STACK_MODES, VOLUME_MODES
+        from .core.correct.mask import CORRECTION_MODES, EDGE_POSITIONS, STACK_MODES, VOLUME_MODES
 
         for name, choices in (("mode", CORRECTION_MODES), ("model", CORRECT_MODELS),
-                              ("volume_mode", VOLUME_MODES), ("stack_mode", STACK_MODES)):
+                              ("volume_mode", VOLUME_MODES), ("stack_mode", STACK_MODES),
+                              ("edge_position", EDGE_POSITIONS)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise OptionError(name, f"{name} must be one of {choices}, got {value!r}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.correct.evidence import EDGE_POSITIONS
 from ..options import CorrectOptions, OptionError
 from .common import CLIError, echo, nonneg_float, positive_float, positive_int
 
@@ -99,7 +100,19 @@ def _add_solver_arguments(p) -> None:
         metavar="L",
         help="weight lambda of the total-variation (boundary length) term, 0 to 100 (default 0.05)",
     )
-    p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=None, help="edge-weighted TV (default: on)")
+    p.add_argument(
+        "--edge",
+        dest="edge_position",
+        nargs="?",
+        choices=EDGE_POSITIONS,
+        default=None,
+        const=None,
+        help="where the boundary goes across a nucleus's edge: rim = the outer, dimmer rim, half-max = halfway "
+        "between background and interior, gradient = the strongest gradient (default: as annotated, rim for "
+        "grey images, gradient for colour)",
+    )
+    p.add_argument("--no-edge", dest="edge", action="store_false", default=None,
+                   help="plain TV instead of edge-weighted TV (default: edge-weighted)")
     p.add_argument(
         "--max-iter",
         type=positive_int,
@@ -156,7 +169,8 @@ def correct_options(args) -> CorrectOptions:
     given = dict(mode=args.mode, model=args.model or "colour", volume_mode=args.volume_mode,
                  volume_factor=args.volume_factor, volume_tolerance=args.volume_tolerance,
                  area_tolerance=args.area_tolerance, band=args.band, margin=args.margin, epsilon=args.epsilon,
-                 tv_weight=args.tv_weight, edge=args.edge, mask_weight=args.mask_weight,
+                 tv_weight=args.tv_weight, edge=args.edge, edge_position=args.edge_position,
+                 mask_weight=args.mask_weight,
                  fill_holes=args.fill_holes, max_num_iter=args.max_iter, stack_mode=args.stack_mode,
                  seed=args.seed, device=args.device)
     try:

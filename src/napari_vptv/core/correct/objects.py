@@ -20,6 +20,11 @@ Volume (eq. 2) per object, ``volume_mode``:
     boundary inside that interval.
 ``"exact"`` / ``"factor"``
     ``V_1 = volume_factor x |M| / |Omega|`` exactly (the paper's ``U(V)``).
+
+Do no harm (interval mode): an object whose given boundary already lies on a
+plausible edge (its level between background and the object's plateau is that of an
+annotated edge, see ``_plausible`` in the evidence module) is not solved at all and
+is reported ``"kept"``; every other object reports how far its boundary moved.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ VOLUME_MODES = ("interval", "exact", "factor")
 _PROHIBITIVE = 50.0
 #: pixel budget of one batched solve (memory ~ 60 bytes per pixel)
 _BATCH_PIXELS = 1_500_000
+#: interval mode: an object moves only if the evidence fits the new outline better by
+#: this many pixels per boundary pixel of the given one (data-term gain, see ``_gain``)
+_MIN_GAIN = 0.4
 
 
 @dataclass(frozen=True)
@@ -50,15 +58,20 @@ class ObjectCorrection:
     ----------
     label : the object's id in the input mask
     area_before, area_after : pixel (voxel) counts
-    status : ``"corrected"``; ``"kept: would vanish"`` (the solve left nothing
-        touching the object, the input mask is kept); ``"kept: no contrast"`` (the
-        object's core and surroundings look the same); ``"kept: no room"``.
+    status : ``"moved 2.4 px"`` (changed; the number is ``moved_px``); ``"kept"`` (the
+        given boundary already lies on a plausible edge, or the solve left it in
+        place); ``"no evidence"`` (the object's inside and surroundings look alike,
+        or the solve would remove it: the input mask is kept); ``"no room"`` (exact
+        / factor mode: the area does not fit in the crop).
+    moved_px : changed pixels per boundary pixel of the given object (about the
+        mean distance the boundary moved), 0 if kept
     """
 
     label: int
     area_before: int
     area_after: int
     status: str
+    moved_px: float = 0.0
 
 
 @dataclass
@@ -71,7 +84,9 @@ class _Crop:
     edge: Optional[np.ndarray] = None  # (*crop) float32
     lo: int = 0  # area bounds (pixels)
     hi: int = 0
-    status: str = "corrected"
+    status: str = "kept"
+    t: Optional[np.ndarray] = None  # evidence (boundary at t = 1/2)
+    moved: float = 0.0
 
 
 def _crops(compact, ids, slices, margin, planes=False):
@@ -91,16 +106,19 @@ def _crops(compact, ids, slices, margin, planes=False):
 
 
 def _prepare(crop, feat, prob, *, band, mask_weight, volume_mode, target_factor, area_tolerance,
-             edge, edge_beta):
+             edge, edge_beta, edge_position):
     """Costs, edge weight and area bounds of one crop (sets ``crop.status`` if skipped)."""
     area = int(crop.obj.sum())
     band = object_band(area, crop.obj.ndim, band)
-    t, din, dout, prior = object_evidence(feat, crop.obj, crop.other, band, prob)
+    ev = object_evidence(feat, crop.obj, crop.other, band, prob, edge_position)
+    t, din, dout, prior = ev.t, ev.din, ev.dout, ev.prior
     if t is None:
-        crop.status = "kept: no contrast"
+        crop.status = "no evidence"
         return
     if volume_mode != "interval":
         prior = crop.obj  # the area is known: trust the given shape
+    elif ev.keep:
+        return  # the given boundary lies on a plausible edge: "kept"
     c1 = np.clip(1.0 - t, 0.0, 1.0) + mask_weight * ~prior
     c0 = np.clip(t, 0.0, 1.0) + mask_weight * prior
     free = ~crop.other
@@ -116,9 +134,10 @@ def _prepare(crop, feat, prob, *, band, mask_weight, volume_mode, target_factor,
         n_free = int(free.sum())
         crop.lo = crop.hi = int(min(round(area * target_factor), n_free - 1))
         if crop.lo < 1:
-            crop.status = "kept: no room"
+            crop.status = "no room"
             return
     c1[crop.other] = _PROHIBITIVE
+    crop.t = t
     crop.cost = np.stack([c0, c1]).astype(np.float32)
     if edge:
         g = np.sqrt(sum(gi**2 for gi in np.gradient(np.clip(t, -0.5, 1.5))))
@@ -197,6 +216,37 @@ def _round(crop, u1, fill_holes):
     return new
 
 
+def _perimeter(mask):
+    """Boundary pixels of ``mask`` (at least 1)."""
+    return max(int((mask & ~ndi.binary_erosion(mask, border_value=1)).sum()), 1)
+
+
+def _gain(crop, new):
+    """``(gain, moved)`` of replacing the given object by ``new`` (px): ``gain`` = data
+    term of the given mask minus that of ``new`` (costs ``1 - t`` inside, ``t`` outside,
+    ``t`` clipped to [0, 1]) per boundary pixel of the given object -- about the
+    distance moved times how clearly the evidence says so --; ``moved`` = changed
+    pixels per boundary pixel of the two outlines' mean (for a ring between two
+    outlines its mean width: the distance the boundary moved)."""
+    t = np.clip(crop.t, 0.0, 1.0)
+    lose = crop.obj & ~new
+    win = new & ~crop.obj & ~crop.other
+    given = _perimeter(crop.obj)
+    gain = float((1 - 2 * t[lose]).sum() + (2 * t[win] - 1).sum())
+    return gain / given, float(lose.sum() + win.sum()) / (0.5 * (given + _perimeter(new)))
+
+
+def _decide(crop, new, gated):
+    """The object's new mask and status: it moves only with evidence (``gated``: interval
+    mode; a data-term gain of at least ``_MIN_GAIN`` px)."""
+    gain, moved = _gain(crop, new)
+    if moved == 0 or (gated and gain < _MIN_GAIN):
+        crop.status, crop.moved = "kept", 0.0
+        return crop.obj.copy()
+    crop.status, crop.moved = f"moved {moved:.1f} px", moved
+    return new
+
+
 def _paste(out, best, crop, new, u1):
     """Write ``new`` into ``out`` with the crop's id; a pixel claimed by two objects
     goes to the one with the larger ``u_1`` (touching objects never merge)."""
@@ -211,7 +261,7 @@ def _paste(out, best, crop, new, u1):
 def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interval", volume_factor=1.0,
                     area_tolerance=None, band=None, margin=None, mask_weight=0.15, epsilon=0.01, tv_weight=0.05,
                     edge=True, edge_beta=10.0, smooth=1.0, fill_holes=True, max_num_iter=300, prob=None,
-                    planes=False):
+                    planes=False, edge_position="gradient"):
     """Correct all objects of ``compact`` (ids ``1..n``) together (a generator).
 
     Parameters: see :func:`napari_vptv.core.correct.mask.correct_mask`; ``planes=True``
@@ -231,7 +281,7 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
     for c in crops:
         _prepare(c, feats[(slice(None),) + c.sl], None if prob is None else prob[c.sl], band=band,
                  mask_weight=mask_weight, volume_mode=volume_mode, target_factor=volume_factor,
-                 area_tolerance=area_tolerance, edge=edge, edge_beta=edge_beta)
+                 area_tolerance=area_tolerance, edge=edge, edge_beta=edge_beta, edge_position=edge_position)
     out = compact.copy()
     best = np.zeros(compact.shape, np.float32)
     groups = _batches(crops)
@@ -245,9 +295,10 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
         if c.index in results:
             new = _round(c, results[c.index], fill_holes)
             if new.any():
+                new = _decide(c, new, volume_mode == "interval")
                 _paste(out, best, c, new, results[c.index])
             else:
-                c.status = "kept: would vanish"
+                c.status = "no evidence"
     report: List[ObjectCorrection] = []
     for c in crops:
         area = int(c.obj.sum())
@@ -259,6 +310,6 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
         after = int((out[c.sl] == c.index).sum())
         if after == 0:  # lost to its neighbours: restore the given object
             out[c.sl][c.obj] = c.index
-            after, c.status = area, "kept: would vanish"
-        report.append(ObjectCorrection(c.index, area, after, c.status))
+            after, c.status, c.moved = area, "no evidence", 0.0
+        report.append(ObjectCorrection(c.index, area, after, c.status, round(c.moved, 2)))
     return out, report
