@@ -110,12 +110,13 @@ def corrupt(labels, kind, seed, grey=None, bright=True):
     raise ValueError(f"unknown corruption {kind!r}")
 
 
-def load(dataset, split, data_root, every=1):
-    """Yield ``(key, image, channel_axis, grey, labels)``."""
+def load(dataset, split, data_root, every=1, truth="shape"):
+    """Yield ``(key, image, channel_axis, grey, labels)`` (``truth``: of the synthetic images,
+    see ``synth_nuclei``)."""
     if dataset == "synth":
         seeds, shape, n = ((0, 1, 2, 3), (512, 512), 60) if split == "tune" else (range(1000, 1006), (1024, 1024), 150)
         for s in list(seeds)[::every]:
-            img, lab = synth_nuclei(s, shape, n)
+            img, lab = synth_nuclei(s, shape, n, truth=truth)
             grey = (img - img.min()) / float(img.max() - img.min())
             yield f"s{s}", img, None, grey.astype(np.float32), lab
         return
@@ -169,7 +170,7 @@ def run(args):
     methods = args.methods.split(",")
     params = json.loads(args.params) if args.params else {}
     rows = []
-    for key, img, ch, grey, truth in load(args.dataset, args.split, args.data, args.every):
+    for key, img, ch, grey, truth in load(args.dataset, args.split, args.data, args.every, args.truth):
         for j, kind in enumerate(kinds):
             given = corrupt(truth, kind, seed=zlib.crc32(key.encode()) + j, grey=grey, bright=ch is None)
             if not given.any():
@@ -226,6 +227,8 @@ def main(argv=None):
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--kinds", default="identity,dilate2,dilate3,dilate4,erode2,erode3,erode4,shift3")
     ap.add_argument("--methods", default="vptv,watershed,gac")
+    ap.add_argument("--truth", choices=["shape", "annotated"], default="shape",
+                    help="synth: the mask of the shapes, or the outline annotators draw (dim outer rim inside)")
     ap.add_argument("--every", type=int, default=1, help="use every n-th image (of the sorted files / seeds)")
     ap.add_argument("--params", default=None, help="JSON of correct_mask keyword arguments (tuning)")
     ap.add_argument("--out", default=None)

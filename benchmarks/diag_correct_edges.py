@@ -55,7 +55,8 @@ def main(argv=None):
             obj = truth[sl] == i
             other = (truth[sl] != 0) & ~obj
             band = ce.object_band(int(obj.sum()), obj.ndim)
-            t, _, _, prior = ce.object_evidence(feats[(slice(None),) + sl], obj, other, band)
+            ev = ce.object_evidence(feats[(slice(None),) + sl], obj, other, band)
+            t, prior = ev.t, ev.prior
             if t is None:
                 continue
             area = obj.sum()

@@ -12,14 +12,22 @@ this machine. Every image is drawn from a seed:
   +-30 %); background offset; small bright debris not in the mask;
 * noise: Poisson (photon count) plus Gaussian read noise; written as uint16.
 
-The mask is the set of pixels inside the (unblurred) shapes -- the object a human
-or a threshold at half maximum would outline.
+``truth="shape"`` (default; the figures of ``bench_correct_nuclei.py``): the mask is
+the set of pixels inside the (unblurred) shapes -- a threshold at half maximum.
+``truth="annotated"``: nuclei as annotators outline them -- every nucleus has a
+dimmer outer rim (1.5-3 px, 50-70 % of its interior) instead of the brighter one,
+and the mask is where its noise-free blurred image reaches ``ANNOTATED_LEVEL`` of
+the step from the background to its interior (the level measured at annotated
+boundaries of real nuclei, ``edge_profile_nuclei.py``), so the dim rim is inside.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+
+#: level (background 0, a nucleus's interior 1) at which annotators draw the outline
+ANNOTATED_LEVEL = 0.45
 
 
 def _shape_field(yy, xx, cy, cx, ry, rx, theta, lobes, lobe_amp, phase):
@@ -59,8 +67,24 @@ def _place_nuclei(rng, shape, n):
     return params
 
 
+def _annotated_truth(parts, psf, shape):
+    """Labels where each nucleus's noise-free blurred signal reaches ``ANNOTATED_LEVEL`` of
+    its interior level (a pixel two nuclei reach goes to the one it is deeper in)."""
+    labels = np.zeros(shape, np.int32)
+    depth = np.zeros(shape, np.float32)
+    pad = int(4 * psf) + 2
+    for i, (inside, level, one) in enumerate(parts, start=1):
+        ys, xs = np.nonzero(inside)
+        sl = (slice(max(ys.min() - pad, 0), ys.max() + pad + 1), slice(max(xs.min() - pad, 0), xs.max() + pad + 1))
+        ratio = ndi.gaussian_filter(one[sl], psf) / level
+        take = (ratio >= ANNOTATED_LEVEL) & (ratio > depth[sl])
+        labels[sl][take] = i
+        depth[sl][take] = ratio[take]
+    return labels
+
+
 def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: float = 200.0,
-                 read_noise: float = 4.0, dim_fraction: float = 0.25):
+                 read_noise: float = 4.0, dim_fraction: float = 0.25, truth: str = "shape"):
     """One synthetic fluorescence nuclei image and its instance mask.
 
     Parameters
@@ -76,6 +100,8 @@ def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: fl
         Gaussian read noise (counts).
     dim_fraction : float
         Fraction of dim nuclei (0.25-0.45 of the bright level).
+    truth : {"shape", "annotated"}
+        The mask: the shapes, or the outline annotators draw (see the module docstring).
 
     Returns
     -------
@@ -91,6 +117,9 @@ def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: fl
     signal = np.zeros(shape, np.float32)
     texture = ndi.gaussian_filter(rng.standard_normal(shape), 2.0)
     texture /= texture.std() + 1e-9
+    if truth not in ("shape", "annotated"):
+        raise ValueError(f"truth must be 'shape' or 'annotated', got {truth!r}")
+    parts = []
     for i, p in enumerate(params, start=1):
         f = _shape_field(yy, xx, p["cy"], p["cx"], p["ry"], p["rx"], p["theta"], p["lobes"], p["lobe_amp"],
                          p["phase"])
@@ -98,15 +127,24 @@ def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: fl
         best[inside] = f[inside]
         labels[inside] = i
         level = rng.uniform(0.25, 0.45) if rng.random() < dim_fraction else rng.uniform(0.75, 1.0)
-        # chromatin texture and a slightly brighter rim
-        rim = 1.0 + 0.15 * np.clip(f[inside] - 0.6, 0, 1) / 0.4
-        signal[inside] = level * rim * (1.0 + 0.12 * texture[inside])
+        if truth == "annotated":  # a dimmer outer rim, 1.5-3 px wide
+            width, dim = rng.uniform(1.5, 3.0), rng.uniform(0.5, 0.7)
+            depth = ndi.distance_transform_edt(inside)
+            rim = np.where(depth[inside] <= width, dim, 1.0)
+        else:  # a slightly brighter rim
+            rim = 1.0 + 0.15 * np.clip(f[inside] - 0.6, 0, 1) / 0.4
+        signal[inside] = level * rim * (1.0 + 0.12 * texture[inside])  # chromatin texture
+        if truth == "annotated":
+            parts.append((inside, level, np.where(inside, signal, 0.0)))
     # debris: small bright specks outside the nuclei (not in the mask)
     for _ in range(int(rng.integers(3, 10))):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1.0, 2.5)
         speck = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         signal[speck & (labels == 0)] = rng.uniform(0.3, 0.9)
-    signal = ndi.gaussian_filter(signal, rng.uniform(1.0, 2.0))
+    psf = rng.uniform(1.0, 2.0)
+    if truth == "annotated":
+        labels = _annotated_truth(parts, psf, shape)
+    signal = ndi.gaussian_filter(signal, psf)
     illum = ndi.gaussian_filter(rng.standard_normal((h // 32 + 2, w // 32 + 2)), 1.0)
     illum = ndi.zoom(illum, (h / illum.shape[0], w / illum.shape[1]), order=3)[:h, :w]
     illum = 1.0 + 0.3 * illum / (np.abs(illum).max() + 1e-9)
