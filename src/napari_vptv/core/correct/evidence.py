@@ -239,15 +239,17 @@ def _level_offset(t, sd, offset, level, band):
         if sel.any():
             count = np.bincount(sector[sel], minlength=ns)
             prof[:, i] = np.where(count > 0, np.bincount(sector[sel], t[sel], ns) / np.maximum(count, 1), np.nan)
-    whole = np.nanmean(prof, 0)
-    prof = np.where(np.isnan(prof), whole, prof)
+    seen = ~np.isnan(prof)
+    # the whole object's mean (NaN where no sector has pixels at that distance)
+    whole = np.where(seen.any(0), np.where(seen, prof, 0.0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    prof = np.where(seen, prof, whole)
     if ns > 1:
         prof = (prof + _GLOBAL_WEIGHT * whole) / (1 + _GLOBAL_WEIGHT)
     found = np.zeros(ns)
     for k in range(ns):
         p = prof[k]
         below = np.nonzero(p < level)[0]
-        if below.size == 0 or np.isnan(p).any():
+        if below.size == 0 or np.isnan(p).any():  # (a profile cut by the crop: the strongest edge)
             found[k] = steps[-1] if below.size == 0 else 0.0
             continue
         j = below[0]
