@@ -79,6 +79,7 @@ def test_network_evidence_on_the_options_device():
 def test_correction_and_finetuning_are_exported():
     for name in ("CorrectOptions", "correct_image", "finetune", "save_finetuned"):
         assert name in napari_vptv.__all__ and callable(getattr(napari_vptv, name))
-    from napari_vptv.nn.finetune import finetune, save_finetuned
+    # the API's fine-tuning: its check scores the default method as well as the network
+    from napari_vptv.finetuning import finetune, save_finetuned
 
     assert napari_vptv.finetune is finetune and napari_vptv.save_finetuned is save_finetuned
