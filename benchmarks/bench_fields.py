@@ -5,7 +5,11 @@ model (``val_ids`` of ``src/napari_vptv/models/vptv-unet.json``) of one source a
 time, at that source's magnification:
 
 * the background is a mosaic of white-cell-free squares (red cells and plasma) cut
-  from those images, flipped and turned at random;
+  from those images, flipped and turned at random (``--background mosaic``, the
+  default), or (``--background red-cells``) whole red cells cut out of those images
+  and pasted, flipped and turned, on their plasma colour: a field with the red cells'
+  scale, which the mosaic cuts into pieces (a source whose red cells are too pale to
+  cut out, like wbc-d1, keeps the mosaic; the JSON says which);
 * zero to several white cells are pasted with a thin ring of their own surroundings
   (their ground truth mask is the field's truth), some cut by the field's edge;
 * small purple platelet-like blobs are synthesised (2.4-4 µm against a 12 µm cell:
@@ -24,6 +28,7 @@ records the held-out pixel accuracy of the crops with the rule on and off.
 Run by hand (needs ../shared/data)::
 
     nice python benchmarks/bench_fields.py --fields 20 --crops
+    nice python benchmarks/bench_fields.py --fields 20 --background red-cells --out benchmarks/results/fields_red_cells.json
 """
 
 from __future__ import annotations
@@ -83,6 +88,67 @@ def mosaic(per_image, shape, rng):
     return field
 
 
+def red_cell_cutouts(data, diam):
+    """The whole red cells of the held-out images, as ``(rgb, alpha)`` cut-outs.
+
+    Red cells are the background pixels darker than the plasma in green (Otsu), pale
+    centres filled; whole ones are the connected regions that touch neither the image
+    edge nor the white cell (3 px), are solid (>= 0.85) and at least a quarter of the
+    source's median white-cell diameter wide. Also returns each image's plasma colour
+    (median of the background pixels above the threshold)."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label, regionprops
+
+    cutouts, plasma = [], []
+    for _, img, mask in data:
+        green, bg = img[..., 1].astype(float), mask == 0
+        t = threshold_otsu(green[bg])
+        plasma.append(np.median(img[bg & (green >= t)], axis=0))
+        red = ndi.binary_fill_holes(ndi.binary_opening(bg & (green < t)))
+        near = ndi.binary_dilation(mask > 0, iterations=3)
+        for r in regionprops(label(red)):
+            y0, x0, y1, x1 = r.bbox
+            if y0 == 0 or x0 == 0 or y1 == img.shape[0] or x1 == img.shape[1] or near[r.slice][r.image].any():
+                continue
+            if r.solidity < 0.85 or r.equivalent_diameter_area < 0.25 * diam:
+                continue
+            m = np.pad(r.image, 3)
+            alpha = np.clip(ndi.gaussian_filter(ndi.binary_dilation(m, iterations=1).astype(float), 1.0), 0, 1)
+            ys, xs = slice(max(0, y0 - 3), y1 + 3), slice(max(0, x0 - 3), x1 + 3)
+            rgb = img[ys, xs]
+            if rgb.shape[:2] != alpha.shape:  # next to the edge: no room for the margin
+                continue
+            cutouts.append((rgb, alpha))
+    return cutouts, plasma
+
+
+def red_cell_field(cutouts, plasma, shape, rng, cover=0.45):
+    """Plasma of one image's colour (with grain) and whole red cells pasted at random
+    (flipped / turned) until ``cover`` of the field is red cell."""
+    colour = np.asarray(plasma[rng.integers(len(plasma))], float)
+    grain = ndi.gaussian_filter(rng.normal(0, 3, shape), 1.0)[..., None]
+    field = np.clip(colour + grain, 0, 255)
+    covered = np.zeros(shape, bool)
+    for _ in range(2000):
+        if covered.mean() >= cover:
+            break
+        rgb, alpha = cutouts[rng.integers(len(cutouts))]
+        k, flip = rng.integers(4), rng.random() < 0.5
+        rgb, alpha = np.rot90(rgb, k), np.rot90(alpha, k)
+        if flip:
+            rgb, alpha = rgb[:, ::-1], alpha[:, ::-1]
+        h, w = alpha.shape
+        top, left = rng.integers(-h // 2, shape[0] - h // 2), rng.integers(-w // 2, shape[1] - w // 2)
+        y0, x0, y1, x1 = max(0, top), max(0, left), min(shape[0], top + h), min(shape[1], left + w)
+        sy, sx = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
+        if (covered[y0:y1, x0:x1] & (alpha[sy, sx] > 0.5)).mean() > 0.05:  # little overlap
+            continue
+        a = alpha[sy, sx, None]
+        field[y0:y1, x0:x1] = field[y0:y1, x0:x1] * (1 - a) + rgb[sy, sx] * a
+        covered[y0:y1, x0:x1] |= alpha[sy, sx] > 0.5
+    return field.astype(np.uint8)
+
+
 def _paste(field, truth, inst, cell_id, img, mask, top, left):
     """Paste the cell of ``(img, mask)`` with a ring of its surroundings at (top, left) (may overhang)."""
     d = np.sqrt(4 * (mask > 0).sum() / np.pi)
@@ -112,9 +178,10 @@ def _platelet(field, centre, radii, colour, rng):
     field[:] = (field * (1 - alpha) + blob * alpha).astype(np.uint8)
 
 
-def compose(data, squares, shape, rng, max_cells, n_platelets):
-    """One field: ``(image, class truth, instance truth)``."""
-    field = mosaic(squares, shape, rng)
+def compose(data, squares, shape, rng, max_cells, n_platelets, red_cells=None):
+    """One field: ``(image, class truth, instance truth)``; the background is a mosaic of
+    ``squares`` or, with ``red_cells = (cutouts, plasma)``, whole pasted red cells."""
+    field = mosaic(squares, shape, rng) if red_cells is None else red_cell_field(*red_cells, shape, rng)
     truth = np.zeros(shape, np.int32)
     inst = np.zeros(shape, np.int32)
     diam = np.median([np.sqrt(4 * (m > 0).sum() / np.pi) for _, _, m in data])
@@ -205,16 +272,26 @@ def summarise(scores, seconds, pixels):
     }
 
 
-def run_fields(name, n_fields, shape, seed, max_cells, platelets):
+#: fewest whole red cells a source must give for the ``red-cells`` background
+MIN_RED_CUTOUTS = 3
+
+
+def run_fields(name, n_fields, shape, seed, max_cells, platelets, background="mosaic"):
     from napari_vptv.api import segment_image
 
     data = held_out(name)
     diam = np.median([np.sqrt(4 * (m > 0).sum() / np.pi) for _, _, m in data])
     squares = background_squares(data, max(16, int(round(0.4 * diam))))
+    red_cells = None
+    if background == "red-cells":
+        red_cells = red_cell_cutouts(data, diam)
+        if len(red_cells[0]) < MIN_RED_CUTOUTS:  # red cells too pale to cut out: the mosaic
+            red_cells, background = None, "mosaic"
     rng = np.random.default_rng(seed)
     runs = {True: ([], []), False: ([], [])}
     for _ in range(n_fields):
-        field, truth, inst = compose(data, squares, shape, rng, max_cells, int(rng.integers(*platelets)))
+        field, truth, inst = compose(data, squares, shape, rng, max_cells, int(rng.integers(*platelets)),
+                                     red_cells)
         for rule in (True, False):
             t = time.perf_counter()
             result = segment_image(field, white_cell_rule=rule)
@@ -230,6 +307,7 @@ def run_fields(name, n_fields, shape, seed, max_cells, platelets):
         crop_px.append(img.shape[0] * img.shape[1])
     return {"source": name, "held_out_images": len(data), "median_cell_diameter_px": float(diam),
             "background_square_px": squares[0][0].shape[0], "background_images": len(squares),
+            "background": background, "red_cell_cutouts": len(red_cells[0]) if red_cells else 0,
             "rule_on": summarise(runs[True][0], runs[True][1], pixels),
             "rule_off": summarise(runs[False][0], runs[False][1], pixels),
             "crops_seconds_per_megapixel": float(np.sum(crop_s) / (np.sum(crop_px) / 1e6)),
@@ -263,6 +341,10 @@ def main(argv=None):
     ap.add_argument("--fields", type=int, default=20, help="fields per source")
     ap.add_argument("--size", default="480x640", help="field HxW")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--background", choices=("mosaic", "red-cells"), default="mosaic",
+                    help="field background: a mosaic of white-cell-free squares, or whole red cells cut out of "
+                         "the held-out images and pasted on their plasma colour (sources with too few whole red "
+                         "cells fall back to the mosaic)")
     ap.add_argument("--crops", action="store_true", help="also the crops' held-out pixel accuracy, rule on / off")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fields.json"))
     args = ap.parse_args(argv)
@@ -275,7 +357,7 @@ def main(argv=None):
         # cells per field scale with the field's room for them; 3-10 platelets
         diam = np.median([np.sqrt(4 * (m > 0).sum() / np.pi) for _, _, m in held_out(name)])
         max_cells = int(np.clip(shape[0] * shape[1] / (2.5 * diam) ** 2, 1, 8))
-        r = run_fields(name, args.fields, shape, args.seed, max_cells, (3, 11))
+        r = run_fields(name, args.fields, shape, args.seed, max_cells, (3, 11), args.background)
         r["max_cells_per_field"] = max_cells
         if args.crops:
             r["crops"] = crop_accuracy(name)

@@ -26,6 +26,7 @@ from .core.io.intensity import normalise_intensity
 from .core.solver.segment import SegmentationResult, vptv_segment
 from .core.solver.volumes import make_volume_spec
 from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
+from .core.wbc.red_cells import red_cell_diameter
 from .correction import correct_image, correct_image_iter, correction_evidence
 from .options import METHODS, PRESETS, CorrectOptions, SegmentOptions
 from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
@@ -254,17 +255,24 @@ def _nucleus_rule(opts: SegmentOptions) -> bool:
         and opts.volume_bounds is None
 
 
+def _white_cell_rule(labels, diameter, rgb, info: dict):
+    """:func:`drop_non_white_cells` with the image's red-cell scale (recorded in ``info``)."""
+    info["red_cell_diameter"] = red = red_cell_diameter(rgb, labels == 0) if rgb is not None else 0.0
+    labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
+    return labels, info["non_white_cells_removed"]
+
+
 def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
-                       diameter: Optional[float] = None) -> SegmentationResult:
+                       diameter: Optional[float] = None, rgb=None) -> SegmentationResult:
     """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
-    then, with a ``diameter``, those too small for a white cell (``opts.white_cell_rule``)."""
+    then, with a ``diameter`` and the image ``rgb``, those too small for a white cell
+    (``opts.white_cell_rule``)."""
     if _nucleus_rule(opts):
         labels, n = drop_cells_without_nucleus(result.labels)
         info = dict(result.info)
         info["cells_without_nucleus_removed"] = n
-        if opts.white_cell_rule and diameter:
-            labels, m = drop_non_white_cells(labels, diameter)
-            info["non_white_cells_removed"] = m
+        if opts.white_cell_rule and (diameter or rgb is not None):
+            labels, m = _white_cell_rule(labels, diameter, rgb, info)
             n += m
         if n:
             k = result.probabilities.shape[0]
@@ -347,7 +355,7 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
     if not fitted:
         result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
                                                 class_model=None, volume_spec=make_volume_spec(3, "none"))
-    result = _with_nucleus_rule(result, opts, pred.diameter)
+    result = _with_nucleus_rule(result, opts, pred.diameter, rgb)
     result.diameter = float(pred.diameter)
     result.info = {**result.info, "diameter": float(pred.diameter),
                    "diameter_estimated": bool(pred.estimated),
@@ -407,7 +415,7 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
     else:
         spec = make_volume_spec(k, "none")
     if _nucleus_rule(opts) and opts.white_cell_rule:  # the nucleus rule ran in the network's prediction
-        labels, pred.info["non_white_cells_removed"] = drop_non_white_cells(labels, pred.diameter)
+        labels, _ = _white_cell_rule(labels, pred.diameter, arr[..., :3], pred.info)
     result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
                                             volume_spec=spec)
     # what the network decided on its own: shown by the widget, stored in layer metadata

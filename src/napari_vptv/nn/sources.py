@@ -31,14 +31,17 @@ def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     return wbc_grey_to_labels(m).astype(np.int64)
 
 
-def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0) -> float:
+def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0,
+                  min_solidity: float = 0.0) -> float:
     """Typical white-cell diameter in pixels of a label image (0 = background).
 
     The median equivalent-circle diameter ``sqrt(4 A / pi)`` of the connected
     cell regions (cytoplasm + nucleus) whose area is at least ``min_relative_area``
     of the largest one: fragments and cells cut by the border count less than whole
     cells. Regions smaller than a disc of ``min_diameter`` are ignored (debris,
-    platelets). Returns 0.0 when there is no cell.
+    platelets), and so are regions whose solidity (area over convex-hull area) is
+    below ``min_solidity`` (a lace of plasma and red-cell texture taken for cell,
+    never a white cell's shape). Returns 0.0 when there is no cell.
     """
     from scipy import ndimage as ndi
 
@@ -47,11 +50,25 @@ def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diame
     if n == 0:
         return 0.0
     areas = np.bincount(lab.ravel())[1:].astype(np.float64)
-    areas = areas[areas >= np.pi / 4 * min_diameter**2]
+    big = areas >= np.pi / 4 * min_diameter**2
+    if min_solidity > 0:
+        big &= _solidity(lab, n, big) >= min_solidity
+    areas = areas[big]
     if areas.size == 0:
         return 0.0
     keep = areas[areas >= min_relative_area * areas.max()]
     return float(np.median(np.sqrt(4.0 * keep / np.pi)))
+
+
+def _solidity(lab: np.ndarray, n: int, which: np.ndarray) -> np.ndarray:
+    """Solidity of the regions 1..n of ``lab`` where ``which`` (others: 1.0)."""
+    from skimage.measure import regionprops
+
+    out = np.ones(n)
+    for r in regionprops(lab):
+        if which[r.label - 1]:
+            out[r.label - 1] = r.solidity
+    return out
 
 
 @dataclass
