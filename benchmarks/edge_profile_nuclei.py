@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,7 @@ def main(argv=None):
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
+        commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")  # a `git archive` has no .git
         Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
                                                   results=results), indent=1))
 

@@ -56,8 +56,9 @@ __all__ = ["object_evidence", "ObjectEvidence", "object_band", "edge_offset", "e
 #: and the background), "gradient" (the strongest gradient)
 EDGE_POSITIONS = ("rim", "half-max", "gradient")
 #: "rim": level between background (0) and the object's plateau (1) of an annotated edge
-#: (measured at annotated boundaries: 0.51 on the 2-D, 0.35 on the 3-D tuning nuclei;
-#: 0.45 had the best mean Dice over the tuning rows, 0.4 and 0.5 within 0.002)
+#: (measured at annotated boundaries, smoothed image: 0.49 on the 2-D, 0.36 on the 3-D
+#: tuning nuclei; 0.45 had the best mean Dice over the tuning rows, 0.4 and 0.5 within
+#: 0.002: benchmarks/results/correct_stardist_tuning.txt)
 _RIM_LEVEL = 0.45
 #: plateau / background samples for "rim" and "half-max": thin shells this far (px)
 #: inside / outside the strongest edge (beyond the blur; the background shell also
