@@ -12,9 +12,9 @@ default the network method: diameter estimated, VPTV layer, the nucleus rule; th
 API adds the default method, which refits a colour model to the network's
 probabilities) against the user's masks, as pixel accuracy and Dice per class. The
 fine-tuned model (trained on all pairs afterwards) is kept when, on the mean Dice
-over the three classes and the held-out images, it is **not worse with any method**
-and beats the base by more than :data:`MIN_GAIN` on their average: a model that helps
-the network but hurts the default method is not kept.
+over the three classes and the held-out images, it beats the base by more than
+:data:`MIN_GAIN` **with every method**: a model that helps the network but not the
+default method is not kept.
 """
 
 from __future__ import annotations
@@ -107,10 +107,10 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
     """Is the fine-tuned model better, by every method?
 
     Returns ``{"better", "gain", "finetuned", "base", "reason", "methods"}``: ``better``
-    is True when no method's mean Dice drops and their mean gain exceeds ``min_gain``,
-    None when nothing was held out; ``gain`` is that mean gain; ``finetuned`` / ``base``
-    are the summaries of the first method (the one a user runs by default);
-    ``methods`` holds ``{"gain", "finetuned", "base"}`` per method.
+    is True when every method's mean Dice gains more than ``min_gain``, None when
+    nothing was held out; ``gain`` is the smallest of those gains (the one that
+    decides); ``finetuned`` / ``base`` are the summaries of the first method (the one a
+    user runs by default); ``methods`` holds ``{"gain", "finetuned", "base"}`` per method.
     """
     names = list(finetuned)
     first = names[0] if names else None
@@ -119,14 +119,14 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
         return {"better": None, "gain": None, "finetuned": empty, "base": empty, "methods": {},
                 "reason": "fewer than 2 pairs: nothing to hold out, the gain cannot be measured"}
     gains = {m: finetuned[m].mean_dice - base[m].mean_dice for m in names}
-    gain = float(np.mean(list(gains.values())))
     worst = min(gains, key=gains.get)
-    better = bool(gain > min_gain and gains[worst] >= 0)
+    gain = float(gains[worst])
+    better = bool(gain > min_gain)
     per_method = "; ".join(f"{m}: {finetuned[m].mean_dice:.4f} vs {base[m].mean_dice:.4f}" for m in names)
     reason = f"cross-validated mean Dice, fine-tuned vs base, on {len(finetuned[first].names)} held-out pair(s): "
     reason += per_method
-    if gains[worst] < 0:
-        reason += f"; worse with {worst}"
+    if gain <= min_gain:
+        reason += f"; {'worse' if gain < 0 else 'not better'} with {worst}"
     return {"better": better, "gain": gain, "finetuned": finetuned[first].summary(), "base": base[first].summary(),
             "reason": reason,
             "methods": {m: {"gain": float(gains[m]), "finetuned": finetuned[m].summary(), "base": base[m].summary()}
