@@ -72,6 +72,11 @@ def test_a_field_without_white_cell_loses_its_platelets_and_keeps_a_small_lympho
     assert out[120, 160] == 2 and (out > 0).sum() == (_labels_of(img, lymphocyte) > 0).sum()
     # the red cells alone give the rule a scale
     assert drop_non_white_cells(lab, None, red_cell_diameter=red)[1] == len(platelets)
+    # a platelet on a red cell: a red cell's size, a platelet's nucleus
+    on_red = _labels_of(img, lymphocyte + [((60, 80), 15, 6)])
+    assert drop_non_white_cells(on_red, 12.0)[1] == 0
+    out, n = drop_non_white_cells(on_red, 12.0, red_cell_diameter=red)
+    assert n == 1 and out[60, 80] == 0 and out[120, 160] == 2
     # a floor, never a cap: a field's big white cells still set the reference
     big = _labels_of(img, [((120, 160), 40, 25), ((60, 80), 9, 8)])
     assert drop_non_white_cells(big, 80.0, red_cell_diameter=red)[1] == 1

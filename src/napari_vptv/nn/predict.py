@@ -184,8 +184,11 @@ def _estimate_pass(model, x, comfort, max_pixels):
         lg = _logits_at(model, x, s)
         # measured at full resolution; blobs far below the smallest cell the network
         # was trained on (at this scale) are debris, not evidence of small cells
-        d = cell_diameter(lg[0].argmax(0).cpu().numpy(), min_diameter=MIN_CELL_DIAMETER / s,
-                          min_solidity=MIN_CELL_SOLIDITY)
+        # no region with a cell's shape (a field of texture without a white cell): all
+        # regions, as small or field-wide as they are, are the best scale there is
+        labels = lg[0].argmax(0).cpu().numpy()
+        d = cell_diameter(labels, min_diameter=MIN_CELL_DIAMETER / s, min_solidity=MIN_CELL_SOLIDITY) \
+            or cell_diameter(labels, min_diameter=MIN_CELL_DIAMETER / s)
         if d <= 0:
             return lg, 0.0, s
         s_new = min(_scale_for(d, comfort), cap * 4.0)

@@ -31,7 +31,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "MIN_CELL_DIAMETER_SHARE", "MIN_NUCLEUS_DIAMETER_SHARE",
-           "MAX_REFERENCE_NUCLEUS_FRACTION", "MIN_REFERENCE_PER_RED_CELL", "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells"]
+           "MAX_REFERENCE_NUCLEUS_FRACTION", "MIN_REFERENCE_PER_RED_CELL",
+           "MIN_NUCLEUS_PER_RED_CELL", "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells",
+           "drop_non_white_cells_in"]
 
 #: nucleus share of a cell part below which it is not a white cell: half the smallest
 #: share of any labelled white cell of the training sources (wbc 0.205, wbc-d1 0.217 over
@@ -77,12 +79,19 @@ MAX_REFERENCE_NUCLEUS_FRACTION = 0.6
 #: 0.4 x 1.75 = 0.7 red-cell diameters: a platelet is 2-4 µm (0.27-0.53 of a 7.5 µm red
 #: cell), the smallest lymphocyte about one red cell. Measured on the training crops
 #: (all 90 wbc images; ground-truth white cells against the red-cell estimate on the
-#: true background): the white cell is 2.14 red-cell diameters (median of the 70
-#: images with an estimate), never below 1.55 (1st percentile 1.59); the 26 whole red
-#: cells of wbc are 72 px across (median) against 157 px white cells (2.2). wbc-d1's red
-#: cells are pale ghosts: 167 of 240 images give no estimate and the others (texture)
-#: at least 4.3 times too small, which only weakens the floor.
+#: true background): the white cell is 2.37 red-cell diameters (median of the 70
+#: images with an estimate), never below 1.55 (1st / 5th percentile 1.59 / 1.88); the
+#: 26 whole red cells of wbc are 72 px across (median) against 157 px white cells
+#: (2.2; the estimate reads inscribed diameters, a little smaller). wbc-d1's red cells
+#: are pale ghosts: 167 of 240 images give no estimate and the others (texture) at
+#: least 4.3 times too small, which only weakens the floor.
 MIN_REFERENCE_PER_RED_CELL = 1.75
+
+#: white-cell rule: a region whose nucleus is below this share of the image's red-cell
+#: diameter is not a white cell (a platelet is at most 0.53 red cells across; the
+#: smallest labelled nucleus of wbc is 0.85 estimated red-cell diameters, 1st / 5th
+#: percentile 1.00 / 1.14, same 70 images as above).
+MIN_NUCLEUS_PER_RED_CELL = 0.5
 
 
 def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
@@ -223,8 +232,8 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     for a region that touches the image edge, the larger of that and its longest run
     along the edge (of the region, resp. of its nucleus), so a white cell cut by the
     edge is kept. With a ``red_cell_diameter``, the reference is at least
-    :data:`MIN_REFERENCE_PER_RED_CELL` times it (a scale on fields without a white
-    cell).
+    :data:`MIN_REFERENCE_PER_RED_CELL` times it and the nucleus at least
+    :data:`MIN_NUCLEUS_PER_RED_CELL` times it (a scale on fields without a white cell).
 
     Parameters
     ----------
@@ -254,9 +263,8 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     """
     labels = np.asarray(labels)
     out = labels.copy()
-    diameter = _finite_or_zero(diameter)
-    if red_cell_diameter:
-        diameter = max(diameter, MIN_REFERENCE_PER_RED_CELL * _finite_or_zero(red_cell_diameter))
+    red = _finite_or_zero(red_cell_diameter)
+    diameter = max(_finite_or_zero(diameter), MIN_REFERENCE_PER_RED_CELL * red)
     if labels.ndim != 2 or diameter <= 0:
         return out, 0
     cell_share = MIN_CELL_DIAMETER_SHARE if min_cell_share is None else float(min_cell_share)
@@ -270,6 +278,20 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     share = np.bincount(regions[labels == nucleus], minlength=n + 1)[1:] / np.maximum(area, 1)
     with_cytoplasm = size[share <= MAX_REFERENCE_NUCLEUS_FRACTION]
     diameter = max(float(diameter), float(with_cytoplasm.max(initial=0.0)))
-    bad = np.nonzero((size < cell_share * diameter) | (nucleus_size < nucleus_share * diameter))[0] + 1
+    nucleus_floor = max(nucleus_share * diameter, MIN_NUCLEUS_PER_RED_CELL * red)
+    bad = np.nonzero((size < cell_share * diameter) | (nucleus_size < nucleus_floor))[0] + 1
     out[np.isin(regions, bad)] = 0
     return out, int(len(bad))
+
+
+def drop_non_white_cells_in(labels: np.ndarray, diameter: Optional[float], rgb: Optional[np.ndarray],
+                            info: dict) -> Tuple[np.ndarray, int]:
+    """:func:`drop_non_white_cells` with the red-cell scale of the image ``rgb``
+    (:func:`~napari_vptv.core.wbc.red_cells.red_cell_diameter` of its background;
+    none without ``rgb``); ``info`` gets ``red_cell_diameter`` and
+    ``non_white_cells_removed``."""
+    from .red_cells import red_cell_diameter
+
+    info["red_cell_diameter"] = red = red_cell_diameter(rgb, labels == 0) if rgb is not None else 0.0
+    labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
+    return labels, info["non_white_cells_removed"]
