@@ -25,8 +25,7 @@ from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
 from .core.io.intensity import normalise_intensity
 from .core.solver.segment import SegmentationResult, vptv_segment
 from .core.solver.volumes import make_volume_spec
-from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells
-from .core.wbc.red_cells import red_cell_diameter
+from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells_in
 from .correction import correct_image, correct_image_iter, correction_evidence
 from .options import METHODS, PRESETS, CorrectOptions, SegmentOptions
 from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
@@ -127,11 +126,20 @@ def segment_image(
         channel_axis = -1  # (H, W, 3): a colour image, never a 3-slice grey volume
     opts = _as_options(options, settings).resolve(_is_colour(image, channel_axis))
     check_device(opts.device)
+    if channel_axis in (-1, 2) and _tiles().needs_tiles(image, opts):  # bounded memory, one scale
+        rule = opts.white_cell_rule and _nucleus_rule(opts)
+        return _tiles().segment_in_tiles(image, opts, segment_image, white_cell_rule=rule, progress=callback)
     check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
     if conversion:
         result.info = {**result.info, "conversions": [conversion]}
     return result
+
+
+def _tiles():
+    from . import tiles
+
+    return tiles
 
 
 def _is_colour(image, channel_axis) -> bool:
@@ -255,13 +263,6 @@ def _nucleus_rule(opts: SegmentOptions) -> bool:
         and opts.volume_bounds is None
 
 
-def _white_cell_rule(labels, diameter, rgb, info: dict):
-    """:func:`drop_non_white_cells` with the image's red-cell scale (recorded in ``info``)."""
-    info["red_cell_diameter"] = red = red_cell_diameter(rgb, labels == 0) if rgb is not None else 0.0
-    labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
-    return labels, info["non_white_cells_removed"]
-
-
 def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
                        diameter: Optional[float] = None, rgb=None) -> SegmentationResult:
     """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
@@ -272,7 +273,7 @@ def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
         info = dict(result.info)
         info["cells_without_nucleus_removed"] = n
         if opts.white_cell_rule and (diameter or rgb is not None):
-            labels, m = _white_cell_rule(labels, diameter, rgb, info)
+            labels, m = drop_non_white_cells_in(labels, diameter, rgb, info)
             n += m
         if n:
             k = result.probabilities.shape[0]
@@ -415,7 +416,7 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
     else:
         spec = make_volume_spec(k, "none")
     if _nucleus_rule(opts) and opts.white_cell_rule:  # the nucleus rule ran in the network's prediction
-        labels, _ = _white_cell_rule(labels, pred.diameter, arr[..., :3], pred.info)
+        labels, _ = drop_non_white_cells_in(labels, pred.diameter, arr[..., :3], pred.info)
     result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
                                             volume_spec=spec)
     # what the network decided on its own: shown by the widget, stored in layer metadata

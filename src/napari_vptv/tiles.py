@@ -1,0 +1,192 @@
+"""Large fields and scan tiles segmented in overlapping tiles at one working scale.
+
+:func:`segment_in_tiles` runs the white-cell methods on an RGB image of any size, one
+tile at a time (``dask.array.map_overlap``, the synchronous scheduler), so memory is
+bounded by the tile, not by the image:
+
+1. the white-cell diameter is estimated once, by the network on an overview of at
+   most a megapixel (what a single image's first pass does; an image up to that size
+   gets exactly the estimate of an untiled run), unless ``options.diameter`` is given;
+2. every tile (``tile`` px square, plus a margin of :data:`MARGIN_PER_DIAMETER` cell
+   diameters on each side that the neighbours own) is segmented with that diameter,
+   i.e. at the same network scale, with the nucleus rule but without the white-cell
+   rule; the margins are dropped. A white cell that crosses a tile's edge lies whole
+   in the tile and its margin, so both tiles label it from the same pixels: it comes
+   out as one connected cell, without a seam or a duplicate;
+3. the white-cell rule (:func:`~napari_vptv.core.wbc.cell_rules.drop_non_white_cells`)
+   runs once on the stitched labels, with the image's red-cell scale.
+
+``progress(done, total)`` is called after each tile; it may raise to stop (the same
+contract as :func:`~napari_vptv.api.segment_image`'s ``callback``).
+:func:`~napari_vptv.api.segment_image` sends RGB images of more than
+:data:`TILED_ABOVE_PIXELS` pixels here, its ``callback`` receiving the tiles.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from .core.solver.segment import SegmentationResult
+from .core.solver.volumes import make_volume_spec
+from .core.wbc.cell_rules import drop_non_white_cells_in
+from .options import SegmentOptions
+
+__all__ = ["TILE", "MARGIN_PER_DIAMETER", "TILED_ABOVE_PIXELS", "segment_in_tiles", "needs_tiles"]
+
+#: side (px) of a tile's own square
+TILE = 1024
+
+#: margin on each side of a tile, in white-cell diameters (a cell touching the tile's
+#: square lies whole within one diameter of it; a quarter more for its surroundings)
+MARGIN_PER_DIAMETER = 1.25
+
+#: margin (px) when no white cell is found on the overview
+DEFAULT_MARGIN = 128
+
+#: :func:`napari_vptv.api.segment_image` tiles RGB white-cell images above this size
+TILED_ABOVE_PIXELS = 2048 * 2048
+
+#: the overview on which the diameter is estimated has at most this many pixels
+OVERVIEW_PIXELS = 1024 * 1024
+
+
+#: set while the tiles are segmented: a tile is never tiled again
+_IN_TILES = contextvars.ContextVar("napari_vptv_in_tiles", default=False)
+
+
+def needs_tiles(image, opts: SegmentOptions) -> bool:
+    """Whether :func:`~napari_vptv.api.segment_image` sends ``image`` (an RGB white-cell
+    image, ``opts`` resolved) here: a white-cell method on more than
+    :data:`TILED_ABOVE_PIXELS` pixels, not itself a tile."""
+    if _IN_TILES.get():
+        return False
+    shape = np.shape(image)
+    wbc = opts.is_network or opts.method == "vptv-adapted"
+    return wbc and len(shape) == 3 and shape[-1] in (3, 4) and shape[0] * shape[1] > TILED_ABOVE_PIXELS
+
+
+def _network_of(opts: SegmentOptions) -> str:
+    from .presets import VPTV_ADAPTED
+
+    return opts.network_name if opts.is_network else (opts.model or VPTV_ADAPTED.network)
+
+
+def overview_diameter(rgb: np.ndarray, opts: SegmentOptions) -> float:
+    """The white-cell diameter (px of ``rgb``) the network estimates on an overview of
+    at most :data:`OVERVIEW_PIXELS` pixels; 0.0 when it finds no cell."""
+    from .nn.weights import predict_wbc
+
+    h, w = rgb.shape[:2]
+    factor = min(1.0, math.sqrt(OVERVIEW_PIXELS / (h * w)))
+    small = rgb
+    if factor < 1.0:
+        from skimage.transform import resize
+
+        shape = (max(2, round(h * factor)), max(2, round(w * factor)))
+        small = (resize(rgb, shape, order=1, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8)
+        factor = shape[0] / h
+    pred = predict_wbc(small, method=_network_of(opts), device=opts.device, details=True, augment=1)
+    return float(pred.diameter) / factor if pred.diameter else 0.0
+
+
+def _axis_chunks(n: int, tile: int, margin: int) -> tuple:
+    """Tiles of ``tile`` px along an axis of ``n``, the last one merged into its
+    neighbour when it is narrower than the margin (dask needs margin <= tile)."""
+    tile = max(tile, margin)
+    sizes = [tile] * (n // tile) + ([n % tile] if n % tile else [])
+    if len(sizes) > 1 and sizes[-1] < margin:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return tuple(sizes)
+
+
+def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., SegmentationResult], *,
+                     white_cell_rule: bool, tile: Optional[int] = None, margin: Optional[int] = None,
+                     progress: Optional[Callable[[int, int], None]] = None) -> SegmentationResult:
+    """Segment an RGB image of any size in overlapping tiles (see the module docstring).
+
+    :func:`napari_vptv.api.segment_image` sends large images here itself; call this
+    for other tile sizes: ``segment_in_tiles(image, opts, segment_image,
+    white_cell_rule=True, tile=512)``.
+
+    Parameters
+    ----------
+    image : (H, W, 3) array
+        RGB (RGBA: the alpha is dropped); any dtype :func:`segment_image` takes.
+    opts : SegmentOptions
+        Resolved options of a white-cell method.
+    segment : callable ``(tile_image, opts) -> SegmentationResult``
+        The single-image segmentation (:func:`napari_vptv.api.segment_image`).
+    white_cell_rule : bool
+        Apply the white-cell rule to the stitched labels (the tiles run without it).
+    tile : int
+        Side of each tile's own square (px, at least 64; default :data:`TILE`).
+    margin : int, optional
+        Margin on each side of a tile (px); default :data:`MARGIN_PER_DIAMETER` white-cell
+        diameters (at least 32 px), or :data:`DEFAULT_MARGIN` when no cell is found.
+    progress : callable ``(done, total)``, optional
+        Called after every tile; may raise to stop.
+
+    Returns
+    -------
+    SegmentationResult
+        Labels and probabilities of the whole image; ``info["tiles"]`` says how it was
+        cut, ``diameter`` is the overview's estimate (or the given one).
+    """
+    import dask
+    import dask.array as da
+
+    from .core.io.intensity import normalise_intensity
+
+    rgb, _ = normalise_intensity(np.asarray(image))
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    if not (opts.is_network or opts.method == "vptv-adapted"):
+        raise ValueError(f"tiles are for the white-cell methods; got method {opts.method!r}")
+    tile = int(tile or TILE)
+    if tile < 64:
+        raise ValueError(f"tile must be at least 64 px, got {tile}")
+    diameter = float(opts.diameter or overview_diameter(rgb, opts))
+    if margin is None:
+        margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
+    tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
+    # a fourth (empty) channel: the blocks come back as labels + 3 probabilities, same shape
+    arr = da.from_array(np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=-1),
+                        chunks=(_axis_chunks(rgb.shape[0], tile, margin), _axis_chunks(rgb.shape[1], tile, margin), 4))
+    total, done = int(np.prod(arr.numblocks)), [0]
+
+    def run(block):
+        res = segment(block[..., :3], tile_opts)
+        out = np.concatenate([res.labels[..., None].astype(np.float32),
+                              np.moveaxis(res.probabilities, 0, -1).astype(np.float32)], axis=-1)
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+        return out
+
+    depth = {0: min(margin, rgb.shape[0]), 1: min(margin, rgb.shape[1]), 2: 0}
+    stitched = da.map_overlap(run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32,
+                              meta=np.empty((0, 0, 0), np.float32))
+    token = _IN_TILES.set(True)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            out = stitched.compute()
+    finally:
+        _IN_TILES.reset(token)
+    return _stitched_result(out, rgb, diameter, white_cell_rule,
+                            {"tiles": {"tile": tile, "margin": int(margin), "count": total},
+                             "diameter": diameter, "diameter_estimated": not opts.diameter})
+
+
+def _stitched_result(out, rgb, diameter, white_cell_rule, info) -> SegmentationResult:
+    labels = out[..., 0].astype(np.int32)
+    probabilities = np.ascontiguousarray(np.moveaxis(out[..., 1:], -1, 0))
+    if white_cell_rule:
+        labels, _ = drop_non_white_cells_in(labels, diameter, rgb, info)
+    result = SegmentationResult.from_arrays(labels, probabilities, n_iter=0, converged=True,
+                                            volume_spec=make_volume_spec(3, "none"))
+    result.diameter = diameter
+    result.info = info
+    return result

@@ -1,0 +1,72 @@
+"""Large images in overlapping tiles: one scale, cells stitched without seams or duplicates."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_vptv import tiles
+from napari_vptv.api import segment_image
+from napari_vptv.core.io.samples import load_sample
+from napari_vptv.options import SegmentOptions
+
+pytest.importorskip("torch")
+pytest.importorskip("dask")
+
+
+@pytest.fixture(scope="module")
+def straddling():
+    """A sample white cell on plasma, its centre on the boundary of two 256 px tiles."""
+    img, mask = load_sample("001")
+    field = np.empty((300, 512, 3), np.uint8)
+    field[:] = np.median(img[mask == 0], axis=0).astype(np.uint8)
+    field[:, 106:406] = img
+    truth = np.zeros(field.shape[:2], np.int32)
+    truth[:, 106:406] = mask
+    assert truth[:, 250:262].any()  # the cell crosses x = 256
+    return field, truth
+
+
+def _dice(labels, truth):
+    p, q = labels > 0, truth > 0
+    return 2 * (p & q).sum() / (p.sum() + q.sum())
+
+
+def test_a_cell_on_a_tile_boundary_is_one_cell_with_the_untiled_dice(straddling):
+    field, truth = straddling
+    opts = SegmentOptions().resolve(True)
+    calls = []
+    whole = segment_image(field, opts)
+    tiled = tiles.segment_in_tiles(field, opts, segment_image, white_cell_rule=True, tile=256,
+                                   progress=lambda done, total: calls.append((done, total)))
+    assert tiled.info["tiles"]["count"] == 2 and calls == [(1, 2), (2, 2)]
+    assert tiled.diameter == pytest.approx(whole.diameter)  # the same working scale
+    cells, n = ndi.label(tiled.labels > 0, np.ones((3, 3), bool))
+    assert n == 1 and cells[150, 250] == cells[150, 262] > 0  # one cell across the seam
+    assert abs(_dice(tiled.labels, truth) - _dice(whole.labels, truth)) <= 0.01
+    assert _dice(tiled.labels, truth) > 0.9
+    assert tiled.probabilities.shape == (3, *field.shape[:2])
+    assert (tiled.labels != whole.labels).mean() < 0.005  # no seam
+
+
+def test_progress_may_stop_the_tiles(straddling):
+    field, _ = straddling
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiles.segment_in_tiles(field, SegmentOptions().resolve(True), segment_image, white_cell_rule=True,
+                               tile=128, progress=stop)
+
+
+def test_segment_image_tiles_large_images(straddling, monkeypatch):
+    field, truth = straddling
+    monkeypatch.setattr(tiles, "TILED_ABOVE_PIXELS", 100 * 100)
+    monkeypatch.setattr(tiles, "TILE", 256)
+    seen = []
+    result = segment_image(field, callback=lambda done, total: seen.append(total))
+    assert result.info["tiles"]["count"] == 2 and seen == [2, 2]
+    assert _dice(result.labels, truth) > 0.9
+    fixed = SegmentOptions(method="vptv", volume_mode="none").resolve(True)  # the fixed colour model
+    assert fixed.method == "vptv" and not tiles.needs_tiles(field, fixed)
+    assert not tiles.needs_tiles(field[..., 0], SegmentOptions().resolve(False))  # grey
