@@ -140,7 +140,7 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self.estimate, Form([self.epsilon, self.tv_weight]), self.measure, Form([self.pixel_size]),
             self.keep_previous,
             *advanced_section(self, [self.max_iter, self.diameter, self.augment, self.seed, self.device,
-                                     self.stack_mode, self.edge, self.require_nucleus]),
+                                     self.stack_mode, self.edge, self.require_nucleus, self.white_cell_rule]),
             self.notice, buttons, self.reason, Form([self.status]),
             self.results,  # full width (outside the label column): the table needs the room
         ])

@@ -97,6 +97,9 @@ TIPS = {
     "require_nucleus": "White blood cell labels: a cell region whose nucleus is under 10 % of its area (a red "
                        "cell or debris taken for cytoplasm) becomes background. Applies in volume mode auto / "
                        "none (exact and interval constraints win)",
+    "white_cell_rule": "White blood cell labels: a cell too small to be a white cell becomes background, "
+                       "e.g. a platelet or a purple speck. The size is judged against the white cells and "
+                       "the red cells of the same image. Works together with 'Cells need a nucleus'",
     "augment": "Networks: average over the image and its mirror image (default), all 8 flips / quarter turns, "
                "or none; costs that many network passes. About +1 pt on images from a lab the network never saw",
     "measure": "Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the table below, as a '… cells' "
@@ -133,6 +136,7 @@ def build_fields(self) -> None:
     self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)
     self.keep_previous = CheckBox(text="Keep previous results", value=True)
     self.require_nucleus = CheckBox(text="Cells need a nucleus", value=defaults.require_nucleus)
+    self.white_cell_rule = CheckBox(text="Drop cells too small for a white cell", value=defaults.white_cell_rule)
     self.augment = ComboBox(label="Test-time augmentation", choices=AUGMENT_WIDGET_CHOICES, value=defaults.augment)
     self.measure = CheckBox(text="Measure cells (WBC classes)", value=True)
     self.reset_button = PushButton(text="Reset to defaults")

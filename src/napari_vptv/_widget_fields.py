@@ -104,7 +104,7 @@ class SegmentSettings(Container):
             "volume_mode": self.volume_mode, "epsilon": self.epsilon, "tv_weight": self.tv_weight,
             "edge": self.edge, "max_iter": self.max_iter, "diameter": self.diameter, "seed": self.seed,
             "device": self.device, "stack_mode": self.stack_mode, "keep_previous": self.keep_previous,
-            "measure": self.measure, "require_nucleus": self.require_nucleus,
+            "measure": self.measure, "require_nucleus": self.require_nucleus, "white_cell_rule": self.white_cell_rule,
             "augment": self.augment, "volumes": self.volumes, "lower": self.lower, "upper": self.upper,
         }
 
@@ -285,6 +285,7 @@ class SegmentSettings(Container):
         self.diameter.enabled = self._uses_diameter()
         self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
             auto or mode == "none")  # an exact / interval constraint wins over the rule
+        self.white_cell_rule.enabled = self.require_nucleus.enabled  # it runs with the nucleus rule
         self.augment.enabled = self.is_network  # the variational auto mode's U-net runs without
         self._update_class_labels()
         self._mark_volume_fields()
@@ -523,6 +524,7 @@ class SegmentSettings(Container):
             "device": self.device.value,
             "stack_mode": "volume" if self.stack_mode.value == STACK_VOLUME else "slices",
             "require_nucleus": bool(self.require_nucleus.value),
+            "white_cell_rule": bool(self.white_cell_rule.value),
             "augment": int(self.augment.value),
         }
 
@@ -557,5 +559,6 @@ class SegmentSettings(Container):
             device=params["device"],
             diameter=params["diameter"],
             require_nucleus=params.get("require_nucleus", True),
+            white_cell_rule=params.get("white_cell_rule", True),
             augment=params.get("augment", 2),
         )
