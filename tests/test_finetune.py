@@ -88,7 +88,7 @@ def test_weight_interpolation_is_the_midpoint_and_keeps_counters(pairs):
 
     base, _ = load_model("unet")
     samples = samples_from_arrays([p[0] for p in pairs[:2]], [p[1] for p in pairs[:2]], NAMES[:2])
-    full = finetune(samples, base="unet", steps=2, keep="always", **TINY)
+    full = finetune(samples, base="unet", steps=2, keep="always", recipe=FinetuneRecipe(batch=2, interpolation=1.0))
     half = finetune(samples, base="unet", steps=2, keep="always",
                     recipe=FinetuneRecipe(batch=2, interpolation=0.5))
     sb = base.state_dict()
