@@ -4,9 +4,10 @@
 tile at a time (``dask.array.map_overlap``, the synchronous scheduler), so memory is
 bounded by the tile, not by the image:
 
-1. the white-cell diameter is estimated once, by the network on an overview of at
-   most a megapixel (what a single image's first pass does; an image up to that size
-   gets exactly the estimate of an untiled run), unless ``options.diameter`` is given;
+1. the white-cell diameter is estimated once, by the network at full resolution on
+   the whole image up to a megapixel (exactly the estimate of an untiled run) or on
+   five windows of that size (:func:`overview_diameter`), unless
+   ``options.diameter`` is given;
 2. every tile (``tile`` px square, plus a margin of :data:`MARGIN_PER_DIAMETER` cell
    diameters on each side that the neighbours own) is segmented with that diameter,
    i.e. at the same network scale, with the nucleus rule but without the white-cell
@@ -48,9 +49,11 @@ MARGIN_PER_DIAMETER = 1.25
 DEFAULT_MARGIN = 128
 
 #: :func:`napari_vptv.api.segment_image` tiles RGB white-cell images above this size
-TILED_ABOVE_PIXELS = 2048 * 2048
+#: (one untiled 2048 x 2048 field peaks at 2.0 GB; a 1024 px tile with its margins
+#: under 1 GB)
+TILED_ABOVE_PIXELS = 1536 * 1536
 
-#: the overview on which the diameter is estimated has at most this many pixels
+#: the windows on which the diameter is estimated have at most this many pixels
 OVERVIEW_PIXELS = 1024 * 1024
 
 
@@ -75,22 +78,35 @@ def _network_of(opts: SegmentOptions) -> str:
     return opts.network_name if opts.is_network else (opts.model or VPTV_ADAPTED.network)
 
 
+def _windows(shape, side):
+    """Up to five ``side``-px windows (slices): the centre and the quadrants' centres."""
+    h, w = shape[:2]
+    out = []
+    for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)):
+        y0 = int(np.clip(fy * h - side / 2, 0, max(0, h - side)))
+        x0 = int(np.clip(fx * w - side / 2, 0, max(0, w - side)))
+        window = (slice(y0, y0 + side), slice(x0, x0 + side))
+        if window not in out:
+            out.append(window)
+    return out
+
+
 def overview_diameter(rgb: np.ndarray, opts: SegmentOptions) -> float:
-    """The white-cell diameter (px of ``rgb``) the network estimates on an overview of
-    at most :data:`OVERVIEW_PIXELS` pixels; 0.0 when it finds no cell."""
+    """The white-cell diameter (px) the network estimates on the image, at full
+    resolution: on the whole image up to :data:`OVERVIEW_PIXELS` pixels (exactly what
+    an untiled run estimates), else the median of its estimates on five windows of
+    that size (the centre and the quadrants' centres; windows without a cell do not
+    count). A downsampled overview would show the cells smaller than the network
+    finds them reliably. 0.0 when no cell is found."""
     from .nn.weights import predict_wbc
 
-    h, w = rgb.shape[:2]
-    factor = min(1.0, math.sqrt(OVERVIEW_PIXELS / (h * w)))
-    small = rgb
-    if factor < 1.0:
-        from skimage.transform import resize
-
-        shape = (max(2, round(h * factor)), max(2, round(w * factor)))
-        small = (resize(rgb, shape, order=1, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8)
-        factor = shape[0] / h
-    pred = predict_wbc(small, method=_network_of(opts), device=opts.device, details=True, augment=1)
-    return float(pred.diameter) / factor if pred.diameter else 0.0
+    side = int(math.sqrt(OVERVIEW_PIXELS))
+    windows = [(slice(None), slice(None))] if rgb.shape[0] * rgb.shape[1] <= OVERVIEW_PIXELS \
+        else _windows(rgb.shape, side)
+    found = [predict_wbc(np.ascontiguousarray(rgb[w]), method=_network_of(opts), device=opts.device,
+                         details=True, augment=1).diameter for w in windows]
+    found = [d for d in found if d > 0]
+    return float(np.median(found)) if found else 0.0
 
 
 def _axis_chunks(n: int, tile: int, margin: int) -> tuple:
@@ -136,7 +152,6 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
         Labels and probabilities of the whole image; ``info["tiles"]`` says how it was
         cut, ``diameter`` is the overview's estimate (or the given one).
     """
-    import dask
     import dask.array as da
 
     from .core.io.intensity import normalise_intensity
@@ -169,20 +184,33 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
     depth = {0: min(margin, rgb.shape[0]), 1: min(margin, rgb.shape[1]), 2: 0}
     stitched = da.map_overlap(run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32,
                               meta=np.empty((0, 0, 0), np.float32))
+    target = _Stitched(rgb.shape[:2])
     token = _IN_TILES.set(True)
-    try:
-        with dask.config.set(scheduler="synchronous"):
-            out = stitched.compute()
+    try:  # each tile is written into the whole-image arrays as it is done
+        da.store(stitched, target, lock=False, scheduler="synchronous")
     finally:
         _IN_TILES.reset(token)
-    return _stitched_result(out, rgb, diameter, white_cell_rule,
+    return _stitched_result(target.labels, target.probabilities, rgb, diameter, white_cell_rule,
                             {"tiles": {"tile": tile, "margin": int(margin), "count": total},
                              "diameter": diameter, "diameter_estimated": not opts.diameter})
 
 
-def _stitched_result(out, rgb, diameter, white_cell_rule, info) -> SegmentationResult:
-    labels = out[..., 0].astype(np.int32)
-    probabilities = np.ascontiguousarray(np.moveaxis(out[..., 1:], -1, 0))
+class _Stitched:
+    """The whole image's labels and ``(3, H, W)`` probabilities, written tile by tile
+    (a ``da.store`` target for blocks of labels + 3 probabilities)."""
+
+    def __init__(self, shape):
+        self.labels = np.zeros(shape, np.int32)
+        self.probabilities = np.zeros((3, *shape), np.float32)
+        self.shape, self.dtype, self.ndim = (*shape, 4), np.dtype(np.float32), 3
+
+    def __setitem__(self, key, block):
+        ys, xs = key[:2]
+        self.labels[ys, xs] = block[..., 0]
+        self.probabilities[:, ys, xs] = np.moveaxis(block[..., 1:], -1, 0)
+
+
+def _stitched_result(labels, probabilities, rgb, diameter, white_cell_rule, info) -> SegmentationResult:
     if white_cell_rule:
         labels, _ = drop_non_white_cells_in(labels, diameter, rgb, info)
     result = SegmentationResult.from_arrays(labels, probabilities, n_iter=0, converged=True,

@@ -53,11 +53,12 @@ FIRST_PASS_MAX_PIXELS = 1024 * 1024
 MIN_CELL_DIAMETER = 18.0
 #: cell-like regions less solid than this (area over convex-hull area) do not count
 #: when the diameter is estimated: on some composed fields (``bench_fields.py``) a
-#: network takes a lace of pale plasma and red-cell texture for one cell (0.50-0.63
-#: for the whole-field laces), which made the estimate the whole field and the white
-#: cells too small to be found. Every estimating region of the held-out crops of both
-#: sources is at least 0.85 (unet) / 0.89 (vptv-unet); two touching round cells 0.88.
-MIN_CELL_SOLIDITY = 0.8
+#: network takes a lace of pale plasma and red-cell texture for a cell (0.50-0.63 for
+#: the whole-field laces, 0.72-0.81 for smaller ones), which made the estimate the
+#: whole field and the white cells too small to be found. Every estimating region of
+#: the held-out crops of both sources is at least 0.85 (unet) / 0.89 (vptv-unet); two
+#: touching round cells 0.88. When no region passes, all of them count (as before).
+MIN_CELL_SOLIDITY = 0.85
 SELF_PRIOR_RELATIVE = 0.15
 SELF_PRIOR_ABSOLUTE = 0.005
 
