@@ -6,7 +6,7 @@ bounded by the tile, not by the image:
 
 1. the white-cell diameter is estimated once, by the network at full resolution on
    the whole image up to a megapixel (exactly the estimate of an untiled run) or on
-   five windows of that size (:func:`overview_diameter`), unless
+   windows of that size (:func:`estimate_windows`, :func:`overview_diameter`), unless
    ``options.diameter`` is given;
 2. every tile (``tile`` px square, plus a margin of :data:`MARGIN_PER_DIAMETER` cell
    diameters on each side that the neighbours own) is segmented with that diameter,
@@ -15,7 +15,7 @@ bounded by the tile, not by the image:
    in the tile and its margin, so both tiles label it from the same pixels: it comes
    out as one connected cell, without a seam or a duplicate;
 3. the white-cell rule (:func:`~napari_vptv.core.wbc.cell_rules.drop_non_white_cells`)
-   runs once on the stitched labels, with the image's red-cell scale.
+   runs once on the stitched labels, with the red-cell scale read on the same windows.
 
 ``progress(done, total)`` is called after each tile; it may raise to stop (the same
 contract as :func:`~napari_vptv.api.segment_image`'s ``callback``).
@@ -33,7 +33,8 @@ import numpy as np
 
 from .core.solver.segment import SegmentationResult
 from .core.solver.volumes import make_volume_spec
-from .core.wbc.cell_rules import drop_non_white_cells_in
+from .core.wbc.cell_rules import drop_non_white_cells
+from .core.wbc.red_cells import red_cell_diameter
 from .options import SegmentOptions
 
 __all__ = ["TILE", "MARGIN_PER_DIAMETER", "TILED_ABOVE_PIXELS", "segment_in_tiles", "needs_tiles"]
@@ -91,20 +92,34 @@ def _windows(shape, side):
     return out
 
 
+def estimate_windows(shape) -> list:
+    """Where the scales are read: the whole image up to :data:`OVERVIEW_PIXELS` pixels,
+    else windows of that size covering about a third of it (the centre, then the
+    quadrants' centres, at most five)."""
+    side, pixels = int(math.sqrt(OVERVIEW_PIXELS)), shape[0] * shape[1]
+    if pixels <= OVERVIEW_PIXELS:
+        return [(slice(None), slice(None))]
+    return _windows(shape, side)[:int(np.clip(round(pixels / (3 * OVERVIEW_PIXELS)), 1, 5))]
+
+
 def overview_diameter(rgb: np.ndarray, opts: SegmentOptions) -> float:
-    """The white-cell diameter (px) the network estimates on the image, at full
-    resolution: on the whole image up to :data:`OVERVIEW_PIXELS` pixels (exactly what
-    an untiled run estimates), else the median of its estimates on five windows of
-    that size (the centre and the quadrants' centres; windows without a cell do not
-    count). A downsampled overview would show the cells smaller than the network
-    finds them reliably. 0.0 when no cell is found."""
+    """The white-cell diameter (px) the network estimates at full resolution on the
+    :func:`estimate_windows` (on an image up to a megapixel exactly what an untiled
+    run estimates): the median of the windows' estimates, windows without a cell left
+    out; 0.0 when no cell is found. A downsampled overview would show the cells
+    smaller than the network finds them reliably."""
     from .nn.weights import predict_wbc
 
-    side = int(math.sqrt(OVERVIEW_PIXELS))
-    windows = [(slice(None), slice(None))] if rgb.shape[0] * rgb.shape[1] <= OVERVIEW_PIXELS \
-        else _windows(rgb.shape, side)
     found = [predict_wbc(np.ascontiguousarray(rgb[w]), method=_network_of(opts), device=opts.device,
-                         details=True, augment=1).diameter for w in windows]
+                         details=True, augment=1).diameter for w in estimate_windows(rgb.shape)]
+    found = [d for d in found if d > 0]
+    return float(np.median(found)) if found else 0.0
+
+
+def _red_cells(rgb: np.ndarray, labels: np.ndarray) -> float:
+    """The red-cell diameter read on the :func:`estimate_windows` (median of those
+    with an estimate): bounded memory on a whole scan."""
+    found = [red_cell_diameter(rgb[w], labels[w] == 0) for w in estimate_windows(rgb.shape)]
     found = [d for d in found if d > 0]
     return float(np.median(found)) if found else 0.0
 
@@ -212,7 +227,8 @@ class _Stitched:
 
 def _stitched_result(labels, probabilities, rgb, diameter, white_cell_rule, info) -> SegmentationResult:
     if white_cell_rule:
-        labels, _ = drop_non_white_cells_in(labels, diameter, rgb, info)
+        info["red_cell_diameter"] = red = _red_cells(rgb, labels)
+        labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
     result = SegmentationResult.from_arrays(labels, probabilities, n_iter=0, converged=True,
                                             volume_spec=make_volume_spec(3, "none"))
     result.diameter = diameter

@@ -186,10 +186,10 @@ def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleu
     return out, int(n_removed)
 
 
-def _edge_run(region: np.ndarray) -> int:
-    """Longest stretch of ``region`` pixels along any of the four image edges (2-D)."""
+def _edge_run(edges) -> int:
+    """Longest stretch of True pixels along any of the four 1-D ``edges`` of a region."""
     best = 0
-    for edge in (region[0], region[-1], region[:, 0], region[:, -1]):
+    for edge in edges:
         runs, n = ndi.label(edge)
         if n:
             best = max(best, int(np.bincount(runs)[1:].max()))
@@ -198,17 +198,21 @@ def _edge_run(region: np.ndarray) -> int:
 
 def _white_cell_sizes(regions, n, nucleus_mask):
     """Per region 1..n: the sizes (px, as diameters) of the region and of its nucleus."""
-    index = np.arange(1, n + 1)
-    area = ndi.sum_labels(np.ones(regions.shape), regions, index)
-    nuclear = ndi.sum_labels(nucleus_mask, regions, index)
+    # counts, not sums of float images: a few bytes per region on a whole scan
+    area = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    nuclear = np.bincount(regions[nucleus_mask], minlength=n + 1)[1:]
     size, nucleus_size = np.sqrt(4.0 * area / np.pi), np.sqrt(4.0 * nuclear / np.pi)
+    sides = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])
+    edge_regions = [regions[side] for side in sides]
+    edge_nucleus = [nucleus_mask[side] for side in sides]
     for r, box in enumerate(ndi.find_objects(regions), start=1):
         if box is None:
             continue
         touches = any(s.start == 0 or s.stop == dim for s, dim in zip(box, regions.shape))
         if touches:  # a cell cut by the edge: its chords along the edge count too
-            size[r - 1] = max(size[r - 1], _edge_run(regions == r))
-            nucleus_size[r - 1] = max(nucleus_size[r - 1], _edge_run((regions == r) & nucleus_mask))
+            size[r - 1] = max(size[r - 1], _edge_run([e == r for e in edge_regions]))
+            nucleus_size[r - 1] = max(nucleus_size[r - 1],
+                                      _edge_run([(e == r) & m for e, m in zip(edge_regions, edge_nucleus)]))
     return size, nucleus_size
 
 
@@ -279,9 +283,9 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     with_cytoplasm = size[share <= MAX_REFERENCE_NUCLEUS_FRACTION]
     diameter = max(float(diameter), float(with_cytoplasm.max(initial=0.0)))
     nucleus_floor = max(nucleus_share * diameter, MIN_NUCLEUS_PER_RED_CELL * red)
-    bad = np.nonzero((size < cell_share * diameter) | (nucleus_size < nucleus_floor))[0] + 1
-    out[np.isin(regions, bad)] = 0
-    return out, int(len(bad))
+    bad = np.concatenate([[False], (size < cell_share * diameter) | (nucleus_size < nucleus_floor)])
+    out[bad[regions]] = 0  # a lookup per pixel: no sorted copies of a whole scan
+    return out, int(bad.sum())
 
 
 def drop_non_white_cells_in(labels: np.ndarray, diameter: Optional[float], rgb: Optional[np.ndarray],
