@@ -22,13 +22,22 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from ._input_checks import check_memory_for, featureless_result, is_rgb_shape
+from .adapted import ADAPTED_WBC_SETTINGS as ADAPTED_WBC_SETTINGS  # re-exported (the widget's defaults)
+from .adapted import (
+    _adapted,
+    _nucleus_rule,
+    _solver_overrides,
+    _with_nucleus_rule,
+    adapted_from_prediction,
+    segment_adapted,
+)
 from .core.io.intensity import normalise_intensity
 from .core.solver.segment import SegmentationResult, vptv_segment
 from .core.solver.volumes import make_volume_spec
-from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells_in
+from .core.wbc.cell_rules import drop_non_white_cells_in
 from .correction import correct_image, correct_image_iter, correction_evidence
 from .options import METHODS, PRESETS, CorrectOptions, SegmentOptions
-from .presets import DEFAULT_METHOD, VPTV_ADAPTED, WBC_COLOUR
+from .presets import DEFAULT_METHOD, WBC_COLOUR
 
 __all__ = [
     "METHODS",
@@ -37,6 +46,7 @@ __all__ = [
     "SegmentFn",
     "segment_image",
     "segment_adapted",
+    "adapted_from_prediction",
     "make_segment_fn",
     "evaluate_folder",
     "wbc_priors",
@@ -208,12 +218,6 @@ def _check_finite(result: SegmentationResult, opts: SegmentOptions) -> Segmentat
     return result
 
 
-def _solver_overrides(opts: SegmentOptions) -> Dict[str, Any]:
-    """Solver settings that were given (the others keep the preset's / solver's defaults)."""
-    names = ("edge", "max_num_iter", "epsilon", "tv_weight")
-    return {k: getattr(opts, k) for k in names if getattr(opts, k) is not None}
-
-
 def _rgb_channel_axis(image, channel_axis):
     """Channel axis for an RGB(A) WBC image: given, or -1 for ``(H, W, 3|4)``."""
     arr = np.asarray(image)
@@ -256,113 +260,6 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
     return _with_nucleus_rule(vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw), opts)
 
 
-def _nucleus_rule(opts: SegmentOptions) -> bool:
-    """``opts.require_nucleus`` unless the user asked for volumes (exact fractions or
-    bounds): the rule would break a constraint the user set, so that wins."""
-    return opts.require_nucleus and opts.volume_mode in (None, "none") and opts.volumes is None \
-        and opts.volume_bounds is None
-
-
-def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
-                       diameter: Optional[float] = None, rgb=None) -> SegmentationResult:
-    """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
-    then, with a ``diameter`` and the image ``rgb``, those too small for a white cell
-    (``opts.white_cell_rule``)."""
-    if _nucleus_rule(opts):
-        labels, n = drop_cells_without_nucleus(result.labels)
-        info = dict(result.info)
-        info["cells_without_nucleus_removed"] = n
-        if opts.white_cell_rule and (diameter or rgb is not None):
-            labels, m = drop_non_white_cells_in(labels, diameter, rgb, info)
-            n += m
-        if n:
-            k = result.probabilities.shape[0]
-            result.labels, result.volumes = labels, np.bincount(labels.ravel(), minlength=k) / labels.size
-        result.info = info
-    return result
-
-
-#: solver settings of the image-adapted WBC preset (:data:`napari_vptv.presets.VPTV_ADAPTED`)
-ADAPTED_WBC_SETTINGS = {"epsilon": VPTV_ADAPTED.epsilon, "tv_weight": VPTV_ADAPTED.tv_weight}
-
-
-def segment_adapted(image, options: Optional[SegmentOptions] = None, *, network: Optional[str] = None,
-                    callback: Optional[ProgressCallback] = None) -> SegmentationResult:
-    """``"vptv-adapted"`` on one RGB image ``(H, W, 3)``, seeded by any network.
-
-    What :func:`segment_image` runs by default on a colour image
-    (:data:`napari_vptv.presets.VPTV_ADAPTED`), without its input checks and
-    conversions, for a network that :class:`SegmentOptions` does not name (e.g. a
-    training-run folder).
-
-    Parameters
-    ----------
-    image : ndarray ``(H, W, 3)``
-    options : SegmentOptions, optional
-        Solver overrides, device, seed, diameter, cell rules (default: the defaults).
-    network : str, optional
-        The initialiser, as :func:`~napari_vptv.nn.weights.predict_wbc`'s ``method``
-        (a shipped model, a ``.pt`` file or a training-run folder). Default:
-        ``options.model`` or the preset's network.
-
-    Returns
-    -------
-    SegmentationResult
-
-    Raises
-    ------
-    RuntimeError
-        The network code is not installed.
-    """
-    opts = (options or SegmentOptions()).replace(method="vptv-adapted")
-    result = _adapted(np.asarray(image)[..., :3], opts, callback, network)
-    if result is None:
-        raise RuntimeError("method 'vptv-adapted' needs the napari_vptv.nn networks, which are not available")
-    return result
-
-
-def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None):
-    """The WBC preset refitted to this image: a Gaussian colour model per class from the
-    initialising network's confident pixels, EM updates, a volume interval around the
-    network's class fractions, then the colour cost and the network's log-probabilities
-    together (:func:`napari_vptv.core.wbc.adapt.adapted_segment`). A class the network does
-    not see (e.g. no white cell) gives the network's own labels. None when the network
-    code is not installed (the caller uses the fixed colour model then)."""
-    try:
-        from .nn.weights import predict_wbc
-    except ImportError:
-        return None
-    preset = VPTV_ADAPTED
-    # the rule runs once, on the result below (the network's own labels are used only
-    # when no colour model can be fitted)
-    network = network or opts.model or preset.network
-    pred = predict_wbc(rgb, method=network, diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=False, augment=VPTV_ADAPTED.network_augment)
-    return adapted_from_prediction(rgb, pred, opts, network, callback)
-
-
-def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callback=None) -> SegmentationResult:
-    """``"vptv-adapted"`` given the network's prediction ``pred`` (a
-    :class:`~napari_vptv.nn.predict.NetworkPrediction` made without the nucleus rule and
-    with the preset's test-time augmentation) of ``network`` on ``rgb``."""
-    from .core.wbc.adapt import adapted_segment
-
-    preset = VPTV_ADAPTED
-    settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
-    result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
-                             callback=callback, diameter=pred.diameter,
-                             colour_sigma_per_diameter=preset.colour_sigma_per_diameter, **settings)
-    fitted = result is not None
-    if not fitted:
-        result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
-                                                class_model=None, volume_spec=make_volume_spec(3, "none"))
-    result = _with_nucleus_rule(result, opts, pred.diameter, rgb)
-    result.diameter = float(pred.diameter)
-    result.info = {**result.info, "diameter": float(pred.diameter),
-                   "diameter_estimated": bool(pred.estimated),
-                   "colour_model": "refitted on this image" if fitted else "none (no cell found)",
-                   "network": network}
-    return result
 
 
 def _network_volumes(opts: SegmentOptions):
