@@ -206,7 +206,7 @@ def test_contiguous_offset():
 def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
     """The layout check and the segmentation share one decode of a PNG (the real
     reader, counted)."""
-    from napari_vptv.core.batch import run as batch
+    from napari_vptv.core.batch import inputs
     from napari_vptv.core.io import files as io
 
     calls = []
@@ -215,7 +215,7 @@ def test_segment_file_decodes_a_png_once(tmp_path, monkeypatch):
         calls.append(Path(path).name)
         return io.read_image(path, **kwargs)
 
-    monkeypatch.setattr(batch, "read_image", counted)
+    monkeypatch.setattr(inputs, "read_image", counted)
     monkeypatch.setattr(tiff, "read_image", counted)
     iio.imwrite(tmp_path / "img.png", (_grey(32, 9.0) * 255).astype(np.uint8))
     res = segment_file(tmp_path / "img.png", tmp_path / "out", make_segment_fn("vptv", **FAST, volumes=[0.75, 0.25]))
