@@ -193,17 +193,21 @@ def emtv_segment(
     Image Represent. 23(8) (2012) 1234-1244 (the paper's ref. [8]).
     """
     k = _check_n_classes(n_classes)
+    _check_emtv_settings(tv_weight, max_num_iter)
+    mixture = _GaussianMixture(prepare_image(image, channel_axis), k, seed, device)
+    loop = {"tv_weight": tv_weight, "max_num_iter": max_num_iter, "tol": tol, "inner_num_iter": inner_num_iter}
+    u, n_iter, converged = _emtv_iterate(mixture, callback=callback, **loop)
+    spec = make_volume_spec(k, "none")
+    return SegmentationResult.from_arrays(u.argmax(axis=0), u, n_iter=n_iter, converged=converged,
+                                          class_model=mixture.model, volume_spec=spec)
+
+
+def _check_emtv_settings(tv_weight, max_num_iter) -> None:
+    """A ValueError for a negative / non-finite ``tv_weight`` or fewer than one iteration."""
     if not np.isfinite(tv_weight) or tv_weight < 0:
         raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
     if int(max_num_iter) < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
-    mixture = _GaussianMixture(prepare_image(image, channel_axis), k, seed, device)
-    u, n_iter, converged = _emtv_iterate(
-        mixture, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol, inner_num_iter=inner_num_iter,
-        callback=callback,
-    )
-    return SegmentationResult.from_arrays(u.argmax(axis=0), u, n_iter=n_iter, converged=converged,
-                                          class_model=mixture.model, volume_spec=make_volume_spec(k, "none"))
 
 
 class _GaussianMixture:
@@ -482,18 +486,22 @@ def advp_segment(
     M. Jacobs, E. Merkurjev, S. Esedoglu, "Auction dynamics: a volume constrained
     MBO scheme", J. Comput. Phys. 354 (2018) 288-310.
     """
+    k, spec = _exact_volume_spec(volumes, n_classes)
+    feats_shape = prepare_image(image, channel_axis).shape[1:]
+    counts = volume_counts(spec.volumes, int(np.prod(feats_shape)))
+    auction = {"epsilon_min": auction_epsilon, "scaling": auction_scaling, "warm_levels": 3}
+    flow = {"tv_weight": tv_weight, "sigma": sigma, "similarity": similarity, "update_means": update_means}
+    run = {"max_num_iter": max_num_iter, "channel_axis": channel_axis, "seed": seed, "callback": callback}
+    labels, it, conv, model = _threshold_dynamics(image, k, counts=counts, auction_kwargs=auction, **flow, **run)
+    return _hard_result(labels, k, it, conv, model, spec)
+
+
+def _exact_volume_spec(volumes, n_classes):
+    """(number of classes, exact volume spec) of :func:`advp_segment`'s ``volumes``; a
+    ValueError when they are missing or do not fit ``n_classes``."""
     if volumes is None:
         raise ValueError("advp_segment needs `volumes` (one fraction per class, summing to 1)")
     if n_classes is None:
         n_classes = len(np.atleast_1d(volumes)) if not isinstance(volumes, str) else len(volumes.split(","))
     k = _check_n_classes(n_classes)
-    spec = make_volume_spec(k, "exact", volumes)
-    feats_shape = prepare_image(image, channel_axis).shape[1:]
-    counts = volume_counts(spec.volumes, int(np.prod(feats_shape)))
-    labels, it, conv, model = _threshold_dynamics(
-        image, k, counts=counts, tv_weight=tv_weight, sigma=sigma, similarity=similarity,
-        update_means=update_means, max_num_iter=max_num_iter, channel_axis=channel_axis,
-        seed=seed, callback=callback,
-        auction_kwargs={"epsilon_min": auction_epsilon, "scaling": auction_scaling, "warm_levels": 3},
-    )
-    return _hard_result(labels, k, it, conv, model, spec)
+    return k, make_volume_spec(k, "exact", volumes)

@@ -146,33 +146,54 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
     SegmentationResult, or None when some class has too few confident pixels to fit
     its colour (e.g. no cell in the image): the caller keeps ``probabilities``.
     """
-    import torch
-    from scipy.ndimage import gaussian_filter
-
-    from ..solver.segment import prepare_image, vptv_segment
+    from ..solver.segment import vptv_segment
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    features = prepare_image(image, channel_axis)  # (C, *spatial) float32 in [0, 1]
     if colour_sigma is None:  # relative to the cell: the same smoothing at every magnification
         colour_sigma = colour_sigma_per_diameter * diameter if diameter else 0.0
-    if colour_sigma > 0:
-        features = gaussian_filter(features, (0,) + (colour_sigma,) * (features.ndim - 1))
+    features = _smoothed_features(image, channel_axis, colour_sigma)
     model = gaussian_from_probabilities(features, probabilities)
     if model is None:
         return None
-    k = probabilities.shape[0]
-    common = dict(n_classes=k, channel_axis=0, volume_bounds=fraction_interval(probabilities),
-                  volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter,
-                  **solver)
+    common = _interval_settings(probabilities, epsilon, tv_weight, max_num_iter, solver)
     # with a second solve only this solve's colour model is used: its labels need no
     # volume rounding (the rounding of a hard image costs 0.2-0.8 s)
-    result = vptv_segment(features, class_model=model, similarity="gaussian", em_update=True,
-                          rounding=rounding if network_weight <= 0 else "argmax", **common)
+    first_rounding = rounding if network_weight <= 0 else "argmax"
+    result = vptv_segment(
+        features, class_model=model, similarity="gaussian", em_update=True, rounding=first_rounding, **common
+    )
     if network_weight <= 0:
         return result
-    colour = result.class_model.cost(torch.as_tensor(features, dtype=torch.float64)[None])[0].numpy()
-    # floor: a network's "impossible" must not outweigh every colour (log 1e-4 ~ -9)
-    cost = colour - network_weight * np.log(np.clip(probabilities, 1e-4, 1.0))
+    cost = _combined_cost(result.class_model, features, probabilities, network_weight)
     combined = vptv_segment(features, cost=cost.astype(np.float32), em_update=False, rounding=rounding, **common)
     combined.class_model = result.class_model
     return combined
+
+
+def _interval_settings(probabilities: np.ndarray, epsilon, tv_weight, max_num_iter, solver: dict) -> dict:
+    """Settings of both solves: the network's class fractions widened to a volume interval
+    (:func:`fraction_interval`), the solver's settings."""
+    return dict(n_classes=probabilities.shape[0], channel_axis=0, volume_bounds=fraction_interval(probabilities),
+                volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, **solver)
+
+
+def _smoothed_features(image, channel_axis, colour_sigma: float) -> np.ndarray:
+    """The solver's features ``(C, *spatial)`` (float32 in [0, 1]), each channel smoothed
+    by a Gaussian of ``colour_sigma`` pixels when it is positive."""
+    from scipy.ndimage import gaussian_filter
+
+    from ..solver.segment import prepare_image
+
+    features = prepare_image(image, channel_axis)
+    if colour_sigma > 0:
+        features = gaussian_filter(features, (0,) + (colour_sigma,) * (features.ndim - 1))
+    return features
+
+
+def _combined_cost(model, features: np.ndarray, probabilities: np.ndarray, network_weight: float) -> np.ndarray:
+    """The colour cost of ``model`` minus ``network_weight`` times the network's log-probabilities."""
+    import torch
+
+    colour = model.cost(torch.as_tensor(features, dtype=torch.float64)[None])[0].numpy()
+    # floor: a network's "impossible" must not outweigh every colour (log 1e-4 ~ -9)
+    return colour - network_weight * np.log(np.clip(probabilities, 1e-4, 1.0))

@@ -278,8 +278,18 @@ def measure_cells(
     n = int(inst.max(initial=0))
     nuc = _per_cell(inst, labels == nucleus, n)[ids - 1] if ids.size else np.zeros(0, np.int64)
     cyt = _per_cell(inst, labels == cytoplasm, n)[ids - 1] if ids.size else np.zeros(0, np.int64)
+    table = _area_columns(got, ids, nuc, cyt, spacing)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table.update(_nucleus_shape(inst, labels == nucleus, ids, image))
+        table.update(_cell_shape_columns(got, labels.shape))
+    if image is not None:
+        table.update(_cytoplasm_colour(inst, labels == cytoplasm, ids, image))
+    return table
+
+
+def _area_columns(got, ids, nuc, cyt, spacing) -> Table:
+    """Centroids, areas (pixels, and um^2 with a ``spacing``) and the nucleus / cytoplasm ratios."""
     area = np.asarray(got["area"], dtype=np.int64)
-    perimeter = np.asarray(got["perimeter"], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         table: Table = {
             "cell": ids,
@@ -295,15 +305,20 @@ def measure_cells(
                 table[f"{part}_area_um2"] = table[f"{part}_area_px"] * pixel
         table["nc_ratio"] = np.where(nuc + cyt > 0, nuc / np.maximum(nuc + cyt, 1), np.nan)
         table["n_to_c"] = np.where(cyt > 0, nuc / np.maximum(cyt, 1), np.where(nuc > 0, np.inf, np.nan))
-        table.update(_nucleus_shape(inst, labels == nucleus, ids, image))
-        table["cell_solidity"] = np.asarray(got["solidity"], dtype=float)
-        table["cell_circularity"] = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
-        h, w = labels.shape
-        table["touches_border"] = ((np.asarray(got["bbox-0"]) == 0) | (np.asarray(got["bbox-1"]) == 0)
-                                   | (np.asarray(got["bbox-2"]) == h) | (np.asarray(got["bbox-3"]) == w))
-    if image is not None:
-        table.update(_cytoplasm_colour(inst, labels == cytoplasm, ids, image))
     return table
+
+
+def _cell_shape_columns(got, shape) -> Table:
+    """Solidity, circularity and whether the cell touches the image border."""
+    area = np.asarray(got["area"], dtype=np.int64)
+    perimeter = np.asarray(got["perimeter"], dtype=float)
+    h, w = shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
+    touches = ((np.asarray(got["bbox-0"]) == 0) | (np.asarray(got["bbox-1"]) == 0)
+               | (np.asarray(got["bbox-2"]) == h) | (np.asarray(got["bbox-3"]) == w))
+    return {"cell_solidity": np.asarray(got["solidity"], dtype=float), "cell_circularity": circularity,
+            "touches_border": touches}
 
 
 def class_areas(labels, n_classes: int, *, class_names: Optional[Sequence[str]] = None,
