@@ -281,40 +281,50 @@ def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[fl
         Bad pairs or options, swapped labels, a base model that cannot be loaded, a
         model that produces NaN (one line each).
     """
+    recipe = _check_options(minutes, steps, keep, recipe, lr)
+    samples = _sample_list(samples, threads)
+    t_start = time.time()
+    model, meta = _load_base(base, device)
+    label_check = _check_labels(model, meta, samples) if check_labels else None
+    clock = _Clock(minutes, steps, len(folds(len(samples), seed)) + 1, callback)
+    verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device, methods)
+    if verdict is None:
+        return FinetuneResult(None, {}, {"better": None}, cancelled=True)
+    if keep == "better" and not verdict["better"]:
+        return FinetuneResult(None, {}, verdict)
+    tuned, res = _train(model, meta, samples, clock, "final", recipe, seed, should_stop, device)
+    if res.cancelled:
+        return FinetuneResult(None, {}, verdict, cancelled=True)
+    _check_finite(tuned, meta, samples, device)
+    runs = {"folds": runs, "final": {"steps": res.steps, "seconds": res.seconds}, "seconds": time.time() - t_start}
+    record = _run_record(base, meta, samples, recipe, seed, runs, verdict, label_check)
+    state = {k: v.detach().cpu() for k, v in tuned.state_dict().items()}
+    return FinetuneResult(state, _metadata(meta, record), verdict)
+
+
+def _sample_list(samples: Sequence, threads: Optional[int]) -> list:
+    """The pairs as a list (a ValueError when there are none); sets torch's thread count when given."""
     import torch
 
-    recipe = _check_options(minutes, steps, keep, recipe, lr)
     samples = list(samples)
     if not samples:
         raise ValueError("no image / mask pair given")
     if threads:
         torch.set_num_threads(int(threads))
-    t_start = time.time()
-    model, meta = _load_base(base, device)
-    label_check = _check_labels(model, meta, samples) if check_labels else None
-    n_folds = len(folds(len(samples), seed))
-    clock = _Clock(minutes, steps, n_folds + 1, callback)
-    result_verdict, runs = _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device,
-                                          methods)
-    if result_verdict is None:
-        return FinetuneResult(None, {}, {"better": None}, cancelled=True)
-    if keep == "better" and not result_verdict["better"]:
-        return FinetuneResult(None, {}, result_verdict)
-    tuned, res = _train(model, meta, samples, clock, "final", recipe, seed, should_stop, device)
-    if res.cancelled:
-        return FinetuneResult(None, {}, result_verdict, cancelled=True)
-    _check_finite(tuned, meta, samples, device)
+    return samples
+
+
+def _run_record(base: str, meta: dict, samples: list, recipe: FinetuneRecipe, seed: int, runs: dict, verdict: dict,
+                label_check) -> dict:
+    """What the fine-tuned model's metadata records about its run; ``runs`` holds the
+    ``"folds"``, ``"final"`` and ``"seconds"`` entries."""
     from .train import _priors
 
-    record = {"base": _base_info(base, meta), "base_finetune": meta.get("finetune"),
-              "images": [_image_record(s) for s in samples], "recipe": recipe.to_dict(), "seed": seed,
-              "folds": runs, "final": {"steps": res.steps, "seconds": res.seconds},
-              "seconds": time.time() - t_start, "verdict": result_verdict, "label_check": label_check,
-              "kept_because": "better" if result_verdict["better"] else "asked (keep='always')",
-              "user_class_fractions": _priors(samples)["mean"]}
-    return FinetuneResult({k: v.detach().cpu() for k, v in tuned.state_dict().items()},
-                          _metadata(meta, record), result_verdict)
-
+    return {"base": _base_info(base, meta), "base_finetune": meta.get("finetune"),
+            "images": [_image_record(s) for s in samples], "recipe": recipe.to_dict(), "seed": seed,
+            **runs, "verdict": verdict, "label_check": label_check,
+            "kept_because": "better" if verdict["better"] else "asked (keep='always')",
+            "user_class_fractions": _priors(samples)["mean"]}
 
 def _image_record(s) -> dict:
     return {"name": s.name, "image_sha256": array_sha256(s.image), "mask_sha256": array_sha256(s.labels),

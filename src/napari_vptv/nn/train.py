@@ -206,6 +206,48 @@ def _checkpoint(ckpt, model, opt, sched, cfg, history):
     os.replace(tmp, ckpt)
 
 
+def _sampling(cfg, sources):
+    """The training sources, their sampling weights, the sampler and augmentation settings."""
+    train_sources = [s for s in sources if s.train]
+    weights = [next(c.get("weight", 1.0) for c in cfg["sources"] if c["name"] == s.name) for s in train_sources]
+    return train_sources, weights, SamplerConfig(**cfg.get("sampler", {})), AugmentConfig(**cfg.get("augment", {}))
+
+
+def _optimiser(model, cfg, total):
+    """Adam and its learning-rate schedule (:func:`_lr_factor`: linear warm-up, then cosine decay)."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    warmup = int(cfg.get("warmup", 200))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
+    return opt, sched
+
+
+def _train_step(model, opt, sched, batch) -> float:
+    """One optimiser step on ``batch`` ``(x, y, volumes)``; the loss before the step."""
+    x, y, vol = batch
+    p = model(x, volumes=vol)
+    loss = torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def _evaluate(model, sources, cfg, step, clock, history, best, keep_best):
+    """Validate at ``step`` and append the record to ``history``; ``clock`` is (start of this
+    run, seconds of the earlier runs). (mean validation score, best weights so far with ``keep_best``)."""
+    t_run, seconds = clock
+    rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet", cfg.get("input_norm", "none")),
+           "seconds": seconds + time.time() - t_run}
+    history.append(rec)
+    _log(json.dumps(rec))
+    val_score = _mean_val_score(rec["val"])
+    if keep_best and val_score is not None and (best is None or val_score > best["val_score"]):
+        best = {"step": step, "val_score": val_score,
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return val_score, best
+
+
 def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, max_minutes: float = 0.0,
           threads: int = 1, init=None, callback=None, should_stop=None, keep_best: bool = False,
           finish_early: bool = False) -> dict:
@@ -236,28 +278,17 @@ def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, 
     torch.manual_seed(int(cfg.get("seed", 0)))
     sources, model = _setup(cfg, data_root, sources)
     cfg = _init_backbone(model, cfg, init)
-    train_sources = [s for s in sources if s.train]
-    weights = [next(c.get("weight", 1.0) for c in cfg["sources"] if c["name"] == s.name) for s in train_sources]
-    scfg = SamplerConfig(**cfg.get("sampler", {}))
-    acfg = AugmentConfig(**cfg.get("augment", {}))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    total, warmup = int(cfg["steps"]), int(cfg.get("warmup", 200))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
+    train_sources, weights, scfg, acfg = _sampling(cfg, sources)
+    total = int(cfg["steps"])
+    opt, sched = _optimiser(model, cfg, total)
     ckpt = out / "checkpoint.pt"
     start, history, seconds = _resume(ckpt, model, opt, sched) if resume and ckpt.exists() else (0, [], 0.0)
     model.train()
     t_run, t_log, loss_sum, n_loss = time.time(), time.time(), 0.0, 0
     step, best = start, None
     while step < total:
-        x, y, vol = _step_batch(train_sources, weights, step, cfg, scfg, acfg)
-        p = model(x, volumes=vol)
-        loss = torch.nn.functional.nll_loss(torch.log(p.clamp(min=1e-8)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss_value = _train_step(model, opt, sched, _step_batch(train_sources, weights, step, cfg, scfg, acfg))
         step += 1
-        loss_value = float(loss.detach())
         loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
         if step % cfg.get("log_every", 50) == 0:
             _log(f"step {step}/{total} loss {loss_sum / n_loss:.4f} {(time.time() - t_log) / n_loss:.2f} s/step")
@@ -266,14 +297,7 @@ def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, 
         stop = out_of_time or bool(should_stop is not None and should_stop())
         val_score = None
         if step % cfg.get("eval_every", 500) == 0 or step == total or stop:
-            rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet", cfg.get("input_norm", "none")),
-                   "seconds": seconds + time.time() - t_run}
-            history.append(rec)
-            _log(json.dumps(rec))
-            val_score = _mean_val_score(rec["val"])
-            if keep_best and val_score is not None and (best is None or val_score > best["val_score"]):
-                best = {"step": step, "val_score": val_score,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            val_score, best = _evaluate(model, sources, cfg, step, (t_run, seconds), history, best, keep_best)
             _checkpoint(ckpt, model, opt, sched, cfg, history)
         if callback is not None:
             callback(step, total, loss_value, val_score)
