@@ -167,8 +167,19 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
         Labels and probabilities of the whole image; ``info["tiles"]`` says how it was
         cut, ``diameter`` is the overview's estimate (or the given one).
     """
-    import dask.array as da
+    rgb, tile = _tile_input(image, opts, tile)
+    diameter = float(opts.diameter or overview_diameter(rgb, opts))
+    if margin is None:
+        margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
+    tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
+    target, total = _run_tiles(rgb, tile, margin, lambda block: segment(block, tile_opts), progress)
+    return _stitched_result(target.labels, target.probabilities, rgb, diameter, white_cell_rule,
+                            {"tiles": {"tile": tile, "margin": int(margin), "count": total},
+                             "diameter": diameter, "diameter_estimated": not opts.diameter})
 
+
+def _tile_input(image, opts: SegmentOptions, tile: Optional[int]):
+    """The RGB image (intensity-normalised, alpha dropped) and the tile side, checked."""
     from .core.io.intensity import normalise_intensity
 
     rgb, _ = normalise_intensity(np.asarray(image))
@@ -178,17 +189,21 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
     tile = int(tile or TILE)
     if tile < 64:
         raise ValueError(f"tile must be at least 64 px, got {tile}")
-    diameter = float(opts.diameter or overview_diameter(rgb, opts))
-    if margin is None:
-        margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
-    tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
+    return rgb, tile
+
+
+def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress):
+    """Segment ``rgb`` tile by tile (``segment_tile(tile_rgb) -> SegmentationResult``)
+    into a :class:`_Stitched`; returns it and the number of tiles."""
+    import dask.array as da
+
     # a fourth (empty) channel: the blocks come back as labels + 3 probabilities, same shape
     arr = da.from_array(np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=-1),
                         chunks=(_axis_chunks(rgb.shape[0], tile, margin), _axis_chunks(rgb.shape[1], tile, margin), 4))
     total, done = int(np.prod(arr.numblocks)), [0]
 
     def run(block):
-        res = segment(block[..., :3], tile_opts)
+        res = segment_tile(block[..., :3])
         out = np.concatenate([res.labels[..., None].astype(np.float32),
                               np.moveaxis(res.probabilities, 0, -1).astype(np.float32)], axis=-1)
         done[0] += 1
@@ -205,9 +220,7 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
         da.store(stitched, target, lock=False, scheduler="synchronous")
     finally:
         _IN_TILES.reset(token)
-    return _stitched_result(target.labels, target.probabilities, rgb, diameter, white_cell_rule,
-                            {"tiles": {"tile": tile, "margin": int(margin), "count": total},
-                             "diameter": diameter, "diameter_estimated": not opts.diameter})
+    return target, total
 
 
 class _Stitched:
