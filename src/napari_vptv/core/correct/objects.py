@@ -282,8 +282,6 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
         _prepare(c, feats[(slice(None),) + c.sl], None if prob is None else prob[c.sl], band=band,
                  mask_weight=mask_weight, volume_mode=volume_mode, target_factor=volume_factor,
                  area_tolerance=area_tolerance, edge=edge, edge_beta=edge_beta, edge_position=edge_position)
-    out = compact.copy()
-    best = np.zeros(compact.shape, np.float32)
     groups = _batches(crops)
     results = {}
     for done, group in enumerate(groups, start=1):
@@ -291,14 +289,29 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
                                              tv_weight=tv_weight, max_num_iter=max_num_iter)):
             results[c.index] = u1
         yield done, len(groups)
+    out = _assemble(compact, crops, results, fill_holes, volume_mode == "interval")
+    return out, _report(out, crops)
+
+
+def _assemble(compact, crops, results, fill_holes, gated):
+    """The corrected labels: each solved object rounded, decided and pasted into a copy
+    of ``compact``."""
+    out = compact.copy()
+    best = np.zeros(compact.shape, np.float32)
     for c in crops:
         if c.index in results:
             new = _round(c, results[c.index], fill_holes)
             if new.any():
-                new = _decide(c, new, volume_mode == "interval")
+                new = _decide(c, new, gated)
                 _paste(out, best, c, new, results[c.index])
             else:
                 c.status = "no evidence"
+    return out
+
+
+def _report(out, crops) -> List[ObjectCorrection]:
+    """One :class:`ObjectCorrection` per crop; ``out`` is cleaned in place (pieces cut
+    off by a neighbour dropped, an object lost to its neighbours restored)."""
     report: List[ObjectCorrection] = []
     for c in crops:
         area = int(c.obj.sum())
@@ -312,4 +325,4 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
             out[c.sl][c.obj] = c.index
             after, c.status, c.moved = area, "no evidence", 0.0
         report.append(ObjectCorrection(c.index, area, after, c.status, round(c.moved, 2)))
-    return out, report
+    return report
