@@ -54,6 +54,7 @@ import numpy as np
 from ..solver.segment import prepare_image
 from .evidence import EDGE_POSITIONS
 from .objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
+from .semantic import semantic_iter
 
 __all__ = [
     "correct_mask", "correct_mask_iter", "run_correction", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
@@ -133,116 +134,6 @@ def _check_params(mode, similarity, volume_factor, volume_tolerance, margin, eps
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
 
 
-# ----------------------------------------------------------------------------- costs
-def _fit_cost(features, labels, weights_mask, n_classes, similarity):
-    """Costs ``(K, *spatial)`` in [0, 1] from a class model fitted to ``labels``.
-
-    The model (Gaussian per class, or a colour histogram) is fitted on the pixels
-    where ``weights_mask`` is True. The negative log-likelihoods are turned into
-    differences to the best class and clipped at ``_CLIP`` nats, then divided by
-    ``_CLIP``: a pixel's costs say how much less likely each class is than the best
-    one, with very unlikely classes saturating (robust to colour outliers).
-    """
-    import torch
-
-    from ..solver.costs import GaussianModel, HistogramModel
-
-    c = features.shape[0]
-    pix = features.reshape(c, -1)[:, weights_mask.ravel()].T.astype(np.float64)  # (P, C)
-    lab = labels.ravel()[weights_mask.ravel()]
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
-    if similarity == "histogram":
-        model = HistogramModel.fit(pix, lab, n_classes, bins=16 if c > 1 else 64, sigma=1.0, floor=1e-4)
-    else:
-        means = np.empty((n_classes, c))
-        covs = np.empty((n_classes, c, c))
-        spread = np.atleast_2d(np.cov(pix.T)) if pix.shape[0] > 1 else np.eye(c) * 1e-2
-        for i in range(n_classes):
-            p = pix[lab == i]
-            if p.shape[0] == 0:
-                means[i] = pix.mean(0)
-                covs[i] = spread
-                continue
-            means[i] = p.mean(0)
-            covs[i] = np.atleast_2d(np.cov(p.T)) if p.shape[0] > c + 1 else spread
-        model = GaussianModel(means, covs, similarity)
-    with torch.no_grad():
-        nll = model.cost(x)[0].double().numpy()
-    if similarity == "mean":
-        # squared distances -> nats with the pooled per-channel variance of the classes
-        var = float(np.mean([np.trace(cv) / c for cv in covs]))
-        nll = nll / (2 * max(var, 1e-6))
-    diff = nll - nll.min(axis=0, keepdims=True)
-    return (np.minimum(diff, _CLIP) / _CLIP).astype(np.float32)
-
-
-_CLIP = 8.0
-
-
-def _prob_cost(p_classes):
-    """Costs in [0, 1] from class probabilities ``(K, ...)`` (same clipping as colour)."""
-    nll = -np.log(np.clip(p_classes, 1e-6, None))
-    diff = nll - nll.min(axis=0, keepdims=True)
-    return (np.minimum(diff, _CLIP) / _CLIP).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- solver
-def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device,
-           domain=None):
-    """VPTV labels of a crop; two classes are rounded by a quantile of ``u_1``.
-
-    For two classes the volume-respecting rounding of
-    :func:`napari_vptv.core.solver.segment.round_to_volumes` (the ``eps -> 0`` transport
-    limit with cost ``-log u``) is a threshold: the ``V_1 |Omega|`` pixels with the
-    largest ``log u_1 - log u_0`` (= largest ``u_1``) are class 1. It is computed
-    directly here (a sort instead of an eps-scaling loop). In interval mode the
-    argmax count is clipped to the bounds.
-    """
-    from ..solver.segment import vptv_segment
-
-    volumes = np.asarray(volumes, dtype=float)
-    kw = {}
-    if volume_tolerance > 0:
-        lo = np.clip(volumes * (1 - volume_tolerance), 0, 1)
-        hi = np.clip(volumes * (1 + volume_tolerance), 0, 1)
-        # keep the interval feasible: sum lo <= 1 <= sum hi
-        kw["volume_bounds"] = (lo, np.maximum(hi, volumes))
-    else:
-        kw["volumes"] = volumes
-    two = len(volumes) == 2
-    res = vptv_segment(
-        features,
-        len(volumes),
-        cost=cost,
-        epsilon=epsilon,
-        tv_weight=tv_weight,
-        edge=edge,
-        channel_axis=0,
-        max_num_iter=max_num_iter,
-        rounding="argmax" if two else "volume",
-        seed=seed,
-        device=device,
-        **kw,
-    )
-    if not two:
-        return res.labels
-    u1 = res.probabilities[1]
-    n = u1.size
-    if volume_tolerance > 0:
-        lo, hi = kw["volume_bounds"][0][1] * n, kw["volume_bounds"][1][1] * n
-        count = int(np.clip(np.count_nonzero(u1 > 0.5), np.ceil(lo), np.floor(hi)))
-    else:
-        count = int(round(volumes[1] * n))
-    score = u1.ravel().astype(np.float64)
-    if domain is not None:
-        score[~domain.ravel()] = -1.0
-        count = min(count, int(domain.sum()))
-    order = np.argsort(-score, kind="stable")
-    labels = np.zeros(n, np.int32)
-    labels[order[:count]] = 1
-    return labels.reshape(u1.shape)
-
-
 def _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance):
     """``(mode, area_tolerance)``: None -> "factor" if a factor is given, else "interval"."""
     if volume_mode is None:
@@ -256,45 +147,6 @@ def _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tole
     return volume_mode, area_tolerance
 
 
-def _semantic_iter(features, m, model_prob, *, volume_factor, volume_tolerance, similarity, em_rounds,
-                   epsilon, tv_weight, edge, max_num_iter, seed, device, out_dtype):
-    spatial = features.shape[1:]
-    values, inverse = np.unique(m, return_inverse=True)
-    inverse = inverse.reshape(m.shape)
-    k = values.size
-    if k < 2:
-        raise ValueError(
-            f"semantic mode needs at least two classes in the mask (e.g. background and nucleus), "
-            f"got only the value {int(values[0])}"
-        )
-    frac = np.bincount(inverse.ravel(), minlength=k) / inverse.size
-    if volume_factor != 1.0:
-        # the factor scales the foreground classes; the first (lowest) value is background
-        fg = frac[1:] * volume_factor
-        if fg.sum() >= 1:
-            raise ValueError(
-                f"volume_factor {volume_factor} makes the foreground classes cover {fg.sum():.3f} >= 1 of the image"
-            )
-        frac = np.concatenate([[1 - fg.sum()], fg])
-    frac = np.clip(frac, 1e-6, None)
-    frac = frac / frac.sum()
-    if model_prob is not None and k != 3:
-        raise ValueError(
-            f"evidence in semantic mode needs a 3-class mask (background, cytoplasm, nucleus), "
-            f"got {k} classes {values.tolist()}"
-        )
-    total = 1 + (0 if model_prob is not None else int(em_rounds))
-    labels = inverse
-    for r in range(total):
-        if model_prob is not None:
-            cost = _prob_cost(model_prob)
-        else:
-            cost = _fit_cost(features, labels, np.ones(spatial, bool), k, similarity)
-        labels = _solve(features, cost, frac, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device)
-        yield CorrectionProgress(r + 1, total, 0)
-    return values[labels].astype(out_dtype)
-
-
 def _check_evidence(evidence, spatial, mode):
     if evidence is None:
         return None
@@ -305,6 +157,13 @@ def _check_evidence(evidence, spatial, mode):
     if not np.all(np.isfinite(ev)) or ev.min() < 0 or ev.max() > 1:
         raise ValueError("evidence must hold probabilities in [0, 1]")
     return ev
+
+
+def _check_modes(stack_mode, edge_position):
+    if stack_mode not in STACK_MODES:
+        raise ValueError(f"stack_mode must be one of {STACK_MODES}, got {stack_mode!r}")
+    if edge_position is not None and edge_position not in EDGE_POSITIONS:
+        raise ValueError(f"edge_position must be one of {EDGE_POSITIONS} or None, got {edge_position!r}")
 
 
 def _check_object_params(mask_weight, smooth, band):
@@ -353,10 +212,7 @@ def correct_mask_iter(
     """
     _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
                   em_rounds, max_num_iter)
-    if stack_mode not in STACK_MODES:
-        raise ValueError(f"stack_mode must be one of {STACK_MODES}, got {stack_mode!r}")
-    if edge_position is not None and edge_position not in EDGE_POSITIONS:
-        raise ValueError(f"edge_position must be one of {EDGE_POSITIONS} or None, got {edge_position!r}")
+    _check_modes(stack_mode, edge_position)
     volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance,
                                                        area_tolerance)
     _check_object_params(mask_weight, smooth, band)
@@ -364,22 +220,26 @@ def correct_mask_iter(
     if edge_position is None:  # as annotated: the outer rim of fluorescence, the gradient of stained nuclei
         edge_position = "rim" if features.shape[0] == 1 else "gradient"
     spatial = features.shape[1:]
-    mask_in = np.asarray(mask)
-    m = _check_mask(mask, spatial)
-    out_dtype = mask_in.dtype if np.issubdtype(mask_in.dtype, np.integer) else np.int32
-
+    m, out_dtype = _check_mask(mask, spatial), _out_dtype(mask)
     model_prob = _check_evidence(evidence, spatial, mode)
+    solver_kw = dict(epsilon=epsilon, tv_weight=tv_weight, edge=edge, max_num_iter=max_num_iter)
     if mode == "semantic":
-        return (yield from _semantic_iter(
-            features, m, model_prob, volume_factor=volume_factor, volume_tolerance=volume_tolerance,
-            similarity=similarity, em_rounds=em_rounds, epsilon=epsilon, tv_weight=tv_weight, edge=edge,
-            max_num_iter=max_num_iter, seed=seed, device=device, out_dtype=out_dtype))
+        kw = dict(volume_factor=volume_factor, volume_tolerance=volume_tolerance, em_rounds=em_rounds, seed=seed)
+        gen = semantic_iter(features, m, model_prob, similarity=similarity, device=device, out_dtype=out_dtype,
+                            **kw, **solver_kw)
+        return (yield from _relay(gen))
 
-    return (yield from _objects_iter(
-        features, m, stack_mode=stack_mode, out_dtype=out_dtype, report=report, volume_mode=volume_mode,
-        volume_factor=volume_factor, area_tolerance=area_tolerance, band=None if band is None else int(band),
-        margin=margin, mask_weight=mask_weight, epsilon=epsilon, tv_weight=tv_weight, edge=edge, smooth=smooth,
-        fill_holes=fill_holes, max_num_iter=max_num_iter, prob=model_prob, edge_position=edge_position))
+    volume_kw = dict(volume_mode=volume_mode, volume_factor=volume_factor, area_tolerance=area_tolerance)
+    object_kw = dict(band=None if band is None else int(band), margin=margin, mask_weight=mask_weight, smooth=smooth)
+    gen = _objects_iter(features, m, stack_mode=stack_mode, out_dtype=out_dtype, report=report, prob=model_prob,
+                        fill_holes=fill_holes, edge_position=edge_position, **object_kw, **volume_kw, **solver_kw)
+    return (yield from gen)
+
+
+def _out_dtype(mask):
+    """The dtype of the corrected labels: the mask's for integer masks, else int32."""
+    mask_in = np.asarray(mask)
+    return mask_in.dtype if np.issubdtype(mask_in.dtype, np.integer) else np.int32
 
 
 def _compact_ids(m, planes):
