@@ -1,12 +1,14 @@
 """Pieces of a segmentation run in the "VPTV segmentation" widget that need no widget:
-the slices still to do of a resumed stack, the network details of a result, and
-moving the viewer to the slice being processed."""
+the slices still to do of a resumed stack, the network details of a result,
+moving the viewer to the slice being processed, and the plane it shows."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-__all__ = ["index_key", "pieces", "network_details", "show_slice"]
+import numpy as np
+
+__all__ = ["index_key", "pieces", "network_details", "show_slice", "current_plane"]
 
 
 def index_key(index) -> str:
@@ -48,3 +50,16 @@ def show_slice(viewer, layer, index) -> None:
             viewer.dims.set_point(offset + a, float(layer.translate[a] + layer.scale[a] * i))
     except Exception:  # noqa: BLE001 - only where the viewer looks
         pass
+
+
+def current_plane(viewer, layer) -> np.ndarray:
+    """The 2-D plane (plus colour) of ``layer`` at the viewer's current position."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[-1]
+    n_lead = data.ndim - (3 if layer.rgb else 2)
+    step = tuple(viewer.dims.current_step)
+    # layer axes are the last layer.ndim world axes
+    world = step[len(step) - layer.ndim:] if len(step) >= layer.ndim else (0,) * layer.ndim
+    index = tuple(min(max(int(i), 0), data.shape[a] - 1) for a, i in enumerate(world[:n_lead]))
+    return np.asarray(data[index] if index else data)

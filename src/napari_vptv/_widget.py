@@ -5,7 +5,8 @@ the pretrained VPTVU-net (the default), the U-net, the user's fine-tuned network
 the variational VPTV solver. The fields and their checks
 live in :mod:`napari_vptv._widget_fields`, the output layers' ownership, names and
 class colours in :mod:`napari_vptv._outputs`, the measurement table in
-:mod:`napari_vptv._measure_table`; this module runs.
+:mod:`napari_vptv._measure_table`, the result layers of a run (output, cells, numbers)
+in :mod:`napari_vptv._widget_results`; this module runs.
 
 * The work is the napari-free generator :func:`napari_vptv.core.batch.stack.segment_stack`
   run in a ``napari.qt.threading.thread_worker``; a napari progress bar counts slices
@@ -37,13 +38,13 @@ from magicgui.widgets import Container, Label, PushButton
 from psygnal import Signal
 
 from . import _warmup
-from ._common import METADATA_KEY, WidgetRunMixin, layer_id
-from ._counting import NUMBERS_KIND, add_cell_numbers, pixel_size_field, pixel_size_of
+from ._common import METADATA_KEY, WidgetRunMixin
+from ._counting import pixel_size_field, pixel_size_of
 from ._help import help_link, wrap_tooltips
 from ._layout import Form, advanced_section, dock_body
-from ._measure_table import MeasurementTable, add_cells_layer, measure_result
-from ._outputs import RESULT_OPACITY, apply_classes, claim, find_own_output, live_layer, method_label, seal, tag
-from ._stack_run import index_key, network_details, pieces, show_slice
+from ._measure_table import MeasurementTable
+from ._outputs import live_layer, method_label, seal
+from ._stack_run import network_details, pieces, show_slice
 from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     METHOD_NET,
     METHOD_VPTV,
@@ -59,20 +60,18 @@ from ._widget_fields import (  # noqa: F401 - re-exported names of the fields
     fmt,
     wrapped,
 )
+from ._widget_results import OUTPUT_KIND, ResultLayersMixin
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 __all__ = ["SegmentationWidget", "METADATA_KEY"]
 
-OUTPUT_KIND = "segmentation"
-
-
 class _Cancelled(Exception):
     """Raised from the solver's iteration callback when Cancel was pressed."""
 
 
-class SegmentationWidget(WidgetRunMixin, SegmentSettings):
+class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
     """Dock widget "VPTV segmentation".
 
     Parameters
@@ -119,7 +118,20 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self._status_is_problem = False
         self._handling = False  # a worker event is being handled (see _one_at_a_time)
         self._pending: list = []
+        buttons = self._build_controls()
+        self.results = MeasurementTable(napari_viewer)
+        self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
+        self.body = self._build_body(buttons)
+        wrap_tooltips(self.body)
+        wrap_tooltips(self.results)
+        self._connect()
+        self._reset_image_choices()
+        self.restore_or_default(self._defaults, self._restore_settings)  # the last session's settings
+        self._refresh_run_state()
+        _warmup.start()  # napari's first-use compiling, off the GUI thread
 
+    def _build_controls(self):
+        """Run, Cancel and Reset (returned as a row), the help link and the reason Run is disabled."""
         self.run_button = PushButton(text="Run", tooltip="Segment the chosen image with these settings (a "
                                                          "stack slice by slice; a cancelled stack resumes)")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
@@ -131,9 +143,11 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         self.reason = wrapped(Label(label="", value=""))
         self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
         self.reason.visible = False
-        self.results = MeasurementTable(napari_viewer)
-        self._defaults = {key: w.value for key, w in self._persisted_widgets().items()}
-        self.body = dock_body(self, [
+        return buttons
+
+    def _build_body(self, buttons):
+        """The scrolling body: the fields in their groups, the buttons, status and table."""
+        return dock_body(self, [
             self.help_link,
             Form([self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
                   self.auto_note, self.volumes, self.lower, self.upper]),
@@ -144,8 +158,9 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             self.notice, buttons, self.reason, Form([self.status]),
             self.results,  # full width (outside the label column): the table needs the room
         ])
-        wrap_tooltips(self.body)
-        wrap_tooltips(self.results)
+
+    def _connect(self):
+        """Buttons, fields and the viewer's layer list to the widget's handlers."""
         self.run_button.changed.connect(lambda *_: self.run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         for w in self._persisted_widgets().values():
@@ -155,10 +170,6 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
         layers_events = self.viewer.layers.events
         for ev in (layers_events.inserted, layers_events.removed, layers_events.reordered):
             ev.connect(self._reset_image_choices)
-        self._reset_image_choices()
-        self.restore_or_default(self._defaults, self._restore_settings)  # the last session's settings
-        self._refresh_run_state()
-        _warmup.start()  # napari's first-use compiling, off the GUI thread
 
     # ------------------------------------------------------------ choices / state
     def _reset_image_choices(self, *_):
@@ -415,146 +426,6 @@ class SegmentationWidget(WidgetRunMixin, SegmentSettings):
             if self.measure.value:
                 self._measure(out)
         self._refresh_run_state()
-
-    def _named(self, volumes) -> str:
-        names = self._run_state["names"]
-        return ", ".join(f"{name} {float(v):.3g}" for name, v in zip(names, np.ravel(volumes)))
-
-    def _done_message(self) -> str:
-        st = self._run_state
-        vol = st["layer"].metadata[METADATA_KEY]["volumes"]
-        what = f"{st['total']} slices, mean fractions" if st["total"] > 1 else "fractions"
-        net = st["network"]
-        extra = ""
-        if net is not None and not net["diameter"]:
-            extra = "; no white cell found"
-        elif net is not None:
-            how = "estimated" if net.get("estimated") else "given"
-            extra = f"; cell diameter {net['diameter']:.0f} px ({how})"
-            if net.get("removed"):
-                extra += f"; {net['removed']} region(s) without a nucleus set to background"
-        return f"done: {st['layer'].name!r}; {what}: {self._named(vol)}{extra}"
-
-    def _measure(self, out):
-        from napari.utils.notifications import show_warning
-
-        st = self._run_state
-        diameter = float(self.diameter.value) or (st["network"] or {}).get("diameter") or None
-        size = float(self.pixel_size.value)
-        try:
-            cells, frames, instances = measure_result(np.asarray(out.data), st["image"], names=st["names"],
-                                                      diameter=diameter, spacing=(size, size) if size else None)
-        except Exception as exc:  # noqa: BLE001 - a failed measurement keeps the result
-            self._error(f"Measurements failed: {exc}", show_warning)
-            return
-        self.cells_layer = None
-        if cells is not None:
-            self._add_cell_layers(out, cells, instances)
-        tag(out, {"measurements": {"cells": None if cells is None else int(len(cells["cell"])),
-                                   "frames": int(len(frames["frame"]))}, "pixel_size_um": size or None})
-        seal(out)
-        self.results.show_tables(cells, frames, cells_layer=self.cells_layer, source=out.name)
-
-    def _add_cell_layers(self, out, cells, instances):
-        """The cell instances (contours, the table as features) and their numbers on the image;
-        with "Keep previous results" off they replace the plugin's own untouched ones."""
-        st = self._run_state
-        size = float(self.pixel_size.value)
-        meta = {"source": st["source"], "method": st["params"]["method"], "result": out.name,
-                "pixel_size_um": size or None}
-
-        def own(kind):
-            return None if self.keep_previous.value else find_own_output(
-                self.viewer.layers, kind=kind, source=st["source"], method=st["params"]["method"])
-
-        old = own("cells")
-        if old is not None:
-            self.viewer.layers.remove(old)  # the plugin's own untouched cells layer of the replaced result
-        name = self._free_name(f"{st['source']} cells ({st['label']})")
-        self.cells_layer = add_cells_layer(self.viewer, instances, cells, name=name, like=out, meta=meta)
-        old = own(NUMBERS_KIND)
-        self.numbers_layer = add_cell_numbers(
-            self.viewer, cells, like=out, meta=meta, old=old,
-            name=self._free_name(f"{st['source']} cell numbers ({st['label']})", old))
-        self.viewer.layers.selection.active = out
-
-    # ------------------------------------------------------------ output layer
-    def _output_layer(self):
-        """The output Labels layer of this run: resumed, replaced (own) or new."""
-        from napari_vptv.core.batch.stack import label_dtype
-
-        st = self._run_state
-        if live_layer(self.viewer.layers, st["layer"]) is not None:
-            return st["layer"]
-        shape, method = st["label_shape"], st["params"]["method"]
-        own = find_own_output(self.viewer.layers, kind=OUTPUT_KIND, source=st["source"], method=method)
-        if own is not None and own.data.shape != shape:
-            own = None
-        resume = own is not None and self._resumable(own)
-        if resume:
-            st["done_indices"] = [list(i) for i in own.metadata[METADATA_KEY].get("done_indices", [])]
-            st["volumes"] = {tuple(map(int, k.split(","))) if k else (): np.asarray(v) for k, v in
-                             (own.metadata[METADATA_KEY].get("slice_volumes") or {}).items()}
-            st["done"] = len(st["done_indices"])
-            layer = own
-        elif own is not None and not self.keep_previous.value:
-            own.data = np.zeros(shape, dtype=label_dtype(st["spec"].n_classes))
-            layer = own
-        else:
-            layer = self.viewer.add_labels(np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
-                                           name=self._free_name(self._base_name()), scale=tuple(st["image"].scale),
-                                           translate=tuple(st["image"].translate), opacity=RESULT_OPACITY)
-            claim(layer)
-        layer.name = self._free_name(self._base_name(), layer)
-        apply_classes(layer, st["names"])
-        st["layer"] = layer
-        self.output_layer = layer
-        self._update_metadata(layer, complete=False)
-        return layer
-
-    def _resumable(self, layer) -> bool:
-        meta = layer.metadata[METADATA_KEY]
-        done = meta.get("done_indices") or []
-        return (not meta.get("complete") and str(meta.get("status", "")).startswith("cancelled")
-                and meta.get("params") == self._run_state["params"] and 0 < len(done) < meta.get("slices_total", 0))
-
-    def _base_name(self) -> str:
-        st = self._run_state
-        return f"{st['source']} VPTV ({st['label']})"
-
-    def _rename(self, layer, note: str):
-        layer.name = self._free_name(f"{self._base_name()} ({note})", layer)
-        seal(layer)  # the plugin's own rename: still untouched
-
-    def _update_metadata(self, layer, *, complete: bool, status: Optional[str] = None):
-        st = self._run_state
-        per = st["volumes"]
-        volumes = np.mean(np.stack(list(per.values())), axis=0).tolist() if per else []
-        n, m = st["done"], st["total"]
-        spec = st["spec"]
-        tag(layer, {
-            "kind": OUTPUT_KIND,
-            "source": st["source"],
-            "image_id": layer_id(st["image"]),  # the source image, even once renamed
-            "method": st["params"]["method"],
-            "method_label": st["label"],
-            "class_names": list(st["names"]),
-            "params": dict(st["params"]),
-            "volume_spec": {  # "auto": the method's own per-image prior
-                "mode": "auto" if st["params"]["volume_mode"] == "auto" else spec.mode,
-                "volumes": None if spec.volumes is None else spec.volumes.tolist(),
-                "lower": None if spec.lower is None else spec.lower.tolist(),
-                "upper": None if spec.upper is None else spec.upper.tolist(),
-            },
-            "complete": bool(complete),
-            "slices_done": n,
-            "slices_total": m,
-            "done_indices": [list(i) for i in st["done_indices"]],
-            "status": status or ("complete" if complete else f"running: {n} of {m} slices"),
-            "volumes": volumes,
-            "slice_volumes": {index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
-            "network": st["network"],
-        })
 
     # ------------------------------------------------------------------ status
     def _timer_start(self):

@@ -44,6 +44,17 @@ def fmt(values) -> str:
     return ", ".join(f"{float(v):.3g}" for v in np.ravel(values))
 
 
+def shown_value(widget) -> str:
+    """``"Seed 7"``, ``"Measure cells (WBC classes) off"``: a field as the panel shows it."""
+    name = widget.label or getattr(widget, "text", "") or ""
+    value = widget.value
+    if isinstance(value, bool):
+        return f"{name} {'on' if value else 'off'}"
+    if hasattr(widget, "current_choice"):
+        return f"{name} {widget.current_choice}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
 #: The network whose probabilities seed the default method's per-image colour model.
 DEFAULT_SEED_NETWORK = "unet"
 SEED_MODEL_TIP = ("The network whose confident pixels seed the per-image colour model: the shipped U-net "

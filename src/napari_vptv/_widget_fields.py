@@ -25,6 +25,7 @@ from magicgui.widgets import Container
 
 from ._help import wrap_tip
 from ._outputs import class_names_for, legend_html, name_classes_in
+from ._stack_run import current_plane
 from ._widget_controls import (  # noqa: F401 - the controls' names, used by the widget and the tests
     AUGMENT_WIDGET_CHOICES,
     DEFAULT_SEED_LABEL,
@@ -49,23 +50,13 @@ from ._widget_controls import (  # noqa: F401 - the controls' names, used by the
     VOLUME_CHOICES,
     build_fields,
     fmt,
+    shown_value,
     wrapped,
 )
 from ._widget_methods import VOLUME_AUTO, auto_description, network_choices, resolve_network
 from .api import wbc_priors
 from .options import SegmentOptions
 from .user_models import SHIPPED, SHIPPED_LABELS
-
-
-def _shown_value(widget) -> str:
-    """``"Seed 7"``, ``"Measure cells (WBC classes) off"``: a field as the panel shows it."""
-    name = widget.label or getattr(widget, "text", "") or ""
-    value = widget.value
-    if isinstance(value, bool):
-        return f"{name} {'on' if value else 'off'}"
-    if hasattr(widget, "current_choice"):
-        return f"{name} {widget.current_choice}"
-    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
 
 
 class SegmentSettings(Container):
@@ -335,7 +326,7 @@ class SegmentSettings(Container):
         widgets = self._persisted_widgets()
         diff = [widgets[k] for k in restored if defaults.get(k) != widgets[k].value]
         if diff:  # the same as the defaults: nothing to tell
-            shown = ", ".join(_shown_value(w) for w in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5
+            shown = ", ".join(shown_value(w) for w in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5
                                                                     else "")
             self.show_notice(f"Settings of your last run restored: {shown}. 'Reset to defaults' undoes this.")
             self._set_status("ready (settings of the last run restored)")
@@ -389,15 +380,7 @@ class SegmentSettings(Container):
 
     def _current_slice(self, layer) -> np.ndarray:
         """The 2-D plane (plus colour) of ``layer`` at the viewer's current position."""
-        data = layer.data
-        if getattr(layer, "multiscale", False):
-            data = data[-1]
-        n_lead = data.ndim - (3 if layer.rgb else 2)
-        step = tuple(self.viewer.dims.current_step)
-        # layer axes are the last layer.ndim world axes
-        world = step[len(step) - layer.ndim:] if len(step) >= layer.ndim else (0,) * layer.ndim
-        index = tuple(min(max(int(i), 0), data.shape[a] - 1) for a, i in enumerate(world[:n_lead]))
-        return np.asarray(data[index] if index else data)
+        return current_plane(self.viewer, layer)
 
     def _mark_volume_fields(self):
         """Mark volume fields red while they do not parse as a valid constraint."""
