@@ -204,8 +204,6 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__(labels=False)  # the fields go into a scrolling body (_layout.dock_body)
-        from .user_models import user_models_dir
-
         self.viewer = napari_viewer
         self.worker = None
         self.result = None
@@ -217,6 +215,25 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self._pbar = None
         self._relay = _Relay(self._on_step)
 
+        self._build_pair_controls()
+        self._build_training_controls()
+        buttons = self._build_run_controls()
+        self.help_link = help_link(self.HELP_SECTION, self)
+        self.body = dock_body(self, [
+            self.help_link,
+            Form([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir,
+                  self.model_name, self.base, self.minutes, self.replace, self.keep_anyway]),
+            buttons, Form([self.progress, self.live, self.curve, self.status]),
+        ])
+        self._connect_signals()
+        for name, text in TIPS.items():
+            getattr(self, name).tooltip = text
+        wrap_tooltips(self.body)
+        self._restore_settings()
+        self._on_pairs_from()
+
+    def _build_pair_controls(self) -> None:
+        """Where the image / mask pairs come from: Labels layers, or two folders."""
         self.pairs_from = ComboBox(label="Pairs from", choices=[FROM_LAYERS, FROM_FOLDERS], value=FROM_LAYERS)
         self.pairs = Select(label="Labels ⟵ Image", choices=self._pair_choices,
                             tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus), each "
@@ -230,6 +247,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False,
                                   tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2")
+
+    def _build_training_controls(self) -> None:
+        """The model's name, its base, the time budget and when to save it."""
         self.model_name = LineEdit(label="Model name", value="my-model")
         self.base = ComboBox(label="Start from", choices=self._base_choices,
                              tooltip="a shipped generalist, or one of your models to continue training it")
@@ -239,6 +259,11 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.keep_anyway = CheckBox(text="Save even if not better", value=False,
                                     tooltip="by default the model is saved only when it beats the base model on "
                                             "your held-out pairs (cross-validation)")
+
+    def _build_run_controls(self) -> Container:
+        """Train / Cancel (returned in a row), the progress bar, the live loss and the status line."""
+        from .user_models import user_models_dir
+
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
                                         tooltip="stop after the current step; nothing is saved")
@@ -250,13 +275,10 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.curve = Label(label="Loss curve", value="")
         self.status = Label(label="Status", value=f"ready; models are saved in {user_models_dir()}")
         self.status.native.setWordWrap(True)
-        self.help_link = help_link(self.HELP_SECTION, self)
-        self.body = dock_body(self, [
-            self.help_link,
-            Form([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir,
-                  self.model_name, self.base, self.minutes, self.replace, self.keep_anyway]),
-            buttons, Form([self.progress, self.live, self.curve, self.status]),
-        ])
+        return buttons
+
+    def _connect_signals(self) -> None:
+        """The fields' and buttons' handlers; the pair list follows the viewer's layers."""
         self.pairs_from.changed.connect(self._on_pairs_from)
         self.show_all.changed.connect(self.reset_choices)
         self.pairs.changed.connect(self._update_pairs_note)
@@ -265,11 +287,6 @@ class FinetuneWidget(WidgetRunMixin, Container):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
-        for name, text in TIPS.items():
-            getattr(self, name).tooltip = text
-        wrap_tooltips(self.body)
-        self._restore_settings()
-        self._on_pairs_from()
 
     def _persisted_widgets(self) -> Dict[str, Any]:
         return {"pairs_from": self.pairs_from, "minutes": self.minutes}
