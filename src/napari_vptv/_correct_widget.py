@@ -27,6 +27,9 @@ kept exactly / scaled by a known factor
   is shown only for 3-D layers.
 * Bad inputs are shown as napari notifications and in the status line.
 
+The preview layers and what Accept / Discard / Table do live in
+:mod:`napari_vptv._correct_preview`.
+
 Heavy imports (torch, the solver) happen inside the functions that need them.
 """
 
@@ -46,10 +49,11 @@ __all__ = ["CorrectMaskWidget", "METADATA_KEY", "KIND"]
 #: segmentation widget).
 from . import _warmup
 from ._common import METADATA_KEY, WidgetRunMixin, layer_id
+from ._correct_preview import AFTER_COLOUR, BEFORE_COLOUR, BEFORE_KIND, CorrectPreviewMixin  # noqa: F401 - re-exported
 from ._correct_report import changes_table, report_summary
 from ._help import help_link, wrap_tooltips
 from ._layout import Form, advanced_section, dock_body
-from ._outputs import claim, live_layer, same_layer, single_colour, tag
+from ._outputs import live_layer
 from ._widget_controls import LABEL_EDGE, LABEL_EPSILON, LABEL_TV
 
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
@@ -96,23 +100,6 @@ def _engine(img, lab, rgb, model, report, kwargs):
     return (yield from correct_mask_iter(img, lab, channel_axis=-1 if rgb else None, report=report, **kwargs))
 
 
-#: The preview's outlines (after the correction) and the given mask's (before): colours
-#: unlike napari's label colours of the input and unlike each other.
-AFTER_COLOUR = "#00FFFF"
-BEFORE_COLOUR = "#FF00FF"
-BEFORE_KIND = "correct_mask_before"
-
-
-def _show_changes(layer, table) -> None:
-    """Draw the output as outlines in :data:`AFTER_COLOUR` (over the filled input: both
-    visible) and give every object its area before / after as layer features."""
-    single_colour(layer, AFTER_COLOUR)
-    layer.contour = 2
-    layer.opacity = 1.0
-    if len(table):
-        layer.features = table
-
-
 def _kind(layer):
     meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
     return meta.get("kind") if isinstance(meta, dict) else None
@@ -123,7 +110,7 @@ def _is_ground_truth(layer) -> bool:
     return isinstance(meta, dict) and meta.get("role") == "ground_truth"
 
 
-class CorrectMaskWidget(WidgetRunMixin, Container):
+class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
     """Dock widget "Correct mask".
 
     Parameters
@@ -155,6 +142,25 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         # previews not yet accepted or discarded, the newest last: {"layer", "target", "given", "source"}
         self._previews: list = []
 
+        self._build_choices()
+        self._build_numbers()
+        self.status = Label(label="Status", value="ready")
+        self.status.native.setWordWrap(True)
+        self.help_link = help_link(self.HELP_SECTION, self)
+        self.body = self._build_body()
+        for name, text in TIPS.items():
+            getattr(self, name).tooltip = text
+        wrap_tooltips(self.body)
+        self._connect()
+        self.reset_choices()
+        self._update_stack_choice()
+        _warmup.start()  # napari's first-use compiling, off the GUI thread
+        # the last session's settings (see _common.settings_dir)
+        if self._restore_settings():
+            self._set_status("ready (settings of the last run restored)")
+
+    def _build_choices(self):
+        """The layer choices and the choice fields (mode, costs, area, edge, stack)."""
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self.labels = ComboBox(label="Labels", choices=self._labels_choices, nullable=False)
         self.mode = ComboBox(label="Mode", choices=["objects", "semantic"], value="objects",
@@ -169,6 +175,13 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                               "dimmer rim (as fluorescence nuclei are annotated), halfway between "
                                               "background and interior, or on the strongest gradient (as stained "
                                               "nuclei are). Outlines already on an edge are kept")
+        self.stack_mode = ComboBox(label="Stack", choices=list(STACK_CHOICES), value=STACK_DEFAULT,
+                                   tooltip="3-D Labels: 3-D = every id is one 3-D object; slice by slice = "
+                                           "every plane of the first axis corrected on its own (e.g. a time "
+                                           "series or planes far apart)")
+
+    def _build_numbers(self):
+        """The numeric fields and check boxes of the correction."""
         self.band = SpinBox(label="Band (px, 0 = auto)", min=0, max=1000, value=0,
                             tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
                                     "half its equivalent radius within 4-6 px")
@@ -191,14 +204,10 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
         self.edge = CheckBox(text=LABEL_EDGE, value=True)
         self.fill_holes = CheckBox(text="Fill holes", value=True)
         self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
-        self.stack_mode = ComboBox(label="Stack", choices=list(STACK_CHOICES), value=STACK_DEFAULT,
-                                   tooltip="3-D Labels: 3-D = every id is one 3-D object; slice by slice = "
-                                           "every plane of the first axis corrected on its own (e.g. a time "
-                                           "series or planes far apart)")
-        self.status = Label(label="Status", value="ready")
-        self.status.native.setWordWrap(True)
-        self.help_link = help_link(self.HELP_SECTION, self)
-        self.body = dock_body(self, [
+
+    def _build_body(self):
+        """The scrolling body: the fields in their groups, the buttons and the status."""
+        return dock_body(self, [
             self.help_link,
             Form([self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode,
                   self.edge_position, self.band, self.volume_factor, self.volume_tolerance]),
@@ -206,21 +215,15 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
                                      self.edge, self.fill_holes]),
             *self._make_buttons(), Form([self.status]),
         ])
-        for name, text in TIPS.items():
-            getattr(self, name).tooltip = text
-        wrap_tooltips(self.body)
+
+    def _connect(self):
+        """The viewer's layer list and the Labels choice to the widget's handlers."""
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.reset_choices)
         ev.inserted.connect(self._on_inserted)
         ev.removed.connect(self._update_preview_buttons)
         self.labels.changed.connect(self._update_stack_choice)
-        self.reset_choices()
-        self._update_stack_choice()
-        _warmup.start()  # napari's first-use compiling, off the GUI thread
-        # the last session's settings (see _common.settings_dir)
-        if self._restore_settings():
-            self._set_status("ready (settings of the last run restored)")
 
     def reset_choices(self, *_):  # called by napari on layer changes
         super().reset_choices()
@@ -445,145 +448,3 @@ class CorrectMaskWidget(WidgetRunMixin, Container):
     def _on_finished(self):
         self._close_progress()
         self._update_preview_buttons()
-
-    # ------------------------------------------------------------ output layer
-    def _write_output(self, data: np.ndarray):
-        """Write the preview: into this widget's live preview of the same Labels layer
-        (matched by layer id, see :func:`napari_vptv._outputs.same_layer`), else a new layer."""
-        st = self._run
-        src = st["labels_layer"]
-        meta = {"kind": KIND, "source": st["source"], "image": st["image"], "image_id": st["image_id"],
-                "params": dict(st["params"]), "complete": True}
-        self._prune_previews()
-        old = next((pv for pv in reversed(self._previews) if same_layer(pv["target"], src)), None)
-        if old is not None and old["layer"].data.shape == data.shape:
-            layer = old["layer"]
-            layer.data = data
-            layer.name = self._free_name(f"{st['source']} corrected", layer)
-        else:
-            layer = self.viewer.add_labels(
-                data, name=self._free_name(f"{st['source']} corrected"),
-                scale=tuple(src.scale), translate=tuple(src.translate), opacity=0.6,
-            )
-            claim(layer)
-        tag(layer, meta)
-        _show_changes(layer, st["table"])
-        before = self._before_layer(old, src, st, meta)
-        layers = list(self.viewer.layers)
-        at, below = (next(i for i, ly in enumerate(layers) if same_layer(ly, x)) for x in (layer, before))
-        if below > at:  # the before outline under the preview's
-            self.viewer.layers.move(below, at)
-        self.viewer.layers.selection.active = layer
-        self.output_layer = layer
-        self._previews = [pv for pv in self._previews if not same_layer(pv["layer"], layer)]
-        self._previews.append({"layer": layer, "before": before, "target": src, "given": st["given"],
-                               "source": st["source"]})
-        self._update_preview_buttons()
-
-    def _before_layer(self, old, src, st, meta):
-        """The mask as it was given, outlined in :data:`BEFORE_COLOUR` under the preview
-        (the previous preview's, updated, or a new one)."""
-        layer = None if old is None else live_layer(self.viewer.layers, old.get("before"))
-        if layer is not None and layer.data.shape == st["given"].shape:
-            layer.data = st["given"].copy()
-        else:
-            layer = self.viewer.add_labels(st["given"].copy(), name=self._free_name(f"{st['source']} before"),
-                                           scale=tuple(src.scale), translate=tuple(src.translate), opacity=1.0)
-            claim(layer)
-        tag(layer, {**meta, "kind": BEFORE_KIND})
-        single_colour(layer, BEFORE_COLOUR)
-        layer.contour = 2
-        return layer
-
-    # ----------------------------------------------------------- accept / discard
-    def _live_preview(self):
-        """The preview Accept / Discard / Table act on: that of the Labels layer chosen in
-        the Labels field, else the newest; None if no preview layer is left in the viewer."""
-        self._prune_previews()
-        chosen = [pv for pv in self._previews if same_layer(pv["target"], self.labels.value)]
-        return (chosen or self._previews or [None])[-1]
-
-    def _update_preview_buttons(self, *_):
-        live = self._live_preview() is not None and self.worker is None
-        for button in (self.accept_button, self.discard_button, self.table_button):
-            button.enabled = live
-
-    def accept(self) -> bool:
-        """Write the preview into the Labels layer it corrects, as one undoable step
-        (``layer.undo()`` / Ctrl+Z restores it), and remove the preview. Refused (one-line
-        message, nothing changed) if there is no preview, the layer is gone, or it was
-        edited after the run."""
-        from napari.utils.notifications import show_warning
-
-        pv = self._live_preview()
-        if pv is None:
-            self._error("Nothing to accept: run a correction first.", show_warning)
-            return False
-        target = pv["target"]
-        if live_layer(self.viewer.layers, target) is None:
-            self._error(f"Labels layer {pv['source']!r} is no longer in the viewer; nothing written.", show_warning)
-            return False
-        current = np.asarray(target.data)
-        if current.shape != pv["given"].shape or not np.array_equal(current, pv["given"]):
-            self._error(f"{target.name!r} was edited after the correction; run again before accepting.",
-                        show_warning)
-            return False
-        corrected = np.asarray(pv["layer"].data)
-        where = np.nonzero(corrected != current)
-        try:
-            with target.block_history():  # one undo step
-                target.data_setitem(where, corrected[where])
-        except Exception as exc:  # noqa: BLE001 - e.g. read-only or lazy (dask) layer data
-            self._error(f"Could not write into {target.name!r}: {exc}", show_warning)
-            return False
-        self._remove_preview(pv)
-        self.viewer.layers.selection.active = target  # so that Ctrl+Z applies to it
-        self._set_status(f"accepted into {target.name!r} ({where[0].size} pixels changed); "
-                         "Ctrl+Z in that layer undoes it")
-        return True
-
-    def discard(self) -> bool:
-        """Remove the preview layer; the Labels layer stays as it is."""
-        pv = self._live_preview()
-        if pv is None:
-            self._set_status("no preview to discard")
-            return False
-        self._remove_preview(pv)
-        self._set_status(f"preview discarded; {pv['source']!r} unchanged")
-        return True
-
-    def _prune_previews(self):
-        """Forget previews whose layer the user removed, and remove their before outlines."""
-        gone = [pv for pv in self._previews if live_layer(self.viewer.layers, pv["layer"]) is None]
-        self._previews = [pv for pv in self._previews if all(pv is not g for g in gone)]
-        for pv in gone:
-            before = live_layer(self.viewer.layers, pv.get("before"))
-            if before is not None:
-                self.viewer.layers.remove(before)
-
-    def _remove_preview(self, pv):
-        self._previews = [p for p in self._previews if p is not pv]
-        if same_layer(self.output_layer, pv["layer"]):
-            self.output_layer = None
-        self.viewer.layers.remove(pv["layer"])
-        before = live_layer(self.viewer.layers, pv.get("before"))
-        if before is not None:
-            self.viewer.layers.remove(before)
-        self._update_preview_buttons()
-
-    def show_table(self):
-        """Open napari's Features table widget on the preview (per-object areas)."""
-        from napari.utils.notifications import show_warning
-
-        pv = self._live_preview()
-        if pv is None:
-            self._error("No preview: run a correction first.", show_warning)
-            return None
-        self.viewer.layers.selection.active = pv["layer"]
-        try:
-            _, table = self.viewer.window.add_plugin_dock_widget("napari", "Features table widget")
-        except Exception as exc:  # noqa: BLE001 - an older napari without the widget
-            self._error(f"napari's Features table widget is not available ({exc}); hover the objects "
-                        "to see their areas.", show_warning)
-            return None
-        return table
