@@ -461,24 +461,21 @@ def test_a_second_run_skips_what_a_concurrent_run_wrote(tmp_path):
 # --------------------------------------------------------------------------- #
 # memory
 # --------------------------------------------------------------------------- #
-def test_an_image_that_cannot_fit_is_refused_before_the_work_with_the_size_it_needs(tmp_path):
-    """Under a real 6 GB address-space limit (``ulimit -v``), as in a small container."""
+def test_an_image_that_cannot_fit_is_refused_with_the_size_it_needs():
+    """Under a real 6 GB address-space limit (``ulimit -v``), as in a small container:
+    the memory check names the size and the limit in one line. (White-cell images
+    this large are segmented in tiles of bounded memory instead.)"""
     import subprocess
     import sys
-    import time
 
-    big = np.tile(_rgb(), (17, 17, 1))[:5000, :5000]
-    iio.imwrite(tmp_path / "big.png", big)
-    iio.imwrite(tmp_path / "small.png", _rgb())
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 * 10**9, 6 * 10**9)); "
-            "from napari_vptv.cli import main; sys.exit(main(sys.argv[1:]))")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, "segment", str(tmp_path / "big.png"), str(tmp_path / "small.png"),
-                           "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "(5000 x 5000 px) needs about 8.8 GB" in proc.stderr and "ulimit -v" in proc.stderr
-    assert "done " in proc.stdout and (tmp_path / "o" / "small.png").exists()  # the others are still done
-    assert not (tmp_path / "o" / "big.png").exists() and time.perf_counter() - t0 < 60
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 10**9, 6 * 10**9))\n"
+            "from napari_vptv.core.batch.memory import NotEnoughMemoryError, check_memory\n"
+            "try:\n    check_memory((9000, 9000), kind='solver')\n"
+            "except NotEnoughMemoryError as exc:\n    print(exc)\nelse:\n    print('accepted')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "(9000 x 9000 px) needs about 15.4 GB" in proc.stdout and "ulimit -v" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1
     from napari_vptv.core.batch.memory import NotEnoughMemoryError, memory_needed
 
     assert memory_needed(5000 * 5000, kind="default") > 8e9 and issubclass(NotEnoughMemoryError, ValueError)
