@@ -123,6 +123,18 @@ def _row(target, k, label, rs, others, kept=""):
             f"{nuc:.3f} | {dtext} | {other} | {kept} |")
 
 
+def kept(row) -> bool:
+    """Whether the check keeps the run's model under the current rule: every method's
+    cross-validated gain above MIN_GAIN, from the per-method gains the run recorded
+    (the run's own ``kept_by_guard`` for rows recorded without them)."""
+    from napari_vptv.nn.finetune_guard import MIN_GAIN
+
+    methods = (row.get("verdict") or {}).get("methods")
+    if not methods:
+        return bool(row["kept_by_guard"])
+    return all(m["gain"] > MIN_GAIN for m in methods.values())
+
+
 def summarise(paths) -> str:
     """Markdown table of result files: per lab and k, the mean (and range) over the seeds."""
     lines = ["| lab | k | model | pixel acc. (range over seeds) | cyto Dice | nucleus Dice | "
@@ -135,13 +147,13 @@ def summarise(paths) -> str:
             rows = [r for r in d["rows"] if r["k"] == k]
             base = [d["base"]["draws"][f"{k}/{r['seed']}"] for r in rows]
             base_other = d["base"]["other"]
-            guarded = [r if r["kept_by_guard"] else b for r, b in zip(rows, base)]
-            kept = sum(bool(r["kept_by_guard"]) for r in rows)
+            guarded = [r if kept(r) else b for r, b in zip(rows, base)]
+            n_kept = sum(kept(r) for r in rows)
             lines.append(_row(target, k, "shipped model", base, [base_other] * len(rows)))
             lines.append(_row(target, k, "fine-tuned", rows, [r["other"] for r in rows]))
             lines.append(_row(target, k, "**what the user gets**", guarded,
-                              [r["other"] if r["kept_by_guard"] else base_other for r in rows],
-                              f"{kept} of {len(rows)}"))
+                              [r["other"] if kept(r) else base_other for r in rows],
+                              f"{n_kept} of {len(rows)}"))
     return "\n".join(lines)
 
 
