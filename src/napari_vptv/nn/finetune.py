@@ -47,7 +47,7 @@ import numpy as np
 
 from .finetune_data import IMAGE_SUFFIXES, array_sha256, label_order_check, samples_from_arrays, samples_from_folders
 from .finetune_data import check_labels as _check_labels
-from .finetune_guard import GuardScores, Segmenter, folds, score_pairs, verdict
+from .finetune_guard import NETWORK_METHOD, GuardScores, Segmenter, folds, score_pairs, verdict
 from .finetune_loop import RECIPE, FinetuneRecipe, interpolate_weights, run_loop
 
 __all__ = ["FinetuneResult", "FinetuneProgress", "RECIPE", "FinetuneRecipe", "KEEP_CHOICES", "samples_from_arrays",
@@ -200,7 +200,7 @@ def _train(base_model, meta, pairs, clock, phase, recipe, seed, should_stop, dev
 def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, device, methods):
     """Held-out scores of the fine-tuned recipe and of the base, per method; None when cancelled."""
     parts = folds(len(samples), seed)
-    names = list(methods or {"vptv-unet": None})
+    names = list(methods or NETWORK_METHOD)
     tuned = {m: GuardScores() for m in names}
     base = {m: GuardScores() for m in names}
     runs = []
