@@ -194,12 +194,13 @@ class VPTVState:
 
 
 def vptv_iterate(
-    cost: torch.Tensor, *, volumes=None, volume_bounds=None, epsilon: float = 0.01, tv_weight: float = 0.0,
-    edge_weight: Optional[torch.Tensor] = None, max_num_iter: int = 300, tol: float = 1e-3,
-    volume_tol: float = 1e-3, tau: Optional[float] = None,
+    cost: torch.Tensor, *,
+    volumes=None, volume_bounds=None,
+    epsilon: float = 0.01, tv_weight: float = 0.0, edge_weight: Optional[torch.Tensor] = None, tau: Optional[float] = None,
+    max_num_iter: int = 300, tol: float = 1e-3, volume_tol: float = 1e-3, check_every: Optional[int] = None,
     cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, update_every: int = 10,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None, state: Optional[VPTVState] = None,
-    backend: str = "auto", check_every: Optional[int] = None,
+    backend: str = "auto",
 ) -> VPTVState:
     """Run Algorithm 1 on a batch of cost maps.
 
@@ -208,59 +209,43 @@ def vptv_iterate(
     cost : tensor ``(N, K, *spatial)``
         Per-class costs ``c_i(x)`` (lower = more likely). For a network, ``-logits``.
     volumes : tensor ``(K,)`` or ``(N, K)``, optional
-        **Exact** volume fractions ``V_i`` (each in (0, 1), summing to 1). The class
-        means ``mean_x u_i`` are driven to them (constraint set U(V) of eq. 2).
-    volume_bounds : pair of tensors ``(lower, upper)``, each ``(K,)`` or ``(N, K)``
-        **Interval** volumes ``lower_i <= mean_x u_i <= upper_i``. Mutually exclusive
-        with ``volumes``. Neither given: no volume constraint (EMTV-like, eq. 6/10).
+        **Exact** volume fractions ``V_i`` (each in (0, 1), summing to 1): the class means ``mean_x u_i`` are
+        driven to them (constraint set U(V) of eq. 2).
+    volume_bounds : pair of tensors ``(lower, upper)``, each ``(K,)`` or ``(N, K)``, optional
+        **Interval** volumes ``lower_i <= mean_x u_i <= upper_i``; exclusive with ``volumes``. Neither given: no
+        volume constraint (EMTV-like, eq. 6/10).
     epsilon : float
-        Entropic regularisation ``eps`` (eq. 11). Small -> nearly binary ``u`` and
-        sharp volumes; large -> smooth ``u``.
+        Entropic regularisation ``eps`` (eq. 11). Small -> nearly binary ``u`` and sharp volumes; large -> smooth.
     tv_weight : float
-        ``lambda``, weight of the edge-weighted TV (bound of the dual set Q).
-        0 disables the TV term (plain volume-constrained softmax / Sinkhorn).
+        ``lambda``, weight of the edge-weighted TV (bound of the dual set Q); 0 disables the TV term.
     edge_weight : tensor ``(N, *spatial)`` or ``(*spatial)``, optional
-        ``e(x)`` of eq. 11; ``|q_i(x)| <= lambda e(x)``. None means ``e = 1``.
+        ``e(x)`` of eq. 11: ``|q_i(x)| <= lambda e(x)``. None means ``e = 1``.
+    tau : float, optional
+        Dual step ``tau_q``; default ``0.5 * epsilon`` as in the paper.
     max_num_iter : int
         ``T``, maximum iterations.
     tol : float
-        Stop when the root-mean-square change of ``u`` between two iterations is
-        below ``tol`` for every sample (``||u^{t+1} - u^t|| < tol``, Section 6).
-        ``tol = 0`` runs exactly ``max_num_iter`` steps (the unrolled layer).
+        Stop when the root-mean-square change of ``u`` between two iterations is below ``tol`` for every sample
+        (``||u^{t+1} - u^t|| < tol``, Section 6); ``tol = 0`` runs exactly ``max_num_iter`` steps (the unrolled layer).
     volume_tol : float
-        Convergence also requires every class fraction ``mean_x u_i`` to be within
-        ``volume_tol`` (absolute) of its target / interval, so a slowly drifting
-        volume does not stop the iteration early.
-    tau : float, optional
-        Dual step ``tau_q``; default ``0.5 * epsilon`` as in the paper.
+        Convergence also requires every class fraction ``mean_x u_i`` within ``volume_tol`` of its target / interval.
+    check_every : int, optional
+        Run the stopping test at iterations ``2, 2 + check_every, ...`` only: it reads a result on the host, which
+        stalls a GPU queue. Default: 1 on the CPU, 10 on other devices.
     cost_update : callable ``u -> cost``, optional
-        Similarity update (Algorithm 1 step 5): called every ``update_every``
-        iterations with the current ``u``; returns new costs of the same shape.
+        Similarity update (Algorithm 1 step 5), called every ``update_every`` iterations; returns new costs.
     callback : callable ``(iteration, u) -> None``, optional
         Progress hook, called after every iteration.
     state : VPTVState, optional
         Warm start (``q``, ``f_lower``, ``f_upper`` are reused; never modified).
     backend : {"auto", "reference", "torch", "numba"}
-        The loop (:mod:`napari_vptv.core.solver.dispatch`): ``"reference"`` (this
-        module's, autograd runs through it), ``"torch"`` or ``"numba"`` (no gradient;
-        ``u`` given to ``callback`` is then a work buffer, valid during the call).
-        ``"auto"``: ``"reference"`` when gradients are on and an input requires them,
-        else ``"numba"`` where it applies, else ``"torch"``.
-    check_every : int, optional
-        Run the stopping test at iterations ``2, 2 + check_every, ...`` only. The
-        test reduces ``u`` and reads the result on the host, which on a GPU
-        stalls the queue; between tests the loop never synchronises. Default: 1
-        on the CPU (the test costs two array passes), 10 on other devices.
+        The loop; which one ``"auto"`` picks and why: :mod:`napari_vptv.core.solver.dispatch`. Only the reference
+        loop (this module's) back-propagates; the others give ``callback`` a work buffer valid during the call.
+        All three give the same numbers up to float rounding (tested).
 
     Returns
     -------
     VPTVState
-
-    Notes
-    -----
-    The three loops perform the same steps and give the same numbers up to float
-    rounding (tested); the reference one can be back-propagated end to end
-    (through all ``T`` steps), the others reuse preallocated buffers.
     """
     _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds)
     tau = 0.5 * epsilon if tau is None else float(tau)

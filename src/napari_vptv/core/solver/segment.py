@@ -15,6 +15,10 @@ for the hard labels too. The relaxed model can spread a class thinly over a flat
 fractions miss ``V_i``; the labels are then the ``eps -> 0`` limit of the same entropic
 transport problem with cost ``-log u`` (the assignment of pixels to classes with the
 given volumes that best agrees with ``u``), computed by :func:`round_to_volumes`.
+
+Reference: F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation
+with entropic regularization optimal transport and its applications in deep learning",
+Algorithm 1.
 """
 
 from __future__ import annotations
@@ -163,85 +167,67 @@ def _initial_model(features, n_classes, similarity, class_model, seed):
     return model
 
 
+# The signature groups its 26 settings by theme, one group per line (hence "fmt: skip").
 def vptv_segment(
-    image, n_classes: Optional[int] = None, *, volumes: Optional[Sequence[float]] = None,
-    volume_mode: Optional[str] = None, volume_bounds: Optional[tuple] = None, epsilon: float = 0.01,
-    tv_weight: float = 0.02, edge: bool = False, edge_sigma: float = 1.0, edge_beta: float = 10.0,
-    similarity: str = "mean", class_model=None, em_update: bool = True, update_every: int = 10,
-    max_num_iter: int = 500, tol: float = 1e-3, volume_tol: float = 1e-3, channel_axis: Optional[int] = None,
-    cost: Optional[np.ndarray] = None, probabilities: Optional[np.ndarray] = None, rounding: str = "volume",
-    seed: int = 0, device: str = "cpu", callback: Optional[Callable[[int, int], None]] = None,
-    warm_start: Optional[SegmentationResult] = None, backend: str = "auto",
-) -> SegmentationResult:
-    """Volume-preserving TV segmentation of one image (Algorithm 1).
+    image, n_classes: Optional[int] = None, *, channel_axis: Optional[int] = None,
+    volumes: Optional[Sequence[float]] = None, volume_mode: Optional[str] = None, volume_bounds: Optional[tuple] = None,
+    epsilon: float = 0.01, tv_weight: float = 0.02, edge: bool = False, edge_sigma: float = 1.0, edge_beta: float = 10.0,
+    similarity: str = "mean", class_model=None, em_update: bool = True, update_every: int = 10, seed: int = 0,
+    cost: Optional[np.ndarray] = None, probabilities: Optional[np.ndarray] = None,
+    max_num_iter: int = 500, tol: float = 1e-3, volume_tol: float = 1e-3, backend: str = "auto",
+    rounding: str = "volume", warm_start: Optional[SegmentationResult] = None, device: str = "cpu",
+    callback: Optional[Callable[[int, int], None]] = None,
+) -> SegmentationResult:  # fmt: skip
+    """Volume-preserving TV segmentation of one image (Algorithm 1; reference in the module docstring).
 
     Parameters
     ----------
     image : ndarray
-        2-D or 3-D image, grey or with a channel axis (``channel_axis``). 3-D images are
-        segmented as volumes with 3-D TV ("volume" = 3-D class fraction).
-    n_classes : int
-        Number of classes ``I`` (>= 2). Defaults to the length of ``volumes`` / bounds, of
-        ``class_model``, of ``cost`` / ``probabilities``, else 2.
-    volumes : sequence of float, optional
-        Exact class fractions ``V_i`` (sum 1), mode ``"exact"``.
-    volume_mode : {"exact", "interval", "none"}, optional
-        Default: inferred from which of ``volumes`` / ``volume_bounds`` is given.
-    volume_bounds : (lower, upper), optional
-        Per-class fraction bounds, mode ``"interval"``.
-    epsilon, tv_weight : float
-        Entropic regularisation ``eps`` (eq. 11; paper: 0.01 for images) and TV weight
-        ``lambda`` (eq. 11; 0 disables the TV term).
+        2-D or 3-D image, grey or with colour channels on ``channel_axis`` (``-1`` for RGB ``(H, W, 3)``). 3-D
+        images are segmented as volumes with 3-D TV ("volume" = 3-D class fraction).
+    n_classes : int, optional
+        Number of classes ``I`` (>= 2). Default: the length of ``volumes`` / bounds, of ``class_model``, of
+        ``cost`` / ``probabilities``, else 2.
+    volumes, volume_bounds : sequence of float; (lower, upper), optional
+        Exact class fractions ``V_i`` (sum 1), or per-class fraction bounds; ``volume_mode`` ({"exact",
+        "interval", "none"}) is inferred from which is given.
+    epsilon, tv_weight, max_num_iter, tol, volume_tol, backend
+        ``eps`` and ``lambda`` of eq. 11 and the loop: see :func:`napari_vptv.core.solver.reference.vptv_iterate`.
     edge, edge_sigma, edge_beta : bool, float, float
-        Use the edge function ``e(x) = 1/(1 + eps' |grad G_sigma * I|)`` in the TV; ``sigma``
-        is ``edge_sigma``, ``eps'`` is ``edge_beta``.
+        Use the edge function ``e(x) = 1/(1 + eps' |grad G_sigma * I|)`` in the TV (``sigma = edge_sigma``,
+        ``eps' = edge_beta``).
     similarity : {"mean", "mahalanobis", "gaussian", "histogram"}
-        Similarity model for ``c_i(x)`` (:mod:`napari_vptv.core.solver.costs`), initialised by
-        k-means unless ``class_model`` is given.
-    class_model : GaussianModel or HistogramModel, optional
-        Starting similarity model (e.g. learned from training images).
-    em_update : bool
+        Model of ``c_i(x)`` (:mod:`napari_vptv.core.solver.costs`), started by k-means (seeded by ``seed``, the
+        only random step) unless ``class_model`` (e.g. learned from training images) is given.
+    em_update, update_every : bool, int
         Re-estimate the class model from ``u`` every ``update_every`` iterations (Algorithm 1 step 5) by
-        classification EM: the M-step uses ``argmax_i u_i``, so the classes do not collapse when TV makes ``u`` soft.
-    max_num_iter, tol, volume_tol, backend : see :func:`napari_vptv.core.solver.reference.vptv_iterate`.
-    channel_axis : int or None
-        Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
-    cost : ndarray ``(K, *spatial)``, optional
-        User-given costs (replaces the similarity model; no EM update).
-    probabilities : ndarray ``(K, *spatial)``, optional
-        User-given class probabilities (e.g. a network's softmax); the cost is ``-log p``.
+        classification EM: the M-step uses ``argmax_i u_i``, so classes do not collapse when TV makes ``u`` soft.
+    cost, probabilities : ndarray ``(K, *spatial)``, optional
+        Given costs, or class probabilities (e.g. a network's softmax; cost ``-log p``): no similarity model.
     rounding : {"volume", "argmax"}
-        How labels are read from ``u``. ``"argmax"`` is the paper's ``label = argmax_i u_i``.
-        ``"volume"`` (default) keeps the volume constraint for the hard labels too (see
-        "Rounding" in the module docstring and :func:`round_to_volumes`).
-    seed : int
-        Seed of the k-means initialisation (the only random step): same input and seed, same labels.
+        ``"argmax"``: the paper's ``argmax_i u_i``; ``"volume"``: the hard labels keep the volume constraint too
+        (module docstring, "Rounding").
+    warm_start : SegmentationResult, optional
+        A result of the same shape and classes (e.g. the previous slice of a stack) whose duals ``q`` and ``f``
+        start Algorithm 1: fewer iterations when slices look alike, same fixed point.
     device : str
         torch device, e.g. ``"cpu"`` or ``"cuda"``.
     callback : callable ``(iteration, max_num_iter) -> None``, optional
         Progress hook.
-    warm_start : SegmentationResult, optional
-        A result of the same spatial shape and classes (e.g. the previous slice of a stack):
-        its TV dual ``q`` and volume dual ``f`` start Algorithm 1 instead of zeros; fewer iterations
-        when neighbouring slices look alike, same fixed point (labels up to the tolerance).
 
     Returns
     -------
     SegmentationResult
-
-    References
-    ----------
-    F. Li, J. Liu, Z. Cui, Z. Huang, X.-C. Tai, "Volume preserving image segmentation with entropic
-    regularization optimal transport and its applications in deep learning", Algorithm 1.
     """
     _check_settings(rounding, similarity, epsilon, tv_weight, max_num_iter, backend)
     features = prepare_image(image, channel_axis)
     given = _given_cost(cost, probabilities, features.shape[1:])
     n_classes, spec = _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, given)
     c0, model, em = _initial_cost(features, given, n_classes, similarity, class_model, seed, em_update, device)
+    edge_map = _edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None
     state = _solve(c0, spec, warm_start, epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol,
                    volume_tol=volume_tol, cost_update=em, update_every=update_every, callback=callback,
-                   backend=backend, edge_weight=_edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None)
+                   backend=backend, edge_weight=edge_map)
     return _result(state, spec, rounding, model if em is None else em.model)
 
 
