@@ -47,11 +47,12 @@ def recipes():
     two measured and not adopted (an L2-SP anchor, replay of the bundled samples)."""
     r = GENERALIST_LIKE
     steps = [("generalist trainer settings", r)]
-    for label, change in (("+ BatchNorm frozen", {"freeze_batchnorm": True}),
-                          (f"+ lr {RECIPE.lr:g}, warm-up {RECIPE.warmup}", {"lr": RECIPE.lr, "warmup": RECIPE.warmup}),
-                          (f"+ inference-scale patches (x/÷ {RECIPE.scale_jitter:g})",
-                           {"scale_jitter": RECIPE.scale_jitter}),
-                          ("+ no stain / colour jitter (the recipe)", {"colour_jitter": RECIPE.colour_jitter})):
+    for label, change in (
+        ("+ BatchNorm frozen", {"freeze_batchnorm": True}),
+        (f"+ lr {RECIPE.lr:g}, warm-up {RECIPE.warmup}", {"lr": RECIPE.lr, "warmup": RECIPE.warmup}),
+        (f"+ inference-scale patches (x/÷ {RECIPE.scale_jitter:g})", {"scale_jitter": RECIPE.scale_jitter}),
+        ("+ no stain / colour jitter (the recipe)", {"colour_jitter": RECIPE.colour_jitter}),
+    ):
         r = dataclasses.replace(r, **change)
         steps.append((label, r))
     assert r == RECIPE
@@ -75,8 +76,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--only", default="", help="comma-separated recipe indices to run (default: all)")
-    ap.add_argument("--grid", default="", help="instead: the full recipe with these changes, e.g. "
-                    "'colour_jitter=1,0.3,0;lr=2e-4,5e-4' (every combination)")
+    ap.add_argument(
+        "--grid",
+        default="",
+        help="instead: the full recipe with these changes, e.g. "
+        "'colour_jitter=1,0.3,0;lr=2e-4,5e-4' (every combination)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -86,8 +91,14 @@ def main(argv=None):
     out = Path(args.out)
     for seed in [int(s) for s in args.seeds.split(",")]:
         train, test, other = target_sets(args.data_root, args.target, args.k, seed)
-        rows.append({"seed": seed, "recipe": "base", "target": C.score_network(base, meta, test),
-                     "other": C.score_network(base, meta, other)})
+        rows.append(
+            {
+                "seed": seed,
+                "recipe": "base",
+                "target": C.score_network(base, meta, test),
+                "other": C.score_network(base, meta, other),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         for i, (label, recipe) in enumerate(grid(args.grid) if args.grid else recipes()):
             if args.only and str(i) not in args.only.split(","):
@@ -95,12 +106,30 @@ def main(argv=None):
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             res = run_loop(model, meta, train, recipe=recipe, seed=seed, steps=args.steps)
-            rows.append({"seed": seed, "recipe": label, "settings": recipe.to_dict(), "steps": res.steps,
-                         "seconds": time.perf_counter() - t0, "target": C.score_network(model, meta, test),
-                         "other": C.score_network(model, meta, other)})
+            rows.append(
+                {
+                    "seed": seed,
+                    "recipe": label,
+                    "settings": recipe.to_dict(),
+                    "steps": res.steps,
+                    "seconds": time.perf_counter() - t0,
+                    "target": C.score_network(model, meta, test),
+                    "other": C.score_network(model, meta, other),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-            out.write_text(json.dumps({"command": " ".join(sys.argv), "commit": C.git_commit(),
-                                       "machine": machine(), "args": vars(args), "rows": rows}, indent=1))
+            out.write_text(
+                json.dumps(
+                    {
+                        "command": " ".join(sys.argv),
+                        "commit": C.git_commit(),
+                        "machine": machine(),
+                        "args": vars(args),
+                        "rows": rows,
+                    },
+                    indent=1,
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,13 @@ def main(argv=None):
         doc["rows"].append(row)
         out.write_text(json.dumps(doc, indent=1))
     for a in ALPHAS:
-        print(a, {m: round(float(np.mean([r["alphas"][str(a)][m]["pixel_accuracy"] for r in doc["rows"]])), 4)
-                  for m in methods})
+        print(
+            a,
+            {
+                m: round(float(np.mean([r["alphas"][str(a)][m]["pixel_accuracy"] for r in doc["rows"]])), 4)
+                for m in methods
+            },
+        )
 
 
 if __name__ == "__main__":

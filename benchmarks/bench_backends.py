@@ -53,9 +53,17 @@ def ms_per_iteration(backend, cost, bounds, epsilon, tv_weight, iters, repeat):
 
     def run():
         with torch.no_grad():
-            st = vptv_iterate(cost, volume_bounds=bounds, epsilon=epsilon, tv_weight=tv_weight,
-                              max_num_iter=iters, tol=0, backend=backend)
+            st = vptv_iterate(
+                cost,
+                volume_bounds=bounds,
+                epsilon=epsilon,
+                tv_weight=tv_weight,
+                max_num_iter=iters,
+                tol=0,
+                backend=backend,
+            )
         assert st.backend == backend and st.n_iter == iters
+
     run()
     wall, cpu = [], []
     for _ in range(repeat):
@@ -68,8 +76,11 @@ def ms_per_iteration(backend, cost, bounds, epsilon, tv_weight, iters, repeat):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image", default="/work/shared/data/wbc/images/001.png",
-                    help="RGB image (default: WBC image 001; the bundled sample when absent)")
+    ap.add_argument(
+        "--image",
+        default="/work/shared/data/wbc/images/001.png",
+        help="RGB image (default: WBC image 001; the bundled sample when absent)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
@@ -83,26 +94,48 @@ def main(argv=None):
         from napari_vptv.core.io.samples import sample_ids, sample_path
 
         path = str(sample_path(sample_ids()[0]))
-    print(f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-          f"{args.threads} torch thread(s); image {path}; {args.iters} iterations, median of {args.repeat}")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{args.threads} torch thread(s); image {path}; {args.iters} iterations, median of {args.repeat}"
+    )
     rows = []
     for label, shape in (("300x300 float32", (300, 300)), ("640x480 float32", (480, 640))):
         cost, bounds, eps, tv = wbc_problem(path, shape)
-        rows.append((label, {b: ms_per_iteration(b, cost, bounds, eps, tv, args.iters, args.repeat)
-                             for b in ("reference", "torch", "numba")}))
+        rows.append(
+            (
+                label,
+                {
+                    b: ms_per_iteration(b, cost, bounds, eps, tv, args.iters, args.repeat)
+                    for b in ("reference", "torch", "numba")
+                },
+            )
+        )
     cost, bounds, eps, tv = wbc_problem(path, (300, 300))
-    rows.append(("300x300 float64", {b: ms_per_iteration(b, cost.double(), bounds, eps, tv, args.iters, args.repeat)
-                                     for b in ("reference", "torch")}))
+    rows.append(
+        (
+            "300x300 float64",
+            {
+                b: ms_per_iteration(b, cost.double(), bounds, eps, tv, args.iters, args.repeat)
+                for b in ("reference", "torch")
+            },
+        )
+    )
     vol = cost[:, :, None].expand(-1, -1, 8, -1, -1).contiguous()
-    rows.append(("8x300x300 float32 (3-D)", {b: ms_per_iteration(b, vol, bounds, eps, tv, args.iters, args.repeat)
-                                             for b in ("reference", "torch")}))
+    rows.append(
+        (
+            "8x300x300 float32 (3-D)",
+            {b: ms_per_iteration(b, vol, bounds, eps, tv, args.iters, args.repeat) for b in ("reference", "torch")},
+        )
+    )
     for i, clock in enumerate(("CPU", "wall")):
         print(f"\nms per iteration ({clock} time)")
         print(f"{'problem':<26}{'reference':>11}{'torch':>9}{'numba':>9}   fastest")
         for label, ms in rows:
             t = {b: v[i] for b, v in ms.items()}
-            cells = "".join(f"{t[b]:>{w}.2f}" if b in t else f"{'n/a':>{w}}"
-                            for b, w in (("reference", 11), ("torch", 9), ("numba", 9)))
+            cells = "".join(
+                f"{t[b]:>{w}.2f}" if b in t else f"{'n/a':>{w}}"
+                for b, w in (("reference", 11), ("torch", 9), ("numba", 9))
+            )
             print(f"{label:<26}{cells}   {min(t, key=t.get)}")
 
 

@@ -91,8 +91,20 @@ def timed(cmd, env):
 
 def commands(images, out_dir, workers=1):
     vptv = str(Path(sys.executable).parent / "vptv")
-    seg = ["segment", *images, "--out", out_dir, "--method", "vptv", "--workers", "1", "--threads", "1",
-           "--no-progress", "--overwrite"]
+    seg = [
+        "segment",
+        *images,
+        "--out",
+        out_dir,
+        "--method",
+        "vptv",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--overwrite",
+    ]
     two = [a if a != "1" or seg[i - 1] != "--workers" else "2" for i, a in enumerate(seg)]
     return {
         "vptv": [vptv, *seg],
@@ -113,8 +125,14 @@ def compile_cost(image, env):
         cold = timed(cmd, cold_env)[:2]
         warm = timed(cmd, cold_env)[:2]
         n_files = len(list(Path(cache).rglob("*.nbc")))
-    return dict(cold_wall_s=cold[0], cold_cpu_s=cold[1], warm_wall_s=warm[0], warm_cpu_s=warm[1],
-                compile_cpu_s=cold[1] - warm[1], cached_files=n_files)
+    return dict(
+        cold_wall_s=cold[0],
+        cold_cpu_s=cold[1],
+        warm_wall_s=warm[0],
+        warm_cpu_s=warm[1],
+        compile_cpu_s=cold[1] - warm[1],
+        cached_files=n_files,
+    )
 
 
 def main(argv=None):
@@ -124,9 +142,12 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time the numba JIT (cold vs warm cache)")
     ap.add_argument("--two-workers", action="store_true", help="also time `vptv segment --workers 2`")
-    ap.add_argument("--fixed-preset", action="store_true",
-                    help="also time `vptv segment --volume-mode interval`: the solver with the fixed colour "
-                         "model, no network (an earlier CLI default)")
+    ap.add_argument(
+        "--fixed-preset",
+        action="store_true",
+        help="also time `vptv segment --volume-mode interval`: the solver with the fixed colour "
+        "model, no network (an earlier CLI default)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     images = sorted(str(p) for p in (Path(args.root) / "images").glob("*.png"))[: args.n]
@@ -134,8 +155,12 @@ def main(argv=None):
     env = dict(os.environ, **threads)
     load0 = os.getloadavg()[0]
     print(f"# {len(images)} images from {args.root}; load average {load0:.2f}; nice {os.nice(0)}", flush=True)
-    names = ("vptv", "vptv-torch") + (("vptv-2workers",) if args.two_workers else ()) \
-        + (("vptv-fixed-preset",) if args.fixed_preset else ()) + ("chan_vese",)
+    names = (
+        ("vptv", "vptv-torch")
+        + (("vptv-2workers",) if args.two_workers else ())
+        + (("vptv-fixed-preset",) if args.fixed_preset else ())
+        + ("chan_vese",)
+    )
     times = {k: {"wall_s": [], "cpu_s": []} for k in names}
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
@@ -149,18 +174,30 @@ def main(argv=None):
                 times[name].setdefault("failed_inputs", []).append(failed)
                 print(f"  round {r} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, failed: {failed}", flush=True)
     med = {k: {m: float(np.median(v[m])) for m in ("wall_s", "cpu_s")} for k, v in times.items()}
-    ratios = {f"{k}/chan_vese_{m}": med[k][m] / med["chan_vese"][m] for k in names[:-1]
-              for m in ("wall_s", "cpu_s")}
+    ratios = {f"{k}/chan_vese_{m}": med[k][m] / med["chan_vese"][m] for k in names[:-1] for m in ("wall_s", "cpu_s")}
     print(json.dumps(dict(median=med, ratios=ratios), indent=1))
     comp = compile_cost(images[0], env) if args.compile else None
     if comp:
         print(f"# numba JIT: {comp}")
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        Path(args.out).write_text(json.dumps(dict(
-            command="python " + " ".join(sys.argv), commit=commit, images=f"{args.root}/images, first {len(images)}",
-            load_average_start=load0, load_average_end=os.getloadavg()[0], nice=os.nice(0), times=times,
-            median=med, ratios=ratios, numba_compile=comp), indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                dict(
+                    command="python " + " ".join(sys.argv),
+                    commit=commit,
+                    images=f"{args.root}/images, first {len(images)}",
+                    load_average_start=load0,
+                    load_average_end=os.getloadavg()[0],
+                    nice=os.nice(0),
+                    times=times,
+                    median=med,
+                    ratios=ratios,
+                    numba_compile=comp,
+                ),
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -44,8 +44,9 @@ def synth_stack(seed, shape=(32, 192, 192), n=30, photons=200.0):
         if len(centres) == n:
             break
         r = np.array([rng.uniform(5, 8), rng.uniform(8, 16), rng.uniform(8, 16)])
-        c = np.array([rng.uniform(r[0], shape[0] - r[0]), rng.uniform(r[1], shape[1] - r[1]),
-                      rng.uniform(r[2], shape[2] - r[2])])
+        c = np.array(
+            [rng.uniform(r[0], shape[0] - r[0]), rng.uniform(r[1], shape[1] - r[1]), rng.uniform(r[2], shape[2] - r[2])]
+        )
         if any(np.linalg.norm((c - c2) / ((r + r2) / 2)) < 1.7 for c2, r2 in centres):
             continue  # neighbours may touch, not overlap much
         centres.append((c, r))
@@ -89,10 +90,12 @@ def main(argv=None):
     torch.set_num_threads(1)
     from napari_vptv.core.correct.mask import correct_mask
 
-    run = {"vptv3d": lambda img, g, grey: correct_mask(img, g, stack_mode="volume"),
-           "vptv2d": lambda img, g, grey: correct_mask(img, g, stack_mode="slices"),
-           "watershed3d": lambda img, g, grey: seeded_watershed(grey, g),
-           "watershed2d": lambda img, g, grey: per_slice(seeded_watershed)(grey, g)}
+    run = {
+        "vptv3d": lambda img, g, grey: correct_mask(img, g, stack_mode="volume"),
+        "vptv2d": lambda img, g, grey: correct_mask(img, g, stack_mode="slices"),
+        "watershed3d": lambda img, g, grey: seeded_watershed(grey, g),
+        "watershed2d": lambda img, g, grey: per_slice(seeded_watershed)(grey, g),
+    }
     rows = []
     for seed in map(int, args.seeds.split(",")):
         img, truth = synth_stack(seed)
@@ -104,18 +107,35 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 out = run[m](img, given, grey)
                 dt = time.perf_counter() - t0
-                rows.append(dict(id=f"s{seed}", kind=kind, method=m, seconds=dt, n_objects=int(truth.max()),
-                                 **{f"{k}_before": v for k, v in before.items()}, **scores(out, truth, given)))
+                rows.append(
+                    dict(
+                        id=f"s{seed}",
+                        kind=kind,
+                        method=m,
+                        seconds=dt,
+                        n_objects=int(truth.max()),
+                        **{f"{k}_before": v for k, v in before.items()},
+                        **scores(out, truth, given),
+                    )
+                )
                 r = rows[-1]
-                print(seed, kind, m, f"{r['dice_fg_before']:.3f}->{r['dice_fg']:.3f} obj {r['dice_obj']:.3f} "
-                      f"lost {r['ids_lost']} merged {r['merged']} {dt:.1f}s", flush=True)
+                print(
+                    seed,
+                    kind,
+                    m,
+                    f"{r['dice_fg_before']:.3f}->{r['dice_fg']:.3f} obj {r['dice_obj']:.3f} "
+                    f"lost {r['ids_lost']} merged {r['merged']} {dt:.1f}s",
+                    flush=True,
+                )
     table = summarize(rows)
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")  # a `git archive` has no .git
-        Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
-                                                  table=table, rows=rows), indent=1))
+        Path(args.out).write_text(
+            json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit, table=table, rows=rows), indent=1)
+        )
 
 
 if __name__ == "__main__":

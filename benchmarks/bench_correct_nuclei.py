@@ -183,12 +183,28 @@ def run(args):
                 else:
                     out = PEERS[m](grey, given)
                 dt = time.perf_counter() - t0
-                row = dict(dataset=args.dataset, split=args.split, id=key, kind=kind, method=m, seconds=dt,
-                           n_objects=int(len(np.unique(given)) - 1), **{f"{k}_before": v for k, v in before.items()},
-                           **scores(out, truth, given))
+                row = dict(
+                    dataset=args.dataset,
+                    split=args.split,
+                    id=key,
+                    kind=kind,
+                    method=m,
+                    seconds=dt,
+                    n_objects=int(len(np.unique(given)) - 1),
+                    **{f"{k}_before": v for k, v in before.items()},
+                    **scores(out, truth, given),
+                )
                 rows.append(row)
-            print(key, kind, " ".join(f"{r['method']}:{r['dice_fg_before']:.3f}->{r['dice_fg']:.3f}({r['seconds']:.2f}s)"
-                                      for r in rows if r["id"] == key and r["kind"] == kind), flush=True)
+            print(
+                key,
+                kind,
+                " ".join(
+                    f"{r['method']}:{r['dice_fg_before']:.3f}->{r['dice_fg']:.3f}({r['seconds']:.2f}s)"
+                    for r in rows
+                    if r["id"] == key and r["kind"] == kind
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -203,20 +219,33 @@ def summarize(rows):
             rs = [r for r in rows if r["kind"] == kind and r["method"] == m]
             if not rs:
                 continue
-            mean = {k: float(np.mean([r[k] for r in rs])) for k in
-                    ("dice_fg_before", "dice_fg", "dice_obj_before", "dice_obj", "seconds")}
-            table.append(dict(kind=kind, method=m, n=len(rs), **mean,
-                              worst_dice_fg=float(np.min([r["dice_fg"] for r in rs])),
-                              ids_lost=int(sum(r["ids_lost"] for r in rs)),
-                              merged=int(sum(r.get("merged", 0) for r in rs)),
-                              time_ratio=mean["seconds"] / float(np.mean(ws)) if ws else float("nan")))
-    print("\n| corruption | method | n | fg Dice before | fg Dice after | worst | object Dice before | after "
-          "| ids lost | merged | s / image | x peer time |")
+            mean = {
+                k: float(np.mean([r[k] for r in rs]))
+                for k in ("dice_fg_before", "dice_fg", "dice_obj_before", "dice_obj", "seconds")
+            }
+            table.append(
+                dict(
+                    kind=kind,
+                    method=m,
+                    n=len(rs),
+                    **mean,
+                    worst_dice_fg=float(np.min([r["dice_fg"] for r in rs])),
+                    ids_lost=int(sum(r["ids_lost"] for r in rs)),
+                    merged=int(sum(r.get("merged", 0) for r in rs)),
+                    time_ratio=mean["seconds"] / float(np.mean(ws)) if ws else float("nan"),
+                )
+            )
+    print(
+        "\n| corruption | method | n | fg Dice before | fg Dice after | worst | object Dice before | after "
+        "| ids lost | merged | s / image | x peer time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['kind']} | {t['method']} | {t['n']} | {t['dice_fg_before']:.4f} | {t['dice_fg']:.4f} | "
-              f"{t['worst_dice_fg']:.4f} | {t['dice_obj_before']:.4f} | {t['dice_obj']:.4f} | {t['ids_lost']} | "
-              f"{t['merged']} | {t['seconds']:.2f} | {t['time_ratio']:.1f} |")
+        print(
+            f"| {t['kind']} | {t['method']} | {t['n']} | {t['dice_fg_before']:.4f} | {t['dice_fg']:.4f} | "
+            f"{t['worst_dice_fg']:.4f} | {t['dice_obj_before']:.4f} | {t['dice_obj']:.4f} | {t['ids_lost']} | "
+            f"{t['merged']} | {t['seconds']:.2f} | {t['time_ratio']:.1f} |"
+        )
     return table
 
 
@@ -227,8 +256,12 @@ def main(argv=None):
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--kinds", default="identity,dilate2,dilate3,dilate4,erode2,erode3,erode4,shift3")
     ap.add_argument("--methods", default="vptv,watershed,gac")
-    ap.add_argument("--truth", choices=["shape", "annotated"], default="shape",
-                    help="synth: the mask of the shapes, or the outline annotators draw (dim outer rim inside)")
+    ap.add_argument(
+        "--truth",
+        choices=["shape", "annotated"],
+        default="shape",
+        help="synth: the mask of the shapes, or the outline annotators draw (dim outer rim inside)",
+    )
     ap.add_argument("--every", type=int, default=1, help="use every n-th image (of the sorted files / seeds)")
     ap.add_argument("--params", default=None, help="JSON of correct_mask keyword arguments (tuning)")
     ap.add_argument("--out", default=None)
@@ -240,13 +273,15 @@ def main(argv=None):
     rows = run(args)
     table = summarize(rows)
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         # a `git archive` of the code has no .git: its commit is given in VPTV_CODE_COMMIT
         commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
-                                                  table=table, rows=rows), indent=1))
+        Path(args.out).write_text(
+            json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit, table=table, rows=rows), indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -104,12 +104,26 @@ def run_row(name, kind, methods, params, repeat, wheel):
             extra = dict(status=_status_counts(mine))
         sc = scores(subset(out, ids), subset(truth, ids), subset(given, ids))
         sc["ids_lost"] = len(set(np.unique(given)) - set(np.unique(out)))
-        rows.append(dict(data=name, split=split, kind=kind, method=m, n_objects=int(ids.size),
-                         seconds=float(np.median(times)), times=times,
-                         **{f"{k}_before": v for k, v in before.items()}, **sc, **extra))
+        rows.append(
+            dict(
+                data=name,
+                split=split,
+                kind=kind,
+                method=m,
+                n_objects=int(ids.size),
+                seconds=float(np.median(times)),
+                times=times,
+                **{f"{k}_before": v for k, v in before.items()},
+                **sc,
+                **extra,
+            )
+        )
         r = rows[-1]
-        print(f"{name} {kind} {m}: {r['dice_fg_before']:.4f} -> {r['dice_fg']:.4f} obj {r['dice_obj']:.4f} "
-              f"lost {r['ids_lost']} {r['seconds']:.2f}s {extra.get('status', '')}", flush=True)
+        print(
+            f"{name} {kind} {m}: {r['dice_fg_before']:.4f} -> {r['dice_fg']:.4f} obj {r['dice_obj']:.4f} "
+            f"lost {r['ids_lost']} {r['seconds']:.2f}s {extra.get('status', '')}",
+            flush=True,
+        )
     ws = [r["seconds"] for r in rows if r["method"] == "watershed"]
     for r in rows:
         r["time_ratio"] = r["seconds"] / ws[0] if ws else float("nan")
@@ -117,8 +131,10 @@ def run_row(name, kind, methods, params, repeat, wheel):
 
 
 def table(rows):
-    print("\n| data (split) | mask given | n | before | vptv | watershed | watershed per plane | ids lost (vptv) "
-          "| vptv s | x peer time | vptv status |")
+    print(
+        "\n| data (split) | mask given | n | before | vptv | watershed | watershed per plane | ids lost (vptv) "
+        "| vptv s | x peer time | vptv status |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     keys = list(dict.fromkeys((r["data"], r["kind"]) for r in rows))
     for data, kind in keys:
@@ -129,10 +145,12 @@ def table(rows):
         def dice(m, by=by):
             return f"{by[m]['dice_fg']:.4f}" if m in by else "-"
 
-        print(f"| {data} ({first['split']}) | {kind} | {first['n_objects']} | {first['dice_fg_before']:.4f} | "
-              f"{dice('vptv')} | {dice('watershed')} | {dice('watershed2d')} | "
-              f"{v['ids_lost'] if v else '-'} | {v['seconds'] if v else float('nan'):.2f} | "
-              f"{v['time_ratio'] if v else float('nan'):.2f} | {v.get('status', '') if v else ''} |")
+        print(
+            f"| {data} ({first['split']}) | {kind} | {first['n_objects']} | {first['dice_fg_before']:.4f} | "
+            f"{dice('vptv')} | {dice('watershed')} | {dice('watershed2d')} | "
+            f"{v['ids_lost'] if v else '-'} | {v['seconds'] if v else float('nan'):.2f} | "
+            f"{v['time_ratio'] if v else float('nan'):.2f} | {v.get('status', '') if v else ''} |"
+        )
 
 
 def main(argv=None):
@@ -157,16 +175,27 @@ def main(argv=None):
             rows += run_row(name, kind, args.methods.split(","), params, args.repeat, args.wheel)
     table(rows)
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")  # a `git archive` has no .git
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
-                               cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1"
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
-                                                  src_modified=bool(dirty), machine=machine, rows=rows),
-                                             indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                dict(
+                    command="python " + " ".join(sys.argv),
+                    commit=commit,
+                    src_modified=bool(dirty),
+                    machine=machine,
+                    rows=rows,
+                ),
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,12 @@ def background_squares(data, size, min_squares=4):
     out = []
     for _, img, mask in data:
         near = ndi.binary_dilation(mask > 0, iterations=4) | (img.min(-1) > 245)
-        got = [img[y:y + size, x:x + size]
-               for y in range(0, img.shape[0] - size + 1, size // 2)
-               for x in range(0, img.shape[1] - size + 1, size // 2) if not near[y:y + size, x:x + size].any()]
+        got = [
+            img[y : y + size, x : x + size]
+            for y in range(0, img.shape[0] - size + 1, size // 2)
+            for x in range(0, img.shape[1] - size + 1, size // 2)
+            if not near[y : y + size, x : x + size].any()
+        ]
         if len(got) >= min_squares:
             out.append(got)
     if not out:
@@ -84,7 +87,7 @@ def mosaic(per_image, shape, rng):
             sq = np.rot90(squares[rng.integers(len(squares))], rng.integers(4))
             sq = sq[:, ::-1] if rng.random() < 0.5 else sq
             h, w = min(size, shape[0] - y), min(size, shape[1] - x)
-            field[y:y + h, x:x + w] = sq[:h, :w]
+            field[y : y + h, x : x + w] = sq[:h, :w]
     return field
 
 
@@ -191,8 +194,11 @@ def compose(data, squares, shape, rng, max_cells, n_platelets, red_cells=None):
         h, w = mask.shape
         cy, cx = ndi.center_of_mass(mask > 0)
         for _ in range(50):  # centre in the field, or cut by its edge
-            c = (rng.uniform(-0.25, 1.25) * shape[0], rng.uniform(-0.25, 1.25) * shape[1]) \
-                if rng.random() < 0.3 else (rng.uniform(0.15, 0.85) * shape[0], rng.uniform(0.15, 0.85) * shape[1])
+            c = (
+                (rng.uniform(-0.25, 1.25) * shape[0], rng.uniform(-0.25, 1.25) * shape[1])
+                if rng.random() < 0.3
+                else (rng.uniform(0.15, 0.85) * shape[0], rng.uniform(0.15, 0.85) * shape[1])
+            )
             if all(np.hypot(c[0] - p[0], c[1] - p[1]) > 1.3 * diam for p in placed):
                 placed.append(c)
                 _paste(field, truth, inst, cell_id, img, mask, int(c[0] - cy), int(c[1] - cx))
@@ -222,8 +228,9 @@ def score(labels, truth, inst):
     """Matching of the predicted cells (8-connected regions) to the true ones at IoU >= 0.5."""
     pred, n_pred = ndi.label(labels > 0, np.ones((3, 3)))
     n_true = int(inst.max())
-    both = np.bincount(inst.ravel() * (n_pred + 1) + pred.ravel(),
-                       minlength=(n_true + 1) * (n_pred + 1)).reshape(n_true + 1, n_pred + 1)
+    both = np.bincount(inst.ravel() * (n_pred + 1) + pred.ravel(), minlength=(n_true + 1) * (n_pred + 1)).reshape(
+        n_true + 1, n_pred + 1
+    )
     t_area, p_area = both.sum(1), both.sum(0)
     cells = []
     for t in range(1, n_true + 1):
@@ -236,14 +243,26 @@ def score(labels, truth, inst):
         tm, pm = inst == t, pred == p
         tn, pn = tm & (truth == 2), pm & (labels == 2)
         nc_t, nc_p = tn.sum() / tm.sum(), pn.sum() / pm.sum()
-        cells.append({"matched": True, "cut": _touches(tm), "pred": p, "dice": 2 * inter / (t_area[t] + p_area[p]),
-                      "nucleus_dice": 2 * (tn & pn).sum() / max(1, tn.sum() + pn.sum()),
-                      "nc_error": abs(float(nc_p - nc_t))})
+        cells.append(
+            {
+                "matched": True,
+                "cut": _touches(tm),
+                "pred": p,
+                "dice": 2 * inter / (t_area[t] + p_area[p]),
+                "nucleus_dice": 2 * (tn & pn).sum() / max(1, tn.sum() + pn.sum()),
+                "nc_error": abs(float(nc_p - nc_t)),
+            }
+        )
     matched = {c["pred"] for c in cells if c["matched"]}
     false = [p for p in range(1, n_pred + 1) if p not in matched]
-    return {"n_true": n_true, "n_pred": n_pred, "cells": cells, "false_cells": len(false),
-            "false_areas": [int(p_area[p]) for p in false],
-            "outside_share": float(((labels > 0) & (inst == 0)).mean())}
+    return {
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "cells": cells,
+        "false_cells": len(false),
+        "false_areas": [int(p_area[p]) for p in false],
+        "outside_share": float(((labels > 0) & (inst == 0)).mean()),
+    }
 
 
 def summarise(scores, seconds, pixels):
@@ -253,10 +272,13 @@ def summarise(scores, seconds, pixels):
     n_pred = sum(s["n_pred"] for s in scores)
     false = sum(s["false_cells"] for s in scores)
     return {
-        "fields": len(scores), "true_cells": len(cells), "cut_true_cells": sum(c["cut"] for c in cells),
+        "fields": len(scores),
+        "true_cells": len(cells),
+        "cut_true_cells": sum(c["cut"] for c in cells),
         "recall": len(found) / max(1, len(cells)),
         "recall_not_cut": len(inner) / max(1, sum(not c["cut"] for c in cells)),
-        "precision": (n_pred - false) / max(1, n_pred), "false_cells_per_field": false / len(scores),
+        "precision": (n_pred - false) / max(1, n_pred),
+        "false_cells_per_field": false / len(scores),
         "false_cell_areas_px": sorted(a for s in scores for a in s["false_areas"]),
         "cell_dice": float(np.mean([c["dice"] for c in found])) if found else None,
         "nucleus_dice": float(np.mean([c["nucleus_dice"] for c in found])) if found else None,
@@ -267,8 +289,10 @@ def summarise(scores, seconds, pixels):
         "fields_without_white_cell": sum(s["n_true"] == 0 for s in scores),
         "false_cells_in_fields_without_white_cell": sum(s["false_cells"] for s in scores if s["n_true"] == 0),
         # per field: true cells, found, false cells, the diameter estimate (px)
-        "by_field": [[s["n_true"], sum(c["matched"] for c in s["cells"]), s["false_cells"],
-                      round(s["diameter_estimate"], 1)] for s in scores],
+        "by_field": [
+            [s["n_true"], sum(c["matched"] for c in s["cells"]), s["false_cells"], round(s["diameter_estimate"], 1)]
+            for s in scores
+        ],
     }
 
 
@@ -290,14 +314,17 @@ def run_fields(name, n_fields, shape, seed, max_cells, platelets, background="mo
     rng = np.random.default_rng(seed)
     runs = {True: ([], []), False: ([], [])}
     for _ in range(n_fields):
-        field, truth, inst = compose(data, squares, shape, rng, max_cells, int(rng.integers(*platelets)),
-                                     red_cells)
+        field, truth, inst = compose(data, squares, shape, rng, max_cells, int(rng.integers(*platelets)), red_cells)
         for rule in (True, False):
             t = time.perf_counter()
             result = segment_image(field, white_cell_rule=rule)
             runs[rule][1].append(time.perf_counter() - t)
-            runs[rule][0].append({**score(result.labels, truth, inst),
-                                  "diameter_estimate": float(getattr(result, "diameter", 0.0) or 0.0)})
+            runs[rule][0].append(
+                {
+                    **score(result.labels, truth, inst),
+                    "diameter_estimate": float(getattr(result, "diameter", 0.0) or 0.0),
+                }
+            )
     pixels = [shape[0] * shape[1]] * n_fields
     crop_s, crop_px = [], []
     for _, img, _ in data:
@@ -305,13 +332,19 @@ def run_fields(name, n_fields, shape, seed, max_cells, platelets, background="mo
         segment_image(img)
         crop_s.append(time.perf_counter() - t)
         crop_px.append(img.shape[0] * img.shape[1])
-    return {"source": name, "held_out_images": len(data), "median_cell_diameter_px": float(diam),
-            "background_square_px": squares[0][0].shape[0], "background_images": len(squares),
-            "background": background, "red_cell_cutouts": len(red_cells[0]) if red_cells else 0,
-            "rule_on": summarise(runs[True][0], runs[True][1], pixels),
-            "rule_off": summarise(runs[False][0], runs[False][1], pixels),
-            "crops_seconds_per_megapixel": float(np.sum(crop_s) / (np.sum(crop_px) / 1e6)),
-            "crops_seconds_median": float(np.median(crop_s))}
+    return {
+        "source": name,
+        "held_out_images": len(data),
+        "median_cell_diameter_px": float(diam),
+        "background_square_px": squares[0][0].shape[0],
+        "background_images": len(squares),
+        "background": background,
+        "red_cell_cutouts": len(red_cells[0]) if red_cells else 0,
+        "rule_on": summarise(runs[True][0], runs[True][1], pixels),
+        "rule_off": summarise(runs[False][0], runs[False][1], pixels),
+        "crops_seconds_per_megapixel": float(np.sum(crop_s) / (np.sum(crop_px) / 1e6)),
+        "crops_seconds_median": float(np.median(crop_s)),
+    }
 
 
 def crop_accuracy(name):
@@ -319,18 +352,28 @@ def crop_accuracy(name):
     from napari_vptv.api import segment_image
 
     data = held_out(name)
-    acc = {rule: [float((segment_image(img, white_cell_rule=rule).labels == m).mean()) for _, img, m in data]
-           for rule in (True, False)}
-    return {"images": len(data), "accuracy_rule_on": float(np.mean(acc[True])),
-            "accuracy_rule_off": float(np.mean(acc[False])),
-            "images_changed": int(sum(a != b for a, b in zip(acc[True], acc[False])))}
+    acc = {
+        rule: [float((segment_image(img, white_cell_rule=rule).labels == m).mean()) for _, img, m in data]
+        for rule in (True, False)
+    }
+    return {
+        "images": len(data),
+        "accuracy_rule_on": float(np.mean(acc[True])),
+        "accuracy_rule_off": float(np.mean(acc[False])),
+        "images_changed": int(sum(a != b for a, b in zip(acc[True], acc[False]))),
+    }
 
 
 def _machine():
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def main(argv=None):
@@ -341,18 +384,27 @@ def main(argv=None):
     ap.add_argument("--fields", type=int, default=20, help="fields per source")
     ap.add_argument("--size", default="480x640", help="field HxW")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--background", choices=("mosaic", "red-cells"), default="mosaic",
-                    help="field background: a mosaic of white-cell-free squares, or whole red cells cut out of "
-                         "the held-out images and pasted on their plasma colour (sources with too few whole red "
-                         "cells fall back to the mosaic)")
+    ap.add_argument(
+        "--background",
+        choices=("mosaic", "red-cells"),
+        default="mosaic",
+        help="field background: a mosaic of white-cell-free squares, or whole red cells cut out of "
+        "the held-out images and pasted on their plasma colour (sources with too few whole red "
+        "cells fall back to the mosaic)",
+    )
     ap.add_argument("--crops", action="store_true", help="also the crops' held-out pixel accuracy, rule on / off")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fields.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     shape = tuple(int(v) for v in args.size.split("x"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"command": "python benchmarks/bench_fields.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "commit": commit, "machine": _machine(), "field_shape": shape, "sources": {}}
+    result = {
+        "command": "python benchmarks/bench_fields.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+        "machine": _machine(),
+        "field_shape": shape,
+        "sources": {},
+    }
     for name in args.sources.split(","):
         # cells per field scale with the field's room for them; 3-10 platelets
         diam = np.median([np.sqrt(4 * (m > 0).sum() / np.pi) for _, _, m in held_out(name)])
@@ -362,8 +414,7 @@ def main(argv=None):
         if args.crops:
             r["crops"] = crop_accuracy(name)
         result["sources"][name] = r
-        print(name, {k: v for k, v in r["rule_on"].items() if k not in ("false_cell_areas_px", "by_field")},
-              flush=True)
+        print(name, {k: v for k, v in r["rule_on"].items() if k not in ("false_cell_areas_px", "by_field")}, flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out}")

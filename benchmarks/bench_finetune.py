@@ -52,19 +52,27 @@ def scores(model_path, model, meta, test, other, with_default):
 def one_run(base, pool, other, k, seed, args):
     train, test = C.draw(pool, k, seed)
     t0 = time.perf_counter()
-    res = finetune(train, base=base, steps=args.steps or None, minutes=args.minutes, seed=seed, keep="always",
-                   threads=args.threads)
+    res = finetune(
+        train, base=base, steps=args.steps or None, minutes=args.minutes, seed=seed, keep="always", threads=args.threads
+    )
     seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         path = save_finetuned(res, Path(d) / "m.pt")
         model, meta = load_model(path)
         sc = scores(path, model, meta, test, other, args.default)
     ft = res.metadata["finetune"]
-    return {"k": k, "seed": seed, "train": [s.name for s in train], "seconds": seconds,
-            "steps_final": ft["final"]["steps"], "folds": ft["folds"], "kept_by_guard": res.verdict["better"],
-            "verdict": {key: res.verdict.get(key) for key in ("better", "gain", "finetuned", "base", "methods")},
-            "commit": C.git_commit(),
-            **sc}
+    return {
+        "k": k,
+        "seed": seed,
+        "train": [s.name for s in train],
+        "seconds": seconds,
+        "steps_final": ft["final"]["steps"],
+        "folds": ft["folds"],
+        "kept_by_guard": res.verdict["better"],
+        "verdict": {key: res.verdict.get(key) for key in ("better", "gain", "finetuned", "base", "methods")},
+        "commit": C.git_commit(),
+        **sc,
+    }
 
 
 def main(argv=None):
@@ -77,8 +85,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200, help="steps per training (0: use --minutes)")
     ap.add_argument("--minutes", type=float, default=5.0, help="budget of a whole run when --steps is 0")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-default", dest="default", action="store_false",
-                    help="skip scoring the default method")
+    ap.add_argument("--no-default", dest="default", action="store_false", help="skip scoring the default method")
     ap.add_argument("--out")
     ap.add_argument("--summarise", nargs="+", metavar="JSON")
     args = ap.parse_args(argv)
@@ -105,8 +112,9 @@ def main(argv=None):
             if (k, seed) in done:
                 continue
             doc["rows"].append(one_run(args.base, pool, other, k, seed, args))
-            print(json.dumps({key: doc["rows"][-1][key] for key in ("k", "seed", "seconds", "kept_by_guard")}),
-                  flush=True)
+            print(
+                json.dumps({key: doc["rows"][-1][key] for key in ("k", "seed", "seconds", "kept_by_guard")}), flush=True
+            )
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc, indent=1))
             tmp.replace(out)
@@ -119,8 +127,10 @@ def _row(target, k, label, rs, others, kept=""):
     dflt = [r["target_default"]["pixel_accuracy"] for r in rs if "target_default" in r]
     dtext = f"{np.mean(dflt):.4f}" if dflt else ""
     other = f"{np.mean([o['pixel_accuracy'] for o in others]):.4f}"
-    return (f"| {target} | {k} | {label} | {acc.mean():.4f} ({acc.min():.4f}-{acc.max():.4f}) | {cyto:.3f} | "
-            f"{nuc:.3f} | {dtext} | {other} | {kept} |")
+    return (
+        f"| {target} | {k} | {label} | {acc.mean():.4f} ({acc.min():.4f}-{acc.max():.4f}) | {cyto:.3f} | "
+        f"{nuc:.3f} | {dtext} | {other} | {kept} |"
+    )
 
 
 def kept(row) -> bool:
@@ -137,9 +147,11 @@ def kept(row) -> bool:
 
 def summarise(paths) -> str:
     """Markdown table of result files: per lab and k, the mean (and range) over the seeds."""
-    lines = ["| lab | k | model | pixel acc. (range over seeds) | cyto Dice | nucleus Dice | "
-             "default method, pixel acc. | other source, pixel acc. | kept by the guard |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| lab | k | model | pixel acc. (range over seeds) | cyto Dice | nucleus Dice | "
+        "default method, pixel acc. | other source, pixel acc. | kept by the guard |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in paths:
         d = json.loads(Path(path).read_text())
         target = d["args"]["target"]
@@ -151,9 +163,16 @@ def summarise(paths) -> str:
             n_kept = sum(kept(r) for r in rows)
             lines.append(_row(target, k, "shipped model", base, [base_other] * len(rows)))
             lines.append(_row(target, k, "fine-tuned", rows, [r["other"] for r in rows]))
-            lines.append(_row(target, k, "**what the user gets**", guarded,
-                              [r["other"] if kept(r) else base_other for r in rows],
-                              f"{n_kept} of {len(rows)}"))
+            lines.append(
+                _row(
+                    target,
+                    k,
+                    "**what the user gets**",
+                    guarded,
+                    [r["other"] if kept(r) else base_other for r in rows],
+                    f"{n_kept} of {len(rows)}",
+                )
+            )
     return "\n".join(lines)
 
 

@@ -58,8 +58,9 @@ def main(argv=None):
     app = QApplication.instance()
     timer.start(20)
     t0 = time.perf_counter()
-    w._relay.qobject.step.connect(lambda *a: setattr(w, "_first_step_at", getattr(w, "_first_step_at", None)
-                                                    or time.perf_counter()))
+    w._relay.qobject.step.connect(
+        lambda *a: setattr(w, "_first_step_at", getattr(w, "_first_step_at", None) or time.perf_counter())
+    )
     w.train()
     while w.worker is not None:
         app.processEvents()
@@ -69,10 +70,17 @@ def main(argv=None):
     out = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "steps": args.steps, "batch": args.batch, "threads": args.threads,
-        "training_seconds": time.perf_counter() - t0, "steps_seen": len(w.losses), "status": w.status.value,
-        "tick_ms": 20, "n_ticks": len(ticks), "max_gap_ms": float(gaps.max()),
-        "p99_gap_ms": float(np.percentile(gaps, 99)), "median_gap_ms": float(np.median(gaps)),
+        "steps": args.steps,
+        "batch": args.batch,
+        "threads": args.threads,
+        "training_seconds": time.perf_counter() - t0,
+        "steps_seen": len(w.losses),
+        "status": w.status.value,
+        "tick_ms": 20,
+        "n_ticks": len(ticks),
+        "max_gap_ms": float(gaps.max()),
+        "p99_gap_ms": float(np.percentile(gaps, 99)),
+        "median_gap_ms": float(np.median(gaps)),
         "gaps_over_200ms": int((gaps > 200).sum()),
         "max_gap_at_s": float(ticks[int(gaps.argmax())] - t0),  # since Train was pressed
         "first_step_at_s": w._first_step_at - t0 if getattr(w, "_first_step_at", None) else None,

@@ -84,8 +84,10 @@ def machine(threads):
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__} with {threads} thread(s); "
-            f"load average at start {load[0]:.2f}")
+    return (
+        f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__} with {threads} thread(s); "
+        f"load average at start {load[0]:.2f}"
+    )
 
 
 PATHS = ("numba", "torch")
@@ -142,8 +144,14 @@ def vptv_iteration_only(image, preset):
     lo, hi = preset["volume_bounds"]
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        st = vptv_iterate(cost, volume_bounds=(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)),
-                          epsilon=preset["epsilon"], tv_weight=preset["tv_weight"], max_num_iter=500, tol=1e-3)
+        st = vptv_iterate(
+            cost,
+            volume_bounds=(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)),
+            epsilon=preset["epsilon"],
+            tv_weight=preset["tv_weight"],
+            max_num_iter=500,
+            tol=1e-3,
+        )
     return time.perf_counter() - t0, time.process_time() - c0, st.n_iter
 
 
@@ -183,8 +191,10 @@ def per_iteration(paths, n_iter=60, repeat=7):
 
     src = torch.rand(3 * 3 * 300 * 300)  # u + q (2 components) = 3 x (3, 300, 300)
     dst = torch.empty_like(src)
-    out = dict(ms_numpy_chambolle_step=best(chambolle, 20) / 20 * 1e3,
-               ms_torch_copy_scale_u_q=best(lambda: torch.mul(src, 0.5, out=dst), 50) / 50 * 1e3)
+    out = dict(
+        ms_numpy_chambolle_step=best(chambolle, 20) / 20 * 1e3,
+        ms_torch_copy_scale_u_q=best(lambda: torch.mul(src, 0.5, out=dst), 50) / 50 * 1e3,
+    )
     for path in paths:  # interleaved with the floors' load: floors first, then each path
         use_path(path)
         ms = best(solve, 1) / n_iter * 1e3
@@ -318,17 +328,21 @@ def stack_throughput(image, preset, n_frames):
         wall, cpu = _since(t0)
         key = "warm" if warm else "cold"
         labels[key] = [r[0] for r in res]
-        out[f"one_core_{key}"] = dict(fps_wall=n_frames / wall, fps_cpu=n_frames / cpu,
-                                      iterations=[int(r[1]) for r in res])
-        halves = (stack[: n_frames // 2], stack[n_frames // 2:])
+        out[f"one_core_{key}"] = dict(
+            fps_wall=n_frames / wall, fps_cpu=n_frames / cpu, iterations=[int(r[1]) for r in res]
+        )
+        halves = (stack[: n_frames // 2], stack[n_frames // 2 :])
         t0 = _clock()
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(functools.partial(run, warm=warm), halves))
         wall, cpu = _since(t0)
         out[f"two_cores_{key}"] = dict(fps_wall=n_frames / wall, fps_cpu=n_frames / cpu)
-    out["warm_vs_cold_label_agreement_min"] = float(min(np.mean(a == b) for a, b in zip(labels["cold"], labels["warm"])))
+    out["warm_vs_cold_label_agreement_min"] = float(
+        min(np.mean(a == b) for a, b in zip(labels["cold"], labels["warm"]))
+    )
     out["iterations_saved_by_warm_start"] = 1 - sum(out["one_core_warm"]["iterations"]) / sum(
-        out["one_core_cold"]["iterations"])
+        out["one_core_cold"]["iterations"]
+    )
     out["frames"], out["shape"] = n_frames, list(stack.shape)
     return out
 
@@ -351,23 +365,42 @@ def run_images(images, preset, repeat, paths):
             lab_v, t_v, c_v, it = min(runs, key=lambda r: r[2])
             t_it, c_it, n_it = vptv_iteration_only(img, preset)
             labels[path] = lab_v
-            row.update({f"t_vptv_{path}": t_v, f"cpu_vptv_{path}": c_v, f"t_iter_{path}": t_it,
-                        f"cpu_iter_{path}": c_it, f"n_iter_{path}": n_it,
-                        f"ms_per_iteration_cpu_{path}": 1e3 * c_it / n_it,
-                        f"softmax_passes_{path}": it + 1 + sum(_ROUNDING_PASSES),
-                        f"acc3_vptv_{path}": np.mean(lab_v == mask), f"acc2_vptv_{path}": np.mean((lab_v > 0) == fg)})
+            row.update(
+                {
+                    f"t_vptv_{path}": t_v,
+                    f"cpu_vptv_{path}": c_v,
+                    f"t_iter_{path}": t_it,
+                    f"cpu_iter_{path}": c_it,
+                    f"n_iter_{path}": n_it,
+                    f"ms_per_iteration_cpu_{path}": 1e3 * c_it / n_it,
+                    f"softmax_passes_{path}": it + 1 + sum(_ROUNDING_PASSES),
+                    f"acc3_vptv_{path}": np.mean(lab_v == mask),
+                    f"acc2_vptv_{path}": np.mean((lab_v > 0) == fg),
+                }
+            )
         use_path(paths[0])
         lab_c, t_c, c_c = chan_vese_labels(img)
         lab_r, t_r, c_r = random_walker_labels(img)
-        row.update(t_cv=t_c, cpu_cv=c_c, t_rw=t_r, cpu_rw=c_r, acc3_rw=np.mean(lab_r == mask),
-                   acc2_cv=np.mean((lab_c > 0) == fg), acc2_rw=np.mean((lab_r > 0) == fg),
-                   labels_equal_across_paths=float(all(np.array_equal(labels[paths[0]], v) for v in labels.values())))
+        row.update(
+            t_cv=t_c,
+            cpu_cv=c_c,
+            t_rw=t_r,
+            cpu_rw=c_r,
+            acc3_rw=np.mean(lab_r == mask),
+            acc2_cv=np.mean((lab_c > 0) == fg),
+            acc2_rw=np.mean((lab_r > 0) == fg),
+            labels_equal_across_paths=float(all(np.array_equal(labels[paths[0]], v) for v in labels.values())),
+        )
         rows.append(row)
         per_path = " | ".join(
             f"{q} {row[f'cpu_vptv_{q}']:.3f}s cpu ({row[f'n_iter_{q}']} it, {row[f'ms_per_iteration_cpu_{q}']:.2f} ms/it)"
-            for q in paths)
-        print(f"  {sid}: {per_path} | acc3 {row[f'acc3_vptv_{paths[0]}']:.4f} | chan_vese {c_c:.3f}s cpu | "
-              f"random_walker {c_r:.3f}s cpu | labels equal {bool(row['labels_equal_across_paths'])}", flush=True)
+            for q in paths
+        )
+        print(
+            f"  {sid}: {per_path} | acc3 {row[f'acc3_vptv_{paths[0]}']:.4f} | chan_vese {c_c:.3f}s cpu | "
+            f"random_walker {c_r:.3f}s cpu | labels equal {bool(row['labels_equal_across_paths'])}",
+            flush=True,
+        )
     return rows
 
 
@@ -375,17 +408,27 @@ def summarise(rows, floor, paths):
     m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "id"}
     ref = f"cpu_vptv_{paths[0]}"
     print()
-    print(f"| method | CPU s / image | CPU time ratio to VPTV ({paths[0]}) | 3-class pixel acc. | cell-vs-background acc. |")
+    print(
+        f"| method | CPU s / image | CPU time ratio to VPTV ({paths[0]}) | 3-class pixel acc. | cell-vs-background acc. |"
+    )
     print("|---|---|---|---|---|")
     for q in paths:
-        print(f"| VPTV {q}, WBC preset (whole call, incl. volume rounding) | {m[f'cpu_vptv_{q}']:.3f} | "
-              f"{m[f'cpu_vptv_{q}'] / m[ref]:.2f} | {m[f'acc3_vptv_{q}']:.4f} | {m[f'acc2_vptv_{q}']:.4f} |")
-        print(f"| VPTV {q} iteration only ({m[f'n_iter_{q}']:.0f} iterations avg) | {m[f'cpu_iter_{q}']:.3f} | "
-              f"{m[f'cpu_iter_{q}'] / m[ref]:.2f} | | |")
-    print(f"| skimage chan_vese (grey, 2 phases) | {m['cpu_cv']:.3f} | {m['cpu_cv'] / m[ref]:.1f} | n/a | "
-          f"{m['acc2_cv']:.4f} |")
-    print(f"| skimage random_walker (RGB, k-means seeds) | {m['cpu_rw']:.3f} | {m['cpu_rw'] / m[ref]:.1f} | "
-          f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |")
+        print(
+            f"| VPTV {q}, WBC preset (whole call, incl. volume rounding) | {m[f'cpu_vptv_{q}']:.3f} | "
+            f"{m[f'cpu_vptv_{q}'] / m[ref]:.2f} | {m[f'acc3_vptv_{q}']:.4f} | {m[f'acc2_vptv_{q}']:.4f} |"
+        )
+        print(
+            f"| VPTV {q} iteration only ({m[f'n_iter_{q}']:.0f} iterations avg) | {m[f'cpu_iter_{q}']:.3f} | "
+            f"{m[f'cpu_iter_{q}'] / m[ref]:.2f} | | |"
+        )
+    print(
+        f"| skimage chan_vese (grey, 2 phases) | {m['cpu_cv']:.3f} | {m['cpu_cv'] / m[ref]:.1f} | n/a | "
+        f"{m['acc2_cv']:.4f} |"
+    )
+    print(
+        f"| skimage random_walker (RGB, k-means seeds) | {m['cpu_rw']:.3f} | {m['cpu_rw'] / m[ref]:.1f} | "
+        f"{m['acc3_rw']:.4f} | {m['acc2_rw']:.4f} |"
+    )
     summary = dict(labels_equal_across_paths=int(sum(r["labels_equal_across_paths"] for r in rows)), images=len(rows))
     for q in paths:
         ms_it = [r[f"ms_per_iteration_cpu_{q}"] for r in rows]
@@ -398,15 +441,19 @@ def summarise(rows, floor, paths):
             ms_per_iteration_cpu_to_copy_floor=float(np.median(ms_it) / floor["ms_torch_copy_scale_u_q"]),
             iterations=[int(r[f"n_iter_{q}"]) for r in rows],
             softmax_passes=[int(r[f"softmax_passes_{q}"]) for r in rows],
-            ratio_vptv_call_to_chan_vese_cpu=float(sum(r[f"cpu_vptv_{q}"] for r in rows) / sum(r["cpu_cv"] for r in rows)),
+            ratio_vptv_call_to_chan_vese_cpu=float(
+                sum(r[f"cpu_vptv_{q}"] for r in rows) / sum(r["cpu_cv"] for r in rows)
+            ),
             ratio_vptv_call_to_chan_vese_wall=float(sum(r[f"t_vptv_{q}"] for r in rows) / sum(r["t_cv"] for r in rows)),
             acc3_vptv_mean=m[f"acc3_vptv_{q}"],
         )
         c = s["vptv_call_cpu_s"]
-        print(f"# {q}: VPTV call CPU p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s max {c['max']:.3f}s "
-              f"(max/p50 {c['max'] / c['p50']:.2f}); ms/iteration (CPU) median {np.median(ms_it):.2f} = "
-              f"{s['ms_per_iteration_cpu_to_copy_floor']:.1f}x the copy floor; CPU time ratio VPTV / chan_vese "
-              f"{s['ratio_vptv_call_to_chan_vese_cpu']:.3f}")
+        print(
+            f"# {q}: VPTV call CPU p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s max {c['max']:.3f}s "
+            f"(max/p50 {c['max'] / c['p50']:.2f}); ms/iteration (CPU) median {np.median(ms_it):.2f} = "
+            f"{s['ms_per_iteration_cpu_to_copy_floor']:.1f}x the copy floor; CPU time ratio VPTV / chan_vese "
+            f"{s['ratio_vptv_call_to_chan_vese_cpu']:.3f}"
+        )
     print(f"# labels equal across paths: {summary['labels_equal_across_paths']} / {len(rows)} images")
     return summary
 
@@ -440,11 +487,15 @@ def main(argv=None):
         use_path(q)
         vptv(images[0][1], preset)
     floor = per_iteration(paths)
-    per_path = "; ".join(f"{q} {floor[f'ms_per_iteration_{q}']:.2f} ms ({floor[f'ratio_to_copy_scale_{q}']:.1f}x floor)"
-                         for q in paths)
-    print(f"# per iteration (300x300x3, CPU time): {per_path}; numpy float32 Chambolle dual step "
-          f"{floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q (floor) "
-          f"{floor['ms_torch_copy_scale_u_q']:.3f} ms", flush=True)
+    per_path = "; ".join(
+        f"{q} {floor[f'ms_per_iteration_{q}']:.2f} ms ({floor[f'ratio_to_copy_scale_{q}']:.1f}x floor)" for q in paths
+    )
+    print(
+        f"# per iteration (300x300x3, CPU time): {per_path}; numpy float32 Chambolle dual step "
+        f"{floor['ms_numpy_chambolle_step']:.2f} ms; torch copy-and-scale of u+q (floor) "
+        f"{floor['ms_torch_copy_scale_u_q']:.3f} ms",
+        flush=True,
+    )
     comp = compiled_step() if args.compile else None
     if comp:
         print(f"# torch.compile: {comp}", flush=True)
@@ -462,12 +513,24 @@ def main(argv=None):
         import sys
 
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        Path(args.out).write_text(json.dumps(dict(
-            command="python " + " ".join(sys.argv), commit=commit, machine=machine(args.threads),
-            load_average_at_end=os.getloadavg()[0], nice=os.nice(0), images=source, per_iteration=floor,
-            torch_compile=comp, summary=summary, stack_512=stack or None,
-            rows=[{k: (v if isinstance(v, str) else float(v)) for k, v in r.items()} for r in rows],
-        ), indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                dict(
+                    command="python " + " ".join(sys.argv),
+                    commit=commit,
+                    machine=machine(args.threads),
+                    load_average_at_end=os.getloadavg()[0],
+                    nice=os.nice(0),
+                    images=source,
+                    per_iteration=floor,
+                    torch_compile=comp,
+                    summary=summary,
+                    stack_512=stack or None,
+                    rows=[{k: (v if isinstance(v, str) else float(v)) for k, v in r.items()} for r in rows],
+                ),
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -64,8 +64,12 @@ def make_stack(path: Path, n_frames: int, size: int = SIZE, seed: int = 0) -> No
             for (cy, cx), r in zip(c, radii):
                 frame = frame + 0.45 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r)
             frame = frame + rng.normal(0, 0.06, frame.shape).astype(np.float32)
-            tif.write(np.clip(frame * 255, 0, 255).astype(np.uint8), contiguous=True,
-                      photometric="minisblack", metadata={"axes": "QYX"} if t == 0 else None)
+            tif.write(
+                np.clip(frame * 255, 0, 255).astype(np.uint8),
+                contiguous=True,
+                photometric="minisblack",
+                metadata={"axes": "QYX"} if t == 0 else None,
+            )
 
 
 def _segment_kwargs(iters: int) -> dict:
@@ -108,8 +112,22 @@ def child_loop(path: str, out: str, iters: int, workers: int, threads: int = 1) 
 
 
 def run_child(kind: str, path: Path, out: Path, iters: int, workers: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path), "--out-dir", str(out),
-           "--iters", str(iters), "--workers", str(workers), "--loop-threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--path",
+        str(path),
+        "--out-dir",
+        str(out),
+        "--iters",
+        str(iters),
+        "--workers",
+        str(workers),
+        "--loop-threads",
+        str(threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{proc.stderr[-3000:]}")
@@ -121,9 +139,13 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--iters", type=int, default=10, help="solver iterations per frame (default 10)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dask threads (default: CPUs)")
-    ap.add_argument("--loop-threads", type=int, default=1,
-                    help="torch threads of the plain loop (default 1: on a busy 2-core machine, 2 torch "
-                         "threads are several times slower than 1)")
+    ap.add_argument(
+        "--loop-threads",
+        type=int,
+        default=1,
+        help="torch threads of the plain loop (default 1: on a busy 2-core machine, 2 torch "
+        "threads are several times slower than 1)",
+    )
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--tmp", default=None, help="folder for the temporary stack (default: system temp)")
     ap.add_argument("--child", choices=["headless", "loop"], help=argparse.SUPPRESS)
@@ -157,8 +179,11 @@ def main(argv=None):
                 out.mkdir()
                 r = run_child(kind, path, out, args.iters, args.workers, args.loop_threads)
                 res[kind] = r
-                print(f"[{n} frames] {kind:8s}: {r['seconds']:8.1f} s  {n / r['seconds']:6.2f} frames/s  "
-                      f"peak RSS {r['peak_rss_mb']:7.0f} MB  CPU {r['cpu_s']:7.1f} s", flush=True)
+                print(
+                    f"[{n} frames] {kind:8s}: {r['seconds']:8.1f} s  {n / r['seconds']:6.2f} frames/s  "
+                    f"peak RSS {r['peak_rss_mb']:7.0f} MB  CPU {r['cpu_s']:7.1f} s",
+                    flush=True,
+                )
             # both paths give the same labels?
             import tifffile
 
@@ -183,18 +208,23 @@ def main(argv=None):
                 "label_agreement": agree,
             }
             rows.append(row)
-            print(f"[{n} frames] headless / loop time ratio {row['time_ratio_headless_over_loop']:.2f}, "
-                  f"labels agree on {agree:.4%} of pixels", flush=True)
+            print(
+                f"[{n} frames] headless / loop time ratio {row['time_ratio_headless_over_loop']:.2f}, "
+                f"labels agree on {agree:.4%} of pixels",
+                flush=True,
+            )
             del head_lab, loop_lab
             for f in path.parent.glob(f"out_*_{n}/*"):
                 f.unlink()
             path.unlink()
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
-        print(f"scaling {a['frames']} -> {b['frames']} frames: time x{b['headless_s'] / a['headless_s']:.2f} "
-              f"(frames x{b['frames'] / a['frames']:.0f}), peak RSS {a['headless_peak_rss_mb']:.0f} -> "
-              f"{b['headless_peak_rss_mb']:.0f} MB (loop: {a['loop_peak_rss_mb']:.0f} -> "
-              f"{b['loop_peak_rss_mb']:.0f} MB)")
+        print(
+            f"scaling {a['frames']} -> {b['frames']} frames: time x{b['headless_s'] / a['headless_s']:.2f} "
+            f"(frames x{b['frames'] / a['frames']:.0f}), peak RSS {a['headless_peak_rss_mb']:.0f} -> "
+            f"{b['headless_peak_rss_mb']:.0f} MB (loop: {a['loop_peak_rss_mb']:.0f} -> "
+            f"{b['loop_peak_rss_mb']:.0f} MB)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

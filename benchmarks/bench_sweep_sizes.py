@@ -59,9 +59,15 @@ def measure(size, n_iter, repeat):
     calls = max(50, int(5e6 / src.numel()))
     ms_copy = _best(lambda: torch.mul(src, 0.5, out=dst), calls, repeat) * 1e3
     px = size * size
-    return {"size": size, "ms_per_iteration": ms_iter, "ms_copy_floor": ms_copy, "ratio": ms_iter / ms_copy,
-            "ns_per_pixel_iteration": ms_iter * 1e6 / px, "ns_per_pixel_copy": ms_copy * 1e6 / px,
-            "working_set_mb": px * 3 * 4 * 6 / 1e6}
+    return {
+        "size": size,
+        "ms_per_iteration": ms_iter,
+        "ms_copy_floor": ms_copy,
+        "ratio": ms_iter / ms_copy,
+        "ns_per_pixel_iteration": ms_iter * 1e6 / px,
+        "ns_per_pixel_copy": ms_copy * 1e6 / px,
+        "working_set_mb": px * 3 * 4 * 6 / 1e6,
+    }
 
 
 def main(argv=None):
@@ -74,10 +80,18 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows = [measure(int(s), args.n_iter, args.repeat) for s in args.sizes.split(",")]
     for r in rows:
-        print(f"{r['size']:4d} px  working set {r['working_set_mb']:6.2f} MB  iteration {r['ns_per_pixel_iteration']:6.2f}"
-              f" ns/px  copy floor {r['ns_per_pixel_copy']:5.2f} ns/px  ratio {r['ratio']:4.1f}", flush=True)
-    out = {"command": "python " + " ".join(sys.argv), "commit": S.commit(), "machine": S.machine(),
-           "load_average_end": os.getloadavg()[0], "rows": rows}
+        print(
+            f"{r['size']:4d} px  working set {r['working_set_mb']:6.2f} MB  iteration {r['ns_per_pixel_iteration']:6.2f}"
+            f" ns/px  copy floor {r['ns_per_pixel_copy']:5.2f} ns/px  ratio {r['ratio']:4.1f}",
+            flush=True,
+        )
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "commit": S.commit(),
+        "machine": S.machine(),
+        "load_average_end": os.getloadavg()[0],
+        "rows": rows,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0

@@ -41,8 +41,15 @@ def compose_scan(side: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(-(-side // 480)):
-        rows.append(np.concatenate([bf.compose(data, squares, (480, 640), rng, 2, int(rng.integers(3, 11)),
-                                               red_cells)[0] for _ in range(-(-side // 640))], axis=1))
+        rows.append(
+            np.concatenate(
+                [
+                    bf.compose(data, squares, (480, 640), rng, 2, int(rng.integers(3, 11)), red_cells)[0]
+                    for _ in range(-(-side // 640))
+                ],
+                axis=1,
+            )
+        )
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:side, :side])
 
 
@@ -62,13 +69,20 @@ def main(argv=None):
     result = segment_image(scan, callback=lambda done, total: ticks.append((done, total)))
     seconds = time.perf_counter() - t
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    row = {"side": args.side, "megapixels": args.side**2 / 1e6, "seconds": round(seconds, 1),
-           "seconds_per_megapixel": round(seconds / (args.side**2 / 1e6), 2),
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-           "tiles": result.info.get("tiles"), "diameter": round(float(result.diameter), 1),
-           "red_cell_diameter": round(float(result.info.get("red_cell_diameter", 0.0)), 1),
-           "cells": int(ndi.label(result.labels > 0)[1]),
-           "progress_calls": len(ticks), "commit": commit, "machine": bf._machine()}
+    row = {
+        "side": args.side,
+        "megapixels": args.side**2 / 1e6,
+        "seconds": round(seconds, 1),
+        "seconds_per_megapixel": round(seconds / (args.side**2 / 1e6), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "tiles": result.info.get("tiles"),
+        "diameter": round(float(result.diameter), 1),
+        "red_cell_diameter": round(float(result.info.get("red_cell_diameter", 0.0)), 1),
+        "cells": int(ndi.label(result.labels > 0)[1]),
+        "progress_calls": len(ticks),
+        "commit": commit,
+        "machine": bf._machine(),
+    }
     print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:

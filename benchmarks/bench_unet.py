@@ -46,8 +46,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sweep", type=int, nargs="*", default=[],
-                    help="also time the VPTVU-net with these T (num_iter) values")
+    ap.add_argument(
+        "--sweep", type=int, nargs="*", default=[], help="also time the VPTVU-net with these T (num_iter) values"
+    )
     ap.add_argument("--image", default=None, help="a 300x300 RGB image (default: random)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,14 +68,18 @@ def main(argv=None):
         fn_unet = lambda: W.predict_wbc(img, method="unet")  # noqa: E731
         fn_vptv = lambda: W.predict_wbc(img, method="vptv-unet")  # noqa: E731
         d = W.model_metadata("vptv-unet")["defaults"]
-        cfg = (f"shipped weights; VPTV defaults prior={d.get('prior', d.get('volume_mode'))}, eps={d['epsilon']}, "
-               f"lambda={d['tv_weight']}, T={d['num_iter']}; test-time augmentation: predict_wbc's default")
+        cfg = (
+            f"shipped weights; VPTV defaults prior={d.get('prior', d.get('volume_mode'))}, eps={d['epsilon']}, "
+            f"lambda={d['tv_weight']}, T={d['num_iter']}; test-time augmentation: predict_wbc's default"
+        )
     else:
         from napari_vptv.nn import data as D
 
         uk = dict(base_channels=8, depth=4)
         u = build_model("unet", unet_kwargs=uk).eval()
-        v = build_model("vptv-unet", unet_kwargs=uk, head_kwargs=dict(num_iter=20, tv_weight=1.0, volume_mode="exact")).eval()
+        v = build_model(
+            "vptv-unet", unet_kwargs=uk, head_kwargs=dict(num_iter=20, tv_weight=1.0, volume_mode="exact")
+        ).eval()
         vol = torch.tensor([0.76, 0.13, 0.11])
 
         def fn_unet():
@@ -89,9 +94,13 @@ def main(argv=None):
 
     mu, bu = _time(fn_unet, args.repeats)
     mv, bv = _time(fn_vptv, args.repeats)
-    print(f"machine: {platform.machine()} {_cpu_name()}, {os.cpu_count()} logical CPUs, "
-          f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")
-    print(f"config: {cfg}; image {img.shape}; median of {args.repeats} repeats (after 2 warm-ups), numpy in -> labels out")
+    print(
+        f"machine: {platform.machine()} {_cpu_name()}, {os.cpu_count()} logical CPUs, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"config: {cfg}; image {img.shape}; median of {args.repeats} repeats (after 2 warm-ups), numpy in -> labels out"
+    )
     print(f"U-net      : median {1000 * mu:7.1f} ms   (min {1000 * bu:6.1f} ms)")
     print(f"VPTVU-net  : median {1000 * mv:7.1f} ms   (min {1000 * bv:6.1f} ms)")
     print(f"ratio VPTVU-net / U-net: {mv / mu:.2f}  (targets: <= 150 ms, <= 1.5x)")

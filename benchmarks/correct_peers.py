@@ -82,8 +82,9 @@ def geodesic_active_contour(grey, labels, iterations=30, margin=12):
         sl = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in sl)
         crop = out[sl]
         obj = labels[sl] == i
-        ls = morphological_geodesic_active_contour(g[sl], iterations, init_level_set=obj, smoothing=1,
-                                                   balloon=0).astype(bool)
+        ls = morphological_geodesic_active_contour(
+            g[sl], iterations, init_level_set=obj, smoothing=1, balloon=0
+        ).astype(bool)
         crop[crop == i] = 0
         crop[ls & (crop == 0) & ((labels[sl] == 0) | obj)] = i
     return out

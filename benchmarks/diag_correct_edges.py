@@ -60,8 +60,12 @@ def main(argv=None):
             if t is None:
                 continue
             area = obj.sum()
-            r = [prior.sum() / area, ((t > 0.5) & ~other).sum() / area, (out == i).sum() / area,
-                 (peer == i).sum() / area]
+            r = [
+                prior.sum() / area,
+                ((t > 0.5) & ~other).sum() / area,
+                (out == i).sum() / area,
+                (peer == i).sum() / area,
+            ]
             ratios.append(r)
             print(key, i, " ".join(f"{v:.2f}" for v in r), flush=True)
     print("mean", " ".join(f"{v:.3f}" for v in np.mean(ratios, 0)), f"({len(ratios)} objects)")

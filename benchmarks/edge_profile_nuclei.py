@@ -84,8 +84,14 @@ def positions(p, i_in, i_out):
     foot = _crossing(p, i_out + 0.1 * step, start)
     p_at = np.interp(grad, OFFSETS, p)
     tangent = grad + (p_at - i_out) / max(slope[k], 1e-9)
-    return dict(level=float(level), half_max=float(half), max_gradient=float(grad), outer_foot=float(foot),
-                tangent_foot=float(tangent), contrast=float(step))
+    return dict(
+        level=float(level),
+        half_max=float(half),
+        max_gradient=float(grad),
+        outer_foot=float(foot),
+        tangent_foot=float(tangent),
+        contrast=float(step),
+    )
 
 
 def measure(img, labels, ids, planes):
@@ -138,24 +144,32 @@ def main(argv=None):
     results = {}
     img2, lab2 = load_stardist(2, args.wheel)
     img3, lab3 = load_stardist(3, args.wheel)
-    for name, img, lab, split in (("2d-tune", img2, lab2, "tune"), ("2d-heldout", img2, lab2, "heldout"),
-                                  ("3d", img3, lab3, "tune")):
+    for name, img, lab, split in (
+        ("2d-tune", img2, lab2, "tune"),
+        ("2d-heldout", img2, lab2, "heldout"),
+        ("3d", img3, lab3, "tune"),
+    ):
         ids = set(split_ids(lab, split).tolist())
         recs = measure(img, lab, ids, planes=lab.ndim == 3)
         small = [r for r in recs if r["area"] < 300]
-        results[name] = dict(all=summary(recs), small=summary(small), large=summary([r for r in recs if
-                                                                                        r["area"] >= 300]))
-        print(f"\n{name}: {len(recs)} nuclei{' cross-sections' if lab.ndim == 3 else ''} "
-              f"({len(small)} under 300 px); median [quartiles], px from the annotated boundary (> 0 = outside)")
+        results[name] = dict(
+            all=summary(recs), small=summary(small), large=summary([r for r in recs if r["area"] >= 300])
+        )
+        print(
+            f"\n{name}: {len(recs)} nuclei{' cross-sections' if lab.ndim == 3 else ''} "
+            f"({len(small)} under 300 px); median [quartiles], px from the annotated boundary (> 0 = outside)"
+        )
         for k, v in results[name]["all"].items():
             if k != "n" and v is not None:
                 print(f"  {k:20s} {v[1]:+.2f}  [{v[0]:+.2f}, {v[2]:+.2f}]")
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         commit = commit or os.environ.get("VPTV_CODE_COMMIT", "")  # a `git archive` has no .git
-        Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit,
-                                                  results=results), indent=1))
+        Path(args.out).write_text(
+            json.dumps(dict(command="python " + " ".join(sys.argv), commit=commit, results=results), indent=1)
+        )
 
 
 if __name__ == "__main__":

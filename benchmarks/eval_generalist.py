@@ -65,6 +65,7 @@ def make_predictor(spec, nets, args):
 
         def run(img, diameter=None):
             return predict_cells(model, meta, img, diameter=diameter, **kw).labels
+
         return run
     from napari_vptv.core.solver.segment import vptv_segment
     from napari_vptv.core.wbc.adapt import adapted_segment
@@ -81,12 +82,21 @@ def make_predictor(spec, nets, args):
         # the default method "vptv-adapted" (api.segment_adapted: one plain U-net pass), with this run's U-net
         pred = predict_cells(model, meta, img, diameter=diameter, augment=1, require_nucleus=False)
         p = pred.probabilities
-        r = adapted_segment(img, p, network_weight=args.network_weight, epsilon=args.vptv_epsilon,
-                            tv_weight=args.vptv_tv, colour_sigma=args.colour_sigma, diameter=pred.diameter,
-                            rounding=args.rounding, **({"max_num_iter": args.max_iter} if args.max_iter else {}))
+        r = adapted_segment(
+            img,
+            p,
+            network_weight=args.network_weight,
+            epsilon=args.vptv_epsilon,
+            tv_weight=args.vptv_tv,
+            colour_sigma=args.colour_sigma,
+            diameter=pred.diameter,
+            rounding=args.rounding,
+            **({"max_num_iter": args.max_iter} if args.max_iter else {}),
+        )
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
             return rule(p.argmax(0))
         return rule(r.labels)
+
     return run
 
 
@@ -113,8 +123,11 @@ def eval_no_cell(run, sources, size=100):
             for crop in S.cell_free_crops(smp.image, smp.labels, size):
                 fr.append(float((run(crop) > 0).mean()))
     fr = np.asarray(fr)
-    return {"n_crops": int(len(fr)), "mean_cell_fraction": float(fr.mean()) if len(fr) else None,
-            "share_above_2pct": float((fr > 0.02).mean()) if len(fr) else None}
+    return {
+        "n_crops": int(len(fr)),
+        "mean_cell_fraction": float(fr.mean()) if len(fr) else None,
+        "share_above_2pct": float((fr > 0.02).mean()) if len(fr) else None,
+    }
 
 
 def main(argv=None):
@@ -122,49 +135,82 @@ def main(argv=None):
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--unet", default="unet")
     ap.add_argument("--vptv", default="vptv-unet")
-    ap.add_argument("--methods", default="unet,vptv-unet:self,vptv-unet:pooled,vptv-unet:training-average,"
-                                         "vptv-unet:none,vptv:preset,vptv:adapted")
+    ap.add_argument(
+        "--methods",
+        default="unet,vptv-unet:self,vptv-unet:pooled,vptv-unet:training-average,"
+        "vptv-unet:none,vptv:preset,vptv:adapted",
+    )
     ap.add_argument("--sources", default="wbc,wbc-d1")
     ap.add_argument("--split", choices=["val", "all"], default="val")
     ap.add_argument("--suites", default="plain,no-cell,mosaic,shifts")
     ap.add_argument("--comfort", type=float, nargs=2, default=None)
     ap.add_argument("--vptv-epsilon", type=float, default=0.05)
     ap.add_argument("--vptv-tv", type=float, default=0.05)
-    ap.add_argument("--network-weight", type=float, default=None,
-                    help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
-                         "(default: the API's, core.wbc.adapt.NETWORK_WEIGHT; 0 = colour model alone)")
-    ap.add_argument("--colour-sigma", default=None,
-                    help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
-                         "(core.wbc.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
-                         "default: the API's, core.wbc.adapt.COLOUR_SIGMA")
-    ap.add_argument("--min-nucleus-fraction", type=float, default=None,
-                    help="nucleus rule: nucleus share below which a cell part is dropped "
-                         "(default: core.wbc.cell_rules.MIN_NUCLEUS_FRACTION)")
-    ap.add_argument("--rounding", choices=["volume", "argmax"], default=None,
-                    help="vptv:adapted: final labels by the volume-respecting rounding or argmax "
-                         "(default: the API's, core.wbc.adapt.ROUNDING)")
-    ap.add_argument("--max-iter", type=int, default=0,
-                    help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.wbc.adapt.MAX_ITER)")
-    ap.add_argument("--augment", type=int, choices=[1, 2, 8], default=2,
-                    help="test-time augmentation: transforms averaged (default: the user default, 2; "
-                         "older results used 1)")
-    ap.add_argument("--keep-cells-without-nucleus", action="store_true",
-                    help="score the raw labels (no white-cell nucleus rule), as older results did")
+    ap.add_argument(
+        "--network-weight",
+        type=float,
+        default=None,
+        help="vptv:adapted: weight of the U-net's -log p next to the colour cost "
+        "(default: the API's, core.wbc.adapt.NETWORK_WEIGHT; 0 = colour model alone)",
+    )
+    ap.add_argument(
+        "--colour-sigma",
+        default=None,
+        help="vptv:adapted: smoothing (px) of the image the colour model sees, or 'auto' "
+        "(core.wbc.adapt.COLOUR_SIGMA_PER_DIAMETER x the estimated diameter); "
+        "default: the API's, core.wbc.adapt.COLOUR_SIGMA",
+    )
+    ap.add_argument(
+        "--min-nucleus-fraction",
+        type=float,
+        default=None,
+        help="nucleus rule: nucleus share below which a cell part is dropped "
+        "(default: core.wbc.cell_rules.MIN_NUCLEUS_FRACTION)",
+    )
+    ap.add_argument(
+        "--rounding",
+        choices=["volume", "argmax"],
+        default=None,
+        help="vptv:adapted: final labels by the volume-respecting rounding or argmax "
+        "(default: the API's, core.wbc.adapt.ROUNDING)",
+    )
+    ap.add_argument(
+        "--max-iter",
+        type=int,
+        default=0,
+        help="vptv:adapted: iteration cap of both solves (default 0: the API's, core.wbc.adapt.MAX_ITER)",
+    )
+    ap.add_argument(
+        "--augment",
+        type=int,
+        choices=[1, 2, 8],
+        default=2,
+        help="test-time augmentation: transforms averaged (default: the user default, 2; older results used 1)",
+    )
+    ap.add_argument(
+        "--keep-cells-without-nucleus",
+        action="store_true",
+        help="score the raw labels (no white-cell nucleus rule), as older results did",
+    )
     ap.add_argument("--limit", type=int, default=0, help="score only the first N images per source (quick look)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.network_weight is None:
         from napari_vptv.core.wbc.adapt import NETWORK_WEIGHT
+
         args.network_weight = NETWORK_WEIGHT
     if args.colour_sigma is None:
         from napari_vptv.core.wbc.adapt import COLOUR_SIGMA
+
         args.colour_sigma = COLOUR_SIGMA
     args.colour_sigma = None if args.colour_sigma in ("auto", None) else float(args.colour_sigma)
     if args.rounding is None:
         from napari_vptv.core.wbc.adapt import ROUNDING
+
         args.rounding = ROUNDING
     if args.min_nucleus_fraction is not None:  # read at call time by every method's rule
         from napari_vptv.core.wbc import cell_rules
+
         cell_rules.MIN_NUCLEUS_FRACTION = args.min_nucleus_fraction
     torch.set_num_threads(1)
     nets = {"unet": load_model(args.unet), "vptv-unet": load_model(args.vptv)}
@@ -199,8 +245,14 @@ def main(argv=None):
                     si, sl = zip(*[S.apply_shift(shift, im, lb) for im, lb in zip(imgs, labs)])
                     r["shifts"][shift], _ = score(run, list(si), list(sl))
             res[src.name] = r
-            print(spec, src.name, json.dumps({k: (v["pixel_accuracy"], v["dice"], v["nc_ratio_mae"])
-                                              for k, v in r.items() if k != "shifts"}), flush=True)
+            print(
+                spec,
+                src.name,
+                json.dumps(
+                    {k: (v["pixel_accuracy"], v["dice"], v["nc_ratio_mae"]) for k, v in r.items() if k != "shifts"}
+                ),
+                flush=True,
+            )
         if "no-cell" in suites:
             res["no_cell_crops"] = eval_no_cell(run, sources)
             print(spec, "no-cell", json.dumps(res["no_cell_crops"]), flush=True)

@@ -61,8 +61,14 @@ def caps(masks, folds, fit_kwargs):
             a_ub = np.block([[np.eye(n), -np.eye(n)], [-np.eye(n), -np.eye(n)]])
             b_ub = np.r_[t, -t]
             a_eq = np.r_[np.ones(n), np.zeros(n)][None]
-            res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0],
-                          bounds=[(lo[i], hi[i]) for i in range(n)] + [(0, None)] * n)
+            res = linprog(
+                c,
+                A_ub=a_ub,
+                b_ub=b_ub,
+                A_eq=a_eq,
+                b_eq=[1.0],
+                bounds=[(lo[i], hi[i]) for i in range(n)] + [(0, None)] * n,
+            )
             interval.append(1 - 0.5 * res.fun)
     return float(np.mean(exact)), float(np.mean(interval))
 
@@ -79,8 +85,7 @@ def run_config(ids, images, masks, folds, models, cfg, mode, subset=1, log=None)
         r = vptv_segment(images[j], **kw)
         dt = time.perf_counter() - t0
         row = evaluate(r.labels, masks[j], 3)
-        row.update(id=ids[j], time=dt, n_iter=r.n_iter,
-                   volume_residual=float(r.volume_spec.residual(r.volumes).max()))
+        row.update(id=ids[j], time=dt, n_iter=r.n_iter, volume_residual=float(r.volume_spec.residual(r.volumes).max()))
         rows.append(row)
         if log:
             print(f"  {ids[j]} acc {row['accuracy']:.4f} it {r.n_iter} {dt:.2f}s", file=log, flush=True)
@@ -90,8 +95,10 @@ def run_config(ids, images, masks, folds, models, cfg, mode, subset=1, log=None)
 def fmt(name, mode, s):
     d = s["dice"]
     v = s["volume_error"]
-    return (f"| {name} | {mode} | {s['accuracy']:.4f} | {d[0]:.3f} / {d[1]:.3f} / {d[2]:.3f} | "
-            f"{v[0]:.3f} / {v[1]:.3f} / {v[2]:.3f} | {s['n_iter']:.0f} | {s['time']:.2f} |")
+    return (
+        f"| {name} | {mode} | {s['accuracy']:.4f} | {d[0]:.3f} / {d[1]:.3f} / {d[2]:.3f} | "
+        f"{v[0]:.3f} / {v[1]:.3f} / {v[2]:.3f} | {s['n_iter']:.0f} | {s['time']:.2f} |"
+    )
 
 
 GRID = [
@@ -119,8 +126,7 @@ def main(argv=None):
     p.add_argument("--widen", type=float, default=0.0)
     p.add_argument("--json", help="write per-image rows and summaries here")
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("--fit-package-model", action="store_true",
-                   help=f"fit on all images and write {PACKAGE_MODEL}")
+    p.add_argument("--fit-package-model", action="store_true", help=f"fit on all images and write {PACKAGE_MODEL}")
     args = p.parse_args(argv)
 
     import sys
@@ -135,31 +141,38 @@ def main(argv=None):
     if args.fit_package_model:
         model = fit_wbc_model(images, masks, **fit_kwargs)
         model.save(PACKAGE_MODEL)
-        print(f"wrote {PACKAGE_MODEL} ({PACKAGE_MODEL.stat().st_size / 1024:.0f} KB) from {len(ids)} images; "
-              f"fractions {np.round(model.fractions, 4).tolist()}, lower {np.round(model.lower, 4).tolist()}, "
-              f"upper {np.round(model.upper, 4).tolist()}")
+        print(
+            f"wrote {PACKAGE_MODEL} ({PACKAGE_MODEL.stat().st_size / 1024:.0f} KB) from {len(ids)} images; "
+            f"fractions {np.round(model.fractions, 4).tolist()}, lower {np.round(model.lower, 4).tolist()}, "
+            f"upper {np.round(model.upper, 4).tolist()}"
+        )
         return 0
 
     folds = np.arange(len(ids)) % args.folds
     t0 = time.time()
     models = [fit_wbc_model(images[folds != k], masks[folds != k], **fit_kwargs) for k in range(args.folds)]
-    print(f"# {len(ids)} images, {args.folds}-fold CV by image, scoring every {args.subset} image(s); "
-          f"fit {fit_kwargs} in {time.time() - t0:.1f}s; torch threads {torch.get_num_threads()}")
+    print(
+        f"# {len(ids)} images, {args.folds}-fold CV by image, scoring every {args.subset} image(s); "
+        f"fit {fit_kwargs} in {time.time() - t0:.1f}s; torch threads {torch.get_num_threads()}"
+    )
     ce, ci = caps(masks, folds, fit_kwargs)
     print(f"# cap (oracle) mean accuracy: exact CV-average fractions {ce:.4f}, CV intervals {ci:.4f}")
-    print("| configuration | volumes | mean pixel acc. | Dice bg / cyto / nucleus | volume error bg / cyto / nucleus | iters | s/image |")
+    print(
+        "| configuration | volumes | mean pixel acc. | Dice bg / cyto / nucleus | volume error bg / cyto / nucleus | iters | s/image |"
+    )
     print("|---|---|---|---|---|---|---|")
     grid = GRID if args.grid else [("preset " + json.dumps(WBC_DEFAULTS), {})]
     out = {}
     for name, cfg in grid:
         for mode in args.modes.split(","):
-            rows, s = run_config(ids, images, masks, folds, models, cfg, mode, args.subset,
-                                 log=sys.stderr if args.verbose else None)
+            rows, s = run_config(
+                ids, images, masks, folds, models, cfg, mode, args.subset, log=sys.stderr if args.verbose else None
+            )
             print(fmt(name, mode, s), flush=True)
-            out[f"{name} [{mode}]"] = {"summary": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                                   for k, v in s.items()},
-                                       "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                                 for k, v in r.items()} for r in rows]}
+            out[f"{name} [{mode}]"] = {
+                "summary": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()},
+                "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
+            }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

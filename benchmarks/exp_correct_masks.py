@@ -106,8 +106,7 @@ def main(argv=None):
     ap.add_argument("--offset", type=int, default=0, help="start index for --every")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--volume-factor", default="1.0",
-                    help="float, or per kind 'dilate3=0.9,erode3=1.1' (others 1.0)")
+    ap.add_argument("--volume-factor", default="1.0", help="float, or per kind 'dilate3=0.9,erode3=1.1' (others 1.0)")
     ap.add_argument("--volume-tolerance", type=float, default=0.0)
     ap.add_argument("--margin", type=int, default=None)
     ap.add_argument("--epsilon", type=float, default=0.01)
@@ -121,10 +120,16 @@ def main(argv=None):
     ap.add_argument("--no-fill-holes", action="store_true")
     ap.add_argument("--smooth", type=float, default=0.0)
     ap.add_argument("--out", default=None, help="JSON file for per-image results and the summary")
-    ap.add_argument("--rows", default=None,
-                    help="JSON-lines file: one line per corrected mask, appended as the run goes")
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="ROWS",
-                    help="only print the summary table of existing --rows files")
+    ap.add_argument(
+        "--rows", default=None, help="JSON-lines file: one line per corrected mask, appended as the run goes"
+    )
+    ap.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="ROWS",
+        help="only print the summary table of existing --rows files",
+    )
     args = ap.parse_args(argv)
     if args.summarize:
         rows = [json.loads(line) for f in args.summarize for line in Path(f).read_text().splitlines() if line]
@@ -153,10 +158,19 @@ def main(argv=None):
     data = load_wbc_dataset(args.data, ids=ids)
     data = data[args.offset :: args.every]
     params = dict(
-        volume_tolerance=args.volume_tolerance, margin=args.margin, epsilon=args.epsilon,
-        tv_weight=args.tv_weight, edge=not args.no_edge, model=args.model, similarity=args.similarity,
-        em_rounds=args.em_rounds, max_num_iter=args.max_num_iter, seed=args.seed,
-        mask_weight=args.mask_weight, fill_holes=not args.no_fill_holes, smooth=args.smooth,
+        volume_tolerance=args.volume_tolerance,
+        margin=args.margin,
+        epsilon=args.epsilon,
+        tv_weight=args.tv_weight,
+        edge=not args.no_edge,
+        model=args.model,
+        similarity=args.similarity,
+        em_rounds=args.em_rounds,
+        max_num_iter=args.max_num_iter,
+        seed=args.seed,
+        mask_weight=args.mask_weight,
+        fill_holes=not args.no_fill_holes,
+        smooth=args.smooth,
     )
     print(f"# {len(data)} images, kinds {kinds}, factors {factors}, params {params}", flush=True)
     rows = []
@@ -169,33 +183,46 @@ def main(argv=None):
             if not rough.any():
                 continue
             t = time.perf_counter()
-            out = correct_mask(img, rough.astype(np.int32), channel_axis=-1,
-                               volume_factor=factors[kind], **params)
+            out = correct_mask(img, rough.astype(np.int32), channel_axis=-1, volume_factor=factors[kind], **params)
             dt = time.perf_counter() - t
             fixed = out > 0
             row = dict(
-                id=key, kind=kind,
-                dice_before=dice(rough, truth), dice_after=dice(fixed, truth),
-                acc_before=float(np.mean(rough == truth)), acc_after=float(np.mean(fixed == truth)),
-                area_true=int(truth.sum()), area_given=int(rough.sum()), area_after=int(fixed.sum()),
-                seconds=dt, volume_factor=factors[kind],
+                id=key,
+                kind=kind,
+                dice_before=dice(rough, truth),
+                dice_after=dice(fixed, truth),
+                acc_before=float(np.mean(rough == truth)),
+                acc_after=float(np.mean(fixed == truth)),
+                area_true=int(truth.sum()),
+                area_given=int(rough.sum()),
+                area_after=int(fixed.sum()),
+                seconds=dt,
+                volume_factor=factors[kind],
             )
             rows.append(row)
             if args.rows:
                 with open(args.rows, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
         last = [r for r in rows if r["id"] == key]
-        print(f"{n_img + 1}/{len(data)} {key} " + " ".join(
-            f"{r['kind']}:{r['dice_before']:.3f}->{r['dice_after']:.3f}" for r in last
-        ) + f"  [{time.perf_counter() - t0:.0f}s]", flush=True)
+        print(
+            f"{n_img + 1}/{len(data)} {key} "
+            + " ".join(f"{r['kind']}:{r['dice_before']:.3f}->{r['dice_after']:.3f}" for r in last)
+            + f"  [{time.perf_counter() - t0:.0f}s]",
+            flush=True,
+        )
 
     summary = _summary(rows, kinds, factors)
     print(f"# total {time.perf_counter() - t0:.0f}s, mean {np.mean([r['seconds'] for r in rows]):.2f}s per mask")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(params=params, factors=factors, kinds=kinds,
-                                                  command=" ".join(sys.argv), summary=summary, rows=rows),
-                                             indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                dict(
+                    params=params, factors=factors, kinds=kinds, command=" ".join(sys.argv), summary=summary, rows=rows
+                ),
+                indent=1,
+            )
+        )
     return summary
 
 
@@ -213,9 +240,18 @@ def _summary(rows, kinds, factors):
         ab = np.mean([r["acc_before"] for r in rs])
         aa = np.mean([r["acc_after"] for r in rs])
         worst = min(r["dice_after"] - r["dice_before"] for r in rs)
-        summary[kind] = dict(n=len(rs), dice_before=db, dice_after=da, acc_before=ab, acc_after=aa,
-                             worst_delta_dice=worst, volume_factor=factors[kind])
-        print(f"{kind:9s} {len(rs):3d}   {db:.4f}      {da:.4f}      {ab:.4f}      {aa:.4f}    {worst:+.4f}   {factors[kind]}")
+        summary[kind] = dict(
+            n=len(rs),
+            dice_before=db,
+            dice_after=da,
+            acc_before=ab,
+            acc_after=aa,
+            worst_delta_dice=worst,
+            volume_factor=factors[kind],
+        )
+        print(
+            f"{kind:9s} {len(rs):3d}   {db:.4f}      {da:.4f}      {ab:.4f}      {aa:.4f}    {worst:+.4f}   {factors[kind]}"
+        )
     allb = np.mean([r["dice_before"] for r in rows])
     alla = np.mean([r["dice_after"] for r in rows])
     print(f"all       {len(rows):3d}   {allb:.4f}      {alla:.4f}")

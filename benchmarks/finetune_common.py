@@ -64,14 +64,23 @@ def score_default(model_path, test) -> dict:
 
 def _scores(preds, test):
     sc = segmentation_scores(preds, [s.labels for s in test])
-    return {"pixel_accuracy": sc["pixel_accuracy"], "dice": sc["dice"], "mean_dice": sc["mean_dice"],
-            "n_images": len(test)}
+    return {
+        "pixel_accuracy": sc["pixel_accuracy"],
+        "dice": sc["dice"],
+        "mean_dice": sc["mean_dice"],
+        "n_images": len(test),
+    }
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 

@@ -59,17 +59,27 @@ def main():
     for i in ids:
         truth = int((read_mask(root / "masks" / f"{i}.png") == 2).sum())
         got = measured.get(f"{i}.png", 0.0)
-        per_image.append({"image": f"{i}.png", "measured_px": got, "truth_px": truth,
-                          "error_pct": 100.0 * (got - truth) / truth})
+        per_image.append(
+            {"image": f"{i}.png", "measured_px": got, "truth_px": truth, "error_pct": 100.0 * (got - truth) / truth}
+        )
         print(f"{i}.png  measured {got:8.0f} px  truth {truth:6d} px  {per_image[-1]['error_pct']:+6.1f} %")
     err = np.array([p["error_pct"] for p in per_image])
-    summary = {"source": args.source, "images": len(ids), "command": "vptv " + " ".join(argv[:1] + ["FOLDER"] + argv[2:3]
-               + ["LABELS"] + argv[4:5] + ["cells.csv"] + argv[6:]),
-               "median_error_pct": float(np.median(err)), "median_abs_error_pct": float(np.median(np.abs(err))),
-               "max_abs_error_pct": float(np.max(np.abs(err))), "within_10_pct": int(np.sum(np.abs(err) <= 10)),
-               "seconds": round(seconds, 1), "per_image": per_image}
-    print(f"median |error| {summary['median_abs_error_pct']:.1f} % (signed {summary['median_error_pct']:+.1f} %), "
-          f"max {summary['max_abs_error_pct']:.1f} %, within 10 %: {summary['within_10_pct']}/{len(ids)}")
+    summary = {
+        "source": args.source,
+        "images": len(ids),
+        "command": "vptv "
+        + " ".join(argv[:1] + ["FOLDER"] + argv[2:3] + ["LABELS"] + argv[4:5] + ["cells.csv"] + argv[6:]),
+        "median_error_pct": float(np.median(err)),
+        "median_abs_error_pct": float(np.median(np.abs(err))),
+        "max_abs_error_pct": float(np.max(np.abs(err))),
+        "within_10_pct": int(np.sum(np.abs(err) <= 10)),
+        "seconds": round(seconds, 1),
+        "per_image": per_image,
+    }
+    print(
+        f"median |error| {summary['median_abs_error_pct']:.1f} % (signed {summary['median_error_pct']:+.1f} %), "
+        f"max {summary['max_abs_error_pct']:.1f} %, within 10 %: {summary['within_10_pct']}/{len(ids)}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
 

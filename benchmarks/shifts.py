@@ -13,13 +13,15 @@ import platform
 
 import numpy as np
 
-SHIFTS = ("hue+25", "hue-25", "stain-hed", "pale", "dark-gamma", "blur1.5", "noise0.03", "jpeg30",
-          "scale0.5", "scale2")
+SHIFTS = ("hue+25", "hue-25", "stain-hed", "pale", "dark-gamma", "blur1.5", "noise0.03", "jpeg30", "scale0.5", "scale2")
 
 
 def machine() -> dict:
-    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def commit():
@@ -30,10 +32,16 @@ def commit():
 
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")
@@ -117,7 +125,7 @@ def mosaics(images, labels):
     smallest height / width (a field with four white cells)."""
     out_i, out_l = [], []
     for j in range(0, len(images) - 3, 4):
-        ims, lbs = images[j:j + 4], labels[j:j + 4]
+        ims, lbs = images[j : j + 4], labels[j : j + 4]
         h = min(i.shape[0] for i in ims)
         w = min(i.shape[1] for i in ims)
         ims = [i[:h, :w] for i in ims]
@@ -133,6 +141,6 @@ def cell_free_crops(image, labels, size=100, stride=50):
     out = []
     for y in range(0, H - size + 1, stride):
         for x in range(0, W - size + 1, stride):
-            if not (labels[y:y + size, x:x + size] > 0).any():
-                out.append(image[y:y + size, x:x + size])
+            if not (labels[y : y + size, x : x + size] > 0).any():
+                out.append(image[y : y + size, x : x + size])
     return out

@@ -46,8 +46,9 @@ def find_wheel(path=None):
         hits = sorted(glob.glob(pattern))
         if hits:
             return hits[-1]
-    raise FileNotFoundError("no stardist wheel found: run `cd /tmp && pip download --no-deps stardist` "
-                            "or pass --wheel PATH")
+    raise FileNotFoundError(
+        "no stardist wheel found: run `cd /tmp && pip download --no-deps stardist` or pass --wheel PATH"
+    )
 
 
 def _scale8(img):

@@ -16,10 +16,16 @@ OUT = Path(__file__).parent / "results" / "training_runs.json"
 def summary(run: Path) -> dict:
     meta = json.loads((run / "train_meta.json").read_text())
     cfg = meta["config"]
-    return {"run": run.name, "config": cfg.get("note", ""), "input_norm": meta.get("input_norm", "none"),
-            "augment_overrides": cfg.get("augment", {}), "steps": meta["steps_done"],
-            "train_minutes": round(meta["train_seconds"] / 60, 1), "commit": meta["commit"],
-            "final_validation_native_softmax": meta["history"][-1]["val"] if meta["history"] else None}
+    return {
+        "run": run.name,
+        "config": cfg.get("note", ""),
+        "input_norm": meta.get("input_norm", "none"),
+        "augment_overrides": cfg.get("augment", {}),
+        "steps": meta["steps_done"],
+        "train_minutes": round(meta["train_seconds"] / 60, 1),
+        "commit": meta["commit"],
+        "final_validation_native_softmax": meta["history"][-1]["val"] if meta["history"] else None,
+    }
 
 
 def main(argv):

@@ -62,8 +62,18 @@ def _place_nuclei(rng, shape, n):
         if any(np.hypot(cy - p["cy"], cx - p["cx"]) < 0.8 * (ry + p["ry"]) for p in params):
             continue  # keep overlaps small: every nucleus stays visible
         lobes = int(rng.choice([0, 0, 0, 2, 3, 4]))
-        params.append(dict(cy=cy, cx=cx, ry=ry, rx=rx, theta=rng.uniform(0, np.pi), lobes=lobes,
-                           lobe_amp=rng.uniform(0.08, 0.2) if lobes else 0.0, phase=rng.uniform(0, 2 * np.pi)))
+        params.append(
+            dict(
+                cy=cy,
+                cx=cx,
+                ry=ry,
+                rx=rx,
+                theta=rng.uniform(0, np.pi),
+                lobes=lobes,
+                lobe_amp=rng.uniform(0.08, 0.2) if lobes else 0.0,
+                phase=rng.uniform(0, 2 * np.pi),
+            )
+        )
     return params
 
 
@@ -83,8 +93,16 @@ def _annotated_truth(parts, psf, shape):
     return labels
 
 
-def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: float = 200.0,
-                 read_noise: float = 4.0, dim_fraction: float = 0.25, truth: str = "shape"):
+def synth_nuclei(
+    seed: int,
+    shape=(512, 512),
+    n_nuclei: int = 60,
+    *,
+    photons: float = 200.0,
+    read_noise: float = 4.0,
+    dim_fraction: float = 0.25,
+    truth: str = "shape",
+):
     """One synthetic fluorescence nuclei image and its instance mask.
 
     Parameters
@@ -121,8 +139,7 @@ def synth_nuclei(seed: int, shape=(512, 512), n_nuclei: int = 60, *, photons: fl
         raise ValueError(f"truth must be 'shape' or 'annotated', got {truth!r}")
     parts = []
     for i, p in enumerate(params, start=1):
-        f = _shape_field(yy, xx, p["cy"], p["cx"], p["ry"], p["rx"], p["theta"], p["lobes"], p["lobe_amp"],
-                         p["phase"])
+        f = _shape_field(yy, xx, p["cy"], p["cx"], p["ry"], p["rx"], p["theta"], p["lobes"], p["lobe_amp"], p["phase"])
         inside = (f < 1) & (f < best)
         best[inside] = f[inside]
         labels[inside] = i

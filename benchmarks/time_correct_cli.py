@@ -67,8 +67,12 @@ def main(argv=None):
     res["ratio"] = res["vptv"] / res["watershed"]
     print(json.dumps(dict(n_nuclei=int(truth.max()), times=times, median=res), indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(command="python " + " ".join(sys.argv), n_nuclei=int(truth.max()),
-                                                  times=times, median=res), indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                dict(command="python " + " ".join(sys.argv), n_nuclei=int(truth.max()), times=times, median=res),
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

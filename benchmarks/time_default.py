@@ -40,8 +40,12 @@ def cpu_ms(run, images):
 
 
 def summary(ms):
-    return {"mean": float(ms.mean()), "median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
-            "max": float(ms.max())}
+    return {
+        "mean": float(ms.mean()),
+        "median": float(np.median(ms)),
+        "p90": float(np.percentile(ms, 90)),
+        "max": float(ms.max()),
+    }
 
 
 def main(argv=None):
@@ -64,10 +68,14 @@ def main(argv=None):
 
     unseen(images[0])  # warm-up: load the run's weights
 
-    out = {"command": "python " + " ".join(sys.argv), "commit": S.commit(), "machine": S.machine(),
-           "load_average_end": os.getloadavg()[0],
-           "default_segment_image_wbc_30_images_cpu_ms": summary(default),
-           "unseen_wbc_d1_only_unet_30_images_cpu_ms": summary(cpu_ms(unseen, images[::3]))}
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "commit": S.commit(),
+        "machine": S.machine(),
+        "load_average_end": os.getloadavg()[0],
+        "default_segment_image_wbc_30_images_cpu_ms": summary(default),
+        "unseen_wbc_d1_only_unet_30_images_cpu_ms": summary(cpu_ms(unseen, images[::3])),
+    }
     print(json.dumps(out, indent=1))
     Path(args.out).write_text(json.dumps(out, indent=1))
     return 0

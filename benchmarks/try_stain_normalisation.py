@@ -33,8 +33,10 @@ import shifts as S  # noqa: E402  (benchmarks/shifts.py: machine(), commit())
 
 BETA, ALPHA = 0.15, 1.0
 
+
 def od_of(rgb, io):
     return -np.log(np.maximum(rgb.astype(np.float64), 1.0) / io)
+
 
 def stains(rgb):
     io = 255.0 * white_point(rgb).astype(np.float64)
@@ -44,12 +46,15 @@ def stains(rgb):
         return None
     w, v = np.linalg.eigh(np.cov(odh.T))
     v = v[:, [2, 1]]
-    if v[0, 0] < 0: v[:, 0] *= -1
-    if v[0, 1] < 0: v[:, 1] *= -1
+    if v[0, 0] < 0:
+        v[:, 0] *= -1
+    if v[0, 1] < 0:
+        v[:, 1] *= -1
     t = odh @ v
     phi = np.arctan2(t[:, 1], t[:, 0])
     lo, hi = np.percentile(phi, ALPHA), np.percentile(phi, 100 - ALPHA)
-    a = v @ np.array([np.cos(lo), np.sin(lo)]); b = v @ np.array([np.cos(hi), np.sin(hi)])
+    a = v @ np.array([np.cos(lo), np.sin(lo)])
+    b = v @ np.array([np.cos(hi), np.sin(hi)])
     # haematoxylin-like first: more red-channel OD (absorbs red -> looks blue/purple)
     he = np.array([a, b]) if a[0] > b[0] else np.array([b, a])
     he /= np.linalg.norm(he, axis=1, keepdims=True)
@@ -57,23 +62,29 @@ def stains(rgb):
     cmax = np.percentile(c, 99, axis=1)
     return he, cmax, io, c
 
+
 def normalise(rgb, ref_he, ref_cmax):
     s = stains(rgb)
-    if s is None: return rgb
+    if s is None:
+        return rgb
     he, cmax, io, c = s
     c = c * (ref_cmax / np.maximum(cmax, 1e-6))[:, None]
     od = (ref_he.T @ c).T.reshape(rgb.shape)
     out = io * np.exp(-od)
     return np.clip(out, 0, 255).astype(np.uint8)
 
+
 def reference(samples):
     """Median stain vectors and max concentrations over a source's images."""
     hes, cms = [], []
     for s in samples:
         r = stains(s.image)
-        if r is None: continue
-        hes.append(r[0]); cms.append(r[1])
-    he = np.median(hes, 0); he /= np.linalg.norm(he, axis=1, keepdims=True)
+        if r is None:
+            continue
+        hes.append(r[0])
+        cms.append(r[1])
+    he = np.median(hes, 0)
+    he /= np.linalg.norm(he, axis=1, keepdims=True)
     return he, np.median(cms, 0)
 
 
@@ -90,11 +101,19 @@ def main(argv=None):
     tr, te = load_source(root / args.train, args.train), load_source(root / args.test, args.test)
     model, meta = load_model(args.run)
     ref_he, ref_cm = reference(tr.samples)
-    out = {"command": "python " + " ".join(sys.argv), "commit": S.commit(), "machine": S.machine(),
-           "reference_stains": ref_he.tolist(), "reference_max_concentrations": ref_cm.tolist(), "scores": {}}
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "commit": S.commit(),
+        "machine": S.machine(),
+        "reference_stains": ref_he.tolist(),
+        "reference_max_concentrations": ref_cm.tolist(),
+        "scores": {},
+    }
     for mode in ["plain", "macenko"]:
-        preds = [predict_cells(model, meta, s.image if mode == "plain" else normalise(s.image, ref_he, ref_cm)).labels
-                 for s in te.samples]
+        preds = [
+            predict_cells(model, meta, s.image if mode == "plain" else normalise(s.image, ref_he, ref_cm)).labels
+            for s in te.samples
+        ]
         sc = segmentation_scores(preds, [s.labels for s in te.samples])
         out["scores"][mode] = {k: v for k, v in sc.items() if not isinstance(v, list)}
         print(mode, out["scores"][mode], flush=True)

@@ -64,7 +64,7 @@ def evaluate(variant, datasets, kinds, data_root):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("variants", nargs="+", help="JSON dicts of correct_mask keywords (or {\"peer\": \"watershed\"})")
+    ap.add_argument("variants", nargs="+", help='JSON dicts of correct_mask keywords (or {"peer": "watershed"})')
     ap.add_argument("--datasets", default="wbc,wbc-d1,synth")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--data", default="/work/shared/data")
@@ -73,16 +73,28 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     for v in args.variants:
         cells, seconds = evaluate(json.loads(v), args.datasets.split(","), args.kinds.split(","), args.data)
         mean = float(np.mean(list(cells.values())))
         print(v, " ".join(f"{k}={d:.4f}" for k, d in cells.items()), f"mean={mean:.4f} {seconds:.0f}s", flush=True)
         if args.out:
             with open(args.out, "a") as f:
-                f.write(json.dumps(dict(variant=json.loads(v), cells=cells, mean=mean, seconds=seconds,
-                                        command="python " + " ".join(sys.argv), commit=commit)) + "\n")
+                f.write(
+                    json.dumps(
+                        dict(
+                            variant=json.loads(v),
+                            cells=cells,
+                            mean=mean,
+                            seconds=seconds,
+                            command="python " + " ".join(sys.argv),
+                            commit=commit,
+                        )
+                    )
+                    + "\n"
+                )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,10 @@ def _prepare(viewer, key, widget) -> str:
         widget.labels.value = viewer.layers["rough cell"]
         widget.max_iter.value = 150
         out = np.asarray(widget.run(sync=True).data) > 0
-        score = f"cell Dice against the ground truth {_dice(rough > 0, truth > 0):.3f} before, " \
-                f"{_dice(out, truth > 0):.3f} after"
+        score = (
+            f"cell Dice against the ground truth {_dice(rough > 0, truth > 0):.3f} before, "
+            f"{_dice(out, truth > 0):.3f} after"
+        )
     viewer.reset_view()
     return score
 
@@ -93,9 +95,11 @@ def shoot(out_dir: Path) -> None:
             path = out_dir / f"{key}_{width}x{height}.png"
             viewer.screenshot(str(path), canvas_only=False)
             size = viewer.window._qt_window.size()
-            print(f"{path.name}: window {size.width()}x{size.height()}, dock {widget.native.width()} px wide "
-                  f"(at least {widget.native.minimumSizeHint().width()}), {_out_of_reach(widget) or 'all reachable'}; "
-                  f"status: {widget.status.value}" + (f"; {score}" if score else ""))
+            print(
+                f"{path.name}: window {size.width()}x{size.height()}, dock {widget.native.width()} px wide "
+                f"(at least {widget.native.minimumSizeHint().width()}), {_out_of_reach(widget) or 'all reachable'}; "
+                f"status: {widget.status.value}" + (f"; {score}" if score else "")
+            )
             viewer.close()
 
 

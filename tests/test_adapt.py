@@ -16,9 +16,18 @@ def test_weight_zero_is_the_refitted_colour_model_alone():
     alone = adapted_segment(image, p, network_weight=0.0)
     model = gaussian_from_probabilities(prepare_image(image, -1), p)
     assert model is not None
-    expected = vptv_segment(image, n_classes=3, channel_axis=-1, class_model=model, similarity="gaussian",
-                            volume_bounds=fraction_interval(p), volume_mode="interval", em_update=True,
-                            epsilon=0.05, tv_weight=0.05)
+    expected = vptv_segment(
+        image,
+        n_classes=3,
+        channel_axis=-1,
+        class_model=model,
+        similarity="gaussian",
+        volume_bounds=fraction_interval(p),
+        volume_mode="interval",
+        em_update=True,
+        epsilon=0.05,
+        tv_weight=0.05,
+    )
     assert np.array_equal(alone.labels, expected.labels)
 
 
@@ -73,10 +82,10 @@ def test_default_smoothing_is_relative_to_the_cell_diameter():
 
     p = predict_wbc(image, method="unet", details=True, require_nucleus=False, augment=1).probabilities
     d = 2.0 / COLOUR_SIGMA_PER_DIAMETER
-    np.testing.assert_array_equal(adapted_segment(image, p, diameter=d).labels,
-                                  adapted_segment(image, p, colour_sigma=2.0).labels)
-    np.testing.assert_array_equal(adapted_segment(image, p).labels,
-                                  adapted_segment(image, p, colour_sigma=0.0).labels)
+    np.testing.assert_array_equal(
+        adapted_segment(image, p, diameter=d).labels, adapted_segment(image, p, colour_sigma=2.0).labels
+    )
+    np.testing.assert_array_equal(adapted_segment(image, p).labels, adapted_segment(image, p, colour_sigma=0.0).labels)
 
 
 def test_default_labels_are_the_argmax_of_the_combined_solve():

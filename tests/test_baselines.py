@@ -79,8 +79,9 @@ def test_emtv_iteration_budget_and_progress():
     """E-steps of at most inner_num_iter; the last one is cut at max_num_iter; the callback sees the total."""
     img, _ = _noisy_disc()
     calls = []
-    res = emtv_segment(img, 2, tv_weight=0.1, max_num_iter=12, inner_num_iter=5,
-                       callback=lambda i, m: calls.append((i, m)))
+    res = emtv_segment(
+        img, 2, tv_weight=0.1, max_num_iter=12, inner_num_iter=5, callback=lambda i, m: calls.append((i, m))
+    )
     assert res.n_iter == 12 and not res.converged
     totals = [0] + [i for i, _ in calls]
     assert calls[-1] == (12, 12) and len(calls) >= 3  # several E-step / M-step rounds

@@ -84,8 +84,11 @@ def test_iter_inputs_files_folders_globs_and_problems(tmp_path):
     assert [i.path.name for i in items] == ["a.png", "b.png", "c.tif"]  # sorted, by suffix
     assert all(i.problem is None for i in items)
 
-    items = list(iter_inputs([str(d / "*.png"), d / "a.png", str(tmp_path / "nope.png"),
-                              str(tmp_path / "zz*.tif"), tmp_path / "empty"]))
+    items = list(
+        iter_inputs(
+            [str(d / "*.png"), d / "a.png", str(tmp_path / "nope.png"), str(tmp_path / "zz*.tif"), tmp_path / "empty"]
+        )
+    )
     assert [i.path.name for i in items if i.problem is None] == ["a.png", "b.png"]  # a.png once
     problems = [i.problem for i in items if i.problem]
     assert len(problems) == 3
@@ -281,8 +284,9 @@ def test_run_batch_bad_items_are_reported_and_others_done(tmp_path):
     (d / "dup.png").write_bytes((d / "u8.png").read_bytes())
     iio.imwrite(tmp_path / "dup.png", (img * 255).astype(np.uint8))  # same stem elsewhere
 
-    summary = run_batch([d, tmp_path / "dup.png", tmp_path / "missing.png"], tmp_path / "out",
-                        make_segment_fn("vptv", **FAST))
+    summary = run_batch(
+        [d, tmp_path / "dup.png", tmp_path / "missing.png"], tmp_path / "out", make_segment_fn("vptv", **FAST)
+    )
     status = {r.input.name + ("@top" if r.input.parent == tmp_path else ""): r for r in summary.results}
     assert {k for k, r in status.items() if r.status == "done"} == {"u8.png", "u16.tif", "f32.tif", "dup.png"}
     assert "Could not read" in status["broken.png"].message
@@ -328,8 +332,9 @@ def test_output_never_replaces_another_input_of_the_run(tmp_path):
     iio.imwrite(tmp_path / "in" / "a.png", _grey_u8())
     iio.imwrite(tmp_path / "out" / "a.png", _grey_u8(seed=1))
     before = (tmp_path / "out" / "a.png").read_bytes()
-    summary = run_batch([tmp_path / "in" / "a.png", tmp_path / "out" / "a.png"], tmp_path / "out", _threshold,
-                        overwrite=True)
+    summary = run_batch(
+        [tmp_path / "in" / "a.png", tmp_path / "out" / "a.png"], tmp_path / "out", _threshold, overwrite=True
+    )
     first, second = summary.results
     assert first.status == "failed" and f"the input '{tmp_path / 'out' / 'a.png'}' of this run" in first.message
     assert second.status == "failed" and "same output name" in second.message  # same stem as the first
@@ -349,7 +354,7 @@ def test_publish_never_clobbers(tmp_path):
 def test_volume_mode_3d_ball(tmp_path):
     n = 16
     z, y, x = np.mgrid[:n, :n, :n]
-    ball = (z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 < 5.0 ** 2
+    ball = (z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 < 5.0**2
     rng = np.random.default_rng(0)
     vol = (ball * 0.6 + 0.2 + rng.normal(0, 0.05, ball.shape)).astype(np.float32)
     tifffile.imwrite(tmp_path / "ball.tif", vol, photometric="minisblack")
@@ -383,9 +388,10 @@ def test_distributed_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     tifffile.imwrite(tmp_path / "st.tif", _stack(4), photometric="minisblack")
     fn = make_segment_fn("vptv", **FAST, volumes=[0.8, 0.2])
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         res = segment_file(tmp_path / "st.tif", tmp_path / "out", fn, scheduler=client)
     assert res.status == "done", res.message
     lab = tifffile.imread(res.output)

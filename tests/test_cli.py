@@ -104,8 +104,21 @@ def test_segment_files_glob_stack_resume_overwrite(tmp_path, capsys):
     tifffile.imwrite(d / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
 
-    rc = main(["segment", str(d / "one.png"), str(d / "*.tif"), "--out", str(out), *GREY,
-               "--volumes", "0.8,0.2", "--format", "tif", "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(d / "one.png"),
+            str(d / "*.tif"),
+            "--out",
+            str(out),
+            *GREY,
+            "--volumes",
+            "0.8,0.2",
+            "--format",
+            "tif",
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert sorted(p.name for p in out.iterdir()) == ["one.tif", "stack.tif", "two.tif"]
@@ -126,8 +139,9 @@ def test_segment_files_glob_stack_resume_overwrite(tmp_path, capsys):
     assert text.count("skipped (exists)") == 4 and "0 done, 3 skipped" in text
     assert (out / "one.tif").stat().st_mtime_ns == before
 
-    rc = main(["segment", str(d / "one.png"), "--out", str(out), *GREY, "--format", "tif", "--overwrite",
-               "--no-progress"])
+    rc = main(
+        ["segment", str(d / "one.png"), "--out", str(out), *GREY, "--format", "tif", "--overwrite", "--no-progress"]
+    )
     assert rc == 0
     assert "1 done" in capsys.readouterr().out
     assert (out / "one.tif").stat().st_mtime_ns != before
@@ -139,8 +153,20 @@ def test_segment_missing_and_bad_inputs_continue(tmp_path, capsys):
     st = np.stack([_grey(seed=i) for i in range(3)])
     st[1, 2, 2] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", st, photometric="minisblack")
-    rc = main(["segment", str(tmp_path / "ok.png"), str(tmp_path / "missing.png"), str(tmp_path / "notes.txt"),
-               str(tmp_path / "nan.tif"), "--out", str(tmp_path / "out"), *GREY, "-q", "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "ok.png"),
+            str(tmp_path / "missing.png"),
+            str(tmp_path / "notes.txt"),
+            str(tmp_path / "nan.tif"),
+            "--out",
+            str(tmp_path / "out"),
+            *GREY,
+            "-q",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 1
     assert "4 input(s): 1 done, 0 skipped (exists), 3 failed" in cap.out
@@ -154,8 +180,23 @@ def test_segment_missing_and_bad_inputs_continue(tmp_path, capsys):
 def test_segment_usage_errors(tmp_path, capsys):
     assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--volumes", "x"]) == 2
     assert "comma-separated" in capsys.readouterr().err
-    assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "none",
-                 "--classes", "3", "--volumes", "0.5,0.5"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--preset",
+                "none",
+                "--classes",
+                "3",
+                "--volumes",
+                "0.5,0.5",
+            ]
+        )
+        == 2
+    )
     assert "one value per class" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["segment", str(tmp_path), "--out", str(tmp_path / "file")]) == 2
@@ -181,8 +222,19 @@ def test_segment_rgb_wbc_preset_and_3d(tmp_path, capsys):
     vol = (ball * 0.6 + 0.2 + np.random.default_rng(0).normal(0, 0.05, ball.shape)).astype(np.float32)
     tifffile.imwrite(tmp_path / "ball.tif", vol, photometric="minisblack")
     f = float(ball.mean())
-    rc = main(["segment", str(tmp_path / "ball.tif"), "--out", str(tmp_path / "out3d"), *GREY, "--3d",
-               "--volumes", f"{1 - f},{f}", "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "ball.tif"),
+            "--out",
+            str(tmp_path / "out3d"),
+            *GREY,
+            "--3d",
+            "--volumes",
+            f"{1 - f},{f}",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     lab = tifffile.imread(tmp_path / "out3d" / "ball.tif")
     assert lab.shape == ball.shape and abs(lab.mean() - f) <= 0.01
@@ -191,14 +243,36 @@ def test_segment_rgb_wbc_preset_and_3d(tmp_path, capsys):
 def test_segment_with_distributed_scheduler_address(tmp_path, capsys):
     distributed = pytest.importorskip("distributed")
     tifffile.imwrite(tmp_path / "st.tif", np.stack([_grey(seed=i) for i in range(3)]), photometric="minisblack")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
-        rc = main(["segment", str(tmp_path / "st.tif"), "--out", str(tmp_path / "out"), *GREY,
-                   "--scheduler", cluster.scheduler_address, "--no-progress", "-q"])
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        rc = main(
+            [
+                "segment",
+                str(tmp_path / "st.tif"),
+                "--out",
+                str(tmp_path / "out"),
+                *GREY,
+                "--scheduler",
+                cluster.scheduler_address,
+                "--no-progress",
+                "-q",
+            ]
+        )
     assert rc == 0, capsys.readouterr().err
     assert tifffile.imread(tmp_path / "out" / "st.tif").shape == (3, 32, 32)
-    rc = main(["segment", str(tmp_path / "st.tif"), "--out", str(tmp_path / "o2"), *GREY,
-               "--scheduler", "nonsense://127.0.0.1:1", "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "st.tif"),
+            "--out",
+            str(tmp_path / "o2"),
+            *GREY,
+            "--scheduler",
+            "nonsense://127.0.0.1:1",
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "cannot connect" in capsys.readouterr().err
 
 
@@ -277,20 +351,22 @@ def test_correct_subcommand(tmp_path, capsys):
     img = _grey(48, 10.0)
     iio.imwrite(tmp_path / "img.png", (img * 255).astype(np.uint8))
     y, x = np.mgrid[:48, :48]
-    rough = (((y - 26) ** 2 + (x - 24) ** 2) < 9.0 ** 2).astype(np.uint8)  # shifted, smaller
+    rough = (((y - 26) ** 2 + (x - 24) ** 2) < 9.0**2).astype(np.uint8)  # shifted, smaller
     iio.imwrite(tmp_path / "rough.png", rough)
-    rc = main(["correct", str(tmp_path / "img.png"), str(tmp_path / "rough.png"), "--out",
-               str(tmp_path / "fixed.png")])
+    rc = main(["correct", str(tmp_path / "img.png"), str(tmp_path / "rough.png"), "--out", str(tmp_path / "fixed.png")])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     fixed = iio.imread(tmp_path / "fixed.png")
     assert fixed.shape == (48, 48) and set(np.unique(fixed)) <= {0, 1}
-    assert main(["correct", str(tmp_path / "img.png"), str(tmp_path / "rough.png"), "--out",
-                 str(tmp_path / "fixed.png")]) == 2
+    assert (
+        main(["correct", str(tmp_path / "img.png"), str(tmp_path / "rough.png"), "--out", str(tmp_path / "fixed.png")])
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
     iio.imwrite(tmp_path / "small.png", rough[:20, :20])
-    assert main(["correct", str(tmp_path / "img.png"), str(tmp_path / "small.png"), "--out",
-                 str(tmp_path / "x.png")]) == 2
+    assert (
+        main(["correct", str(tmp_path / "img.png"), str(tmp_path / "small.png"), "--out", str(tmp_path / "x.png")]) == 2
+    )
     assert "shape" in capsys.readouterr().err
 
 

@@ -46,7 +46,11 @@ def test_measure_labels_folder_with_pixel_size(tmp_path, capsys):
     assert "measured 4 cell(s) in 2 image(s)" in capsys.readouterr().out
     rows = read_rows(out)
     assert [(r["image"], r["frame"], r["cell"]) for r in rows] == [
-        ("a.png", "0", "1"), ("a.png", "0", "2"), ("b.png", "0", "1"), ("b.png", "0", "2")]
+        ("a.png", "0", "1"),
+        ("a.png", "0", "2"),
+        ("b.png", "0", "1"),
+        ("b.png", "0", "2"),
+    ]
     a = [r for r in rows if r["image"] == "a.png"]
     inner = next(r for r in a if r["touches_border"] == "False")
     edge = next(r for r in a if r["touches_border"] == "True")
@@ -86,8 +90,21 @@ def test_segment_measure_is_the_measure_table(tmp_path, capsys):
     src.mkdir()
     iio.imwrite(src / "cell.png", image[90:210, 90:210])
     seg = tmp_path / "seg.csv"
-    code = main(["segment", str(src), "--out", str(tmp_path / "lab"), "--measure", str(seg), "--pixel-size", "0.1",
-                 "--no-progress", "--max-iter", "30"])
+    code = main(
+        [
+            "segment",
+            str(src),
+            "--out",
+            str(tmp_path / "lab"),
+            "--measure",
+            str(seg),
+            "--pixel-size",
+            "0.1",
+            "--no-progress",
+            "--max-iter",
+            "30",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     rows = read_rows(seg)
     assert len(rows) >= 1 and rows[0]["image"] == "cell.png"
@@ -107,8 +124,8 @@ def test_cells_are_numbered_in_reading_order():
     # two rows of cells; within a row the centres differ a little in height
     centres = {(12, 60): 2, (14, 10): 1, (10, 35): 1, (45, 50): 2, (47, 15): 1}
     for (cy, cx), _ in centres.items():
-        lab[cy - 4:cy + 4, cx - 4:cx + 4] = 1
-        lab[cy - 1:cy + 1, cx - 1:cx + 1] = 2
+        lab[cy - 4 : cy + 4, cx - 4 : cx + 4] = 1
+        lab[cy - 1 : cy + 1, cx - 1 : cx + 1] = 2
     inst = cell_instances(lab)
     order = [int(inst[cy, cx]) for cy, cx in [(14, 10), (10, 35), (12, 60), (47, 15), (45, 50)]]
     assert order == [1, 2, 3, 4, 5]

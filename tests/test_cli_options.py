@@ -52,28 +52,81 @@ def test_the_commands_share_the_segmentation_flags(command):
 
 def test_every_flag_reaches_the_options():
     args = build_parser().parse_args(
-        ["evaluate", "--images", "i", "--masks", "m", "--method", "vptv", "--preset", "none", "--classes", "2",
-         "--volume-mode", "interval", "--lower", "0.5,0.1", "--upper", "0.9,0.5", "--epsilon", "0.3",
-         "--tv-weight", "0.4", "--edge", "--max-iter", "7", "--seed", "3", "--device", "cpu", "--diameter", "40",
-         "--keep-cells-without-nucleus", "--no-white-cell-rule", "--augment", "8"])
+        [
+            "evaluate",
+            "--images",
+            "i",
+            "--masks",
+            "m",
+            "--method",
+            "vptv",
+            "--preset",
+            "none",
+            "--classes",
+            "2",
+            "--volume-mode",
+            "interval",
+            "--lower",
+            "0.5,0.1",
+            "--upper",
+            "0.9,0.5",
+            "--epsilon",
+            "0.3",
+            "--tv-weight",
+            "0.4",
+            "--edge",
+            "--max-iter",
+            "7",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--diameter",
+            "40",
+            "--keep-cells-without-nucleus",
+            "--no-white-cell-rule",
+            "--augment",
+            "8",
+        ]
+    )
     opts = options_from_args(args)
-    assert opts == SegmentOptions(method="vptv", preset="none", n_classes=2, volume_mode="interval",
-                                  lower=(0.5, 0.1), upper=(0.9, 0.5), epsilon=0.3, tv_weight=0.4, edge=True,
-                                  max_num_iter=7, seed=3, diameter=40.0, require_nucleus=False,
-                                  white_cell_rule=False, augment=8)
+    assert opts == SegmentOptions(
+        method="vptv",
+        preset="none",
+        n_classes=2,
+        volume_mode="interval",
+        lower=(0.5, 0.1),
+        upper=(0.9, 0.5),
+        epsilon=0.3,
+        tv_weight=0.4,
+        edge=True,
+        max_num_iter=7,
+        seed=3,
+        diameter=40.0,
+        require_nucleus=False,
+        white_cell_rule=False,
+        augment=8,
+    )
 
 
 @pytest.mark.parametrize("command", sorted(FIXED))
 def test_help_names_only_offered_choices(command):
     parser = _subparser(command)
     for action in parser._actions:
-        if not action.choices or not action.help or isinstance(action, argparse._SubParsersAction) \
-                or not all(isinstance(c, str) for c in action.choices):
+        if (
+            not action.choices
+            or not action.help
+            or isinstance(action, argparse._SubParsersAction)
+            or not all(isinstance(c, str) for c in action.choices)
+        ):
             continue
         # "NAME: what it does" and "A / B: what they do" clauses name choices
         named = re.findall(r"(?:^|; )([\w-]+(?: / [\w-]+)*):", action.help)
         words = {w for clause in named for w in clause.split(" / ")}
         offered = {str(c) for c in action.choices}
         assert words <= offered, (action.option_strings, words - offered)
-    assert "--preset" not in parser.format_help() and "--classes" not in parser.format_help() \
-        if command == "demo" else True
+    assert (
+        "--preset" not in parser.format_help() and "--classes" not in parser.format_help()
+        if command == "demo"
+        else True
+    )

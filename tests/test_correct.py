@@ -172,8 +172,11 @@ def test_edge_offset_finds_the_bias():
     truth = disc((60, 60), (30, 30), 14)
     image = ndi.gaussian_filter(truth.astype(float), 1.5)
     for grow in (-3, 0, 3):
-        given = ndi.binary_dilation(truth, iterations=grow) if grow > 0 else (
-            ndi.binary_erosion(truth, iterations=-grow) if grow < 0 else truth)
+        given = (
+            ndi.binary_dilation(truth, iterations=grow)
+            if grow > 0
+            else (ndi.binary_erosion(truth, iterations=-grow) if grow < 0 else truth)
+        )
         sd = np.where(given, 0.5 - ndi.distance_transform_edt(given), ndi.distance_transform_edt(~given) - 0.5)
         off = edge_offset(image, sd, 6, np.zeros(truth.shape, bool))
         assert np.all(np.abs(off + grow) <= 1.0), (grow, np.unique(off))
@@ -371,8 +374,22 @@ def test_cli_correct_stack_mode_slices(tmp_path):
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "mask.tif", rough)
     out = tmp_path / "fixed.tif"
-    assert main(["correct", str(tmp_path / "img.tif"), str(tmp_path / "mask.tif"), "--out", str(out),
-                 "--stack-mode", "slices", "--max-iter", "100"]) == 0
+    assert (
+        main(
+            [
+                "correct",
+                str(tmp_path / "img.tif"),
+                str(tmp_path / "mask.tif"),
+                "--out",
+                str(out),
+                "--stack-mode",
+                "slices",
+                "--max-iter",
+                "100",
+            ]
+        )
+        == 0
+    )
     expected = correct_mask(image, rough, stack_mode="slices", max_num_iter=100)
     np.testing.assert_array_equal(read_mask(out), expected)
     assert not (read_mask(out)[0] > 0).any()
@@ -439,10 +456,15 @@ def test_bad_inputs_raise_clear_errors(image, mask, match):
 
 def test_bad_parameters_raise():
     image, mask = np.random.default_rng(0).random((20, 20)), np.ones((20, 20), int)
-    for kw, match in (({"mode": "x"}, "mode"), ({"volume_factor": 0}, "volume_factor"),
-                      ({"margin": -1}, "margin"), ({"evidence": np.ones((3, 3))}, "evidence"),
-                      ({"volume_mode": "z"}, "volume_mode"), ({"band": 0}, "band"),
-                      ({"area_tolerance": 1.5}, "area_tolerance")):
+    for kw, match in (
+        ({"mode": "x"}, "mode"),
+        ({"volume_factor": 0}, "volume_factor"),
+        ({"margin": -1}, "margin"),
+        ({"evidence": np.ones((3, 3))}, "evidence"),
+        ({"volume_mode": "z"}, "volume_mode"),
+        ({"band": 0}, "band"),
+        ({"area_tolerance": 1.5}, "area_tolerance"),
+    ):
         with pytest.raises(ValueError, match=match):
             correct_mask(image, mask, **kw)
     with pytest.raises(ValueError, match="two classes"):
@@ -508,8 +530,10 @@ def test_cli_correct(tmp_path, one_disc):
 
     tifffile.imwrite(img_path, image)
     write_labels(mask_path, shifted(truth, 4, -3).astype(np.uint8))
-    assert main(["correct", str(img_path), str(mask_path), "--out", str(out), "--max-iter", "150",
-                 "--mask-weight", "0.4"]) == 0
+    assert (
+        main(["correct", str(img_path), str(mask_path), "--out", str(out), "--max-iter", "150", "--mask-weight", "0.4"])
+        == 0
+    )
     fixed = read_mask(out)
     assert dice(fixed > 0, truth) >= 0.95
 

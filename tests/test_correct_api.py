@@ -47,12 +47,22 @@ def test_correct_image_is_the_core_correction(disc_image):
         correct_image(image, rough, opts, should_stop=lambda: True)
 
 
-@pytest.mark.parametrize("bad, field", [
-    (dict(mode="blobs"), "mode"), (dict(model="cellpose"), "model"), (dict(volume_mode="approx"), "volume_mode"),
-    (dict(epsilon=0), "epsilon"), (dict(max_num_iter=0), "max_num_iter"), (dict(band=0), "band"),
-    (dict(volume_tolerance=1.0), "volume_tolerance"), (dict(volume_factor=-1), "volume_factor"),
-    (dict(margin=2.5), "margin"), (dict(stack_mode="4d"), "stack_mode"), (dict(device=""), "device"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(mode="blobs"), "mode"),
+        (dict(model="cellpose"), "model"),
+        (dict(volume_mode="approx"), "volume_mode"),
+        (dict(epsilon=0), "epsilon"),
+        (dict(max_num_iter=0), "max_num_iter"),
+        (dict(band=0), "band"),
+        (dict(volume_tolerance=1.0), "volume_tolerance"),
+        (dict(volume_factor=-1), "volume_factor"),
+        (dict(margin=2.5), "margin"),
+        (dict(stack_mode="4d"), "stack_mode"),
+        (dict(device=""), "device"),
+    ],
+)
 def test_correct_options_are_validated_once(bad, field):
     with pytest.raises(OptionError) as err:
         CorrectOptions(**bad)

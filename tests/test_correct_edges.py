@@ -84,8 +84,9 @@ def test_each_object_reports_whether_it_moved(nuclei, bias, one_torch_thread):
     assert [r.label for r in report] == list(range(1, 7))
     for r in report:
         assert r.status.startswith("moved ") and r.status.endswith(" px"), r.status
-        assert 1.5 <= float(r.status.split()[1]) <= 4.5 and r.moved_px == pytest.approx(float(r.status.split()[1]),
-                                                                                         abs=0.051)
+        assert 1.5 <= float(r.status.split()[1]) <= 4.5 and r.moved_px == pytest.approx(
+            float(r.status.split()[1]), abs=0.051
+        )
         assert r.area_after == (out == r.label).sum()
     assert dice(out > 0, truth > 0) >= 0.95
 

@@ -227,15 +227,25 @@ def test_changes_table_sums_planes_and_names_kept_objects():
     from napari_vptv._correct_widget import changes_table
     from napari_vptv.core.correct.mask import ObjectCorrection
 
-    report = [ObjectCorrection(7, 100, 120, "moved 2.0 px", 2.0), ObjectCorrection(3, 50, 50, "no evidence"),
-              ObjectCorrection(7, 80, 80, "kept"), ObjectCorrection(7, 10, 10, "kept"),
-              ObjectCorrection(5, 40, 30, "moved 1.2 px", 1.2), ObjectCorrection(7, 30, 40, "moved 3.0 px", 3.0),
-              ObjectCorrection(8, 30, 40, "moved 3.0 px", 3.0), ObjectCorrection(8, 30, 40, "moved 2.0 px", 2.0)]
+    report = [
+        ObjectCorrection(7, 100, 120, "moved 2.0 px", 2.0),
+        ObjectCorrection(3, 50, 50, "no evidence"),
+        ObjectCorrection(7, 80, 80, "kept"),
+        ObjectCorrection(7, 10, 10, "kept"),
+        ObjectCorrection(5, 40, 30, "moved 1.2 px", 1.2),
+        ObjectCorrection(7, 30, 40, "moved 3.0 px", 3.0),
+        ObjectCorrection(8, 30, 40, "moved 3.0 px", 3.0),
+        ObjectCorrection(8, 30, 40, "moved 2.0 px", 2.0),
+    ]
     table = changes_table(report)
     assert table["index"].tolist() == [3, 5, 7, 8]
     assert table["area_before"].tolist() == [50, 40, 220, 60] and table["area_after"].tolist() == [50, 30, 250, 80]
     assert table["change_%"].tolist() == [0.0, -25.0, round(100 * 30 / 220, 1), round(100 * 20 / 60, 1)]
-    assert table["status"].tolist() == ["no evidence", "moved 1.2 px", "moved 2.5 px (2 planes), kept (2 planes)",
-                                        "moved 2.5 px"]
+    assert table["status"].tolist() == [
+        "no evidence",
+        "moved 1.2 px",
+        "moved 2.5 px (2 planes), kept (2 planes)",
+        "moved 2.5 px",
+    ]
     assert report_summary(table).endswith("3 moved, 1 kept as given")
     assert len(changes_table([])) == 0

@@ -18,8 +18,9 @@ from napari_vptv.core.solver.reference import vptv_iterate  # noqa: E402
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-@pytest.mark.parametrize("settings", [{}, {"method": "vptv", "preset": "wbc", "volume_mode": "interval"},
-                                      {"method": "unet"}])
+@pytest.mark.parametrize(
+    "settings", [{}, {"method": "vptv", "preset": "wbc", "volume_mode": "interval"}, {"method": "unet"}]
+)
 def test_cuda_gives_the_cpu_labels(settings):
     image, _ = load_sample("001")
     cpu = segment_image(image, device="cpu", **settings).labels

@@ -48,9 +48,11 @@ def _after_a_run(viewer, name, widget, wbc):
         assert widget.results.table.rowCount() >= 1
     elif name == "Correct mask":
         yy, xx = np.indices((64, 64))
-        viewer.add_image((0.1 + 0.7 * ((yy - 32) ** 2 + (xx - 32) ** 2 <= 14 ** 2)).astype(np.float32),
-                         name="a nucleus image with a long name")
-        rough = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2).astype(np.int32)
+        viewer.add_image(
+            (0.1 + 0.7 * ((yy - 32) ** 2 + (xx - 32) ** 2 <= 14**2)).astype(np.float32),
+            name="a nucleus image with a long name",
+        )
+        rough = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 10**2).astype(np.int32)
         viewer.add_labels(rough, name="a rough nucleus mask drawn by hand")
         widget.max_iter.value = 60
         assert widget.run(sync=True) is not None
@@ -78,8 +80,9 @@ def _parents(widget, root):
 
 
 @pytest.mark.parametrize("name", WIDGETS)
-def test_the_dock_fits_a_laptop_screen_without_sideways_scrolling(make_napari_viewer, qtbot, wbc,
-                                                                  one_torch_thread, name):
+def test_the_dock_fits_a_laptop_screen_without_sideways_scrolling(
+    make_napari_viewer, qtbot, wbc, one_torch_thread, name
+):
     from qtpy.QtWidgets import QScrollArea
 
     viewer, dock, widget = _open(make_napari_viewer, qtbot, name)
@@ -92,7 +95,8 @@ def test_the_dock_fits_a_laptop_screen_without_sideways_scrolling(make_napari_vi
         content = area.widget()
         assert area.horizontalScrollBar().maximum() == 0, (
             f"{name}: scrolls sideways by {area.horizontalScrollBar().maximum()} px in a "
-            f"{area.viewport().width()} px wide dock")
+            f"{area.viewport().width()} px wide dock"
+        )
         assert content.minimumSizeHint().width() <= area.viewport().width(), name
         assert area.minimumWidth() <= MAX_MIN_WIDTH, f"{name}: needs {area.minimumWidth()} px"
     assert root.minimumSizeHint().width() <= MAX_MIN_WIDTH, name

@@ -126,12 +126,18 @@ def test_cleanup_never_touches_a_users_file_named_like_a_temporary_one(tmp_path,
     d.mkdir()
     out.mkdir()
     iio.imwrite(d / "NAME.png", _grey_u8())
-    users = [out / ".NAME.partial-77777.txt", out / ".NAME.partial-77777.png",
-             out / ".NAME.vptv-partial-77777.png", out / ".NAME.vptv-partial-77777-0123456789ab.txt"]
+    users = [
+        out / ".NAME.partial-77777.txt",
+        out / ".NAME.partial-77777.png",
+        out / ".NAME.vptv-partial-77777.png",
+        out / ".NAME.vptv-partial-77777-0123456789ab.txt",
+    ]
     for f in users:
         f.write_text("the user's notes")
-    for cmd in (["segment", str(d), "--out", str(out), *GREY, "--no-progress"],
-                ["correct", str(d), "--masks", str(d), "--out", str(out), "--max-iter", "5"]):
+    for cmd in (
+        ["segment", str(d), "--out", str(out), *GREY, "--no-progress"],
+        ["correct", str(d), "--masks", str(d), "--out", str(out), "--max-iter", "5"],
+    ):
         main(cmd)
         assert all(f.read_text() == "the user's notes" for f in users), capsys.readouterr()
     name = partial_name(out / "NAME.png").name
@@ -143,8 +149,16 @@ def test_correct_never_writes_onto_its_image_or_mask(tmp_path, capsys):
     iio.imwrite(tmp_path / "mask.png", (_grey_u8() > 100).astype(np.uint8))
     before = (tmp_path / "mask.png").read_bytes()
     for target in ("mask.png", "img.png"):
-        rc = main(["correct", str(tmp_path / "img.png"), str(tmp_path / "mask.png"), "--out",
-                   str(tmp_path / target), "--overwrite"])
+        rc = main(
+            [
+                "correct",
+                str(tmp_path / "img.png"),
+                str(tmp_path / "mask.png"),
+                "--out",
+                str(tmp_path / target),
+                "--overwrite",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and "input file" in err and _one_line(err)
     assert (tmp_path / "mask.png").read_bytes() == before
@@ -163,8 +177,17 @@ def test_extreme_epsilon_is_refused_naming_the_option(tmp_path, capsys, eps):
     err = capsys.readouterr().err
     assert rc == 2 and "--epsilon" in err and _one_line(err)
     assert not (tmp_path / "o").exists()
-    rc = main(["correct", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(tmp_path / "c.png"),
-               "--epsilon", str(eps)])
+    rc = main(
+        [
+            "correct",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "c.png"),
+            "--epsilon",
+            str(eps),
+        ]
+    )
     assert rc == 2 and "--epsilon" in capsys.readouterr().err
 
 
@@ -174,8 +197,9 @@ def test_nan_probabilities_are_an_error_not_labels():
     from napari_vptv.core.solver.volumes import make_volume_spec
 
     prob = np.full((2, 8, 8), 0.5, np.float32)
-    ok = SegmentationResult.from_arrays(np.zeros((8, 8), int), prob, n_iter=1, converged=True, class_model=None,
-                                        volume_spec=make_volume_spec(2, "none"))
+    ok = SegmentationResult.from_arrays(
+        np.zeros((8, 8), int), prob, n_iter=1, converged=True, class_model=None, volume_spec=make_volume_spec(2, "none")
+    )
     opts = SegmentOptions(epsilon=1e-4)
     assert _check_finite(ok, opts) is ok
     prob[0, 0, 0] = np.nan  # what eps = 1e-40 gave before the options were range-checked
@@ -184,15 +208,18 @@ def test_nan_probabilities_are_an_error_not_labels():
         _check_finite(bad, opts)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(seed=-1), "seed"),
-    (dict(n_classes="2"), "n_classes"),
-    (dict(n_classes=10_000), "n_classes"),
-    (dict(epsilon="0.1"), "epsilon"),
-    (dict(device=None), "device"),
-    (dict(volumes=[-0.2, 1.2]), "volumes"),
-    (dict(max_num_iter=10**9), "max_num_iter"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(seed=-1), "seed"),
+        (dict(n_classes="2"), "n_classes"),
+        (dict(n_classes=10_000), "n_classes"),
+        (dict(epsilon="0.1"), "epsilon"),
+        (dict(device=None), "device"),
+        (dict(volumes=[-0.2, 1.2]), "volumes"),
+        (dict(max_num_iter=10**9), "max_num_iter"),
+    ],
+)
 def test_api_errors_name_the_parameter(kwargs, field):
     with pytest.raises(OptionError) as info:
         SegmentOptions(**kwargs)
@@ -306,8 +333,9 @@ def test_empty_text_and_looping_files_are_named_clearly(tmp_path):
 
 def test_an_unknown_scheduler_protocol_fails_at_once(tmp_path, capsys):
     iio.imwrite(tmp_path / "a.png", _grey_u8())
-    rc = main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), *GREY,
-               "--scheduler", "bogus://127.0.0.1:1"])
+    rc = main(
+        ["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), *GREY, "--scheduler", "bogus://127.0.0.1:1"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "unknown protocol 'bogus'" in err and _one_line(err)
 
@@ -376,8 +404,11 @@ def test_featureless_images_have_no_cells(tmp_path, capsys):
     from napari_vptv.api import segment_image
 
     rng = np.random.default_rng(0)
-    flat = {"black": np.zeros((300, 300, 3), np.uint8), "white": np.full((300, 300, 3), 255, np.uint8),
-            "noise": rng.integers(0, 256, (300, 300, 3)).astype(np.uint8)}
+    flat = {
+        "black": np.zeros((300, 300, 3), np.uint8),
+        "white": np.full((300, 300, 3), 255, np.uint8),
+        "noise": rng.integers(0, 256, (300, 300, 3)).astype(np.uint8),
+    }
     for name, img in flat.items():
         iio.imwrite(tmp_path / f"{name}.png", img)
     rc = main(["segment", *(str(tmp_path / f"{n}.png") for n in flat), "--out", str(tmp_path / "o"), "--no-progress"])
@@ -397,8 +428,9 @@ def test_a_cell_diameter_larger_than_the_image_is_refused(tmp_path, capsys):
     from napari_vptv.api import segment_image
 
     iio.imwrite(tmp_path / "a.png", _rgb())
-    rc = main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--diameter", "100000",
-               "--no-progress"])
+    rc = main(
+        ["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--diameter", "100000", "--no-progress"]
+    )
     cap = capsys.readouterr()
     assert rc == 1 and "diameter 100000 px is larger than the image (300 x 300 px)" in cap.err
     assert not (tmp_path / "o" / "a.png").exists()
@@ -468,10 +500,12 @@ def test_an_image_that_cannot_fit_is_refused_with_the_size_it_needs():
     import subprocess
     import sys
 
-    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 10**9, 6 * 10**9))\n"
-            "from napari_vptv.core.batch.memory import NotEnoughMemoryError, check_memory\n"
-            "try:\n    check_memory((9000, 9000), kind='solver')\n"
-            "except NotEnoughMemoryError as exc:\n    print(exc)\nelse:\n    print('accepted')\n")
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 10**9, 6 * 10**9))\n"
+        "from napari_vptv.core.batch.memory import NotEnoughMemoryError, check_memory\n"
+        "try:\n    check_memory((9000, 9000), kind='solver')\n"
+        "except NotEnoughMemoryError as exc:\n    print(exc)\nelse:\n    print('accepted')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "(9000 x 9000 px) needs about 15.4 GB" in proc.stdout and "ulimit -v" in proc.stdout

@@ -46,8 +46,17 @@ def test_16_bit_and_12_in_16_bit_rgb_tiff_give_the_8_bit_labels(tmp_path, capsys
     iio.imwrite(tmp_path / "u8.png", rgb)
     tifffile.imwrite(tmp_path / "u16.tif", rgb.astype(np.uint16) * 257, photometric="rgb")
     tifffile.imwrite(tmp_path / "u12.tif", rgb.astype(np.uint16) << 4, photometric="rgb")
-    rc = main(["segment", str(tmp_path / "u8.png"), str(tmp_path / "u16.tif"), str(tmp_path / "u12.tif"),
-               "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "u8.png"),
+            str(tmp_path / "u16.tif"),
+            str(tmp_path / "u12.tif"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     ref = iio.imread(tmp_path / "o" / "u8.png")

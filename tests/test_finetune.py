@@ -89,8 +89,7 @@ def test_weight_interpolation_is_the_midpoint_and_keeps_counters(pairs):
     base, _ = load_model("unet")
     samples = samples_from_arrays([p[0] for p in pairs[:2]], [p[1] for p in pairs[:2]], NAMES[:2])
     full = finetune(samples, base="unet", steps=2, keep="always", recipe=FinetuneRecipe(batch=2, interpolation=1.0))
-    half = finetune(samples, base="unet", steps=2, keep="always",
-                    recipe=FinetuneRecipe(batch=2, interpolation=0.5))
+    half = finetune(samples, base="unet", steps=2, keep="always", recipe=FinetuneRecipe(batch=2, interpolation=0.5))
     sb = base.state_dict()
     moved = 0
     for name, w in full.state_dict.items():
@@ -109,8 +108,11 @@ def test_weight_interpolation_is_the_midpoint_and_keeps_counters(pairs):
 def _scores(*mean_dice):
     from napari_vptv.nn.finetune_guard import GuardScores
 
-    return GuardScores(names=[f"p{i}" for i in range(len(mean_dice))], pixel_accuracy=list(mean_dice),
-                       dice=[[d, d, d] for d in mean_dice])
+    return GuardScores(
+        names=[f"p{i}" for i in range(len(mean_dice))],
+        pixel_accuracy=list(mean_dice),
+        dice=[[d, d, d] for d in mean_dice],
+    )
 
 
 def test_the_check_keeps_a_model_only_if_every_method_gains():
@@ -340,8 +342,22 @@ def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir, capsys):
         iio.imwrite(masks / f"{n}.png", np.asarray(mask, dtype=np.uint8))
     (imgs / "._x.png").write_bytes(b"resource fork")  # a hidden file is not a training image
     assert len(samples_from_folders(imgs, masks)) == 2
-    args = ["finetune", "--images", str(imgs), "--masks", str(masks), "--name", "cli-model", "--base", "unet",
-            "--steps", "2", "--threads", "1", "--keep-anyway"]
+    args = [
+        "finetune",
+        "--images",
+        str(imgs),
+        "--masks",
+        str(masks),
+        "--name",
+        "cli-model",
+        "--base",
+        "unet",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--keep-anyway",
+    ]
     assert main(args) == 0
     assert list_user_models() == ["cli-model"]
     assert main(args[:-1] + ["--name", "x", "--lr", "1e6"]) == 2  # refused before training
@@ -350,8 +366,10 @@ def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir, capsys):
     assert main(args) == 2  # exists: refused
     assert main(args + ["--overwrite"]) == 0
     out = tmp_path / "seg"
-    assert main(["segment", str(imgs / f"{NAMES[0]}.png"), "--out", str(out), "--model", "cli-model",
-                 "--no-progress"]) == 0
+    assert (
+        main(["segment", str(imgs / f"{NAMES[0]}.png"), "--out", str(out), "--model", "cli-model", "--no-progress"])
+        == 0
+    )
     assert any(out.iterdir())
 
 

@@ -124,8 +124,10 @@ def test_sampler_keeps_image_and_labels_aligned():
     x, y = sample_batch([src], [1.0], 16, np.random.default_rng(1), cfg)
     assert x.shape == (16, 3, 48, 48) and y.shape == (16, 48, 48)
     code = torch.round(x[:, 0] * 255 / 100).long()
-    inner = (torch.nn.functional.max_pool2d(y[:, None].float(), 3, 1, 1)[:, 0]
-             == -torch.nn.functional.max_pool2d(-y[:, None].float(), 3, 1, 1)[:, 0])
+    inner = (
+        torch.nn.functional.max_pool2d(y[:, None].float(), 3, 1, 1)[:, 0]
+        == -torch.nn.functional.max_pool2d(-y[:, None].float(), 3, 1, 1)[:, 0]
+    )
     assert (code[inner] == y[inner]).float().mean() > 0.98
     xd, yd = dihedral(x, y, torch.Generator().manual_seed(0))
     assert torch.equal(torch.round(xd[:, 0] * 255 / 100).long()[yd == 2], yd[yd == 2])
@@ -183,8 +185,20 @@ def test_training_batch_with_white_point_is_seeded_and_white(sample):
     cfg = {"seed": 3, "batch": 8, "arch": "unet", "input_norm": "white-point"}
     scfg = SamplerConfig(patch_size=48, p_cell=0.0)
     # no colour or optics augmentation: the background must come out at the white target
-    acfg = AugmentConfig(hed_scale=0, hed_shift=0, hue_degrees=0, saturation=(1, 1), white_balance=0,
-                         brightness=0, contrast=(1, 1), gamma=(1, 1), p_blur=0, p_noise=0, p_jpeg=0, p_grey=0)
+    acfg = AugmentConfig(
+        hed_scale=0,
+        hed_shift=0,
+        hue_degrees=0,
+        saturation=(1, 1),
+        white_balance=0,
+        brightness=0,
+        contrast=(1, 1),
+        gamma=(1, 1),
+        p_blur=0,
+        p_noise=0,
+        p_jpeg=0,
+        p_grey=0,
+    )
     x1, y1, _ = _step_batch([src], [1.0], 5, cfg, scfg, acfg)
     x2, y2, _ = _step_batch([src], [1.0], 5, cfg, scfg, acfg)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)

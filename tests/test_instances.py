@@ -61,8 +61,7 @@ def test_segment_instances_writes_the_cells_of_the_measure_table(tmp_path):
     src = tmp_path / "field.png"
     iio.imwrite(src, image)
     out, table = tmp_path / "lab", tmp_path / "cells.csv"
-    assert main(["segment", str(src), "--out", str(out), "--measure", str(table), "--instances",
-                 "--no-progress"]) == 0
+    assert main(["segment", str(src), "--out", str(out), "--measure", str(table), "--instances", "--no-progress"]) == 0
     labels = iio.imread(out / "field.png")
     inst = iio.imread(out / "cells" / "field.png")
     assert inst.shape == labels.shape and np.array_equal(inst > 0, labels > 0)

@@ -19,8 +19,8 @@ def _field():
     field[:] = np.median(first.reshape(-1, 3), axis=0).astype(np.uint8)
     for sample, (top, left) in (("001", (20, 10)), ("016", (170, 330))):
         img, mask = load_sample(sample)
-        field[top:top + 300, left:left + 300] = img
-        truth[top:top + 300, left:left + 300] = mask
+        field[top : top + 300, left : left + 300] = img
+        truth[top : top + 300, left : left + 300] = mask
     return field, truth
 
 

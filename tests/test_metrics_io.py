@@ -148,9 +148,7 @@ def test_write_labels_roundtrip(tmp_path):
     assert io.write_labels(tmp_path / "few", lab).suffix == ".png"
 
     stack = np.stack([lab, lab])
-    np.testing.assert_array_equal(
-        io.read_mask(io.write_labels(tmp_path / "s.tiff", stack)), stack
-    )
+    np.testing.assert_array_equal(io.read_mask(io.write_labels(tmp_path / "s.tiff", stack)), stack)
     with pytest.raises(ValueError, match="tif"):
         io.write_labels(tmp_path / "s.png", stack)
     with pytest.raises(ValueError, match="lossless"):

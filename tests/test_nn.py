@@ -87,8 +87,9 @@ def test_forward_meets_interval_volumes():
 def test_volume_mode_none_and_zero_iter_is_softmax():
     L = _logits((1, 3, 4, 4))
     assert torch.allclose(VPTVSoftmax(num_iter=0)(L), torch.softmax(L, 1))
-    assert torch.allclose(VPTVSoftmax(tv_weight=0, num_iter=5, volume_mode="none")(L, volumes=[0.2, 0.3, 0.5]),
-                          torch.softmax(L, 1))
+    assert torch.allclose(
+        VPTVSoftmax(tv_weight=0, num_iter=5, volume_mode="none")(L, volumes=[0.2, 0.3, 0.5]), torch.softmax(L, 1)
+    )
 
 
 def test_layer_bad_arguments():
@@ -219,8 +220,11 @@ def test_weights_round_trip(tmp_path):
     from napari_vptv.nn import weights as W
 
     net = VPTVUNet(base_channels=4, num_iter=3, tv_weight=0.5)
-    meta = {"arch": "vptv-unet", "unet": {"base_channels": 4, "depth": 3},
-            "head": {"epsilon": 1.0, "tv_weight": 0.5, "num_iter": 3}}
+    meta = {
+        "arch": "vptv-unet",
+        "unet": {"base_channels": 4, "depth": 3},
+        "head": {"epsilon": 1.0, "tv_weight": 0.5, "num_iter": 3},
+    }
     W.export_weights(net.state_dict(), "vptv-unet", meta, models_dir=tmp_path)
     loaded, m2 = W.load_pretrained("vptv-unet", models_dir=tmp_path)
     for k, v in net.state_dict().items():

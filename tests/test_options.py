@@ -30,21 +30,24 @@ def test_version_and_public_api():
         assert getattr(napari_vptv, name) is not None
 
 
-@pytest.mark.parametrize("bad, word", [
-    (dict(method="magic"), "method"),
-    (dict(preset="cells"), "preset"),
-    (dict(preset="wbc", n_classes=2), "3 classes"),
-    (dict(method="vptv-unet", n_classes=4), "3 classes"),
-    (dict(n_classes=1), "classes"),
-    (dict(volumes=[0.5, 0.6]), "sum"),
-    (dict(lower=[0.1, 0.1]), "both"),
-    (dict(epsilon=0), "epsilon"),
-    (dict(tv_weight=-1), "TV weight"),
-    (dict(max_num_iter=0), "iterations"),
-    (dict(diameter=-3), "diameter"),
-    (dict(method="vptv-unet", model="unet"), "model"),
-    (dict(model="weights.bin"), "model"),
-])
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        (dict(method="magic"), "method"),
+        (dict(preset="cells"), "preset"),
+        (dict(preset="wbc", n_classes=2), "3 classes"),
+        (dict(method="vptv-unet", n_classes=4), "3 classes"),
+        (dict(n_classes=1), "classes"),
+        (dict(volumes=[0.5, 0.6]), "sum"),
+        (dict(lower=[0.1, 0.1]), "both"),
+        (dict(epsilon=0), "epsilon"),
+        (dict(tv_weight=-1), "TV weight"),
+        (dict(max_num_iter=0), "iterations"),
+        (dict(diameter=-3), "diameter"),
+        (dict(method="vptv-unet", model="unet"), "model"),
+        (dict(model="weights.bin"), "model"),
+    ],
+)
 def test_options_are_validated_once(bad, word):
     with pytest.raises(ValueError, match=word):
         SegmentOptions(**bad)
@@ -100,9 +103,11 @@ def test_core_imports_neither_nn_nor_napari_nor_the_api():
             continue
         for mod, level in _imports(f):
             top = mod.split(".")[0]
-            if (level == 0 and top in ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "superqt")) \
-                    or (level == 0 and mod.startswith(("napari_vptv.nn", "napari_vptv.api", "napari_vptv.options"))) \
-                    or (level >= 2 and top in ("nn", "api", "options", "cli", "_widget")):
+            if (
+                (level == 0 and top in ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "superqt"))
+                or (level == 0 and mod.startswith(("napari_vptv.nn", "napari_vptv.api", "napari_vptv.options")))
+                or (level >= 2 and top in ("nn", "api", "options", "cli", "_widget"))
+            ):
                 upward.append(f"{f.name}: {'.' * level}{mod}")
     assert not upward, upward
 
@@ -111,6 +116,7 @@ def test_no_import_cycle_inside_core():
     graph = {}
     for f in CORE.glob("*.py"):
         graph[f.stem] = {mod.split(".")[0] for mod, level in _imports(f) if level == 1 and mod}
+
     def reach(start):
         seen, todo = set(), [start]
         while todo:
@@ -119,6 +125,7 @@ def test_no_import_cycle_inside_core():
                     seen.add(nxt)
                     todo.append(nxt)
         return seen
+
     cycles = [m for m in graph if m in reach(m)]
     assert not cycles, cycles
 

@@ -168,11 +168,11 @@ def test_cancel_then_run_resumes_only_the_missing_slices(viewer, seg):
 def test_correction_rerun_replaces_its_preview(viewer, qtbot):
     w = open_widget(viewer, "Correct mask")
     yy, xx = np.indices((64, 64))
-    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 14 ** 2
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 14**2
     image = (0.1 + 0.7 * disc).astype(np.float32)
     viewer.add_image(image, name="img")
     rough = np.zeros((64, 64), np.int32)
-    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = 3
+    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10**2] = 3
     viewer.add_labels(rough.copy(), name="rough")
     w.max_iter.value = 60
     assert w.run(sync=True) is not None
@@ -240,8 +240,14 @@ def lab_model(tmp_path_factory):
         image, mask = load_sample(n)
         images.append(image[..., :3])
         masks.append(mask_to_labels(mask))
-    result = finetune(samples_from_arrays(images, masks, names), base="unet", steps=1, seed=0, keep="always",
-                      recipe=FinetuneRecipe(batch=2))
+    result = finetune(
+        samples_from_arrays(images, masks, names),
+        base="unet",
+        steps=1,
+        seed=0,
+        keep="always",
+        recipe=FinetuneRecipe(batch=2),
+    )
     return save_finetuned(result, tmp_path_factory.mktemp("models") / "lab.pt")
 
 
@@ -302,8 +308,16 @@ def test_training_pairs_each_mask_with_its_own_image(viewer, seg, cell):
 
     assert listed() == [("a corrected", "a"), ("mask 2", "sample B")]
     w.show_all.value = True
-    assert listed() == sorted([("a corrected", "a"), ("a corrected", "sample B"), ("mask 2", "a"),
-                               ("mask 2", "sample B"), ("stray", "a"), ("stray", "sample B")])
+    assert listed() == sorted(
+        [
+            ("a corrected", "a"),
+            ("a corrected", "sample B"),
+            ("mask 2", "a"),
+            ("mask 2", "sample B"),
+            ("stray", "a"),
+            ("stray", "sample B"),
+        ]
+    )
     w.show_all.value = False
     assert len(w.pairs.choices) == 2
     w.pairs.value = list(w.pairs.choices)
@@ -350,10 +364,10 @@ def test_correction_preview_stands_out_and_the_input_stays_chosen(viewer):
     Labels layer never changes the input."""
     w = open_widget(viewer, "Correct mask")
     yy, xx = np.indices((64, 64))
-    image = (0.1 + 0.7 * ((yy - 32) ** 2 + (xx - 32) ** 2 <= 14 ** 2)).astype(np.float32)
+    image = (0.1 + 0.7 * ((yy - 32) ** 2 + (xx - 32) ** 2 <= 14**2)).astype(np.float32)
     viewer.add_image(image, name="img")
     rough = np.zeros((64, 64), np.int32)
-    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = 1
+    rough[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10**2] = 1
     viewer.add_labels(rough.copy(), name="rough")
     assert w.labels.value.name == "rough"
     viewer.add_labels(np.zeros((64, 64), np.int32), name="drawn later")
@@ -484,8 +498,7 @@ def test_stack_progress_bar_and_status_agree_and_the_viewer_follows(viewer, seg,
 
     def on_slice(item):
         bar = seg._pbar  # None for a slice that arrives after the cancelled run closed its bar
-        seen.append((item.done, bar and bar.n, bar and bar.total, seg.status.value,
-                     int(viewer.dims.current_step[0])))
+        seen.append((item.done, bar and bar.n, bar and bar.total, seg.status.value, int(viewer.dims.current_step[0])))
         if item.done == 2 and len(seen) == 2:
             seg.cancel()
 

@@ -50,8 +50,11 @@ def test_every_entry_point_has_the_same_default():
     assert dict(inspect.signature(evaluate_folder).parameters)["options"].default is None
     parser = build_parser()
     for command in ("segment", "evaluate", "demo"):
-        args = parser.parse_args([command] + (["x", "--out", "o"] if command == "segment" else [])
-                                 + (["--images", "i", "--masks", "m"] if command == "evaluate" else []))
+        args = parser.parse_args(
+            [command]
+            + (["x", "--out", "o"] if command == "segment" else [])
+            + (["--images", "i", "--masks", "m"] if command == "evaluate" else [])
+        )
         assert args.method == presets.DEFAULT_METHOD, command
         assert getattr(args, "preset", "auto") == "auto", command
     assert default.resolve(rgb=True).method == "vptv-adapted"
@@ -72,7 +75,8 @@ def test_presets_are_frozen_and_named():
 
 def test_make_segment_fn_passes_every_field():
     fn = make_segment_fn("vptv-unet", require_nucleus=False, augment=8, white_cell_rule=False, diameter=30)
-    assert fn.options == SegmentOptions(method="vptv-unet", require_nucleus=False, augment=8,
-                                        white_cell_rule=False, diameter=30)
+    assert fn.options == SegmentOptions(
+        method="vptv-unet", require_nucleus=False, augment=8, white_cell_rule=False, diameter=30
+    )
     with pytest.raises(TypeError, match="colour"):
         make_segment_fn(colour="red")

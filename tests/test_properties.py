@@ -39,8 +39,15 @@ def test_solver_within_the_documented_ranges_is_finite_and_keeps_volumes(problem
 
     torch.set_num_threads(1)
     image, k, volumes, epsilon, tv_weight, seed = problem
-    opts = SegmentOptions(n_classes=k, volumes=volumes, volume_mode="exact", epsilon=epsilon,
-                          tv_weight=tv_weight, max_num_iter=60, seed=seed)
+    opts = SegmentOptions(
+        n_classes=k,
+        volumes=volumes,
+        volume_mode="exact",
+        epsilon=epsilon,
+        tv_weight=tv_weight,
+        max_num_iter=60,
+        seed=seed,
+    )
     res = segment_image(image, opts)
     assert np.all(np.isfinite(res.probabilities))
     assert res.labels.shape == image.shape and res.labels.min() >= 0 and res.labels.max() < k

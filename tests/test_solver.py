@@ -26,7 +26,7 @@ def _three_phase(seed=0, shape=(64, 64), noise=0.08):
     ordered by brightness as the k-means initialisation orders them."""
     rng = np.random.default_rng(seed)
     truth = np.zeros(shape, np.int32)
-    truth[:, int(0.6 * shape[1]):] = 1
+    truth[:, int(0.6 * shape[1]) :] = 1
     truth[_disc(shape, (shape[0] // 2, shape[1] // 4), shape[0] // 4.6)] = 2
     levels = np.array([0.2, 0.5, 0.8])
     img = levels[truth] + noise * rng.standard_normal(shape)
@@ -74,13 +74,11 @@ def test_interval_volumes_binding_and_free_grey():
     # class 1 forced below its true fraction, class 2 forced above: both bounds bind
     lower = np.array([0.0, 0.05, true_fr[2] + 0.05])
     upper = np.array([1.0, true_fr[1] - 0.08, 1.0])
-    r = vptv_segment(img, 3, volume_mode="interval", volume_bounds=(lower, upper),
-                     epsilon=0.05, tv_weight=0.05)
+    r = vptv_segment(img, 3, volume_mode="interval", volume_bounds=(lower, upper), epsilon=0.05, tv_weight=0.05)
     assert np.all(r.volumes >= lower - TOL) and np.all(r.volumes <= upper + TOL), r.volumes
     assert abs(r.volumes[1] - upper[1]) <= TOL and abs(r.volumes[2] - lower[2]) <= TOL
     # wide intervals containing the truth: nothing binds, the classes are found
-    r2 = vptv_segment(img, 3, volume_bounds=([0.3, 0.2, 0.05], [0.7, 0.6, 0.3]),
-                      epsilon=0.05, tv_weight=0.05)
+    r2 = vptv_segment(img, 3, volume_bounds=([0.3, 0.2, 0.05], [0.7, 0.6, 0.3]), epsilon=0.05, tv_weight=0.05)
     assert r2.volume_spec.mode == "interval"
     np.testing.assert_allclose(r2.volumes, true_fr, atol=0.02)
 
@@ -323,8 +321,10 @@ def test_newton_volume_dual_matches_sinkhorn_fixed_point(mode):
     cost, kw = _random_problem((2, 3, 24, 24), mode, False, torch.float64, seed=2)
     kw.pop("edge_weight", None)
     if mode == "interval":  # make bounds bind: fractions of the free solution lie outside
-        kw["volume_bounds"] = (torch.tensor([0.4, 0.0, 0.0], dtype=torch.float64),
-                               torch.tensor([1.0, 0.25, 1.0], dtype=torch.float64))
+        kw["volume_bounds"] = (
+            torch.tensor([0.4, 0.0, 0.0], dtype=torch.float64),
+            torch.tensor([1.0, 0.25, 1.0], dtype=torch.float64),
+        )
     eps = 0.1
     ref = vptv_iterate(cost, epsilon=eps, tv_weight=0.0, max_num_iter=5000, tol=1e-10, volume_tol=1e-8, **kw)
     assert bool(ref.converged.all())
@@ -343,8 +343,10 @@ def test_volume_dual_stops_when_the_residual_stalls():
     lab[:, :, :4] = 2
     u = torch.nn.functional.one_hot(lab, 3).permute(0, 3, 1, 2).double()
     cost = -torch.log(torch.clamp(u, min=1e-12))
-    bounds = (torch.tensor([0.7, 0.10, 0.04], dtype=torch.float64),
-              torch.tensor([0.96, 0.14, 0.07], dtype=torch.float64))
+    bounds = (
+        torch.tensor([0.7, 0.10, 0.04], dtype=torch.float64),
+        torch.tensor([0.96, 0.14, 0.07], dtype=torch.float64),
+    )
     capped, _, n_capped = solve_volume_dual(cost, 0.01, volume_bounds=bounds, volume_tol=2e-4, patience=0)
     stopped, _, n_stopped = solve_volume_dual(cost, 0.01, volume_bounds=bounds, volume_tol=2e-4)
     assert n_capped == 50 and n_stopped <= 5
@@ -384,8 +386,9 @@ def test_class_argmax_is_argmax_first_on_ties():
 
 def test_warm_start_same_labels_fewer_iterations():
     img, _ = _three_phase(seed=3)
-    kw = dict(volume_mode="interval", volume_bounds=([0.3, 0.3, 0.1], [0.6, 0.5, 0.2]), epsilon=0.05,
-              tv_weight=0.05, tol=1e-4)
+    kw = dict(
+        volume_mode="interval", volume_bounds=([0.3, 0.3, 0.1], [0.6, 0.5, 0.2]), epsilon=0.05, tv_weight=0.05, tol=1e-4
+    )
     cold = vptv_segment(img, 3, **kw)
     noisy = img + np.random.default_rng(0).normal(0, 0.01, img.shape).astype(np.float32)
     ref = vptv_segment(noisy, 3, **kw)

@@ -186,8 +186,14 @@ def test_warm_start_passes_previous_result_and_keeps_labels():
     list(segment_stack(stack, fn, warm_start=True))
     assert seen[0] is None and seen[1] is not None and np.array_equal(seen[2], threshold(stack[1]))
 
-    solver = functools.partial(vptv_segment, n_classes=2, volume_mode="interval",
-                               volume_bounds=([0.5, 0.05], [0.95, 0.5]), epsilon=0.05, tv_weight=0.05)
+    solver = functools.partial(
+        vptv_segment,
+        n_classes=2,
+        volume_mode="interval",
+        volume_bounds=([0.5, 0.05], [0.95, 0.5]),
+        epsilon=0.05,
+        tv_weight=0.05,
+    )
     smooth = np.repeat(squares(1, size=40), 4, axis=0)
     smooth = smooth + np.random.default_rng(1).normal(0, 0.01, smooth.shape).astype(np.float32)
     cold = list(segment_stack(smooth, solver))

@@ -36,8 +36,14 @@ def test_a_cell_on_a_tile_boundary_is_one_cell_with_the_untiled_dice(straddling)
     opts = SegmentOptions().resolve(True)
     calls = []
     whole = segment_image(field, opts)
-    tiled = tiles.segment_in_tiles(field, opts, segment_image, white_cell_rule=True, tile=256,
-                                   progress=lambda done, total: calls.append((done, total)))
+    tiled = tiles.segment_in_tiles(
+        field,
+        opts,
+        segment_image,
+        white_cell_rule=True,
+        tile=256,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert tiled.info["tiles"]["count"] == 2 and calls == [(1, 2), (2, 2)]
     assert tiled.diameter == pytest.approx(whole.diameter)  # the same working scale
     cells, n = ndi.label(tiled.labels > 0, np.ones((3, 3), bool))
@@ -55,8 +61,9 @@ def test_progress_may_stop_the_tiles(straddling):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tiles.segment_in_tiles(field, SegmentOptions().resolve(True), segment_image, white_cell_rule=True,
-                               tile=128, progress=stop)
+        tiles.segment_in_tiles(
+            field, SegmentOptions().resolve(True), segment_image, white_cell_rule=True, tile=128, progress=stop
+        )
 
 
 def test_segment_image_tiles_large_images(straddling, monkeypatch):

@@ -82,8 +82,20 @@ def test_numba_loop_cost_update_and_callback(monkeypatch):
         def callback(it, u):
             seen[flag].append(u.sum(dim=(2, 3)).clone())
 
-        return _run(flag, monkeypatch, vptv_iterate, cost, epsilon=0.1, tv_weight=0.2, max_num_iter=30, tol=0,
-                    cost_update=update, update_every=4, callback=callback, **kw)
+        return _run(
+            flag,
+            monkeypatch,
+            vptv_iterate,
+            cost,
+            epsilon=0.1,
+            tv_weight=0.2,
+            max_num_iter=30,
+            tol=0,
+            cost_update=update,
+            update_every=4,
+            callback=callback,
+            **kw,
+        )
 
     fused, ref = run(True), run(False)
     assert len(seen[True]) == len(seen[False]) == 30
@@ -119,8 +131,10 @@ def test_numba_same_labels_synthetic_exact_volumes_with_edges(monkeypatch):
 
 
 # bounds free at every eps (6 skipped), violated at the first (0), from the fourth (3)
-@pytest.mark.parametrize("bounds", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.3, 0.2, 0.1), (0.5, 0.4, 0.3)),
-                                    ((0.0, 0.0, 0.0), (0.3219, 1.0, 1.0))])
+@pytest.mark.parametrize(
+    "bounds",
+    [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.3, 0.2, 0.1), (0.5, 0.4, 0.3)), ((0.0, 0.0, 0.0), (0.3219, 1.0, 1.0))],
+)
 def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
     """The volume rounding's shortcut (core.solver.numba_loop.rounding_steps_at_zero): the
     leading eps it skips are exactly those where the dual solver keeps f = 0, and the
@@ -137,7 +151,9 @@ def test_rounding_skips_only_dual_steps_that_stay_zero(bounds, monkeypatch):
     steps = numba_loop.rounding_steps_at_zero(cost, *spec.solver_kwargs()["volume_bounds"], epsilons, 2e-4)
     f = None
     for i, eps in enumerate(epsilons):
-        _, f, sweeps = solve_volume_dual(cost, eps, f=f, volume_tol=2e-4, volume_bounds=spec.solver_kwargs()["volume_bounds"])
+        _, f, sweeps = solve_volume_dual(
+            cost, eps, f=f, volume_tol=2e-4, volume_bounds=spec.solver_kwargs()["volume_bounds"]
+        )
         if sweeps:  # the first eps whose f moves: nothing from here on is skipped
             assert steps <= i
             break
@@ -154,8 +170,13 @@ def test_kernels_restore_the_denormal_mode(monkeypatch):
     probabilities underflow (small eps, large costs) matches the torch loop."""
     g = torch.Generator().manual_seed(5)
     cost = 400 * torch.rand((1, 3, 20, 24), generator=g)
-    args = dict(epsilon=0.05, tv_weight=0.05, max_num_iter=40, tol=1e-4,
-                volume_bounds=(torch.tensor([0.2, 0.1, 0.1]), torch.tensor([0.6, 0.5, 0.5])))
+    args = dict(
+        epsilon=0.05,
+        tv_weight=0.05,
+        max_num_iter=40,
+        tol=1e-4,
+        volume_bounds=(torch.tensor([0.2, 0.1, 0.1]), torch.tensor([0.6, 0.5, 0.5])),
+    )
     fused = _run(True, monkeypatch, vptv_iterate, cost, **args)
     ref = _run(False, monkeypatch, vptv_iterate, cost, **args)
     assert (ref.u[ref.u > 0] < 1e-38).any()  # the torch loop has denormal probabilities here
@@ -199,8 +220,9 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     """)
     unwritable = tmp_path / "file"
     unwritable.write_text("")  # a file: no directory can be made below it
-    env = dict(os.environ, NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator",
-               NUMBA_CACHE_DIR=str(unwritable / "cache"))
+    env = dict(
+        os.environ, NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator", NUMBA_CACHE_DIR=str(unwritable / "cache")
+    )
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")

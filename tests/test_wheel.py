@@ -25,8 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd, cwd, timeout=1800):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PIP_NO_INPUT": "1", "PYTHONPATH": ""})
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PIP_NO_INPUT": "1", "PYTHONPATH": ""},
+    )
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

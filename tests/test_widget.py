@@ -1,6 +1,6 @@
 """The "VPTV segmentation" widget in a real napari viewer (run under Xvfb).
 
-    xvfb-run -a python -m pytest tests/test_widget.py
+xvfb-run -a python -m pytest tests/test_widget.py
 """
 
 from __future__ import annotations
@@ -501,7 +501,10 @@ def test_auto_mode_only_where_the_method_has_its_own_defaults(viewer, widget, wb
     assert widget.volume_mode.value == VOLUME_AUTO and widget.segment_options().volume_mode is None
     widget.reset_to_defaults()
     assert (widget.method.value, widget.preset.value, widget.volume_mode.value) == (
-        METHOD_VPTV, "WBC (3 classes)", VOLUME_AUTO)
+        METHOD_VPTV,
+        "WBC (3 classes)",
+        VOLUME_AUTO,
+    )
 
 
 def test_settings_saved_before_auto_mode_still_restore(make_napari_viewer, wbc, notes):
@@ -512,12 +515,30 @@ def test_settings_saved_before_auto_mode_still_restore(make_napari_viewer, wbc, 
 
     path = settings_path("segmentation")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "method": "Variational VPTV", "preset": "WBC (3 classes)", "n_classes": 3, "volume_mode": "interval",
-        "epsilon": 1.0, "tv_weight": 2.0, "edge": False, "max_iter": 500, "diameter": 0.0, "seed": 0,
-        "device": "cpu", "stack_mode": "slice by slice", "keep_previous": True, "measure": True,
-        "volumes": "0.77, 0.13, 0.1", "lower": "0.6, 0.03, 0.05", "upper": "0.9, 0.26, 0.19",
-    }), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "method": "Variational VPTV",
+                "preset": "WBC (3 classes)",
+                "n_classes": 3,
+                "volume_mode": "interval",
+                "epsilon": 1.0,
+                "tv_weight": 2.0,
+                "edge": False,
+                "max_iter": 500,
+                "diameter": 0.0,
+                "seed": 0,
+                "device": "cpu",
+                "stack_mode": "slice by slice",
+                "keep_previous": True,
+                "measure": True,
+                "volumes": "0.77, 0.13, 0.1",
+                "lower": "0.6, 0.03, 0.05",
+                "upper": "0.9, 0.26, 0.19",
+            }
+        ),
+        encoding="utf-8",
+    )
     viewer = make_napari_viewer()
     viewer.add_image(wbc[0], name="cell", rgb=True)
     w = SegmentationWidget(viewer)
@@ -617,8 +638,14 @@ def test_cancel_mid_run(viewer, widget, qtbot):
     def first_slice_visible(item):
         # the output layer fills in as slices arrive (GUI thread, threaded run)
         layer = widget.output_layer
-        arrived.append((item.index, bool(layer.data[item.index].any()),
-                        layer.metadata[METADATA_KEY]["complete"], layer.data[item.done:].any()))
+        arrived.append(
+            (
+                item.index,
+                bool(layer.data[item.index].any()),
+                layer.metadata[METADATA_KEY]["complete"],
+                layer.data[item.done :].any(),
+            )
+        )
 
     widget.slice_finished.connect(first_slice_visible)
     widget.run()
@@ -758,8 +785,7 @@ def test_settings_custom_classes_remembered(viewer, widget, make_napari_viewer):
     viewer2 = make_napari_viewer()
     viewer2.add_image(image, name="disc")
     w2 = SegmentationWidget(viewer2)
-    assert (w2.preset.value, w2.n_classes.value, w2.volume_mode.value) == (
-        "estimate from image (k-means)", 2, "exact")
+    assert (w2.preset.value, w2.n_classes.value, w2.volume_mode.value) == ("estimate from image (k-means)", 2, "exact")
     assert w2.volumes.value == "0.8, 0.2" and w2.edge.value is True
     assert w2.volume_spec().volumes.tolist() == pytest.approx([0.8, 0.2])
 
@@ -790,11 +816,23 @@ def test_corrupt_or_stale_settings_are_ignored(make_napari_viewer, notes):
 
     # unknown keys, vanished choices, wrong types, out-of-range values are skipped;
     # the values that still fit are restored
-    path.write_text(json.dumps({
-        "method": "a method that no longer exists", "n_classes": "three", "diameter": -5.0,
-        "max_iter": 10**9, "edge": "yes", "volumes": None, "unknown_key": 1, "seed": 7,
-        "network": "a model that was deleted", "volume_mode": "a mode that never existed",
-    }), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "method": "a method that no longer exists",
+                "n_classes": "three",
+                "diameter": -5.0,
+                "max_iter": 10**9,
+                "edge": "yes",
+                "volumes": None,
+                "unknown_key": 1,
+                "seed": 7,
+                "network": "a model that was deleted",
+                "volume_mode": "a mode that never existed",
+            }
+        ),
+        encoding="utf-8",
+    )
     w = SegmentationWidget(make_napari_viewer())
     got = w.parameters()
     assert got["seed"] == 7

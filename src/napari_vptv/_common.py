@@ -225,8 +225,12 @@ class WidgetRunMixin:
 
         for layer in reversed(list(self.viewer.layers)):
             meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
-            if (isinstance(layer, napari.layers.Labels) and isinstance(meta, dict)
-                    and meta.get("kind") == self.OUTPUT_KIND and meta.get("source") == source):
+            if (
+                isinstance(layer, napari.layers.Labels)
+                and isinstance(meta, dict)
+                and meta.get("kind") == self.OUTPUT_KIND
+                and meta.get("source") == source
+            ):
                 return layer
         return None
 

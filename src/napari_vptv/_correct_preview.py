@@ -38,8 +38,14 @@ class CorrectPreviewMixin:
         (matched by layer id, see :func:`napari_vptv._outputs.same_layer`), else a new layer."""
         st = self._run
         src = st["labels_layer"]
-        meta = {"kind": self.OUTPUT_KIND, "source": st["source"], "image": st["image"], "image_id": st["image_id"],
-                "params": dict(st["params"]), "complete": True}
+        meta = {
+            "kind": self.OUTPUT_KIND,
+            "source": st["source"],
+            "image": st["image"],
+            "image_id": st["image_id"],
+            "params": dict(st["params"]),
+            "complete": True,
+        }
         self._prune_previews()
         old = next((pv for pv in reversed(self._previews) if same_layer(pv["target"], src)), None)
         if old is not None and old["layer"].data.shape == data.shape:
@@ -48,8 +54,11 @@ class CorrectPreviewMixin:
             layer.name = self._free_name(f"{st['source']} corrected", layer)
         else:
             layer = self.viewer.add_labels(
-                data, name=self._free_name(f"{st['source']} corrected"),
-                scale=tuple(src.scale), translate=tuple(src.translate), opacity=0.6,
+                data,
+                name=self._free_name(f"{st['source']} corrected"),
+                scale=tuple(src.scale),
+                translate=tuple(src.translate),
+                opacity=0.6,
             )
             claim(layer)
         tag(layer, meta)
@@ -62,8 +71,9 @@ class CorrectPreviewMixin:
         self.viewer.layers.selection.active = layer
         self.output_layer = layer
         self._previews = [pv for pv in self._previews if not same_layer(pv["layer"], layer)]
-        self._previews.append({"layer": layer, "before": before, "target": src, "given": st["given"],
-                               "source": st["source"]})
+        self._previews.append(
+            {"layer": layer, "before": before, "target": src, "given": st["given"], "source": st["source"]}
+        )
         self._update_preview_buttons()
 
     def _before_layer(self, old, src, st, meta):
@@ -73,8 +83,13 @@ class CorrectPreviewMixin:
         if layer is not None and layer.data.shape == st["given"].shape:
             layer.data = st["given"].copy()
         else:
-            layer = self.viewer.add_labels(st["given"].copy(), name=self._free_name(f"{st['source']} before"),
-                                           scale=tuple(src.scale), translate=tuple(src.translate), opacity=1.0)
+            layer = self.viewer.add_labels(
+                st["given"].copy(),
+                name=self._free_name(f"{st['source']} before"),
+                scale=tuple(src.scale),
+                translate=tuple(src.translate),
+                opacity=1.0,
+            )
             claim(layer)
         tag(layer, {**meta, "kind": BEFORE_KIND})
         single_colour(layer, BEFORE_COLOUR)
@@ -111,8 +126,7 @@ class CorrectPreviewMixin:
             return False
         current = np.asarray(target.data)
         if current.shape != pv["given"].shape or not np.array_equal(current, pv["given"]):
-            self._error(f"{target.name!r} was edited after the correction; run again before accepting.",
-                        show_warning)
+            self._error(f"{target.name!r} was edited after the correction; run again before accepting.", show_warning)
             return False
         corrected = np.asarray(pv["layer"].data)
         where = np.nonzero(corrected != current)
@@ -124,8 +138,9 @@ class CorrectPreviewMixin:
             return False
         self._remove_preview(pv)
         self.viewer.layers.selection.active = target  # so that Ctrl+Z applies to it
-        self._set_status(f"accepted into {target.name!r} ({where[0].size} pixels changed); "
-                         "Ctrl+Z in that layer undoes it")
+        self._set_status(
+            f"accepted into {target.name!r} ({where[0].size} pixels changed); Ctrl+Z in that layer undoes it"
+        )
         return True
 
     def discard(self) -> bool:
@@ -169,7 +184,9 @@ class CorrectPreviewMixin:
         try:
             _, table = self.viewer.window.add_plugin_dock_widget("napari", "Features table widget")
         except Exception as exc:  # noqa: BLE001 - an older napari without the widget
-            self._error(f"napari's Features table widget is not available ({exc}); hover the objects "
-                        "to see their areas.", show_warning)
+            self._error(
+                f"napari's Features table widget is not available ({exc}); hover the objects to see their areas.",
+                show_warning,
+            )
             return None
         return table

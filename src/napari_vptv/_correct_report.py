@@ -39,8 +39,10 @@ def changes_table(report):
     for label, row in rows.items():
         row["change_%"] = round(100.0 * (row["area_after"] - row["area_before"]) / max(row["area_before"], 1), 1)
         row["status"] = _plane_status(entries[label])
-    return pd.DataFrame(sorted(rows.values(), key=lambda row: row["index"]),
-                        columns=["index", "area_before", "area_after", "change_%", "status"])
+    return pd.DataFrame(
+        sorted(rows.values(), key=lambda row: row["index"]),
+        columns=["index", "area_before", "area_after", "change_%", "status"],
+    )
 
 
 def report_summary(table) -> str:
@@ -50,6 +52,8 @@ def report_summary(table) -> str:
         return ""
     moved = int(table["status"].str.startswith("moved").sum())
     kept = len(table) - moved
-    return (f"; {len(table)} objects, median area {table['change_%'].median():+.0f} %, mean area "
-            f"{table['area_before'].mean():.0f} -> {table['area_after'].mean():.0f} px, {moved} moved"
-            + (f", {kept} kept as given" if kept else ""))
+    return (
+        f"; {len(table)} objects, median area {table['change_%'].median():+.0f} %, mean area "
+        f"{table['area_before'].mean():.0f} -> {table['area_after'].mean():.0f} px, {moved} moved"
+        + (f", {kept} kept as given" if kept else "")
+    )

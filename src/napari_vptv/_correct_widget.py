@@ -67,12 +67,12 @@ MODELS = {MODEL_COLOUR: "colour", MODEL_NET: "vptv-unet"}
 TIPS = {
     "image": "The Image layer the boundaries are snapped to (grey or RGB)",
     "labels": "The Labels layer to correct: instance labels, a binary mask or class labels. It changes only "
-              "when you choose another one here, and is written to only by Accept",
+    "when you choose another one here, and is written to only by Accept",
     "model": f"What tells object from background: {MODEL_COLOUR} (colours inside vs. around each object) or "
-             f"{MODEL_NET} (white blood cell nuclei)",
+    f"{MODEL_NET} (white blood cell nuclei)",
     "margin": "Room around each object that the solve sees, in pixels (0: chosen from the object's size)",
     "edge": "Weight the smoothness by the image's edges, e(x) = 1/(1 + ε'|∇(G_σ * I)|), so that boundaries "
-            "prefer to follow edges of the image",
+    "prefer to follow edges of the image",
     "fill_holes": "Fill holes inside every corrected object",
     "max_iter": "Upper limit of the solver's iterations for each object (it stops earlier once converged)",
     "run_button": "Correct the chosen Labels layer; the result is a preview layer until Accept",
@@ -163,58 +163,132 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
         """The layer choices and the choice fields (mode, costs, area, edge, stack)."""
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self.labels = ComboBox(label="Labels", choices=self._labels_choices, nullable=False)
-        self.mode = ComboBox(label="Mode", choices=["objects", "semantic"], value="objects",
-                             tooltip="objects: one 2-phase VPTV per label id (ids kept, no merging); "
-                                     "semantic: one multi-class VPTV on the whole image")
+        self.mode = ComboBox(
+            label="Mode",
+            choices=["objects", "semantic"],
+            value="objects",
+            tooltip="objects: one 2-phase VPTV per label id (ids kept, no merging); "
+            "semantic: one multi-class VPTV on the whole image",
+        )
         self.model = ComboBox(label="Costs", choices=list(MODELS), value=MODEL_COLOUR)
-        self.volume_mode = ComboBox(label="Area", choices=list(VOLUME_CHOICES), value=VOLUME_DEFAULT,
-                                    tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
-                                            "image decides; exact: keep each area; factor: area × factor")
-        self.edge_position = ComboBox(label="Edge", choices=list(EDGE_CHOICES), value=EDGE_DEFAULT,
-                                      tooltip="Where the outline goes across a nucleus's blurred edge: its outer, "
-                                              "dimmer rim (as fluorescence nuclei are annotated), halfway between "
-                                              "background and interior, or on the strongest gradient (as stained "
-                                              "nuclei are). Outlines already on an edge are kept")
-        self.stack_mode = ComboBox(label="Stack", choices=list(STACK_CHOICES), value=STACK_DEFAULT,
-                                   tooltip="3-D Labels: 3-D = every id is one 3-D object; slice by slice = "
-                                           "every plane of the first axis corrected on its own (e.g. a time "
-                                           "series or planes far apart)")
+        self.volume_mode = ComboBox(
+            label="Area",
+            choices=list(VOLUME_CHOICES),
+            value=VOLUME_DEFAULT,
+            tooltip="unknown bias: the boundary may move up to 'band' px in or out, the "
+            "image decides; exact: keep each area; factor: area × factor",
+        )
+        self.edge_position = ComboBox(
+            label="Edge",
+            choices=list(EDGE_CHOICES),
+            value=EDGE_DEFAULT,
+            tooltip="Where the outline goes across a nucleus's blurred edge: its outer, "
+            "dimmer rim (as fluorescence nuclei are annotated), halfway between "
+            "background and interior, or on the strongest gradient (as stained "
+            "nuclei are). Outlines already on an edge are kept",
+        )
+        self.stack_mode = ComboBox(
+            label="Stack",
+            choices=list(STACK_CHOICES),
+            value=STACK_DEFAULT,
+            tooltip="3-D Labels: 3-D = every id is one 3-D object; slice by slice = "
+            "every plane of the first axis corrected on its own (e.g. a time "
+            "series or planes far apart)",
+        )
 
     def _build_numbers(self):
         """The numeric fields and check boxes of the correction."""
-        self.band = SpinBox(label="Band (px, 0 = auto)", min=0, max=1000, value=0,
-                            tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
-                                    "half its equivalent radius within 4-6 px")
-        self.volume_factor = FloatSpinBox(label="Volume factor", min=0.1, max=10.0, step=0.01, value=1.0,
-                                          tooltip="'known factor' mode: target area = mask area × factor "
-                                                  "(1.1: mask ~10 % too small)")
-        self.volume_tolerance = FloatSpinBox(label="Area tolerance", min=0.0, max=0.9, step=0.01, value=0.0,
-                                             tooltip="unknown bias: also keep areas within (1 ± t) × given "
-                                                     "(0: no such limit); semantic: class volume interval")
+        self.band = SpinBox(
+            label="Band (px, 0 = auto)",
+            min=0,
+            max=1000,
+            value=0,
+            tooltip="unknown bias: the largest boundary error to correct; 0 = per object, "
+            "half its equivalent radius within 4-6 px",
+        )
+        self.volume_factor = FloatSpinBox(
+            label="Volume factor",
+            min=0.1,
+            max=10.0,
+            step=0.01,
+            value=1.0,
+            tooltip="'known factor' mode: target area = mask area × factor (1.1: mask ~10 % too small)",
+        )
+        self.volume_tolerance = FloatSpinBox(
+            label="Area tolerance",
+            min=0.0,
+            max=0.9,
+            step=0.01,
+            value=0.0,
+            tooltip="unknown bias: also keep areas within (1 ± t) × given "
+            "(0: no such limit); semantic: class volume interval",
+        )
         self.margin = SpinBox(label="Margin (px, 0 = auto)", min=0, max=10000, value=0)
-        self.mask_weight = FloatSpinBox(label="Trust in mask", min=0.0, max=10.0, step=0.05, value=0.15,
-                                        tooltip="Cost β for leaving the given mask (costs are in [0, 1]); "
-                                                "0: the image alone decides the boundary")
-        self.epsilon = FloatSpinBox(label=LABEL_EPSILON, min=1e-4, max=10.0, step=0.001, value=0.01,
-                                    tooltip="Entropic regularisation ε (paper eq. 11): larger values give softer "
-                                            "boundaries")
-        self.tv_weight = FloatSpinBox(label=LABEL_TV, min=0.0, max=10.0, step=0.005, value=0.05,
-                                      tooltip="Weight λ of the total variation term (paper eq. 11): larger values "
-                                              "give smoother, shorter boundaries")
+        self.mask_weight = FloatSpinBox(
+            label="Trust in mask",
+            min=0.0,
+            max=10.0,
+            step=0.05,
+            value=0.15,
+            tooltip="Cost β for leaving the given mask (costs are in [0, 1]); 0: the image alone decides the boundary",
+        )
+        self.epsilon = FloatSpinBox(
+            label=LABEL_EPSILON,
+            min=1e-4,
+            max=10.0,
+            step=0.001,
+            value=0.01,
+            tooltip="Entropic regularisation ε (paper eq. 11): larger values give softer boundaries",
+        )
+        self.tv_weight = FloatSpinBox(
+            label=LABEL_TV,
+            min=0.0,
+            max=10.0,
+            step=0.005,
+            value=0.05,
+            tooltip="Weight λ of the total variation term (paper eq. 11): larger values "
+            "give smoother, shorter boundaries",
+        )
         self.edge = CheckBox(text=LABEL_EDGE, value=True)
         self.fill_holes = CheckBox(text="Fill holes", value=True)
         self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
 
     def _build_body(self):
         """The scrolling body: the fields in their groups, the buttons and the status."""
-        return dock_body(self, [
-            self.help_link,
-            Form([self.image, self.labels, self.stack_mode, self.mode, self.model, self.volume_mode,
-                  self.edge_position, self.band, self.volume_factor, self.volume_tolerance]),
-            *advanced_section(self, [self.mask_weight, self.margin, self.epsilon, self.tv_weight, self.max_iter,
-                                     self.edge, self.fill_holes]),
-            *self._make_buttons(), Form([self.status]),
-        ])
+        return dock_body(
+            self,
+            [
+                self.help_link,
+                Form(
+                    [
+                        self.image,
+                        self.labels,
+                        self.stack_mode,
+                        self.mode,
+                        self.model,
+                        self.volume_mode,
+                        self.edge_position,
+                        self.band,
+                        self.volume_factor,
+                        self.volume_tolerance,
+                    ]
+                ),
+                *advanced_section(
+                    self,
+                    [
+                        self.mask_weight,
+                        self.margin,
+                        self.epsilon,
+                        self.tv_weight,
+                        self.max_iter,
+                        self.edge,
+                        self.fill_holes,
+                    ],
+                ),
+                *self._make_buttons(),
+                Form([self.status]),
+            ],
+        )
 
     def _connect(self):
         """The viewer's layer list and the Labels choice to the widget's handlers."""
@@ -235,19 +309,23 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
         """Run / Cancel, and the preview's Accept / Discard / Table rows."""
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.accept_button = PushButton(text="Accept", enabled=False,
-                                        tooltip="write the preview into the Labels layer (Ctrl+Z there undoes it)")
+        self.accept_button = PushButton(
+            text="Accept", enabled=False, tooltip="write the preview into the Labels layer (Ctrl+Z there undoes it)"
+        )
         self.discard_button = PushButton(text="Discard", enabled=False, tooltip="remove the preview layer")
-        self.table_button = PushButton(text="Table", enabled=False,
-                                       tooltip="per-object area before / after in napari's Features table")
+        self.table_button = PushButton(
+            text="Table", enabled=False, tooltip="per-object area before / after in napari's Features table"
+        )
         self.run_button.changed.connect(lambda *_: self.run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.accept_button.changed.connect(lambda *_: self.accept())
         self.discard_button.changed.connect(lambda *_: self.discard())
         self.table_button.changed.connect(lambda *_: self.show_table())
         rows = []
-        for widgets in ([self.run_button, self.cancel_button],
-                        [self.accept_button, self.discard_button, self.table_button]):
+        for widgets in (
+            [self.run_button, self.cancel_button],
+            [self.accept_button, self.discard_button, self.table_button],
+        ):
             row = Container(widgets=widgets, layout="horizontal", labels=False, label="")
             row.margins = (0, 0, 0, 0)
             rows.append(row)
@@ -284,8 +362,11 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
 
         # our own outputs are valid inputs too (correct again); the newest first (the
         # default), ground truth last
-        labels = [layer for layer in reversed(list(self.viewer.layers))
-                  if isinstance(layer, napari.layers.Labels) and _kind(layer) != BEFORE_KIND]
+        labels = [
+            layer
+            for layer in reversed(list(self.viewer.layers))
+            if isinstance(layer, napari.layers.Labels) and _kind(layer) != BEFORE_KIND
+        ]
         return [(layer.name, layer) for layer in sorted(labels, key=_is_ground_truth)]
 
     def _on_inserted(self, event):
@@ -296,8 +377,11 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
         layer, current = event.value, self.labels.value
         if self.worker is not None or not isinstance(layer, napari.layers.Labels):  # worker: our output
             return
-        if current is not None and live_layer(self.viewer.layers, current) is not None \
-                and not _is_ground_truth(current):
+        if (
+            current is not None
+            and live_layer(self.viewer.layers, current) is not None
+            and not _is_ground_truth(current)
+        ):
             return
         if not _is_ground_truth(layer) and _kind(layer) not in (KIND, BEFORE_KIND):
             self.reset_choices()
@@ -372,9 +456,18 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             return None
         self._save_settings()
         self._cancel_requested = False
-        self._run = {"image": image.name, "image_id": layer_id(image), "source": labels.name,
-                     "labels_layer": labels, "params": params,
-                     "done": 0, "total": None, "finished": False, "report": report, "given": given}
+        self._run = {
+            "image": image.name,
+            "image_id": layer_id(image),
+            "source": labels.name,
+            "labels_layer": labels,
+            "params": params,
+            "done": 0,
+            "total": None,
+            "finished": False,
+            "report": report,
+            "given": given,
+        }
 
         def gen():
             # errors are yielded, not raised: superqt swallows some exceptions in generator workers
@@ -433,9 +526,12 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             self._write_output(np.asarray(payload))
             st["finished"] = True
             changed = float(np.mean(np.asarray(payload) != st["given"]))
-            self._set_status(f"preview: {self.output_layer.name!r} ({changed:.2%} of the pixels changed"
-                             + report_summary(st["table"]) + "); Accept writes it into "
-                             f"{st['source']!r}, Discard removes it")
+            self._set_status(
+                f"preview: {self.output_layer.name!r} ({changed:.2%} of the pixels changed"
+                + report_summary(st["table"])
+                + "); Accept writes it into "
+                f"{st['source']!r}, Discard removes it"
+            )
         elif kind == "error":
             st["error"] = payload
             self._error(f"Mask correction failed: {payload}", show_error)

@@ -26,10 +26,17 @@ NUMBER_COLOUR = "#FFFF00"
 
 def pixel_size_field() -> FloatSpinBox:
     return FloatSpinBox(
-        label="Pixel size (µm)", min=0.0, max=1000.0, step=0.01, value=0.0,
-        tooltip=wrap_tip("Size of one pixel in micrometres, to give the cell areas in µm². Filled from the image "
-                         "layer's scale when it has one; 0 = unknown (areas in pixels). Recorded in the result "
-                         "layers' metadata; the layers keep the image's scale so that they stay aligned with it."))
+        label="Pixel size (µm)",
+        min=0.0,
+        max=1000.0,
+        step=0.01,
+        value=0.0,
+        tooltip=wrap_tip(
+            "Size of one pixel in micrometres, to give the cell areas in µm². Filled from the image "
+            "layer's scale when it has one; 0 = unknown (areas in pixels). Recorded in the result "
+            "layers' metadata; the layers keep the image's scale so that they stay aligned with it."
+        ),
+    )
 
 
 def pixel_size_of(layer) -> float:
@@ -60,9 +67,17 @@ def add_cell_numbers(viewer, cells, *, like, name: str, meta: dict, old=None):
         old.text = text
         layer = old
     else:
-        layer = viewer.add_points(coords, features=features, text=text, size=1, face_color="transparent",
-                                  border_width=0, name=name, scale=tuple(like.scale),
-                                  translate=tuple(like.translate))
+        layer = viewer.add_points(
+            coords,
+            features=features,
+            text=text,
+            size=1,
+            face_color="transparent",
+            border_width=0,
+            name=name,
+            scale=tuple(like.scale),
+            translate=tuple(like.translate),
+        )
         claim(layer)
     layer.name = name
     tag(layer, {**meta, "kind": NUMBERS_KIND})

@@ -140,8 +140,11 @@ def pair_choices(layers, show_all: bool = False) -> List[tuple]:
         if mine is not None:
             out.append((f"{lab.name}  ⟵  {mine.name}   ({how})", (mine, lab)))
         if show_all:
-            out.extend((f"{lab.name}  ⟵  {im.name}   (same size)", (im, lab)) for im in images
-                       if _hw(im) == _hw(lab) and not same_layer(im, mine))
+            out.extend(
+                (f"{lab.name}  ⟵  {im.name}   (same size)", (im, lab))
+                for im in images
+                if _hw(im) == _hw(lab) and not same_layer(im, mine)
+            )
     return out
 
 
@@ -150,14 +153,16 @@ TIPS = {
     "pairs_from": "Train on Labels / Image layers in the viewer, or on two folders of images and masks",
     "images_dir": "Folder of the images (PNG, TIFF, JPEG); the masks have the same file stems",
     "model_name": "Name of the new model (letters, digits, '.', '_', '-'); it then appears in the model lists "
-                  "of the segmentation widget and as --model NAME on the command line",
+    "of the segmentation widget and as --model NAME on the command line",
     "replace": "Overwrite an existing model of this name (otherwise a name in use is refused)",
     "train_button": "Check the pairs, then fine-tune in the background; the viewer stays usable",
 }
 
 #: The pair list: rows with room, the selection in the accent colour with bold text.
-PAIRS_STYLE = ("QListWidget::item { padding: 3px; } "
-               "QListWidget::item:selected { background: #2a82da; color: white; font-weight: bold; }")
+PAIRS_STYLE = (
+    "QListWidget::item { padding: 3px; } "
+    "QListWidget::item:selected { background: #2a82da; color: white; font-weight: bold; }"
+)
 PAIRS_ROWS = 8
 
 
@@ -219,12 +224,29 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self._build_training_controls()
         buttons = self._build_run_controls()
         self.help_link = help_link(self.HELP_SECTION, self)
-        self.body = dock_body(self, [
-            self.help_link,
-            Form([self.pairs_from, self.pairs, self.show_all, self.pairs_note, self.images_dir, self.masks_dir,
-                  self.model_name, self.base, self.minutes, self.replace, self.keep_anyway]),
-            buttons, Form([self.progress, self.live, self.curve, self.status]),
-        ])
+        self.body = dock_body(
+            self,
+            [
+                self.help_link,
+                Form(
+                    [
+                        self.pairs_from,
+                        self.pairs,
+                        self.show_all,
+                        self.pairs_note,
+                        self.images_dir,
+                        self.masks_dir,
+                        self.model_name,
+                        self.base,
+                        self.minutes,
+                        self.replace,
+                        self.keep_anyway,
+                    ]
+                ),
+                buttons,
+                Form([self.progress, self.live, self.curve, self.status]),
+            ],
+        )
         self._connect_signals()
         for name, text in TIPS.items():
             getattr(self, name).tooltip = text
@@ -235,38 +257,61 @@ class FinetuneWidget(WidgetRunMixin, Container):
     def _build_pair_controls(self) -> None:
         """Where the image / mask pairs come from: Labels layers, or two folders."""
         self.pairs_from = ComboBox(label="Pairs from", choices=[FROM_LAYERS, FROM_FOLDERS], value=FROM_LAYERS)
-        self.pairs = Select(label="Labels ⟵ Image", choices=self._pair_choices,
-                            tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus), each "
-                                    "with the image it was computed from or whose name it carries; select "
-                                    "several with Ctrl / Shift")
+        self.pairs = Select(
+            label="Labels ⟵ Image",
+            choices=self._pair_choices,
+            tooltip="your corrected Labels layers (0 background, 1 cytoplasm, 2 nucleus), each "
+            "with the image it was computed from or whose name it carries; select "
+            "several with Ctrl / Shift",
+        )
         _list_style(self.pairs)
-        self.show_all = CheckBox(text="Show all same-size pairings", value=False,
-                                 tooltip="also list each mask with every other image of its size (for masks "
-                                         "that neither came from the plugin nor carry their image's name)")
+        self.show_all = CheckBox(
+            text="Show all same-size pairings",
+            value=False,
+            tooltip="also list each mask with every other image of its size (for masks "
+            "that neither came from the plugin nor carry their image's name)",
+        )
         self.pairs_note = wrapped(Label(label="", value=""))
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
-        self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False,
-                                  tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2")
+        self.masks_dir = FileEdit(
+            label="Masks folder",
+            mode="d",
+            visible=False,
+            tooltip="masks with the images' file stems: grey 0/128/255 or labels 0/1/2",
+        )
 
     def _build_training_controls(self) -> None:
         """The model's name, its base, the time budget and when to save it."""
         self.model_name = LineEdit(label="Model name", value="my-model")
-        self.base = ComboBox(label="Start from", choices=self._base_choices,
-                             tooltip="a shipped generalist, or one of your models to continue training it")
-        self.minutes = FloatSpinBox(label="Time budget (min)", min=0.1, max=600.0, step=0.5, value=5.0,
-                                    tooltip="the whole run: the checks on held-out pairs and the final training")
+        self.base = ComboBox(
+            label="Start from",
+            choices=self._base_choices,
+            tooltip="a shipped generalist, or one of your models to continue training it",
+        )
+        self.minutes = FloatSpinBox(
+            label="Time budget (min)",
+            min=0.1,
+            max=600.0,
+            step=0.5,
+            value=5.0,
+            tooltip="the whole run: the checks on held-out pairs and the final training",
+        )
         self.replace = CheckBox(text="Replace a model of this name", value=False)
-        self.keep_anyway = CheckBox(text="Save even if not better", value=False,
-                                    tooltip="by default the model is saved only when it beats the base model on "
-                                            "your held-out pairs (cross-validation)")
+        self.keep_anyway = CheckBox(
+            text="Save even if not better",
+            value=False,
+            tooltip="by default the model is saved only when it beats the base model on "
+            "your held-out pairs (cross-validation)",
+        )
 
     def _build_run_controls(self) -> Container:
         """Train / Cancel (returned in a row), the progress bar, the live loss and the status line."""
         from .user_models import user_models_dir
 
         self.train_button = PushButton(text="Train")
-        self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="stop after the current step; nothing is saved")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="stop after the current step; nothing is saved"
+        )
         self.run_button = self.train_button  # the mixin's name
         buttons = Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
@@ -293,8 +338,7 @@ class FinetuneWidget(WidgetRunMixin, Container):
 
     # ------------------------------------------------------------------ choices
     def _pair_choices(self, *_):
-        return pair_choices(self.viewer.layers, show_all=bool(getattr(self, "show_all", None)
-                                                             and self.show_all.value))
+        return pair_choices(self.viewer.layers, show_all=bool(getattr(self, "show_all", None) and self.show_all.value))
 
     def reset_choices(self, *_):  # napari calls this on layer changes
         super().reset_choices()
@@ -344,8 +388,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
         if len(set(names)) != len(names):
             raise ValueError("each Labels layer may be used once; select one image per Labels layer")
         # copies: painting on the layers during training does not change the data
-        return samples_from_arrays([np.array(im.data) for im, _ in chosen],
-                                   [np.array(lab.data) for _, lab in chosen], names)
+        return samples_from_arrays(
+            [np.array(im.data) for im, _ in chosen], [np.array(lab.data) for _, lab in chosen], names
+        )
 
     def _job(self, samples, folders, base, minutes):
         from .finetuning import finetune
@@ -355,8 +400,15 @@ class FinetuneWidget(WidgetRunMixin, Container):
         if folders is not None:
             samples = samples_from_folders(*folders)
         keep = "always" if self.keep_anyway.value else "better"
-        return finetune(samples, base=resolve_model(base), minutes=minutes, callback=self._relay.emit,
-                        should_stop=self._stop.is_set, keep=keep, **self.train_options)
+        return finetune(
+            samples,
+            base=resolve_model(base),
+            minutes=minutes,
+            callback=self._relay.emit,
+            should_stop=self._stop.is_set,
+            keep=keep,
+            **self.train_options,
+        )
 
     def train(self):
         """Check the inputs, then start the fine-tuning in a ``thread_worker``."""
@@ -380,8 +432,9 @@ class FinetuneWidget(WidgetRunMixin, Container):
         self.losses, self.phases, self.result, self.saved_path = [], [], None, None
         self.progress.value, self.live.value, self.curve.value = 0, "", ""
         self._target_path = target
-        worker = thread_worker(self._job, start_thread=False)(samples, folders, self.base.value,
-                                                              float(self.minutes.value))
+        worker = thread_worker(self._job, start_thread=False)(
+            samples, folders, self.base.value, float(self.minutes.value)
+        )
         worker.returned.connect(self._on_returned)
         worker.errored.connect(lambda exc: self._error(f"training failed: {exc}", show_error))
         worker.finished.connect(self._on_finished)

@@ -19,8 +19,7 @@ from typing import Optional
 __all__ = ["wrap_tip", "wrap_tooltips", "docs_url", "docs_page", "readme_text", "help_link", "open_help", "HELP_PAGES"]
 
 #: the docs page of each widget's help section
-HELP_PAGES = {"In napari": "napari.md", "Correct mask widget": "correct.md",
-              "Fine-tune on your images": "finetune.md"}
+HELP_PAGES = {"In napari": "napari.md", "Correct mask widget": "correct.md", "Fine-tune on your images": "finetune.md"}
 #: Project-URL labels that point at documentation, in order of preference.
 _DOC_LABELS = ("documentation", "docs", "homepage", "source", "repository")
 

@@ -45,9 +45,12 @@ def featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[Se
     asked for. Also refuses a cell diameter larger than the image. None otherwise."""
     spatial = spatial_shape(image, channel_axis)
     if opts.diameter and spatial and opts.diameter > max(spatial):
-        raise OptionError("diameter", f"the cell diameter {opts.diameter:g} px is larger than the image "
-                          f"({' x '.join(map(str, spatial))} px); give the typical white-cell diameter in "
-                          "pixels, or 0 to estimate it")
+        raise OptionError(
+            "diameter",
+            f"the cell diameter {opts.diameter:g} px is larger than the image "
+            f"({' x '.join(map(str, spatial))} px); give the typical white-cell diameter in "
+            "pixels, or 0 to estimate it",
+        )
     rgb = channel_axis is not None and np.shape(image)[channel_axis] in (3, 4)
     reason = featureless(image, channel_axis) if rgb else None
     if reason is None:
@@ -56,8 +59,14 @@ def featureless_result(image, opts: SegmentOptions, channel_axis) -> Optional[Se
         raise ValueError(f"{reason}: there are no cells to give the requested volumes")
     prob = np.zeros((3,) + spatial, np.float32)
     prob[0] = 1.0
-    result = SegmentationResult.from_arrays(np.zeros(spatial, np.int32), prob, n_iter=0, converged=True,
-                                            class_model=None, volume_spec=make_volume_spec(3, "none"))
+    result = SegmentationResult.from_arrays(
+        np.zeros(spatial, np.int32),
+        prob,
+        n_iter=0,
+        converged=True,
+        class_model=None,
+        volume_spec=make_volume_spec(3, "none"),
+    )
     result.info = {"no_cells": reason}
     return result
 
@@ -68,8 +77,12 @@ def check_memory_for(image, opts: SegmentOptions, channel_axis) -> None:
     rgb = channel_axis is not None
     if opts.is_network:
         kind, what = "network", f"segment it with {opts.method}"
-    elif opts.resolved_preset(rgb) == "wbc" and opts.volume_mode is None and opts.volumes is None \
-            and opts.volume_bounds is None:
+    elif (
+        opts.resolved_preset(rgb) == "wbc"
+        and opts.volume_mode is None
+        and opts.volumes is None
+        and opts.volume_bounds is None
+    ):
         kind, what = "default", "segment it with the WBC preset"
     else:
         kind, what = "solver", "segment it with the variational solver"

@@ -72,8 +72,9 @@ def advanced_section(owner, widgets, title: str = "Advanced") -> list:
     """
     form = Form(widgets)
     names = ", ".join((w.label or getattr(w, "text", "")).split(" (")[0].lower() for w in widgets[:3])
-    button = PushButton(text=f"▸ {title}", tooltip=f"Show or hide {len(widgets)} more settings ({names}, ...); "
-                                                   "they apply either way")
+    button = PushButton(
+        text=f"▸ {title}", tooltip=f"Show or hide {len(widgets)} more settings ({names}, ...); they apply either way"
+    )
     native = button.native
     native.setCheckable(True)
     native.setStyleSheet("QPushButton { text-align: left; padding: 3px 6px; }")

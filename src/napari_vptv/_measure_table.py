@@ -23,8 +23,13 @@ Table = Dict[str, np.ndarray]
 
 #: (column, header) shown in the widget; the CSV has every column.
 SHOWN_CELL_COLUMNS = (
-    ("frame", "frame"), ("cell", "cell"), ("cell_area", "cell area"), ("nucleus_area", "nucleus area"),
-    ("cytoplasm_area", "cytoplasm area"), ("nc_ratio", "N/(N+C)"), ("nucleus_lobes", "lobes"),
+    ("frame", "frame"),
+    ("cell", "cell"),
+    ("cell_area", "cell area"),
+    ("nucleus_area", "nucleus area"),
+    ("cytoplasm_area", "cytoplasm area"),
+    ("nc_ratio", "N/(N+C)"),
+    ("nucleus_lobes", "lobes"),
     ("nucleus_solidity", "nucleus solidity"),
 )
 
@@ -39,8 +44,14 @@ def _frames(shape_lead):
     return list(np.ndindex(*shape_lead)) if shape_lead else [()]
 
 
-def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], diameter: Optional[float],
-                   spacing: Optional[Sequence[float]] = None):
+def measure_result(
+    labels: np.ndarray,
+    image_layer,
+    *,
+    names: Sequence[str],
+    diameter: Optional[float],
+    spacing: Optional[Sequence[float]] = None,
+):
     """Per-cell (WBC classes) or per-class tables of a label array (any leading axes).
 
     Returns ``(cells, frames, instances)``: the per-cell table (None when the classes
@@ -64,9 +75,9 @@ def measure_result(labels: np.ndarray, image_layer, *, names: Sequence[str], dia
         area = class_areas(lab, len(names), class_names=names, spacing=spacing)
         frame_row = {"frame": np.array([frame])}
         for k, name in enumerate(names):
-            frame_row[f"{name}_area_px"] = area["area_px"][k:k + 1]
+            frame_row[f"{name}_area_px"] = area["area_px"][k : k + 1]
             if "area_um2" in area:
-                frame_row[f"{name}_area_um2"] = area["area_um2"][k:k + 1]
+                frame_row[f"{name}_area_um2"] = area["area_um2"][k : k + 1]
         frames.append(frame_row)
         if not wbc:
             continue
@@ -100,8 +111,9 @@ def add_cells_layer(viewer, instances: np.ndarray, cells: Table, *, name: str, l
     import pandas as pd
 
     features = pd.DataFrame({"index": cells["cell"], **{k: v for k, v in cells.items() if k not in ("cell", "image")}})
-    layer = viewer.add_labels(instances, name=name, scale=tuple(like.scale), translate=tuple(like.translate),
-                              opacity=1.0, features=features)
+    layer = viewer.add_labels(
+        instances, name=name, scale=tuple(like.scale), translate=tuple(like.translate), opacity=1.0, features=features
+    )
     single_colour(layer, CELL_OUTLINE)  # one colour, as in the widget's legend
     layer.contour = 2
     claim(layer)
@@ -135,8 +147,9 @@ class MeasurementTable(Container):
         self.selected_cell: Optional[int] = None
         self.summary = Label(value="No measurements yet: run a segmentation.")
         self.summary.native.setWordWrap(True)
-        self.export_button = PushButton(text="Export CSV…", enabled=False,
-                                        tooltip="Save the per-cell table (and the per-frame areas) as CSV files")
+        self.export_button = PushButton(
+            text="Export CSV…", enabled=False, tooltip="Save the per-cell table (and the per-frame areas) as CSV files"
+        )
         self.table = QTableWidget(0, 0)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -155,8 +168,11 @@ class MeasurementTable(Container):
         self.selected_cell = None
         unit = "µm²" if cells is not None and "cell_area_um2" in cells else "px"
         if cells is not None:
-            shown = [(self._column(cells, key), f"{head} ({unit})" if "area" in key else head)
-                     for key, head in SHOWN_CELL_COLUMNS if self._column(cells, key) is not None]
+            shown = [
+                (self._column(cells, key), f"{head} ({unit})" if "area" in key else head)
+                for key, head in SHOWN_CELL_COLUMNS
+                if self._column(cells, key) is not None
+            ]
             n_frames = len(frames["frame"])
             if n_frames == 1:
                 shown = [s for s in shown if s[1] != "frame"]
@@ -220,8 +236,9 @@ class MeasurementTable(Container):
             lead = layer.data.ndim - 2
             if lead:
                 index = np.unravel_index(int(self.cells["frame"][i]), layer.data.shape[:lead])
-                world = np.asarray(layer.data_to_world(list(index) + [self.cells["centroid_y"][i],
-                                                                      self.cells["centroid_x"][i]]))
+                world = np.asarray(
+                    layer.data_to_world(list(index) + [self.cells["centroid_y"][i], self.cells["centroid_x"][i]])
+                )
                 for axis, value in enumerate(world[:lead]):
                     self.viewer.dims.set_point(self.viewer.dims.ndim - layer.data.ndim + axis, value)
             yx = layer.data_to_world([0] * lead + [self.cells["centroid_y"][i], self.cells["centroid_x"][i]])

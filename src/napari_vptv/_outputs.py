@@ -102,8 +102,10 @@ def legend_html(names: Sequence[str], outline: bool = False) -> str:
         swatch = "&#9633;" if colour is None else f"<span style='color:{colour}'>&#9632;</span>"
         parts.append(f"{swatch}&nbsp;{name}" + (" (not drawn)" if colour is None else ""))
     if outline:
-        parts.append(f"<span style='color:{CELL_OUTLINE}; background:#ffffff'>&nbsp;&#9645;&nbsp;</span>"
-                     "&nbsp;cell outline (numbered)")
+        parts.append(
+            f"<span style='color:{CELL_OUTLINE}; background:#ffffff'>&nbsp;&#9645;&nbsp;</span>"
+            "&nbsp;cell outline (numbered)"
+        )
     return "&nbsp;&nbsp; ".join(parts)
 
 
@@ -117,6 +119,7 @@ def single_colour(layer, colour: str) -> None:
 
 def name_classes_in(message: str, names: Sequence[str]) -> str:
     """Replace "class 1" (0-based) by the class name and say the order of per-class values."""
+
     def repl(m):
         k = int(m.group(1))
         return f"class {names[k]!r}" if 0 <= k < len(names) else m.group(0)

@@ -38,8 +38,12 @@ def network_details(result) -> Optional[Dict[str, Any]]:
     info = getattr(result, "info", None)
     info = info if isinstance(info, dict) else {}
     estimated = info.get("diameter_estimated")
-    return {"diameter": float(diameter), "estimated": None if estimated is None else bool(estimated),
-            "removed": int(info.get("cells_without_nucleus_removed") or 0), "name": info.get("network")}
+    return {
+        "diameter": float(diameter),
+        "estimated": None if estimated is None else bool(estimated),
+        "removed": int(info.get("cells_without_nucleus_removed") or 0),
+        "name": info.get("network"),
+    }
 
 
 def show_slice(viewer, layer, index) -> None:
@@ -60,6 +64,6 @@ def current_plane(viewer, layer) -> np.ndarray:
     n_lead = data.ndim - (3 if layer.rgb else 2)
     step = tuple(viewer.dims.current_step)
     # layer axes are the last layer.ndim world axes
-    world = step[len(step) - layer.ndim:] if len(step) >= layer.ndim else (0,) * layer.ndim
+    world = step[len(step) - layer.ndim :] if len(step) >= layer.ndim else (0,) * layer.ndim
     index = tuple(min(max(int(i), 0), data.shape[a] - 1) for a, i in enumerate(world[:n_lead]))
     return np.asarray(data[index] if index else data)

@@ -25,17 +25,18 @@ def _warm() -> None:
 
     from ._outputs import CLASS_COLOURS
 
-    classes = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: CLASS_COLOURS[0],
-                                              2: CLASS_COLOURS[1]})
+    classes = DirectLabelColormap(
+        color_dict={None: "transparent", 0: "transparent", 1: CLASS_COLOURS[0], 2: CLASS_COLOURS[1]}
+    )
     outline = DirectLabelColormap(color_dict={None: "#000000", 0: "transparent", 1: "#000000"})
     # in the order a run needs them: its result layer (created with napari's default
     # colormap, then given the class colours), the layer's features, the cell outlines
-    steps = [(label_colormap(), "uint8"), (classes, "uint8"), "pandas", (label_colormap(), "int32"),
-             (outline, "int32")]
+    steps = [(label_colormap(), "uint8"), (classes, "uint8"), "pandas", (label_colormap(), "int32"), (outline, "int32")]
     for step in steps:
         try:
             if step == "pandas":
                 import pandas  # noqa: F401 - napari's layer features import it on first use
+
                 continue
             cmap, dtype = step
             values = np.arange(4, dtype=dtype).reshape(2, 2)

@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SegmentationWidget", "METADATA_KEY"]
 
+
 class _Cancelled(Exception):
     """Raised from the solver's iteration callback when Cancel was pressed."""
 
@@ -132,13 +133,20 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
 
     def _build_controls(self):
         """Run, Cancel and Reset (returned as a row), the help link and the reason Run is disabled."""
-        self.run_button = PushButton(text="Run", tooltip="Segment the chosen image with these settings (a "
-                                                         "stack slice by slice; a cancelled stack resumes)")
-        self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="Finishes the current slice, then stops; Run resumes")
+        self.run_button = PushButton(
+            text="Run",
+            tooltip="Segment the chosen image with these settings (a stack slice by slice; a cancelled stack resumes)",
+        )
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Finishes the current slice, then stops; Run resumes"
+        )
         self.help_link = help_link(self.HELP_SECTION, self)
-        buttons = Container(widgets=[self.run_button, self.cancel_button, self.reset_button],
-                            layout="horizontal", labels=False, label="")
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button, self.reset_button],
+            layout="horizontal",
+            labels=False,
+            label="",
+        )
         buttons.margins = (0, 0, 0, 0)
         self.reason = wrapped(Label(label="", value=""))
         self.reason.native.setStyleSheet("QLabel { color: #ff8080; }")
@@ -147,17 +155,51 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
 
     def _build_body(self, buttons):
         """The scrolling body: the fields in their groups, the buttons, status and table."""
-        return dock_body(self, [
-            self.help_link,
-            Form([self.image, self.method, self.network, self.preset, self.n_classes, self.legend, self.volume_mode,
-                  self.auto_note, self.volumes, self.lower, self.upper]),
-            self.estimate, Form([self.epsilon, self.tv_weight]), self.measure, Form([self.pixel_size]),
-            self.keep_previous,
-            *advanced_section(self, [self.max_iter, self.diameter, self.augment, self.seed, self.device,
-                                     self.stack_mode, self.edge, self.require_nucleus, self.white_cell_rule]),
-            self.notice, buttons, self.reason, Form([self.status]),
-            self.results,  # full width (outside the label column): the table needs the room
-        ])
+        return dock_body(
+            self,
+            [
+                self.help_link,
+                Form(
+                    [
+                        self.image,
+                        self.method,
+                        self.network,
+                        self.preset,
+                        self.n_classes,
+                        self.legend,
+                        self.volume_mode,
+                        self.auto_note,
+                        self.volumes,
+                        self.lower,
+                        self.upper,
+                    ]
+                ),
+                self.estimate,
+                Form([self.epsilon, self.tv_weight]),
+                self.measure,
+                Form([self.pixel_size]),
+                self.keep_previous,
+                *advanced_section(
+                    self,
+                    [
+                        self.max_iter,
+                        self.diameter,
+                        self.augment,
+                        self.seed,
+                        self.device,
+                        self.stack_mode,
+                        self.edge,
+                        self.require_nucleus,
+                        self.white_cell_rule,
+                    ],
+                ),
+                self.notice,
+                buttons,
+                self.reason,
+                Form([self.status]),
+                self.results,  # full width (outside the label column): the table needs the room
+            ],
+        )
 
     def _connect(self):
         """Buttons, fields and the viewer's layer list to the widget's handlers."""
@@ -275,9 +317,19 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
         self._cancel_requested = False
         self._iteration = None
         self._run_state = {
-            "image": layer, "source": layer.name, "params": params, "spec": spec,
-            "names": self.class_names(), "label_shape": tuple(label_shape), "total": total, "done": 0,
-            "volumes": {}, "done_indices": [], "layer": None, "error": None, "network": None,
+            "image": layer,
+            "source": layer.name,
+            "params": params,
+            "spec": spec,
+            "names": self.class_names(),
+            "label_shape": tuple(label_shape),
+            "total": total,
+            "done": 0,
+            "volumes": {},
+            "done_indices": [],
+            "layer": None,
+            "error": None,
+            "network": None,
             "label": method_label(params["method"], params["model"]),
         }
         # Create (or pick) the output layer now, in the GUI thread, before the worker
@@ -369,8 +421,10 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
             details["removed"] += (st["network"] or {}).get("removed", 0)
             st["network"] = details
         self._update_metadata(out, complete=item.done == st["total"])
-        self._set_status(f"{st['source']}: {item.done}/{st['total']} slices"
-                         + (f"; {self._named(item.volumes)}" if st["total"] == 1 else ""))
+        self._set_status(
+            f"{st['source']}: {item.done}/{st['total']} slices"
+            + (f"; {self._named(item.volumes)}" if st["total"] == 1 else "")
+        )
         if self._pbar is not None:
             self._pbar.update(item.done - self._pbar.n)  # the same count as the status
         self._show_next_slice()
@@ -392,8 +446,9 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
         st["error"] = exc
         where = f" (slice {st['done'] + 1} of {st['total']})" if st["total"] > 1 else ""
         if st["layer"] is not None:
-            self._update_metadata(st["layer"], complete=False,
-                                  status=f"failed after {st['done']} of {st['total']} slices")
+            self._update_metadata(
+                st["layer"], complete=False, status=f"failed after {st['done']} of {st['total']} slices"
+            )
             self._rename(st["layer"], f"failed {st['done']}/{st['total']}")
         self._error(f"Segmentation failed{where}: {exc}", show_error)
 
@@ -407,8 +462,10 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
         if out is not None and n < m:
             self._update_metadata(out, complete=False, status=f"cancelled after {n} of {m} slices")
             self._rename(out, f"cancelled {n}/{m}")
-            self._set_status(f"cancelled after {n} of {m} slices (the current slice was finished); "
-                             "Run with the same settings resumes")
+            self._set_status(
+                f"cancelled after {n} of {m} slices (the current slice was finished); "
+                "Run with the same settings resumes"
+            )
         elif out is None:
             self._set_status("cancelled before the first slice finished; no output")
         else:
@@ -447,5 +504,7 @@ class SegmentationWidget(WidgetRunMixin, ResultLayersMixin, SegmentSettings):
         st = self._run_state
         if it is None or self.worker is None or self._cancel_requested:
             return
-        self._set_status(f"{st['source']}: {st['done']}/{st['total']} slices; slice {min(st['done'] + 1, st['total'])} "
-                         f"at iteration {it[0]}/{it[1]}")
+        self._set_status(
+            f"{st['source']}: {st['done']}/{st['total']} slices; slice {min(st['done'] + 1, st['total'])} "
+            f"at iteration {it[0]}/{it[1]}"
+        )

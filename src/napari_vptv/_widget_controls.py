@@ -57,10 +57,11 @@ def shown_value(widget) -> str:
 
 #: The network whose probabilities seed the default method's per-image colour model.
 DEFAULT_SEED_NETWORK = "unet"
-SEED_MODEL_TIP = ("The network whose confident pixels seed the per-image colour model: the shipped U-net "
-                  "(default) or one of your fine-tuned models (Plugins › napari-vptv › Train on my images)")
-NETWORK_TIP = ("The shipped generalists and your own fine-tuned models "
-               "(Plugins › napari-vptv › Train on my images)")
+SEED_MODEL_TIP = (
+    "The network whose confident pixels seed the per-image colour model: the shipped U-net "
+    "(default) or one of your fine-tuned models (Plugins › napari-vptv › Train on my images)"
+)
+NETWORK_TIP = "The shipped generalists and your own fine-tuned models (Plugins › napari-vptv › Train on my images)"
 #: How the shipped default seed is listed under the default method.
 DEFAULT_SEED_LABEL = "pretrained U-net (default)"
 
@@ -73,48 +74,48 @@ LABEL_EDGE = "Follow image edges"
 TIPS = {
     "image": "The Image layer to segment: grey or RGB, 2-D or a stack (Z / T leading axes)",
     "method": "The variational VPTV solver (default: with the WBC preset it refits a colour model on each "
-              "image, seeded by a network; best measured on sources the networks never saw) or a pretrained "
-              "network alone",
+    "image, seeded by a network; best measured on sources the networks never saw) or a pretrained "
+    "network alone",
     "network": SEED_MODEL_TIP,
     "preset": f"{PRESET_WBC}: white blood cells (background, cytoplasm, nucleus) with tuned colour model and "
-              f"volumes. {PRESET_KMEANS}: class fractions from k-means on the current slice. {PRESET_CUSTOM}: "
-              "any number of classes and your own volumes",
+    f"volumes. {PRESET_KMEANS}: class fractions from k-means on the current slice. {PRESET_CUSTOM}: "
+    "any number of classes and your own volumes",
     "n_classes": "Number of classes, background included (the WBC preset and the networks: 3)",
     "volume_mode": f"{VOLUME_AUTO}: the method's own tuned settings for each image (volume prior, boundary "
-                   "softness ε, smoothness λ), as `vptv segment` uses them: the best measured. interval: each "
-                   "class fraction between a lower and an upper bound; exact: fixed fractions; none: no volume "
-                   "constraint",
+    "softness ε, smoothness λ), as `vptv segment` uses them: the best measured. interval: each "
+    "class fraction between a lower and an upper bound; exact: fixed fractions; none: no volume "
+    "constraint",
     "volumes": "Exact class fractions, comma-separated, summing to 1",
     "lower": "Per-class lower bounds of the class fractions, comma-separated",
     "upper": "Per-class upper bounds of the class fractions, comma-separated",
     "estimate": "Fill the volume fields with the k-means class fractions of the slice shown (exact) and ± 0.05 "
-                "around them (interval)",
+    "around them (interval)",
     "epsilon": "Entropic regularisation ε (paper eq. 11): larger values give softer, more uncertain "
-               "boundaries; smaller ones sharper boundaries and a slower solve",
+    "boundaries; smaller ones sharper boundaries and a slower solve",
     "tv_weight": "Weight λ of the total variation term (paper eq. 11): larger values give smoother, shorter "
-                 "boundaries and remove small specks",
+    "boundaries and remove small specks",
     "edge": "Weight the smoothness by the image's edges, e(x) = 1/(1 + ε'|∇(G_σ * I)|), so that boundaries "
-            "prefer to follow edges of the image",
+    "prefer to follow edges of the image",
     "max_iter": "Upper limit of the solver's iterations per image (it stops earlier once converged)",
     "diameter": "Cell diameter in pixels for the networks and the variational auto mode's network (0 "
-                "estimates it); also splits touching cells in the measurements",
+    "estimates it); also splits touching cells in the measurements",
     "seed": "Seed of the random initialisation (k-means): the same seed gives the same result",
     "device": "Where the computation runs: cpu, or cuda for an NVIDIA graphics card",
     "stack_mode": "Stacks: each 2-D slice on its own (any method), or the whole stack as one 3-D volume "
-                  "(variational only)",
+    "(variational only)",
     "keep_previous": "Checked: every run adds a new layer. Unchecked: a run replaces the plugin's own, untouched "
-                     "result of the same method and image. "
-                     "Renamed, duplicated or edited results are never replaced.",
+    "result of the same method and image. "
+    "Renamed, duplicated or edited results are never replaced.",
     "require_nucleus": "White blood cell labels: a cell region whose nucleus is under 10 % of its area (a red "
-                       "cell or debris taken for cytoplasm) becomes background. Applies in volume mode auto / "
-                       "none (exact and interval constraints win)",
+    "cell or debris taken for cytoplasm) becomes background. Applies in volume mode auto / "
+    "none (exact and interval constraints win)",
     "white_cell_rule": "White blood cell labels: a cell too small to be a white cell becomes background, "
-                       "e.g. a platelet or a purple speck. The size is judged against the white cells and "
-                       "the red cells of the same image. Works together with 'Cells need a nucleus'",
+    "e.g. a platelet or a purple speck. The size is judged against the white cells and "
+    "the red cells of the same image. Works together with 'Cells need a nucleus'",
     "augment": "Networks: average over the image and its mirror image (default), all 8 flips / quarter turns, "
-               "or none; costs that many network passes. About +1 pt on images from a lab the network never saw",
+    "or none; costs that many network passes. About +1 pt on images from a lab the network never saw",
     "measure": "Per-cell areas, N/(N+C) ratio, nucleus lobes and shape in the table below, as a '… cells' "
-               "Labels layer (outlines) and as numbers on the image",
+    "Labels layer (outlines) and as numbers on the image",
     "reset_button": "Set every field back to its default value",
 }
 
@@ -140,8 +141,9 @@ def build_fields(self) -> None:
     self.tv_weight = FloatSpinBox(label=LABEL_TV, min=0.0, max=10.0, step=0.005, value=0.02)
     self.edge = CheckBox(text=LABEL_EDGE, value=False)
     self.max_iter = SpinBox(label="Max iterations", min=1, max=100000, value=500)
-    self.diameter = FloatSpinBox(label="Cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0,
-                                 value=defaults.diameter)
+    self.diameter = FloatSpinBox(
+        label="Cell diameter (px, 0 = auto)", min=0.0, max=10000.0, step=1.0, value=defaults.diameter
+    )
     self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=defaults.seed)
     self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value=defaults.device)
     self.stack_mode = ComboBox(label="Stacks", choices=[STACK_SLICES, STACK_VOLUME], value=STACK_SLICES)

@@ -69,8 +69,10 @@ class SegmentSettings(Container):
         self._network_chosen: Dict[bool, tuple] = {}  # is_network -> (label, name) chosen in that mode
         build_fields(self)
         self.method.changed.connect(self._on_method)
-        self._network_chosen = {False: (self.network.current_choice, self.network.value),
-                                True: (SHIPPED_LABELS["vptv-unet"], "vptv-unet")}
+        self._network_chosen = {
+            False: (self.network.current_choice, self.network.value),
+            True: (SHIPPED_LABELS["vptv-unet"], "vptv-unet"),
+        }
         self.network.changed.connect(self._on_network)
         self.preset.changed.connect(self._on_preset)
         self.volume_mode.changed.connect(self._update_visibility)
@@ -91,12 +93,27 @@ class SegmentSettings(Container):
         # restore order matters: method / preset / n_classes callbacks rewrite the
         # volume fields (and ε, λ, edge), so those come first and the volume texts last
         return {
-            "method": self.method, "network": self.network, "preset": self.preset, "n_classes": self.n_classes,
-            "volume_mode": self.volume_mode, "epsilon": self.epsilon, "tv_weight": self.tv_weight,
-            "edge": self.edge, "max_iter": self.max_iter, "diameter": self.diameter, "seed": self.seed,
-            "device": self.device, "stack_mode": self.stack_mode, "keep_previous": self.keep_previous,
-            "measure": self.measure, "require_nucleus": self.require_nucleus, "white_cell_rule": self.white_cell_rule,
-            "augment": self.augment, "volumes": self.volumes, "lower": self.lower, "upper": self.upper,
+            "method": self.method,
+            "network": self.network,
+            "preset": self.preset,
+            "n_classes": self.n_classes,
+            "volume_mode": self.volume_mode,
+            "epsilon": self.epsilon,
+            "tv_weight": self.tv_weight,
+            "edge": self.edge,
+            "max_iter": self.max_iter,
+            "diameter": self.diameter,
+            "seed": self.seed,
+            "device": self.device,
+            "stack_mode": self.stack_mode,
+            "keep_previous": self.keep_previous,
+            "measure": self.measure,
+            "require_nucleus": self.require_nucleus,
+            "white_cell_rule": self.white_cell_rule,
+            "augment": self.augment,
+            "volumes": self.volumes,
+            "lower": self.lower,
+            "upper": self.upper,
         }
 
     # ---------------------------------------------------------------- classes
@@ -116,7 +133,8 @@ class SegmentSettings(Container):
         net = self.is_network
         if not net:
             choices = [(DEFAULT_SEED_LABEL, DEFAULT_SEED_NETWORK)] + [
-                (label, name) for label, name in choices if name not in SHIPPED]
+                (label, name) for label, name in choices if name not in SHIPPED
+            ]
         chosen = getattr(self, "_network_chosen", {}).get(net)  # (label, name)
         if chosen and chosen[1] not in {name for _, name in choices}:
             # a chosen model whose files went away stays chosen (the reason next to Run
@@ -182,20 +200,29 @@ class SegmentSettings(Container):
 
     def _solver_values(self) -> Dict[str, Any]:
         if self.is_auto:  # the fields do not apply; the method's own settings do
-            return {"classes": self.n_classes.value, "volume mode": self.volume_mode.value,
-                    "auto": self.auto_note.value}
-        return {LABEL_EPSILON.lower(): self.epsilon.value, LABEL_TV.lower(): self.tv_weight.value,
+            return {
                 "classes": self.n_classes.value,
-                "volume mode": self.volume_mode.value, "lower bounds": self.lower.value,
-                "upper bounds": self.upper.value, "volumes": self.volumes.value}
+                "volume mode": self.volume_mode.value,
+                "auto": self.auto_note.value,
+            }
+        return {
+            LABEL_EPSILON.lower(): self.epsilon.value,
+            LABEL_TV.lower(): self.tv_weight.value,
+            "classes": self.n_classes.value,
+            "volume mode": self.volume_mode.value,
+            "lower bounds": self.lower.value,
+            "upper bounds": self.upper.value,
+            "volumes": self.volumes.value,
+        }
 
     def _announce_method_change(self, before, after):
         changed = []
         for k, value in after.items():
             if k == "auto":
                 if before.get(k) != value:
-                    changed.append("volume prior, boundary softness and smoothness: its own, per image "
-                                   "(see Auto settings)")
+                    changed.append(
+                        "volume prior, boundary softness and smoothness: its own, per image (see Auto settings)"
+                    )
             elif before.get(k) != value:
                 old = before.get(k)
                 both = isinstance(old, float) and isinstance(value, float)
@@ -240,8 +267,10 @@ class SegmentSettings(Container):
         self.volumes.value = ", ".join(f"{v:.4g}" for v in equal + [round(1.0 - sum(equal), 4)])
         self.lower.value = fmt(np.full(k, EQUAL_LOWER))
         self.upper.value = fmt(np.full(k, EQUAL_UPPER))
-        self._set_status(f"{k} classes: volumes set to equal fractions, bounds to {EQUAL_LOWER:g}-{EQUAL_UPPER:g} "
-                         "per class; enter your own")
+        self._set_status(
+            f"{k} classes: volumes set to equal fractions, bounds to {EQUAL_LOWER:g}-{EQUAL_UPPER:g} "
+            "per class; enter your own"
+        )
 
     def _auto_allowed(self) -> bool:
         """*auto (per image)* exists for the networks and the variational WBC preset."""
@@ -275,7 +304,8 @@ class SegmentSettings(Container):
         self.network.visible = self.is_network or self._seed_model_applies()
         self.diameter.enabled = self._uses_diameter()
         self.require_nucleus.enabled = (self.is_network or self.preset.value == PRESET_WBC) and (
-            auto or mode == "none")  # an exact / interval constraint wins over the rule
+            auto or mode == "none"
+        )  # an exact / interval constraint wins over the rule
         self.white_cell_rule.enabled = self.require_nucleus.enabled  # it runs with the nucleus rule
         self.augment.enabled = self.is_network  # the variational auto mode's U-net runs without
         self._update_class_labels()
@@ -298,8 +328,9 @@ class SegmentSettings(Container):
             for key, w in (("epsilon", self.epsilon), ("tv_weight", self.tv_weight), ("edge", self.edge)):
                 if pri.get(key) is not None:
                     w.value = pri[key]
-            self._set_status(f"WBC preset loaded: {VOLUME_AUTO}; the interval / exact values are the "
-                             f"{pri['source']} priors")
+            self._set_status(
+                f"WBC preset loaded: {VOLUME_AUTO}; the interval / exact values are the {pri['source']} priors"
+            )
         elif preset == PRESET_KMEANS:
             # not while restoring saved settings: the saved volume texts follow
             if self.image.value is not None and not self._restoring:
@@ -312,8 +343,9 @@ class SegmentSettings(Container):
         """Show a note that stays until the next change of method or reset."""
         self.notice.value = text
         self.notice.visible = bool(text)
-        self.notice.native.setStyleSheet("QLabel { background: #5a4a10; color: #ffe9a0; padding: 3px; }"
-                                         if text else "")
+        self.notice.native.setStyleSheet(
+            "QLabel { background: #5a4a10; color: #ffe9a0; padding: 3px; }" if text else ""
+        )
 
     def restore_or_default(self, defaults: Dict[str, Any], restore) -> list:
         """Restore the saved settings (``restore()``); announce what was restored."""
@@ -326,8 +358,9 @@ class SegmentSettings(Container):
         widgets = self._persisted_widgets()
         diff = [widgets[k] for k in restored if defaults.get(k) != widgets[k].value]
         if diff:  # the same as the defaults: nothing to tell
-            shown = ", ".join(shown_value(w) for w in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5
-                                                                    else "")
+            shown = ", ".join(shown_value(w) for w in diff[:5]) + (
+                f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+            )
             self.show_notice(f"Settings of your last run restored: {shown}. 'Reset to defaults' undoes this.")
             self._set_status("ready (settings of the last run restored)")
         return restored
@@ -430,7 +463,12 @@ class SegmentSettings(Container):
         stack_layout(data.shape, rgb=layer.rgb, mode=mode)
         if data.dtype == object or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
             raise ValueError(f"Image layer {layer.name!r} has unsupported dtype {data.dtype}.")
-        if scan_values and isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        if (
+            scan_values
+            and isinstance(data, np.ndarray)
+            and np.issubdtype(data.dtype, np.floating)
+            and not np.all(np.isfinite(data))
+        ):
             raise ValueError(f"Image layer {layer.name!r} contains NaN or infinite values.")
         if self.is_network:
             self._check_network(spec, params)
@@ -446,8 +484,10 @@ class SegmentSettings(Container):
         if spec.n_classes != 3:
             raise ValueError("The WBC networks segment 3 classes; set Classes to 3.")
         if params["method"] == "unet" and params["volume_mode"] in ("exact", "interval"):
-            raise ValueError(f"{self.network.value!r} is a plain U-net without a volume layer: "
-                             f"use volume mode {VOLUME_AUTO!r} or 'none'.")
+            raise ValueError(
+                f"{self.network.value!r} is a plain U-net without a volume layer: "
+                f"use volume mode {VOLUME_AUTO!r} or 'none'."
+            )
         if params["model"]:
             return  # a user's model: resolve_network read its metadata
         try:

@@ -71,17 +71,21 @@ def auto_description(method: str, network: str = "vptv-unet") -> str:
 
         s = _adapted_settings()
         net = "the U-net" if network in ("", "unet", "vptv-unet") else f"your model {network!r}"
-        return (f"WBC colour model refitted to each image from {net}'s confident pixels, then solved on the "
-                f"colours and its probabilities together; volume interval around its class fractions; "
-                f"boundary softness {s['epsilon']:g}, smoothness {s['tv_weight']:g}, at most {MAX_ITER} iterations "
-                f"(as `vptv segment`).")
+        return (
+            f"WBC colour model refitted to each image from {net}'s confident pixels, then solved on the "
+            f"colours and its probabilities together; volume interval around its class fractions; "
+            f"boundary softness {s['epsilon']:g}, smoothness {s['tv_weight']:g}, at most {MAX_ITER} iterations "
+            f"(as `vptv segment`)."
+        )
     if method == "unet":
         return "Plain softmax U-net: no volume prior, no boundary softness or smoothness (as `vptv segment --method unet`)."
     d = network_defaults(network)
     prior = d.get("prior", "self")
     what = "each image's own predicted class fractions" if prior == "self" else f"prior {prior!r}"
-    numbers = ", ".join(f"{name} {d[k]:g}" for name, k in (("boundary softness", "epsilon"),
-                                                           ("smoothness", "tv_weight"), ("solver steps", "num_iter"))
-                        if isinstance(d.get(k), (int, float)))
+    numbers = ", ".join(
+        f"{name} {d[k]:g}"
+        for name, k in (("boundary softness", "epsilon"), ("smoothness", "tv_weight"), ("solver steps", "num_iter"))
+        if isinstance(d.get(k), (int, float))
+    )
     tuned = f"; {numbers}, as tuned for this network" if numbers else "; the network's own tuned settings"
     return f"Volume prior from {what}{tuned} (as `vptv segment`)."

@@ -49,16 +49,29 @@ class ResultLayersMixin:
         diameter = float(self.diameter.value) or (st["network"] or {}).get("diameter") or None
         size = float(self.pixel_size.value)
         try:
-            cells, frames, instances = measure_result(np.asarray(out.data), st["image"], names=st["names"],
-                                                      diameter=diameter, spacing=(size, size) if size else None)
+            cells, frames, instances = measure_result(
+                np.asarray(out.data),
+                st["image"],
+                names=st["names"],
+                diameter=diameter,
+                spacing=(size, size) if size else None,
+            )
         except Exception as exc:  # noqa: BLE001 - a failed measurement keeps the result
             self._error(f"Measurements failed: {exc}", show_warning)
             return
         self.cells_layer = None
         if cells is not None:
             self._add_cell_layers(out, cells, instances)
-        tag(out, {"measurements": {"cells": None if cells is None else int(len(cells["cell"])),
-                                   "frames": int(len(frames["frame"]))}, "pixel_size_um": size or None})
+        tag(
+            out,
+            {
+                "measurements": {
+                    "cells": None if cells is None else int(len(cells["cell"])),
+                    "frames": int(len(frames["frame"])),
+                },
+                "pixel_size_um": size or None,
+            },
+        )
         seal(out)
         self.results.show_tables(cells, frames, cells_layer=self.cells_layer, source=out.name)
 
@@ -67,12 +80,19 @@ class ResultLayersMixin:
         with "Keep previous results" off they replace the plugin's own untouched ones."""
         st = self._run_state
         size = float(self.pixel_size.value)
-        meta = {"source": st["source"], "method": st["params"]["method"], "result": out.name,
-                "pixel_size_um": size or None}
+        meta = {
+            "source": st["source"],
+            "method": st["params"]["method"],
+            "result": out.name,
+            "pixel_size_um": size or None,
+        }
 
         def own(kind):
-            return None if self.keep_previous.value else find_own_output(
-                self.viewer.layers, kind=kind, source=st["source"], method=st["params"]["method"])
+            return (
+                None
+                if self.keep_previous.value
+                else find_own_output(self.viewer.layers, kind=kind, source=st["source"], method=st["params"]["method"])
+            )
 
         old = own("cells")
         if old is not None:
@@ -81,8 +101,13 @@ class ResultLayersMixin:
         self.cells_layer = add_cells_layer(self.viewer, instances, cells, name=name, like=out, meta=meta)
         old = own(NUMBERS_KIND)
         self.numbers_layer = add_cell_numbers(
-            self.viewer, cells, like=out, meta=meta, old=old,
-            name=self._free_name(f"{st['source']} cell numbers ({st['label']})", old))
+            self.viewer,
+            cells,
+            like=out,
+            meta=meta,
+            old=old,
+            name=self._free_name(f"{st['source']} cell numbers ({st['label']})", old),
+        )
         self.viewer.layers.selection.active = out
 
     # ------------------------------------------------------------ output layer
@@ -100,17 +125,23 @@ class ResultLayersMixin:
         resume = own is not None and self._resumable(own)
         if resume:
             st["done_indices"] = [list(i) for i in own.metadata[METADATA_KEY].get("done_indices", [])]
-            st["volumes"] = {tuple(map(int, k.split(","))) if k else (): np.asarray(v) for k, v in
-                             (own.metadata[METADATA_KEY].get("slice_volumes") or {}).items()}
+            st["volumes"] = {
+                tuple(map(int, k.split(","))) if k else (): np.asarray(v)
+                for k, v in (own.metadata[METADATA_KEY].get("slice_volumes") or {}).items()
+            }
             st["done"] = len(st["done_indices"])
             layer = own
         elif own is not None and not self.keep_previous.value:
             own.data = np.zeros(shape, dtype=label_dtype(st["spec"].n_classes))
             layer = own
         else:
-            layer = self.viewer.add_labels(np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
-                                           name=self._free_name(self._base_name()), scale=tuple(st["image"].scale),
-                                           translate=tuple(st["image"].translate), opacity=RESULT_OPACITY)
+            layer = self.viewer.add_labels(
+                np.zeros(shape, dtype=label_dtype(st["spec"].n_classes)),
+                name=self._free_name(self._base_name()),
+                scale=tuple(st["image"].scale),
+                translate=tuple(st["image"].translate),
+                opacity=RESULT_OPACITY,
+            )
             claim(layer)
         layer.name = self._free_name(self._base_name(), layer)
         apply_classes(layer, st["names"])
@@ -122,8 +153,12 @@ class ResultLayersMixin:
     def _resumable(self, layer) -> bool:
         meta = layer.metadata[METADATA_KEY]
         done = meta.get("done_indices") or []
-        return (not meta.get("complete") and str(meta.get("status", "")).startswith("cancelled")
-                and meta.get("params") == self._run_state["params"] and 0 < len(done) < meta.get("slices_total", 0))
+        return (
+            not meta.get("complete")
+            and str(meta.get("status", "")).startswith("cancelled")
+            and meta.get("params") == self._run_state["params"]
+            and 0 < len(done) < meta.get("slices_total", 0)
+        )
 
     def _base_name(self) -> str:
         st = self._run_state
@@ -139,26 +174,29 @@ class ResultLayersMixin:
         volumes = np.mean(np.stack(list(per.values())), axis=0).tolist() if per else []
         n, m = st["done"], st["total"]
         spec = st["spec"]
-        tag(layer, {
-            "kind": OUTPUT_KIND,
-            "source": st["source"],
-            "image_id": layer_id(st["image"]),  # the source image, even once renamed
-            "method": st["params"]["method"],
-            "method_label": st["label"],
-            "class_names": list(st["names"]),
-            "params": dict(st["params"]),
-            "volume_spec": {  # "auto": the method's own per-image prior
-                "mode": "auto" if st["params"]["volume_mode"] == "auto" else spec.mode,
-                "volumes": None if spec.volumes is None else spec.volumes.tolist(),
-                "lower": None if spec.lower is None else spec.lower.tolist(),
-                "upper": None if spec.upper is None else spec.upper.tolist(),
+        tag(
+            layer,
+            {
+                "kind": OUTPUT_KIND,
+                "source": st["source"],
+                "image_id": layer_id(st["image"]),  # the source image, even once renamed
+                "method": st["params"]["method"],
+                "method_label": st["label"],
+                "class_names": list(st["names"]),
+                "params": dict(st["params"]),
+                "volume_spec": {  # "auto": the method's own per-image prior
+                    "mode": "auto" if st["params"]["volume_mode"] == "auto" else spec.mode,
+                    "volumes": None if spec.volumes is None else spec.volumes.tolist(),
+                    "lower": None if spec.lower is None else spec.lower.tolist(),
+                    "upper": None if spec.upper is None else spec.upper.tolist(),
+                },
+                "complete": bool(complete),
+                "slices_done": n,
+                "slices_total": m,
+                "done_indices": [list(i) for i in st["done_indices"]],
+                "status": status or ("complete" if complete else f"running: {n} of {m} slices"),
+                "volumes": volumes,
+                "slice_volumes": {index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
+                "network": st["network"],
             },
-            "complete": bool(complete),
-            "slices_done": n,
-            "slices_total": m,
-            "done_indices": [list(i) for i in st["done_indices"]],
-            "status": status or ("complete" if complete else f"running: {n} of {m} slices"),
-            "volumes": volumes,
-            "slice_volumes": {index_key(k): np.asarray(v).tolist() for k, v in per.items()} if m > 1 else None,
-            "network": st["network"],
-        })
+        )

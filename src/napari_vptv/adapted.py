@@ -35,12 +35,17 @@ def _solver_overrides(opts: SegmentOptions) -> Dict[str, Any]:
 def _nucleus_rule(opts: SegmentOptions) -> bool:
     """``opts.require_nucleus`` unless the user asked for volumes (exact fractions or
     bounds): the rule would break a constraint the user set, so that wins."""
-    return opts.require_nucleus and opts.volume_mode in (None, "none") and opts.volumes is None \
+    return (
+        opts.require_nucleus
+        and opts.volume_mode in (None, "none")
+        and opts.volumes is None
         and opts.volume_bounds is None
+    )
 
 
-def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
-                       diameter: Optional[float] = None, rgb=None) -> SegmentationResult:
+def _with_nucleus_rule(
+    result: SegmentationResult, opts: SegmentOptions, diameter: Optional[float] = None, rgb=None
+) -> SegmentationResult:
     """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
     then, with a ``diameter`` and the image ``rgb``, those too small for a white cell
     (``opts.white_cell_rule``)."""
@@ -62,8 +67,13 @@ def _with_nucleus_rule(result: SegmentationResult, opts: SegmentOptions,
 ADAPTED_WBC_SETTINGS = {"epsilon": VPTV_ADAPTED.epsilon, "tv_weight": VPTV_ADAPTED.tv_weight}
 
 
-def segment_adapted(image, options: Optional[SegmentOptions] = None, *, network: Optional[str] = None,
-                    callback: Optional[ProgressCallback] = None) -> SegmentationResult:
+def segment_adapted(
+    image,
+    options: Optional[SegmentOptions] = None,
+    *,
+    network: Optional[str] = None,
+    callback: Optional[ProgressCallback] = None,
+) -> SegmentationResult:
     """``"vptv-adapted"`` on one RGB image ``(H, W, 3)``, seeded by any network.
 
     What :func:`~napari_vptv.api.segment_image` runs by default on a colour image
@@ -112,8 +122,15 @@ def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None)
     # the rule runs once, on the result below (the network's own labels are used only
     # when no colour model can be fitted)
     network = network or opts.model or preset.network
-    pred = predict_wbc(rgb, method=network, diameter=opts.diameter, device=opts.device, details=True,
-                       require_nucleus=False, augment=VPTV_ADAPTED.network_augment)
+    pred = predict_wbc(
+        rgb,
+        method=network,
+        diameter=opts.diameter,
+        device=opts.device,
+        details=True,
+        require_nucleus=False,
+        augment=VPTV_ADAPTED.network_augment,
+    )
     return adapted_from_prediction(rgb, pred, opts, network, callback)
 
 
@@ -125,17 +142,34 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
 
     preset = VPTV_ADAPTED
     settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
-    result = adapted_segment(rgb, pred.probabilities, channel_axis=-1, seed=opts.seed, device=opts.device,
-                             callback=callback, diameter=pred.diameter,
-                             colour_sigma_per_diameter=preset.colour_sigma_per_diameter, **settings)
+    result = adapted_segment(
+        rgb,
+        pred.probabilities,
+        channel_axis=-1,
+        seed=opts.seed,
+        device=opts.device,
+        callback=callback,
+        diameter=pred.diameter,
+        colour_sigma_per_diameter=preset.colour_sigma_per_diameter,
+        **settings,
+    )
     fitted = result is not None
     if not fitted:
-        result = SegmentationResult.from_arrays(pred.labels, pred.probabilities, n_iter=0, converged=True,
-                                                class_model=None, volume_spec=make_volume_spec(3, "none"))
+        result = SegmentationResult.from_arrays(
+            pred.labels,
+            pred.probabilities,
+            n_iter=0,
+            converged=True,
+            class_model=None,
+            volume_spec=make_volume_spec(3, "none"),
+        )
     result = _with_nucleus_rule(result, opts, pred.diameter, rgb)
     result.diameter = float(pred.diameter)
-    result.info = {**result.info, "diameter": float(pred.diameter),
-                   "diameter_estimated": bool(pred.estimated),
-                   "colour_model": "refitted on this image" if fitted else "none (no cell found)",
-                   "network": network}
+    result.info = {
+        **result.info,
+        "diameter": float(pred.diameter),
+        "diameter_estimated": bool(pred.estimated),
+        "colour_model": "refitted on this image" if fitted else "none (no cell found)",
+        "network": network,
+    }
     return result

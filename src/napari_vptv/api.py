@@ -260,8 +260,6 @@ def _segment_wbc(image, opts: SegmentOptions, channel_axis, callback) -> Segment
     return _with_nucleus_rule(vptv_segment(arr, seed=opts.seed, device=opts.device, callback=callback, **kw), opts)
 
 
-
-
 def _network_volumes(opts: SegmentOptions):
     """(volume_mode, volumes in :func:`predict_wbc`'s layout) checked like the solver's."""
     bounds = opts.volume_bounds
@@ -282,8 +280,9 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
     try:
         from .nn.weights import predict_wbc
     except ImportError as exc:  # network code missing from this installation
-        raise RuntimeError(f"method {opts.method!r} needs the napari_vptv.nn networks, "
-                           f"which are not available: {exc}") from exc
+        raise RuntimeError(
+            f"method {opts.method!r} needs the napari_vptv.nn networks, which are not available: {exc}"
+        ) from exc
     arr = np.asarray(image)
     if channel_axis is not None:
         arr = np.moveaxis(arr, channel_axis, -1)
@@ -295,10 +294,18 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         kwargs["num_iter"] = opts.max_num_iter
     try:
         pred = predict_wbc(
-            arr, method=opts.network_name, volumes=net_volumes, volume_mode=volume_mode,
-            epsilon=opts.epsilon, tv_weight=opts.tv_weight, device=opts.device,
-            diameter=opts.diameter, details=True, require_nucleus=_nucleus_rule(opts),
-            augment=opts.augment, **kwargs,
+            arr,
+            method=opts.network_name,
+            volumes=net_volumes,
+            volume_mode=volume_mode,
+            epsilon=opts.epsilon,
+            tv_weight=opts.tv_weight,
+            device=opts.device,
+            diameter=opts.diameter,
+            details=True,
+            require_nucleus=_nucleus_rule(opts),
+            augment=opts.augment,
+            **kwargs,
         )
         labels, prob = pred.labels, pred.probabilities
     except FileNotFoundError as exc:
@@ -314,12 +321,15 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
         spec = make_volume_spec(k, "none")
     if _nucleus_rule(opts) and opts.white_cell_rule:  # the nucleus rule ran in the network's prediction
         labels, _ = drop_non_white_cells_in(labels, pred.diameter, arr[..., :3], pred.info)
-    result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None,
-                                            volume_spec=spec)
+    result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None, volume_spec=spec)
     # what the network decided on its own: shown by the widget, stored in layer metadata
     result.diameter = float(pred.diameter)
-    result.info = {"diameter": float(pred.diameter), "diameter_estimated": bool(pred.estimated),
-                   "scale": float(pred.scale), **pred.info}
+    result.info = {
+        "diameter": float(pred.diameter),
+        "diameter_estimated": bool(pred.estimated),
+        "scale": float(pred.scale),
+        **pred.info,
+    }
     return result
 
 
@@ -484,8 +494,14 @@ def _net_priors() -> Dict[str, Any]:
     meta = model_metadata("vptv-unet")
     pri = meta.get("volume_priors") or {}
     head = meta.get("head") or {}
-    return {"volumes": pri.get("mean"), "lower": pri.get("p02"), "upper": pri.get("p98"),
-            "epsilon": head.get("epsilon"), "tv_weight": head.get("tv_weight"), "source": "VPTVU-net metadata"}
+    return {
+        "volumes": pri.get("mean"),
+        "lower": pri.get("p02"),
+        "upper": pri.get("p98"),
+        "epsilon": head.get("epsilon"),
+        "tv_weight": head.get("tv_weight"),
+        "source": "VPTVU-net metadata",
+    }
 
 
 def _colour_model_priors() -> Dict[str, Any]:

@@ -63,9 +63,15 @@ def correction_evidence(image, options: CorrectOptions, channel_axis: Optional[i
     return probs[2] if options.mode == "objects" else probs
 
 
-def correct_image_iter(image, mask, options: Optional[CorrectOptions] = None, *,
-                       channel_axis: Optional[int] = None, report: Optional[list] = None,
-                       **settings) -> Generator:
+def correct_image_iter(
+    image,
+    mask,
+    options: Optional[CorrectOptions] = None,
+    *,
+    channel_axis: Optional[int] = None,
+    report: Optional[list] = None,
+    **settings,
+) -> Generator:
     """Generator form of :func:`correct_image`: yields the core's progress steps
     (``step.done``, ``step.total``) and returns the corrected labels.
 
@@ -83,10 +89,17 @@ def correct_image_iter(image, mask, options: Optional[CorrectOptions] = None, *,
     return (yield from correct_mask_iter(image, mask, channel_axis=channel_axis, report=report, **kwargs))
 
 
-def correct_image(image, mask, options: Optional[CorrectOptions] = None, *, channel_axis: Optional[int] = None,
-                  progress: Optional[Callable[[int, int], None]] = None,
-                  should_stop: Optional[Callable[[], bool]] = None, report: Optional[list] = None,
-                  **settings) -> np.ndarray:
+def correct_image(
+    image,
+    mask,
+    options: Optional[CorrectOptions] = None,
+    *,
+    channel_axis: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    report: Optional[list] = None,
+    **settings,
+) -> np.ndarray:
     """Snap a rough label mask to the image's boundaries with VPTV.
 
     Parameters

@@ -35,8 +35,15 @@ def checked_methods(options: Optional[SegmentOptions] = None) -> Dict[str, objec
 
     def adapted(model, meta, image, device="cpu") -> np.ndarray:
         rgb = np.asarray(image)[..., :3]
-        pred = predict_cells(model, meta, rgb, diameter=opts.diameter, device=device, require_nucleus=False,
-                             augment=VPTV_ADAPTED.network_augment)
+        pred = predict_cells(
+            model,
+            meta,
+            rgb,
+            diameter=opts.diameter,
+            device=device,
+            require_nucleus=False,
+            augment=VPTV_ADAPTED.network_augment,
+        )
         return adapted_from_prediction(rgb, pred, opts.replace(device=device), "the model being checked").labels
 
     return {"vptv-adapted": adapted, "vptv-unet": network_labels}

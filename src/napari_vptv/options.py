@@ -20,8 +20,16 @@ import numpy as np
 from .core.solver.volumes import VOLUME_MODES, make_volume_spec
 from .presets import CELL_RULES, DEFAULT_METHOD, METHOD_NAMES, NETWORKS, PRESET_NAMES
 
-__all__ = ["METHODS", "NETWORK_METHODS", "PRESETS", "RANGES", "OptionError", "SegmentOptions", "CorrectOptions",
-           "check_range"]
+__all__ = [
+    "METHODS",
+    "NETWORK_METHODS",
+    "PRESETS",
+    "RANGES",
+    "OptionError",
+    "SegmentOptions",
+    "CorrectOptions",
+    "check_range",
+]
 
 #: Segmentation methods: ``"auto"`` and the named methods it resolves to
 #: (:mod:`napari_vptv.presets`).
@@ -79,8 +87,13 @@ def _float_tuple(values, name: str) -> _Floats:
 #: The integer settings of :data:`RANGES`.
 _INTEGERS = ("max_num_iter", "n_classes", "seed")
 #: How messages name the settings of :data:`RANGES`.
-_NAMES = {"tv_weight": "the TV weight", "max_num_iter": "the maximum number of iterations",
-          "n_classes": "the number of classes", "seed": "the seed", "diameter": "the cell diameter"}
+_NAMES = {
+    "tv_weight": "the TV weight",
+    "max_num_iter": "the maximum number of iterations",
+    "n_classes": "the number of classes",
+    "seed": "the seed",
+    "diameter": "the cell diameter",
+}
 
 
 def check_range(value, field: str, name: Optional[str] = None):
@@ -273,8 +286,10 @@ class SegmentOptions:
         if isinstance(a, float) and a.is_integer():
             a = int(a)
         if not isinstance(a, (int, np.integer)) or int(a) not in AUGMENT_CHOICES:
-            raise OptionError("augment", f"augment must be one of {AUGMENT_CHOICES} (test-time transforms "
-                                         f"averaged), got {self.augment!r}")
+            raise OptionError(
+                "augment",
+                f"augment must be one of {AUGMENT_CHOICES} (test-time transforms averaged), got {self.augment!r}",
+            )
         object.__setattr__(self, "augment", int(a))
 
     def _check_model(self):
@@ -296,11 +311,17 @@ class SegmentOptions:
         if self.method != "vptv-adapted":
             return
         if self.preset == "none":
-            raise OptionError("preset", "method 'vptv-adapted' is the WBC preset refitted per image; "
-                                        "it has no preset 'none' (use method 'vptv')")
+            raise OptionError(
+                "preset",
+                "method 'vptv-adapted' is the WBC preset refitted per image; "
+                "it has no preset 'none' (use method 'vptv')",
+            )
         if self.volume_mode is not None or self.volumes is not None or self.lower is not None:
-            raise OptionError("volume_mode", "method 'vptv-adapted' sets its own volume interval per image; "
-                                             "for given volumes use method 'vptv' or 'vptv-unet'")
+            raise OptionError(
+                "volume_mode",
+                "method 'vptv-adapted' sets its own volume interval per image; "
+                "for given volumes use method 'vptv' or 'vptv-unet'",
+            )
 
     def _check_volumes(self):
         """Check the volume constraint now: one clear message before any file is read."""
@@ -512,18 +533,27 @@ class CorrectOptions:
     def __post_init__(self):
         from .core.correct.mask import CORRECTION_MODES, EDGE_POSITIONS, STACK_MODES, VOLUME_MODES
 
-        for name, choices in (("mode", CORRECTION_MODES), ("model", CORRECT_MODELS),
-                              ("volume_mode", VOLUME_MODES), ("stack_mode", STACK_MODES),
-                              ("edge_position", EDGE_POSITIONS)):
+        for name, choices in (
+            ("mode", CORRECTION_MODES),
+            ("model", CORRECT_MODELS),
+            ("volume_mode", VOLUME_MODES),
+            ("stack_mode", STACK_MODES),
+            ("edge_position", EDGE_POSITIONS),
+        ):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise OptionError(name, f"{name} must be one of {choices}, got {value!r}")
         set_ = object.__setattr__
         for name in ("epsilon", "tv_weight", "max_num_iter", "seed"):
             set_(self, name, check_range(getattr(self, name), name))
-        for name, low, high, integer in (("volume_factor", 0.0, np.inf, False), ("volume_tolerance", 0.0, 1.0, False),
-                                         ("area_tolerance", 0.0, 1.0, False), ("band", 1, np.inf, True),
-                                         ("margin", 1, np.inf, True), ("mask_weight", 0.0, np.inf, False)):
+        for name, low, high, integer in (
+            ("volume_factor", 0.0, np.inf, False),
+            ("volume_tolerance", 0.0, 1.0, False),
+            ("area_tolerance", 0.0, 1.0, False),
+            ("band", 1, np.inf, True),
+            ("margin", 1, np.inf, True),
+            ("mask_weight", 0.0, np.inf, False),
+        ):
             set_(self, name, _bounded(getattr(self, name), name, low, high, integer))
         if self.volume_factor is not None and self.volume_factor <= 0:
             raise OptionError("volume_factor", f"volume_factor must be a positive number, got {self.volume_factor:g}")
@@ -540,8 +570,11 @@ class CorrectOptions:
     def core_kwargs(self) -> Dict[str, Any]:
         """The keywords of :func:`~napari_vptv.core.correct.mask.correct_mask` that are set
         (``model`` is not one: :func:`napari_vptv.api.correct_image` turns it into evidence)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "model" and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "model" and getattr(self, f.name) is not None
+        }
 
 
 def _bounded(value, name: str, low, high, integer: bool):
@@ -549,8 +582,11 @@ def _bounded(value, name: str, low, high, integer: bool):
     if value is None:
         return None
     kind = "a whole number" if integer else "a number"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or (integer and float(value) != int(value)):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or (integer and float(value) != int(value))
+    ):
         raise OptionError(name, f"{name} must be {kind}, got {value!r}")
     value = int(value) if integer else float(value)
     if not np.isfinite(value) or value < low or (np.isfinite(high) and value >= high):

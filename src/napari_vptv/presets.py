@@ -145,8 +145,13 @@ class AdaptedSettings:
 
     def solver_kwargs(self) -> Dict[str, Any]:
         """The :func:`~napari_vptv.core.wbc.adapt.adapted_segment` keywords of these settings."""
-        return dict(epsilon=self.epsilon, tv_weight=self.tv_weight, max_num_iter=self.max_num_iter,
-                    network_weight=self.network_weight, rounding=self.rounding)
+        return dict(
+            epsilon=self.epsilon,
+            tv_weight=self.tv_weight,
+            max_num_iter=self.max_num_iter,
+            network_weight=self.network_weight,
+            rounding=self.rounding,
+        )
 
 
 @dataclass(frozen=True)
@@ -200,16 +205,21 @@ def settings_of(method: str, preset: Optional[str] = None):
     try:
         return _BY_METHOD[key]
     except KeyError:
-        raise ValueError(f"no settings for method {method!r} with preset {preset!r}; "
-                         f"the named methods are {METHOD_NAMES[1:]}") from None
+        raise ValueError(
+            f"no settings for method {method!r} with preset {preset!r}; the named methods are {METHOD_NAMES[1:]}"
+        ) from None
 
 
 def describe() -> str:
     """The named methods and their settings, as plain text."""
     lines = [f"default method: {DEFAULT_METHOD!r} (resolved per image; see napari_vptv.presets)"]
-    for name, obj in (("vptv-adapted", VPTV_ADAPTED), ("vptv, preset wbc", WBC_COLOUR),
-                      ("vptv, preset none", GENERIC), ("unet / vptv-unet", NETWORKS),
-                      ("cell rules", CELL_RULES)):
+    for name, obj in (
+        ("vptv-adapted", VPTV_ADAPTED),
+        ("vptv, preset wbc", WBC_COLOUR),
+        ("vptv, preset none", GENERIC),
+        ("unet / vptv-unet", NETWORKS),
+        ("cell rules", CELL_RULES),
+    ):
         fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(obj).items())
         lines.append(f"{name}: {fields}")
     return "\n".join(lines)

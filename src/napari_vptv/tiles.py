@@ -99,7 +99,7 @@ def estimate_windows(shape) -> list:
     side, pixels = int(math.sqrt(OVERVIEW_PIXELS)), shape[0] * shape[1]
     if pixels <= OVERVIEW_PIXELS:
         return [(slice(None), slice(None))]
-    return _windows(shape, side)[:int(np.clip(round(pixels / (3 * OVERVIEW_PIXELS)), 1, 5))]
+    return _windows(shape, side)[: int(np.clip(round(pixels / (3 * OVERVIEW_PIXELS)), 1, 5))]
 
 
 def overview_diameter(rgb: np.ndarray, opts: SegmentOptions) -> float:
@@ -110,8 +110,12 @@ def overview_diameter(rgb: np.ndarray, opts: SegmentOptions) -> float:
     smaller than the network finds them reliably."""
     from .nn.weights import predict_wbc
 
-    found = [predict_wbc(np.ascontiguousarray(rgb[w]), method=_network_of(opts), device=opts.device,
-                         details=True, augment=1).diameter for w in estimate_windows(rgb.shape)]
+    found = [
+        predict_wbc(
+            np.ascontiguousarray(rgb[w]), method=_network_of(opts), device=opts.device, details=True, augment=1
+        ).diameter
+        for w in estimate_windows(rgb.shape)
+    ]
     found = [d for d in found if d > 0]
     return float(np.median(found)) if found else 0.0
 
@@ -134,9 +138,16 @@ def _axis_chunks(n: int, tile: int, margin: int) -> tuple:
     return tuple(sizes)
 
 
-def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., SegmentationResult], *,
-                     white_cell_rule: bool, tile: Optional[int] = None, margin: Optional[int] = None,
-                     progress: Optional[Callable[[int, int], None]] = None) -> SegmentationResult:
+def segment_in_tiles(
+    image,
+    opts: SegmentOptions,
+    segment: Callable[..., SegmentationResult],
+    *,
+    white_cell_rule: bool,
+    tile: Optional[int] = None,
+    margin: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> SegmentationResult:
     """Segment an RGB image of any size in overlapping tiles (see the module docstring).
 
     :func:`napari_vptv.api.segment_image` sends large images here itself; call this
@@ -173,9 +184,18 @@ def segment_in_tiles(image, opts: SegmentOptions, segment: Callable[..., Segment
         margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
     tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
     target, total = _run_tiles(rgb, tile, margin, lambda block: segment(block, tile_opts), progress)
-    return _stitched_result(target.labels, target.probabilities, rgb, diameter, white_cell_rule,
-                            {"tiles": {"tile": tile, "margin": int(margin), "count": total},
-                             "diameter": diameter, "diameter_estimated": not opts.diameter})
+    return _stitched_result(
+        target.labels,
+        target.probabilities,
+        rgb,
+        diameter,
+        white_cell_rule,
+        {
+            "tiles": {"tile": tile, "margin": int(margin), "count": total},
+            "diameter": diameter,
+            "diameter_estimated": not opts.diameter,
+        },
+    )
 
 
 def _tile_input(image, opts: SegmentOptions, tile: Optional[int]):
@@ -198,22 +218,27 @@ def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress):
     import dask.array as da
 
     # a fourth (empty) channel: the blocks come back as labels + 3 probabilities, same shape
-    arr = da.from_array(np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=-1),
-                        chunks=(_axis_chunks(rgb.shape[0], tile, margin), _axis_chunks(rgb.shape[1], tile, margin), 4))
+    arr = da.from_array(
+        np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=-1),
+        chunks=(_axis_chunks(rgb.shape[0], tile, margin), _axis_chunks(rgb.shape[1], tile, margin), 4),
+    )
     total, done = int(np.prod(arr.numblocks)), [0]
 
     def run(block):
         res = segment_tile(block[..., :3])
-        out = np.concatenate([res.labels[..., None].astype(np.float32),
-                              np.moveaxis(res.probabilities, 0, -1).astype(np.float32)], axis=-1)
+        out = np.concatenate(
+            [res.labels[..., None].astype(np.float32), np.moveaxis(res.probabilities, 0, -1).astype(np.float32)],
+            axis=-1,
+        )
         done[0] += 1
         if progress is not None:
             progress(done[0], total)
         return out
 
     depth = {0: min(margin, rgb.shape[0]), 1: min(margin, rgb.shape[1]), 2: 0}
-    stitched = da.map_overlap(run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32,
-                              meta=np.empty((0, 0, 0), np.float32))
+    stitched = da.map_overlap(
+        run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
+    )
     target = _Stitched(rgb.shape[:2])
     token = _IN_TILES.set(True)
     try:  # each tile is written into the whole-image arrays as it is done
@@ -242,8 +267,9 @@ def _stitched_result(labels, probabilities, rgb, diameter, white_cell_rule, info
     if white_cell_rule:
         info["red_cell_diameter"] = red = _red_cells(rgb, labels)
         labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
-    result = SegmentationResult.from_arrays(labels, probabilities, n_iter=0, converged=True,
-                                            volume_spec=make_volume_spec(3, "none"))
+    result = SegmentationResult.from_arrays(
+        labels, probabilities, n_iter=0, converged=True, volume_spec=make_volume_spec(3, "none")
+    )
     result.diameter = diameter
     result.info = info
     return result

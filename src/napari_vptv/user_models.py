@@ -17,8 +17,16 @@ import re
 from pathlib import Path
 from typing import List
 
-__all__ = ["MODELS_DIR_ENV", "user_models_dir", "list_user_models", "user_model_path", "resolve_model",
-           "check_model_name", "model_and_method", "network_choices"]
+__all__ = [
+    "MODELS_DIR_ENV",
+    "user_models_dir",
+    "list_user_models",
+    "user_model_path",
+    "resolve_model",
+    "check_model_name",
+    "model_and_method",
+    "network_choices",
+]
 
 #: Environment variable overriding the user's model folder (tests, shared lab folders).
 MODELS_DIR_ENV = "NAPARI_VPTV_MODELS_DIR"
@@ -43,8 +51,9 @@ def check_model_name(name: str) -> str:
     if name.endswith(".pt"):
         name = name[:-3]
     if not _NAME.match(name) or name.startswith("."):
-        raise ValueError(f"model name {name!r} must be 1-80 letters, digits, '.', '_' or '-' "
-                         "(starting with a letter or digit)")
+        raise ValueError(
+            f"model name {name!r} must be 1-80 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        )
     if name in SHIPPED:
         raise ValueError(f"model name {name!r} is a shipped model's; choose another")
     return name
@@ -83,8 +92,10 @@ def resolve_model(name_or_path) -> str:
     if _NAME.match(text) and not text.endswith(".pt") and text in list_user_models():
         return str(user_models_dir() / f"{text}.pt")
     mine = list_user_models()
-    raise ValueError(f"model {text!r} is neither a shipped model {SHIPPED}, a model in '{user_models_dir()}' "
-                     f"({', '.join(mine) if mine else 'none yet'}), nor an existing .pt file or training-run folder")
+    raise ValueError(
+        f"model {text!r} is neither a shipped model {SHIPPED}, a model in '{user_models_dir()}' "
+        f"({', '.join(mine) if mine else 'none yet'}), nor an existing .pt file or training-run folder"
+    )
 
 
 def network_choices() -> List[tuple]:

@@ -31,14 +31,24 @@ def add_parser(sub) -> None:
         ),
         usage="%(prog)s IMAGE MASK --out FILE [options]\n       %(prog)s IMAGES... --masks DIR --out DIR [options]",
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE MASK | IMAGES",
-                   help="an image file (grey or RGB) and its mask file (integer labels, binary, or WBC grey); "
-                        "with --masks: image files, folders or globs")
-    p.add_argument("--masks", metavar="DIR", default=None,
-                   help="folder of masks named like the images (<stem>.png / .tif): correct every image")
     p.add_argument(
-        "--out", required=True, metavar="FILE_OR_DIR",
-        help="output mask file, .png or .tif (never IMAGE or MASK); with --masks an output folder (required)"
+        "inputs",
+        nargs="+",
+        metavar="IMAGE MASK | IMAGES",
+        help="an image file (grey or RGB) and its mask file (integer labels, binary, or WBC grey); "
+        "with --masks: image files, folders or globs",
+    )
+    p.add_argument(
+        "--masks",
+        metavar="DIR",
+        default=None,
+        help="folder of masks named like the images (<stem>.png / .tif): correct every image",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="output mask file, .png or .tif (never IMAGE or MASK); with --masks an output folder (required)",
     )
     p.add_argument(
         "--mode",
@@ -111,8 +121,13 @@ def _add_solver_arguments(p) -> None:
         "between background and interior, gradient = the strongest gradient (default: as annotated, rim for "
         "grey images, gradient for colour)",
     )
-    p.add_argument("--no-edge", dest="edge", action="store_false", default=None,
-                   help="plain TV instead of edge-weighted TV (default: edge-weighted)")
+    p.add_argument(
+        "--no-edge",
+        dest="edge",
+        action="store_false",
+        default=None,
+        help="plain TV instead of edge-weighted TV (default: edge-weighted)",
+    )
     p.add_argument(
         "--max-iter",
         type=positive_int,
@@ -166,13 +181,26 @@ _FLAGS = {"max_num_iter": "--max-iter"}
 def correct_options(args) -> CorrectOptions:
     """The :class:`~napari_vptv.options.CorrectOptions` of the command line (validated
     before any file is read; a bad value names its flag)."""
-    given = dict(mode=args.mode, model=args.model or "colour", volume_mode=args.volume_mode,
-                 volume_factor=args.volume_factor, volume_tolerance=args.volume_tolerance,
-                 area_tolerance=args.area_tolerance, band=args.band, margin=args.margin, epsilon=args.epsilon,
-                 tv_weight=args.tv_weight, edge=args.edge, edge_position=args.edge_position,
-                 mask_weight=args.mask_weight,
-                 fill_holes=args.fill_holes, max_num_iter=args.max_iter, stack_mode=args.stack_mode,
-                 seed=args.seed, device=args.device)
+    given = dict(
+        mode=args.mode,
+        model=args.model or "colour",
+        volume_mode=args.volume_mode,
+        volume_factor=args.volume_factor,
+        volume_tolerance=args.volume_tolerance,
+        area_tolerance=args.area_tolerance,
+        band=args.band,
+        margin=args.margin,
+        epsilon=args.epsilon,
+        tv_weight=args.tv_weight,
+        edge=args.edge,
+        edge_position=args.edge_position,
+        mask_weight=args.mask_weight,
+        fill_holes=args.fill_holes,
+        max_num_iter=args.max_iter,
+        stack_mode=args.stack_mode,
+        seed=args.seed,
+        device=args.device,
+    )
     try:
         return CorrectOptions(**given)
     except OptionError as exc:
@@ -244,8 +272,10 @@ def _run_many(args) -> int:
             continue
         try:
             corrected, changed, meta = _correct_pair(args, item.path, mask_path)
-            out = guard.write(output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
-                              lambda tmp, c=corrected, m=meta: write_labels(tmp, c, metadata=m))
+            out = guard.write(
+                output_path(item.path, out_dir, is_stack=corrected.ndim > 2),
+                lambda tmp, c=corrected, m=meta: write_labels(tmp, c, metadata=m),
+            )
         except FileExistsError:  # another run wrote it meanwhile: kept, as a finished one is
             echo(f"skipped {item.path}: written meanwhile by another run")
             counts["skipped"] += 1
@@ -269,8 +299,11 @@ def _correct_pair(args, image_path, mask_path):
     image, conversion = normalise_intensity(read_image(image_path, notes=notes))
     notes += [conversion] if conversion else []
     mask = read_mask(mask_path, style="labels", notes=mask_notes)  # ids are kept: a 0/255 mask stays 0/255
-    meta = {"input": printable(Path(image_path).name), "mask": printable(Path(mask_path).name),
-            "conversions": [printable(n) for n in notes] + [f"mask: {printable(n)}" for n in mask_notes]}
+    meta = {
+        "input": printable(Path(image_path).name),
+        "mask": printable(Path(mask_path).name),
+        "conversions": [printable(n) for n in notes] + [f"mask: {printable(n)}" for n in mask_notes],
+    }
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if rgb:
         image = image[..., :3]

@@ -164,9 +164,22 @@ def _network_fn(args):
 
     try:
         # the network at its own settings: the volume and solver options are the main method's
-        return SegmentFn(options_from_args(args, preset="wbc", method=args.compare, volume_mode=None, volumes=None,
-                                           lower=None, upper=None, epsilon=None, tv_weight=None, edge=None,
-                                           max_num_iter=None, model=""))
+        return SegmentFn(
+            options_from_args(
+                args,
+                preset="wbc",
+                method=args.compare,
+                volume_mode=None,
+                volumes=None,
+                lower=None,
+                upper=None,
+                epsilon=None,
+                tv_weight=None,
+                edge=None,
+                max_num_iter=None,
+                model="",
+            )
+        )
     except (ValueError, RuntimeError, ImportError) as exc:
         echo(f"(no network comparison: {exc})")
         return None

@@ -40,29 +40,56 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--masks", required=True, metavar="DIR", help="folder of masks (same file stems)")
-    p.add_argument("--out", default=None, metavar="MODEL.pt",
-                   help="model file to write (its .json is written beside it)")
-    p.add_argument("--name", default=None, metavar="NAME",
-                   help="save as NAME in your model folder (default when --out is not given: "
-                        "'finetuned-<images folder name>')")
-    p.add_argument("--minutes", type=positive_float, default=5.0, metavar="M",
-                   help="time budget of the whole run, checks and final training (default: %(default)s)")
-    p.add_argument("--base", default="vptv-unet", metavar="MODEL",
-                   help="model to start from: unet, vptv-unet, or a model name / .pt file to continue "
-                        "training (default: %(default)s)")
-    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                   help="train exactly N steps per training instead of a time budget (reproducible)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the cross-validation folds and of the patches, >= 0 (default 0)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--out", default=None, metavar="MODEL.pt", help="model file to write (its .json is written beside it)"
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        metavar="NAME",
+        help="save as NAME in your model folder (default when --out is not given: 'finetuned-<images folder name>')",
+    )
+    p.add_argument(
+        "--minutes",
+        type=positive_float,
+        default=5.0,
+        metavar="M",
+        help="time budget of the whole run, checks and final training (default: %(default)s)",
+    )
+    p.add_argument(
+        "--base",
+        default="vptv-unet",
+        metavar="MODEL",
+        help="model to start from: unet, vptv-unet, or a model name / .pt file to continue "
+        "training (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train exactly N steps per training instead of a time budget (reproducible)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the cross-validation folds and of the patches, >= 0 (default 0)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name / path")
-    p.add_argument("--no-label-check", action="store_true",
-                   help="train even when the masks' classes look swapped relative to the base model")
-    p.add_argument("--keep-anyway", action="store_true",
-                   help="save the model even when it is not better than the base on your held-out pairs")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help=f"peak learning rate, > 0 and < 0.1 (default: {RECIPE.lr:g})")
+    p.add_argument(
+        "--no-label-check",
+        action="store_true",
+        help="train even when the masks' classes look swapped relative to the base model",
+    )
+    p.add_argument(
+        "--keep-anyway",
+        action="store_true",
+        help="save the model even when it is not better than the base on your held-out pairs",
+    )
+    p.add_argument(
+        "--lr", type=positive_float, default=None, help=f"peak learning rate, > 0 and < 0.1 (default: {RECIPE.lr:g})"
+    )
     p.add_argument("--device", default="cpu", help="torch device of the training (default: cpu)")
     p.set_defaults(func=run)
 
@@ -92,8 +119,10 @@ def _check_free_space(target: Path) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
-        raise CLIError(f"only {free / 2**20:.0f} MB free in '{folder}': the model needs about 2 MB and the "
-                       f"run refuses to start below {MIN_FREE_BYTES // 2**20} MB")
+        raise CLIError(
+            f"only {free / 2**20:.0f} MB free in '{folder}': the model needs about 2 MB and the "
+            f"run refuses to start below {MIN_FREE_BYTES // 2**20} MB"
+        )
 
 
 def _progress_printer():
@@ -104,6 +133,7 @@ def _progress_printer():
         if p.phase != last["phase"] or tenth != last["tenth"]:
             last.update(phase=p.phase, tenth=tenth)
             echo(f"{p.fraction:4.0%}  {p.phase}  step {p.step}  loss {p.loss:.4f}")
+
     return progress
 
 
@@ -123,10 +153,19 @@ def run(args) -> int:
     samples = samples_from_folders(args.images, args.masks)
     budget = f"{args.steps} steps per training" if args.steps else f"at most {args.minutes:g} min"
     echo(f"fine-tuning {base} on {len(samples)} image(s), {budget}")
-    result = finetune(samples, base=base, minutes=args.minutes, steps=args.steps, seed=args.seed,
-                      threads=args.threads, device=args.device, callback=_progress_printer(),
-                      check_labels=not args.no_label_check, keep="always" if args.keep_anyway else "better",
-                      lr=args.lr)
+    result = finetune(
+        samples,
+        base=base,
+        minutes=args.minutes,
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        callback=_progress_printer(),
+        check_labels=not args.no_label_check,
+        keep="always" if args.keep_anyway else "better",
+        lr=args.lr,
+    )
     verdict = describe_verdict(result)
     if not result.kept:
         echo(f"not saved: {verdict}")

@@ -22,19 +22,33 @@ def add_measure_options(p, *, with_file: bool) -> None:
     """``--measure FILE.csv`` (``vptv segment``) and ``--pixel-size UM``."""
     g = p.add_argument_group("measurements (white blood cells)")
     if with_file:
-        g.add_argument("--measure", metavar="FILE.csv", default=None,
-                       help="also write one row per cell per image: areas, N/(N+C), N/C, nucleus lobes, "
-                            "solidity, circularity, touches_border (same table as 'vptv measure')")
-    g.add_argument("--pixel-size", type=positive_float, default=None, metavar="UM",
-                   help="pixel size in µm: adds the areas in µm² (default: areas in px only)")
+        g.add_argument(
+            "--measure",
+            metavar="FILE.csv",
+            default=None,
+            help="also write one row per cell per image: areas, N/(N+C), N/C, nucleus lobes, "
+            "solidity, circularity, touches_border (same table as 'vptv measure')",
+        )
+    g.add_argument(
+        "--pixel-size",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="pixel size in µm: adds the areas in µm² (default: areas in px only)",
+    )
     if not with_file:  # 'vptv segment' has --diameter already (the same number: it also splits cells)
-        g.add_argument("--diameter", type=positive_float, default=None, metavar="PX",
-                       help="typical cell diameter in px: split touching cells bigger than 1.5 cell areas "
-                            "(default: no split)")
+        g.add_argument(
+            "--diameter",
+            type=positive_float,
+            default=None,
+            metavar="PX",
+            help="typical cell diameter in px: split touching cells bigger than 1.5 cell areas (default: no split)",
+        )
 
 
-def write_measurements(pairs: Sequence[Tuple[Path, Optional[Path]]], path, *, pixel_size=None, diameter=None,
-                       overwrite: bool = False) -> int:
+def write_measurements(
+    pairs: Sequence[Tuple[Path, Optional[Path]]], path, *, pixel_size=None, diameter=None, overwrite: bool = False
+) -> int:
     """Measure ``(labels, image)`` file pairs into the CSV ``path``; returns the exit status
     (1 if some pair could not be measured)."""
     from ..core.wbc.cell_table import measure_files
@@ -54,8 +68,10 @@ def write_measurements(pairs: Sequence[Tuple[Path, Optional[Path]]], path, *, pi
     write_csv(table, out, overwrite=True)
     n_images = len(pairs) - len(problems)
     empty = n_images - len(set(table["image"].tolist()))
-    echo(f"measured {len(table['cell'])} cell(s) in {n_images} image(s) -> {out}"
-         + (f"; no white cell found in {empty} image(s)" if empty else ""))
+    echo(
+        f"measured {len(table['cell'])} cell(s) in {n_images} image(s) -> {out}"
+        + (f"; no white cell found in {empty} image(s)" if empty else "")
+    )
     return 1 if problems else 0
 
 
@@ -102,6 +118,11 @@ def run(args) -> int:
         echo_err(f"not measured: {line}")
     if not pairs:
         raise CLIError("no image has a label file; nothing was written")
-    status = write_measurements([(lab, img) for img, lab in pairs], args.out, pixel_size=args.pixel_size,
-                                diameter=args.diameter, overwrite=args.overwrite)
+    status = write_measurements(
+        [(lab, img) for img, lab in pairs],
+        args.out,
+        pixel_size=args.pixel_size,
+        diameter=args.diameter,
+        overwrite=args.overwrite,
+    )
     return 1 if problems else status

@@ -88,10 +88,13 @@ def add_parser(sub) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no per-slice volume lines for stacks")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_measure_options(p, with_file=True)
-    p.add_argument("--instances", action="store_true",
-                   help="also write the cell-instance labels of every label image into OUT/cells/ (same "
-                        "name): one id per white cell, shared by its nucleus and cytoplasm, the 'cell' ids of "
-                        "--measure; the ids of cells cut by the image edge are in the file's metadata")
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write the cell-instance labels of every label image into OUT/cells/ (same "
+        "name): one id per white cell, shared by its nucleus and cytoplasm, the 'cell' ids of "
+        "--measure; the ids of cells cut by the image edge are in the file's metadata",
+    )
     p.set_defaults(func=run)
 
 
@@ -126,8 +129,9 @@ def _measure_outputs(summary, path, args) -> int:
     if not pairs:
         echo_err("no label image to measure; --measure file not written")
         return 0
-    return write_measurements(pairs, path, pixel_size=args.pixel_size, diameter=getattr(args, "diameter", None),
-                              overwrite=True)
+    return write_measurements(
+        pairs, path, pixel_size=args.pixel_size, diameter=getattr(args, "diameter", None), overwrite=True
+    )
 
 
 def _write_instances(summary, out_dir: Path, args) -> None:
@@ -136,8 +140,9 @@ def _write_instances(summary, out_dir: Path, args) -> None:
 
     for r in summary.results:
         if r.ok and r.output is not None:
-            path = write_instances(r.output, out_dir / "cells" / Path(r.output).name,
-                                   diameter=getattr(args, "diameter", None))
+            path = write_instances(
+                r.output, out_dir / "cells" / Path(r.output).name, diameter=getattr(args, "diameter", None)
+            )
             echo(f"cells {r.input} -> {path}")
 
 

@@ -144,8 +144,16 @@ def _add_solver_settings(g) -> None:
         default=None,
         metavar="E",
         help="entropic regularisation eps of the soft class assignment, 1e-4 to 100; smaller is sharper ("
-        + per_method.format(_default({"vptv-adapted": VPTV_ADAPTED.epsilon, "vptv with the WBC preset":
-                                      WBC_COLOUR.epsilon, "vptv without": GENERIC.epsilon})) + ")",
+        + per_method.format(
+            _default(
+                {
+                    "vptv-adapted": VPTV_ADAPTED.epsilon,
+                    "vptv with the WBC preset": WBC_COLOUR.epsilon,
+                    "vptv without": GENERIC.epsilon,
+                }
+            )
+        )
+        + ")",
     )
     g.add_argument(
         "--tv-weight",
@@ -153,8 +161,16 @@ def _add_solver_settings(g) -> None:
         default=None,
         metavar="L",
         help="weight lambda of the total-variation (boundary length) term, 0 to 100; larger is smoother ("
-        + per_method.format(_default({"vptv-adapted": VPTV_ADAPTED.tv_weight, "vptv with the WBC preset":
-                                      WBC_COLOUR.tv_weight, "vptv without": GENERIC.tv_weight})) + ")",
+        + per_method.format(
+            _default(
+                {
+                    "vptv-adapted": VPTV_ADAPTED.tv_weight,
+                    "vptv with the WBC preset": WBC_COLOUR.tv_weight,
+                    "vptv without": GENERIC.tv_weight,
+                }
+            )
+        )
+        + ")",
     )
     g.add_argument(
         "--edge",

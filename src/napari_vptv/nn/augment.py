@@ -27,8 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_class_colour", "augment_colour", "augment_optics", "augment_red_cells",
-           "augment_synthetic_red_cells", "dihedral"]
+__all__ = [
+    "AugmentConfig",
+    "augment_class_colour",
+    "augment_colour",
+    "augment_optics",
+    "augment_red_cells",
+    "augment_synthetic_red_cells",
+    "dihedral",
+]
 
 
 @dataclass
@@ -156,8 +163,9 @@ def augment_optics(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> t
     return x
 
 
-def augment_class_colour(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, cfg: AugmentConfig,
-                         n_classes: int = 3) -> torch.Tensor:
+def augment_class_colour(
+    x: torch.Tensor, y: torch.Tensor, g: torch.Generator, cfg: AugmentConfig, n_classes: int = 3
+) -> torch.Tensor:
     """Recolour each class region of ``x`` (labels ``y`` ``(B, H, W)``) by its own random
     optical-density gains (see the module docstring). Draws nothing when disabled."""
     if cfg.p_class_colour <= 0:
@@ -173,8 +181,9 @@ def augment_class_colour(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, c
     return torch.where(on, torch.exp(-od * gain_map), x)
 
 
-def augment_red_cells(x: torch.Tensor, y: torch.Tensor, white: torch.Tensor, g: torch.Generator,
-                      cfg: AugmentConfig) -> torch.Tensor:
+def augment_red_cells(
+    x: torch.Tensor, y: torch.Tensor, white: torch.Tensor, g: torch.Generator, cfg: AugmentConfig
+) -> torch.Tensor:
     """Re-stain what lies on the background class (red cells, platelets, debris).
 
     Red cells are the strongest difference between smears that a white-cell network
@@ -211,7 +220,7 @@ def _red_cell_density(H: int, W: int, diameter: float, g: torch.Generator, cfg: 
     yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     cover = float(_uniform(g, *cfg.synthetic_red_cell_cover, 1))
     r_mean = max(3.0, 0.5 * diameter * float(_uniform(g, 0.45, 0.65, 1)))
-    n = int(round(cover * H * W / (math.pi * r_mean ** 2)))
+    n = int(round(cover * H * W / (math.pi * r_mean**2)))
     density = torch.zeros(H, W)
     peak = float(_uniform(g, *cfg.synthetic_red_cell_density, 1))
     for _ in range(min(n, 60)):
@@ -220,7 +229,7 @@ def _red_cell_density(H: int, W: int, diameter: float, g: torch.Generator, cfg: 
         aspect, angle = float(_uniform(g, 0.75, 1.0, 1)), float(_uniform(g, 0, math.pi, 1))
         u = (yy - cy) * math.cos(angle) + (xx - cx) * math.sin(angle)
         v = -(yy - cy) * math.sin(angle) + (xx - cx) * math.cos(angle)
-        rho = torch.sqrt(u ** 2 + (v / aspect) ** 2) / r
+        rho = torch.sqrt(u**2 + (v / aspect) ** 2) / r
         pallor = float(_uniform(g, 0.3, 1.0, 1))
         inside = torch.sigmoid((1.0 - rho) * r)  # ~1 px soft edge
         density += inside * (pallor + (1.0 - pallor) * rho.clamp(max=1.0) ** 2)
@@ -228,8 +237,9 @@ def _red_cell_density(H: int, W: int, diameter: float, g: torch.Generator, cfg: 
     return peak * density.clamp(max=2.0)[None] * (_EOSIN_OD * tint).view(3, 1, 1)
 
 
-def augment_synthetic_red_cells(x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-                                cfg: AugmentConfig) -> torch.Tensor:
+def augment_synthetic_red_cells(
+    x: torch.Tensor, y: torch.Tensor, g: torch.Generator, cfg: AugmentConfig
+) -> torch.Tensor:
     """Draw pink red-cell discs into the background of some patches.
 
     A source with pale red-cell ghosts never shows the network a strongly stained,

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLASSES", "INPUT_NORMS", "MEAN", "STD", "WHITE_TARGET", "apply_white", "input_norm_of", "normalise",
-           "normalise_unit", "volume_targets", "white_gain", "white_point"]
+__all__ = [
+    "CLASSES",
+    "INPUT_NORMS",
+    "MEAN",
+    "STD",
+    "WHITE_TARGET",
+    "apply_white",
+    "input_norm_of",
+    "normalise",
+    "normalise_unit",
+    "volume_targets",
+    "white_gain",
+    "white_point",
+]
 
 CLASSES = ("background", "cytoplasm", "nucleus")
 #: Input normalisation: x = (rgb / 255 - MEAN) / STD (fixed, recorded in the metadata).
@@ -106,5 +118,3 @@ def normalise(images, input_norm: str = "none"):
         raise ValueError(f"unknown input normalisation {input_norm!r} (known: {INPUT_NORMS})")
     t = t.movedim(-1, -3)
     return normalise_unit(t)
-
-

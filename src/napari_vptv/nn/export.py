@@ -38,12 +38,19 @@ def export_run(run_dir, name: str, defaults: dict, validation: dict = None, mode
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "train_meta.json").read_text())
     sd = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    norm = {"formula": "x = (rgb / 255 - mean) / std", "mean": list(MEAN), "std": list(STD),
-            "input": "RGB uint8 (H, W, 3)"}
+    norm = {
+        "formula": "x = (rgb / 255 - mean) / std",
+        "mean": list(MEAN),
+        "std": list(STD),
+        "input": "RGB uint8 (H, W, 3)",
+    }
     if input_norm_of(meta) == "white-point":
-        norm.update(formula="x = (rgb / 255 * clip(target / white, *gain_range) - mean) / std",
-                    white=f"per image: per-channel median of the pixels with brightness >= its {WHITE_QUANTILE} quantile",
-                    target=WHITE_TARGET, gain_range=list(WHITE_GAIN_RANGE))
+        norm.update(
+            formula="x = (rgb / 255 * clip(target / white, *gain_range) - mean) / std",
+            white=f"per image: per-channel median of the pixels with brightness >= its {WHITE_QUANTILE} quantile",
+            target=WHITE_TARGET,
+            gain_range=list(WHITE_GAIN_RANGE),
+        )
     meta.update(
         classes=list(CLASSES),
         input_norm=input_norm_of(meta),

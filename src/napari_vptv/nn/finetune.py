@@ -50,16 +50,40 @@ from .finetune_data import check_labels as _check_labels
 from .finetune_guard import NETWORK_METHOD, GuardScores, Segmenter, folds, score_pairs, verdict
 from .finetune_loop import RECIPE, FinetuneRecipe, interpolate_weights, run_loop
 
-__all__ = ["FinetuneResult", "FinetuneProgress", "RECIPE", "FinetuneRecipe", "KEEP_CHOICES", "samples_from_arrays",
-           "samples_from_folders", "finetune", "save_finetuned", "label_order_check", "IMAGE_SUFFIXES",
-           "describe_verdict"]
+__all__ = [
+    "FinetuneResult",
+    "FinetuneProgress",
+    "RECIPE",
+    "FinetuneRecipe",
+    "KEEP_CHOICES",
+    "samples_from_arrays",
+    "samples_from_folders",
+    "finetune",
+    "save_finetuned",
+    "label_order_check",
+    "IMAGE_SUFFIXES",
+    "describe_verdict",
+]
 
 #: "better": keep the fine-tuned model only when it beats the base on held-out pairs;
 #: "always": keep it whatever the check says (the verdict is still recorded)
 KEEP_CHOICES = ("better", "always")
 #: keys of a training run's metadata that describe the base's own training, not the new model
-_BASE_RUN_KEYS = ("validation", "history", "best", "steps", "steps_done", "train_seconds", "commit", "torch",
-                  "weights_file", "weights_sha256", "name", "saved", "finetune")
+_BASE_RUN_KEYS = (
+    "validation",
+    "history",
+    "best",
+    "steps",
+    "steps_done",
+    "train_seconds",
+    "commit",
+    "torch",
+    "weights_file",
+    "weights_sha256",
+    "name",
+    "saved",
+    "finetune",
+)
 #: the learning rate must lie in this open interval
 LR_RANGE = (0.0, 0.1)
 
@@ -115,15 +139,18 @@ def describe_verdict(result: FinetuneResult) -> str:
     if result.cancelled:
         return "cancelled: nothing was saved, the base model is unchanged"
     if v.get("better") is None:
-        return ("one pair cannot show whether fine-tuning helps (nothing left to test on): "
-                + ("the model is kept unchecked" if result.kept else "the base model is kept; give 2 or more pairs"))
+        return "one pair cannot show whether fine-tuning helps (nothing left to test on): " + (
+            "the model is kept unchecked" if result.kept else "the base model is kept; give 2 or more pairs"
+        )
     methods = v.get("methods") or {"": {"finetuned": v["finetuned"], "base": v["base"]}}
     parts = []
     for name, m in methods.items():
         ft, base = m["finetuned"], m["base"]
         label = f"{name}: " if len(methods) > 1 else ""
-        parts.append(f"{label}mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
-                     f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f}")
+        parts.append(
+            f"{label}mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
+            f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f}"
+        )
     n = v["finetuned"]["n_images"]
     scores = "; ".join(parts) + f" on {n} held-out pair(s), cross-validated"
     if v["better"]:
@@ -131,7 +158,8 @@ def describe_verdict(result: FinetuneResult) -> str:
     worse = [name for name, m in methods.items() if name and m.get("gain", 0) < 0]
     why = f" (worse with {', '.join(worse)})" if worse else ""
     return f"NOT better than the base{why}: {scores}; " + (
-        "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved")
+        "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved"
+    )
 
 
 def _check_options(minutes, steps, keep, recipe, lr):
@@ -182,6 +210,7 @@ class _Clock:
             else:
                 overall = (time.perf_counter() - self.t0) / self.total
             self.callback(FinetuneProgress(float(min(1.0, overall)), phase, step, loss))
+
         return report
 
     def finish_phase(self):
@@ -190,8 +219,18 @@ class _Clock:
 
 def _train(base_model, meta, pairs, clock, phase, recipe, seed, should_stop, device):
     model = copy.deepcopy(base_model)
-    res = run_loop(model, meta, pairs, recipe=recipe, seed=seed, steps=clock.steps, seconds=clock.phase_seconds(),
-                   callback=clock.hook(phase), should_stop=should_stop, device=device)
+    res = run_loop(
+        model,
+        meta,
+        pairs,
+        recipe=recipe,
+        seed=seed,
+        steps=clock.steps,
+        seconds=clock.phase_seconds(),
+        callback=clock.hook(phase),
+        should_stop=should_stop,
+        device=device,
+    )
     interpolate_weights(base_model, model, recipe.interpolation)
     clock.finish_phase()
     return model, res
@@ -209,8 +248,9 @@ def _cross_validate(model, meta, samples, clock, recipe, seed, should_stop, devi
     for j, held in enumerate(parts):
         train = [s for i, s in enumerate(samples) if i not in held]
         test = [samples[i] for i in held]
-        fold_model, res = _train(model, meta, train, clock, f"check {j + 1}/{len(parts)}", recipe, seed,
-                                 should_stop, device)
+        fold_model, res = _train(
+            model, meta, train, clock, f"check {j + 1}/{len(parts)}", recipe, seed, should_stop, device
+        )
         if res.cancelled:
             return None, runs
         for scores, net in ((tuned, fold_model), (base, model)):
@@ -231,16 +271,29 @@ def _check_finite(model, meta, samples, device):
         for s in samples[:3]:
             lg = model.logits(normalise(s.image[None], input_norm_of(meta)).to(device))
             if not torch.isfinite(lg).all():
-                raise ValueError("the fine-tuned model produces NaN / infinite values on its own training images "
-                                 "(learning rate too high?); nothing was saved")
+                raise ValueError(
+                    "the fine-tuned model produces NaN / infinite values on its own training images "
+                    "(learning rate too high?); nothing was saved"
+                )
 
 
-def finetune(samples: Sequence, *, base: str = "vptv-unet", minutes: Optional[float] = 5.0,
-             steps: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, device: str = "cpu",
-             callback: Optional[Callable[[FinetuneProgress], None]] = None,
-             should_stop: Optional[Callable[[], bool]] = None, check_labels: bool = True, keep: str = "better",
-             recipe: FinetuneRecipe = RECIPE, lr: Optional[float] = None,
-             methods: Optional[Mapping[str, Segmenter]] = None) -> FinetuneResult:
+def finetune(
+    samples: Sequence,
+    *,
+    base: str = "vptv-unet",
+    minutes: Optional[float] = 5.0,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    device: str = "cpu",
+    callback: Optional[Callable[[FinetuneProgress], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    check_labels: bool = True,
+    keep: str = "better",
+    recipe: FinetuneRecipe = RECIPE,
+    lr: Optional[float] = None,
+    methods: Optional[Mapping[str, Segmenter]] = None,
+) -> FinetuneResult:
     """Fine-tune ``base`` on image / mask pairs, keeping it only if it beats the base.
 
     Parameters
@@ -314,23 +367,35 @@ def _sample_list(samples: Sequence, threads: Optional[int]) -> list:
     return samples
 
 
-def _run_record(base: str, meta: dict, samples: list, recipe: FinetuneRecipe, seed: int, runs: dict, verdict: dict,
-                label_check) -> dict:
+def _run_record(
+    base: str, meta: dict, samples: list, recipe: FinetuneRecipe, seed: int, runs: dict, verdict: dict, label_check
+) -> dict:
     """What the fine-tuned model's metadata records about its run; ``runs`` holds the
     ``"folds"``, ``"final"`` and ``"seconds"`` entries."""
     from .train import _priors
 
-    return {"base": _base_info(base, meta), "base_finetune": meta.get("finetune"),
-            "images": [_image_record(s) for s in samples], "recipe": recipe.to_dict(), "seed": seed,
-            **runs, "verdict": verdict, "label_check": label_check,
-            "kept_because": "better" if verdict["better"] else "asked (keep='always')",
-            "user_class_fractions": _priors(samples)["mean"]}
+    return {
+        "base": _base_info(base, meta),
+        "base_finetune": meta.get("finetune"),
+        "images": [_image_record(s) for s in samples],
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        **runs,
+        "verdict": verdict,
+        "label_check": label_check,
+        "kept_because": "better" if verdict["better"] else "asked (keep='always')",
+        "user_class_fractions": _priors(samples)["mean"],
+    }
+
 
 def _image_record(s) -> dict:
-    return {"name": s.name, "image_sha256": array_sha256(s.image), "mask_sha256": array_sha256(s.labels),
-            "shape": list(s.labels.shape), "cell_diameter": s.diameter}
-
-
+    return {
+        "name": s.name,
+        "image_sha256": array_sha256(s.image),
+        "mask_sha256": array_sha256(s.labels),
+        "shape": list(s.labels.shape),
+        "cell_diameter": s.diameter,
+    }
 
 
 def _metadata(base_meta: dict, record: dict) -> dict:
@@ -351,8 +416,11 @@ def _base_info(base, meta) -> dict:
         sha = meta.get("weights_sha256")
     else:
         sha = _sha256(p / "model.pt")
-    return {"model": str(base) if str(base) in MODEL_NAMES else str(p.resolve()), "weights_sha256": sha,
-            "arch": meta["arch"]}
+    return {
+        "model": str(base) if str(base) in MODEL_NAMES else str(p.resolve()),
+        "weights_sha256": sha,
+        "arch": meta["arch"],
+    }
 
 
 def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> Path:
@@ -385,8 +453,9 @@ def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> 
             export_weights(result.state_dict, path.stem, json.loads(json.dumps(meta)), tmp)
         except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
             free = shutil.disk_usage(path.parent).free
-            raise OSError(f"could not write the model '{path}' ({free / 2**20:.0f} MB free): "
-                          f"{' '.join(str(exc).split())[:200]}") from None
+            raise OSError(
+                f"could not write the model '{path}' ({free / 2**20:.0f} MB free): {' '.join(str(exc).split())[:200]}"
+            ) from None
         if overwrite and targets[1].exists():
             targets[1].unlink()
         os.replace(tmp / path.name, path)

@@ -18,8 +18,17 @@ import numpy as np
 from ..core.io.files import IMAGE_SUFFIXES  # noqa: F401 - the image files a folder of pairs may hold
 from .sources import Sample, Source, cell_diameter
 
-__all__ = ["ArraySource", "IMAGE_SUFFIXES", "CLASS_NAMES", "LABEL_SWAP_MARGIN", "samples_from_arrays",
-           "samples_from_folders", "label_order_check", "check_labels", "array_sha256"]
+__all__ = [
+    "ArraySource",
+    "IMAGE_SUFFIXES",
+    "CLASS_NAMES",
+    "LABEL_SWAP_MARGIN",
+    "samples_from_arrays",
+    "samples_from_folders",
+    "label_order_check",
+    "check_labels",
+    "array_sha256",
+]
 
 CLASS_NAMES = ("background", "cytoplasm", "nucleus")
 #: a class ordering that agrees this much better with the base model than the given one
@@ -106,6 +115,7 @@ def samples_from_folders(images_dir, masks_dir) -> List[Sample]:
         out.append(_as_sample(p.stem, image, mask))
     return out
 
+
 def label_order_check(model, meta, samples: Sequence[Sample], max_images: int = 6) -> dict:
     """Pixel agreement of the base model with the masks under each class ordering.
 
@@ -133,5 +143,6 @@ def check_labels(model, meta, samples):
         raise ValueError(
             f"the masks' labels look swapped: the base model agrees with {chk['given']:.0%} of the mask pixels "
             f"as given but {chk['best']:.0%} if {swapped}; masks must use 0 = background, 1 = cytoplasm, "
-            "2 = nucleus (or grey 0/128/255)")
+            "2 = nucleus (or grey 0/128/255)"
+        )
     return chk

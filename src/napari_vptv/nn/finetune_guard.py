@@ -68,9 +68,12 @@ class GuardScores:
         """Means over the images: ``pixel_accuracy``, ``dice`` per class, ``mean_dice``, ``n_images``."""
         if not self.dice:
             return {"n_images": 0}
-        return {"pixel_accuracy": float(np.mean(self.pixel_accuracy)),
-                "dice": [float(x) for x in np.mean(self.dice, axis=0)], "mean_dice": self.mean_dice,
-                "n_images": len(self.names)}
+        return {
+            "pixel_accuracy": float(np.mean(self.pixel_accuracy)),
+            "dice": [float(x) for x in np.mean(self.dice, axis=0)],
+            "mean_dice": self.mean_dice,
+            "n_images": len(self.names),
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +89,9 @@ def folds(n: int, seed: int = 0, max_folds: int = MAX_FOLDS) -> List[List[int]]:
     return [sorted(int(i) for i in perm[j::k]) for j in range(k)]
 
 
-def score_pairs(model, meta, samples: Sequence, device: str = "cpu",
-                methods: Optional[Mapping[str, Segmenter]] = None) -> Dict[str, GuardScores]:
+def score_pairs(
+    model, meta, samples: Sequence, device: str = "cpu", methods: Optional[Mapping[str, Segmenter]] = None
+) -> Dict[str, GuardScores]:
     """Each method's labels on ``samples`` against their masks: ``{method: GuardScores}``."""
     from ..core.scoring.metrics import dice_per_class, pixel_accuracy
 
@@ -102,8 +106,7 @@ def score_pairs(model, meta, samples: Sequence, device: str = "cpu",
     return out
 
 
-def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores],
-            min_gain: float = MIN_GAIN) -> dict:
+def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores], min_gain: float = MIN_GAIN) -> dict:
     """Is the fine-tuned model better, by every method?
 
     Returns ``{"better", "gain", "finetuned", "base", "reason", "methods"}``: ``better``
@@ -116,8 +119,14 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
     first = names[0] if names else None
     if first is None or not finetuned[first].dice:
         empty = GuardScores().summary()
-        return {"better": None, "gain": None, "finetuned": empty, "base": empty, "methods": {},
-                "reason": "fewer than 2 pairs: nothing to hold out, the gain cannot be measured"}
+        return {
+            "better": None,
+            "gain": None,
+            "finetuned": empty,
+            "base": empty,
+            "methods": {},
+            "reason": "fewer than 2 pairs: nothing to hold out, the gain cannot be measured",
+        }
     gains = {m: finetuned[m].mean_dice - base[m].mean_dice for m in names}
     worst = min(gains, key=gains.get)
     gain = float(gains[worst])
@@ -127,7 +136,13 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
     reason += per_method
     if gain <= min_gain:
         reason += f"; {'worse' if gain < 0 else 'not better'} with {worst}"
-    return {"better": better, "gain": gain, "finetuned": finetuned[first].summary(), "base": base[first].summary(),
-            "reason": reason,
-            "methods": {m: {"gain": float(gains[m]), "finetuned": finetuned[m].summary(), "base": base[m].summary()}
-                        for m in names}}
+    return {
+        "better": better,
+        "gain": gain,
+        "finetuned": finetuned[first].summary(),
+        "base": base[first].summary(),
+        "reason": reason,
+        "methods": {
+            m: {"gain": float(gains[m]), "finetuned": finetuned[m].summary(), "base": base[m].summary()} for m in names
+        },
+    }

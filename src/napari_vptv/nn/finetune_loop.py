@@ -90,8 +90,16 @@ class FinetuneRecipe:
 #: the recipe every front end uses
 RECIPE = FinetuneRecipe()
 #: the generalist trainer's settings, for the ablation benchmark (what fine-tuning did before)
-GENERALIST_LIKE = FinetuneRecipe(lr=1e-3, warmup=20, freeze_batchnorm=False, anchor_weight=0.0,
-                                 scale_jitter=0.0, replay=0.0, colour_jitter=1.0, interpolation=1.0)
+GENERALIST_LIKE = FinetuneRecipe(
+    lr=1e-3,
+    warmup=20,
+    freeze_batchnorm=False,
+    anchor_weight=0.0,
+    scale_jitter=0.0,
+    replay=0.0,
+    colour_jitter=1.0,
+    interpolation=1.0,
+)
 
 
 @dataclass
@@ -143,8 +151,12 @@ def _sampler_config(meta: dict, recipe: FinetuneRecipe, patch_size: int):
     base = dict(meta.get("sampler") or {})
     if recipe.scale_jitter and recipe.scale_jitter >= 1.0:
         comfort = comfort_range_of(meta)
-        return SamplerConfig(patch_size=patch_size, scale_range=(1 / recipe.scale_jitter, recipe.scale_jitter),
-                             diameter_range=comfort, p_cell=base.get("p_cell", 0.6))
+        return SamplerConfig(
+            patch_size=patch_size,
+            scale_range=(1 / recipe.scale_jitter, recipe.scale_jitter),
+            diameter_range=comfort,
+            p_cell=base.get("p_cell", 0.6),
+        )
     return SamplerConfig(**{**base, "patch_size": patch_size})
 
 
@@ -186,8 +198,11 @@ def _batch_parts(user, replay, recipe, cfg, seed):
     from .sources import Source
 
     n_replay = int(round(recipe.replay * recipe.batch)) if replay else 0
-    return [(Source("s", None, list(samples), list(samples), []), dict(cfg, batch=n, seed=seed), salt)
-            for samples, n, salt in ((user, recipe.batch - n_replay, 0), (replay, n_replay, 1)) if n > 0]
+    return [
+        (Source("s", None, list(samples), list(samples), []), dict(cfg, batch=n, seed=seed), salt)
+        for samples, n, salt in ((user, recipe.batch - n_replay, 0), (replay, n_replay, 1))
+        if n > 0
+    ]
 
 
 def _batch(parts, step, scfg, acfg):
@@ -202,11 +217,20 @@ def _batch(parts, step, scfg, acfg):
     return x, y, vol
 
 
-def run_loop(model, meta: dict, samples: Sequence, *, recipe: FinetuneRecipe = RECIPE, seed: int = 0,
-             steps: Optional[int] = None, seconds: Optional[float] = None,
-             callback: Optional[Callable[[float, int, float], None]] = None,
-             should_stop: Optional[Callable[[], bool]] = None, replay: Optional[Sequence] = None,
-             device: str = "cpu") -> LoopResult:
+def run_loop(
+    model,
+    meta: dict,
+    samples: Sequence,
+    *,
+    recipe: FinetuneRecipe = RECIPE,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    seconds: Optional[float] = None,
+    callback: Optional[Callable[[float, int, float], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    replay: Optional[Sequence] = None,
+    device: str = "cpu",
+) -> LoopResult:
     """Train ``model`` (in place) on ``samples`` for ``steps`` steps or ``seconds`` seconds.
 
     Parameters
@@ -228,8 +252,11 @@ def run_loop(model, meta: dict, samples: Sequence, *, recipe: FinetuneRecipe = R
         raise ValueError("give a number of steps or a time budget")
     scfg = _sampler_config(meta, recipe, int((meta.get("sampler") or {}).get("patch_size", 96)))
     acfg = augment_config(meta, recipe.colour_jitter)
-    cfg = {"arch": meta["arch"], "input_norm": input_norm_of(meta),
-           "volume_dropout": (meta.get("config") or {}).get("volume_dropout", 0.3)}
+    cfg = {
+        "arch": meta["arch"],
+        "input_norm": input_norm_of(meta),
+        "volume_dropout": (meta.get("config") or {}).get("volume_dropout", 0.3),
+    }
     replay = (replay_samples() if replay is None else list(replay)) if recipe.replay > 0 else []
     parts = _batch_parts(samples, replay, recipe, cfg, seed)
     anchor = [p.detach().clone() for p in model.parameters()] if recipe.anchor_weight > 0 else None

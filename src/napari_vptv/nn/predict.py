@@ -102,8 +102,11 @@ AUGMENT_CHOICES = (1, 2, 8)
 #: (leave-one-source-out, docs/results.md) this gained about 1 pt, as much as all 8,
 #: for one more network pass.
 DEFAULT_AUGMENT = 2
-_TRANSFORMS = {1: ((0, False),), 2: ((0, False), (0, True)),
-               8: tuple((k, flip) for k in range(4) for flip in (False, True))}
+_TRANSFORMS = {
+    1: ((0, False),),
+    2: ((0, False), (0, True)),
+    8: tuple((k, flip) for k in range(4) for flip in (False, True)),
+}
 
 
 def augment_count(augment) -> int:
@@ -188,8 +191,9 @@ def _estimate_pass(model, x, comfort, max_pixels):
         # no region with a cell's shape (a field of texture without a white cell): all
         # regions, as small or field-wide as they are, are the best scale there is
         labels = lg[0].argmax(0).cpu().numpy()
-        d = cell_diameter(labels, min_diameter=MIN_CELL_DIAMETER / s, min_solidity=MIN_CELL_SOLIDITY) \
-            or cell_diameter(labels, min_diameter=MIN_CELL_DIAMETER / s)
+        d = cell_diameter(labels, min_diameter=MIN_CELL_DIAMETER / s, min_solidity=MIN_CELL_SOLIDITY) or cell_diameter(
+            labels, min_diameter=MIN_CELL_DIAMETER / s
+        )
         if d <= 0:
             return lg, 0.0, s
         s_new = min(_scale_for(d, comfort), cap * 4.0)
@@ -225,10 +229,18 @@ def _check_volumes(mode, v):
     v = np.asarray(v, dtype=np.float64)
     if mode == "exact" and (v.shape != (3,) or np.any(v <= 0) or abs(v.sum() - 1) > 1e-3):
         raise ValueError(f"volumes must be 3 positive fractions summing to 1, got {v.tolist()}")
-    if mode == "interval" and (v.shape != (2, 3) or np.any(v[0] > v[1]) or np.any(v < 0) or np.any(v > 1)
-                               or v[0].sum() > 1 + 1e-6 or v[1].sum() < 1 - 1e-6):
-        raise ValueError(f"volume bounds must be (2, 3) with lower <= upper in [0, 1], sum(lower) <= 1 <= "
-                         f"sum(upper); got {v.tolist()}")
+    if mode == "interval" and (
+        v.shape != (2, 3)
+        or np.any(v[0] > v[1])
+        or np.any(v < 0)
+        or np.any(v > 1)
+        or v[0].sum() > 1 + 1e-6
+        or v[1].sum() < 1 - 1e-6
+    ):
+        raise ValueError(
+            f"volume bounds must be (2, 3) with lower <= upper in [0, 1], sum(lower) <= 1 <= "
+            f"sum(upper); got {v.tolist()}"
+        )
     return v
 
 
@@ -250,11 +262,23 @@ def _layer_volumes(meta, logits, prior, volumes, volume_mode):
     return "none", {}
 
 
-def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None, prior: Optional[str] = None,
-                  volumes=None, volume_mode: Optional[str] = None, epsilon: Optional[float] = None,
-                  tv_weight: Optional[float] = None, num_iter: Optional[int] = None,
-                  comfort_range: Optional[Sequence[float]] = None, device: str = "cpu",
-                  require_nucleus: bool = True, augment=DEFAULT_AUGMENT) -> NetworkPrediction:
+def predict_cells(
+    model,
+    meta: dict,
+    image,
+    *,
+    diameter: Optional[float] = None,
+    prior: Optional[str] = None,
+    volumes=None,
+    volume_mode: Optional[str] = None,
+    epsilon: Optional[float] = None,
+    tv_weight: Optional[float] = None,
+    num_iter: Optional[int] = None,
+    comfort_range: Optional[Sequence[float]] = None,
+    device: str = "cpu",
+    require_nucleus: bool = True,
+    augment=DEFAULT_AUGMENT,
+) -> NetworkPrediction:
     """Segment one RGB image with a loaded network (see the module docstring).
 
     Parameters
@@ -301,8 +325,11 @@ def predict_cells(model, meta: dict, image, *, diameter: Optional[float] = None,
                 volume_mode=mode,
             )
             probs = layer(logits, **kw)
-            info = {"prior": prior if volumes is None else "given", "volume_mode": mode,
-                    **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()}}
+            info = {
+                "prior": prior if volumes is None else "given",
+                "volume_mode": mode,
+                **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()},
+            }
     info["augment"] = augment
     p = probs[0].float().cpu().numpy()
     labels = p.argmax(0).astype(np.int32)

@@ -82,8 +82,15 @@ def _one_patch(sample, rng, cfg: SamplerConfig, n_classes: int):
     return resize_image(x, (P, P))[0].clamp(0, 1), resize_image(onehot, (P, P))[0].argmax(0)
 
 
-def sample_batch(sources: Sequence[Source], weights: Sequence[float], batch: int, rng: np.random.Generator,
-                 cfg: SamplerConfig, n_classes: int = 3, with_white: bool = False):
+def sample_batch(
+    sources: Sequence[Source],
+    weights: Sequence[float],
+    batch: int,
+    rng: np.random.Generator,
+    cfg: SamplerConfig,
+    n_classes: int = 3,
+    with_white: bool = False,
+):
     """``batch`` patches: float ``(B, 3, P, P)`` in [0, 1] and labels int64 ``(B, P, P)``.
 
     With ``with_white``, also the white point ``(B, 3)`` of each patch's whole image (a

@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = ["Sample", "Source", "load_source", "cell_diameter", "mask_to_labels", "split_names"]
 
+
 def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     """Map a WBC mask to labels 0/1/2: grey 0/128/255 by nearest grey value (the
     drawings carry a few anti-aliased pixels), or integer labels 0/1/2 unchanged."""
@@ -31,8 +32,9 @@ def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     return wbc_grey_to_labels(m).astype(np.int64)
 
 
-def cell_diameter(labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0,
-                  min_solidity: float = 0.0) -> float:
+def cell_diameter(
+    labels: np.ndarray, min_relative_area: float = 0.25, min_diameter: float = 0.0, min_solidity: float = 0.0
+) -> float:
     """Typical white-cell diameter in pixels of a label image (0 = background).
 
     The median equivalent-circle diameter ``sqrt(4 A / pi)`` of the connected

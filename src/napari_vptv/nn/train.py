@@ -86,8 +86,9 @@ def load_config(name_or_path) -> dict:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -116,8 +117,12 @@ def _validate(model, sources, is_vptv, norm="none"):
 
 def _priors(samples):
     fr = np.stack([np.bincount(s.labels.ravel(), minlength=3)[:3] / s.labels.size for s in samples])
-    return {"mean": fr.mean(0).tolist(), "p02": np.percentile(fr, 2, 0).tolist(),
-            "p98": np.percentile(fr, 98, 0).tolist(), "n_images": len(samples)}
+    return {
+        "mean": fr.mean(0).tolist(),
+        "p02": np.percentile(fr, 2, 0).tolist(),
+        "p98": np.percentile(fr, 98, 0).tolist(),
+        "n_images": len(samples),
+    }
 
 
 def _load_sources(cfg, data_root):
@@ -133,8 +138,10 @@ def _load_sources(cfg, data_root):
 def _setup(cfg, data_root, sources=None):
     sources = _load_sources(cfg, data_root) if sources is None else list(sources)
     for src in sources:
-        _log(f"source {src.name}: {len(src.train)} train / {len(src.val)} val images, median cell diameter "
-             f"{np.median([s.diameter for s in src.samples]):.1f} px")
+        _log(
+            f"source {src.name}: {len(src.train)} train / {len(src.val)} val images, median cell diameter "
+            f"{np.median([s.diameter for s in src.samples]):.1f} px"
+        )
     head = cfg.get("head") or {}
     model = build_model(cfg["arch"], unet_kwargs=cfg["unet"], head_kwargs=head)
     return sources, model
@@ -199,8 +206,15 @@ def _resume(ckpt, model, opt, sched):
 def _checkpoint(ckpt, model, opt, sched, cfg, history):
     """Write the run's state atomically (temporary file, then rename)."""
     rec = history[-1]
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "step": rec["step"], "history": history, "seconds": rec["seconds"], "config": cfg}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": rec["step"],
+        "history": history,
+        "seconds": rec["seconds"],
+        "config": cfg,
+    }
     tmp = ckpt.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, ckpt)
@@ -237,20 +251,38 @@ def _evaluate(model, sources, cfg, step, clock, history, best, keep_best):
     """Validate at ``step`` and append the record to ``history``; ``clock`` is (start of this
     run, seconds of the earlier runs). (mean validation score, best weights so far with ``keep_best``)."""
     t_run, seconds = clock
-    rec = {"step": step, "val": _validate(model, sources, cfg["arch"] != "unet", cfg.get("input_norm", "none")),
-           "seconds": seconds + time.time() - t_run}
+    rec = {
+        "step": step,
+        "val": _validate(model, sources, cfg["arch"] != "unet", cfg.get("input_norm", "none")),
+        "seconds": seconds + time.time() - t_run,
+    }
     history.append(rec)
     _log(json.dumps(rec))
     val_score = _mean_val_score(rec["val"])
     if keep_best and val_score is not None and (best is None or val_score > best["val_score"]):
-        best = {"step": step, "val_score": val_score,
-                "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        best = {
+            "step": step,
+            "val_score": val_score,
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        }
     return val_score, best
 
 
-def train(cfg: dict, out, data_root=None, *, sources=None, resume: bool = True, max_minutes: float = 0.0,
-          threads: int = 1, init=None, callback=None, should_stop=None, keep_best: bool = False,
-          finish_early: bool = False) -> dict:
+def train(
+    cfg: dict,
+    out,
+    data_root=None,
+    *,
+    sources=None,
+    resume: bool = True,
+    max_minutes: float = 0.0,
+    threads: int = 1,
+    init=None,
+    callback=None,
+    should_stop=None,
+    keep_best: bool = False,
+    finish_early: bool = False,
+) -> dict:
     """Train from a config dict; writes ``checkpoint.pt``, ``model.pt``, ``train_meta.json``
     into ``out``. Returns the metadata (``{}`` when stopped early without ``finish_early``).
 
@@ -322,10 +354,17 @@ def _finish(model, cfg, sources, history, seconds, out, scfg, acfg, step=None, b
         "augment": acfg.to_dict(),
         "unet": dict(cfg["unet"]),
         "head": cfg.get("head") if cfg["arch"] != "unet" else None,
-        "sources": [{"name": s.name, "train_ids": [x.name for x in s.train], "val_ids": [x.name for x in s.val],
-                     "data_digest_sha256": s.digest(),
-                     "median_cell_diameter": float(np.median([x.diameter for x in s.samples])),
-                     "volume_priors": _priors(s.train) if s.train else None} for s in sources],
+        "sources": [
+            {
+                "name": s.name,
+                "train_ids": [x.name for x in s.train],
+                "val_ids": [x.name for x in s.val],
+                "data_digest_sha256": s.digest(),
+                "median_cell_diameter": float(np.median([x.diameter for x in s.samples])),
+                "volume_priors": _priors(s.train) if s.train else None,
+            }
+            for s in sources
+        ],
         "volume_priors_pooled": _priors(train_samples),
         "training_cell_diameter_median": float(np.median([s.diameter for s in train_samples])),
         "history": history,
@@ -345,13 +384,20 @@ def _finish(model, cfg, sources, history, seconds, out, scfg, acfg, step=None, b
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="vptv train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True,
-                    help="training config: a JSON file or a shipped name (generalist-unet, generalist-vptv-unet)")
+    ap.add_argument(
+        "--config",
+        required=True,
+        help="training config: a JSON file or a shipped name (generalist-unet, generalist-vptv-unet)",
+    )
     ap.add_argument("--data-root", required=True, help="folder holding the sources' folders named in the config")
     ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt, train_meta.json)")
     ap.add_argument("--steps", type=int, default=0, help="override the config's number of steps")
-    ap.add_argument("--max-minutes", type=float, default=0.0,
-                    help="stop after this many minutes with a checkpoint (rerun to resume); 0 = no limit")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after this many minutes with a checkpoint (rerun to resume); 0 = no limit",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--init", default=None, help="model.pt of a finished run to start from (configs with 'init')")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
@@ -363,8 +409,15 @@ def main(argv=None):
     cfg = load_config(args.config)
     if args.steps:
         cfg["steps"] = args.steps
-    train(cfg, args.out, args.data_root, resume=not args.no_resume, max_minutes=args.max_minutes,
-          threads=args.threads, init=args.init)
+    train(
+        cfg,
+        args.out,
+        args.data_root,
+        resume=not args.no_resume,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        init=args.init,
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,15 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["MODELS_DIR", "MODEL_NAMES", "load_pretrained", "load_model", "predict_wbc", "export_weights", "model_metadata"]
+__all__ = [
+    "MODELS_DIR",
+    "MODEL_NAMES",
+    "load_pretrained",
+    "load_model",
+    "predict_wbc",
+    "export_weights",
+    "model_metadata",
+]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MODEL_NAMES = ("vptv-unet", "unet")
@@ -130,8 +138,10 @@ def _load_verified(d: Path, name: str, device: str):
         model = _build(meta)
         model.load_state_dict(sd)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"could not load weights file '{pt}' (not a napari-vptv {meta.get('arch')} "
-                           f"network?): {' '.join(str(exc).split())[:300]}") from exc
+        raise RuntimeError(
+            f"could not load weights file '{pt}' (not a napari-vptv {meta.get('arch')} "
+            f"network?): {' '.join(str(exc).split())[:300]}"
+        ) from exc
     return model.to(device).eval(), meta
 
 
@@ -145,7 +155,9 @@ def _load_run(run_dir: Path, device: str):
         model = _build(meta)
         model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
     except Exception as exc:  # noqa: BLE001 - re-raised with the folder name
-        raise RuntimeError(f"could not load the training run in '{run_dir}': {' '.join(str(exc).split())[:300]}") from exc
+        raise RuntimeError(
+            f"could not load the training run in '{run_dir}': {' '.join(str(exc).split())[:300]}"
+        ) from exc
     return model.to(device).eval(), meta
 
 
@@ -161,8 +173,10 @@ def load_model(name_or_path, device: str = "cpu"):
         return _load_run(p, device)
     if p.suffix == ".pt" and p.is_file():
         return _load_verified(p.parent, p.stem, device)
-    raise ValueError(f"model {str(name_or_path)!r} is neither a shipped model {MODEL_NAMES}, "
-                     "a .pt file with its .json beside it, nor a training-run folder")
+    raise ValueError(
+        f"model {str(name_or_path)!r} is neither a shipped model {MODEL_NAMES}, "
+        "a .pt file with its .json beside it, nor a training-run folder"
+    )
 
 
 def _cached(name: str, device: str):
@@ -236,8 +250,19 @@ def predict_wbc(
     from .predict import predict_cells
 
     model, meta = _cached(str(method), device)
-    pred = predict_cells(model, meta, image, diameter=diameter, prior=prior, volumes=volumes,
-                         volume_mode=volume_mode, epsilon=epsilon, tv_weight=tv_weight, num_iter=num_iter,
-                         device=device, require_nucleus=require_nucleus,
-                         augment=augment)
+    pred = predict_cells(
+        model,
+        meta,
+        image,
+        diameter=diameter,
+        prior=prior,
+        volumes=volumes,
+        volume_mode=volume_mode,
+        epsilon=epsilon,
+        tv_weight=tv_weight,
+        num_iter=num_iter,
+        device=device,
+        require_nucleus=require_nucleus,
+        augment=augment,
+    )
     return pred if details else (pred.labels, pred.probabilities)

@@ -89,7 +89,7 @@ def segment_stack_dask(
 
     leading, spatial = stack_layout(np.shape(array), rgb=rgb, mode=mode)
     dtype, sentinel = label_dtype_and_sentinel(int(n_classes))
-    piece = spatial[len(leading):]
+    piece = spatial[len(leading) :]
     chunks = (1,) * len(leading) + tuple(piece) + ((array.shape[-1],) if rgb else ())
     if isinstance(array, da.Array):
         darr = array.rechunk(chunks)
@@ -102,10 +102,16 @@ def segment_stack_dask(
 
             st = os.stat(array.path)
             name = "tiff-frames-" + tokenize(array.path, st.st_mtime_ns, st.st_size)
-        darr = da.from_array(array, chunks=chunks, lock=False, name=name,
-                             meta=np.empty((0,) * len(chunks), dtype=array.dtype))
+        darr = da.from_array(
+            array, chunks=chunks, lock=False, name=name, meta=np.empty((0,) * len(chunks), dtype=array.dtype)
+        )
     kwargs = dict(segment_fn=segment_fn, rgb=rgb, mode=mode, sentinel=sentinel, label_dtype=dtype, progress=progress)
     if rgb:
-        return darr.map_blocks(_segment_block, dtype=dtype, drop_axis=darr.ndim - 1,
-                               meta=np.empty((0,) * (darr.ndim - 1), dtype=dtype), **kwargs)
+        return darr.map_blocks(
+            _segment_block,
+            dtype=dtype,
+            drop_axis=darr.ndim - 1,
+            meta=np.empty((0,) * (darr.ndim - 1), dtype=dtype),
+            **kwargs,
+        )
     return darr.map_blocks(_segment_block, dtype=dtype, meta=np.empty((0,) * darr.ndim, dtype=dtype), **kwargs)

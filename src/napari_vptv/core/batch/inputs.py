@@ -63,8 +63,9 @@ def iter_inputs(
         s = str(entry)
         p = Path(s).expanduser()
         if is_pattern(s):
-            found = sorted(Path(f) for f in _glob.glob(str(p), recursive=True)
-                           if Path(f).is_file() and not is_hidden(f))
+            found = sorted(
+                Path(f) for f in _glob.glob(str(p), recursive=True) if Path(f).is_file() and not is_hidden(f)
+            )
             if not found:
                 yield InputItem(p, f"no file matches the pattern '{printable(s)}'")
                 continue

@@ -37,8 +37,10 @@ def memory_needed(n_pixels: int, *, kind: str, n_classes: int = 3) -> int:
 
 def _cgroup_room() -> Optional[int]:
     """Bytes left under the cgroup memory limit (v2, then v1), None without a limit."""
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             text = Path(limit).read_text().strip()
             if text == "max" or int(text) >= 1 << 60:
@@ -99,4 +101,5 @@ def check_memory(spatial, *, kind: str, n_classes: int = 3, what: str = "segment
         size = " x ".join(str(int(s)) for s in spatial)
         raise NotEnoughMemoryError(
             f"the image ({size} px) needs about {_gb(need)} of memory to {what}, but only {_gb(room)} is "
-            f"{source}; crop or downscale it, or free memory")
+            f"{source}; crop or downscale it, or free memory"
+        )

@@ -199,8 +199,9 @@ def segment_file(
     guard = OutputGuard([p, *run_inputs], overwrite=overwrite)
     stack_options = {"scheduler": scheduler, "num_workers": num_workers, "progress_factory": progress_factory}
     try:
-        _segment_file_into(p, Path(out_dir), segment_fn, result, guard, fmt=fmt, overwrite=overwrite, mode=mode,
-                           **stack_options)
+        _segment_file_into(
+            p, Path(out_dir), segment_fn, result, guard, fmt=fmt, overwrite=overwrite, mode=mode, **stack_options
+        )
     except FileExistsError as exc:
         if overwrite or result.output is None or not result.output.exists():
             result.status, result.message = "failed", _error_text(exc)
@@ -212,8 +213,18 @@ def segment_file(
     return result
 
 
-def _segment_file_into(p: Path, out_dir: Path, segment_fn, result: FileResult, guard: OutputGuard, *, fmt: str,
-                       overwrite: bool, mode: str, **stack_options) -> None:
+def _segment_file_into(
+    p: Path,
+    out_dir: Path,
+    segment_fn,
+    result: FileResult,
+    guard: OutputGuard,
+    *,
+    fmt: str,
+    overwrite: bool,
+    mode: str,
+    **stack_options,
+) -> None:
     """The work of :func:`segment_file`: fills ``result``; raises on a problem (the caller reports it)."""
     _refuse_input_as_output(p, out_dir, fmt, guard)
     done = None if overwrite else _finished_output(p, out_dir, fmt, mode)
@@ -231,8 +242,9 @@ def _segment_file_into(p: Path, out_dir: Path, segment_fn, result: FileResult, g
     if not info.is_stack:
         _segment_image_file(p, info, final, segment_fn, k, result, overwrite=overwrite)
         return
-    result.shape = _segment_stack_file(p, info, final, segment_fn, k, result, overwrite=overwrite, mode=mode,
-                                       **stack_options)
+    result.shape = _segment_stack_file(
+        p, info, final, segment_fn, k, result, overwrite=overwrite, mode=mode, **stack_options
+    )
     if result.failed_slices:
         result.status, result.message = "failed", _failed_slices_message(result)
 
@@ -277,8 +289,9 @@ def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> 
     result.shape = labels.shape
 
 
-def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mode, scheduler,
-                        num_workers, progress_factory):
+def _segment_stack_file(
+    p, info, final, segment_fn, k, result, *, overwrite, mode, scheduler, num_workers, progress_factory
+):
     import json
 
     import tifffile
@@ -329,8 +342,12 @@ def _segment_stack_file(p, info, final, segment_fn, k, result, *, overwrite, mod
             else:
                 result.slice_volumes.append((idx, _volumes(sl, k)))
         if result.failed_slices:  # say so in the file too (tifffile keeps shape / axes)
-            desc = {"shape": list(labels.shape), "axes": "Q" * (labels.ndim - 2) + "YX", **meta,
-                    "failed_slices": [[list(i), m] for i, m in result.failed_slices]}
+            desc = {
+                "shape": list(labels.shape),
+                "axes": "Q" * (labels.ndim - 2) + "YX",
+                **meta,
+                "failed_slices": [[list(i), m] for i, m in result.failed_slices],
+            }
             tifffile.tiffcomment(str(tmp), json.dumps(desc))
         publish(tmp, final, overwrite)
     finally:
@@ -397,8 +414,10 @@ class BatchSummary:
         return not self.failed
 
     def line(self) -> str:
-        return (f"{len(self.results)} input(s): {len(self.done)} done, "
-                f"{len(self.skipped)} skipped (exists), {len(self.failed)} failed")
+        return (
+            f"{len(self.results)} input(s): {len(self.done)} done, "
+            f"{len(self.skipped)} skipped (exists), {len(self.failed)} failed"
+        )
 
 
 def run_batch(
@@ -437,14 +456,26 @@ def run_batch(
             stems = {str(c) for c in _possible_outputs(item.path, Path(out_dir), fmt)}
             clash = next((claimed[s] for s in stems if s in claimed), None)
             if clash is not None:
-                res = FileResult(item.path, status="failed",
-                                 message=f"same output name as '{clash}' (same file stem); rename one of them")
+                res = FileResult(
+                    item.path,
+                    status="failed",
+                    message=f"same output name as '{clash}' (same file stem); rename one of them",
+                )
             else:
                 for s in stems:
                     claimed[s] = item.path
-                res = segment_file(item.path, out_dir, segment_fn, fmt=fmt, overwrite=overwrite, mode=mode,
-                                   scheduler=scheduler, num_workers=num_workers,
-                                   progress_factory=progress_factory, run_inputs=run_inputs)
+                res = segment_file(
+                    item.path,
+                    out_dir,
+                    segment_fn,
+                    fmt=fmt,
+                    overwrite=overwrite,
+                    mode=mode,
+                    scheduler=scheduler,
+                    num_workers=num_workers,
+                    progress_factory=progress_factory,
+                    run_inputs=run_inputs,
+                )
         summary.results.append(res)
         if on_result is not None:
             on_result(res)

@@ -108,18 +108,14 @@ def stack_layout(shape, *, rgb: bool = False, mode: str = "slices"):
         raise ValueError(f"mode must be one of {STACK_MODES}, got {mode!r}")
     if rgb:
         if len(shape) < 3 or shape[-1] not in (3, 4):
-            raise ValueError(
-                f"an RGB image needs a last colour axis of size 3 or 4, got shape {shape}"
-            )
+            raise ValueError(f"an RGB image needs a last colour axis of size 3 or 4, got shape {shape}")
         spatial = shape[:-1]
     else:
         spatial = shape
     n_piece = 2 if mode == "slices" else 3
     if len(spatial) < n_piece:
         what = "2-D" if mode == "slices" else "3-D (volume mode needs Z, Y, X)"
-        raise ValueError(
-            f"image must be at least {what}, got {len(spatial)} spatial axes (shape {shape}, rgb={rgb})"
-        )
+        raise ValueError(f"image must be at least {what}, got {len(spatial)} spatial axes (shape {shape}, rgb={rgb})")
     if any(s == 0 for s in shape):
         raise ValueError(f"image has a zero-size axis (shape {shape})")
     return spatial[: len(spatial) - n_piece], spatial
@@ -201,8 +197,15 @@ def segment_stack(
     if warm_start:
         _check_accepts(segment_fn, "warm_start")
     total = int(np.prod(leading, dtype=np.int64)) if leading else 1
-    pieces = _segment_pieces(data, leading, spatial[len(leading):], segment_fn,
-                             channel_axis=-1 if rgb else None, on_error=on_error, warm_start=warm_start)
+    pieces = _segment_pieces(
+        data,
+        leading,
+        spatial[len(leading) :],
+        segment_fn,
+        channel_axis=-1 if rgb else None,
+        on_error=on_error,
+        warm_start=warm_start,
+    )
     for done, (index, result, labels, error) in enumerate(pieces, start=1):
         volumes = None if error is not None else _piece_volumes(result, labels, n_classes)
         yield StackSlice(index, labels, done, total, volumes, result, error)
@@ -225,8 +228,7 @@ def _segment_pieces(data, leading, piece_shape, segment_fn, *, channel_axis, on_
             labels = labels_of(result)
             if labels.shape != piece_shape:
                 raise ValueError(
-                    f"segment_fn returned labels of shape {labels.shape} for a piece of spatial "
-                    f"shape {piece_shape}"
+                    f"segment_fn returned labels of shape {labels.shape} for a piece of spatial shape {piece_shape}"
                 )
         except Exception as exc:  # noqa: BLE001 - reported per piece or re-raised
             if on_error == "raise":

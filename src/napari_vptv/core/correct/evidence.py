@@ -48,8 +48,15 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["object_evidence", "ObjectEvidence", "object_band", "edge_offset", "edge_level", "AUTO_BAND_RANGE",
-           "EDGE_POSITIONS"]
+__all__ = [
+    "object_evidence",
+    "ObjectEvidence",
+    "object_band",
+    "edge_offset",
+    "edge_level",
+    "AUTO_BAND_RANGE",
+    "EDGE_POSITIONS",
+]
 
 #: where the boundary goes across a nucleus's blurred edge: "rim" (the outer, dimmer
 #: rim, as nuclei are annotated), "half-max" (halfway between the object's plateau

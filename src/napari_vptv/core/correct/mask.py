@@ -57,8 +57,15 @@ from .objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
 from .semantic import semantic_iter
 
 __all__ = [
-    "correct_mask", "correct_mask_iter", "run_correction", "CorrectionProgress", "ObjectCorrection", "CORRECTION_MODES",
-    "VOLUME_MODES", "STACK_MODES", "EDGE_POSITIONS",
+    "correct_mask",
+    "correct_mask_iter",
+    "run_correction",
+    "CorrectionProgress",
+    "ObjectCorrection",
+    "CORRECTION_MODES",
+    "VOLUME_MODES",
+    "STACK_MODES",
+    "EDGE_POSITIONS",
 ]
 
 CORRECTION_MODES = ("objects", "semantic")
@@ -112,8 +119,9 @@ def _check_mask(mask, spatial_shape) -> np.ndarray:
     return m.astype(np.int64, copy=False)
 
 
-def _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
-                  em_rounds, max_num_iter):
+def _check_params(
+    mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight, em_rounds, max_num_iter
+):
     if mode not in CORRECTION_MODES:
         raise ValueError(f"mode must be one of {CORRECTION_MODES}, got {mode!r}")
     if similarity not in COLOUR_SIMILARITIES:
@@ -210,11 +218,11 @@ def correct_mask_iter(
     (``StopIteration.value``). Stopping the generator early (e.g. a Cancel button)
     leaves the inputs untouched. Parameters: see :func:`correct_mask`.
     """
-    _check_params(mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight,
-                  em_rounds, max_num_iter)
+    _check_params(
+        mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight, em_rounds, max_num_iter
+    )
     _check_modes(stack_mode, edge_position)
-    volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance,
-                                                       area_tolerance)
+    volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance)
     _check_object_params(mask_weight, smooth, band)
     features = prepare_image(image, channel_axis)
     if edge_position is None:  # as annotated: the outer rim of fluorescence, the gradient of stained nuclei
@@ -225,14 +233,26 @@ def correct_mask_iter(
     solver_kw = dict(epsilon=epsilon, tv_weight=tv_weight, edge=edge, max_num_iter=max_num_iter)
     if mode == "semantic":
         kw = dict(volume_factor=volume_factor, volume_tolerance=volume_tolerance, em_rounds=em_rounds, seed=seed)
-        gen = semantic_iter(features, m, model_prob, similarity=similarity, device=device, out_dtype=out_dtype,
-                            **kw, **solver_kw)
+        gen = semantic_iter(
+            features, m, model_prob, similarity=similarity, device=device, out_dtype=out_dtype, **kw, **solver_kw
+        )
         return (yield from _relay(gen))
 
     volume_kw = dict(volume_mode=volume_mode, volume_factor=volume_factor, area_tolerance=area_tolerance)
     object_kw = dict(band=None if band is None else int(band), margin=margin, mask_weight=mask_weight, smooth=smooth)
-    gen = _objects_iter(features, m, stack_mode=stack_mode, out_dtype=out_dtype, report=report, prob=model_prob,
-                        fill_holes=fill_holes, edge_position=edge_position, **object_kw, **volume_kw, **solver_kw)
+    gen = _objects_iter(
+        features,
+        m,
+        stack_mode=stack_mode,
+        out_dtype=out_dtype,
+        report=report,
+        prob=model_prob,
+        fill_holes=fill_holes,
+        edge_position=edge_position,
+        **object_kw,
+        **volume_kw,
+        **solver_kw,
+    )
     return (yield from gen)
 
 
@@ -269,8 +289,9 @@ def _objects_iter(features, m, *, stack_mode, out_dtype, report, **engine_kw):
     engine = correct_objects_iter(features, compact, ids, slices, planes=planes, **engine_kw)
     out, rep = yield from _relay(engine)
     if report is not None:
-        report.extend(ObjectCorrection(int(values[r.label]), r.area_before, r.area_after, r.status, r.moved_px)
-                      for r in rep)
+        report.extend(
+            ObjectCorrection(int(values[r.label]), r.area_before, r.area_after, r.status, r.moved_px) for r in rep
+        )
     return values[out].astype(out_dtype)
 
 
@@ -432,17 +453,38 @@ def correct_mask(
 ) -> np.ndarray:
     """Snap a rough label mask to the image's boundaries (docstring: ``_CORRECT_MASK_DOC``, set below)."""
     gen = correct_mask_iter(
-        image, mask, channel_axis=channel_axis, mode=mode, volume_mode=volume_mode, volume_factor=volume_factor,
-        area_tolerance=area_tolerance, volume_tolerance=volume_tolerance, band=band, margin=margin,
-        epsilon=epsilon, tv_weight=tv_weight, edge=edge, evidence=evidence, similarity=similarity, em_rounds=em_rounds,
-        mask_weight=mask_weight, fill_holes=fill_holes, smooth=smooth, max_num_iter=max_num_iter, seed=seed,
-        device=device, report=report, stack_mode=stack_mode, edge_position=edge_position,
+        image,
+        mask,
+        channel_axis=channel_axis,
+        mode=mode,
+        volume_mode=volume_mode,
+        volume_factor=volume_factor,
+        area_tolerance=area_tolerance,
+        volume_tolerance=volume_tolerance,
+        band=band,
+        margin=margin,
+        epsilon=epsilon,
+        tv_weight=tv_weight,
+        edge=edge,
+        evidence=evidence,
+        similarity=similarity,
+        em_rounds=em_rounds,
+        mask_weight=mask_weight,
+        fill_holes=fill_holes,
+        smooth=smooth,
+        max_num_iter=max_num_iter,
+        seed=seed,
+        device=device,
+        report=report,
+        stack_mode=stack_mode,
+        edge_position=edge_position,
     )
     return run_correction(gen, progress, should_stop)
 
 
-def run_correction(gen, progress: Optional[Callable[[int, int], None]] = None,
-                   should_stop: Optional[Callable[[], bool]] = None):
+def run_correction(
+    gen, progress: Optional[Callable[[int, int], None]] = None, should_stop: Optional[Callable[[], bool]] = None
+):
     """Drive a :func:`correct_mask_iter` generator to its end and return its result:
     ``progress(done, total)`` after every step, ``InterruptedError`` when ``should_stop()``."""
     while True:

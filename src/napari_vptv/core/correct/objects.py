@@ -105,8 +105,9 @@ def _crops(compact, ids, slices, margin, planes=False):
     return out
 
 
-def _prepare(crop, feat, prob, *, band, mask_weight, volume_mode, target_factor, area_tolerance,
-             edge, edge_beta, edge_position):
+def _prepare(
+    crop, feat, prob, *, band, mask_weight, volume_mode, target_factor, area_tolerance, edge, edge_beta, edge_position
+):
     """Costs, edge weight and area bounds of one crop (sets ``crop.status`` if skipped)."""
     area = int(crop.obj.sum())
     band = object_band(area, crop.obj.ndim, band)
@@ -188,8 +189,14 @@ def _solve_group(group, *, volume_mode, epsilon, tv_weight, max_num_iter):
     else:
         kw["volumes"] = torch.from_numpy(np.stack([1 - lo, lo], 1))
     with torch.no_grad():
-        state = vptv_iterate(cost_t, epsilon=epsilon, tv_weight=tv_weight, edge_weight=torch.from_numpy(edge),
-                             max_num_iter=max_num_iter, **kw)
+        state = vptv_iterate(
+            cost_t,
+            epsilon=epsilon,
+            tv_weight=tv_weight,
+            edge_weight=torch.from_numpy(edge),
+            max_num_iter=max_num_iter,
+            **kw,
+        )
     u1 = state.u[:, 1].numpy()
     return [u1[(i,) + tuple(slice(0, s) for s in c.obj.shape)] for i, c in enumerate(group)]
 
@@ -258,10 +265,29 @@ def _paste(out, best, crop, new, u1):
     bview[take] = u1[take]
 
 
-def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interval", volume_factor=1.0,
-                    area_tolerance=None, band=None, margin=None, mask_weight=0.15, epsilon=0.01, tv_weight=0.05,
-                    edge=True, edge_beta=10.0, smooth=1.0, fill_holes=True, max_num_iter=300, prob=None,
-                    planes=False, edge_position="gradient"):
+def correct_objects_iter(
+    features,
+    compact,
+    ids,
+    slices,
+    *,
+    volume_mode="interval",
+    volume_factor=1.0,
+    area_tolerance=None,
+    band=None,
+    margin=None,
+    mask_weight=0.15,
+    epsilon=0.01,
+    tv_weight=0.05,
+    edge=True,
+    edge_beta=10.0,
+    smooth=1.0,
+    fill_holes=True,
+    max_num_iter=300,
+    prob=None,
+    planes=False,
+    edge_position="gradient",
+):
     """Correct all objects of ``compact`` (ids ``1..n``) together (a generator).
 
     Parameters: see :func:`napari_vptv.core.correct.mask.correct_mask`; ``planes=True``
@@ -279,14 +305,28 @@ def correct_objects_iter(features, compact, ids, slices, *, volume_mode="interva
     m = int(margin) if margin is not None else 2 * widest + 6
     crops = _crops(compact, ids, slices, m, planes)
     for c in crops:
-        _prepare(c, feats[(slice(None),) + c.sl], None if prob is None else prob[c.sl], band=band,
-                 mask_weight=mask_weight, volume_mode=volume_mode, target_factor=volume_factor,
-                 area_tolerance=area_tolerance, edge=edge, edge_beta=edge_beta, edge_position=edge_position)
+        _prepare(
+            c,
+            feats[(slice(None),) + c.sl],
+            None if prob is None else prob[c.sl],
+            band=band,
+            mask_weight=mask_weight,
+            volume_mode=volume_mode,
+            target_factor=volume_factor,
+            area_tolerance=area_tolerance,
+            edge=edge,
+            edge_beta=edge_beta,
+            edge_position=edge_position,
+        )
     groups = _batches(crops)
     results = {}
     for done, group in enumerate(groups, start=1):
-        for c, u1 in zip(group, _solve_group(group, volume_mode=volume_mode, epsilon=epsilon,
-                                             tv_weight=tv_weight, max_num_iter=max_num_iter)):
+        for c, u1 in zip(
+            group,
+            _solve_group(
+                group, volume_mode=volume_mode, epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter
+            ),
+        ):
             results[c.index] = u1
         yield done, len(groups)
     out = _assemble(compact, crops, results, fill_holes, volume_mode == "interval")

@@ -64,8 +64,9 @@ def _prob_cost(p_classes):
 
 
 # ----------------------------------------------------------------------------- solver
-def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device,
-           domain=None):
+def _solve(
+    features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, max_num_iter, seed, device, domain=None
+):
     """VPTV labels of a crop; two classes are rounded by a quantile of ``u_1``.
 
     For two classes the volume-respecting rounding of
@@ -120,8 +121,23 @@ def _solve(features, cost, volumes, volume_tolerance, epsilon, tv_weight, edge, 
     return labels.reshape(u1.shape)
 
 
-def semantic_iter(features, m, model_prob, *, volume_factor, volume_tolerance, similarity, em_rounds,
-                  epsilon, tv_weight, edge, max_num_iter, seed, device, out_dtype):
+def semantic_iter(
+    features,
+    m,
+    model_prob,
+    *,
+    volume_factor,
+    volume_tolerance,
+    similarity,
+    em_rounds,
+    epsilon,
+    tv_weight,
+    edge,
+    max_num_iter,
+    seed,
+    device,
+    out_dtype,
+):
     """Semantic mode (a generator): yields ``(done, total)`` after every solver pass,
     returns (``StopIteration.value``) the corrected class labels."""
     spatial = features.shape[1:]

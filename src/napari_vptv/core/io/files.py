@@ -69,6 +69,7 @@ __all__ = [
 #: File suffixes treated as images by :func:`list_images`.
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
+
 def write_labels(
     path: PathLike,
     labels: np.ndarray,
@@ -122,10 +123,7 @@ def write_labels(
         suffix = ".png" if vmax <= 255 else ".tif"
         p = p.with_name(p.name + suffix)
     if suffix not in (".png",) + TIFF_SUFFIXES:
-        raise ValueError(
-            f"Cannot write labels to '{p}': use a .png or .tif file "
-            "(lossless formats only)."
-        )
+        raise ValueError(f"Cannot write labels to '{p}': use a .png or .tif file (lossless formats only).")
     p.parent.mkdir(parents=True, exist_ok=True)
 
     if suffix == ".png":
@@ -281,8 +279,7 @@ def load_wbc_dataset(
     for d in (root, img_dir, mask_dir):
         if not d.is_dir():
             raise FileNotFoundError(
-                f"WBC data set folder '{d}' does not exist "
-                "(expected <root>/images/NNN.png and <root>/masks/NNN.png)."
+                f"WBC data set folder '{d}' does not exist (expected <root>/images/NNN.png and <root>/masks/NNN.png)."
             )
     images = {f.stem: f for f in list_images(img_dir)}
     masks = {f.stem: f for f in list_images(mask_dir)}
@@ -298,15 +295,10 @@ def load_wbc_dataset(
     out = []
     for key in wanted:
         if key not in masks:
-            raise FileNotFoundError(
-                f"Image '{images[key]}' has no mask in '{mask_dir}'."
-            )
+            raise FileNotFoundError(f"Image '{images[key]}' has no mask in '{mask_dir}'.")
         img = _as_rgb_uint8(read_image(images[key]), images[key])
         mask = read_mask(masks[key], n_classes=3, style="wbc")
         if mask.shape != img.shape[:2]:
-            raise ValueError(
-                f"Mask '{masks[key]}' has shape {mask.shape}, "
-                f"image has {img.shape[:2]}."
-            )
+            raise ValueError(f"Mask '{masks[key]}' has shape {mask.shape}, image has {img.shape[:2]}.")
         out.append((key, img, mask))
     return out

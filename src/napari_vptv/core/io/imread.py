@@ -41,7 +41,9 @@ def check_file(path: PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         if p.is_symlink():
-            raise FileNotFoundError(f"{what} file '{p}' is a symbolic link that cannot be followed (loop or missing target).")
+            raise FileNotFoundError(
+                f"{what} file '{p}' is a symbolic link that cannot be followed (loop or missing target)."
+            )
         raise FileNotFoundError(f"{what} file '{p}' does not exist.")
     if p.is_dir():
         raise ValueError(f"{what} path '{p}' is a directory, not a file.")
@@ -113,8 +115,10 @@ def _read_pillow(p: Path, notes: List[str], palette: str) -> np.ndarray:
     with Image.open(p) as im:
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
-            raise _Refused(f"has {frames} frames (an animation or multi-page file); only single-frame "
-                           "images are read: save the frames as a multi-page TIFF")
+            raise _Refused(
+                f"has {frames} frames (an animation or multi-page file); only single-frame "
+                "images are read: save the frames as a multi-page TIFF"
+            )
         im.load()
         mode = im.mode
         if mode in ("P", "PA"):
@@ -199,8 +203,10 @@ def _read_tiff(p: Path, notes: List[str], for_mask: bool = False) -> np.ndarray:
     kinds = sorted({(a.shape, a.dtype.name) for a in arrays})
     if len(kinds) > 1:
         shown = ", ".join(f"{s} {d}" for s, d in kinds[:4])
-        raise _Refused(f"holds {len(arrays)} images of different shapes or types ({shown}); "
-                       "save each image in its own file or all pages with one shape")
+        raise _Refused(
+            f"holds {len(arrays)} images of different shapes or types ({shown}); "
+            "save each image in its own file or all pages with one shape"
+        )
     notes.append(f"{len(arrays)} TIFF series (pages written one by one) read as a stack of {len(arrays)}")
     return np.stack(arrays)
 
@@ -230,8 +236,11 @@ def _series_array(series, notes: List[str], for_mask: bool = False) -> np.ndarra
         arr = _cmyk_to_rgb(arr)
         notes.append("CMYK TIFF converted to RGB")
     elif photometric == _MINISWHITE:
-        arr = ~arr if arr.dtype == bool else (np.iinfo(arr.dtype).max - arr if arr.dtype.kind in "ui"
-                                              else arr.max() - arr)
+        arr = (
+            ~arr
+            if arr.dtype == bool
+            else (np.iinfo(arr.dtype).max - arr if arr.dtype.kind in "ui" else arr.max() - arr)
+        )
         notes.append("min-is-white TIFF inverted (0 = black)")
     elif photometric == _RGB and rgb and arr.shape[-1] == 4:
         arr = arr[..., :3]

@@ -293,8 +293,11 @@ def index_masks(masks_dir: PathLike, suffixes: Sequence[str]) -> Dict[str, List[
     return found
 
 
-def find_mask(image: PathLike, masks: Union[PathLike, Dict[str, List[Path]]],
-              suffixes: Sequence[str] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")) -> Optional[Path]:
+def find_mask(
+    image: PathLike,
+    masks: Union[PathLike, Dict[str, List[Path]]],
+    suffixes: Sequence[str] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"),
+) -> Optional[Path]:
     """The mask of ``image`` in a folder (or an index from :func:`index_masks`), or None.
 
     A mask has the image's stem plus one of :data:`MASK_NAME_SUFFIXES`, with any
@@ -308,8 +311,9 @@ def find_mask(image: PathLike, masks: Union[PathLike, Dict[str, List[Path]]],
         if found and len(found) > 1:
             names = " and ".join(f"'{f.name}'" for f in found)
             count = "two" if len(found) == 2 else str(len(found))
-            raise ValueError(f"image '{Path(image).name}' has {count} masks, {names}, in "
-                             f"'{found[0].parent}'; remove or rename one")
+            raise ValueError(
+                f"image '{Path(image).name}' has {count} masks, {names}, in '{found[0].parent}'; remove or rename one"
+            )
         if found:
             return found[0]
     return None

@@ -65,9 +65,7 @@ def _key(sample_id: Union[str, int]) -> str:
     if s.isdigit():
         s = f"{int(s):03d}"
     if s not in SAMPLES:
-        raise ValueError(
-            f"Unknown sample id {sample_id!r}; available: {', '.join(SAMPLES)}."
-        )
+        raise ValueError(f"Unknown sample id {sample_id!r}; available: {', '.join(SAMPLES)}.")
     return s
 
 

@@ -90,7 +90,7 @@ class TiffFrames:
             key = (key,)
         if any(k is Ellipsis for k in key):
             i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (self.ndim - len(key))
         if not self._per_page:
             import tifffile
@@ -157,7 +157,7 @@ def _contiguous_offset(key, shape):
             starts.append(int(k) % n)
             lengths.append(1)
     starts += [0] * (len(shape) - len(starts))
-    lengths += list(shape[len(lengths):])
+    lengths += list(shape[len(lengths) :])
     if 0 in lengths:
         return None
     # contiguous: after the first axis with more than one element, every axis is whole
@@ -210,7 +210,7 @@ class _TiffFileTarget:
 
     def read(self, index: Tuple[int, ...]) -> np.ndarray:
         """Read ``array[index]`` (leading integer indices) with a plain file read."""
-        piece = self.shape[len(index):]
+        piece = self.shape[len(index) :]
         start = int(np.ravel_multi_index(tuple(index) + (0,) * len(piece), self.shape))
         count = int(np.prod(piece, dtype=np.int64))
         with open(self.path, "rb") as fh:

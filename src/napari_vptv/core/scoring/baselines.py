@@ -98,7 +98,9 @@ def _onehot_t(labels, n_classes, x_t):
 # --------------------------------------------------------------------------- #
 # k-means
 # --------------------------------------------------------------------------- #
-def kmeans_segment(image, n_classes: int = 2, *, channel_axis: Optional[int] = None, seed: int = 0) -> SegmentationResult:
+def kmeans_segment(
+    image, n_classes: int = 2, *, channel_axis: Optional[int] = None, seed: int = 0
+) -> SegmentationResult:
     """k-means segmentation of the pixel intensities (or colours).
 
     Parameters
@@ -198,8 +200,9 @@ def emtv_segment(
     loop = {"tv_weight": tv_weight, "max_num_iter": max_num_iter, "tol": tol, "inner_num_iter": inner_num_iter}
     u, n_iter, converged = _emtv_iterate(mixture, callback=callback, **loop)
     spec = make_volume_spec(k, "none")
-    return SegmentationResult.from_arrays(u.argmax(axis=0), u, n_iter=n_iter, converged=converged,
-                                          class_model=mixture.model, volume_spec=spec)
+    return SegmentationResult.from_arrays(
+        u.argmax(axis=0), u, n_iter=n_iter, converged=converged, class_model=mixture.model, volume_spec=spec
+    )
 
 
 def _check_emtv_settings(tv_weight, max_num_iter) -> None:
@@ -340,8 +343,10 @@ def _threshold_dynamics(
             cost = _model_cost(model, x).reshape(k, n)
         if mu2 > 0:
             conv = np.stack(
-                [gaussian_filter((labels == i).reshape(spatial).astype(np.float64), sigma, mode="reflect").ravel()
-                 for i in range(k)]
+                [
+                    gaussian_filter((labels == i).reshape(spatial).astype(np.float64), sigma, mode="reflect").ravel()
+                    for i in range(k)
+                ]
             )
             c = cost - mu2 * conv
         else:
@@ -420,9 +425,18 @@ def tds_segment(
     """
     k = _check_n_classes(n_classes)
     labels, it, conv, model = _threshold_dynamics(
-        image, k, counts=None, tv_weight=tv_weight, sigma=sigma, similarity=similarity,
-        update_means=update_means, max_num_iter=max_num_iter, channel_axis=channel_axis,
-        seed=seed, callback=callback, auction_kwargs={},
+        image,
+        k,
+        counts=None,
+        tv_weight=tv_weight,
+        sigma=sigma,
+        similarity=similarity,
+        update_means=update_means,
+        max_num_iter=max_num_iter,
+        channel_axis=channel_axis,
+        seed=seed,
+        callback=callback,
+        auction_kwargs={},
     )
     return _hard_result(labels, k, it, conv, model, make_volume_spec(k, "none"))
 

@@ -49,8 +49,10 @@ def pair_images_and_masks(images_dir, masks_dir) -> List[Tuple[Path, Path]]:
     stems: Dict[str, Path] = {}
     for img in images:
         if img.stem in stems:
-            raise ValueError(f"images '{printable(stems[img.stem].name)}' and '{printable(img.name)}' in "
-                             f"'{printable(images_dir)}' have one stem; their masks cannot be told apart: rename one")
+            raise ValueError(
+                f"images '{printable(stems[img.stem].name)}' and '{printable(img.name)}' in "
+                f"'{printable(images_dir)}' have one stem; their masks cannot be told apart: rename one"
+            )
         stems[img.stem] = img
     masks = index_masks(masks_dir, IMAGE_SUFFIXES)
     pairs = []

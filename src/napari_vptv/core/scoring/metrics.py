@@ -37,10 +37,7 @@ def _check_pair(labels, truth):
     labels = _as_labels(labels, "labels")
     truth = _as_labels(truth, "truth")
     if labels.shape != truth.shape:
-        raise ValueError(
-            f"labels and truth must have the same shape; got {labels.shape} "
-            f"and {truth.shape}."
-        )
+        raise ValueError(f"labels and truth must have the same shape; got {labels.shape} and {truth.shape}.")
     if labels.size == 0:
         raise ValueError("labels and truth are empty.")
     return labels, truth
@@ -53,9 +50,7 @@ def _n_classes(n_classes: Optional[int], *arrays: np.ndarray) -> int:
     if n_classes < 1:
         raise ValueError(f"n_classes must be at least 1; got {n_classes}.")
     if top > n_classes:
-        raise ValueError(
-            f"labels contain class {top - 1}, which is not below n_classes={n_classes}."
-        )
+        raise ValueError(f"labels contain class {top - 1}, which is not below n_classes={n_classes}.")
     return int(n_classes)
 
 

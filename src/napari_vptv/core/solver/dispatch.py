@@ -95,8 +95,9 @@ def choose_backend(backend: str, cost, *, needs_grad: bool = False) -> Tuple[str
         return "reference", "asked for (backend='reference')"
     if needs_grad:
         if backend != "auto":
-            raise ValueError(f"backend {backend!r} gives no gradient, but an input requires one: "
-                             "use backend='reference' or 'auto'")
+            raise ValueError(
+                f"backend {backend!r} gives no gradient, but an input requires one: use backend='reference' or 'auto'"
+            )
         return "reference", "a gradient is needed (grad mode on and an input requires grad)"
     why_not = unavailable_because(cost)
     if backend == "numba":

@@ -145,7 +145,7 @@ class FastVPTV:
             return s.copy_(u)
         torch.add(u[:, 0:1], u[:, 1:2], out=s)
         for i in range(2, self.k):
-            s.add_(u[:, i:i + 1])
+            s.add_(u[:, i : i + 1])
         return s
 
     def reweight(self, u: torch.Tensor, log_w: torch.Tensor) -> None:
@@ -216,8 +216,9 @@ def run_torch(solver: FastVPTV, f_lower: torch.Tensor, f_upper: torch.Tensor, se
         if settings.check_at(it):
             converged = solver.rms_change() < settings.tol
             if volume is not None:
-                converged = converged & (volume.residual(u.mean(dim=solver.spatial_dims)).amax(dim=1)
-                                         < settings.volume_tol)
+                converged = converged & (
+                    volume.residual(u.mean(dim=solver.spatial_dims)).amax(dim=1) < settings.volume_tol
+                )
             if bool(converged.all()):
                 break
         solver.swap()

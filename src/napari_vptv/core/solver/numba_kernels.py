@@ -127,9 +127,11 @@ def _mxcsr_call(builder, name, slot):
 
 
 if _X86:
+
     @intrinsic
     def _mxcsr_get(typingctx):
         """The x86 SSE/AVX control and status register (MXCSR) of this thread."""
+
         def codegen(context, builder, signature, args):
             slot = cgutils.alloca_once(builder, ir.IntType(32))
             _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", slot)
@@ -140,6 +142,7 @@ if _X86:
     @intrinsic
     def _mxcsr_set(typingctx, value):
         """Load ``value`` into MXCSR."""
+
         def codegen(context, builder, signature, args):
             slot = cgutils.alloca_once(builder, ir.IntType(32))
             builder.store(args[0], slot)
@@ -148,6 +151,7 @@ if _X86:
 
         return types.none(types.uint32), codegen
 else:  # other CPUs: denormals are left as they are
+
     @numba.njit(inline="always")
     def _mxcsr_get():
         return np.uint32(0)
@@ -196,8 +200,12 @@ def _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z):
             continue
         if 0 < i < h - 1:
             for j in range(w):
-                z[k, j] = (neg_cost[n, i, k, j] + fk - div[dn, 0, di, j] * p[n, i, k, 0, j]
-                           + div[dn, 0, du, j] * p[n, i - 1, k, 0, j])
+                z[k, j] = (
+                    neg_cost[n, i, k, j]
+                    + fk
+                    - div[dn, 0, di, j] * p[n, i, k, 0, j]
+                    + div[dn, 0, du, j] * p[n, i - 1, k, 0, j]
+                )
         elif i == 0 and h > 1:
             for j in range(w):
                 z[k, j] = neg_cost[n, i, k, j] + fk - div[dn, 0, di, j] * p[n, i, k, 0, j]
@@ -328,11 +336,13 @@ def _dual_row(u, p, step, n, i, scale):
     for k in range(k_cls):
         if i < h - 1:
             for j in range(w):
-                p[n, i, k, 0, j] = (p[n, i, k, 0, j] - step[sn, 0, si, j] * u[n, i + 1, k, j]
-                                    + step[sn, 0, si, j] * u[n, i, k, j])
+                p[n, i, k, 0, j] = (
+                    p[n, i, k, 0, j] - step[sn, 0, si, j] * u[n, i + 1, k, j] + step[sn, 0, si, j] * u[n, i, k, j]
+                )
         for j in range(w - 1):
-            p[n, i, k, 1, j] = (p[n, i, k, 1, j] - step[sn, 0, si, j] * u[n, i, k, j + 1]
-                                + step[sn, 0, si, j] * u[n, i, k, j])
+            p[n, i, k, 1, j] = (
+                p[n, i, k, 1, j] - step[sn, 0, si, j] * u[n, i, k, j + 1] + step[sn, 0, si, j] * u[n, i, k, j]
+            )
         for j in range(w):
             norm = p[n, i, k, 0, j] * p[n, i, k, 0, j] + p[n, i, k, 1, j] * p[n, i, k, 1, j]
             if norm < _ONE:
@@ -344,8 +354,25 @@ def _dual_row(u, p, step, n, i, scale):
 
 
 @_jit
-def fused_pass(neg_cost, f_lower, f_upper, inv_eps, p, div, step, has_tv, weight, reweight, check, next_softmax,
-               s, u, mass_u, sq_change, mass_s):
+def fused_pass(
+    neg_cost,
+    f_lower,
+    f_upper,
+    inv_eps,
+    p,
+    div,
+    step,
+    has_tv,
+    weight,
+    reweight,
+    check,
+    next_softmax,
+    s,
+    u,
+    mass_u,
+    sq_change,
+    mass_s,
+):
     """One iteration of Algorithm 1 after its softmax, and the softmax of the next, in
     one sweep over the rows.
 
@@ -366,7 +393,11 @@ def fused_pass(neg_cost, f_lower, f_upper, inv_eps, p, div, step, has_tv, weight
     """
     n_img, h, k_cls, w = s.shape
     z, zmax, total = np.empty((k_cls, w), np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
-    acc_u, acc_s, acc_sq = np.zeros((k_cls, w), np.float32), np.zeros((k_cls, w), np.float32), np.zeros((1, w), np.float32)
+    acc_u, acc_s, acc_sq = (
+        np.zeros((k_cls, w), np.float32),
+        np.zeros((k_cls, w), np.float32),
+        np.zeros((1, w), np.float32),
+    )
     sum_u, sum_s, sum_sq = np.zeros((k_cls, w)), np.zeros((k_cls, w)), np.zeros((1, w))
     mode = _mxcsr_get()
     _mxcsr_set(mode | _FTZ_DAZ)
@@ -381,8 +412,9 @@ def fused_pass(neg_cost, f_lower, f_upper, inv_eps, p, div, step, has_tv, weight
                 if has_tv:
                     _dual_row(u, p, step, n, i - 1, zmax)
                 if next_softmax:
-                    _softmax_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i - 1, z, zmax, total, s,
-                                 acc_s)
+                    _softmax_row(
+                        neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i - 1, z, zmax, total, s, acc_s
+                    )
             if i % _FLUSH_ROWS == 0 or i == h:
                 _flush(acc_u, sum_u)
                 _flush(acc_s, sum_s)

@@ -80,8 +80,17 @@ def rounding_steps_at_zero(cost: torch.Tensor, lower, upper, epsilons, volume_to
     (:func:`~napari_vptv.core.solver.numba_kernels.tempered_masses`) instead of one torch softmax
     each; 0 (nothing skipped) where the kernels do not apply (not CPU float32 2-D
     contiguous, no numba)."""
-    if not (NUMBA_AVAILABLE and cost.device.type == "cpu" and cost.dtype == torch.float32 and cost.ndim == 4
-            and cost.is_contiguous() and not cost.requires_grad) or kernels() is None:
+    if (
+        not (
+            NUMBA_AVAILABLE
+            and cost.device.type == "cpu"
+            and cost.dtype == torch.float32
+            and cost.ndim == 4
+            and cost.is_contiguous()
+            and not cost.requires_grad
+        )
+        or kernels() is None
+    ):
         return 0
     eps = np.asarray(epsilons, np.float32)
     sums = np.zeros((len(eps),) + tuple(cost.shape[:2]))
@@ -219,8 +228,25 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
         check = settings.check_at(it)
         # the next softmax, unless the next iteration first updates the cost
         fresh = cost_update is None or it % update_every != 0
-        fused.fused_pass(neg_cost, f_lo, f_hi, inv_eps, p, div, step, has_tv, weight, volume is not None,
-                           check, fresh, s, u, mass_u, sq_change, mass_s)
+        fused.fused_pass(
+            neg_cost,
+            f_lo,
+            f_hi,
+            inv_eps,
+            p,
+            div,
+            step,
+            has_tv,
+            weight,
+            volume is not None,
+            check,
+            fresh,
+            s,
+            u,
+            mass_u,
+            sq_change,
+            mass_s,
+        )
         if callback is not None:
             callback(it, _class_view(u))
         if check:
@@ -234,5 +260,11 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
         softmax()
     if has_tv:
         solver.q_final = _final_q(solver, p)
-    return (_class_view(s).contiguous(), torch.from_numpy(f_lo), torch.from_numpy(f_hi), cost, it,
-            torch.from_numpy(converged))
+    return (
+        _class_view(s).contiguous(),
+        torch.from_numpy(f_lo),
+        torch.from_numpy(f_hi),
+        cost,
+        it,
+        torch.from_numpy(converged),
+    )

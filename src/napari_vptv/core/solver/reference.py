@@ -194,12 +194,22 @@ class VPTVState:
 
 
 def vptv_iterate(
-    cost: torch.Tensor, *,
-    volumes=None, volume_bounds=None,
-    epsilon: float = 0.01, tv_weight: float = 0.0, edge_weight: Optional[torch.Tensor] = None, tau: Optional[float] = None,
-    max_num_iter: int = 300, tol: float = 1e-3, volume_tol: float = 1e-3, check_every: Optional[int] = None,
-    cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, update_every: int = 10,
-    callback: Optional[Callable[[int, torch.Tensor], None]] = None, state: Optional[VPTVState] = None,
+    cost: torch.Tensor,
+    *,
+    volumes=None,
+    volume_bounds=None,
+    epsilon: float = 0.01,
+    tv_weight: float = 0.0,
+    edge_weight: Optional[torch.Tensor] = None,
+    tau: Optional[float] = None,
+    max_num_iter: int = 300,
+    tol: float = 1e-3,
+    volume_tol: float = 1e-3,
+    check_every: Optional[int] = None,
+    cost_update: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    update_every: int = 10,
+    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    state: Optional[VPTVState] = None,
     backend: str = "auto",
 ) -> VPTVState:
     """Run Algorithm 1 on a batch of cost maps.
@@ -252,18 +262,23 @@ def vptv_iterate(
     volume = VolumeRule.of(volumes, volume_bounds, cost, epsilon)
     bound = _dual_bound(cost, tv_weight, edge_weight)
     q, f_lower, f_upper = _initial_duals(cost, tv_weight, state)
-    settings = LoopSettings(volume=volume, max_num_iter=int(max_num_iter), tol=float(tol),
-                            volume_tol=float(volume_tol), check_every=_check_interval(check_every, cost.device),
-                            cost_update=cost_update, update_every=int(update_every), callback=callback)
+    settings = LoopSettings(
+        volume=volume,
+        max_num_iter=int(max_num_iter),
+        tol=float(tol),
+        volume_tol=float(volume_tol),
+        check_every=_check_interval(check_every, cost.device),
+        cost_update=cost_update,
+        update_every=int(update_every),
+        callback=callback,
+    )
     return _run_loop(cost, q, bound, epsilon, tau, f_lower, f_upper, settings, backend)
 
 
 def _check_arguments(cost, epsilon, tv_weight, volumes, volume_bounds):
     """The argument checks of :func:`vptv_iterate` that need no volume parsing."""
     if cost.ndim < 4:
-        raise ValueError(
-            f"cost must have shape (N, K, *spatial) with 2 or 3 spatial axes, got {tuple(cost.shape)}"
-        )
+        raise ValueError(f"cost must have shape (N, K, *spatial) with 2 or 3 spatial axes, got {tuple(cost.shape)}")
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     if tv_weight < 0:
@@ -316,8 +331,9 @@ def _run_loop(cost, q, bound, epsilon, tau, f_lower, f_upper, settings, backend)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
     name, reason = choose_backend(backend, cost, needs_grad=needs_grad)
     if name == "reference":
-        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(cost, q, bound, epsilon, tau,
-                                                                            f_lower, f_upper, settings)
+        u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(
+            cost, q, bound, epsilon, tau, f_lower, f_upper, settings
+        )
     else:
         from .fast import FastVPTV, run_torch
         from .numba_loop import run_numba

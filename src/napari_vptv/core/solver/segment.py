@@ -71,8 +71,9 @@ class SegmentationResult:
     info: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_arrays(cls, labels, probabilities, *, n_iter, converged, class_model=None,
-                    volume_spec: VolumeSpec, state=None) -> "SegmentationResult":
+    def from_arrays(
+        cls, labels, probabilities, *, n_iter, converged, class_model=None, volume_spec: VolumeSpec, state=None
+    ) -> "SegmentationResult":
         """Build a result from labels and ``(K, *spatial)`` probabilities; the achieved
         ``volumes`` (label fractions) and ``soft_volumes`` (``mean_x u_i``) are derived."""
         labels = np.asarray(labels).astype(np.int32)
@@ -100,9 +101,7 @@ def prepare_image(image, channel_axis=None) -> np.ndarray:
     for empty images, NaN / infinite values, unsupported dtypes or shapes.
     """
     arr = np.asarray(image)
-    if arr.dtype == object or np.iscomplexobj(arr) or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-    ):
+    if arr.dtype == object or np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"image must be a real-valued numeric array, got dtype {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"image is empty (shape {arr.shape})")
@@ -120,8 +119,7 @@ def prepare_image(image, channel_axis=None) -> np.ndarray:
         raise ValueError(f"image is too small to segment: spatial shape {arr.shape[1:]}")
     if arr.shape[0] > 4:
         raise ValueError(
-            f"image has {arr.shape[0]} channels on channel_axis={channel_axis}; expected 1-4 "
-            "(is channel_axis right?)"
+            f"image has {arr.shape[0]} channels on channel_axis={channel_axis}; expected 1-4 (is channel_axis right?)"
         )
     if arr.dtype == np.uint8:
         out = arr.astype(np.float32) / 255.0
@@ -160,8 +158,12 @@ def _initial_model(features, n_classes, similarity, class_model, seed):
 
         assign = kmeans_labels(pixels, means)
         covs = np.stack(
-            [np.atleast_2d(np.cov(pixels[assign == i].T)) if np.sum(assign == i) > 1 else np.eye(pixels.shape[1]) * 1e-2
-             for i in range(n_classes)]
+            [
+                np.atleast_2d(np.cov(pixels[assign == i].T))
+                if np.sum(assign == i) > 1
+                else np.eye(pixels.shape[1]) * 1e-2
+                for i in range(n_classes)
+            ]
         )
         model = GaussianModel(means, covs, similarity)
     return model
@@ -225,9 +227,21 @@ def vptv_segment(
     n_classes, spec = _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, given)
     c0, model, em = _initial_cost(features, given, n_classes, similarity, class_model, seed, em_update, device)
     edge_map = _edge_map(features, edge_sigma, edge_beta, device) if edge and tv_weight > 0 else None
-    state = _solve(c0, spec, warm_start, epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, tol=tol,
-                   volume_tol=volume_tol, cost_update=em, update_every=update_every, callback=callback,
-                   backend=backend, edge_weight=edge_map)
+    state = _solve(
+        c0,
+        spec,
+        warm_start,
+        epsilon=epsilon,
+        tv_weight=tv_weight,
+        max_num_iter=max_num_iter,
+        tol=tol,
+        volume_tol=volume_tol,
+        cost_update=em,
+        update_every=update_every,
+        callback=callback,
+        backend=backend,
+        edge_weight=edge_map,
+    )
     return _result(state, spec, rounding, model if em is None else em.model)
 
 
@@ -282,7 +296,7 @@ def _volume_spec(n_classes, volume_mode, volumes, volume_bounds, class_model, gi
             n_classes = given.shape[0]
         else:
             n_classes = 2
-    lower, upper = (volume_bounds if volume_bounds is not None else (None, None))
+    lower, upper = volume_bounds if volume_bounds is not None else (None, None)
     spec = make_volume_spec(n_classes, volume_mode, volumes, lower, upper)
     if given is not None and given.shape[0] != n_classes:
         raise ValueError(f"cost/probabilities have {given.shape[0]} classes, but n_classes is {n_classes}")
@@ -332,8 +346,22 @@ def _edge_map(features, sigma, beta, device):
     return torch.from_numpy(edge_weight(features, sigma=sigma, beta=beta, channel_axis=0)).to(torch.device(device))
 
 
-def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_iter, tol, volume_tol,
-           cost_update, update_every, callback, backend):
+def _solve(
+    cost,
+    spec,
+    warm_start,
+    *,
+    epsilon,
+    tv_weight,
+    edge_weight,
+    max_num_iter,
+    tol,
+    volume_tol,
+    cost_update,
+    update_every,
+    callback,
+    backend,
+):
     """Run Algorithm 1 (:func:`~napari_vptv.core.solver.reference.vptv_iterate`, no autograd) on
     ``cost`` ``(1, K, *spatial)`` under ``spec``; returns the final ``VPTVState``."""
     import torch
@@ -342,11 +370,14 @@ def _solve(cost, spec, warm_start, *, epsilon, tv_weight, edge_weight, max_num_i
 
     progress = None
     if callback is not None:
+
         def progress(it, u):
             callback(it, max_num_iter)
 
-    kwargs = {k: (torch.as_tensor(v) if not isinstance(v, tuple) else tuple(torch.as_tensor(b) for b in v))
-              for k, v in spec.solver_kwargs().items()}
+    kwargs = {
+        k: (torch.as_tensor(v) if not isinstance(v, tuple) else tuple(torch.as_tensor(b) for b in v))
+        for k, v in spec.solver_kwargs().items()
+    }
     init = _warm_state(warm_start, cost, tv_weight)
     with torch.no_grad():
         return vptv_iterate(
@@ -395,13 +426,16 @@ def _warm_state(warm_start, cost, tv_weight):
         raise ValueError("warm_start has no solver state (pass a SegmentationResult from vptv_segment)")
     if tuple(state.u.shape[1:]) != tuple(cost.shape[1:]):
         raise ValueError(
-            f"warm_start has shape {tuple(state.u.shape[1:])} (classes, *spatial), the problem "
-            f"{tuple(cost.shape[1:])}"
+            f"warm_start has shape {tuple(state.u.shape[1:])} (classes, *spatial), the problem {tuple(cost.shape[1:])}"
         )
     if (state.q is None) != (tv_weight == 0):
         return None  # TV switched on / off: nothing to reuse for q; f alone is not worth it
-    return state.__class__(**{k: (v.to(cost.device, cost.dtype) if hasattr(v, "to") and v.is_floating_point()
-                                  else v) for k, v in vars(state).items()})
+    return state.__class__(
+        **{
+            k: (v.to(cost.device, cost.dtype) if hasattr(v, "to") and v.is_floating_point() else v)
+            for k, v in vars(state).items()
+        }
+    )
 
 
 def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003, 0.001)):
@@ -434,8 +468,14 @@ def round_to_volumes(u, spec: VolumeSpec, epsilons=(0.3, 0.1, 0.03, 0.01, 0.003,
         return torch.from_numpy(labels.astype(np.int64)).reshape((n,) + tuple(u.shape[2:])).to(u.device)
 
     cost = -torch.log(torch.clamp(u, min=1e-12))
-    kwargs = {k: (torch.as_tensor(v, dtype=u.dtype) if not isinstance(v, tuple) else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v))
-              for k, v in spec.solver_kwargs().items()}
+    kwargs = {
+        k: (
+            torch.as_tensor(v, dtype=u.dtype)
+            if not isinstance(v, tuple)
+            else tuple(torch.as_tensor(b, dtype=u.dtype) for b in v)
+        )
+        for k, v in spec.solver_kwargs().items()
+    }
     # Safeguarded Newton on the volume dual per eps (core.solver.volume_step): a few passes
     # instead of up to 300 Sinkhorn steps per eps (1,700 on one WBC image).
     from .numba_loop import rounding_steps_at_zero

@@ -24,10 +24,7 @@ def _as_batch_volumes(v, cost, name):
     if v.ndim == 1:
         v = v.unsqueeze(0).expand(cost.shape[0], -1)
     if v.shape != cost.shape[:2]:
-        raise ValueError(
-            f"{name} must have shape (K,) or (N, K) = {tuple(cost.shape[:2])}, "
-            f"got {tuple(v.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (K,) or (N, K) = {tuple(cost.shape[:2])}, got {tuple(v.shape)}")
     return v
 
 

@@ -34,8 +34,9 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def _solve_class(r: torch.Tensor, s0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                 mass_tol: float, max_steps: int) -> torch.Tensor:
+def _solve_class(
+    r: torch.Tensor, s0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, mass_tol: float, max_steps: int
+) -> torch.Tensor:
     """Scaled multiplier ``s = f_i / eps`` per sample, ``r`` of shape ``(N, P)``.
 
     Returns ``s`` with ``mean sigmoid(r + s)`` in ``[lo, hi]`` (to ``mass_tol``), and
@@ -67,8 +68,9 @@ def _kkt_residual(mass, lo, hi, s):
     """Violation of ``lo <= mass <= hi`` plus, for a non-zero multiplier ``s``, the
     distance of ``mass`` from the bound it must sit on (complementary slackness)."""
     residual = torch.clamp(lo - mass, min=0) + torch.clamp(mass - hi, min=0)
-    return residual + torch.where(s < 0, torch.clamp(hi - mass, min=0), torch.where(
-        s > 0, torch.clamp(mass - lo, min=0), torch.zeros_like(mass)))
+    return residual + torch.where(
+        s < 0, torch.clamp(hi - mass, min=0), torch.where(s > 0, torch.clamp(mass - lo, min=0), torch.zeros_like(mass))
+    )
 
 
 def solve_volume_dual(
@@ -147,5 +149,4 @@ def solve_volume_dual(
             others[:] = True
             others[i] = False
             rest = torch.logsumexp(logits[:, others] + s[:, others, None], dim=1)
-            s[:, i] = _solve_class(logits[:, i] - rest, s[:, i], lo[:, i], hi[:, i],
-                                   0.25 * volume_tol, max_newton)
+            s[:, i] = _solve_class(logits[:, i] - rest, s[:, i], lo[:, i], hi[:, i], 0.25 * volume_tol, max_newton)

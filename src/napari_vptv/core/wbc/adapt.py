@@ -19,8 +19,14 @@ from ..solver.costs import GaussianModel
 __all__ = ["NETWORK_WEIGHT", "adapted_segment", "gaussian_from_probabilities", "fraction_interval", "fraction_bounds"]
 
 
-def gaussian_from_probabilities(features: np.ndarray, probabilities: np.ndarray, *, kind: str = "gaussian",
-                                confidence: float = 0.8, min_pixels: int = 30) -> Optional[GaussianModel]:
+def gaussian_from_probabilities(
+    features: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    kind: str = "gaussian",
+    confidence: float = 0.8,
+    min_pixels: int = 30,
+) -> Optional[GaussianModel]:
     """Fit one Gaussian per class on confidently assigned pixels.
 
     Parameters
@@ -105,11 +111,21 @@ ROUNDING = "argmax"
 COLOUR_SIGMA_PER_DIAMETER = 1.0 / 150.0
 
 
-def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float = NETWORK_WEIGHT,
-                    channel_axis: Optional[int] = -1, epsilon: float = 0.05, tv_weight: float = 0.05,
-                    max_num_iter: int = MAX_ITER, colour_sigma: Optional[float] = COLOUR_SIGMA,
-                    diameter: Optional[float] = None, rounding: str = ROUNDING,
-                    colour_sigma_per_diameter: float = COLOUR_SIGMA_PER_DIAMETER, **solver):
+def adapted_segment(
+    image,
+    probabilities: np.ndarray,
+    *,
+    network_weight: float = NETWORK_WEIGHT,
+    channel_axis: Optional[int] = -1,
+    epsilon: float = 0.05,
+    tv_weight: float = 0.05,
+    max_num_iter: int = MAX_ITER,
+    colour_sigma: Optional[float] = COLOUR_SIGMA,
+    diameter: Optional[float] = None,
+    rounding: str = ROUNDING,
+    colour_sigma_per_diameter: float = COLOUR_SIGMA_PER_DIAMETER,
+    **solver,
+):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
 
     1. A Gaussian per class from the confidently assigned pixels
@@ -173,8 +189,16 @@ def adapted_segment(image, probabilities: np.ndarray, *, network_weight: float =
 def _interval_settings(probabilities: np.ndarray, epsilon, tv_weight, max_num_iter, solver: dict) -> dict:
     """Settings of both solves: the network's class fractions widened to a volume interval
     (:func:`fraction_interval`), the solver's settings."""
-    return dict(n_classes=probabilities.shape[0], channel_axis=0, volume_bounds=fraction_interval(probabilities),
-                volume_mode="interval", epsilon=epsilon, tv_weight=tv_weight, max_num_iter=max_num_iter, **solver)
+    return dict(
+        n_classes=probabilities.shape[0],
+        channel_axis=0,
+        volume_bounds=fraction_interval(probabilities),
+        volume_mode="interval",
+        epsilon=epsilon,
+        tv_weight=tv_weight,
+        max_num_iter=max_num_iter,
+        **solver,
+    )
 
 
 def _smoothed_features(image, channel_axis, colour_sigma: float) -> np.ndarray:

@@ -30,10 +30,19 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_NUCLEUS_FRACTION", "NECK_DEPTH", "MIN_CELL_DIAMETER_SHARE", "MIN_NUCLEUS_DIAMETER_SHARE",
-           "MAX_REFERENCE_NUCLEUS_FRACTION", "MIN_REFERENCE_PER_RED_CELL",
-           "MIN_NUCLEUS_PER_RED_CELL", "drop_cells_without_nucleus", "split_at_necks", "drop_non_white_cells",
-           "drop_non_white_cells_in"]
+__all__ = [
+    "MIN_NUCLEUS_FRACTION",
+    "NECK_DEPTH",
+    "MIN_CELL_DIAMETER_SHARE",
+    "MIN_NUCLEUS_DIAMETER_SHARE",
+    "MAX_REFERENCE_NUCLEUS_FRACTION",
+    "MIN_REFERENCE_PER_RED_CELL",
+    "MIN_NUCLEUS_PER_RED_CELL",
+    "drop_cells_without_nucleus",
+    "split_at_necks",
+    "drop_non_white_cells",
+    "drop_non_white_cells_in",
+]
 
 #: nucleus share of a cell part below which it is not a white cell: half the smallest
 #: share of any labelled white cell of the training sources (wbc 0.205, wbc-d1 0.217 over
@@ -128,9 +137,14 @@ def _parts_without_nucleus(labels, parts, n, nucleus, min_nucleus_fraction):
     return index[nuclear < min_nucleus_fraction * size]
 
 
-def drop_cells_without_nucleus(labels: np.ndarray, *, cytoplasm: int = 1, nucleus: int = 2,
-                               min_nucleus_fraction: Optional[float] = None,
-                               neck_depth: Optional[float] = NECK_DEPTH) -> Tuple[np.ndarray, int]:
+def drop_cells_without_nucleus(
+    labels: np.ndarray,
+    *,
+    cytoplasm: int = 1,
+    nucleus: int = 2,
+    min_nucleus_fraction: Optional[float] = None,
+    neck_depth: Optional[float] = NECK_DEPTH,
+) -> Tuple[np.ndarray, int]:
     """Set to background every part of the cell mask with (almost) no nucleus.
 
     Parameters
@@ -211,8 +225,9 @@ def _white_cell_sizes(regions, n, nucleus_mask):
         touches = any(s.start == 0 or s.stop == dim for s, dim in zip(box, regions.shape))
         if touches:  # a cell cut by the edge: its chords along the edge count too
             size[r - 1] = max(size[r - 1], _edge_run([e == r for e in edge_regions]))
-            nucleus_size[r - 1] = max(nucleus_size[r - 1],
-                                      _edge_run([(e == r) & m for e, m in zip(edge_regions, edge_nucleus)]))
+            nucleus_size[r - 1] = max(
+                nucleus_size[r - 1], _edge_run([(e == r) & m for e, m in zip(edge_regions, edge_nucleus)])
+            )
     return size, nucleus_size
 
 
@@ -220,10 +235,16 @@ def _finite_or_zero(value: Optional[float]) -> float:
     return float(value) if value and np.isfinite(value) and value > 0 else 0.0
 
 
-def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytoplasm: int = 1, nucleus: int = 2,
-                         min_cell_share: Optional[float] = None,
-                         min_nucleus_share: Optional[float] = None,
-                         red_cell_diameter: Optional[float] = None) -> Tuple[np.ndarray, int]:
+def drop_non_white_cells(
+    labels: np.ndarray,
+    diameter: Optional[float],
+    *,
+    cytoplasm: int = 1,
+    nucleus: int = 2,
+    min_cell_share: Optional[float] = None,
+    min_nucleus_share: Optional[float] = None,
+    red_cell_diameter: Optional[float] = None,
+) -> Tuple[np.ndarray, int]:
     """Set to background every cell region too small to be a white cell, or whose
     nucleus is too small to be a white cell's (platelets, stain specks, fragments).
 
@@ -288,8 +309,9 @@ def drop_non_white_cells(labels: np.ndarray, diameter: Optional[float], *, cytop
     return out, int(bad.sum())
 
 
-def drop_non_white_cells_in(labels: np.ndarray, diameter: Optional[float], rgb: Optional[np.ndarray],
-                            info: dict) -> Tuple[np.ndarray, int]:
+def drop_non_white_cells_in(
+    labels: np.ndarray, diameter: Optional[float], rgb: Optional[np.ndarray], info: dict
+) -> Tuple[np.ndarray, int]:
     """:func:`drop_non_white_cells` with the red-cell scale of the image ``rgb``
     (:func:`~napari_vptv.core.wbc.red_cells.red_cell_diameter` of its background;
     none without ``rgb``); ``info`` gets ``red_cell_diameter`` and

@@ -18,8 +18,18 @@ import numpy as np
 
 from .measure import border_cells, cell_instances, measure_cells
 
-__all__ = ["LEAD_COLUMNS", "cell_rows", "measure_image", "concat_tables", "read_labels", "pair_files",
-           "measure_files", "nucleus_area_per_image", "instance_image", "write_instances"]
+__all__ = [
+    "LEAD_COLUMNS",
+    "cell_rows",
+    "measure_image",
+    "concat_tables",
+    "read_labels",
+    "pair_files",
+    "measure_files",
+    "nucleus_area_per_image",
+    "instance_image",
+    "write_instances",
+]
 
 Table = Dict[str, np.ndarray]
 PathLike = Union[str, Path]
@@ -32,8 +42,12 @@ def cell_rows(image: str, frame: int, cells: Table) -> Table:
     """``cells`` (one 2-D frame's :func:`measure_cells` table) with ``image`` and ``frame`` first."""
     n = len(cells["cell"])
     colours = [k for k in cells if "intensity" in k]  # the mean colours last
-    return {"image": np.full(n, image, dtype=object), "frame": np.full(n, int(frame), dtype=np.int64),
-            **{k: v for k, v in cells.items() if k not in colours}, **{k: cells[k] for k in colours}}
+    return {
+        "image": np.full(n, image, dtype=object),
+        "frame": np.full(n, int(frame), dtype=np.int64),
+        **{k: v for k, v in cells.items() if k not in colours},
+        **{k: cells[k] for k in colours},
+    }
 
 
 def concat_tables(tables: Sequence[Table]) -> Optional[Table]:
@@ -59,8 +73,9 @@ def _is_rgb(image: np.ndarray, labels: np.ndarray) -> bool:
     return image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
 
 
-def measure_image(labels, image=None, *, name: str, pixel_size: Optional[float] = None,
-                  diameter: Optional[float] = None) -> Table:
+def measure_image(
+    labels, image=None, *, name: str, pixel_size: Optional[float] = None, diameter: Optional[float] = None
+) -> Table:
     """The per-cell table of one label image or stack ``(..., H, W)``.
 
     Parameters
@@ -81,7 +96,7 @@ def measure_image(labels, image=None, *, name: str, pixel_size: Optional[float] 
         raise ValueError(f"labels of {name!r} must be at least 2-D, got shape {labels.shape}")
     if image is not None:
         image = np.asarray(image)
-        if image.shape[:labels.ndim] != labels.shape:
+        if image.shape[: labels.ndim] != labels.shape:
             raise ValueError(f"image {name!r} has shape {image.shape}, its labels {labels.shape}: they must match")
         if image.ndim == labels.ndim + 1 and not _is_rgb(image, labels):
             raise ValueError(f"image {name!r} has a last axis of {image.shape[-1]}; expected grey or RGB")
@@ -172,8 +187,12 @@ def pair_files(images: Sequence[Path], labels: Sequence[Path]) -> Tuple[List[Tup
     return pairs, problems
 
 
-def measure_files(pairs: Sequence[Tuple[Path, Optional[Path]]], *, pixel_size: Optional[float] = None,
-                  diameter: Optional[float] = None) -> Tuple[Optional[Table], List[str]]:
+def measure_files(
+    pairs: Sequence[Tuple[Path, Optional[Path]]],
+    *,
+    pixel_size: Optional[float] = None,
+    diameter: Optional[float] = None,
+) -> Tuple[Optional[Table], List[str]]:
     """The per-cell table of ``(label file, image file or None)`` pairs.
 
     Returns ``(table, problems)``: the rows of every pair that could be read (None if

@@ -65,8 +65,13 @@ def _pixel_area(spacing: Optional[Sequence[float]]) -> Optional[float]:
     return float(np.prod(spacing))
 
 
-def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS),
-                   diameter: Optional[float] = None, min_area: Optional[float] = None) -> np.ndarray:
+def cell_instances(
+    labels,
+    *,
+    cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS),
+    diameter: Optional[float] = None,
+    min_area: Optional[float] = None,
+) -> np.ndarray:
     """Cell instances (1, 2, ...; 0 = no cell) of a 2-D class label image.
 
     Parameters
@@ -107,8 +112,9 @@ def cell_instances(labels, *, cell_classes: Sequence[int] = (CYTOPLASM, NUCLEUS)
         return reading_order(inst)
     region = np.isin(inst, big)
     dist = ndi.distance_transform_edt(region)
-    peaks = peak_local_max(dist, min_distance=max(1, int(diameter / 2)), labels=np.where(region, inst, 0),
-                           exclude_border=False)
+    peaks = peak_local_max(
+        dist, min_distance=max(1, int(diameter / 2)), labels=np.where(region, inst, 0), exclude_border=False
+    )
     markers = np.zeros_like(inst)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     split = watershed(-dist, markers, mask=region)
@@ -193,8 +199,10 @@ def _nucleus_shape(inst, nucleus, ids, image) -> Table:
         values = np.asarray(values, dtype=float)
         return np.where(take >= 0, values[np.clip(take, 0, None)] if values.size else missing, missing)
 
-    out = {"nucleus_solidity": column(got["solidity"], np.nan),
-           "nucleus_lobes": column(got["_lobes"], 0).astype(np.int64)}
+    out = {
+        "nucleus_solidity": column(got["solidity"], np.nan),
+        "nucleus_lobes": column(got["_lobes"], 0).astype(np.int64),
+    }
     out.update({f"nucleus_{k}": column(v, np.nan) for k, v in got.items() if k.startswith("intensity_mean")})
     return out
 
@@ -215,8 +223,11 @@ def _cytoplasm_colour(inst, cytoplasm, ids, image) -> Table:
 def _checked_instances(labels, image, instances, diameter, cell_classes) -> np.ndarray:
     """The cell instances of :func:`measure_cells` (given or from :func:`cell_instances`),
     after checking that ``instances`` and ``image`` match the labels' shape."""
-    inst = cell_instances(labels, cell_classes=cell_classes, diameter=diameter) \
-        if instances is None else np.asarray(instances, dtype=np.int32)
+    inst = (
+        cell_instances(labels, cell_classes=cell_classes, diameter=diameter)
+        if instances is None
+        else np.asarray(instances, dtype=np.int32)
+    )
     if inst.shape != labels.shape:
         raise ValueError(f"instances have shape {inst.shape}, labels {labels.shape}")
     if image is not None and np.shape(image)[:2] != labels.shape:
@@ -315,14 +326,22 @@ def _cell_shape_columns(got, shape) -> Table:
     h, w = shape
     with np.errstate(divide="ignore", invalid="ignore"):
         circularity = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
-    touches = ((np.asarray(got["bbox-0"]) == 0) | (np.asarray(got["bbox-1"]) == 0)
-               | (np.asarray(got["bbox-2"]) == h) | (np.asarray(got["bbox-3"]) == w))
-    return {"cell_solidity": np.asarray(got["solidity"], dtype=float), "cell_circularity": circularity,
-            "touches_border": touches}
+    touches = (
+        (np.asarray(got["bbox-0"]) == 0)
+        | (np.asarray(got["bbox-1"]) == 0)
+        | (np.asarray(got["bbox-2"]) == h)
+        | (np.asarray(got["bbox-3"]) == w)
+    )
+    return {
+        "cell_solidity": np.asarray(got["solidity"], dtype=float),
+        "cell_circularity": circularity,
+        "touches_border": touches,
+    }
 
 
-def class_areas(labels, n_classes: int, *, class_names: Optional[Sequence[str]] = None,
-                spacing: Optional[Sequence[float]] = None) -> Table:
+def class_areas(
+    labels, n_classes: int, *, class_names: Optional[Sequence[str]] = None, spacing: Optional[Sequence[float]] = None
+) -> Table:
     """Area of every class: one row per class.
 
     Returns

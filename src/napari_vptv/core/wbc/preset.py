@@ -127,9 +127,7 @@ class WBCModel:
             return self.histogram()
         if similarity in ("mean", "mahalanobis", "gaussian"):
             return self.gaussian(similarity)
-        raise ValueError(
-            f"similarity must be 'histogram', 'gaussian', 'mahalanobis' or 'mean', got {similarity!r}"
-        )
+        raise ValueError(f"similarity must be 'histogram', 'gaussian', 'mahalanobis' or 'mean', got {similarity!r}")
 
     def save(self, path) -> Path:
         """Write the model to a compressed ``.npz`` (histograms as float16)."""
@@ -226,9 +224,7 @@ def fit_wbc_model(
     y = np.concatenate(labs)
     fracs = np.stack(fracs)
     means = np.stack([x[y == i].mean(0) if np.any(y == i) else np.full(3, 0.5) for i in range(3)])
-    covs = np.stack(
-        [np.cov(x[y == i].T) if np.sum(y == i) > 3 else np.eye(3) * 1e-2 for i in range(3)]
-    )
+    covs = np.stack([np.cov(x[y == i].T) if np.sum(y == i) > 3 else np.eye(3) * 1e-2 for i in range(3)])
     hist = HistogramModel.fit(x, y, 3, bins=bins, sigma=sigma, floor=floor)
     lo = np.percentile(fracs, percentiles[0], axis=0)
     hi = np.percentile(fracs, percentiles[1], axis=0)

@@ -104,8 +104,7 @@ def red_cell_diameter(rgb: np.ndarray, background: Optional[np.ndarray] = None) 
     if red is None:
         return 0.0
     dist = ndi.distance_transform_edt(red)
-    peaks = peak_local_max(dist, min_distance=int(MIN_RED_RADIUS), threshold_abs=MIN_RED_RADIUS,
-                           exclude_border=False)
+    peaks = peak_local_max(dist, min_distance=int(MIN_RED_RADIUS), threshold_abs=MIN_RED_RADIUS, exclude_border=False)
     radii = dist[tuple(peaks.T)]
     if radii.size < MIN_RED_CELLS:
         return 0.0
