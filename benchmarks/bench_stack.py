@@ -80,7 +80,8 @@ def child_headless(path: str, out: str, iters: int, workers: int) -> dict:
     import torch  # noqa: F401 - imported before the clock starts, as in the loop
 
     import napari_vptv.core.solver.segment  # noqa: F401
-    from napari_vptv.core.batch.run import make_segment_fn, segment_file
+    from napari_vptv.api import make_segment_fn
+    from napari_vptv.core.batch.run import segment_file
 
     fn = make_segment_fn("vptv", preset="none", n_classes=2, **_segment_kwargs(iters))
     t0 = time.perf_counter()
