@@ -135,14 +135,14 @@ def _row(target, k, label, rs, others, kept=""):
 
 def kept(row) -> bool:
     """Whether the check keeps the run's model under the current rule: every method's
-    cross-validated gain above MIN_GAIN, from the per-method gains the run recorded
-    (the run's own ``kept_by_guard`` for rows recorded without them)."""
-    from napari_vptv.nn.finetune_guard import MIN_GAIN
+    cross-validated gain above MIN_GAIN beyond one standard error of its per-image gains
+    (the run's own ``kept_by_guard`` for rows recorded without per-image gains)."""
+    from napari_vptv.nn.finetune_guard import MIN_GAIN, standard_error
 
     methods = (row.get("verdict") or {}).get("methods")
-    if not methods:
+    if not methods or any("image_gains" not in m for m in methods.values()):
         return bool(row["kept_by_guard"])
-    return all(m["gain"] > MIN_GAIN for m in methods.values())
+    return all(np.mean(m["image_gains"]) - standard_error(m["image_gains"]) > MIN_GAIN for m in methods.values())
 
 
 def summarise(paths) -> str:

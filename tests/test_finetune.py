@@ -457,3 +457,18 @@ def test_widget_cancel_saves_nothing(make_napari_viewer, qtbot):
     assert w.result is not None and w.result.cancelled and not w.result.kept
     assert w.saved_path is None and list_user_models() == []
     assert "cancelled" in w.status.value and w.progress.value < 100
+
+
+def test_a_gain_carried_by_one_image_is_not_a_gain():
+    from napari_vptv.nn.finetune_guard import MIN_GAIN, verdict
+
+    base = {"vptv-unet": _scores(0.90, 0.90, 0.90)}
+    # +0.5 pt on average, but one image gained 3 pt while the other two lost
+    lucky = {"vptv-unet": _scores(0.93, 0.8975, 0.8875)}
+    v = verdict(lucky, base)
+    assert v["gain"] == pytest.approx(0.005) and v["gain"] > MIN_GAIN
+    assert v["better"] is False and "spread" in v["reason"]
+    assert v["methods"]["vptv-unet"]["image_gains"] == pytest.approx([0.03, -0.0025, -0.0125])
+    # the same mean gain on every image is a gain
+    steady = {"vptv-unet": _scores(0.905, 0.905, 0.905)}
+    assert verdict(steady, base)["better"] is True
