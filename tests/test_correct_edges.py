@@ -125,3 +125,34 @@ def test_unknown_edge_position_is_refused():
     image, truth = annotated_nuclei(shape=(120, 160))
     with pytest.raises(ValueError, match="edge_position"):
         correct_mask(image, truth, edge_position="outer")
+
+
+def test_as_annotated_is_the_half_maximum_in_2d_the_rim_in_3d_the_gradient_in_colour(nuclei, one_torch_thread):
+    from skimage.segmentation import expand_labels
+
+    from napari_vptv.core.correct.mask import annotated_edge
+
+    assert annotated_edge(1, 2) == "half-max"
+    assert annotated_edge(1, 3) == "rim"
+    assert annotated_edge(3, 2) == "gradient"
+    image, truth = nuclei
+    rough = expand_labels(truth, 3)
+    default = correct_mask(image, rough)
+    np.testing.assert_array_equal(default, correct_mask(image, rough, edge_position="half-max"))
+    assert (default > 0).sum() < (correct_mask(image, rough, edge_position="rim") > 0).sum()
+
+
+def test_gradient_edge_next_to_unlabelled_neighbours_still_moves(one_torch_thread):
+    # an eroded nucleus ringed by bright, unlabelled neighbour rims: the thin shells
+    # either side of its edge overlap, its plateau and the background do not
+    yy, xx = np.indices((64, 64))
+    d = np.hypot(yy - 32, xx - 32)
+    img = np.where(d <= 12, 100.0, 50.0)
+    img[(d > 13) & (d <= 17) & (np.sin(6 * np.arctan2(yy - 32, xx - 32)) > 0)] = 200.0
+    image = ndi.gaussian_filter(img, 1.0).astype(np.uint8)
+    truth = d <= 12
+    rough = ndi.binary_erosion(truth, iterations=3).astype(np.int32)
+    report = []
+    out = correct_mask(image, rough, report=report, edge_position="gradient")
+    assert report[0].status.startswith("moved"), report[0].status
+    assert dice(out > 0, truth) >= dice(rough > 0, truth) + 0.1

@@ -81,7 +81,7 @@ TIPS = {
 VOLUME_DEFAULT = "unknown bias (interval)"
 VOLUME_CHOICES = {VOLUME_DEFAULT: "interval", "exact area": "exact", "known factor": "factor"}
 STACK_DEFAULT = "3-D"
-EDGE_DEFAULT = "as annotated (rim: grey, gradient: colour)"
+EDGE_DEFAULT = "as annotated (grey: half-max 2-D, rim 3-D; colour: gradient)"
 EDGE_CHOICES = {EDGE_DEFAULT: None, "outer rim": "rim", "half-maximum": "half-max", "strongest gradient": "gradient"}
 STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
@@ -183,9 +183,9 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             choices=list(EDGE_CHOICES),
             value=EDGE_DEFAULT,
             tooltip="Where the outline goes across a nucleus's blurred edge: its outer, "
-            "dimmer rim (as fluorescence nuclei are annotated), halfway between "
-            "background and interior, or on the strongest gradient (as stained "
-            "nuclei are). Outlines already on an edge are kept",
+            "dimmer rim (as 3-D fluorescence stacks are annotated), halfway between "
+            "background and interior (as 2-D fluorescence images are), or on the "
+            "strongest gradient (as stained nuclei are). Outlines already on an edge are kept",
         )
         self.stack_mode = ComboBox(
             label="Stack",

@@ -500,8 +500,8 @@ class CorrectOptions:
         3-D masks: objects in 3-D, or every plane as 2-D objects.
     edge_position : {"rim", "half-max", "gradient"}, optional
         Where the boundary goes across a nucleus's edge: the outer rim, the
-        half-maximum or the strongest gradient; None: as annotated (the outer rim for
-        grey images, the gradient for colour).
+        half-maximum or the strongest gradient; None: as annotated (the half-maximum
+        for grey 2-D images, the outer rim for grey 3-D stacks, the gradient for colour).
     device : str
         torch device of the solver and of the network evidence.
 

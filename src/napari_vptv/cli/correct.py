@@ -118,8 +118,8 @@ def _add_solver_arguments(p) -> None:
         default=None,
         const=None,
         help="where the boundary goes across a nucleus's edge: rim = the outer, dimmer rim, half-max = halfway "
-        "between background and interior, gradient = the strongest gradient (default: as annotated, rim for "
-        "grey images, gradient for colour)",
+        "between background and interior, gradient = the strongest gradient (default: as annotated, half-max "
+        "for grey 2-D images, rim for grey 3-D stacks, gradient for colour)",
     )
     p.add_argument(
         "--no-edge",

@@ -16,7 +16,7 @@ image shows. It works on grey (fluorescence) and colour (brightfield) crops alik
    is too fat). In 2-D this is done per
    angular sector around the object's centre (a shifted mask has an edge inside on
    one side and outside on the other), pulled towards the whole object's profile.
-3. *Levels* (``edge_position``). ``"rim"`` (default) and ``"half-max"``: the image
+3. *Levels* (``edge_position``). ``"rim"`` and ``"half-max"``: the image
    is scaled between the object's plateau (a thin shell ``_PLATEAU_GAP`` px and more
    inside the strongest edge) and the background (a shell ``_FLOOR_GAP`` px and more
    outside it, beyond the blur and a dim outer rim), and the boundary goes where it
@@ -27,7 +27,9 @@ image shows. It works on grey (fluorescence) and colour (brightfield) crops alik
    a thin ring just outside the strongest edge (``_GAP`` to ``_GAP + _SHELL`` px from
    it; the offset refined to sub-pixel by a parabola): the material *adjacent* to the
    object (for a blood-cell nucleus the cytoplasm, not the background beyond it), so
-   ``t = 1/2`` sits on the strongest gradient.
+   ``t = 1/2`` sits on the strongest gradient; where those two thin shells overlap
+   (e.g. bright unlabelled neighbours just outside) the plateau / background levels
+   of ``"half-max"`` are used instead.
 4. *Plausible as given?* The median level (plateau scale) of the pixels either side
    of the given boundary: within ``_PLAUSIBLE`` (and no whole-object shift found) the
    given boundary already lies on an edge as annotators draw it, and the object is
@@ -349,9 +351,9 @@ def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient")
     # it raises the outer one, so t = 1/2 stays on the strongest gradient
     thin_core = (sd < offset - _GAP) & (sd >= offset - _GAP - _SHELL) & ~other
     thin_ring = (sd > offset + _GAP) & (sd <= offset + _GAP + _SHELL) & ~other
-    t = _scaled(feat, thin_core, thin_ring) if thin_core.sum() >= 9 and thin_ring.sum() >= 9 else plateau
-    if t is None:
-        return none
+    t = _scaled(feat, thin_core, thin_ring) if thin_core.sum() >= 9 and thin_ring.sum() >= 9 else None
+    if t is None:  # the shells overlap (e.g. unlabelled neighbours just outside): plateau vs. background
+        t = plateau
     return ObjectEvidence(t.astype(np.float32), din, dout, sd < offset, keep)
 
 

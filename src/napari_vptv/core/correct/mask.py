@@ -66,6 +66,7 @@ __all__ = [
     "VOLUME_MODES",
     "STACK_MODES",
     "EDGE_POSITIONS",
+    "annotated_edge",
 ]
 
 CORRECTION_MODES = ("objects", "semantic")
@@ -225,9 +226,9 @@ def correct_mask_iter(
     volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance)
     _check_object_params(mask_weight, smooth, band)
     features = prepare_image(image, channel_axis)
-    if edge_position is None:  # as annotated: the outer rim of fluorescence, the gradient of stained nuclei
-        edge_position = "rim" if features.shape[0] == 1 else "gradient"
     spatial = features.shape[1:]
+    if edge_position is None:
+        edge_position = annotated_edge(features.shape[0], len(spatial))
     m, out_dtype = _check_mask(mask, spatial), _out_dtype(mask)
     model_prob = _check_evidence(evidence, spatial, mode)
     solver_kw = dict(epsilon=epsilon, tv_weight=tv_weight, edge=edge, max_num_iter=max_num_iter)
@@ -254,6 +255,21 @@ def correct_mask_iter(
         **solver_kw,
     )
     return (yield from gen)
+
+
+def annotated_edge(n_channels, ndim):
+    """The edge position of ``edge_position=None`` ("as annotated") for an image with
+    ``n_channels`` channels and ``ndim`` spatial axes.
+
+    Where annotators outline nuclei, measured on annotated nuclei
+    (``benchmarks/edge_profile_nuclei.py``, ``docs/correct.md``): grey 2-D images at
+    the half-maximum (level 0.49 of the step from the background to the interior),
+    grey 3-D stacks further out, on the dimmer outer rim (level 0.36), stained nuclei
+    in colour on the strongest gradient.
+    """
+    if n_channels > 1:
+        return "gradient"
+    return "rim" if ndim >= 3 else "half-max"
 
 
 def _out_dtype(mask):
@@ -385,10 +401,11 @@ stack_mode : {"volume", "slices"}
     planes in the same batched solves; ids are kept per plane). Ignored in 2-D.
 edge_position : {"rim", "half-max", "gradient"} or None
     Objects mode: where the boundary goes across a nucleus's blurred edge. ``"rim"``:
-    the outer, dimmer rim, as fluorescence nuclei are annotated (45 % of the way from
-    the background to the nucleus's interior); ``"half-max"``: halfway;
-    ``"gradient"``: the strongest gradient. None (default): as annotated, ``"rim"`` for
-    grey images, ``"gradient"`` for colour (stained nuclei in brightfield).
+    the outer, dimmer rim (45 % of the way from the background to the nucleus's
+    interior); ``"half-max"``: halfway; ``"gradient"``: the strongest gradient. None
+    (default): as annotated (:func:`annotated_edge`): ``"half-max"`` for grey 2-D
+    images, ``"rim"`` for grey 3-D stacks, ``"gradient"`` for colour (stained nuclei in
+    brightfield).
 progress : callable ``(done, total) -> None``, optional
     Called after every batched solve.
 should_stop : callable ``() -> bool``, optional
