@@ -19,3 +19,35 @@ def test_a_lace_region_is_not_a_cell_when_the_diameter_is_estimated():
     only_cells = lab.copy()
     only_cells[lace] = 0
     assert cell_diameter(only_cells, min_solidity=MIN_CELL_SOLIDITY) == cell_diameter(only_cells)
+
+
+def _platelet_field(seed=0):
+    """A 480 x 640 smear field without a white cell: pink red cells (60 px) on plasma,
+    and small purple platelets (16-22 px) between them."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((480, 640, 3), np.float32) + np.array([228, 214, 222], np.float32)
+    yy, xx = np.indices(img.shape[:2])
+    for cy in range(40, 480, 80):
+        for cx in range(40 + (cy // 80 % 2) * 40, 640, 80):
+            r = np.hypot(yy - cy - rng.integers(-6, 7), xx - cx - rng.integers(-6, 7))
+            img[r < 30] = (205, 120, 140)
+            img[r < 10] = (215, 150, 165)  # the pale centre
+    for _ in range(12):
+        cy, cx = rng.integers(20, 460), rng.integers(20, 620)
+        img[np.hypot(yy - cy, xx - cx) < rng.uniform(8, 11)] = (110, 60, 150)
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_a_field_of_red_cells_and_platelets_is_not_scaled_up_to_make_cells():
+    from napari_vptv.core.wbc.red_cells import red_cell_diameter
+    from napari_vptv.nn.predict import MIN_WHITE_PER_RED_CELL, predict_cells
+    from napari_vptv.nn.weights import load_pretrained
+
+    field = _platelet_field()
+    red = red_cell_diameter(field)
+    assert 50 < red < 70
+    model, meta = load_pretrained("vptv-unet")
+    pred = predict_cells(model, meta, field)
+    # the diameter never falls below a red cell's: the platelets stay platelet-sized
+    assert pred.diameter == 0 or pred.diameter >= MIN_WHITE_PER_RED_CELL * 0.9 * red

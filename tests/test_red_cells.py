@@ -81,3 +81,18 @@ def test_a_field_without_white_cell_loses_its_platelets_and_keeps_a_small_lympho
     big = _labels_of(img, [((120, 160), 40, 25), ((60, 80), 9, 8)])
     assert drop_non_white_cells(big, 80.0, red_cell_diameter=red)[1] == 1
     assert MIN_REFERENCE_PER_RED_CELL * red < 80.0
+
+
+def test_a_cell_narrower_than_a_red_cell_is_not_a_white_cell():
+    from napari_vptv.core.wbc.cell_rules import MIN_CELL_PER_RED_CELL
+
+    rng = np.random.default_rng(3)
+    img = _smear(rng, radius=14)
+    red = red_cell_diameter(img)
+    # a platelet clump against a red cell, labelled a small cell: 20 px, a large nucleus
+    clump = ((60, 80), 10, 9)
+    lymphocyte = ((150, 200), 14, 11)  # one red cell across
+    lab = _labels_of(img, [clump, lymphocyte])
+    assert 2 * clump[1] < MIN_CELL_PER_RED_CELL * red < 2 * lymphocyte[1]
+    out, n = drop_non_white_cells(lab, 12.0, red_cell_diameter=red)
+    assert n == 1 and out[60, 80] == 0 and out[150, 200] == 2

@@ -36,6 +36,7 @@ import torch
 
 from ..core.wbc.adapt import fraction_bounds
 from ..core.wbc.cell_rules import drop_cells_without_nucleus
+from ..core.wbc.red_cells import red_cell_diameter
 from .data import input_norm_of, normalise
 from .layer import VPTVSoftmax
 from .sampler import resize_image
@@ -59,6 +60,14 @@ MIN_CELL_DIAMETER = 18.0
 #: the held-out crops of both sources is at least 0.85 (unet) / 0.89 (vptv-unet); two
 #: touching round cells 0.88. When no region passes, all of them count (as before).
 MIN_CELL_SOLIDITY = 0.85
+#: an estimated white-cell diameter is at least this many red-cell diameters
+#: (:func:`~napari_vptv.core.wbc.red_cells.red_cell_diameter` of the first pass's
+#: background, when the field shows red cells clearly). The smallest white cells
+#: (small lymphocytes, 7-8 µm) are about as wide as a red cell (7-8 µm); on the
+#: training crops with a red-cell estimate the ratio is 1.55 and more. Without this
+#: floor a field whose only "cells" are platelets was scaled up until the platelets
+#: had a white cell's size (``bench_fields.py``).
+MIN_WHITE_PER_RED_CELL = 1.0
 SELF_PRIOR_RELATIVE = 0.15
 SELF_PRIOR_ABSOLUTE = 0.005
 
@@ -166,24 +175,36 @@ def _scale_for(diameter: float, comfort: Tuple[float, float]) -> float:
     return float(np.clip(diameter, *comfort) / diameter)
 
 
-def _network_pass(model, x, diameter, comfort, max_pixels, augment=1):
+def _network_pass(model, x, diameter, comfort, max_pixels, augment=1, rgb=None):
     """Logits at the scale the diameter calls for; estimates the diameter when None
-    (the estimate uses plain passes; ``augment`` transforms are averaged at the final
-    scale, reusing the estimate's plain pass). Returns ``(logits, diameter, scale)``."""
+    (the estimate uses plain passes, and the red cells of ``rgb`` when given;
+    ``augment`` transforms are averaged at the final scale, reusing the estimate's
+    plain pass). Returns ``(logits, diameter, scale)``."""
     if diameter:
         s = min(_scale_for(diameter, comfort), 4.0)
         return _logits_at(model, x, s, augment), float(diameter), s
-    lg, d, s = _estimate_pass(model, x, comfort, max_pixels)
+    lg, d, s = _estimate_pass(model, x, comfort, max_pixels, rgb)
     if augment > 1:
         lg = _logits_at(model, x, s, augment, plain=lg)
     return lg, d, s
 
 
-def _estimate_pass(model, x, comfort, max_pixels):
+def _red_cell_floor(rgb, labels, cap: float) -> float:
+    """:data:`MIN_WHITE_PER_RED_CELL` red-cell diameters (px) measured on the background
+    of ``labels``, 0.0 without ``rgb`` or a clear estimate; large fields are measured on
+    every ``1 / cap``-th pixel (the estimate scaled back)."""
+    if rgb is None:
+        return 0.0
+    step = max(1, int(round(1.0 / cap)))
+    red = red_cell_diameter(rgb[::step, ::step], labels[::step, ::step] == 0)
+    return MIN_WHITE_PER_RED_CELL * red * step
+
+
+def _estimate_pass(model, x, comfort, max_pixels, rgb=None):
     """Plain logits at the scale of the estimated diameter: ``(logits, diameter, scale)``."""
     H, W = x.shape[-2:]
     cap = min(1.0, float(np.sqrt(max_pixels / (H * W))))
-    s, d_prev, lg = cap, None, None
+    s, d_prev, lg, floor = cap, None, None, None
     for _ in range(3):  # first pass, then at most two corrections
         lg = _logits_at(model, x, s)
         # measured at full resolution; blobs far below the smallest cell the network
@@ -196,6 +217,9 @@ def _estimate_pass(model, x, comfort, max_pixels):
         )
         if d <= 0:
             return lg, 0.0, s
+        if floor is None:  # the red cells' scale, from the first pass's background
+            floor = _red_cell_floor(rgb, labels, cap)
+        d = max(d, floor)
         s_new = min(_scale_for(d, comfort), cap * 4.0)
         if abs(np.log(s_new / s)) < np.log(1.15) or (d_prev and abs(np.log(d / d_prev)) < np.log(1.15)):
             return lg, d, s
@@ -311,7 +335,7 @@ def predict_cells(
     comfort = comfort_range_of(meta, comfort_range)
     x = normalise(rgb[None], input_norm_of(meta)).to(device)
     with torch.inference_mode():
-        logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS, augment)
+        logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS, augment, rgb)
         info = {"prior": None}
         if meta["arch"] == "unet" or int(dflt.get("num_iter", 5) if num_iter is None else num_iter) == 0:
             probs = torch.softmax(logits, dim=1)

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_REFERENCE_NUCLEUS_FRACTION",
     "MIN_REFERENCE_PER_RED_CELL",
     "MIN_NUCLEUS_PER_RED_CELL",
+    "MIN_CELL_PER_RED_CELL",
     "drop_cells_without_nucleus",
     "split_at_necks",
     "drop_non_white_cells",
@@ -100,7 +101,16 @@ MIN_REFERENCE_PER_RED_CELL = 1.75
 #: diameter is not a white cell (a platelet is at most 0.53 red cells across; the
 #: smallest labelled nucleus of wbc is 0.85 estimated red-cell diameters, 1st / 5th
 #: percentile 1.00 / 1.14, same 70 images as above).
-MIN_NUCLEUS_PER_RED_CELL = 0.5
+MIN_NUCLEUS_PER_RED_CELL = 0.6
+
+#: white-cell rule: a region narrower than this share of the image's red-cell diameter
+#: is not a white cell, whatever the white-cell estimate: the smallest white cells
+#: (small lymphocytes, 7 µm) are about as wide as a red cell (7-8 µm). What it removes
+#: is a platelet lying on or against a red cell, which a network labels as a small cell
+#: (the platelet its nucleus, the red cell its cytoplasm): on 20 composed fields of wbc
+#: (``bench_fields.py --background red-cells``, rule off) such regions were 0.5-1.4 red
+#: cells across, the white cells 1.47 and more.
+MIN_CELL_PER_RED_CELL = 0.85
 
 
 def split_at_necks(mask: np.ndarray, neck_depth: float = NECK_DEPTH) -> Tuple[np.ndarray, int]:
@@ -257,7 +267,8 @@ def drop_non_white_cells(
     for a region that touches the image edge, the larger of that and its longest run
     along the edge (of the region, resp. of its nucleus), so a white cell cut by the
     edge is kept. With a ``red_cell_diameter``, the reference is at least
-    :data:`MIN_REFERENCE_PER_RED_CELL` times it and the nucleus at least
+    :data:`MIN_REFERENCE_PER_RED_CELL` times it, the region at least
+    :data:`MIN_CELL_PER_RED_CELL` times it and the nucleus at least
     :data:`MIN_NUCLEUS_PER_RED_CELL` times it (a scale on fields without a white cell).
 
     Parameters
@@ -304,7 +315,8 @@ def drop_non_white_cells(
     with_cytoplasm = size[share <= MAX_REFERENCE_NUCLEUS_FRACTION]
     diameter = max(float(diameter), float(with_cytoplasm.max(initial=0.0)))
     nucleus_floor = max(nucleus_share * diameter, MIN_NUCLEUS_PER_RED_CELL * red)
-    bad = np.concatenate([[False], (size < cell_share * diameter) | (nucleus_size < nucleus_floor)])
+    cell_floor = max(cell_share * diameter, MIN_CELL_PER_RED_CELL * red)
+    bad = np.concatenate([[False], (size < cell_floor) | (nucleus_size < nucleus_floor)])
     out[bad[regions]] = 0  # a lookup per pixel: no sorted copies of a whole scan
     return out, int(bad.sum())
 
