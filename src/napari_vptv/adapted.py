@@ -44,17 +44,21 @@ def _nucleus_rule(opts: SegmentOptions) -> bool:
 
 
 def _with_nucleus_rule(
-    result: SegmentationResult, opts: SegmentOptions, diameter: Optional[float] = None, rgb=None
+    result: SegmentationResult,
+    opts: SegmentOptions,
+    diameter: Optional[float] = None,
+    rgb=None,
+    red_cell_diameter: Optional[float] = None,
 ) -> SegmentationResult:
     """WBC labels: cell regions without a nucleus become background (see :func:`_nucleus_rule`),
     then, with a ``diameter`` and the image ``rgb``, those too small for a white cell
-    (``opts.white_cell_rule``)."""
+    (``opts.white_cell_rule``; ``red_cell_diameter``: already measured, else measured here)."""
     if _nucleus_rule(opts):
         labels, n = drop_cells_without_nucleus(result.labels)
         info = dict(result.info)
         info["cells_without_nucleus_removed"] = n
         if opts.white_cell_rule and (diameter or rgb is not None):
-            labels, m = drop_non_white_cells_in(labels, diameter, rgb, info)
+            labels, m = drop_non_white_cells_in(labels, diameter, rgb, info, red_cell_diameter)
             n += m
         if n:
             k = result.probabilities.shape[0]
@@ -163,7 +167,7 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
             class_model=None,
             volume_spec=make_volume_spec(3, "none"),
         )
-    result = _with_nucleus_rule(result, opts, pred.diameter, rgb)
+    result = _with_nucleus_rule(result, opts, pred.diameter, rgb, pred.info.get("red_cell_diameter"))
     result.diameter = float(pred.diameter)
     result.info = {
         **result.info,

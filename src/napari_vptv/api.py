@@ -320,7 +320,9 @@ def _segment_network(image, opts: SegmentOptions, channel_axis) -> SegmentationR
     else:
         spec = make_volume_spec(k, "none")
     if _nucleus_rule(opts) and opts.white_cell_rule:  # the nucleus rule ran in the network's prediction
-        labels, _ = drop_non_white_cells_in(labels, pred.diameter, arr[..., :3], pred.info)
+        labels, _ = drop_non_white_cells_in(
+            labels, pred.diameter, arr[..., :3], pred.info, pred.info.get("red_cell_diameter")
+        )
     result = SegmentationResult.from_arrays(labels, prob, n_iter=0, converged=True, class_model=None, volume_spec=spec)
     # what the network decided on its own: shown by the widget, stored in layer metadata
     result.diameter = float(pred.diameter)

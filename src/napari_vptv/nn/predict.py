@@ -179,32 +179,33 @@ def _network_pass(model, x, diameter, comfort, max_pixels, augment=1, rgb=None):
     """Logits at the scale the diameter calls for; estimates the diameter when None
     (the estimate uses plain passes, and the red cells of ``rgb`` when given;
     ``augment`` transforms are averaged at the final scale, reusing the estimate's
-    plain pass). Returns ``(logits, diameter, scale)``."""
+    plain pass). Returns ``(logits, diameter, scale, red_cell_diameter)``, the last
+    None when not measured (a given diameter)."""
     if diameter:
         s = min(_scale_for(diameter, comfort), 4.0)
-        return _logits_at(model, x, s, augment), float(diameter), s
-    lg, d, s = _estimate_pass(model, x, comfort, max_pixels, rgb)
+        return _logits_at(model, x, s, augment), float(diameter), s, None
+    lg, d, s, red = _estimate_pass(model, x, comfort, max_pixels, rgb)
     if augment > 1:
         lg = _logits_at(model, x, s, augment, plain=lg)
-    return lg, d, s
+    return lg, d, s, red
 
 
-def _red_cell_floor(rgb, labels, cap: float) -> float:
-    """:data:`MIN_WHITE_PER_RED_CELL` red-cell diameters (px) measured on the background
-    of ``labels``, 0.0 without ``rgb`` or a clear estimate; large fields are measured on
-    every ``1 / cap``-th pixel (the estimate scaled back)."""
+def _red_cells(rgb, labels, cap: float) -> Optional[float]:
+    """The red-cell diameter (px) measured on the background of ``labels`` (0.0 without
+    a clear estimate, None without ``rgb``); large fields are measured on every
+    ``1 / cap``-th pixel (the estimate scaled back)."""
     if rgb is None:
-        return 0.0
+        return None
     step = max(1, int(round(1.0 / cap)))
-    red = red_cell_diameter(rgb[::step, ::step], labels[::step, ::step] == 0)
-    return MIN_WHITE_PER_RED_CELL * red * step
+    return red_cell_diameter(rgb[::step, ::step], labels[::step, ::step] == 0) * step
 
 
 def _estimate_pass(model, x, comfort, max_pixels, rgb=None):
-    """Plain logits at the scale of the estimated diameter: ``(logits, diameter, scale)``."""
+    """Plain logits at the scale of the estimated diameter: ``(logits, diameter, scale,
+    red_cell_diameter)``."""
     H, W = x.shape[-2:]
     cap = min(1.0, float(np.sqrt(max_pixels / (H * W))))
-    s, d_prev, lg, floor = cap, None, None, None
+    s, d_prev, lg, red = cap, None, None, None
     for _ in range(3):  # first pass, then at most two corrections
         lg = _logits_at(model, x, s)
         # measured at full resolution; blobs far below the smallest cell the network
@@ -216,15 +217,15 @@ def _estimate_pass(model, x, comfort, max_pixels, rgb=None):
             labels, min_diameter=MIN_CELL_DIAMETER / s
         )
         if d <= 0:
-            return lg, 0.0, s
-        if floor is None:  # the red cells' scale, from the first pass's background
-            floor = _red_cell_floor(rgb, labels, cap)
-        d = max(d, floor)
+            return lg, 0.0, s, red
+        if red is None:  # the red cells' scale, from the first pass's background
+            red = _red_cells(rgb, labels, cap)
+        d = max(d, MIN_WHITE_PER_RED_CELL * (red or 0.0))
         s_new = min(_scale_for(d, comfort), cap * 4.0)
         if abs(np.log(s_new / s)) < np.log(1.15) or (d_prev and abs(np.log(d / d_prev)) < np.log(1.15)):
-            return lg, d, s
+            return lg, d, s, red
         s_last, s, d_prev = s, s_new, d
-    return lg, d, s_last  # the scale these logits were computed at
+    return lg, d, s_last, red  # the scale these logits were computed at
 
 
 def prior_volumes(meta: dict, prior: str, soft_fractions: Optional[np.ndarray] = None):
@@ -335,7 +336,7 @@ def predict_cells(
     comfort = comfort_range_of(meta, comfort_range)
     x = normalise(rgb[None], input_norm_of(meta)).to(device)
     with torch.inference_mode():
-        logits, d, s = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS, augment, rgb)
+        logits, d, s, red = _network_pass(model, x, diameter or None, comfort, FIRST_PASS_MAX_PIXELS, augment, rgb)
         info = {"prior": None}
         if meta["arch"] == "unet" or int(dflt.get("num_iter", 5) if num_iter is None else num_iter) == 0:
             probs = torch.softmax(logits, dim=1)
@@ -355,6 +356,8 @@ def predict_cells(
                 **{k: [t.tolist() for t in v] if isinstance(v, tuple) else v.tolist() for k, v in kw.items()},
             }
     info["augment"] = augment
+    if red is not None:  # measured with the diameter: the white-cell rule reuses it
+        info["red_cell_diameter"] = float(red)
     p = probs[0].float().cpu().numpy()
     labels = p.argmax(0).astype(np.int32)
     if require_nucleus:

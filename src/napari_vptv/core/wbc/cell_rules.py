@@ -322,14 +322,21 @@ def drop_non_white_cells(
 
 
 def drop_non_white_cells_in(
-    labels: np.ndarray, diameter: Optional[float], rgb: Optional[np.ndarray], info: dict
+    labels: np.ndarray,
+    diameter: Optional[float],
+    rgb: Optional[np.ndarray],
+    info: dict,
+    red_cell_diameter: Optional[float] = None,
 ) -> Tuple[np.ndarray, int]:
     """:func:`drop_non_white_cells` with the red-cell scale of the image ``rgb``
-    (:func:`~napari_vptv.core.wbc.red_cells.red_cell_diameter` of its background;
-    none without ``rgb``); ``info`` gets ``red_cell_diameter`` and
-    ``non_white_cells_removed``."""
-    from .red_cells import red_cell_diameter
+    (:func:`~napari_vptv.core.wbc.red_cells.red_cell_diameter` of its background,
+    unless already measured and given as ``red_cell_diameter``; none without
+    ``rgb``); ``info`` gets ``red_cell_diameter`` and ``non_white_cells_removed``."""
+    from .red_cells import red_cell_diameter as measure
 
-    info["red_cell_diameter"] = red = red_cell_diameter(rgb, labels == 0) if rgb is not None else 0.0
+    red = red_cell_diameter
+    if red is None:
+        red = measure(rgb, labels == 0) if rgb is not None else 0.0
+    info["red_cell_diameter"] = red = float(red)
     labels, info["non_white_cells_removed"] = drop_non_white_cells(labels, diameter, red_cell_diameter=red)
     return labels, info["non_white_cells_removed"]
