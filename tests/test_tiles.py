@@ -77,3 +77,38 @@ def test_segment_image_tiles_large_images(straddling, monkeypatch):
     fixed = SegmentOptions(method="vptv", volume_mode="none").resolve(True)  # the fixed colour model
     assert fixed.method == "vptv" and not tiles.needs_tiles(field, fixed)
     assert not tiles.needs_tiles(field[..., 0], SegmentOptions().resolve(False))  # grey
+
+
+class _RecordingBar:
+    """A tqdm-like bar that records what the batch engine tells it."""
+
+    made = []
+
+    def __init__(self, total, desc):
+        self.total, self.desc, self.n, self.closed = total, desc, 0, False
+        _RecordingBar.made.append(self)
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_batch_engine_reports_the_tiles_of_a_large_image(straddling, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from napari_vptv.api import SegmentFn
+    from napari_vptv.core.batch.run import segment_file
+
+    field, _ = straddling
+    monkeypatch.setattr(tiles, "TILED_ABOVE_PIXELS", 100 * 100)
+    monkeypatch.setattr(tiles, "TILE", 256)
+    Image.fromarray(field).save(tmp_path / "field.png")
+    _RecordingBar.made.clear()
+    res = segment_file(
+        tmp_path / "field.png", tmp_path / "out", SegmentFn(SegmentOptions()), progress_factory=_RecordingBar
+    )
+    assert res.status == "done"
+    (bar,) = _RecordingBar.made
+    assert (bar.total, bar.n, bar.closed) == (2, 2, True) and "field.png" in bar.desc

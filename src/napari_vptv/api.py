@@ -79,6 +79,7 @@ def segment_image(
     *,
     channel_axis: Optional[int] = None,
     callback: Optional[ProgressCallback] = None,
+    tile_progress: Optional[ProgressCallback] = None,
     **settings,
 ) -> SegmentationResult:
     """Segment one image with the variational solver or a shipped network.
@@ -105,7 +106,12 @@ def segment_image(
         Colour axis (``-1`` for RGB). An ``(H, W, 3)`` image is taken as RGB even when
         it is None.
     callback : callable ``(iteration, max_iterations)``, optional
-        Progress hook (variational solver only); it may raise to stop the solve.
+        Progress hook (variational solver only); it may raise to stop the solve. An
+        image segmented in tiles (:mod:`napari_vptv.tiles`) calls it ``(tile, tiles)``
+        instead.
+    tile_progress : callable ``(tile, tiles)``, optional
+        Called after every tile when the image is segmented in tiles (instead of
+        ``callback`` there); not called otherwise. It may raise to stop the run.
     **settings
         Fields of :class:`SegmentOptions` (and ``volume_bounds=(lower, upper)``),
         overriding those of ``options``.
@@ -138,7 +144,8 @@ def segment_image(
     check_device(opts.device)
     if channel_axis in (-1, 2) and _tiles().needs_tiles(image, opts):  # bounded memory, one scale
         rule = opts.white_cell_rule and _nucleus_rule(opts)
-        return _tiles().segment_in_tiles(image, opts, segment_image, white_cell_rule=rule, progress=callback)
+        progress = tile_progress or callback
+        return _tiles().segment_in_tiles(image, opts, segment_image, white_cell_rule=rule, progress=progress)
     check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
     if conversion:
@@ -382,9 +389,16 @@ class SegmentFn:
         """Number of classes of the labels for an RGB / grey input."""
         return self.options.resolve(rgb).n_classes_for(rgb)
 
-    def __call__(self, image, *, channel_axis=None):
+    #: the batch engine may pass ``tile_progress`` (see :meth:`__call__`)
+    reports_tiles = True
+
+    def __call__(self, image, *, channel_axis=None, tile_progress=None):
+        """Segment ``image``; ``tile_progress(tile, tiles)`` is called after every tile when
+        the image is segmented in tiles (the command line's per-image bar)."""
         callback = None if self.options.is_network else self.callback
-        return segment_image(np.asarray(image), self.options, channel_axis=channel_axis, callback=callback)
+        return segment_image(
+            np.asarray(image), self.options, channel_axis=channel_axis, callback=callback, tile_progress=tile_progress
+        )
 
 
 def make_segment_fn(method: str = DEFAULT_METHOD, **settings) -> SegmentFn:

@@ -240,7 +240,8 @@ def _segment_file_into(
     out_dir.mkdir(parents=True, exist_ok=True)
     k = segment_fn.n_classes(info.rgb) if hasattr(segment_fn, "n_classes") else 2
     if not info.is_stack:
-        _segment_image_file(p, info, final, segment_fn, k, result, overwrite=overwrite)
+        progress = stack_options.get("progress_factory")
+        _segment_image_file(p, info, final, segment_fn, k, result, overwrite=overwrite, progress_factory=progress)
         return
     result.shape = _segment_stack_file(
         p, info, final, segment_fn, k, result, overwrite=overwrite, mode=mode, **stack_options
@@ -267,12 +268,27 @@ def _failed_slices_message(result: FileResult) -> str:
     )
 
 
-def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite) -> None:
-    """A 2-D image: segment, write atomically (temporary file + rename), record the volumes."""
+def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite, progress_factory=None) -> None:
+    """A 2-D image: segment, write atomically (temporary file + rename), record the volumes.
+    A segmentation function with ``reports_tiles`` reports the tiles of a large image
+    to a bar of ``progress_factory``, made at the first tile."""
     image = open_lazy(p, info.pixels)
     if info.rgb and image.shape[-1] == 4:
         image = image[..., :3]
-    res = segment_fn(image, channel_axis=-1 if info.rgb else None)
+    bar = None
+
+    def tile_done(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = progress_factory(total, f"{p.name} (tiles)")
+        bar.update(done - bar.n)
+
+    hook = {"tile_progress": tile_done} if progress_factory and getattr(segment_fn, "reports_tiles", False) else {}
+    try:
+        res = segment_fn(image, channel_axis=-1 if info.rgb else None, **hook)
+    finally:
+        if bar is not None:
+            bar.close()
     labels = labels_of(res)
     found = getattr(res, "info", None) or {}
     result.notes = list(info.notes) + list(found.get("conversions", []))
