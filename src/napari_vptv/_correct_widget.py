@@ -4,9 +4,10 @@ Snaps a rough Labels layer (instance labels, a binary mask, or class labels) to 
 boundaries of an Image layer with VPTV; by default the size bias of the mask is
 unknown (each boundary may move up to "Band" px, the image decides), or the area is
 kept exactly / scaled by a known factor
-(:func:`napari_vptv.core.correct.mask.correct_mask_iter`).
+(:func:`napari_vptv.correction.correct_image_iter`, the API's correction).
 
-* The work is the napari-free generator ``correct_mask_iter`` run in a
+* The work is the napari-free generator ``correct_image_iter`` (the settings as a
+  :class:`~napari_vptv.options.CorrectOptions`) run in a
   ``napari.qt.threading.thread_worker``; a ``napari.utils.progress`` bar counts the
   batched solves, Cancel stops after the current one (nothing is written then). The
   status line reports the mean area before / after and objects kept as given.
@@ -55,6 +56,11 @@ from ._help import help_link, wrap_tooltips
 from ._layout import Form, advanced_section, dock_body
 from ._outputs import live_layer
 from ._widget_controls import LABEL_EDGE, LABEL_EPSILON, LABEL_TV
+from .core.correct.settings import CorrectSettings
+from .options import CorrectOptions
+
+#: the defaults of the numeric fields (the core's)
+DEFAULTS = CorrectSettings()
 
 #: ``metadata["vptv"]["kind"]`` of this widget's output layers.
 KIND = "correct_mask"
@@ -86,18 +92,13 @@ EDGE_CHOICES = {EDGE_DEFAULT: None, "outer rim": "rim", "half-maximum": "half-ma
 STACK_CHOICES = {STACK_DEFAULT: "volume", "slice by slice": "slices"}
 
 
-def _engine(img, lab, rgb, model, report, kwargs):
+def _engine(img, lab, rgb, options, report):
     """The correction generator; the VPTVU-net evidence is computed in the worker too."""
-    from napari_vptv.core.correct.mask import correct_mask_iter
+    from napari_vptv.correction import correct_image_iter
 
-    if model == "vptv-unet":
-        if not rgb:
-            raise ValueError("The VPTVU-net costs need an RGB image layer.")
-        from napari_vptv.nn.weights import predict_wbc
-
-        _, probs = predict_wbc(img[..., :3], method="vptv-unet")
-        kwargs["evidence"] = probs[2] if kwargs["mode"] == "objects" else probs
-    return (yield from correct_mask_iter(img, lab, channel_axis=-1 if rgb else None, report=report, **kwargs))
+    if options.model == "vptv-unet" and not rgb:
+        raise ValueError("The VPTVU-net costs need an RGB image layer.")
+    return (yield from correct_image_iter(img, lab, options, channel_axis=-1 if rgb else None, report=report))
 
 
 def _kind(layer):
@@ -211,7 +212,7 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             min=0.1,
             max=10.0,
             step=0.01,
-            value=1.0,
+            value=DEFAULTS.volume_factor,
             tooltip="'known factor' mode: target area = mask area × factor (1.1: mask ~10 % too small)",
         )
         self.volume_tolerance = FloatSpinBox(
@@ -219,7 +220,7 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             min=0.0,
             max=0.9,
             step=0.01,
-            value=0.0,
+            value=DEFAULTS.volume_tolerance,
             tooltip="unknown bias: also keep areas within (1 ± t) × given "
             "(0: no such limit); semantic: class volume interval",
         )
@@ -229,7 +230,7 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             min=0.0,
             max=10.0,
             step=0.05,
-            value=0.15,
+            value=DEFAULTS.mask_weight,
             tooltip="Cost β for leaving the given mask (costs are in [0, 1]); 0: the image alone decides the boundary",
         )
         self.epsilon = FloatSpinBox(
@@ -237,7 +238,7 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             min=1e-4,
             max=10.0,
             step=0.001,
-            value=0.01,
+            value=DEFAULTS.epsilon,
             tooltip="Entropic regularisation ε (paper eq. 11): larger values give softer boundaries",
         )
         self.tv_weight = FloatSpinBox(
@@ -245,13 +246,13 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
             min=0.0,
             max=10.0,
             step=0.005,
-            value=0.05,
+            value=DEFAULTS.tv_weight,
             tooltip="Weight λ of the total variation term (paper eq. 11): larger values "
             "give smoother, shorter boundaries",
         )
-        self.edge = CheckBox(text=LABEL_EDGE, value=True)
-        self.fill_holes = CheckBox(text="Fill holes", value=True)
-        self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=300)
+        self.edge = CheckBox(text=LABEL_EDGE, value=DEFAULTS.edge)
+        self.fill_holes = CheckBox(text="Fill holes", value=DEFAULTS.fill_holes)
+        self.max_iter = SpinBox(label="Iterations per solve", min=1, max=100000, value=DEFAULTS.max_num_iter)
 
     def _build_body(self):
         """The scrolling body: the fields in their groups, the buttons and the status."""
@@ -389,7 +390,8 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
 
     # --------------------------------------------------------------- parameters
     def parameters(self) -> Dict[str, Any]:
-        """The settings as keyword arguments of :func:`correct_mask_iter`."""
+        """The settings as fields of :class:`~napari_vptv.options.CorrectOptions` (kept
+        in the output layer's metadata)."""
         return {
             "mode": self.mode.value,
             "model": MODELS[self.model.value],
@@ -445,12 +447,11 @@ class CorrectMaskWidget(WidgetRunMixin, CorrectPreviewMixin, Container):
         try:
             image, labels, img, lab = self._validate()
             params = self.parameters()
-            kwargs = dict(params)
-            model = kwargs.pop("model")
+            options = CorrectOptions(**params)  # a bad value is reported before the worker starts
             # copies: the user may edit the layers while the worker runs
             report = []  # per-object area before / after, filled when the engine finishes
             given = lab.copy()  # also what Accept checks the layer against
-            engine = _engine(img.copy(), given, bool(image.rgb), model, report, kwargs)
+            engine = _engine(img.copy(), given, bool(image.rgb), options, report)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._error(str(exc), show_error)
             return None

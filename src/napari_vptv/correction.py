@@ -3,7 +3,8 @@
 A :class:`~napari_vptv.options.CorrectOptions` says how; this module turns its
 ``model`` into evidence (:func:`correction_evidence`: the one place that asks the
 VPTVU-net, on the options' ``device``) and runs
-:func:`napari_vptv.core.correct.mask.correct_mask_iter`. ``vptv correct`` and the
+:func:`napari_vptv.core.correct.mask.correct_mask_iter` with the core settings
+(:meth:`CorrectOptions.to_settings`). ``vptv correct`` and the
 "Correct mask" widget call it; :mod:`napari_vptv.api` re-exports it.
 
 No napari or Qt imports here; torch and the network code load only when the
@@ -83,10 +84,10 @@ def correct_image_iter(
     opts = _as_options(options, settings)
     image, channel_axis = _colour_image(image, channel_axis)
     evidence = correction_evidence(image, opts, channel_axis)
-    kwargs = opts.core_kwargs()
-    if evidence is not None:
-        kwargs["evidence"] = evidence
-    return (yield from correct_mask_iter(image, mask, channel_axis=channel_axis, report=report, **kwargs))
+    settings = opts.to_settings()
+    return (
+        yield from correct_mask_iter(image, mask, settings, channel_axis=channel_axis, evidence=evidence, report=report)
+    )
 
 
 def correct_image(

@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .core.correct import settings as correct_settings
+from .core.correct.settings import CorrectSettings
 from .core.solver.volumes import VOLUME_MODES, make_volume_spec
 from .presets import CELL_RULES, DEFAULT_METHOD, METHOD_NAMES, NETWORKS, PRESET_NAMES
 
@@ -468,40 +470,29 @@ class SegmentOptions:
 #: class probabilities (WBC nuclei / classes of an RGB image).
 CORRECT_MODELS = ("colour", "vptv-unet")
 
+#: the core's correction defaults (the one place they are written)
+_CORE = CorrectSettings()
+
 
 @dataclass(frozen=True)
 class CorrectOptions:
     """Settings of one mask correction (:func:`napari_vptv.api.correct_image`), validated
-    once (frozen). ``None`` means the default of
-    :func:`~napari_vptv.core.correct.mask.correct_mask`.
+    once (frozen): the evidence (``model``) and the core's settings. Those are
+    described, with their defaults, in one place:
+    :class:`~napari_vptv.core.correct.settings.CorrectSettings`; ``None`` here means
+    that default, and :meth:`to_settings` makes the core's object.
 
     Parameters
     ----------
-    mode : {"objects", "semantic"}
-        One two-phase VPTV per label id, or one multi-class VPTV.
     model : {"colour", "vptv-unet"}
         The evidence: a colour model of the mask (default) or the VPTVU-net's
         probabilities (needs an RGB image; run on ``device``).
-    volume_mode : {"interval", "exact", "factor"}, optional
-        Unknown size bias (each boundary moves within ``band``), keep each area, or
-        area x ``volume_factor``.
-    volume_factor, volume_tolerance, area_tolerance : float, optional
-        Target area factor (> 0); allowed relative deviation from the target (0 to < 1);
-        interval mode: also keep each area within that share of the given one.
-    band, margin : int, optional
-        Largest boundary error to correct, crop margin (pixels, >= 1).
-    epsilon, tv_weight, max_num_iter, seed : optional
-        Solver settings, in :data:`RANGES`.
-    edge, fill_holes : bool, optional
-        Edge-weighted TV; fill holes of corrected objects.
-    mask_weight : float, optional
-        Trust in the given mask (>= 0).
-    stack_mode : {"volume", "slices"}, optional
-        3-D masks: objects in 3-D, or every plane as 2-D objects.
-    edge_position : {"rim", "half-max", "gradient"}, optional
-        Where the boundary goes across a nucleus's edge: the outer rim, the
-        half-maximum or the strongest gradient; None: as annotated (the half-maximum
-        for grey 2-D images, the outer rim for grey 3-D stacks, the gradient for colour).
+    mode, volume_mode, volume_factor, volume_tolerance, area_tolerance, band, margin : optional
+        Fields of :class:`~napari_vptv.core.correct.settings.CorrectSettings`.
+    epsilon, tv_weight, edge, mask_weight, fill_holes, max_num_iter, stack_mode, edge_position : optional
+        Likewise; ``epsilon``, ``tv_weight``, ``max_num_iter`` within :data:`RANGES`.
+    seed : int
+        Likewise, within :data:`RANGES`.
     device : str
         torch device of the solver and of the network evidence.
 
@@ -509,9 +500,11 @@ class CorrectOptions:
     --------
     >>> CorrectOptions(volume_mode="exact").core_kwargs()
     {'mode': 'objects', 'volume_mode': 'exact', 'seed': 0, 'device': 'cpu'}
+    >>> CorrectOptions(volume_mode="exact").to_settings().tv_weight
+    0.05
     """
 
-    mode: str = "objects"
+    mode: str = _CORE.mode
     model: str = "colour"
     volume_mode: Optional[str] = None
     volume_factor: Optional[float] = None
@@ -526,19 +519,17 @@ class CorrectOptions:
     fill_holes: Optional[bool] = None
     max_num_iter: Optional[int] = None
     stack_mode: Optional[str] = None
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = _CORE.seed
+    device: str = _CORE.device
     edge_position: Optional[str] = None
 
     def __post_init__(self):
-        from .core.correct.mask import CORRECTION_MODES, EDGE_POSITIONS, STACK_MODES, VOLUME_MODES
-
         for name, choices in (
-            ("mode", CORRECTION_MODES),
+            ("mode", correct_settings.CORRECTION_MODES),
             ("model", CORRECT_MODELS),
-            ("volume_mode", VOLUME_MODES),
-            ("stack_mode", STACK_MODES),
-            ("edge_position", EDGE_POSITIONS),
+            ("volume_mode", correct_settings.VOLUME_MODES),
+            ("stack_mode", correct_settings.STACK_MODES),
+            ("edge_position", correct_settings.EDGE_POSITIONS),
         ):
             value = getattr(self, name)
             if value is not None and value not in choices:
@@ -575,6 +566,12 @@ class CorrectOptions:
             for f in dataclasses.fields(self)
             if f.name != "model" and getattr(self, f.name) is not None
         }
+
+    def to_settings(self) -> CorrectSettings:
+        """The core's :class:`~napari_vptv.core.correct.settings.CorrectSettings`: the
+        fields that are set, the core's defaults for the others (``model`` is not a core
+        setting: :func:`napari_vptv.api.correct_image` turns it into evidence)."""
+        return _CORE.replace(**self.core_kwargs())
 
 
 def _bounded(value, name: str, low, high, integer: bool):

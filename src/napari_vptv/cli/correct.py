@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from ..core.correct.evidence import EDGE_POSITIONS
+from ..core.correct.settings import EDGE_POSITIONS, CorrectSettings
 from ..options import CorrectOptions, OptionError
 from .common import CLIError, echo, nonneg_float, positive_float, positive_int
 
 __all__ = ["NAME", "add_parser", "run"]
 
 NAME = "correct"
+
+#: the defaults quoted in the help (those of the core's CorrectSettings)
+_DEFAULTS = CorrectSettings()
 
 
 def add_parser(sub) -> None:
@@ -53,7 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--mode",
         choices=["objects", "semantic"],
-        default="objects",
+        default=_DEFAULTS.mode,
         help="objects: one two-phase VPTV per label id; semantic: one multi-class VPTV (default: %(default)s)",
     )
     p.add_argument(
@@ -61,7 +65,7 @@ def add_parser(sub) -> None:
         type=positive_float,
         default=None,
         metavar="F",
-        help="target area = mask area x F (default 1)",
+        help=f"target area = mask area x F (default {_DEFAULTS.volume_factor:g})",
     )
     p.add_argument(
         "--volume-tolerance",
@@ -101,14 +105,14 @@ def _add_solver_arguments(p) -> None:
         type=positive_float,
         default=None,
         metavar="E",
-        help="entropic regularisation eps, 1e-4 to 100; smaller is sharper (default 0.01)",
+        help=f"entropic regularisation eps, 1e-4 to 100; smaller is sharper (default {_DEFAULTS.epsilon:g})",
     )
     p.add_argument(
         "--tv-weight",
         type=nonneg_float,
         default=None,
         metavar="L",
-        help="weight lambda of the total-variation (boundary length) term, 0 to 100 (default 0.05)",
+        help=f"weight lambda of the total-variation (boundary length) term, 0 to 100 (default {_DEFAULTS.tv_weight:g})",
     )
     p.add_argument(
         "--edge",
@@ -130,10 +134,11 @@ def _add_solver_arguments(p) -> None:
     )
     p.add_argument(
         "--max-iter",
+        dest="max_num_iter",
         type=positive_int,
         default=None,
         metavar="N",
-        help="iterations per solve, 1 to 100000 (default 300)",
+        help=f"iterations per solve, 1 to 100000 (default {_DEFAULTS.max_num_iter})",
     )
     p.add_argument(
         "--margin",
@@ -147,7 +152,7 @@ def _add_solver_arguments(p) -> None:
         type=nonneg_float,
         default=None,
         metavar="B",
-        help="trust in the given mask (cost of leaving it; costs are in [0, 1]; default 0.15)",
+        help=f"trust in the given mask (cost of leaving it; costs are in [0, 1]; default {_DEFAULTS.mask_weight:g})",
     )
     p.add_argument(
         "--model",
@@ -168,8 +173,8 @@ def _add_solver_arguments(p) -> None:
         help="3-D masks: correct each object in 3-D (volume, default) or every plane as 2-D objects "
         "(slices: for stacks whose planes are not one sampled volume, e.g. a time series)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed (default %(default)s)")
+    p.add_argument("--device", default=_DEFAULTS.device, help="torch device (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
@@ -179,30 +184,12 @@ _FLAGS = {"max_num_iter": "--max-iter"}
 
 
 def correct_options(args) -> CorrectOptions:
-    """The :class:`~napari_vptv.options.CorrectOptions` of the command line (validated
-    before any file is read; a bad value names its flag)."""
-    given = dict(
-        mode=args.mode,
-        model=args.model or "colour",
-        volume_mode=args.volume_mode,
-        volume_factor=args.volume_factor,
-        volume_tolerance=args.volume_tolerance,
-        area_tolerance=args.area_tolerance,
-        band=args.band,
-        margin=args.margin,
-        epsilon=args.epsilon,
-        tv_weight=args.tv_weight,
-        edge=args.edge,
-        edge_position=args.edge_position,
-        mask_weight=args.mask_weight,
-        fill_holes=args.fill_holes,
-        max_num_iter=args.max_iter,
-        stack_mode=args.stack_mode,
-        seed=args.seed,
-        device=args.device,
-    )
+    """The :class:`~napari_vptv.options.CorrectOptions` of the command line: every field
+    from the argument of the same name (``dest``), unset ones (None) left to its defaults;
+    validated before any file is read, a bad value names its flag."""
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(CorrectOptions)}
     try:
-        return CorrectOptions(**given)
+        return CorrectOptions(**{name: value for name, value in given.items() if value is not None})
     except OptionError as exc:
         flag = _FLAGS.get(exc.field, "--" + exc.field.replace("_", "-"))
         raise CLIError(f"{flag}: {exc}") from None

@@ -50,6 +50,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from .settings import EDGE_POSITIONS  # "rim", "half-max", "gradient" (see CorrectSettings)
+
 __all__ = [
     "object_evidence",
     "ObjectEvidence",
@@ -60,10 +62,6 @@ __all__ = [
     "EDGE_POSITIONS",
 ]
 
-#: where the boundary goes across a nucleus's blurred edge: "rim" (the outer, dimmer
-#: rim, as nuclei are annotated), "half-max" (halfway between the object's plateau
-#: and the background), "gradient" (the strongest gradient)
-EDGE_POSITIONS = ("rim", "half-max", "gradient")
 #: "rim": level between background (0) and the object's plateau (1) of an annotated edge
 #: (measured at annotated boundaries, smoothed image: 0.49 on the 2-D, 0.36 on the 3-D
 #: tuning nuclei; 0.45 had the best mean Dice over the tuning rows, 0.4 and 0.5 within

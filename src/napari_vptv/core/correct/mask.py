@@ -9,6 +9,10 @@ a known factor), the image's evidence places the boundary.
 
 >>> from napari_vptv.core.correct.mask import correct_mask
 >>> corrected = correct_mask(image, rough_labels)                     # doctest: +SKIP
+>>> corrected = correct_mask(image, rough_labels, CorrectSettings(band=10))  # doctest: +SKIP
+
+The settings (mode, volume constraint, ``epsilon``, ``lambda``, ...) and their
+defaults are in one place, :class:`~napari_vptv.core.correct.settings.CorrectSettings`.
 
 Two modes:
 
@@ -52,14 +56,15 @@ from typing import Callable, Generator, Optional
 import numpy as np
 
 from ..solver.segment import prepare_image
-from .evidence import EDGE_POSITIONS
-from .objects import VOLUME_MODES, ObjectCorrection, correct_objects_iter
+from .objects import ObjectCorrection, correct_objects_iter
 from .semantic import semantic_iter
+from .settings import CORRECTION_MODES, EDGE_POSITIONS, STACK_MODES, VOLUME_MODES, CorrectSettings, resolve_settings
 
 __all__ = [
     "correct_mask",
     "correct_mask_iter",
     "run_correction",
+    "CorrectSettings",
     "CorrectionProgress",
     "ObjectCorrection",
     "CORRECTION_MODES",
@@ -68,11 +73,6 @@ __all__ = [
     "EDGE_POSITIONS",
     "annotated_edge",
 ]
-
-CORRECTION_MODES = ("objects", "semantic")
-#: 3-D masks: one 3-D object per id ("volume"), or every plane of axis 0 on its own ("slices")
-STACK_MODES = ("volume", "slices")
-COLOUR_SIMILARITIES = ("gaussian", "mahalanobis", "mean", "histogram")
 
 
 @dataclass(frozen=True)
@@ -120,42 +120,6 @@ def _check_mask(mask, spatial_shape) -> np.ndarray:
     return m.astype(np.int64, copy=False)
 
 
-def _check_params(
-    mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight, em_rounds, max_num_iter
-):
-    if mode not in CORRECTION_MODES:
-        raise ValueError(f"mode must be one of {CORRECTION_MODES}, got {mode!r}")
-    if similarity not in COLOUR_SIMILARITIES:
-        raise ValueError(f"similarity must be one of {COLOUR_SIMILARITIES}, got {similarity!r}")
-    if not np.isfinite(volume_factor) or volume_factor <= 0:
-        raise ValueError(f"volume_factor must be a positive number, got {volume_factor}")
-    if not np.isfinite(volume_tolerance) or not 0 <= volume_tolerance < 1:
-        raise ValueError(f"volume_tolerance must be in [0, 1), got {volume_tolerance}")
-    if margin is not None and (int(margin) != margin or margin < 1):
-        raise ValueError(f"margin must be a positive number of pixels or None (automatic), got {margin}")
-    if not np.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be a positive number, got {epsilon}")
-    if not np.isfinite(tv_weight) or tv_weight < 0:
-        raise ValueError(f"tv_weight must be >= 0, got {tv_weight}")
-    if int(em_rounds) != em_rounds or em_rounds < 0:
-        raise ValueError(f"em_rounds must be a non-negative integer, got {em_rounds}")
-    if int(max_num_iter) < 1:
-        raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
-
-
-def _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance):
-    """``(mode, area_tolerance)``: None -> "factor" if a factor is given, else "interval"."""
-    if volume_mode is None:
-        volume_mode = "factor" if volume_factor != 1.0 else "interval"
-    if volume_mode not in VOLUME_MODES:
-        raise ValueError(f"volume_mode must be one of {VOLUME_MODES}, got {volume_mode!r}")
-    if area_tolerance is None and volume_tolerance > 0:
-        area_tolerance = volume_tolerance  # the older name of the same interval
-    if area_tolerance is not None and (not np.isfinite(area_tolerance) or not 0 <= area_tolerance < 1):
-        raise ValueError(f"area_tolerance must be in [0, 1), got {area_tolerance}")
-    return volume_mode, area_tolerance
-
-
 def _check_evidence(evidence, spatial, mode):
     if evidence is None:
         return None
@@ -168,49 +132,15 @@ def _check_evidence(evidence, spatial, mode):
     return ev
 
 
-def _check_modes(stack_mode, edge_position):
-    if stack_mode not in STACK_MODES:
-        raise ValueError(f"stack_mode must be one of {STACK_MODES}, got {stack_mode!r}")
-    if edge_position is not None and edge_position not in EDGE_POSITIONS:
-        raise ValueError(f"edge_position must be one of {EDGE_POSITIONS} or None, got {edge_position!r}")
-
-
-def _check_object_params(mask_weight, smooth, band):
-    if not np.isfinite(mask_weight) or mask_weight < 0:
-        raise ValueError(f"mask_weight must be >= 0, got {mask_weight}")
-    if not np.isfinite(smooth) or smooth < 0:
-        raise ValueError(f"smooth must be >= 0 (a Gaussian sigma in pixels), got {smooth}")
-    if band is not None and (int(band) != band or band < 1):
-        raise ValueError(f"band must be a positive whole number of pixels, got {band}")
-
-
 def correct_mask_iter(
     image,
     mask,
+    settings: Optional[CorrectSettings] = None,
     *,
     channel_axis: Optional[int] = None,
-    mode: str = "objects",
-    volume_mode: Optional[str] = None,
-    volume_factor: float = 1.0,
-    area_tolerance: Optional[float] = None,
-    volume_tolerance: float = 0.0,
-    band: Optional[int] = None,
-    margin: Optional[int] = None,
-    epsilon: float = 0.01,
-    tv_weight: float = 0.05,
-    edge: bool = True,
     evidence: Optional[np.ndarray] = None,
-    similarity: str = "gaussian",
-    em_rounds: int = 1,
-    mask_weight: float = 0.15,
-    fill_holes: bool = True,
-    smooth: float = 1.0,
-    max_num_iter: int = 300,
-    seed: int = 0,
-    device: str = "cpu",
     report: Optional[list] = None,
-    stack_mode: str = "volume",
-    edge_position: Optional[str] = None,
+    **overrides,
 ) -> Generator[CorrectionProgress, None, np.ndarray]:
     """Generator version of :func:`correct_mask`.
 
@@ -219,36 +149,36 @@ def correct_mask_iter(
     (``StopIteration.value``). Stopping the generator early (e.g. a Cancel button)
     leaves the inputs untouched. Parameters: see :func:`correct_mask`.
     """
-    _check_params(
-        mode, similarity, volume_factor, volume_tolerance, margin, epsilon, tv_weight, em_rounds, max_num_iter
-    )
-    _check_modes(stack_mode, edge_position)
-    volume_mode, area_tolerance = _resolve_volume_mode(volume_mode, volume_factor, volume_tolerance, area_tolerance)
-    _check_object_params(mask_weight, smooth, band)
+    s = resolve_settings(settings, overrides)
+    volume_mode, area_tolerance = s.volume_target()
     features = prepare_image(image, channel_axis)
     spatial = features.shape[1:]
+    edge_position = s.edge_position
     if edge_position is None:
         edge_position = annotated_edge(features.shape[0], len(spatial))
     m, out_dtype = _check_mask(mask, spatial), _out_dtype(mask)
-    model_prob = _check_evidence(evidence, spatial, mode)
-    solver_kw = dict(epsilon=epsilon, tv_weight=tv_weight, edge=edge, max_num_iter=max_num_iter)
-    if mode == "semantic":
-        kw = dict(volume_factor=volume_factor, volume_tolerance=volume_tolerance, em_rounds=em_rounds, seed=seed)
+    model_prob = _check_evidence(evidence, spatial, s.mode)
+    solver_kw = dict(epsilon=s.epsilon, tv_weight=s.tv_weight, edge=s.edge, max_num_iter=s.max_num_iter)
+    if s.mode == "semantic":
+        kw = dict(
+            volume_factor=s.volume_factor, volume_tolerance=s.volume_tolerance, em_rounds=s.em_rounds, seed=s.seed
+        )
         gen = semantic_iter(
-            features, m, model_prob, similarity=similarity, device=device, out_dtype=out_dtype, **kw, **solver_kw
+            features, m, model_prob, similarity=s.similarity, device=s.device, out_dtype=out_dtype, **kw, **solver_kw
         )
         return (yield from _relay(gen))
 
-    volume_kw = dict(volume_mode=volume_mode, volume_factor=volume_factor, area_tolerance=area_tolerance)
-    object_kw = dict(band=None if band is None else int(band), margin=margin, mask_weight=mask_weight, smooth=smooth)
+    volume_kw = dict(volume_mode=volume_mode, volume_factor=s.volume_factor, area_tolerance=area_tolerance)
+    band = None if s.band is None else int(s.band)
+    object_kw = dict(band=band, margin=s.margin, mask_weight=s.mask_weight, smooth=s.smooth)
     gen = _objects_iter(
         features,
         m,
-        stack_mode=stack_mode,
+        stack_mode=s.stack_mode,
         out_dtype=out_dtype,
         report=report,
         prob=model_prob,
-        fill_holes=fill_holes,
+        fill_holes=s.fill_holes,
         edge_position=edge_position,
         **object_kw,
         **volume_kw,
@@ -332,85 +262,32 @@ mask : ndarray of int (or bool)
     Instance labels (0 = background), a binary mask (one object), or -- with
     ``mode="semantic"`` -- class labels such as 0 / 1 / 2. Same spatial shape as
     ``image``. Float arrays are accepted only if they hold whole numbers.
+settings : CorrectSettings, optional
+    How to correct: the mode, the volume constraint, the solver's ``epsilon``,
+    ``lambda`` (``tv_weight``) and ``T`` (``max_num_iter``), the trust ``beta`` in the
+    mask (``mask_weight``), where the edge lies, ... -- every field, its default and
+    its meaning are in :class:`~napari_vptv.core.correct.settings.CorrectSettings`.
+    None: the defaults.
 channel_axis : int or None
     Axis of the colour channels (``-1`` for RGB ``(H, W, 3)``); None for grey.
-mode : {"objects", "semantic"}
-    ``"objects"``: all objects in one batched two-phase VPTV solve over crops
-    (a 3-D mask is corrected in true 3-D). ``"semantic"``: one multi-class VPTV
-    on the whole image, class volumes from the mask's class fractions.
-volume_mode : {"interval", "exact", "factor"} or None
-    How each object's volume ``V_1`` (eq. 2) is set. ``"interval"``: the size
-    bias is unknown; the boundary may move up to ``band`` pixels in or out and
-    the image decides where (``V_1`` between the areas of the mask eroded and
-    dilated by ``band``; see Notes). ``"exact"``: the given area. ``"factor"``: the given
-    area times ``volume_factor``. None (default): ``"factor"`` if
-    ``volume_factor != 1``, else ``"interval"``.
-volume_factor : float
-    Known area bias for ``"factor"`` mode, e.g. 1.2 if the masks are ~20 % too small.
-area_tolerance : float or None
-    Interval mode: also keep each area within ``(1 +- t) x`` the given area.
-volume_tolerance : float
-    Older name of ``area_tolerance`` (used when that is None); in semantic mode
-    the interval class volumes ``V (1 +- t)``.
-band : int or None
-    Interval mode: the largest boundary error (pixels) to correct; also the depth
-    beyond which the first inside / outside samples are taken. None (default):
-    per object, half its equivalent radius clipped to 4-6 px (small nuclei move
-    less); a number applies to every object.
-margin : int or None
-    Pixels added around each object's bounding box for its crop (clipped at the
-    image border). None: ``2 band + 6`` (``band`` = 6 if automatic).
-epsilon : float
-    Entropic regularisation ``eps`` (eq. 11).
-tv_weight : float
-    ``lambda``, weight of the (edge-weighted) TV term (eq. 11); costs are in [0, 1].
-edge : bool
-    Edge-weighted TV, ``e(x) = 1/(1 + 10 |grad t|)`` on the evidence ``t`` (Notes).
 evidence : ndarray or None
     None: evidence from the image's grey value / colour (inside vs. outside each
     object, see Notes). Otherwise an object probability map in [0, 1] of the
     image's spatial shape used as ``t`` (e.g. a network's nucleus probability;
     semantic mode: class probabilities ``(3, *spatial)``).
-similarity : {"gaussian", "mahalanobis", "mean", "histogram"}
-    Semantic mode: class model (see :mod:`napari_vptv.core.solver.costs`).
-em_rounds : int
-    Semantic mode: re-estimations of the class model from the corrected mask.
-mask_weight : float
-    ``beta``: cost of leaving the prior mask (the given mask moved to the image's
-    edge); a small trust that keeps the boundary in place where the evidence is
-    ambiguous.
-fill_holes : bool
-    Fill holes of a corrected object where the given object had none.
-smooth : float
-    Gaussian sigma (pixels) applied to the image before the evidence is computed.
-max_num_iter : int
-    ``T``, iterations per solve.
-seed : int
-    Seed (the solver is deterministic; kept for API symmetry).
-device : str
-    torch device (objects mode runs on the CPU).
 report : list, optional
     Receives one :class:`ObjectCorrection` per object (id, area before / after,
     status ``"moved 2.4 px"``, ``"kept"`` (already on a plausible edge) or ``"no
     evidence"`` (kept as given), see :class:`ObjectCorrection`); per object and
     plane with ``stack_mode="slices"``.
-stack_mode : {"volume", "slices"}
-    3-D masks, objects mode: ``"volume"`` (default) corrects every id as one 3-D
-    object (3-D TV, one edge offset per object); ``"slices"`` corrects every
-    plane of the first axis on its own (2-D objects with angular sectors, all
-    planes in the same batched solves; ids are kept per plane). Ignored in 2-D.
-edge_position : {"rim", "half-max", "gradient"} or None
-    Objects mode: where the boundary goes across a nucleus's blurred edge. ``"rim"``:
-    the outer, dimmer rim (45 % of the way from the background to the nucleus's
-    interior); ``"half-max"``: halfway; ``"gradient"``: the strongest gradient. None
-    (default): as annotated (:func:`annotated_edge`): ``"half-max"`` for grey 2-D
-    images, ``"rim"`` for grey 3-D stacks, ``"gradient"`` for colour (stained nuclei in
-    brightfield).
 progress : callable ``(done, total) -> None``, optional
     Called after every batched solve.
 should_stop : callable ``() -> bool``, optional
     Checked after every batched solve; if it returns True the correction stops
     and ``InterruptedError`` is raised (the inputs are untouched).
+**overrides
+    Fields of :class:`~napari_vptv.core.correct.settings.CorrectSettings` changed from
+    ``settings`` (e.g. ``band=10``, ``volume_mode="exact"``).
 
 Returns
 -------
@@ -423,7 +300,9 @@ Raises
 ------
 ValueError
     Mask shape differs from the image's spatial shape, empty mask, float mask
-    with non-integer values, NaN / infinite image values, invalid parameters.
+    with non-integer values, NaN / infinite image values, invalid settings.
+TypeError
+    A keyword that is not a setting (the message names it and the nearest setting).
 
 Notes
 -----
@@ -441,61 +320,18 @@ learning", eq. 11 and Algorithm 1.
 def correct_mask(
     image,
     mask,
+    settings: Optional[CorrectSettings] = None,
     *,
     channel_axis: Optional[int] = None,
-    mode: str = "objects",
-    volume_mode: Optional[str] = None,
-    volume_factor: float = 1.0,
-    area_tolerance: Optional[float] = None,
-    volume_tolerance: float = 0.0,
-    band: Optional[int] = None,
-    margin: Optional[int] = None,
-    epsilon: float = 0.01,
-    tv_weight: float = 0.05,
-    edge: bool = True,
     evidence: Optional[np.ndarray] = None,
-    similarity: str = "gaussian",
-    em_rounds: int = 1,
-    mask_weight: float = 0.15,
-    fill_holes: bool = True,
-    smooth: float = 1.0,
-    max_num_iter: int = 300,
-    seed: int = 0,
-    device: str = "cpu",
     report: Optional[list] = None,
-    stack_mode: str = "volume",
-    edge_position: Optional[str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    **overrides,
 ) -> np.ndarray:
     """Snap a rough label mask to the image's boundaries (docstring: ``_CORRECT_MASK_DOC``, set below)."""
-    gen = correct_mask_iter(
-        image,
-        mask,
-        channel_axis=channel_axis,
-        mode=mode,
-        volume_mode=volume_mode,
-        volume_factor=volume_factor,
-        area_tolerance=area_tolerance,
-        volume_tolerance=volume_tolerance,
-        band=band,
-        margin=margin,
-        epsilon=epsilon,
-        tv_weight=tv_weight,
-        edge=edge,
-        evidence=evidence,
-        similarity=similarity,
-        em_rounds=em_rounds,
-        mask_weight=mask_weight,
-        fill_holes=fill_holes,
-        smooth=smooth,
-        max_num_iter=max_num_iter,
-        seed=seed,
-        device=device,
-        report=report,
-        stack_mode=stack_mode,
-        edge_position=edge_position,
-    )
+    settings = resolve_settings(settings, overrides)  # a bad setting raises here, not at the first step
+    gen = correct_mask_iter(image, mask, settings, channel_axis=channel_axis, evidence=evidence, report=report)
     return run_correction(gen, progress, should_stop)
 
 

@@ -36,10 +36,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .evidence import AUTO_BAND_RANGE, object_band, object_evidence
+from .settings import VOLUME_MODES
 
 __all__ = ["ObjectCorrection", "correct_objects_iter", "VOLUME_MODES"]
 
-VOLUME_MODES = ("interval", "exact", "factor")
 
 #: cost of a forbidden class (costs are in [0, 1])
 _PROHIBITIVE = 50.0
