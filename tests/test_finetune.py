@@ -148,6 +148,7 @@ def test_the_api_checks_the_default_method_too(pairs):
     assert v["methods"]["vptv-adapted"]["base"] != v["methods"]["vptv-unet"]["base"]
     text = describe_verdict(result)
     assert "vptv-adapted: mean Dice" in text and "vptv-unet: mean Dice" in text
+    assert text.count(" ± ") == 2  # each method's gain with its spread over the images
 
 
 def _recording(meta):

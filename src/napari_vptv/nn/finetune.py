@@ -147,8 +147,11 @@ def describe_verdict(result: FinetuneResult) -> str:
     for name, m in methods.items():
         ft, base = m["finetuned"], m["base"]
         label = f"{name}: " if len(methods) > 1 else ""
+        spread = ""
+        if m.get("standard_error") is not None:
+            spread = f" (gain {100 * m['gain']:+.2f} ± {100 * m['standard_error']:.2f} pt)"
         parts.append(
-            f"{label}mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}, pixel accuracy "
+            f"{label}mean Dice {ft['mean_dice']:.3f} vs base {base['mean_dice']:.3f}{spread}, pixel accuracy "
             f"{ft['pixel_accuracy']:.3f} vs {base['pixel_accuracy']:.3f}"
         )
     n = v["finetuned"]["n_images"]
