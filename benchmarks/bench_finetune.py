@@ -137,12 +137,12 @@ def kept(row) -> bool:
     """Whether the check keeps the run's model under the current rule: every method's
     cross-validated gain above MIN_GAIN beyond one standard error of its per-image gains
     (the run's own ``kept_by_guard`` for rows recorded without per-image gains)."""
-    from napari_vptv.nn.finetune_guard import MIN_GAIN, standard_error
+    from napari_vptv.nn.finetune_guard import MIN_GAIN, assured_gain
 
     methods = (row.get("verdict") or {}).get("methods")
     if not methods or any("image_gains" not in m for m in methods.values()):
         return bool(row["kept_by_guard"])
-    return all(np.mean(m["image_gains"]) - standard_error(m["image_gains"]) > MIN_GAIN for m in methods.values())
+    return all(assured_gain(m["image_gains"]) > MIN_GAIN for m in methods.values())
 
 
 def summarise(paths) -> str:

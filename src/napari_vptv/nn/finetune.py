@@ -160,7 +160,7 @@ def describe_verdict(result: FinetuneResult) -> str:
         return f"better than the base: {scores}"
     worse = [name for name, m in methods.items() if name and m.get("gain", 0) < 0]
     why = f" (worse with {', '.join(worse)})" if worse else ""
-    if not worse and "spread" in v.get("reason", ""):
+    if not worse and v.get("within_spread"):
         why = " (the gain is smaller than its spread over your images)"
     return f"NOT better than the base{why}: {scores}; " + (
         "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved"

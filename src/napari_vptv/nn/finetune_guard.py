@@ -37,6 +37,7 @@ __all__ = [
     "GuardScores",
     "Segmenter",
     "folds",
+    "assured_gain",
     "per_image_gains",
     "score_pairs",
     "standard_error",
@@ -128,8 +129,10 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
 
     Returns ``{"better", "gain", "finetuned", "base", "reason", "methods"}``: ``better``
     is True when every method's mean Dice gains more than ``min_gain`` beyond one
-    standard error of its per-image gains, None when nothing was held out; ``gain`` is
-    the mean gain of the method that decides (the lowest ``gain - standard error``);
+    standard error of its per-image gains (:func:`assured_gain`), None when nothing was
+    held out; ``gain`` is the mean gain of the method that decides (the lowest assured
+    gain); ``within_spread`` says that this mean gain was above ``min_gain`` but not
+    beyond its spread;
     ``finetuned`` / ``base`` are the summaries of the first method (the one a user runs
     by default); ``methods`` holds ``{"gain", "standard_error", "image_gains",
     "finetuned", "base"}`` per method.
@@ -147,30 +150,33 @@ def verdict(finetuned: Mapping[str, GuardScores], base: Mapping[str, GuardScores
             "reason": "fewer than 2 pairs: nothing to hold out, the gain cannot be measured",
         }
     gains = {m: per_image_gains(finetuned[m], base[m]) for m in names}
-    lower = {m: float(gains[m].mean() - standard_error(gains[m])) for m in names}
-    worst = min(lower, key=lower.get)
-    gain = float(gains[worst].mean())
-    better = bool(lower[worst] > min_gain)
+    mean = {m: float(gains[m].mean()) for m in names}
+    spread = {m: standard_error(gains[m]) for m in names}
+    worst = min(names, key=lambda m: mean[m] - spread[m])
+    gain = mean[worst]
+    better = bool(assured_gain(gains[worst]) > min_gain)
+    within_spread = bool(not better and gain > min_gain)
     per_method = "; ".join(
         f"{m}: {finetuned[m].mean_dice:.4f} vs {base[m].mean_dice:.4f} "
-        f"(gain {100 * gains[m].mean():+.2f} ± {100 * standard_error(gains[m]):.2f} pt)"
+        f"(gain {100 * mean[m]:+.2f} ± {100 * spread[m]:.2f} pt)"
         for m in names
     )
     reason = f"cross-validated mean Dice, fine-tuned vs base, on {len(finetuned[first].names)} held-out pair(s): "
     reason += per_method
     if not better:
-        state = "worse" if gain < 0 else "not better" if gain <= min_gain else "no gain beyond the spread of the images"
+        state = "no gain beyond the spread of the images" if within_spread else "worse" if gain < 0 else "not better"
         reason += f"; {state} with {worst}"
     return {
         "better": better,
         "gain": gain,
+        "within_spread": within_spread,
         "finetuned": finetuned[first].summary(),
         "base": base[first].summary(),
         "reason": reason,
         "methods": {
             m: {
-                "gain": float(gains[m].mean()),
-                "standard_error": standard_error(gains[m]),
+                "gain": mean[m],
+                "standard_error": spread[m],
                 "image_gains": [float(g) for g in gains[m]],
                 "finetuned": finetuned[m].summary(),
                 "base": base[m].summary(),
@@ -185,6 +191,13 @@ def per_image_gains(finetuned: GuardScores, base: GuardScores) -> np.ndarray:
     if finetuned.names != base.names:
         raise ValueError("the fine-tuned and base scores are not on the same held-out images")
     return np.mean(finetuned.dice, axis=1) - np.mean(base.dice, axis=1)
+
+
+def assured_gain(image_gains) -> float:
+    """The mean of the per-image gains less one standard error: the gain the check
+    compares with :data:`MIN_GAIN`."""
+    image_gains = np.asarray(image_gains, float)
+    return float(image_gains.mean() - standard_error(image_gains))
 
 
 def standard_error(values: np.ndarray) -> float:
