@@ -54,6 +54,7 @@ from .settings import EDGE_POSITIONS  # "rim", "half-max", "gradient" (see Corre
 
 __all__ = [
     "object_evidence",
+    "object_distances",
     "ObjectEvidence",
     "object_band",
     "edge_offset",
@@ -99,6 +100,8 @@ _SHIFT_MAX = 4
 _SHIFT_PRIOR = 0.3
 #: a shift is taken only if its score beats the unshifted mask's by this fraction
 _SHIFT_GAIN = 0.05
+#: largest number of gradient samples gathered at once by the shift search (memory)
+_GATHER_BUDGET = 2_000_000
 #: automatic band: this fraction of the object's equivalent radius, clipped to AUTO_BAND_RANGE px
 _BAND_FRACTION = 0.5
 AUTO_BAND_RANGE = (4, 6)
@@ -159,21 +162,38 @@ def best_shift(grad, sd, band):
     q = np.nonzero(np.abs(sd) <= band + 0.5 * _STEP)  # level-set samples, unshifted frame
     bins = np.clip(np.rint((sd[q] + band) / _STEP).astype(int), 0, offsets.size - 1)
     count = np.maximum(np.bincount(bins, minlength=offsets.size), 1)
-    padded = np.pad(grad, smax)  # outside the crop: no gradient
     weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
-    g = padded[q[0] + smax, q[1] + smax]
-    unshifted = np.max(np.bincount(bins, g, offsets.size) / count * weight)
-    best, best_score = (0, 0), unshifted * (1.0 + _SHIFT_GAIN)
-    for dy in range(-smax, smax + 1):
-        for dx in range(-smax, smax + 1):
-            r = np.hypot(dy, dx)
-            if r > smax or r == 0:
-                continue
-            g = padded[q[0] + smax + dy, q[1] + smax + dx]
-            score = np.max(np.bincount(bins, g, offsets.size) / count * weight) * (1.0 - _SHIFT_PRIOR * r / band)
-            if score > best_score + 1e-12:
-                best, best_score = (dy, dx), score
+    shifts = [(0, 0)] + [
+        (dy, dx) for dy in range(-smax, smax + 1) for dx in range(-smax, smax + 1) if 0 < np.hypot(dy, dx) <= smax
+    ]
+    scores = _shift_scores(np.pad(grad, smax), q, smax, shifts, bins, offsets.size) / count * weight
+    scores = scores.max(axis=1)
+    best, best_score = (0, 0), scores[0] * (1.0 + _SHIFT_GAIN)
+    for (dy, dx), score in zip(shifts[1:], scores[1:]):
+        score = score * (1.0 - _SHIFT_PRIOR * np.hypot(dy, dx) / band)
+        if score > best_score + 1e-12:
+            best, best_score = (dy, dx), score
     return best
+
+
+def _shift_scores(padded, q, pad, shifts, bins, n_bins):
+    """Sum of ``padded`` (the gradient padded by ``pad`` with zeros) over the samples
+    ``q`` moved by each shift, per offset bin: ``(len(shifts), n_bins)``.
+
+    One gather and one ``bincount`` for many shifts at once (the samples' order, and so
+    every sum, is that of one ``bincount`` per shift); shifts in chunks bound the memory.
+    """
+    width = padded.shape[1]
+    base = (q[0] + pad) * width + (q[1] + pad)
+    flat = padded.ravel()
+    per = max(1, _GATHER_BUDGET // max(base.size, 1))
+    sums = []
+    for start in range(0, len(shifts), per):
+        chunk = np.array([dy * width + dx for dy, dx in shifts[start : start + per]])
+        g = flat[chunk[:, None] + base[None, :]]
+        key = (np.arange(chunk.size)[:, None] * n_bins + bins[None, :]).ravel()
+        sums.append(np.bincount(key, g.ravel(), chunk.size * n_bins).reshape(chunk.size, n_bins))
+    return np.concatenate(sums)
 
 
 def _shifted(sd, shift):
@@ -185,7 +205,7 @@ def _shifted(sd, shift):
     return big[tuple(slice(pad - v, pad - v + n) for v, n in zip(shift, sd.shape))]
 
 
-def edge_offset(proj, sd, band, other):
+def edge_offset(proj, sd, band, other, *, grad=None, sectors=None):
     """Per-pixel offset (px) of the strongest edge relative to the given boundary.
 
     Parameters
@@ -194,17 +214,22 @@ def edge_offset(proj, sd, band, other):
     sd : signed distance to the given boundary (negative inside)
     band : largest offset searched (px)
     other : pixels of other objects (ignored)
+    grad, sectors : optional, ``_gradient(proj, other)`` and ``_sectors(sd)`` if the
+        caller has them already
     """
-    grad = _gradient(proj, other)
+    grad = _gradient(proj, other) if grad is None else grad
     offsets = np.arange(-band, band + 0.01, _STEP)
-    sector, ns = _sectors(sd)
+    sector, ns = _sectors(sd) if sectors is None else sectors
+    # only pixels near the boundary can lie on a searched level set: select them once
     near = np.abs(sd) <= band + 1
+    sd_near, sector_near, grad_near = sd[near], sector[near], grad[near]
     profile = np.zeros((ns, offsets.size))
     for i, o in enumerate(offsets):
-        sel = near & (np.abs(sd - o) <= 0.5)
+        sel = np.abs(sd_near - o) <= 0.5
         if sel.any():
-            count = np.bincount(sector[sel], minlength=ns)
-            profile[:, i] = np.bincount(sector[sel], grad[sel], ns) / np.maximum(count, 1)
+            sec = sector_near[sel]
+            count = np.bincount(sec, minlength=ns)
+            profile[:, i] = np.bincount(sec, grad_near[sel], ns) / np.maximum(count, 1)
     profile += _GLOBAL_WEIGHT * profile.mean(0) if ns > 1 else 0.0
     profile *= 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
     # parabola through the peak and its neighbours: the edge between sampled levels
@@ -231,22 +256,27 @@ def _remap(t, level):
     return np.where(t < level, 0.5 * t / level, 0.5 + 0.5 * (t - level) / (1.0 - level))
 
 
-def _level_offset(t, sd, offset, level, band):
+def _level_offset(t, sd, offset, level, band, sectors=None):
     """Per-pixel offset (px) of the ``level`` crossing of ``t`` outward from the strongest edge.
 
     The mean of ``t`` on the level sets ``{sd - offset = r}`` (2-D: per angular sector,
     pulled towards the whole object's) is followed outwards from ``r = -_PLATEAU_GAP``
     to where it first falls below ``level``; the crossing is interpolated linearly.
+    ``sectors``: ``_sectors(sd)`` if the caller has it.
     """
     rel = sd - offset
     steps = np.arange(-_PLATEAU_GAP, _FLOOR_GAP + 2 + 0.01, _STEP)
-    sector, ns = _sectors(sd)
+    sector, ns = _sectors(sd) if sectors is None else sectors
+    # pixels farther than 1 px from every searched level set are in no sample: drop them once
+    near = (rel >= steps[0] - 1.0) & (rel <= steps[-1] + 1.0)
+    rel_near, sector_near, t_near = rel[near], sector[near], t[near]
     prof = np.full((ns, steps.size), np.nan)
     for i, r in enumerate(steps):
-        sel = np.abs(rel - r) <= 0.5
+        sel = np.abs(rel_near - r) <= 0.5
         if sel.any():
-            count = np.bincount(sector[sel], minlength=ns)
-            prof[:, i] = np.where(count > 0, np.bincount(sector[sel], t[sel], ns) / np.maximum(count, 1), np.nan)
+            sec = sector_near[sel]
+            count = np.bincount(sec, minlength=ns)
+            prof[:, i] = np.where(count > 0, np.bincount(sec, t_near[sel], ns) / np.maximum(count, 1), np.nan)
     seen = ~np.isnan(prof)
     # the whole object's mean (NaN where no sector has pixels at that distance)
     whole = np.where(seen.any(0), np.where(seen, prof, 0.0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
@@ -303,7 +333,23 @@ def _plausible(level_map, sd0, other):
     return bool(_PLAUSIBLE[0] <= np.median(level_map[at]) <= _PLAUSIBLE[1])
 
 
-def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient"):
+def object_distances(obj):
+    """``(din, dout)``: Euclidean distance of every pixel of ``obj`` to the nearest pixel
+    outside it, and of every other pixel to the object (the array's edge is not a boundary).
+
+    ``din`` is computed on the object's bounding box grown by one pixel only: that ring
+    lies outside the object, so the nearest outside pixel of any object pixel is in it
+    (the values are those of the whole crop's transform).
+    """
+    dout = ndi.distance_transform_edt(~obj)
+    box = ndi.find_objects(obj.view(np.uint8))[0]
+    grown = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+    din = np.zeros(obj.shape)
+    din[grown] = ndi.distance_transform_edt(obj[grown])
+    return din, dout
+
+
+def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient", stop_if_kept=False):
     """Evidence, distances, prior mask and the plausibly placed parts of one object crop.
 
     Parameters
@@ -313,13 +359,16 @@ def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient")
     band : largest boundary error (px)
     prob : optional object probability map (then ``t = prob`` and the prior is ``obj``)
     edge_position : one of :data:`EDGE_POSITIONS`, where the boundary goes across the edge
+    stop_if_kept : bool
+        True: for an object whose given boundary is plausible (``keep``) the evidence is
+        not finished (the caller leaves it as it is): ``t`` is then the plateau levels
+        and ``prior`` the given mask.
 
     Returns
     -------
     :class:`ObjectEvidence`
     """
-    din = ndi.distance_transform_edt(obj)
-    dout = ndi.distance_transform_edt(~obj)
+    din, dout = object_distances(obj)
     level = edge_level(edge_position)
     sd0 = np.where(obj, 0.5 - din, dout - 0.5)  # signed distance to the given boundary (outside > 0)
     if prob is not None:
@@ -335,15 +384,19 @@ def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient")
     if core.sum() < 3 or ring.sum() < 3:
         return none
     proj = _fisher(feat, core, ring)
-    shift = best_shift(_gradient(proj, other), sd0, band)
+    grad = _gradient(proj, other)
+    shift = best_shift(grad, sd0, band)
     sd = _shifted(sd0, shift)  # a shifted mask: move it first
-    offset = edge_offset(proj, sd, band, other)
+    sectors = _sectors(sd)
+    offset = edge_offset(proj, sd, band, other, grad=grad, sectors=sectors)
     plateau = _plateau_levels(feat, proj, sd, offset, other)
     if plateau is None:  # no step between the object's plateau and the background
         return none
     keep = not any(shift) and _plausible(plateau, sd0, other)
+    if keep and stop_if_kept:
+        return ObjectEvidence(plateau.astype(np.float32), din, dout, obj, True)
     if edge_position != "gradient":
-        prior = sd < _level_offset(plateau, sd, offset, level, band)
+        prior = sd < _level_offset(plateau, sd, offset, level, band, sectors)
         return ObjectEvidence(_remap(plateau, level).astype(np.float32), din, dout, prior, keep)
     # thin shells on both sides: a symmetric blur lowers the inner level as much as
     # it raises the outer one, so t = 1/2 stays on the strongest gradient

@@ -87,6 +87,8 @@ class _Crop:
     status: str = "kept"
     t: Optional[np.ndarray] = None  # evidence (boundary at t = 1/2)
     moved: float = 0.0
+    din: Optional[np.ndarray] = None  # distance to the given boundary inside / outside the object
+    dout: Optional[np.ndarray] = None
 
 
 def _crops(compact, ids, slices, margin, planes=False):
@@ -111,8 +113,9 @@ def _prepare(
     """Costs, edge weight and area bounds of one crop (sets ``crop.status`` if skipped)."""
     area = int(crop.obj.sum())
     band = object_band(area, crop.obj.ndim, band)
-    ev = object_evidence(feat, crop.obj, crop.other, band, prob, edge_position)
+    ev = object_evidence(feat, crop.obj, crop.other, band, prob, edge_position, stop_if_kept=volume_mode == "interval")
     t, din, dout, prior = ev.t, ev.din, ev.dout, ev.prior
+    crop.din, crop.dout = din, dout  # (reused when the solution is rounded)
     if t is None:
         crop.status = "no evidence"
         return
@@ -205,7 +208,7 @@ def _round(crop, u1, fill_holes):
     """Labels of one crop: ``u_1 > 1/2`` with the count clipped to the area bounds."""
     # ties (u_1 ~ 0 or ~ 1 over wide areas) are broken towards the given mask's inside, so
     # a count raised to the lower area bound grows one connected layer, not scattered pixels
-    sd = ndi.distance_transform_edt(~crop.obj) - ndi.distance_transform_edt(crop.obj)
+    sd = crop.dout - crop.din
     score = np.where(crop.other, -1.0, u1.astype(np.float64) - 1e-4 * sd)
     count = int(np.clip(np.count_nonzero(score > 0.5), crop.lo, crop.hi))
     new = np.zeros(score.shape, bool)
@@ -213,19 +216,37 @@ def _round(crop, u1, fill_holes):
         flat = np.argpartition(-score.ravel(), count - 1)[:count]
         new.ravel()[flat] = True
     new &= ~crop.other
+    box = _grown_box(new)
+    if box is None:
+        return new
+    # holes and pieces of ``new`` lie in its bounding box grown by one pixel (the ring
+    # around it is outside ``new`` and connects to the crop's edge): work there only
+    sub, obj = new[box], crop.obj[box]
     if fill_holes:
         # fill only holes the given mask calls object (a ring-shaped nucleus keeps its hole)
-        new |= ndi.binary_fill_holes(new) & crop.obj
-    comp, k = ndi.label(new)
+        sub |= ndi.binary_fill_holes(sub) & obj
+    comp, k = ndi.label(sub)
     if k > 1:
-        hit = np.unique(comp[crop.obj & (comp > 0)])
-        new = np.isin(comp, hit[hit > 0])
+        hit = np.unique(comp[obj & (comp > 0)])
+        sub &= np.isin(comp, hit[hit > 0])
     return new
+
+
+def _grown_box(mask):
+    """Slices of the bounding box of ``mask`` grown by one pixel (clipped), or None if empty."""
+    box = ndi.find_objects(mask.view(np.uint8))
+    if not box:
+        return None
+    return tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
 
 
 def _perimeter(mask):
     """Boundary pixels of ``mask`` (at least 1)."""
-    return max(int((mask & ~ndi.binary_erosion(mask, border_value=1)).sum()), 1)
+    box = _grown_box(mask)
+    if box is None:
+        return 1
+    sub = mask[box]  # (the ring around the box is outside ``mask``: same erosion)
+    return max(int((sub & ~ndi.binary_erosion(sub, border_value=1)).sum()), 1)
 
 
 def _gain(crop, new):
@@ -235,11 +256,12 @@ def _gain(crop, new):
     distance moved times how clearly the evidence says so --; ``moved`` = changed
     pixels per boundary pixel of the two outlines' mean (for a ring between two
     outlines its mean width: the distance the boundary moved)."""
-    t = np.clip(crop.t, 0.0, 1.0)
     lose = crop.obj & ~new
     win = new & ~crop.obj & ~crop.other
-    given = _perimeter(crop.obj)
-    gain = float((1 - 2 * t[lose]).sum() + (2 * t[win] - 1).sum())
+    # boundary pixels of the given object: those with a face neighbour outside it (din = 1)
+    given = max(int(np.count_nonzero(crop.din == 1)), 1)
+    t_lose, t_win = np.clip(crop.t[lose], 0.0, 1.0), np.clip(crop.t[win], 0.0, 1.0)
+    gain = float((1 - 2 * t_lose).sum() + (2 * t_win - 1).sum())
     return gain / given, float(lose.sum() + win.sum()) / (0.5 * (given + _perimeter(new)))
 
 
