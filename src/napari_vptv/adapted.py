@@ -11,6 +11,7 @@ No napari or Qt imports here.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from .core.solver.segment import SegmentationResult
 from .core.solver.volumes import make_volume_spec
 from .core.wbc.cell_rules import drop_cells_without_nucleus, drop_non_white_cells_in
+from .core.wbc.windows import cell_windows, solve_in_windows
 from .options import SegmentOptions
 from .presets import VPTV_ADAPTED
 
@@ -146,17 +148,20 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
 
     preset = VPTV_ADAPTED
     settings = {**preset.solver_kwargs(), **_solver_overrides(opts)}
-    result = adapted_segment(
-        rgb,
-        pred.probabilities,
+    solve = partial(
+        adapted_segment,
         channel_axis=-1,
         seed=opts.seed,
         device=opts.device,
-        callback=callback,
         diameter=pred.diameter,
         colour_sigma_per_diameter=preset.colour_sigma_per_diameter,
         **settings,
     )
+    windows = cell_windows(pred.probabilities, pred.diameter)
+    if windows is None:  # a crop: the whole image
+        result = solve(rgb, pred.probabilities, callback=callback)
+    else:  # a field: only around the network's candidate cells
+        result = solve_in_windows(rgb, pred.probabilities, windows, solve, callback)
     fitted = result is not None
     if not fitted:
         result = SegmentationResult.from_arrays(

@@ -1,0 +1,82 @@
+"""Solving a field only around its candidate white cells (core/wbc/windows.py)."""
+
+import numpy as np
+import pytest
+
+from napari_vptv.core.wbc.windows import MIN_MARGIN, cell_windows, solve_in_windows
+
+
+def _probabilities(shape, blobs):
+    """Background probability 1 except in the given boxes, where cytoplasm is likely."""
+    p = np.zeros((3,) + shape, np.float32)
+    p[0] = 1.0
+    for r0, r1, c0, c1 in blobs:
+        p[0, r0:r1, c0:c1] = 0.2
+        p[1, r0:r1, c0:c1] = 0.8
+    return p
+
+
+def test_two_distant_candidates_give_two_windows_with_their_margins():
+    p = _probabilities((400, 600), [(50, 90, 60, 100), (300, 340, 450, 490)])
+    windows = cell_windows(p, diameter=40.0)
+    assert len(windows) == 2
+    margin = int(np.ceil(0.25 * 40))
+    assert windows[0] == (slice(50 - margin, 90 + margin), slice(60 - margin, 100 + margin))
+    assert windows[1] == (slice(300 - margin, 340 + margin), slice(450 - margin, 490 + margin))
+
+
+def test_overlapping_windows_merge_and_a_speck_gets_the_smallest_margin():
+    p = _probabilities((400, 600), [(50, 90, 60, 100), (95, 130, 60, 100), (300, 302, 300, 302)])
+    windows = cell_windows(p, diameter=40.0)
+    assert len(windows) == 2
+    assert windows[0] == (slice(40, 140), slice(50, 110))
+    assert windows[1] == (slice(300 - MIN_MARGIN, 302 + MIN_MARGIN), slice(300 - MIN_MARGIN, 302 + MIN_MARGIN))
+
+
+def test_a_crop_filled_by_its_cell_is_solved_whole_and_an_empty_field_has_no_window():
+    assert cell_windows(_probabilities((300, 300), [(40, 260, 40, 260)]), diameter=200.0) is None
+    assert cell_windows(_probabilities((300, 300), [(40, 60, 40, 60)]), diameter=None) is None
+    assert cell_windows(_probabilities((300, 300), []), diameter=50.0) == []
+
+
+def test_a_camera_field_is_solved_in_windows_as_crops_and_background_elsewhere():
+    pytest.importorskip("torch")
+    from napari_vptv.adapted import adapted_from_prediction
+    from napari_vptv.core.io.samples import load_sample
+    from napari_vptv.core.wbc.adapt import adapted_segment
+    from napari_vptv.nn.weights import predict_wbc
+    from napari_vptv.options import SegmentOptions
+    from napari_vptv.presets import VPTV_ADAPTED
+
+    img, _ = load_sample("001")
+    field = np.empty((480, 640, 3), np.uint8)
+    field[:] = np.median(img.reshape(-1, 3), axis=0).astype(np.uint8)
+    field[90:390, 170:470] = img
+    pred = predict_wbc(
+        field, details=True, require_nucleus=False, augment=VPTV_ADAPTED.network_augment, method="vptv-unet"
+    )
+    windows = cell_windows(pred.probabilities, pred.diameter)
+    assert windows, "a field with one white cell in the middle is solved in windows"
+    opts = SegmentOptions(require_nucleus=False, white_cell_rule=False)
+    result = adapted_from_prediction(field, pred, opts, "vptv-unet")
+    assert result.info["solved_windows"] >= 1 and result.info["solved_share"] < 0.5
+    inside = np.zeros(field.shape[:2], bool)
+    for win in windows:
+        inside[win] = True
+    assert not result.labels[~inside].any()  # the plasma around stays background
+    big = max(windows, key=lambda w: (w[0].stop - w[0].start) * (w[1].stop - w[1].start))
+    alone = adapted_segment(
+        field[big],
+        pred.probabilities[(slice(None),) + big],
+        channel_axis=-1,
+        diameter=pred.diameter,
+        colour_sigma_per_diameter=VPTV_ADAPTED.colour_sigma_per_diameter,
+        **VPTV_ADAPTED.solver_kwargs(),
+    )
+    np.testing.assert_array_equal(result.labels[big], alone.labels)  # a window is a crop
+
+
+def test_windows_the_solve_rejects_keep_the_network_labels():
+    p = _probabilities((100, 100), [(10, 20, 10, 20)])
+    image = np.zeros((100, 100, 3), np.uint8)
+    assert solve_in_windows(image, p, [(slice(5, 25), slice(5, 25))], lambda img, prob: None) is None
