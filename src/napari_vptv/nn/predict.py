@@ -68,6 +68,12 @@ MIN_CELL_SOLIDITY = 0.85
 #: floor a field whose only "cells" are platelets was scaled up until the platelets
 #: had a white cell's size (``bench_fields.py``).
 MIN_WHITE_PER_RED_CELL = 1.0
+#: the red cells are measured on every ``d // RED_CELL_STEP_PER_DIAMETER``-th pixel
+#: (``d``: the first pass's white-cell estimate, px): red cells are at least a third
+#: of a white cell across, so they stay >= 12 samples wide, while the distance
+#: transform and the h-maxima cost a quarter at step 2 (a 640 x 480 field: ~0.08 s
+#: -> ~0.02 s)
+RED_CELL_STEP_PER_DIAMETER = 36.0
 SELF_PRIOR_RELATIVE = 0.15
 SELF_PRIOR_ABSOLUTE = 0.005
 
@@ -190,13 +196,14 @@ def _network_pass(model, x, diameter, comfort, max_pixels, augment=1, rgb=None):
     return lg, d, s, red
 
 
-def _red_cells(rgb, labels, cap: float) -> Optional[float]:
+def _red_cells(rgb, labels, cap: float, diameter: float = 0.0) -> Optional[float]:
     """The red-cell diameter (px) measured on the background of ``labels`` (0.0 without
     a clear estimate, None without ``rgb``); large fields are measured on every
-    ``1 / cap``-th pixel (the estimate scaled back)."""
+    ``1 / cap``-th pixel, fields of large cells (white-cell ``diameter``) on every
+    ``diameter // RED_CELL_STEP_PER_DIAMETER``-th (the estimate scaled back)."""
     if rgb is None:
         return None
-    step = max(1, int(round(1.0 / cap)))
+    step = max(1, int(round(1.0 / cap)), int(diameter // RED_CELL_STEP_PER_DIAMETER))
     return red_cell_diameter(rgb[::step, ::step], labels[::step, ::step] == 0) * step
 
 
@@ -219,7 +226,7 @@ def _estimate_pass(model, x, comfort, max_pixels, rgb=None):
         if d <= 0:
             return lg, 0.0, s, red
         if red is None:  # the red cells' scale, from the first pass's background
-            red = _red_cells(rgb, labels, cap)
+            red = _red_cells(rgb, labels, cap, d)
         d = max(d, MIN_WHITE_PER_RED_CELL * (red or 0.0))
         s_new = min(_scale_for(d, comfort), cap * 4.0)
         if abs(np.log(s_new / s)) < np.log(1.15) or (d_prev and abs(np.log(d / d_prev)) < np.log(1.15)):
