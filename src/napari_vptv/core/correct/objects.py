@@ -89,6 +89,7 @@ class _Crop:
     moved: float = 0.0
     din: Optional[np.ndarray] = None  # distance to the given boundary inside / outside the object
     dout: Optional[np.ndarray] = None
+    box: tuple = ()  # part of the crop solved (``cost`` and ``edge`` hold only it)
 
 
 def _crops(compact, ids, slices, margin, planes=False):
@@ -142,22 +143,25 @@ def _prepare(
             return
     c1[crop.other] = _PROHIBITIVE
     crop.t = t
-    crop.cost = np.stack([c0, c1]).astype(np.float32)
+    # pixels barred from the object are background whatever the solve: it runs on the
+    # box of the others only, grown by one pixel so the TV term sees the same neighbours
+    crop.box = _grown_box(c1 < _PROHIBITIVE)
+    crop.cost = np.stack([c0[crop.box], c1[crop.box]]).astype(np.float32)
     if edge:
         g = np.sqrt(sum(gi**2 for gi in np.gradient(np.clip(t, -0.5, 1.5))))
-        crop.edge = (1.0 / (1.0 + edge_beta * g)).astype(np.float32)
+        crop.edge = (1.0 / (1.0 + edge_beta * g))[crop.box].astype(np.float32)
     else:
-        crop.edge = np.ones(t.shape, np.float32)
+        crop.edge = np.ones(crop.cost.shape[1:], np.float32)
 
 
 def _batches(crops, budget=_BATCH_PIXELS):
     """Groups of crops of similar size (sorted by size; padding waste bounded)."""
-    todo = sorted((c for c in crops if c.cost is not None), key=lambda c: c.obj.size)
+    todo = sorted((c for c in crops if c.cost is not None), key=lambda c: c.edge.size)
     groups, cur = [], []
     for c in todo:
-        shape = np.maximum.reduce([np.array(x.obj.shape) for x in cur + [c]])
+        shape = np.maximum.reduce([np.array(x.edge.shape) for x in cur + [c]])
         padded = int(np.prod(shape)) * (len(cur) + 1)
-        real = sum(x.obj.size for x in cur) + c.obj.size
+        real = sum(x.edge.size for x in cur) + c.edge.size
         if cur and (padded > budget or padded > 1.6 * real):
             groups.append(cur)
             cur = []
@@ -168,18 +172,18 @@ def _batches(crops, budget=_BATCH_PIXELS):
 
 
 def _solve_group(group, *, volume_mode, epsilon, tv_weight, max_num_iter):
-    """One batched VPTV solve; returns ``u_1`` per crop (cropped back to its shape)."""
+    """One batched VPTV solve of the crops' solve boxes; returns ``u_1`` per crop (on the whole crop)."""
     import torch
 
     from ..solver.reference import vptv_iterate
 
-    shape = tuple(np.maximum.reduce([np.array(c.obj.shape) for c in group]))
+    shape = tuple(np.maximum.reduce([np.array(c.edge.shape) for c in group]))
     n = len(group)
     cost = np.zeros((n, 2) + shape, np.float32)
     cost[:, 1] = _PROHIBITIVE  # padding is background
     edge = np.ones((n,) + shape, np.float32)
     for i, c in enumerate(group):
-        region = tuple(slice(0, s) for s in c.obj.shape)
+        region = tuple(slice(0, s) for s in c.edge.shape)
         cost[(i, slice(None)) + region] = c.cost
         edge[(i,) + region] = c.edge
     size = float(np.prod(shape))
@@ -201,7 +205,14 @@ def _solve_group(group, *, volume_mode, epsilon, tv_weight, max_num_iter):
             **kw,
         )
     u1 = state.u[:, 1].numpy()
-    return [u1[(i,) + tuple(slice(0, s) for s in c.obj.shape)] for i, c in enumerate(group)]
+    return [_whole_crop(c, u1[(i,) + tuple(slice(0, s) for s in c.edge.shape)]) for i, c in enumerate(group)]
+
+
+def _whole_crop(crop, u1_box):
+    """``u_1`` on the whole crop from its solved box (0 outside it: barred from the object)."""
+    u1 = np.zeros(crop.obj.shape, np.float32)
+    u1[crop.box] = u1_box
+    return u1
 
 
 def _round(crop, u1, fill_holes):
