@@ -44,6 +44,7 @@ the 3-D stack).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -163,9 +164,7 @@ def best_shift(grad, sd, band):
     bins = np.clip(np.rint((sd[q] + band) / _STEP).astype(int), 0, offsets.size - 1)
     count = np.maximum(np.bincount(bins, minlength=offsets.size), 1)
     weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
-    shifts = [(0, 0)] + [
-        (dy, dx) for dy in range(-smax, smax + 1) for dx in range(-smax, smax + 1) if 0 < np.hypot(dy, dx) <= smax
-    ]
+    shifts = _disc_shifts(smax)
     scores = _shift_scores(np.pad(grad, smax), q, smax, shifts, bins, offsets.size) / count * weight
     scores = scores.max(axis=1)
     best, best_score = (0, 0), scores[0] * (1.0 + _SHIFT_GAIN)
@@ -174,6 +173,13 @@ def best_shift(grad, sd, band):
         if score > best_score + 1e-12:
             best, best_score = (dy, dx), score
     return best
+
+
+@functools.lru_cache(maxsize=None)
+def _disc_shifts(smax):
+    """``(0, 0)``, then every whole-pixel shift of length in ``(0, smax]`` (row by row)."""
+    disc = [(dy, dx) for dy in range(-smax, smax + 1) for dx in range(-smax, smax + 1)]
+    return [(0, 0)] + [s for s in disc if 0 < np.hypot(*s) <= smax]
 
 
 def _shift_scores(padded, q, pad, shifts, bins, n_bins):
@@ -222,14 +228,8 @@ def edge_offset(proj, sd, band, other, *, grad=None, sectors=None):
     sector, ns = _sectors(sd) if sectors is None else sectors
     # only pixels near the boundary can lie on a searched level set: select them once
     near = np.abs(sd) <= band + 1
-    sd_near, sector_near, grad_near = sd[near], sector[near], grad[near]
-    profile = np.zeros((ns, offsets.size))
-    for i, o in enumerate(offsets):
-        sel = np.abs(sd_near - o) <= 0.5
-        if sel.any():
-            sec = sector_near[sel]
-            count = np.bincount(sec, minlength=ns)
-            profile[:, i] = np.bincount(sec, grad_near[sel], ns) / np.maximum(count, 1)
+    sums, count = _level_sums(sd[near], offsets, sector[near], ns, grad[near])
+    profile = sums / np.maximum(count, 1)
     profile += _GLOBAL_WEIGHT * profile.mean(0) if ns > 1 else 0.0
     profile *= 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
     # parabola through the peak and its neighbours: the edge between sampled levels
@@ -242,6 +242,26 @@ def edge_offset(proj, sd, band, other, *, grad=None, sectors=None):
     shift = np.where(curv < 0, 0.5 * (left - right) / np.where(curv < 0, curv, -1.0), 0.0)
     found = offsets[best] + np.where(best == i, np.clip(shift, -0.5, 0.5), 0.0) * _STEP
     return found[sector]
+
+
+def _level_sums(rel, levels, sector, ns, values):
+    """Sums of ``values`` and sample counts, per sector and level: ``(ns, len(levels))``
+    arrays over the samples with ``|rel - levels[i]| <= 1/2`` (``levels``: ``_STEP`` apart).
+
+    A sample lies on at most three levels, all among the five around
+    ``(rel - levels[0]) / _STEP``: those are tested instead of every level. The
+    samples are summed in their order, as one ``bincount`` per level would.
+    """
+    first = np.floor((rel - levels[0]) / _STEP).astype(int)
+    cand = first[:, None] + np.arange(-2, 3)
+    valid = (cand >= 0) & (cand < levels.size)
+    cand = np.clip(cand, 0, levels.size - 1)
+    valid &= np.abs(rel[:, None] - levels[cand]) <= 0.5
+    key = (cand * ns + sector[:, None])[valid]
+    size = levels.size * ns
+    sums = np.bincount(key, np.broadcast_to(values[:, None], cand.shape)[valid], size)
+    count = np.bincount(key, minlength=size)
+    return sums.reshape(levels.size, ns).T, count.reshape(levels.size, ns).T
 
 
 def edge_level(edge_position):
@@ -269,14 +289,8 @@ def _level_offset(t, sd, offset, level, band, sectors=None):
     sector, ns = _sectors(sd) if sectors is None else sectors
     # pixels farther than 1 px from every searched level set are in no sample: drop them once
     near = (rel >= steps[0] - 1.0) & (rel <= steps[-1] + 1.0)
-    rel_near, sector_near, t_near = rel[near], sector[near], t[near]
-    prof = np.full((ns, steps.size), np.nan)
-    for i, r in enumerate(steps):
-        sel = np.abs(rel_near - r) <= 0.5
-        if sel.any():
-            sec = sector_near[sel]
-            count = np.bincount(sec, minlength=ns)
-            prof[:, i] = np.where(count > 0, np.bincount(sec, t_near[sel], ns) / np.maximum(count, 1), np.nan)
+    sums, count = _level_sums(rel[near], steps, sector[near], ns, t[near])
+    prof = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
     seen = ~np.isnan(prof)
     # the whole object's mean (NaN where no sector has pixels at that distance)
     whole = np.where(seen.any(0), np.where(seen, prof, 0.0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
