@@ -167,11 +167,12 @@ def best_shift(grad, sd, band):
     shifts = _disc_shifts(smax)
     scores = _shift_scores(np.pad(grad, smax), q, smax, shifts, bins, offsets.size) / count * weight
     scores = scores.max(axis=1)
-    best, best_score = (0, 0), scores[0] * (1.0 + _SHIFT_GAIN)
-    for (dy, dx), score in zip(shifts[1:], scores[1:]):
-        score = score * (1.0 - _SHIFT_PRIOR * np.hypot(dy, dx) / band)
+    length = np.hypot(*np.array(shifts[1:]).T)
+    shifted = (scores[1:] * (1.0 - _SHIFT_PRIOR * length / band)).tolist()  # (plain floats: a fast loop)
+    best, best_score = (0, 0), float(scores[0] * (1.0 + _SHIFT_GAIN))
+    for shift, score in zip(shifts[1:], shifted):
         if score > best_score + 1e-12:
-            best, best_score = (dy, dx), score
+            best, best_score = shift, score
     return best
 
 

@@ -124,34 +124,44 @@ def _prepare(
         prior = crop.obj  # the area is known: trust the given shape
     elif ev.keep:
         return  # the given boundary lies on a plausible edge: "kept"
-    c1 = np.clip(1.0 - t, 0.0, 1.0) + mask_weight * ~prior
-    c0 = np.clip(t, 0.0, 1.0) + mask_weight * prior
     free = ~crop.other
     if volume_mode == "interval":
-        c0[din > band] = _PROHIBITIVE
-        c1[dout > band] = _PROHIBITIVE
         lo, hi = int((din > band).sum()), int(((dout <= band) & free).sum())
         if area_tolerance is not None:
             lo = max(lo, int(np.ceil(area * (1 - area_tolerance))))
             hi = min(hi, int(area * (1 + area_tolerance)))
         crop.lo, crop.hi = lo, max(lo, hi)
+        allowed = free & (dout <= band)
     else:
         n_free = int(free.sum())
         crop.lo = crop.hi = int(min(round(area * target_factor), n_free - 1))
         if crop.lo < 1:
             crop.status = "no room"
             return
-    c1[crop.other] = _PROHIBITIVE
+        allowed = free
     crop.t = t
     # pixels barred from the object are background whatever the solve: it runs on the
     # box of the others only, grown by one pixel so the TV term sees the same neighbours
-    crop.box = _grown_box(c1 < _PROHIBITIVE)
-    crop.cost = np.stack([c0[crop.box], c1[crop.box]]).astype(np.float32)
-    if edge:
-        g = np.sqrt(sum(gi**2 for gi in np.gradient(np.clip(t, -0.5, 1.5))))
-        crop.edge = (1.0 / (1.0 + edge_beta * g))[crop.box].astype(np.float32)
-    else:
-        crop.edge = np.ones(crop.cost.shape[1:], np.float32)
+    box = crop.box = _grown_box(allowed)
+    t_box, prior_box = t[box], prior[box]
+    c1 = np.clip(1.0 - t_box, 0.0, 1.0) + mask_weight * ~prior_box
+    c0 = np.clip(t_box, 0.0, 1.0) + mask_weight * prior_box
+    if volume_mode == "interval":
+        c0[din[box] > band] = _PROHIBITIVE
+        c1[dout[box] > band] = _PROHIBITIVE
+    c1[crop.other[box]] = _PROHIBITIVE
+    crop.cost = np.stack([c0, c1]).astype(np.float32)
+    crop.edge = _edge_weight(t, box, edge_beta) if edge else np.ones(c0.shape, np.float32)
+
+
+def _edge_weight(t, box, edge_beta):
+    """``e = 1 / (1 + edge_beta |grad t|)`` on ``box`` of the crop (the gradient of ``t``
+    clipped to [-0.5, 1.5], taken on the box grown by one pixel: the values of the whole
+    crop's)."""
+    outer = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
+    g = np.sqrt(sum(gi**2 for gi in np.gradient(np.clip(t[outer], -0.5, 1.5))))[inner]
+    return (1.0 / (1.0 + edge_beta * g)).astype(np.float32)
 
 
 def _batches(crops, budget=_BATCH_PIXELS):
