@@ -39,9 +39,9 @@ def test_a_crop_filled_by_its_cell_is_solved_whole_and_an_empty_field_has_no_win
     assert cell_windows(_probabilities((300, 300), []), diameter=50.0) == []
 
 
-def test_a_camera_field_is_solved_in_windows_as_crops_and_background_elsewhere():
+def test_a_camera_field_is_solved_in_windows_with_the_whole_fields_colour_model():
     pytest.importorskip("torch")
-    from napari_vptv.adapted import adapted_from_prediction
+    from napari_vptv.adapted import FIELD_COLOUR_STEP, adapted_from_prediction
     from napari_vptv.core.io.samples import load_sample
     from napari_vptv.core.wbc.adapt import adapted_segment
     from napari_vptv.nn.weights import predict_wbc
@@ -65,13 +65,24 @@ def test_a_camera_field_is_solved_in_windows_as_crops_and_background_elsewhere()
         inside[win] = True
     assert not result.labels[~inside].any()  # the plasma around stays background
     big = max(windows, key=lambda w: (w[0].stop - w[0].start) * (w[1].stop - w[1].start))
+    settings = dict(
+        channel_axis=-1,
+        colour_sigma_per_diameter=VPTV_ADAPTED.colour_sigma_per_diameter,
+        **VPTV_ADAPTED.solver_kwargs(),
+    )
+    step = FIELD_COLOUR_STEP  # the colour model: the whole field's, on every step-th pixel
+    whole = adapted_segment(
+        field[::step, ::step],
+        pred.probabilities[:, ::step, ::step],
+        **{**settings, "network_weight": 0.0},
+        diameter=pred.diameter / step,
+    )
     alone = adapted_segment(
         field[big],
         pred.probabilities[(slice(None),) + big],
-        channel_axis=-1,
         diameter=pred.diameter,
-        colour_sigma_per_diameter=VPTV_ADAPTED.colour_sigma_per_diameter,
-        **VPTV_ADAPTED.solver_kwargs(),
+        class_model=whole.class_model,
+        **settings,
     )
     np.testing.assert_array_equal(result.labels[big], alone.labels)  # a window is a crop
 
@@ -80,3 +91,18 @@ def test_windows_the_solve_rejects_keep_the_network_labels():
     p = _probabilities((100, 100), [(10, 20, 10, 20)])
     image = np.zeros((100, 100, 3), np.uint8)
     assert solve_in_windows(image, p, [(slice(5, 25), slice(5, 25))], lambda img, prob: None) is None
+
+
+def test_a_given_colour_model_replaces_step_one_of_the_adapted_solve():
+    pytest.importorskip("torch")
+    from napari_vptv.core.io.samples import load_sample
+    from napari_vptv.core.wbc.adapt import adapted_segment
+    from napari_vptv.nn.weights import predict_wbc
+
+    img, _ = load_sample("016")
+    pred = predict_wbc(img, details=True, require_nucleus=False, method="vptv-unet")
+    both = adapted_segment(img, pred.probabilities, diameter=pred.diameter)
+    step_one = adapted_segment(img, pred.probabilities, diameter=pred.diameter, network_weight=0.0)
+    given = adapted_segment(img, pred.probabilities, diameter=pred.diameter, class_model=step_one.class_model)
+    np.testing.assert_array_equal(given.labels, both.labels)
+    assert not np.array_equal(step_one.labels, both.labels)  # step two does change the labels

@@ -113,6 +113,28 @@ def segment_adapted(
     return result
 
 
+#: a camera field's colour model is refitted on every ``FIELD_COLOUR_STEP``-th pixel of
+#: the whole field (a quarter of the pixels: the EM solve's time on a 640 x 480 field
+#: drops from ~0.07 s to ~0.02 s; the same false cells on 20 composed fields)
+FIELD_COLOUR_STEP = 2
+
+
+def _solve_field(rgb, pred, solve, windows, callback=None):
+    """The image-adapted solve of a camera field: the colour model refitted on the whole
+    field (every ``FIELD_COLOUR_STEP``-th pixel), the combined solve in ``windows`` only
+    (:func:`~napari_vptv.core.wbc.windows.solve_in_windows`). A model refitted in each
+    window would see few red cells and little plasma beside a platelet and take red
+    cells for cytoplasm (5 more false cells on 20 composed fields). None when no colour
+    model can be fitted."""
+    step = FIELD_COLOUR_STEP
+    whole = solve(
+        rgb[::step, ::step], pred.probabilities[:, ::step, ::step], network_weight=0.0, diameter=pred.diameter / step
+    )
+    if whole is None:
+        return None
+    return solve_in_windows(rgb, pred.probabilities, windows, partial(solve, class_model=whole.class_model), callback)
+
+
 def _adapted(rgb, opts: SegmentOptions, callback, network: Optional[str] = None):
     """The WBC preset refitted to this image: a Gaussian colour model per class from the
     initialising network's confident pixels, EM updates, a volume interval around the
@@ -161,7 +183,7 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
     if windows is None:  # a crop: the whole image
         result = solve(rgb, pred.probabilities, callback=callback)
     else:  # a field: only around the network's candidate cells
-        result = solve_in_windows(rgb, pred.probabilities, windows, solve, callback)
+        result = _solve_field(rgb, pred, solve, windows, callback)
     fitted = result is not None
     if not fitted:
         result = SegmentationResult.from_arrays(

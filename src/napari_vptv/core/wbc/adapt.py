@@ -124,6 +124,7 @@ def adapted_segment(
     diameter: Optional[float] = None,
     rounding: str = ROUNDING,
     colour_sigma_per_diameter: float = COLOUR_SIGMA_PER_DIAMETER,
+    class_model: Optional[GaussianModel] = None,
     **solver,
 ):
     """VPTV with a colour model refitted on this image, seeded by ``probabilities``.
@@ -151,6 +152,10 @@ def adapted_segment(
         Cell diameter in pixels (e.g. the network's estimate), for ``colour_sigma=None``.
     colour_sigma_per_diameter : float
         See ``colour_sigma``.
+    class_model : GaussianModel, optional
+        A colour model refitted already (step 1 run on a larger image, e.g. the whole
+        camera field of which ``image`` is a window: :mod:`.windows`); step 1 is skipped.
+        Ignored when ``network_weight <= 0``.
     rounding : {"argmax", "volume"}
         How the final labels are taken (:func:`~napari_vptv.core.solver.segment.vptv_segment`);
         see ``ROUNDING``.
@@ -168,21 +173,24 @@ def adapted_segment(
     if colour_sigma is None:  # relative to the cell: the same smoothing at every magnification
         colour_sigma = colour_sigma_per_diameter * diameter if diameter else 0.0
     features = _smoothed_features(image, channel_axis, colour_sigma)
-    model = gaussian_from_probabilities(features, probabilities)
-    if model is None:
-        return None
     common = _interval_settings(probabilities, epsilon, tv_weight, max_num_iter, solver)
-    # with a second solve only this solve's colour model is used: its labels need no
-    # volume rounding (the rounding of a hard image costs 0.2-0.8 s)
-    first_rounding = rounding if network_weight <= 0 else "argmax"
-    result = vptv_segment(
-        features, class_model=model, similarity="gaussian", em_update=True, rounding=first_rounding, **common
-    )
-    if network_weight <= 0:
-        return result
-    cost = _combined_cost(result.class_model, features, probabilities, network_weight)
+    refitted = class_model
+    if refitted is None or network_weight <= 0:
+        model = gaussian_from_probabilities(features, probabilities)
+        if model is None:
+            return None
+        # with a second solve only this solve's colour model is used: its labels need no
+        # volume rounding (the rounding of a hard image costs 0.2-0.8 s)
+        first_rounding = rounding if network_weight <= 0 else "argmax"
+        result = vptv_segment(
+            features, class_model=model, similarity="gaussian", em_update=True, rounding=first_rounding, **common
+        )
+        if network_weight <= 0:
+            return result
+        refitted = result.class_model
+    cost = _combined_cost(refitted, features, probabilities, network_weight)
     combined = vptv_segment(features, cost=cost.astype(np.float32), em_update=False, rounding=rounding, **common)
-    combined.class_model = result.class_model
+    combined.class_model = refitted
     return combined
 
 
