@@ -25,12 +25,13 @@ def test_two_distant_candidates_give_two_windows_with_their_margins():
     assert windows[1] == (slice(300 - margin, 340 + margin), slice(450 - margin, 490 + margin))
 
 
-def test_overlapping_windows_merge_and_a_speck_gets_the_smallest_margin():
-    p = _probabilities((400, 600), [(50, 90, 60, 100), (95, 130, 60, 100), (300, 302, 300, 302)])
-    windows = cell_windows(p, diameter=40.0)
+def test_overlapping_windows_merge_a_platelet_gets_the_smallest_margin_and_a_speck_none():
+    blobs = [(50, 90, 60, 100), (95, 130, 60, 100), (300, 308, 300, 308), (200, 202, 500, 502)]
+    windows = cell_windows(_probabilities((400, 600), blobs), diameter=40.0)
     assert len(windows) == 2
     assert windows[0] == (slice(40, 140), slice(50, 110))
-    assert windows[1] == (slice(300 - MIN_MARGIN, 302 + MIN_MARGIN), slice(300 - MIN_MARGIN, 302 + MIN_MARGIN))
+    assert windows[1] == (slice(300 - MIN_MARGIN, 308 + MIN_MARGIN), slice(300 - MIN_MARGIN, 308 + MIN_MARGIN))
+    assert cell_windows(_probabilities((400, 600), [(200, 202, 500, 502)]), diameter=40.0) == []
 
 
 def test_a_crop_filled_by_its_cell_is_solved_whole_and_an_empty_field_has_no_window():
