@@ -176,22 +176,27 @@ def adapted_segment(
     common = _interval_settings(probabilities, epsilon, tv_weight, max_num_iter, solver)
     refitted = class_model
     if refitted is None or network_weight <= 0:
-        model = gaussian_from_probabilities(features, probabilities)
-        if model is None:
-            return None
         # with a second solve only this solve's colour model is used: its labels need no
         # volume rounding (the rounding of a hard image costs 0.2-0.8 s)
-        first_rounding = rounding if network_weight <= 0 else "argmax"
-        result = vptv_segment(
-            features, class_model=model, similarity="gaussian", em_update=True, rounding=first_rounding, **common
-        )
-        if network_weight <= 0:
+        result = _em_solve(features, probabilities, common, rounding if network_weight <= 0 else "argmax")
+        if result is None or network_weight <= 0:
             return result
         refitted = result.class_model
     cost = _combined_cost(refitted, features, probabilities, network_weight)
     combined = vptv_segment(features, cost=cost.astype(np.float32), em_update=False, rounding=rounding, **common)
     combined.class_model = refitted
     return combined
+
+
+def _em_solve(features: np.ndarray, probabilities: np.ndarray, common: dict, rounding: str):
+    """Step 1 of :func:`adapted_segment`: the colour model fitted on the confident pixels
+    and refined by the solver's EM updates (None when a class has too few of them)."""
+    from ..solver.segment import vptv_segment
+
+    model = gaussian_from_probabilities(features, probabilities)
+    if model is None:
+        return None
+    return vptv_segment(features, class_model=model, similarity="gaussian", em_update=True, rounding=rounding, **common)
 
 
 def _interval_settings(probabilities: np.ndarray, epsilon, tv_weight, max_num_iter, solver: dict) -> dict:
