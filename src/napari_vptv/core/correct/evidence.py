@@ -56,6 +56,7 @@ from .settings import EDGE_POSITIONS  # "rim", "half-max", "gradient" (see Corre
 __all__ = [
     "object_evidence",
     "object_distances",
+    "grown_box",
     "ObjectEvidence",
     "object_band",
     "edge_offset",
@@ -141,10 +142,25 @@ def _sectors(sd):
     return (frac * _SECTORS).astype(int) % _SECTORS, _SECTORS
 
 
-def _gradient(proj, other):
-    grad = np.sqrt(sum(gi**2 for gi in np.gradient(proj)))
+def _gradient(proj, other, region=None):
+    """Gradient magnitude of ``proj``, 0 on other objects; ``region``: slices of the only
+    part computed (0 elsewhere; values within one pixel of its cut sides are one-sided)."""
+    if region is None:
+        grad = np.sqrt(sum(gi**2 for gi in np.gradient(proj)))
+    else:
+        grad = np.zeros(proj.shape)
+        grad[region] = np.sqrt(sum(gi**2 for gi in np.gradient(proj[region])))
     grad[other] = 0
     return grad
+
+
+def grown_box(mask, margin=1):
+    """Slices of the bounding box of ``mask`` grown by ``margin`` pixels (clipped), or
+    None if ``mask`` is empty."""
+    box = ndi.find_objects(mask.view(np.uint8))
+    if not box:
+        return None
+    return tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box[0])
 
 
 def best_shift(grad, sd, band):
@@ -357,8 +373,7 @@ def object_distances(obj):
     (the values are those of the whole crop's transform).
     """
     dout = ndi.distance_transform_edt(~obj)
-    box = ndi.find_objects(obj.view(np.uint8))[0]
-    grown = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+    grown = grown_box(obj)
     din = np.zeros(obj.shape)
     din[grown] = ndi.distance_transform_edt(obj[grown])
     return din, dout
@@ -399,7 +414,10 @@ def object_evidence(feat, obj, other, band, prob=None, edge_position="gradient",
     if core.sum() < 3 or ring.sum() < 3:
         return none
     proj = _fisher(feat, core, ring)
-    grad = _gradient(proj, other)
+    # the gradient is read near the given boundary (|sd| <= band + 1), up to a shift
+    # away: computed there only (one more pixel for its central differences)
+    reach = min(_SHIFT_MAX, band) if sd0.ndim == 2 else 0
+    grad = _gradient(proj, other, grown_box(np.abs(sd0) <= band + 1, reach + 1))
     shift = best_shift(grad, sd0, band)
     sd = _shifted(sd0, shift)  # a shifted mask: move it first
     sectors = _sectors(sd)

@@ -41,11 +41,11 @@ level. The costs are
 (exact / factor modes: ``M' = M``), so the boundary goes where ``t = 1/2`` (the
 half-maximum edge of a blurred nucleus) unless that is ambiguous; per-object
 scaling treats dim and bright nuclei alike. Other objects' pixels are forbidden
-for the object class. All crops are padded and solved as one batch by
-Algorithm 1 (eq. 11 with the volume interval or ``U(V)``); labels are
-``u_1 > 1/2`` with the count clipped to the volume bounds, holes inside ``M``
-filled, components not touching ``M`` dropped; a pixel two objects claim goes to
-the larger ``u_1``.
+for the object class. All crops (each cut to the box of the pixels the object may
+take) are padded and solved as one batch by Algorithm 1 (eq. 11 with the volume
+interval or ``U(V)``); labels are ``u_1 > 1/2`` with the count clipped to the volume
+bounds, holes inside ``M`` filled, components not touching ``M`` dropped; a pixel
+two objects claim goes to the larger ``u_1``.
 """
 
 from __future__ import annotations

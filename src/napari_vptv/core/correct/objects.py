@@ -5,7 +5,9 @@ per-object, contrast-normalised *evidence* map ``t`` is built (0 = like the mate
 just outside the object's edge, 1 = like its inside) together with a *prior*, the
 given mask moved to the edge the image shows
 (:func:`napari_vptv.core.correct.evidence.object_evidence`), so dim and bright
-nuclei, grey fluorescence and RGB brightfield are treated alike. The two-phase costs of all crops are padded to
+nuclei, grey fluorescence and RGB brightfield are treated alike. The two-phase costs are
+solved on the part of each crop the object may take (the box of the pixels not barred
+from it, grown by one pixel; the others are background whatever the solve), padded to
 common shapes and solved together by :func:`napari_vptv.core.solver.reference.vptv_iterate`
 (Algorithm 1, batched ``(N, 2, H, W)``), then pasted back with their ids.
 
@@ -35,7 +37,7 @@ from typing import List, Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .evidence import AUTO_BAND_RANGE, object_band, object_evidence
+from .evidence import AUTO_BAND_RANGE, grown_box, object_band, object_evidence
 from .settings import VOLUME_MODES
 
 __all__ = ["ObjectCorrection", "correct_objects_iter", "VOLUME_MODES"]
@@ -142,7 +144,7 @@ def _prepare(
     crop.t = t
     # pixels barred from the object are background whatever the solve: it runs on the
     # box of the others only, grown by one pixel so the TV term sees the same neighbours
-    box = crop.box = _grown_box(allowed)
+    box = crop.box = grown_box(allowed)
     t_box, prior_box = t[box], prior[box]
     c1 = np.clip(1.0 - t_box, 0.0, 1.0) + mask_weight * ~prior_box
     c0 = np.clip(t_box, 0.0, 1.0) + mask_weight * prior_box
@@ -237,7 +239,7 @@ def _round(crop, u1, fill_holes):
         flat = np.argpartition(-score.ravel(), count - 1)[:count]
         new.ravel()[flat] = True
     new &= ~crop.other
-    box = _grown_box(new)
+    box = grown_box(new)
     if box is None:
         return new
     # holes and pieces of ``new`` lie in its bounding box grown by one pixel (the ring
@@ -253,17 +255,9 @@ def _round(crop, u1, fill_holes):
     return new
 
 
-def _grown_box(mask):
-    """Slices of the bounding box of ``mask`` grown by one pixel (clipped), or None if empty."""
-    box = ndi.find_objects(mask.view(np.uint8))
-    if not box:
-        return None
-    return tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
-
-
 def _perimeter(mask):
     """Boundary pixels of ``mask`` (at least 1)."""
-    box = _grown_box(mask)
+    box = grown_box(mask)
     if box is None:
         return 1
     sub = mask[box]  # (the ring around the box is outside ``mask``: same erosion)
