@@ -406,3 +406,38 @@ def test_distributed_local_cluster(tmp_path):
 def test_file_result_ok():
     assert FileResult(Path("a")).ok
     assert not FileResult(Path("a"), status="failed").ok
+
+
+def test_files_segmented_at_once_give_the_same_outputs_in_input_order(tmp_path):
+    import threading
+
+    from napari_vptv.core.io.samples import load_sample
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("001", "004", "016"):
+        iio.imwrite(d / f"wbc{name}.png", load_sample(name)[0])
+    tifffile.imwrite(d / "stack.tif", (_stack() * 255).astype(np.uint8))
+    fn = make_segment_fn("vptv-adapted")
+
+    class Recording:  # the real function, noting the threads that segment the RGB files
+        threads = set()
+
+        def __call__(self, image, **kw):
+            if np.ndim(image) == 3 and np.shape(image)[-1] == 3:
+                self.threads.add(threading.get_ident())
+            return fn(image, **kw)
+
+        def __getattr__(self, name):
+            return getattr(fn, name)
+
+    seen = []
+    one = run_batch([d], tmp_path / "one", fn, num_workers=1)
+    rec = Recording()
+    two = run_batch([d], tmp_path / "two", rec, num_workers=2, on_result=lambda r: seen.append(threading.get_ident()))
+    assert len(rec.threads) == 2 and threading.get_ident() not in rec.threads  # two files at once
+    assert [r.input for r in two.results] == [r.input for r in one.results] == sorted(d.iterdir())
+    assert two.ok and len(two.done) == 4 and seen == [threading.get_ident()] * 4  # reported by the caller's thread
+    for r1, r2 in zip(one.results, two.results):
+        a, b = (tifffile.imread(r.output) if r.output.suffix == ".tif" else iio.imread(r.output) for r in (r1, r2))
+        np.testing.assert_array_equal(a, b)

@@ -76,7 +76,8 @@ def add_parser(sub) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="threads of the local scheduler (default: the number of CPUs)",
+        help="threads of the local scheduler: files segmented at once, or a single stack's "
+        "slices (default: the number of CPUs)",
     )
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     s.add_argument(

@@ -31,8 +31,10 @@ clobbered). Errors are captured per item (unreadable file, NaN slice, zero-size 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
@@ -331,50 +333,60 @@ def _segment_stack_file(
     _, sentinel = label_dtype_and_sentinel(k)
     tmp = partial_name(final)
     n_threads = num_workers or os.cpu_count() or 1
-    torch_threads = None
-    if local and (scheduler in (None, "threads")) and n_threads > 1:
-        try:  # one torch thread per dask thread: no oversubscription
+    with _torch_threads_for(n_threads if local and scheduler in (None, "threads") else 1):
+        try:
+            meta = {"vptv": _output_metadata(p, result.notes)}
+            target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers, metadata=meta)
+            if bar is not None and not local:
+                bar.update(total)
+            # per-slice volumes and failures, read back one slice at a time (plain reads:
+            # memory stays flat however long the stack is)
+            piece_axes = 2 if mode == "slices" else 3
+            lead_shape = tuple(labels.shape[: labels.ndim - piece_axes])
+            for idx in np.ndindex(*lead_shape):
+                sl = target.read(idx)
+                if sl.flat[0] == sentinel and np.all(sl == sentinel):
+                    msg = _rerun_error(array, idx, segment_fn, info.rgb, mode)
+                    result.failed_slices.append((idx, msg))
+                    target[idx + (slice(None),) * piece_axes] = np.zeros_like(sl)
+                else:
+                    result.slice_volumes.append((idx, _volumes(sl, k)))
+            if result.failed_slices:  # say so in the file too (tifffile keeps shape / axes)
+                desc = {
+                    "shape": list(labels.shape),
+                    "axes": "Q" * (labels.ndim - 2) + "YX",
+                    **meta,
+                    "failed_slices": [[list(i), m] for i, m in result.failed_slices],
+                }
+                tifffile.tiffcomment(str(tmp), json.dumps(desc))
+            publish(tmp, final, overwrite)
+        finally:
+            tmp.unlink(missing_ok=True)
+            if bar is not None:
+                bar.close()
+    return tuple(labels.shape)
+
+
+@contextlib.contextmanager
+def _torch_threads_for(workers: int):
+    """One torch thread per worker thread, the CPUs shared out (no oversubscription);
+    the previous setting is restored on exit. Nothing changes for one worker."""
+    previous = None
+    if workers > 1:
+        try:
             import torch
 
-            torch_threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_threads))
+            previous = torch.get_num_threads()
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         except ImportError:
             pass
     try:
-        meta = {"vptv": _output_metadata(p, result.notes)}
-        target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers, metadata=meta)
-        if bar is not None and not local:
-            bar.update(total)
-        # per-slice volumes and failures, read back one slice at a time (plain reads:
-        # memory stays flat however long the stack is)
-        piece_axes = 2 if mode == "slices" else 3
-        lead_shape = tuple(labels.shape[: labels.ndim - piece_axes])
-        for idx in np.ndindex(*lead_shape):
-            sl = target.read(idx)
-            if sl.flat[0] == sentinel and np.all(sl == sentinel):
-                msg = _rerun_error(array, idx, segment_fn, info.rgb, mode)
-                result.failed_slices.append((idx, msg))
-                target[idx + (slice(None),) * piece_axes] = np.zeros_like(sl)
-            else:
-                result.slice_volumes.append((idx, _volumes(sl, k)))
-        if result.failed_slices:  # say so in the file too (tifffile keeps shape / axes)
-            desc = {
-                "shape": list(labels.shape),
-                "axes": "Q" * (labels.ndim - 2) + "YX",
-                **meta,
-                "failed_slices": [[list(i), m] for i, m in result.failed_slices],
-            }
-            tifffile.tiffcomment(str(tmp), json.dumps(desc))
-        publish(tmp, final, overwrite)
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
-        if torch_threads is not None:
+        if previous is not None:
             import torch
 
-            torch.set_num_threads(torch_threads)
-        if bar is not None:
-            bar.close()
-    return tuple(labels.shape)
+            torch.set_num_threads(previous)
 
 
 def _output_metadata(p: Path, notes: Sequence[str]) -> dict:
@@ -458,41 +470,88 @@ def run_batch(
     Temporary files left in ``out_dir`` by killed runs for this run's outputs are
     removed first (``summary.stale_removed``; nothing else is ever removed).
     ``on_result`` is called after each file.
+
+    With the local threaded scheduler (``scheduler`` None or ``"threads"``) and more
+    than one file, ``num_workers`` files (default: the CPUs) are segmented at once,
+    each on one thread (:func:`_run_in_threads`); ``summary.results`` keeps the
+    inputs' order, ``on_result`` follows the order they finish in. A single file (or
+    another scheduler) gets the workers for its stack's slices instead.
     """
     summary = BatchSummary()
-    claimed = {}
     items = list(iter_inputs(inputs))
     run_inputs = [item.path for item in items if item.problem is None]
     outputs = [c for path in run_inputs for c in _possible_outputs(path, Path(out_dir), fmt)]
     summary.stale_removed = clean_stale_partials(out_dir, outputs)
+    plan = _plan(items, Path(out_dir), fmt)
+    settings = dict(fmt=fmt, overwrite=overwrite, mode=mode, progress_factory=progress_factory, run_inputs=run_inputs)
+    jobs = [i for i, res in enumerate(plan) if res is None]
+    workers = _file_workers(num_workers, scheduler, len(jobs))
+    for res in plan:  # the inputs refused before any work
+        if res is not None and on_result is not None:
+            on_result(res)
+    if workers == 1:
+        for i in jobs:
+            plan[i] = segment_file(
+                items[i].path, out_dir, segment_fn, scheduler=scheduler, num_workers=num_workers, **settings
+            )
+            if on_result is not None:
+                on_result(plan[i])
+    else:
+        _run_in_threads(
+            plan,
+            items,
+            jobs,
+            workers,
+            lambda path: segment_file(path, out_dir, segment_fn, num_workers=1, **settings),
+            on_result,
+        )
+    summary.results.extend(plan)
+    return summary
+
+
+def _plan(items, out_dir: Path, fmt: str) -> List[Optional[FileResult]]:
+    """Per input, the :class:`FileResult` of an input refused before any work (a
+    problem found while listing it, or the same output name as an earlier input), else
+    None (to be segmented)."""
+    claimed, plan = {}, []
     for item in items:
         if item.problem is not None:
-            res = FileResult(item.path, status="failed", message=item.problem)
-        else:
-            stems = {str(c) for c in _possible_outputs(item.path, Path(out_dir), fmt)}
-            clash = next((claimed[s] for s in stems if s in claimed), None)
-            if clash is not None:
-                res = FileResult(
-                    item.path,
-                    status="failed",
-                    message=f"same output name as '{clash}' (same file stem); rename one of them",
-                )
-            else:
-                for s in stems:
-                    claimed[s] = item.path
-                res = segment_file(
-                    item.path,
-                    out_dir,
-                    segment_fn,
-                    fmt=fmt,
-                    overwrite=overwrite,
-                    mode=mode,
-                    scheduler=scheduler,
-                    num_workers=num_workers,
-                    progress_factory=progress_factory,
-                    run_inputs=run_inputs,
-                )
-        summary.results.append(res)
-        if on_result is not None:
-            on_result(res)
-    return summary
+            plan.append(FileResult(item.path, status="failed", message=item.problem))
+            continue
+        stems = {str(c) for c in _possible_outputs(item.path, out_dir, fmt)}
+        clash = next((claimed[s] for s in stems if s in claimed), None)
+        if clash is not None:
+            message = f"same output name as '{clash}' (same file stem); rename one of them"
+            plan.append(FileResult(item.path, status="failed", message=message))
+            continue
+        for s in stems:
+            claimed[s] = item.path
+        plan.append(None)
+    return plan
+
+
+def _file_workers(num_workers: Optional[int], scheduler, n_files: int) -> int:
+    """How many files are segmented at once: ``num_workers`` (default: the CPUs) with
+    the local threaded scheduler and more than one file, else 1 (then a stack's slices
+    share the workers, as with a single file)."""
+    if n_files < 2 or scheduler not in (None, "threads"):
+        return 1
+    return max(1, min(n_files, num_workers or os.cpu_count() or 1))
+
+
+def _run_in_threads(plan, items, jobs, workers: int, segment_one, on_result) -> None:
+    """``plan[i] = segment_one(items[i].path)`` for every ``i`` of ``jobs``, ``workers``
+    files at once (the solver kernels and torch release the GIL), each file's own
+    work on one thread; ``on_result`` as each file finishes. On an interrupt the files
+    not started are dropped and the running ones finish (each output is published
+    whole or not at all)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vptv-file")
+    try:
+        with _torch_threads_for(workers):
+            futures = {pool.submit(segment_one, items[i].path): i for i in jobs}
+            for future in as_completed(futures):
+                plan[futures[future]] = future.result()
+                if on_result is not None:
+                    on_result(plan[futures[future]])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
