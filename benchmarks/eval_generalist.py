@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from napari_vptv.nn.predict import predict_cells
-from napari_vptv.nn.sources import cell_diameter, load_source
+from napari_vptv.nn.sources import load_source
 from napari_vptv.nn.train import segmentation_scores
 from napari_vptv.nn.weights import load_model
 
@@ -91,6 +91,7 @@ def make_predictor(spec, nets, args):
             colour_sigma=args.colour_sigma,
             diameter=pred.diameter,
             rounding=args.rounding,
+            own_covariance_share=args.own_covariance_share,
             **({"max_num_iter": args.max_iter} if args.max_iter else {}),
         )
         if r is None:  # a class without confident pixels (e.g. no cell): keep the network's labels
@@ -175,6 +176,13 @@ def main(argv=None):
         "(default: the API's, core.wbc.adapt.ROUNDING)",
     )
     ap.add_argument(
+        "--own-covariance-share",
+        type=float,
+        default=None,
+        help="vptv:adapted: share of each class's own colour covariance in the combined solve, the rest "
+        "their mean (default: the API's, core.wbc.adapt.OWN_COVARIANCE_SHARE; 1 = a covariance per class)",
+    )
+    ap.add_argument(
         "--max-iter",
         type=int,
         default=0,
@@ -208,6 +216,10 @@ def main(argv=None):
         from napari_vptv.core.wbc.adapt import ROUNDING
 
         args.rounding = ROUNDING
+    if args.own_covariance_share is None:
+        from napari_vptv.core.wbc.adapt import OWN_COVARIANCE_SHARE
+
+        args.own_covariance_share = OWN_COVARIANCE_SHARE
     if args.min_nucleus_fraction is not None:  # read at call time by every method's rule
         from napari_vptv.core.wbc import cell_rules
 

@@ -140,6 +140,9 @@ class AdaptedSettings:
     network_weight: float = 1.0
     #: Gaussian smoothing of the colours, as a fraction of the cell diameter
     colour_sigma_per_diameter: float = 1.0 / 150.0
+    #: share of each class's own colour covariance in the combined solve, the rest their
+    #: mean (the blurred rim of a small cell is not all given to the widest colour class)
+    own_covariance_share: float = 0.5
     #: final labels: argmax of the combined solve's probabilities
     rounding: str = "argmax"
 
@@ -151,6 +154,7 @@ class AdaptedSettings:
             max_num_iter=self.max_num_iter,
             network_weight=self.network_weight,
             rounding=self.rounding,
+            own_covariance_share=self.own_covariance_share,
         )
 
 
