@@ -106,8 +106,8 @@ def cell_windows(
 
     Returns
     -------
-    list of ``(slice, slice)`` (empty: no candidate of a platelet's size), or None: solve the whole image
-    (windows too large, no diameter, or not a 2-D image).
+    list of ``(slice, slice)`` (empty: no candidate of a platelet's size), or None:
+    solve the whole image (windows too large, no diameter, or not a 2-D image).
     """
     p = np.asarray(probabilities)
     if p.ndim != 3 or not diameter or diameter <= 0:
@@ -135,9 +135,9 @@ def solve_in_windows(
     solve: Callable[..., Optional[SegmentationResult]],
     callback: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[SegmentationResult]:
-    """``solve(image[window], probabilities[:, window], callback=...)`` in every window;
-    the network's argmax and probabilities elsewhere (and in a window whose solve gives
-    None). None when no window was solved (the caller keeps the network's labels).
+    """``solve(image[window], probabilities[:, window])`` in every window; the network's
+    argmax and probabilities elsewhere (and in a window whose solve gives None). None
+    when no window was solved (the caller keeps the network's labels).
 
     ``image`` is ``(H, W, C)`` or ``(H, W)``; ``callback(done, total)`` counts windows.
     """
