@@ -93,13 +93,17 @@ def machine(threads):
 PATHS = ("numba", "torch")
 
 
-def use_path(name, _installed=[]):
+#: numba's availability as found at the first :func:`use_path` call
+_NUMBA_INSTALLED = []
+
+
+def use_path(name):
     """Select the no-grad solver loop for what follows: ``numba`` or ``torch``."""
     from napari_vptv.core.solver import numba_loop
 
-    if not _installed:  # numba's availability as found at the first call
-        _installed.append(numba_loop.NUMBA_AVAILABLE and numba_loop.kernels() is not None)
-    if name == "numba" and not _installed[0]:
+    if not _NUMBA_INSTALLED:
+        _NUMBA_INSTALLED.append(numba_loop.NUMBA_AVAILABLE and numba_loop.kernels() is not None)
+    if name == "numba" and not _NUMBA_INSTALLED[0]:
         raise SystemExit("numba is not importable: run with --paths torch")
     numba_loop.NUMBA_AVAILABLE = name == "numba"
 

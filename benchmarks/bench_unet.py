@@ -106,7 +106,7 @@ def main(argv=None):
     print(f"ratio VPTVU-net / U-net: {mv / mu:.2f}  (targets: <= 150 ms, <= 1.5x)")
     for T in args.sweep:
         if shipped:
-            f = lambda: W.predict_wbc(img, method="vptv-unet", num_iter=T)  # noqa: E731
+            f = lambda T=T: W.predict_wbc(img, method="vptv-unet", num_iter=T)  # noqa: E731
         else:
             v.head.num_iter = T
             f = fn_vptv

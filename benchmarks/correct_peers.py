@@ -11,8 +11,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import gaussian, sobel
 from skimage.morphology import ball, disk
-from skimage.segmentation import expand_labels, morphological_geodesic_active_contour, random_walker, watershed
-from skimage.segmentation import inverse_gaussian_gradient
+from skimage.segmentation import (
+    expand_labels,
+    inverse_gaussian_gradient,
+    morphological_geodesic_active_contour,
+    random_walker,
+    watershed,
+)
 
 
 def erode_labels(labels, r):

@@ -36,7 +36,6 @@ tifffile.imwrite({out!r}, seeded_watershed(grey, lab))
 def main(argv=None):
     import tifffile
     from skimage.segmentation import expand_labels
-
     from synth_nuclei import synth_nuclei
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

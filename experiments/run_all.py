@@ -41,7 +41,7 @@ def fill_docs(quick: bool = False) -> None:
         if not table.is_file():
             continue
         body = table.read_text().strip()
-        text = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m: f"<!-- {key} -->\n{body}\n<!-- /{key} -->",
+        text = re.sub(rf"<!-- {key} -->.*?<!-- /{key} -->", lambda m, key=key, body=body: f"<!-- {key} -->\n{body}\n<!-- /{key} -->",
                       text, flags=re.S)
     DOC.write_text(text)
 

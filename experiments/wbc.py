@@ -176,7 +176,6 @@ def run_method(method, img, ctx):
             morphological_chan_vese(grey, s["num_iter"], smoothing=s["smoothing"]), grey
         )
     if method == "random_walker":
-        from scipy.cluster.vq import vq
         from skimage.segmentation import random_walker
 
         from napari_vptv.core.solver.costs import kmeans_init
@@ -381,7 +380,6 @@ def write_tables(methods, eval_ids, cache_dir, quick=False):
     ref = summary.get("vptv") or []
     ref_acc = float(_mean(ref, "accuracy")) if ref else np.nan
     ref_cell = float(_mean(ref, "cell_dice")) if ref else np.nan
-    ref_t = float(_mean(ref, "time")) if ref else np.nan
     ref_c = cpu("vptv")
     n_timing = max((len(v) for v in timing.values()), default=0)
     header = ["method", "images", "pixel acc.", "Dice bg / cyto / nucleus", "volume error (bg/cyto/nuc)",
