@@ -122,10 +122,8 @@ def cell_windows(
     if not candidates:
         return []
     boxes = _merged([_grown(b, margin_per_diameter, diameter, p.shape[1:]) for b in candidates], p.shape[1:])
-    area = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes)
-    if area > max_share * p.shape[1] * p.shape[2]:
-        return None
-    return [(slice(b[0], b[1]), slice(b[2], b[3])) for b in boxes]
+    windows = [(slice(b[0], b[1]), slice(b[2], b[3])) for b in boxes]
+    return None if _share(windows, p.shape[1:]) > max_share else windows
 
 
 def solve_in_windows(
