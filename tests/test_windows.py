@@ -97,6 +97,7 @@ def test_windows_the_solve_rejects_keep_the_network_labels():
 def test_a_given_colour_model_replaces_step_one_of_the_adapted_solve():
     pytest.importorskip("torch")
     from napari_vptv.core.io.samples import load_sample
+    from napari_vptv.core.solver.costs import GaussianModel
     from napari_vptv.core.wbc.adapt import adapted_segment
     from napari_vptv.nn.weights import predict_wbc
 
@@ -107,3 +108,7 @@ def test_a_given_colour_model_replaces_step_one_of_the_adapted_solve():
     given = adapted_segment(img, pred.probabilities, diameter=pred.diameter, class_model=step_one.class_model)
     np.testing.assert_array_equal(given.labels, both.labels)
     assert not np.array_equal(step_one.labels, both.labels)  # step two does change the labels
+    m = step_one.class_model  # a model with cytoplasm and nucleus colours swapped is used as given
+    swapped = GaussianModel(np.asarray(m.means)[[0, 2, 1]], np.asarray(m.covariances)[[0, 2, 1]], kind=m.kind)
+    other = adapted_segment(img, pred.probabilities, diameter=pred.diameter, class_model=swapped)
+    assert not np.array_equal(other.labels, both.labels)
