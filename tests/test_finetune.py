@@ -198,6 +198,24 @@ def test_a_model_that_is_not_better_is_not_kept(pairs):
         save_finetuned(result, "x.pt")
 
 
+def test_a_base_kept_can_be_saved_as_the_base_itself(pairs, tmp_path):
+    samples = samples_from_arrays([p[0] for p in pairs], [p[1] for p in pairs], NAMES)
+    result = finetune(samples, base="unet", steps=3, lr=0.09, **TINY)
+    assert not result.kept
+    path = save_finetuned(result, tmp_path / "m.pt", base_if_not_better=True)
+    saved, meta = load_model(path)
+    base, base_meta = load_model("unet")
+    for (name, a), b in zip(saved.state_dict().items(), base.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert meta["finetune"]["weights"].startswith("the base's")
+    assert meta["finetune"]["verdict"]["better"] is False
+    assert meta["input_norm"] == base_meta["input_norm"]
+    assert "holds its weights, unchanged" in describe_verdict(result, base_saved_as=path)
+    cancelled = finetune(samples, base="unet", steps=50, should_stop=lambda: True, **TINY)
+    with pytest.raises(ValueError, match="nothing to save"):
+        save_finetuned(cancelled, tmp_path / "c.pt", base_if_not_better=True)
+
+
 def test_one_pair_cannot_be_checked(pairs):
     samples = samples_from_arrays([pairs[0][0]], [pairs[0][1]], NAMES[:1])
     result = finetune(samples, base="unet", steps=1, **TINY)
@@ -372,6 +390,32 @@ def test_cli_finetune_then_segment_with_the_model(tmp_path, models_dir, capsys):
         == 0
     )
     assert any(out.iterdir())
+
+
+def test_cli_finetune_not_better_writes_the_base_or_nothing(tmp_path, models_dir, capsys):
+    import imageio.v3 as iio
+
+    from napari_vptv.cli import main
+
+    imgs, masks = tmp_path / "images", tmp_path / "masks"
+    imgs.mkdir()
+    masks.mkdir()
+    for n in NAMES:
+        image, mask = load_sample(n)
+        iio.imwrite(imgs / f"{n}.png", image[..., :3])
+        iio.imwrite(masks / f"{n}.png", np.asarray(mask, dtype=np.uint8))
+    # a learning rate far too high wrecks the network: the check keeps the base
+    args = ["finetune", "--images", str(imgs), "--masks", str(masks), "--base", "unet", "--steps", "3"]
+    args += ["--threads", "1", "--lr", "0.09"]
+    assert main(args + ["--out", str(tmp_path / "none.pt"), "--no-base-copy"]) == 0
+    assert "not saved" in capsys.readouterr().out and not (tmp_path / "none.pt").exists()
+    assert main(args + ["--out", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "did not help" in out and "holds its weights, unchanged" in out
+    saved, meta = load_model(tmp_path / "m.pt")
+    base, _ = load_model("unet")
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), base.state_dict().values()))
+    assert meta["finetune"]["verdict"]["better"] is False
 
 
 def test_cli_bad_model_is_one_line(tmp_path, capsys):

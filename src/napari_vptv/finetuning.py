@@ -68,8 +68,9 @@ def finetune(samples: Sequence, *, options: Optional[SegmentOptions] = None, **k
     return _finetune(samples, **kwargs)
 
 
-def save_finetuned(result, path, *, overwrite: bool = False):
-    """Write a kept model as ``NAME.pt`` + ``NAME.json`` (:func:`napari_vptv.nn.finetune.save_finetuned`)."""
+def save_finetuned(result, path, *, overwrite: bool = False, base_if_not_better: bool = False):
+    """Write a kept model as ``NAME.pt`` + ``NAME.json``, or the base's own weights when
+    the check kept the base and ``base_if_not_better`` (:func:`napari_vptv.nn.finetune.save_finetuned`)."""
     from .nn.finetune import save_finetuned as _save
 
-    return _save(result, path, overwrite=overwrite)
+    return _save(result, path, overwrite=overwrite, base_if_not_better=base_if_not_better)

@@ -6,9 +6,11 @@
 The model is written as ``MODEL.pt`` + ``MODEL.json`` (``--out``) or into the user's
 model folder as ``NAME.pt`` (``--name``; the folder is printed), and is then usable
 as ``vptv segment ... --model NAME_OR_PATH`` (with the default method or a network
-method). The model is written only when a cross-validation on your pairs shows that it
-beats the base (``--keep-anyway`` writes it regardless); the command prints both
-models' held-out scores either way. ``--base`` may name one of your models to continue
+method). The fine-tuned model is written only when a cross-validation on your pairs
+shows that it beats the base (``--keep-anyway`` writes it regardless); otherwise the
+base's own weights are written under that name, unchanged and marked so in the
+``.json`` (``--no-base-copy``: nothing is written), so a script's next command gets the
+base's results. The command prints both models' held-out scores either way. ``--base`` may name one of your models to continue
 training it. See :mod:`napari_vptv.nn.finetune`.
 """
 
@@ -34,7 +36,8 @@ def add_parser(sub) -> None:
             "file stems. Masks: grey 0/128/255 or integer labels 0/1/2 (background / cytoplasm / nucleus), "
             "as 'vptv evaluate' reads them. With 2 or more pairs the recipe is cross-validated (up to 3 folds: "
             "fine-tuned on the other pairs, scored on the pairs left out, against the base model on the same "
-            "pairs); the model is saved only when it beats the base there. Never replaces an existing model "
+            "pairs); the fine-tuned model is saved only when it beats the base there, else the base's weights "
+            "are saved unchanged under that name (see --no-base-copy). Never replaces an existing model "
             "without --overwrite."
         ),
     )
@@ -77,6 +80,12 @@ def add_parser(sub) -> None:
         "--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name / path")
+    p.add_argument(
+        "--no-base-copy",
+        action="store_true",
+        help="when fine-tuning is not better, write nothing (default: write the base's weights, unchanged, "
+        "under the model's name, so the commands that use it next get the base's results)",
+    )
     p.add_argument(
         "--no-label-check",
         action="store_true",
@@ -166,13 +175,17 @@ def run(args) -> int:
         keep="always" if args.keep_anyway else "better",
         lr=args.lr,
     )
-    verdict = describe_verdict(result)
-    if not result.kept:
-        echo(f"not saved: {verdict}")
+    if not result.kept and (result.cancelled or args.no_base_copy):
+        echo(f"not saved: {describe_verdict(result)}")
         return 0
     _check_free_space(target)
-    path = save_finetuned(result, target, overwrite=args.overwrite)
-    echo(f"saved {path} (+ {path.with_suffix('.json').name}): {verdict}")
+    # the base's own weights when it was kept: the commands that use this model next
+    # (a script's 'vptv segment --model') get exactly the base's results
+    path = save_finetuned(result, target, overwrite=args.overwrite, base_if_not_better=True)
+    if not result.kept:
+        echo(f"fine-tuning did not help; {describe_verdict(result, base_saved_as=path)}")
+        return 0
+    echo(f"saved {path} (+ {path.with_suffix('.json').name}): {describe_verdict(result)}")
     for w in result.warnings:
         echo(f"warning: {w}")
     echo(f"use it with: vptv segment IMAGES --model {path}")

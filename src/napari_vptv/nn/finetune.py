@@ -12,7 +12,10 @@ continue, or a training run) and:
 3. when the cross-validated score beats the base's with every method the model will
    serve (the network method; :func:`napari_vptv.finetune` adds the default method),
    fine-tunes the base on **all** pairs with the same recipe (:mod:`.finetune_loop`) and returns it; otherwise the
-   base is kept (nothing to save) unless ``keep="always"``.
+   base is kept (nothing to save) unless ``keep="always"``: the result then carries the
+   base's own weights, which :func:`save_finetuned` writes when asked
+   (``base_if_not_better``), so a script's next command still finds a model that is
+   exactly the base.
 
 The time budget is shared by the ``K + 1`` trainings (each gets an equal share of the
 time left); the learning-rate schedule of each follows its elapsed time, so the
@@ -109,7 +112,8 @@ class FinetuneResult:
     ``state_dict`` / ``metadata`` of the fine-tuned model (``state_dict`` None when the
     base is kept or the run was cancelled); ``verdict`` (:func:`.finetune_guard.verdict`:
     ``better``, ``gain``, the cross-validated scores of both models); ``cancelled`` by
-    the user; ``kept``: a model to save.
+    the user; ``kept``: a model to save. When the base is kept, ``base_weights`` holds
+    the base's own weights and ``metadata`` the base's with the record of the check.
     """
 
     state_dict: Optional[dict]
@@ -117,6 +121,7 @@ class FinetuneResult:
     verdict: dict
     cancelled: bool = False
     warnings: List[str] = field(default_factory=list)
+    base_weights: Optional[dict] = None
 
     @property
     def kept(self) -> bool:
@@ -133,14 +138,18 @@ class FinetuneResult:
         return (self.verdict.get("base") or {}).get("mean_dice")
 
 
-def describe_verdict(result: FinetuneResult) -> str:
-    """One plain sentence for the user: better or not, with the measured scores."""
+def describe_verdict(result: FinetuneResult, base_saved_as=None) -> str:
+    """One plain sentence for the user: better or not, with the measured scores;
+    ``base_saved_as``: where the base's weights were written when it was kept."""
     v = result.verdict
     if result.cancelled:
         return "cancelled: nothing was saved, the base model is unchanged"
+    base_kept = "the base model is kept, nothing was saved"
+    if base_saved_as is not None:
+        base_kept = f"the base model is kept: {base_saved_as} holds its weights, unchanged"
     if v.get("better") is None:
         return "one pair cannot show whether fine-tuning helps (nothing left to test on): " + (
-            "the model is kept unchecked" if result.kept else "the base model is kept; give 2 or more pairs"
+            "the model is kept unchecked" if result.kept else f"{base_kept}; give 2 or more pairs"
         )
     methods = v.get("methods") or {"": {"finetuned": v["finetuned"], "base": v["base"]}}
     parts = []
@@ -162,9 +171,7 @@ def describe_verdict(result: FinetuneResult) -> str:
     why = f" (worse with {', '.join(worse)})" if worse else ""
     if not worse and v.get("within_spread"):
         why = " (the gain is smaller than its spread over your images)"
-    return f"NOT better than the base{why}: {scores}; " + (
-        "kept anyway as asked" if result.kept else "the base model is kept, nothing was saved"
-    )
+    return f"NOT better than the base{why}: {scores}; " + ("kept anyway as asked" if result.kept else base_kept)
 
 
 def _check_options(minutes, steps, keep, recipe, lr):
@@ -349,15 +356,20 @@ def finetune(
     if verdict is None:
         return FinetuneResult(None, {}, {"better": None}, cancelled=True)
     if keep == "better" and not verdict["better"]:
-        return FinetuneResult(None, {}, verdict)
+        runs = {"folds": runs, "final": None, "seconds": time.time() - t_start}
+        record = _run_record(base, meta, samples, recipe, seed, runs, verdict, label_check)
+        return FinetuneResult(None, _metadata(meta, record), verdict, base_weights=_cpu_state(model))
     tuned, res = _train(model, meta, samples, clock, "final", recipe, seed, should_stop, device)
     if res.cancelled:
         return FinetuneResult(None, {}, verdict, cancelled=True)
     _check_finite(tuned, meta, samples, device)
     runs = {"folds": runs, "final": {"steps": res.steps, "seconds": res.seconds}, "seconds": time.time() - t_start}
     record = _run_record(base, meta, samples, recipe, seed, runs, verdict, label_check)
-    state = {k: v.detach().cpu() for k, v in tuned.state_dict().items()}
-    return FinetuneResult(state, _metadata(meta, record), verdict)
+    return FinetuneResult(_cpu_state(tuned), _metadata(meta, record), verdict)
+
+
+def _cpu_state(model) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _sample_list(samples: Sequence, threads: Optional[int]) -> list:
@@ -388,7 +400,8 @@ def _run_record(
         **runs,
         "verdict": verdict,
         "label_check": label_check,
-        "kept_because": "better" if verdict["better"] else "asked (keep='always')",
+        "kept_because": "better" if verdict["better"] else "asked (keep='always')" if runs["final"] else None,
+        "weights": "fine-tuned" if runs["final"] else "the base's, unchanged: fine-tuning was not better",
         "user_class_fractions": _priors(samples)["mean"],
     }
 
@@ -428,19 +441,27 @@ def _base_info(base, meta) -> dict:
     }
 
 
-def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> Path:
+def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False, base_if_not_better: bool = False) -> Path:
     """Write ``result`` as ``path`` (``NAME.pt``) with ``NAME.json`` beside it.
+
+    ``base_if_not_better``: when the check kept the base, write the base's own weights
+    (its metadata records the check and ``"weights": "the base's, unchanged ..."``), so
+    that a command using ``path`` next gets exactly the base's results.
 
     Raises
     ------
     FileExistsError
         ``NAME.pt`` or ``NAME.json`` exists and ``overwrite`` is False.
     ValueError
-        ``path`` does not end in ``.pt``.
+        ``path`` does not end in ``.pt``, or there is nothing to save (cancelled, or
+        the base was kept without ``base_if_not_better``).
     """
     from .weights import export_weights
 
-    if not result.kept:
+    weights = result.state_dict
+    if weights is None and base_if_not_better and not result.cancelled:
+        weights = result.base_weights
+    if weights is None:
         raise ValueError(f"nothing to save: {describe_verdict(result)}")
     path = Path(path).expanduser()
     if path.suffix != ".pt":
@@ -455,7 +476,7 @@ def save_finetuned(result: FinetuneResult, path, *, overwrite: bool = False) -> 
     try:
         meta = dict(result.metadata, name=path.stem, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))
         try:
-            export_weights(result.state_dict, path.stem, json.loads(json.dumps(meta)), tmp)
+            export_weights(weights, path.stem, json.loads(json.dumps(meta)), tmp)
         except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
             free = shutil.disk_usage(path.parent).free
             raise OSError(
