@@ -51,6 +51,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..solver import numba_loop
 from .settings import EDGE_POSITIONS  # "rim", "half-max", "gradient" (see CorrectSettings)
 
 __all__ = [
@@ -122,13 +123,22 @@ def object_band(area, ndim, band=None):
 
 
 def _fisher(feat, core, ring):
-    """Projection of ``feat`` (C, ...) on ``Sigma^-1 (mu_core - mu_ring)`` (pooled Sigma)."""
-    x_in = feat[:, core].T.astype(np.float64)
-    x_out = feat[:, ring].T.astype(np.float64)
-    c = feat.shape[0]
-    pooled = (np.atleast_2d(np.cov(x_in.T)) + np.atleast_2d(np.cov(x_out.T))) / 2 + 1e-6 * np.eye(c)
-    w = np.linalg.solve(pooled, x_in.mean(0) - x_out.mean(0))
-    return np.tensordot(w, feat, axes=1)
+    """Projection of ``feat`` (C, ...) on ``Sigma^-1 (mu_core - mu_ring)`` (pooled Sigma).
+
+    The covariances are ``np.cov``'s (centred samples, one matrix product, ``1 / (n - 1)``)
+    without its generic argument handling; grey images (C = 1) divide instead of solving."""
+    x_in, x_out = feat[:, core].astype(np.float64), feat[:, ring].astype(np.float64)
+    mu_in, mu_out = x_in.mean(1), x_out.mean(1)
+    pooled = (_cov(x_in, mu_in) + _cov(x_out, mu_out)) / 2 + 1e-6 * np.eye(feat.shape[0])
+    if feat.shape[0] == 1:
+        return ((mu_in[0] - mu_out[0]) / pooled[0, 0]) * feat[0].astype(np.float64)
+    return np.tensordot(np.linalg.solve(pooled, mu_in - mu_out), feat, axes=1)
+
+
+def _cov(x, mu):
+    """Sample covariance ``(C, C)`` of the columns of ``x`` (C, n) with mean ``mu``."""
+    d = x - mu[:, None]
+    return np.dot(d, d.T) * (1.0 / (x.shape[1] - 1))
 
 
 def _sectors(sd):
@@ -176,13 +186,10 @@ def best_shift(grad, sd, band):
     if sd.ndim != 2 or smax < 1:
         return (0,) * sd.ndim
     offsets = np.arange(-band, band + 0.01, _STEP)
-    q = np.nonzero(np.abs(sd) <= band + 0.5 * _STEP)  # level-set samples, unshifted frame
-    bins = np.clip(np.rint((sd[q] + band) / _STEP).astype(int), 0, offsets.size - 1)
-    count = np.maximum(np.bincount(bins, minlength=offsets.size), 1)
-    weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
     shifts = _disc_shifts(smax)
-    scores = _shift_scores(np.pad(grad, smax), q, smax, shifts, bins, offsets.size) / count * weight
-    scores = scores.max(axis=1)
+    sums, count = _shift_scores(grad, sd, band, shifts, offsets.size)
+    weight = 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
+    scores = (sums / np.maximum(count, 1) * weight).max(axis=1)
     length = np.hypot(*np.array(shifts[1:]).T)
     shifted = (scores[1:] * (1.0 - _SHIFT_PRIOR * length / band)).tolist()  # (plain floats: a fast loop)
     best, best_score = (0, 0), float(scores[0] * (1.0 + _SHIFT_GAIN))
@@ -199,13 +206,34 @@ def _disc_shifts(smax):
     return [(0, 0)] + [s for s in disc if 0 < np.hypot(*s) <= smax]
 
 
-def _shift_scores(padded, q, pad, shifts, bins, n_bins):
-    """Sum of ``padded`` (the gradient padded by ``pad`` with zeros) over the samples
-    ``q`` moved by each shift, per offset bin: ``(len(shifts), n_bins)``.
+def _shift_scores(grad, sd, band, shifts, n_bins):
+    """``(sums, count)``: the sum of ``grad`` over the level-set samples (``|sd| <= band +
+    _STEP / 2``, binned by ``sd`` to the nearest offset) moved by each shift, per offset
+    bin ``(len(shifts), n_bins)``, and the samples per bin ``(n_bins,)``; a sample moved
+    off the crop adds 0. numba kernel, else numpy (the same sums)."""
+    kernels = _numba()
+    if kernels is None:
+        return _shift_scores_numpy(grad, sd, band, shifts, n_bins)
+    sums, count = np.zeros((len(shifts), n_bins)), np.zeros(n_bins, np.int64)
+    limit = band + 0.5 * _STEP
+    kernels.shift_scores(grad, sd, limit, float(band), _STEP, _shift_array(tuple(shifts)), sums, count)
+    return sums, count
 
-    One gather and one ``bincount`` for many shifts at once (the samples' order, and so
-    every sum, is that of one ``bincount`` per shift); shifts in chunks bound the memory.
-    """
+
+@functools.lru_cache(maxsize=None)
+def _shift_array(shifts):
+    """The shifts as an ``(n, 2)`` int64 array (the kernel's argument), made once."""
+    return np.array(shifts, np.int64).reshape(-1, 2)
+
+
+def _shift_scores_numpy(grad, sd, band, shifts, n_bins):
+    """:func:`_shift_scores` in numpy: one gather and one ``bincount`` for many shifts at
+    once (the samples' order, and so every sum, is that of one ``bincount`` per shift);
+    shifts in chunks bound the memory."""
+    q = np.nonzero(np.abs(sd) <= band + 0.5 * _STEP)  # level-set samples, unshifted frame
+    bins = np.clip(np.rint((sd[q] + band) / _STEP).astype(int), 0, n_bins - 1)
+    pad = max(max(abs(v) for v in s) for s in shifts)
+    padded = np.pad(grad, pad)
     width = padded.shape[1]
     base = (q[0] + pad) * width + (q[1] + pad)
     flat = padded.ravel()
@@ -216,7 +244,7 @@ def _shift_scores(padded, q, pad, shifts, bins, n_bins):
         g = flat[chunk[:, None] + base[None, :]]
         key = (np.arange(chunk.size)[:, None] * n_bins + bins[None, :]).ravel()
         sums.append(np.bincount(key, g.ravel(), chunk.size * n_bins).reshape(chunk.size, n_bins))
-    return np.concatenate(sums)
+    return np.concatenate(sums), np.bincount(bins, minlength=n_bins)
 
 
 def _shifted(sd, shift):
@@ -243,9 +271,7 @@ def edge_offset(proj, sd, band, other, *, grad=None, sectors=None):
     grad = _gradient(proj, other) if grad is None else grad
     offsets = np.arange(-band, band + 0.01, _STEP)
     sector, ns = _sectors(sd) if sectors is None else sectors
-    # only pixels near the boundary can lie on a searched level set: select them once
-    near = np.abs(sd) <= band + 1
-    sums, count = _level_sums(sd[near], offsets, sector[near], ns, grad[near])
+    sums, count = _level_sums(sd, offsets, sector, ns, grad)
     profile = sums / np.maximum(count, 1)
     profile += _GLOBAL_WEIGHT * profile.mean(0) if ns > 1 else 0.0
     profile *= 1.0 - _OFFSET_PRIOR * np.abs(offsets) / max(band, 1)
@@ -267,8 +293,23 @@ def _level_sums(rel, levels, sector, ns, values):
 
     A sample lies on at most three levels, all among the five around
     ``(rel - levels[0]) / _STEP``: those are tested instead of every level. The
-    samples are summed in their order, as one ``bincount`` per level would.
+    samples are summed in their (raster) order, as one ``bincount`` per level would.
+    numba kernel, else numpy (the same sums).
     """
+    kernels = _numba()
+    if kernels is None:
+        return _level_sums_numpy(rel, levels, sector, ns, values)
+    size = levels.size * ns
+    sums, count = np.zeros(size), np.zeros(size, np.int64)
+    flat = [np.ravel(a) for a in (rel, sector, np.asarray(values, np.float64))]
+    kernels.level_sums(flat[0], levels, _STEP, flat[1], ns, flat[2], sums, count)
+    return sums.reshape(levels.size, ns).T, count.reshape(levels.size, ns).T
+
+
+def _level_sums_numpy(rel, levels, sector, ns, values):
+    """:func:`_level_sums` in numpy, on the samples within a pixel of the levels only."""
+    near = (rel >= levels[0] - 1.0) & (rel <= levels[-1] + 1.0)
+    rel, sector, values = rel[near], sector[near], values[near]
     first = np.floor((rel - levels[0]) / _STEP).astype(int)
     cand = first[:, None] + np.arange(-2, 3)
     valid = (cand >= 0) & (cand < levels.size)
@@ -279,6 +320,21 @@ def _level_sums(rel, levels, sector, ns, values):
     sums = np.bincount(key, np.broadcast_to(values[:, None], cand.shape)[valid], size)
     count = np.bincount(key, minlength=size)
     return sums.reshape(levels.size, ns).T, count.reshape(levels.size, ns).T
+
+
+def _numba():
+    """The evidence kernels (:mod:`.numba_evidence`), or None where numba cannot run
+    (``numba_loop.NUMBA_AVAILABLE`` False, as for the solver): then numpy."""
+    return _numba_module() if numba_loop.NUMBA_AVAILABLE else None
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_module():
+    if numba_loop.kernels() is None:
+        return None
+    from . import numba_evidence
+
+    return numba_evidence
 
 
 def edge_level(edge_position):
@@ -304,9 +360,7 @@ def _level_offset(t, sd, offset, level, band, sectors=None):
     rel = sd - offset
     steps = np.arange(-_PLATEAU_GAP, _FLOOR_GAP + 2 + 0.01, _STEP)
     sector, ns = _sectors(sd) if sectors is None else sectors
-    # pixels farther than 1 px from every searched level set are in no sample: drop them once
-    near = (rel >= steps[0] - 1.0) & (rel <= steps[-1] + 1.0)
-    sums, count = _level_sums(rel[near], steps, sector[near], ns, t[near])
+    sums, count = _level_sums(rel, steps, sector, ns, t)
     prof = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
     seen = ~np.isnan(prof)
     # the whole object's mean (NaN where no sector has pixels at that distance)
@@ -314,18 +368,16 @@ def _level_offset(t, sd, offset, level, band, sectors=None):
     prof = np.where(seen, prof, whole)
     if ns > 1:
         prof = (prof + _GLOBAL_WEIGHT * whole) / (1 + _GLOBAL_WEIGHT)
-    found = np.zeros(ns)
-    for k in range(ns):
-        p = prof[k]
-        below = np.nonzero(p < level)[0]
-        if below.size == 0 or np.isnan(p).any():  # (a profile cut by the crop: the strongest edge)
-            found[k] = steps[-1] if below.size == 0 else 0.0
-            continue
-        j = below[0]
-        if j == 0:
-            found[k] = steps[0]
-        else:
-            found[k] = steps[j - 1] + (p[j - 1] - level) / max(p[j - 1] - p[j], 1e-9) * _STEP
+    # per sector: the first step below ``level`` (j), the crossing between j - 1 and j;
+    # none below: the last step; a profile cut by the crop (NaN): the strongest edge
+    below = prof < level
+    j = np.argmax(below, axis=1)
+    rows, before = np.arange(ns), np.maximum(j - 1, 0)
+    p_before, p_at = prof[rows, before], prof[rows, j]
+    crossing = steps[before] + (p_before - level) / np.maximum(p_before - p_at, 1e-9) * _STEP
+    found = np.where(j == 0, steps[0], crossing)
+    found = np.where(np.isnan(prof).any(axis=1), 0.0, found)
+    found = np.where(below.any(axis=1), found, steps[-1])
     return np.clip(offset + found[sector], -band, band)
 
 
@@ -361,7 +413,7 @@ def _plausible(level_map, sd0, other):
     at = (np.abs(sd0) <= 0.5) & ~other
     if not at.any():
         return False
-    return bool(_PLAUSIBLE[0] <= np.median(level_map[at]) <= _PLAUSIBLE[1])
+    return bool(_PLAUSIBLE[0] <= _median(level_map[at]) <= _PLAUSIBLE[1])
 
 
 def object_distances(obj):
@@ -445,11 +497,22 @@ def _scaled(feat, core, ring):
     """Projection on the Fisher direction of ``core`` vs ``ring`` scaled so their medians are
     1 and 0 (None if the two overlap: nothing to snap to)."""
     proj = _fisher(feat, core, ring)
-    p_in, p_out = np.median(proj[core]), np.median(proj[ring])
-    spread = np.sqrt(0.5 * (proj[core].var() + proj[ring].var())) + 1e-12
+    x_in, x_out = proj[core], proj[ring]
+    p_in, p_out = _median(x_in), _median(x_out)
+    spread = np.sqrt(0.5 * (x_in.var() + x_out.var())) + 1e-12
     if abs(p_in - p_out) < spread:
         return None
     return (proj - p_out) / (p_in - p_out)
+
+
+def _median(x):
+    """``np.median`` of a 1-D float array without NaN (the same value; one partition, no
+    generic argument handling)."""
+    k = x.size // 2
+    if x.size % 2:
+        return np.partition(x, k)[k]
+    part = np.partition(x, (k - 1, k))
+    return (part[k - 1] + part[k]) / 2.0
 
 
 def _plateau_levels(feat, proj, sd, offset, other):
