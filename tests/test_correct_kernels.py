@@ -105,3 +105,17 @@ def test_median_is_numpys():
             x[: n // 3] = x[0]  # ties
             got, want = evidence._median(x.copy()), np.median(x)
             assert got == want and np.asarray(got).dtype == np.asarray(want).dtype
+
+
+def test_unique_ids_table_is_numpys():
+    from napari_vptv.core.correct.mask import _unique_inverse
+
+    rng = np.random.default_rng(0)
+    for scale in (1, 1000003):  # small ids: the table; large sparse ids: np.unique
+        for _ in range(50):
+            shape = tuple(rng.integers(1, 20, size=rng.integers(2, 4)))
+            m = rng.integers(0, rng.integers(1, 40), size=shape).astype(np.int64) * scale
+            values, inverse = _unique_inverse(m)
+            want_values, want_inverse = np.unique(m, return_inverse=True)
+            assert values.dtype == want_values.dtype and np.array_equal(values, want_values)
+            assert np.array_equal(inverse.reshape(m.shape), want_inverse.reshape(m.shape))

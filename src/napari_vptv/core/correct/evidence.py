@@ -45,6 +45,7 @@ the 3-D stack).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -119,7 +120,7 @@ def object_band(area, ndim, band=None):
     if band is not None:
         return int(band)
     radius = (area / np.pi) ** 0.5 if ndim == 2 else (3 * area / (4 * np.pi)) ** (1 / 3)
-    return int(np.clip(np.ceil(_BAND_FRACTION * radius), *AUTO_BAND_RANGE))
+    return int(min(max(math.ceil(_BAND_FRACTION * radius), AUTO_BAND_RANGE[0]), AUTO_BAND_RANGE[1]))
 
 
 def _fisher(feat, core, ring):

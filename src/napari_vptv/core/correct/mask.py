@@ -211,7 +211,7 @@ def _out_dtype(mask):
 def _compact_ids(m, planes):
     """Compact ids ``1..n`` of the mask's values (ids may be large and sparse) and the
     table mapping them back; ``planes``: one id per object per plane of axis 0."""
-    values, inverse = np.unique(m, return_inverse=True)
+    values, inverse = _unique_inverse(m)
     if values[0] != 0:
         values = np.concatenate([[0], values])
         inverse = inverse + 1
@@ -222,6 +222,15 @@ def _compact_ids(m, planes):
         compact = np.where(compact > 0, compact + n * z, 0)
         values = np.concatenate([[0], np.tile(values[1:], m.shape[0])])
     return compact.astype(np.int32 if values.size < 2**31 else np.int64), values
+
+
+def _unique_inverse(m):
+    """``np.unique(m, return_inverse=True)`` of non-negative integer labels: for ids up to
+    a few times the pixel count from a table of the ids present (no sort of the pixels)."""
+    if m.size == 0 or m.max() >= max(4 * m.size, 1 << 16):
+        return np.unique(m, return_inverse=True)
+    present = np.bincount(m.ravel()) > 0
+    return np.flatnonzero(present).astype(m.dtype), (np.cumsum(present) - 1)[m.ravel()]
 
 
 def _objects_iter(features, m, *, stack_mode, out_dtype, report, **engine_kw):

@@ -409,6 +409,10 @@ def _report(out, crops) -> List[ObjectCorrection]:
     report: List[ObjectCorrection] = []
     for c in crops:
         area = int(c.obj.sum())
+        if not c.status.startswith("moved"):
+            # as given (pasted back or never touched): no neighbour takes a given pixel
+            report.append(ObjectCorrection(c.index, area, area, c.status, round(c.moved, 2)))
+            continue
         mine = out[c.sl] == c.index
         comp, k = ndi.label(mine)
         if k > 1:  # a neighbour's claim cut off a piece: drop pieces not touching the given object
