@@ -88,6 +88,31 @@ def test_a_camera_field_is_solved_in_windows_with_the_whole_fields_colour_model(
     np.testing.assert_array_equal(result.labels[big], alone.labels)  # a window is a crop
 
 
+def test_a_crowded_field_is_solved_whole_with_the_colour_model_of_every_other_pixel(monkeypatch):
+    pytest.importorskip("torch")
+    import napari_vptv.adapted as adapted
+    from napari_vptv.core.io.samples import load_sample
+    from napari_vptv.nn.weights import predict_wbc
+    from napari_vptv.options import SegmentOptions
+    from napari_vptv.presets import VPTV_ADAPTED
+
+    # four crops side by side: 600 x 600 px (more than a camera field), cells everywhere
+    pairs = (("001", "004"), ("016", "001"))
+    rows = [np.concatenate([load_sample(a)[0][..., :3], load_sample(b)[0][..., :3]], axis=1) for a, b in pairs]
+    field = np.ascontiguousarray(np.concatenate(rows, axis=0))
+    pred = predict_wbc(
+        field, details=True, require_nucleus=False, augment=VPTV_ADAPTED.network_augment, method="vptv-unet"
+    )
+    assert cell_windows(pred.probabilities, pred.diameter) is None  # windows would cover most of it
+    opts = SegmentOptions(require_nucleus=False, white_cell_rule=False)
+    result = adapted.adapted_from_prediction(field, pred, opts, "vptv-unet")
+    assert result.info["solved_windows"] == 1 and result.info["solved_share"] == 1.0
+    monkeypatch.setattr(adapted, "WHOLE_FIELD_PIXELS", field.shape[0] * field.shape[1] + 1)
+    crop_like = adapted.adapted_from_prediction(field, pred, opts, "vptv-unet")  # full-resolution fit
+    assert "solved_windows" not in crop_like.info
+    assert np.mean(result.labels == crop_like.labels) > 0.99
+
+
 def test_windows_the_solve_rejects_keep_the_network_labels():
     p = _probabilities((100, 100), [(10, 20, 10, 20)])
     image = np.zeros((100, 100, 3), np.uint8)

@@ -119,6 +119,11 @@ def segment_adapted(
 #: more false cell
 FIELD_COLOUR_STEP = 2
 
+#: an image of at least this many pixels (a 640 x 480 camera field) is treated as a
+#: field even when its windows would cover it: one window, the colour model fitted on
+#: every ``FIELD_COLOUR_STEP``-th pixel; crops below it keep the full-resolution fit
+WHOLE_FIELD_PIXELS = 640 * 480
+
 
 def _solve_field(rgb, pred, solve, windows, callback=None):
     """The image-adapted solve of a camera field: the colour model refitted on the whole
@@ -181,6 +186,11 @@ def adapted_from_prediction(rgb, pred, opts: SegmentOptions, network: str, callb
         **settings,
     )
     windows = cell_windows(pred.probabilities, pred.diameter)
+    if windows is None and rgb.shape[0] * rgb.shape[1] >= WHOLE_FIELD_PIXELS:
+        # a field or tile crowded with cells: solved whole, its colour model still
+        # fitted on every other pixel (a full-resolution EM costs a 1190 x 1190 tile
+        # 1.2 s instead of 0.2 s)
+        windows = [(slice(0, rgb.shape[0]), slice(0, rgb.shape[1]))]
     if windows is None:  # a crop: the whole image
         result = solve(rgb, pred.probabilities, callback=callback)
     else:  # a field: only around the network's candidate cells
