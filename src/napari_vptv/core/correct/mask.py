@@ -225,9 +225,10 @@ def _compact_ids(m, planes):
 
 
 def _unique_inverse(m):
-    """``np.unique(m, return_inverse=True)`` of non-negative integer labels: for ids up to
-    a few times the pixel count from a table of the ids present (no sort of the pixels)."""
-    if m.size == 0 or m.max() >= max(4 * m.size, 1 << 16):
+    """``np.unique(m, return_inverse=True)`` of non-negative integer labels: for ids below
+    the pixel count (a table no larger than the mask) from a table of the ids present,
+    without sorting the pixels."""
+    if m.size == 0 or m.max() >= max(m.size, 1 << 16):
         return np.unique(m, return_inverse=True)
     present = np.bincount(m.ravel()) > 0
     return np.flatnonzero(present).astype(m.dtype), (np.cumsum(present) - 1)[m.ravel()]
