@@ -54,6 +54,39 @@ def test_a_cell_on_a_tile_boundary_is_one_cell_with_the_untiled_dice(straddling)
     assert (tiled.labels != whole.labels).mean() < 0.005  # no seam
 
 
+def test_tiles_in_two_threads_give_the_same_labels(straddling):
+    import threading
+
+    field, _ = straddling
+    opts = SegmentOptions().resolve(True)
+    threads, calls = set(), []
+
+    def segment(block, o):
+        threads.add(threading.get_ident())
+        return segment_image(block, o)
+
+    def run(workers):
+        threads.clear()
+        return tiles.segment_in_tiles(
+            field,
+            opts,
+            segment,
+            white_cell_rule=True,
+            tile=128,
+            workers=workers,
+            progress=lambda done, total: calls.append((workers, done, total)),
+        )
+
+    one, n_one = run(1), len(threads)
+    two, n_two = run(2), len(threads)
+    assert (n_one, n_two) == (1, 2)
+    assert one.info["tiles"]["count"] == 2
+    np.testing.assert_array_equal(one.labels, two.labels)
+    np.testing.assert_allclose(one.probabilities, two.probabilities)
+    assert [c[1:] for c in calls if c[0] == 2] == [(1, 2), (2, 2)]  # counted once each, in order
+    assert tiles.tile_workers(4, 10**6, threads=8) == 4 and tiles.tile_workers(4, 10**6, threads=1) == 1
+
+
 def test_progress_may_stop_the_tiles(straddling):
     field, _ = straddling
 

@@ -1,8 +1,10 @@
 """Large fields and scan tiles segmented in overlapping tiles at one working scale.
 
-:func:`segment_in_tiles` runs the white-cell methods on an RGB image of any size, one
-tile at a time (``dask.array.map_overlap``, the synchronous scheduler), so memory is
-bounded by the tile, not by the image:
+:func:`segment_in_tiles` runs the white-cell methods on an RGB image of any size in
+tiles (``dask.array.map_overlap``), so memory is bounded by the tiles, not by the
+image. The tiles run one per CPU thread torch was given (each on one torch thread,
+dask's threaded scheduler; as many as fit in memory: :func:`tile_workers`), one at a
+time on one thread:
 
 1. the white-cell diameter is estimated once, by the network at full resolution on
    the whole image up to a megapixel (exactly the estimate of an untiled run) or on
@@ -25,8 +27,10 @@ contract as :func:`~napari_vptv.api.segment_image`'s ``callback``).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -37,7 +41,7 @@ from .core.wbc.cell_rules import drop_non_white_cells
 from .core.wbc.red_cells import red_cell_diameter
 from .options import SegmentOptions
 
-__all__ = ["TILE", "MARGIN_PER_DIAMETER", "TILED_ABOVE_PIXELS", "segment_in_tiles", "needs_tiles"]
+__all__ = ["TILE", "MARGIN_PER_DIAMETER", "TILED_ABOVE_PIXELS", "segment_in_tiles", "needs_tiles", "tile_workers"]
 
 #: side (px) of a tile's own square
 TILE = 1024
@@ -147,6 +151,7 @@ def segment_in_tiles(
     tile: Optional[int] = None,
     margin: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    workers: Optional[int] = None,
 ) -> SegmentationResult:
     """Segment an RGB image of any size in overlapping tiles (see the module docstring).
 
@@ -170,7 +175,12 @@ def segment_in_tiles(
         Margin on each side of a tile (px); default :data:`MARGIN_PER_DIAMETER` white-cell
         diameters (at least 32 px), or :data:`DEFAULT_MARGIN` when no cell is found.
     progress : callable ``(done, total)``, optional
-        Called after every tile; may raise to stop.
+        Called after every tile (from the thread that segmented it, one call at a
+        time); may raise to stop: the tiles not started are dropped.
+    workers : int, optional
+        Tiles segmented at once, in threads, each with one torch thread; default
+        :func:`tile_workers` (the CPU threads torch has, as many as fit in memory).
+        The labels do not depend on it.
 
     Returns
     -------
@@ -183,7 +193,7 @@ def segment_in_tiles(
     if margin is None:
         margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
     tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
-    target, total = _run_tiles(rgb, tile, margin, lambda block: segment(block, tile_opts), progress)
+    target, total = _run_tiles(rgb, tile, margin, lambda block: segment(block, tile_opts), progress, workers)
     return _stitched_result(
         target.labels,
         target.probabilities,
@@ -212,9 +222,45 @@ def _tile_input(image, opts: SegmentOptions, tile: Optional[int]):
     return rgb, tile
 
 
-def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress):
+def tile_workers(n_tiles: int, tile_pixels: int, threads: Optional[int] = None) -> int:
+    """How many tiles are segmented at once: one per CPU thread torch was given
+    (``threads``, default ``torch.get_num_threads()``; a batch that runs several files
+    at once gives each one thread, so their tiles run one at a time), at most as many
+    as fit, :func:`~napari_vptv.core.batch.memory.memory_needed` each, in the memory
+    left, and at least one."""
+    from .core.batch.memory import available_memory, memory_needed
+
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    room, _ = available_memory()
+    fit = n_tiles if room is None else room // max(1, memory_needed(tile_pixels, kind="default"))
+    return int(max(1, min(n_tiles, threads, fit)))
+
+
+@contextlib.contextmanager
+def _one_torch_thread_each(workers: int):
+    """torch on one thread while ``workers`` > 1 tiles run in threads (no
+    oversubscription); the setting is restored afterwards."""
+    if workers <= 1:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress, workers: Optional[int] = None):
     """Segment ``rgb`` tile by tile (``segment_tile(tile_rgb) -> SegmentationResult``)
-    into a :class:`_Stitched`; returns it and the number of tiles."""
+    into a :class:`_Stitched`, ``workers`` tiles at once (default :func:`tile_workers`;
+    dask's threads, the solver's kernels and torch release the GIL); returns it and
+    the number of tiles."""
     import dask.array as da
 
     # a fourth (empty) channel: the blocks come back as labels + 3 probabilities, same shape
@@ -222,17 +268,24 @@ def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress):
         np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=-1),
         chunks=(_axis_chunks(rgb.shape[0], tile, margin), _axis_chunks(rgb.shape[1], tile, margin), 4),
     )
-    total, done = int(np.prod(arr.numblocks)), [0]
+    total, done, lock = int(np.prod(arr.numblocks)), [0], threading.Lock()
+    if workers is None:
+        workers = tile_workers(total, (tile + 2 * margin) ** 2)
 
     def run(block):
-        res = segment_tile(block[..., :3])
+        token = _IN_TILES.set(True)  # in this thread: a tile is never tiled again
+        try:
+            res = segment_tile(block[..., :3])
+        finally:
+            _IN_TILES.reset(token)
         out = np.concatenate(
             [res.labels[..., None].astype(np.float32), np.moveaxis(res.probabilities, 0, -1).astype(np.float32)],
             axis=-1,
         )
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total)
+        with lock:  # one report at a time, in order
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
         return out
 
     depth = {0: min(margin, rgb.shape[0]), 1: min(margin, rgb.shape[1]), 2: 0}
@@ -240,11 +293,9 @@ def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress):
         run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
     )
     target = _Stitched(rgb.shape[:2])
-    token = _IN_TILES.set(True)
-    try:  # each tile is written into the whole-image arrays as it is done
-        da.store(stitched, target, lock=False, scheduler="synchronous")
-    finally:
-        _IN_TILES.reset(token)
+    scheduler = {"scheduler": "threads", "num_workers": workers} if workers > 1 else {"scheduler": "synchronous"}
+    with _one_torch_thread_each(workers):  # each tile is written into the whole-image arrays as it is done
+        da.store(stitched, target, lock=False, **scheduler)
     return target, total
 
 
