@@ -2,8 +2,8 @@
 
 Problems: the WBC preset's colour costs (3 classes), volume interval, TV weight and
 epsilon on a WBC image at 300x300 (the image) and 640x480 (the image reflect-padded),
-float32 on the CPU; plus, where the numba kernels do not apply, the same 300x300
-problem in float64 and a 3-D one (the 300x300 costs stacked 8 deep, 3-D TV). Each loop
+float32 on the CPU; plus the same 300x300 problem in float64 (where the numba kernels
+do not apply) and a 3-D one (the 300x300 costs stacked 8 deep, 3-D TV). Each loop
 runs ``--iters`` iterations to no tolerance (``tol=0``); the figure is the median of
 ``--repeat`` runs of the process CPU time per iteration (steadier than the wall clock
 on a shared machine; with one thread the two agree when the machine is idle; both are
@@ -124,7 +124,10 @@ def main(argv=None):
     rows.append(
         (
             "8x300x300 float32 (3-D)",
-            {b: ms_per_iteration(b, vol, bounds, eps, tv, args.iters, args.repeat) for b in ("reference", "torch")},
+            {
+                b: ms_per_iteration(b, vol, bounds, eps, tv, args.iters, args.repeat)
+                for b in ("reference", "torch", "numba")
+            },
         )
     )
     for i, clock in enumerate(("CPU", "wall")):

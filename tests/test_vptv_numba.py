@@ -1,6 +1,7 @@
-"""The fused numba kernels of the no-grad VPTV loop (core.solver.numba_kernels) against the
-torch no-grad loop (core.solver.fast) they replace on the CPU: same numbers to float32
-rounding, same labels; the fallback and the uncached (read-only) case.
+"""The fused numba kernels of the no-grad VPTV loop (core.solver.numba_kernels, 2-D, and
+core.solver.numba_kernels3d, 3-D) against the torch no-grad loop (core.solver.fast) they
+replace on the CPU and the reference loop: same numbers to float32 rounding, same labels;
+the fallback and the uncached (read-only) case.
 
 Synthetic problems and the package's sample images only (no /work/shared).
 """
@@ -67,6 +68,73 @@ def test_numba_loop_matches_torch_loop(mode, edge, shape, monkeypatch):
     again_ref = _run(False, monkeypatch, vptv_iterate, cost, state=ref, **{**args, "max_num_iter": 5})
     assert torch.equal(fused.q, q_before)
     torch.testing.assert_close(again.u, again_ref.u, atol=2e-5, rtol=0)
+
+
+# 3-D: planes, rows and columns of one voxel (each axis's boundary case), several volumes,
+# 2 and 3 classes
+@pytest.mark.parametrize("mode", ["none", "exact", "interval"])
+@pytest.mark.parametrize("edge", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 9), (2, 2, 6, 8, 7), (1, 2, 1, 6, 8), (1, 2, 3, 4, 1), (1, 2, 4, 1, 6)])
+def test_numba_3d_loop_matches_torch_and_reference_loops(mode, edge, shape, monkeypatch):
+    cost, kw = _problem(shape, mode, edge, seed=2)
+    args = dict(epsilon=0.1, tv_weight=0.1, max_num_iter=80, tol=1e-5, **kw)
+    assert choose_backend("auto", cost)[0] == "numba"  # the 3-D kernels run the problem
+    fused = _run(True, monkeypatch, vptv_iterate, cost, **args)
+    loop = _run(False, monkeypatch, vptv_iterate, cost, **args)
+    ref = vptv_iterate(cost, backend="reference", **args)
+    assert (fused.backend, loop.backend, ref.backend) == ("numba", "torch", "reference")
+    for other, atol in ((loop, 2e-5), (ref, 5e-5)):
+        assert fused.n_iter == other.n_iter
+        assert torch.equal(fused.converged, other.converged)
+        for name in ("u", "q", "f", "f_lower", "f_upper"):
+            torch.testing.assert_close(getattr(fused, name), getattr(other, name), atol=atol, rtol=0, msg=name)
+        assert torch.equal(fused.u.argmax(dim=1), other.u.argmax(dim=1))  # same labels
+    assert fused.q.shape == (shape[0], shape[1], 3) + shape[2:] and fused.q.is_contiguous()
+    # a warm start continues identically and is not modified
+    q_before = fused.q.clone()
+    again = _run(True, monkeypatch, vptv_iterate, cost, state=fused, **{**args, "max_num_iter": 5})
+    again_loop = _run(False, monkeypatch, vptv_iterate, cost, state=loop, **{**args, "max_num_iter": 5})
+    assert torch.equal(fused.q, q_before)
+    torch.testing.assert_close(again.u, again_loop.u, atol=2e-5, rtol=0)
+
+
+def test_numba_3d_cost_update_and_callback(monkeypatch):
+    """3-D: the cost update and the callback see ``(N, K, D, H, W)`` views of the kernels'
+    plane-interleaved buffers, with the torch loop's values."""
+    cost, kw = _problem((2, 3, 6, 5, 7), "exact", True, seed=3)
+    seen = {True: [], False: []}
+
+    def run(flag):
+        def update(u):
+            return cost + 0.5 * u
+
+        def callback(it, u):
+            seen[flag].append(u.sum(dim=(2, 3, 4)).clone())
+
+        args = dict(epsilon=0.1, tv_weight=0.2, max_num_iter=30, tol=0, update_every=4)
+        return _run(flag, monkeypatch, vptv_iterate, cost, cost_update=update, callback=callback, **args, **kw)
+
+    fused, ref = run(True), run(False)
+    assert fused.backend == "numba" and len(seen[True]) == len(seen[False]) == 30
+    torch.testing.assert_close(torch.stack(seen[True]), torch.stack(seen[False]), atol=2e-3, rtol=1e-5)
+    torch.testing.assert_close(fused.u, ref.u, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fused.cost, ref.cost, atol=2e-5, rtol=0)
+
+
+def test_numba_3d_same_labels_on_a_volume(monkeypatch):
+    """vptv_segment of a noisy 3-D ball (exact volumes, edge-weighted 3-D TV): the 3-D
+    kernels give the torch loop's labels and iterations."""
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[:12, :30, :34]
+    truth = (((zz - 6) * 2.5) ** 2 + (yy - 15) ** 2 + (xx - 17) ** 2 < 10**2).astype(int)
+    image = (0.3 + 0.4 * truth + 0.15 * rng.standard_normal(truth.shape)).astype(np.float32)
+    args = dict(n_classes=2, volumes=(0.9, 0.1), epsilon=0.05, tv_weight=0.05, edge=True)
+    fused = _run(True, monkeypatch, vptv_segment, image, **args)
+    ref = _run(False, monkeypatch, vptv_segment, image, **args)
+    assert (fused.state.backend, ref.state.backend) == ("numba", "torch")
+    assert fused.n_iter == ref.n_iter
+    np.testing.assert_array_equal(fused.labels, ref.labels)
+    np.testing.assert_allclose(fused.probabilities, ref.probabilities, atol=1e-5, rtol=0)
 
 
 def test_numba_loop_cost_update_and_callback(monkeypatch):
@@ -198,8 +266,9 @@ def test_torch_loop_where_numba_does_not_apply(monkeypatch):
     assert choose_backend("auto", cost)[0] == "numba"
     name, reason = choose_backend("auto", cost.double())
     assert name == "torch" and "float64" in reason
-    name, reason = choose_backend("auto", cost[:, :, None])
-    assert name == "torch" and "3-D" in reason
+    assert choose_backend("auto", cost[:, :, None])[0] == "numba"  # 3-D: the 3-D kernels
+    name, reason = choose_backend("auto", cost[:, :, None, None])
+    assert name == "torch" and "4-D" in reason
     assert choose_backend("auto", cost, needs_grad=True)[0] == "reference"
 
 

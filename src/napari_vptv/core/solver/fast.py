@@ -2,7 +2,7 @@
 
 :func:`napari_vptv.core.solver.reference.vptv_iterate` runs it where
 :func:`napari_vptv.core.solver.dispatch.choose_backend` picks ``"torch"`` (no
-gradient needed and the numba kernels do not apply: GPUs, 3-D problems, float64,
+gradient needed and the numba kernels do not apply: GPUs, float64,
 machines without numba). Every step of Algorithm 1 is written as fused in-place
 operations on buffers allocated once per call, so one iteration is about 20
 element-wise kernels (2-D, one array pass each):

@@ -1,10 +1,13 @@
 """Fused CPU kernels of the no-grad VPTV iteration (numba), 2-D float32 problems.
 
 :func:`napari_vptv.core.solver.numba_loop.run_numba` drives them (backend
-``"numba"``, chosen by :func:`napari_vptv.core.solver.dispatch.choose_backend`); the
-torch loop of :mod:`napari_vptv.core.solver.fast` stays the path for GPUs, 3-D,
-float64 and machines without numba, the reference loop the one for autograd. One iteration of Algorithm 1 is one sweep over the
-rows of the image instead of ~20 eager torch kernels (:func:`fused_pass`):
+``"numba"``, chosen by :func:`napari_vptv.core.solver.dispatch.choose_backend`); 3-D
+problems run their counterparts in :mod:`napari_vptv.core.solver.numba_kernels3d`,
+built from this module's row helpers; the torch loop of
+:mod:`napari_vptv.core.solver.fast` stays the path for GPUs, float64 and machines
+without numba, the reference loop the one for autograd. One iteration of Algorithm 1
+is one sweep over the rows of the image instead of ~20 eager torch kernels
+(:func:`fused_pass`):
 
 * row ``i``: the per-class reweighting of the softmax ``s`` by the new volume dual
   ``f`` (eq. 25) into ``u``, with the stopping test's sums (``|u - u_prev|^2``,
@@ -166,19 +169,24 @@ _FLUSH_ROWS = 16  # rows summed in float32 before a float64 flush (the sums stay
 
 
 @_jit
+def _exp(v):
+    """``exp(v)`` of a float32 ``v <= 0`` (the polynomial above; inlined into the loops)."""
+    if v < _EXP_MIN:
+        v = _EXP_MIN
+    n = np.floor(v * _LOG2E + _HALF)
+    r = v - n * _LN2_HI
+    r = r - n * _LN2_LO
+    r2 = r * r
+    y = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r2 + r + _ONE
+    # 2^n: n in [-126, 0] here, a normal float32 with exponent field n + 127
+    return y * _float32_from_bits((np.int32(n) + np.int32(127)) << 23)
+
+
+@_jit
 def _exp_row(z, k, shift):
     """``z[k] <- exp(z[k] - shift)`` in place (``z - shift <= 0``, float32 rows)."""
     for j in range(z.shape[1]):
-        v = z[k, j] - shift[j]
-        if v < _EXP_MIN:
-            v = _EXP_MIN
-        n = np.floor(v * _LOG2E + _HALF)
-        r = v - n * _LN2_HI
-        r = r - n * _LN2_LO
-        r2 = r * r
-        y = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r2 + r + _ONE
-        # 2^n: n in [-126, 0] here, a normal float32 with exponent field n + 127
-        z[k, j] = y * _float32_from_bits((np.int32(n) + np.int32(127)) << 23)
+        z[k, j] = _exp(z[k, j] - shift[j])
 
 
 @_jit
@@ -224,15 +232,26 @@ def _logits_row(neg_cost, f_lower, f_upper, inv_eps, p, div, has_tv, n, i, z):
 
 @_jit
 def _softmax_numerators(z, zmax, total):
-    """``z[k] <- exp(z[k] - max_k z)`` and ``total <- 1 / sum_k z`` for a row ``(K, W)``."""
+    """``z[k] <- exp(z[k] - max_k z)`` and ``total <- 1 / sum_k z`` for a row ``(K, W)``.
+
+    Two classes: one exp per pixel, the same numbers. The larger logit's numerator is
+    ``exp(0) = 1`` exactly (the polynomial gives 1 at 0), the other's ``exp(min - max)``
+    (both numerators 1 on a tie), so only that one is computed."""
     k_cls, w = z.shape
     for j in range(w):
         zmax[j] = z[0, j]
     for k in range(1, k_cls):
         for j in range(w):
             zmax[j] = max(zmax[j], z[k, j])
-    for k in range(k_cls):
-        _exp_row(z, k, zmax)
+    if k_cls == 2:
+        for j in range(w):
+            total[j] = _exp(min(z[0, j], z[1, j]) - zmax[j])
+        for k in range(2):
+            for j in range(w):
+                z[k, j] = _ONE if z[k, j] == zmax[j] else total[j]
+    else:
+        for k in range(k_cls):
+            _exp_row(z, k, zmax)
     for j in range(w):
         total[j] = z[0, j]
     for k in range(1, k_cls):

@@ -1,13 +1,15 @@
-"""The numba VPTV loop (backend ``"numba"``): CPU float32 2-D problems, no gradient.
+"""The numba VPTV loop (backend ``"numba"``): CPU float32 2-D and 3-D problems, no gradient.
 
 :func:`napari_vptv.core.solver.reference.vptv_iterate` runs it where
 :func:`napari_vptv.core.solver.dispatch.choose_backend` picks ``"numba"``. The
 iteration is the one of :func:`napari_vptv.core.solver.fast.run_torch`, one sweep over
 the pixels per iteration with the fused kernels of
-:mod:`napari_vptv.core.solver.numba_kernels` (same steps, same numbers to float32
-rounding; ``tests/test_vptv_numba.py``). This module owns numba's availability
-(:data:`NUMBA_AVAILABLE`, :func:`kernels`), the kernels' row-interleaved work arrays
-and :func:`rounding_steps_at_zero`, the volume rounding's shortcut
+:mod:`napari_vptv.core.solver.numba_kernels` (2-D) or
+:mod:`napari_vptv.core.solver.numba_kernels3d` (3-D) (same steps, same numbers to
+float32 rounding; ``tests/test_vptv_numba.py``). This module owns numba's
+availability (:data:`NUMBA_AVAILABLE`, :func:`kernels`), the kernels' row-interleaved
+work arrays (the rows of a volume one plane after the other, ``(N, D H, K, W)``) and
+:func:`rounding_steps_at_zero`, the volume rounding's shortcut
 (:func:`napari_vptv.core.solver.segment.round_to_volumes`).
 """
 
@@ -33,27 +35,28 @@ __all__ = ["NUMBA_AVAILABLE", "kernels", "unavailable_because", "run_numba", "ro
 NUMBA_AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
-def kernels():
-    """The :mod:`~napari_vptv.core.solver.numba_kernels` module, or None (and
+def kernels(n_spatial: int = 2):
+    """The :mod:`~napari_vptv.core.solver.numba_kernels` module (``n_spatial=3``:
+    :mod:`~napari_vptv.core.solver.numba_kernels3d`), or None (and
     :data:`NUMBA_AVAILABLE` set to False) where numba is installed but cannot be
     imported (e.g. a NumPy it does not support)."""
     global NUMBA_AVAILABLE
     if not NUMBA_AVAILABLE:
         return None
     try:
-        from . import numba_kernels
+        from . import numba_kernels, numba_kernels3d
     except ImportError:
         NUMBA_AVAILABLE = False
         return None
-    return numba_kernels
+    return numba_kernels3d if n_spatial == 3 else numba_kernels
 
 
 def unavailable_because(cost: torch.Tensor) -> str:
     """Why the kernels cannot run a problem with costs ``cost`` (``""``: they can).
-    They need numba, the CPU, float32 (their precision) and 2 spatial axes (they copy
-    the operands into their own row-interleaved layout)."""
-    if cost.ndim != 4:
-        return f"{cost.ndim - 2}-D problem (the numba kernels are 2-D)"
+    They need numba, the CPU, float32 (their precision) and 2 or 3 spatial axes (they
+    copy the operands into their own row-interleaved layout)."""
+    if cost.ndim not in (4, 5):
+        return f"{cost.ndim - 2}-D problem (the numba kernels are 2-D and 3-D)"
     if cost.device.type != "cpu":
         return f"device {cost.device.type} (the numba kernels run on the CPU)"
     if cost.dtype != torch.float32:
@@ -102,29 +105,41 @@ def rounding_steps_at_zero(cost: torch.Tensor, lower, upper, epsilons, volume_to
     return len(eps) if free.all() else int(np.argmin(free))
 
 
+def _fill_rows(cost: np.ndarray, scale, out: np.ndarray) -> None:
+    """``out = scale * cost`` from ``(N, K, *spatial)`` into the row-interleaved buffer
+    ``out`` (``(N, H, K, W)``; 3-D: ``(N, D, K, H W)``), one pass."""
+    moved = np.moveaxis(cost, 1, 2)  # (N, H, K, W) / (N, D, K, H, W)
+    np.multiply(moved, scale, out=out.reshape(moved.shape))
+
+
 def _numba_operands(solver: FastVPTV, neg_cost: np.ndarray, p: np.ndarray):
-    """Fill the kernels' ``-c / eps`` (row-interleaved ``(N, H, K, W)``) and ``p = q /
-    (lambda e)`` (``(N, H, K, 2, W)``), each in one pass with the torch loop's float32
-    operations; return ``(step, div)``: ``step = tau / (lambda e)`` and ``div = lambda e
-    / eps`` as ``(N, 1, H, W)`` planes (computed once per call instead of a division
-    per pixel) or, for a scalar bound, ``(1, 1, 1, W)`` rows of the constant."""
+    """Fill the kernels' ``-c / eps`` (row-interleaved ``(N, H, K, W)``; 3-D: ``(N, D, K,
+    H W)``) and ``p = q / (lambda e)`` (``(N, H, K, 2, W)``; 3-D: ``(N, D, K, 3, H W)``),
+    each in one pass with the torch loop's float32 operations; return ``(step, div)``:
+    ``step = tau / (lambda e)`` and ``div = lambda e / eps`` as ``(N, 1, H, W)`` planes
+    (computed once per call instead of a division per pixel) or, for a scalar bound,
+    ``(1, 1, 1, W)`` rows of the constant (3-D: ``(N, 1, D, H W)`` / ``(1, 1, 1, H
+    W)``)."""
     cost = solver.cost.detach().numpy()
-    np.multiply(np.moveaxis(cost, 2, 1), np.float32(-1.0 / solver.epsilon), out=neg_cost)
-    width = cost.shape[-1]
+    _fill_rows(cost, np.float32(-1.0 / solver.epsilon), neg_cost)
+    size = neg_cost.shape[-1]
     if not solver.has_tv:
-        dummy = np.zeros((1, 1, 1, width), np.float32)
+        dummy = np.zeros((1, 1, 1, size), np.float32)
         return dummy, dummy
     if solver.scalar_bound:
-        step = np.full((1, 1, 1, width), solver.tau / solver.bound, np.float32)
-        div = np.full((1, 1, 1, width), solver.bound / solver.epsilon, np.float32)
+        step = np.full((1, 1, 1, size), solver.tau / solver.bound, np.float32)
+        div = np.full((1, 1, 1, size), solver.bound / solver.epsilon, np.float32)
         bound = np.float32(solver.bound)
     else:
-        step, div = (solver.tau / solver.bound).numpy(), (solver.bound / solver.epsilon).numpy()
-        bound = np.moveaxis(solver.bound.numpy(), 2, 1)[:, :, :, None, :]  # (N, H, 1, 1, W)
+        rows = (solver.bound.shape[0], 1, neg_cost.shape[1], size)
+        step = (solver.tau / solver.bound).numpy().reshape(rows)
+        div = (solver.bound / solver.epsilon).numpy().reshape(rows)
+        bound = np.moveaxis(solver.bound.numpy(), 2, 1)[:, :, :, None]  # (N, H, 1, 1, W) / (N, D, 1, 1, H, W)
     if solver.q_init is None:
         p.fill(0.0)
     else:
-        np.divide(np.moveaxis(solver.q_init.detach().numpy(), 3, 1), bound, out=p)
+        q = np.moveaxis(solver.q_init.detach().numpy(), 3, 1)  # (N, H, K, 2, W) / (N, D, K, 3, H, W)
+        np.divide(q, bound, out=p.reshape(q.shape))
     return step, div
 
 
@@ -139,13 +154,18 @@ def _take_buffers(solver: FastVPTV):
     a few MB cost ~1-2 ms of page faults per call here (measured on 300x300x3), a
     tenth of a solve. Taken out of the pool while in use (a solve started from a
     callback gets its own)."""
-    h, w = solver.cost.shape[2:]
-    key = (solver.n, h, solver.k, w, solver.has_tv)
+    spatial, dims = tuple(solver.cost.shape[2:]), solver.n_spatial
+    key = (solver.n, spatial, solver.k, solver.has_tv)
     kept, _POOL.kept = getattr(_POOL, "kept", None), None
     if kept is not None and kept[0] == key:
         return kept
+    h, w = spatial[0], int(np.prod(spatial[1:]))  # rows (3-D: planes), row length
     shape = (solver.n, h, solver.k, w)
-    p = np.empty((solver.n, h, solver.k, 2, w), np.float32) if solver.has_tv else np.zeros((1, 1, 1, 2, 1), np.float32)
+    p = (
+        np.empty((solver.n, h, solver.k, dims, w), np.float32)
+        if solver.has_tv
+        else np.zeros((1, 1, 1, dims, 1), np.float32)
+    )
     return key, np.empty(shape, np.float32), p, np.empty(shape, np.float32), np.empty(shape, np.float32)
 
 
@@ -155,16 +175,34 @@ def _give_back(buffers) -> None:
 
 
 def _final_q(solver: FastVPTV, p: np.ndarray) -> torch.Tensor:
-    """``q = lambda e p`` as a contiguous ``(N, K, 2, H, W)`` tensor from the kernels'
-    ``p`` (one pass)."""
-    p_view = torch.from_numpy(p).permute(0, 2, 3, 1, 4)
-    q = torch.empty(p_view.shape, dtype=p_view.dtype)
-    return torch.mul(p_view, solver.bound if solver.scalar_bound else solver.bound.unsqueeze(2), out=q)
+    """``q = lambda e p`` as a contiguous ``(N, K, n_spatial, *spatial)`` tensor from the
+    kernels' ``p`` (one pass; numpy's strided multiply, ~4x faster here than torch's on
+    the permuted view)."""
+    spatial = tuple(solver.cost.shape[2:])
+    rows = p.reshape(p.shape[:4] + spatial[1:])  # (N, H, K, 2, W) / (N, D, K, 3, H, W)
+    view = np.moveaxis(rows, 1, 3)  # (N, K, n_spatial, *spatial)
+    q = np.empty(view.shape, np.float32)
+    bound = np.float32(solver.bound) if solver.scalar_bound else solver.bound.numpy()[:, :, None]
+    return torch.from_numpy(np.multiply(view, bound, out=q))
 
 
-def _class_view(u_rows: np.ndarray) -> torch.Tensor:
-    """A ``(N, K, H, W)`` torch view of a row-interleaved ``(N, H, K, W)`` buffer."""
-    return torch.from_numpy(u_rows).transpose(1, 2)
+def _class_view(u_rows: np.ndarray, spatial) -> torch.Tensor:
+    """A ``(N, K, *spatial)`` torch view of a row-interleaved ``(N, H, K, W)`` (3-D:
+    ``(N, D, K, H W)``) buffer."""
+    return torch.from_numpy(u_rows).reshape(u_rows.shape[:3] + tuple(spatial[1:])).transpose(1, 2)
+
+
+def _passes(solver: FastVPTV):
+    """``(softmax_pass, fused_pass)`` of the problem's dimension, both with the 2-D
+    kernels' signature (the 3-D kernels get the row length ``W`` and the x factor row,
+    1 except on the last column of every row, added)."""
+    if solver.n_spatial == 2:
+        return kernels().softmax_pass, kernels().fused_pass
+    k3, (height, width) = kernels(3), solver.cost.shape[-2:]
+    xmask = np.ones((height, width), np.float32)
+    xmask[:, -1] = 0.0
+    xmask, width = xmask.ravel(), int(width)
+    return (lambda *a: k3.softmax_pass_3d(*a, width, xmask)), (lambda *a: k3.fused_pass_3d(*a, width, xmask))
 
 
 def _volume_terms(volume: Optional[VolumeRule], shape):
@@ -183,7 +221,7 @@ def run_numba(solver: FastVPTV, f_lower: torch.Tensor, f_upper: torch.Tensor, se
     row-interleaved copies of ``-c / eps``, ``u`` and ``p`` (work arrays reused across
     calls, see :func:`_take_buffers`); returns ``(u, f_lower, f_upper, cost, n_iter,
     converged)`` as :func:`napari_vptv.core.solver.fast.run_torch` does. ``callback``
-    receives a ``(N, K, H, W)`` view of a work array: valid during the call only."""
+    receives a ``(N, K, *spatial)`` view of a work array: valid during the call only."""
     buffers = _take_buffers(solver)
     try:
         return _iterate_numba(solver, *buffers[1:], f_lower, f_upper, settings)
@@ -193,18 +231,19 @@ def run_numba(solver: FastVPTV, f_lower: torch.Tensor, f_upper: torch.Tensor, se
 
 def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settings: LoopSettings):
     """The loop of :func:`run_numba`; only the cost update (a torch callable) and the
-    callback see torch tensors (``(N, K, H, W)`` views of the work arrays).
+    callback see torch tensors (``(N, K, *spatial)`` views of the work arrays).
 
-    One sweep per iteration (:func:`~napari_vptv.core.solver.numba_kernels.fused_pass`): the
+    One sweep per iteration (:func:`~napari_vptv.core.solver.numba_kernels.fused_pass`, 3-D:
+    :func:`~napari_vptv.core.solver.numba_kernels3d.fused_pass_3d`): the
     softmax ``s`` of iteration ``it`` comes from the sweep of ``it - 1`` (or a
     :func:`~napari_vptv.core.solver.numba_kernels.softmax_pass` at the start and after a cost
     update), so ``s`` after the last sweep is the final ``u``."""
-    fused = kernels()
+    fused, (softmax_pass, fused_pass) = kernels(), _passes(solver)
     volume, cost_update, callback = settings.volume, settings.cost_update, settings.callback
     tol, update_every = settings.tol, settings.update_every
     eps, has_tv = solver.epsilon, solver.has_tv
     step, div = _numba_operands(solver, neg_cost, p)
-    n, k = solver.n, solver.k
+    n, k, spatial = solver.n, solver.k, tuple(solver.cost.shape[2:])
     exact, log_lo, log_hi, lo, hi = _volume_terms(volume, (n, k))
     f_lo = np.array(np.broadcast_to(f_lower.numpy(), (n, k)), np.float32)
     f_hi = np.array(np.broadcast_to(f_upper.numpy(), (n, k)), np.float32)
@@ -214,13 +253,13 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
     cost, converged, it, fresh = None, np.zeros(n, bool), 0, False
 
     def softmax():
-        fused.softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div, has_tv, s, mass_s)
+        softmax_pass(neg_cost, f_lo, f_hi, inv_eps, p, div, has_tv, s, mass_s)
         return True
 
     for it in range(1, settings.max_num_iter + 1):
         if settings.updates_cost_at(it):
-            cost = cost_update(_class_view(u))
-            np.multiply(np.moveaxis(cost.detach().numpy(), 2, 1), np.float32(-1.0 / eps), out=neg_cost)
+            cost = cost_update(_class_view(u, spatial))
+            _fill_rows(cost.detach().numpy(), np.float32(-1.0 / eps), neg_cost)
             fresh = False
         fresh = fresh or softmax()
         if volume is not None:
@@ -228,7 +267,7 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
         check = settings.check_at(it)
         # the next softmax, unless the next iteration first updates the cost
         fresh = cost_update is None or it % update_every != 0
-        fused.fused_pass(
+        fused_pass(
             neg_cost,
             f_lo,
             f_hi,
@@ -248,7 +287,7 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
             mass_s,
         )
         if callback is not None:
-            callback(it, _class_view(u))
+            callback(it, _class_view(u, spatial))
         if check:
             converged = np.sqrt(sq_change / (k * pixels)) < tol
             if volume is not None:
@@ -261,7 +300,7 @@ def _iterate_numba(solver: FastVPTV, neg_cost, p, s, u, f_lower, f_upper, settin
     if has_tv:
         solver.q_final = _final_q(solver, p)
     return (
-        _class_view(s).contiguous(),
+        _class_view(s, spatial).contiguous(),
         torch.from_numpy(f_lo),
         torch.from_numpy(f_hi),
         cost,

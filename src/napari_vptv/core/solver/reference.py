@@ -302,16 +302,15 @@ def _dual_bound(cost, tv_weight, edge_weight):
 
 
 def _initial_duals(cost, tv_weight, state):
-    """``(q, f_lower, f_upper)`` to start from: the warm start's, else zeros
-    (``q`` is None without TV)."""
+    """``(q, f_lower, f_upper)`` to start from: the warm start's, else zeros (``q`` is
+    None without TV, and None for a cold start: :func:`_run_loop` starts it at 0)."""
     n, k = cost.shape[:2]
     if state is not None:
         q = state.q if tv_weight > 0 else None
         return q, state.f_lower, state.f_upper
-    q = cost.new_zeros((n, k, cost.ndim - 2) + tuple(cost.shape[2:])) if tv_weight > 0 else None
     # both multipliers start as the same zero tensor (neither loop writes into them)
     zeros = cost.new_zeros((n, k))
-    return q, zeros, zeros
+    return None, zeros, zeros
 
 
 def _check_interval(check_every, device):
@@ -331,6 +330,8 @@ def _run_loop(cost, q, bound, epsilon, tau, f_lower, f_upper, settings, backend)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
     name, reason = choose_backend(backend, cost, needs_grad=needs_grad)
     if name == "reference":
+        if q is None and bound is not None:  # TV from q = 0 (the other loops start there without a tensor)
+            q = cost.new_zeros((cost.shape[0], cost.shape[1], cost.ndim - 2) + tuple(cost.shape[2:]))
         u, q, f_lower, f_upper, new_cost, it, converged = _iterate_autograd(
             cost, q, bound, epsilon, tau, f_lower, f_upper, settings
         )
