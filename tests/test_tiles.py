@@ -145,3 +145,42 @@ def test_the_batch_engine_reports_the_tiles_of_a_large_image(straddling, monkeyp
     assert res.status == "done"
     (bar,) = _RecordingBar.made
     assert (bar.total, bar.n, bar.closed) == (2, 2, True) and "field.png" in bar.desc
+
+
+def test_tiles_on_a_distributed_cluster(straddling, monkeypatch, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import cloudpickle
+    from PIL import Image
+
+    from napari_vptv.api import SegmentFn
+    from napari_vptv.core.batch.run import segment_file
+    from napari_vptv.core.io.files import read_mask
+
+    field, _ = straddling
+    opts = SegmentOptions().resolve(True)
+    here = tiles.segment_in_tiles(field, opts, segment_image, white_cell_rule=True, tile=128, workers=1)
+    calls = []
+    monkeypatch.setattr(tiles, "TILED_ABOVE_PIXELS", 100 * 100)
+    monkeypatch.setattr(tiles, "TILE", 128)
+    Image.fromarray(field).save(tmp_path / "field.png")
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        there = tiles.segment_in_tiles(
+            field,
+            opts,
+            segment_image,
+            white_cell_rule=True,
+            tile=128,
+            scheduler=client,
+            progress=lambda done, total: calls.append((done, total)),
+        )
+        res = segment_file(tmp_path / "field.png", tmp_path / "out", SegmentFn(SegmentOptions()), scheduler=client)
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0  # nothing left behind
+    np.testing.assert_array_equal(here.labels, there.labels)
+    assert calls == [(1, 2), (2, 2)]
+    assert res.status == "done"
+    np.testing.assert_array_equal(read_mask(res.output), here.labels)
+    # what a cluster's workers receive must survive pickling
+    assert cloudpickle.loads(cloudpickle.dumps(tiles._TileSegmenter(segment_image, opts))).options == opts

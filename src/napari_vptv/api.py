@@ -80,6 +80,7 @@ def segment_image(
     channel_axis: Optional[int] = None,
     callback: Optional[ProgressCallback] = None,
     tile_progress: Optional[ProgressCallback] = None,
+    scheduler=None,
     **settings,
 ) -> SegmentationResult:
     """Segment one image with the variational solver or a shipped network.
@@ -112,6 +113,9 @@ def segment_image(
     tile_progress : callable ``(tile, tiles)``, optional
         Called after every tile when the image is segmented in tiles (instead of
         ``callback`` there); not called otherwise. It may raise to stop the run.
+    scheduler : distributed.Client, optional
+        Where the tiles of an image segmented in tiles run (a ``dask.distributed``
+        cluster; its workers need this package); default: this process's threads.
     **settings
         Fields of :class:`SegmentOptions` (and ``volume_bounds=(lower, upper)``),
         overriding those of ``options``.
@@ -143,9 +147,7 @@ def segment_image(
     opts = _as_options(options, settings).resolve(_is_colour(image, channel_axis))
     check_device(opts.device)
     if channel_axis in (-1, 2) and _tiles().needs_tiles(image, opts):  # bounded memory, one scale
-        rule = opts.white_cell_rule and _nucleus_rule(opts)
-        progress = tile_progress or callback
-        return _tiles().segment_in_tiles(image, opts, segment_image, white_cell_rule=rule, progress=progress)
+        return _in_tiles(image, opts, tile_progress or callback, scheduler)
     check_memory_for(image, opts, channel_axis)  # before any work: the size it needs, if it cannot fit
     result = _check_finite(_dispatch(image, opts, channel_axis, callback), opts)
     if conversion:
@@ -157,6 +159,15 @@ def _tiles():
     from . import tiles
 
     return tiles
+
+
+def _in_tiles(image, opts: SegmentOptions, progress, scheduler) -> SegmentationResult:
+    """A large RGB image in tiles (:func:`napari_vptv.tiles.segment_in_tiles`), the
+    white-cell rule on the stitched labels."""
+    rule = opts.white_cell_rule and _nucleus_rule(opts)
+    return _tiles().segment_in_tiles(
+        image, opts, segment_image, white_cell_rule=rule, progress=progress, scheduler=scheduler
+    )
 
 
 def _is_colour(image, channel_axis) -> bool:
@@ -392,12 +403,18 @@ class SegmentFn:
     #: the batch engine may pass ``tile_progress`` (see :meth:`__call__`)
     reports_tiles = True
 
-    def __call__(self, image, *, channel_axis=None, tile_progress=None):
+    def __call__(self, image, *, channel_axis=None, tile_progress=None, scheduler=None):
         """Segment ``image``; ``tile_progress(tile, tiles)`` is called after every tile when
-        the image is segmented in tiles (the command line's per-image bar)."""
+        the image is segmented in tiles (the command line's per-image bar), which run
+        on ``scheduler`` (a ``distributed.Client``) when given."""
         callback = None if self.options.is_network else self.callback
         return segment_image(
-            np.asarray(image), self.options, channel_axis=channel_axis, callback=callback, tile_progress=tile_progress
+            np.asarray(image),
+            self.options,
+            channel_axis=channel_axis,
+            callback=callback,
+            tile_progress=tile_progress,
+            scheduler=scheduler,
         )
 
 

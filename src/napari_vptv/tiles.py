@@ -4,7 +4,7 @@
 tiles (``dask.array.map_overlap``), so memory is bounded by the tiles, not by the
 image. The tiles run one per CPU thread torch was given (each on one torch thread,
 dask's threaded scheduler; as many as fit in memory: :func:`tile_workers`), one at a
-time on one thread:
+time on one thread, or on a ``dask.distributed`` cluster (``scheduler``):
 
 1. the white-cell diameter is estimated once, by the network at full resolution on
    the whole image up to a megapixel (exactly the estimate of an untiled run) or on
@@ -31,6 +31,7 @@ import contextlib
 import contextvars
 import math
 import threading
+from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -152,6 +153,7 @@ def segment_in_tiles(
     margin: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     workers: Optional[int] = None,
+    scheduler=None,
 ) -> SegmentationResult:
     """Segment an RGB image of any size in overlapping tiles (see the module docstring).
 
@@ -181,6 +183,10 @@ def segment_in_tiles(
         Tiles segmented at once, in threads, each with one torch thread; default
         :func:`tile_workers` (the CPU threads torch has, as many as fit in memory).
         The labels do not depend on it.
+    scheduler : distributed.Client, optional
+        Run the tiles on this ``dask.distributed`` cluster instead (its workers need
+        this package and ``segment``); each tile is sent back and written here as it
+        arrives, ``progress`` called here.
 
     Returns
     -------
@@ -193,7 +199,8 @@ def segment_in_tiles(
     if margin is None:
         margin = max(32, math.ceil(MARGIN_PER_DIAMETER * diameter)) if diameter else DEFAULT_MARGIN
     tile_opts = opts.replace(diameter=diameter, white_cell_rule=False)
-    target, total = _run_tiles(rgb, tile, margin, lambda block: segment(block, tile_opts), progress, workers)
+    segment_tile = _TileSegmenter(segment, tile_opts)
+    target, total = _run_tiles(rgb, tile, margin, segment_tile, progress, workers, scheduler)
     return _stitched_result(
         target.labels,
         target.probabilities,
@@ -256,11 +263,37 @@ def _one_torch_thread_each(workers: int):
         torch.set_num_threads(previous)
 
 
-def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress, workers: Optional[int] = None):
+class _TileSegmenter:
+    """``segment(tile, options)`` as a one-argument, picklable callable (a cluster's
+    workers receive it)."""
+
+    def __init__(self, segment, options: SegmentOptions):
+        self.segment, self.options = segment, options
+
+    def __call__(self, block):
+        return self.segment(block, self.options)
+
+
+def _segment_block(block: np.ndarray, segment_tile) -> np.ndarray:
+    """One tile (RGB + an empty channel) -> labels + 3 probabilities, same shape."""
+    token = _IN_TILES.set(True)  # in this thread: a tile is never tiled again
+    try:
+        res = segment_tile(block[..., :3])
+    finally:
+        _IN_TILES.reset(token)
+    return np.concatenate(
+        [res.labels[..., None].astype(np.float32), np.moveaxis(res.probabilities, 0, -1).astype(np.float32)],
+        axis=-1,
+    )
+
+
+def _run_tiles(
+    rgb: np.ndarray, tile: int, margin: int, segment_tile, progress, workers: Optional[int] = None, scheduler=None
+):
     """Segment ``rgb`` tile by tile (``segment_tile(tile_rgb) -> SegmentationResult``)
     into a :class:`_Stitched`, ``workers`` tiles at once (default :func:`tile_workers`;
-    dask's threads, the solver's kernels and torch release the GIL); returns it and
-    the number of tiles."""
+    dask's threads, the solver's kernels and torch release the GIL) or on the
+    ``scheduler``'s cluster (a ``distributed.Client``); returns it and the number of tiles."""
     import dask.array as da
 
     # a fourth (empty) channel: the blocks come back as labels + 3 probabilities, same shape
@@ -270,18 +303,10 @@ def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress, 
     )
     total, done, lock = int(np.prod(arr.numblocks)), [0], threading.Lock()
     if workers is None:
-        workers = tile_workers(total, (tile + 2 * margin) ** 2)
+        workers = 1 if scheduler is not None else tile_workers(total, (tile + 2 * margin) ** 2)
 
     def run(block):
-        token = _IN_TILES.set(True)  # in this thread: a tile is never tiled again
-        try:
-            res = segment_tile(block[..., :3])
-        finally:
-            _IN_TILES.reset(token)
-        out = np.concatenate(
-            [res.labels[..., None].astype(np.float32), np.moveaxis(res.probabilities, 0, -1).astype(np.float32)],
-            axis=-1,
-        )
+        out = _segment_block(block, segment_tile)
         with lock:  # one report at a time, in order
             done[0] += 1
             if progress is not None:
@@ -289,14 +314,38 @@ def _run_tiles(rgb: np.ndarray, tile: int, margin: int, segment_tile, progress, 
         return out
 
     depth = {0: min(margin, rgb.shape[0]), 1: min(margin, rgb.shape[1]), 2: 0}
-    stitched = da.map_overlap(
-        run, arr, depth=depth, boundary="none", trim=True, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
-    )
+    options = dict(depth=depth, boundary="none", trim=True, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
     target = _Stitched(rgb.shape[:2])
-    scheduler = {"scheduler": "threads", "num_workers": workers} if workers > 1 else {"scheduler": "synchronous"}
+    if scheduler is not None:
+        stitched = da.map_overlap(partial(_segment_block, segment_tile=segment_tile), arr, **options)
+        _gather_tiles(scheduler, stitched, target, progress)
+        return target, total
+    stitched = da.map_overlap(run, arr, **options)
+    local = {"scheduler": "threads", "num_workers": workers} if workers > 1 else {"scheduler": "synchronous"}
     with _one_torch_thread_each(workers):  # each tile is written into the whole-image arrays as it is done
-        da.store(stitched, target, lock=False, **scheduler)
+        da.store(stitched, target, lock=False, **local)
     return target, total
+
+
+def _gather_tiles(client, stitched, target, progress) -> None:
+    """Compute the tiles on ``client``'s cluster and write each into ``target`` here as
+    it arrives (the whole image's arrays stay in this process); ``progress`` as they
+    arrive. On a stop, the tiles not yet done are cancelled."""
+    from dask.array.core import slices_from_chunks
+    from distributed import as_completed
+
+    blocks = list(stitched.to_delayed().ravel())  # C order, as slices_from_chunks
+    where = slices_from_chunks(stitched.chunks)
+    futures = client.compute(blocks)
+    index = {f.key: i for i, f in enumerate(futures)}
+    try:
+        for n, future in enumerate(as_completed(futures, loop=client.loop), 1):
+            target[where[index[future.key]]] = future.result()
+            future.release()
+            if progress is not None:
+                progress(n, len(futures))
+    finally:
+        client.cancel(futures)
 
 
 class _Stitched:

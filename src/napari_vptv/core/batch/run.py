@@ -242,8 +242,11 @@ def _segment_file_into(
     out_dir.mkdir(parents=True, exist_ok=True)
     k = segment_fn.n_classes(info.rgb) if hasattr(segment_fn, "n_classes") else 2
     if not info.is_stack:
-        progress = stack_options.get("progress_factory")
-        _segment_image_file(p, info, final, segment_fn, k, result, overwrite=overwrite, progress_factory=progress)
+        progress, scheduler = stack_options.get("progress_factory"), stack_options.get("scheduler")
+        cluster = None if scheduler is None or isinstance(scheduler, str) else scheduler
+        _segment_image_file(
+            p, info, final, segment_fn, k, result, overwrite=overwrite, progress_factory=progress, cluster=cluster
+        )
         return
     result.shape = _segment_stack_file(
         p, info, final, segment_fn, k, result, overwrite=overwrite, mode=mode, **stack_options
@@ -270,10 +273,13 @@ def _failed_slices_message(result: FileResult) -> str:
     )
 
 
-def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite, progress_factory=None) -> None:
+def _segment_image_file(
+    p, info, final, segment_fn, k, result, *, overwrite, progress_factory=None, cluster=None
+) -> None:
     """A 2-D image: segment, write atomically (temporary file + rename), record the volumes.
     A segmentation function with ``reports_tiles`` reports the tiles of a large image
-    to a bar of ``progress_factory``, made at the first tile."""
+    to a bar of ``progress_factory``, made at the first tile, and runs them on
+    ``cluster`` (a ``distributed.Client``) when given."""
     image = open_lazy(p, info.pixels)
     if info.rgb and image.shape[-1] == 4:
         image = image[..., :3]
@@ -285,7 +291,10 @@ def _segment_image_file(p, info, final, segment_fn, k, result, *, overwrite, pro
             bar = progress_factory(total, f"{p.name} (tiles)")
         bar.update(done - bar.n)
 
-    hook = {"tile_progress": tile_done} if progress_factory and getattr(segment_fn, "reports_tiles", False) else {}
+    tiled = getattr(segment_fn, "reports_tiles", False)
+    hook = {"tile_progress": tile_done} if progress_factory and tiled else {}
+    if cluster is not None and tiled:
+        hook["scheduler"] = cluster
     try:
         res = segment_fn(image, channel_axis=-1 if info.rgb else None, **hook)
     finally:
