@@ -8,7 +8,7 @@ the pixels per iteration with the fused kernels of
 :mod:`napari_vptv.core.solver.numba_kernels3d` (3-D) (same steps, same numbers to
 float32 rounding; ``tests/test_vptv_numba.py``). This module owns numba's
 availability (:data:`NUMBA_AVAILABLE`, :func:`kernels`), the kernels' row-interleaved
-work arrays (the rows of a volume one plane after the other, ``(N, D H, K, W)``) and
+work arrays (3-D: a volume's planes as the rows, ``(N, D, K, H W)``) and
 :func:`rounding_steps_at_zero`, the volume rounding's shortcut
 (:func:`napari_vptv.core.solver.segment.round_to_volumes`).
 """
