@@ -27,7 +27,6 @@ contract as :func:`~napari_vptv.api.segment_image`'s ``callback``).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import math
 import threading
@@ -36,6 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .core.batch.run import shared_torch_threads
 from .core.solver.segment import SegmentationResult
 from .core.solver.volumes import make_volume_spec
 from .core.wbc.cell_rules import drop_non_white_cells
@@ -246,23 +246,6 @@ def tile_workers(n_tiles: int, tile_pixels: int, threads: Optional[int] = None) 
     return int(max(1, min(n_tiles, threads, fit)))
 
 
-@contextlib.contextmanager
-def _one_torch_thread_each(workers: int):
-    """torch on one thread while ``workers`` > 1 tiles run in threads (no
-    oversubscription); the setting is restored afterwards."""
-    if workers <= 1:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 class _TileSegmenter:
     """``segment(tile, options)`` as a one-argument, picklable callable (a cluster's
     workers receive it)."""
@@ -322,7 +305,8 @@ def _run_tiles(
         return target, total
     stitched = da.map_overlap(run, arr, **options)
     local = {"scheduler": "threads", "num_workers": workers} if workers > 1 else {"scheduler": "synchronous"}
-    with _one_torch_thread_each(workers):  # each tile is written into the whole-image arrays as it is done
+    # one torch thread per tile; each tile is written into the whole-image arrays as it is done
+    with shared_torch_threads(workers, total=workers):
         da.store(stitched, target, lock=False, **local)
     return target, total
 

@@ -58,6 +58,7 @@ __all__ = [
     "inspect_input",
     "output_path",
     "segment_file",
+    "shared_torch_threads",
     "run_batch",
 ]
 
@@ -342,7 +343,7 @@ def _segment_stack_file(
     _, sentinel = label_dtype_and_sentinel(k)
     tmp = partial_name(final)
     n_threads = num_workers or os.cpu_count() or 1
-    with _torch_threads_for(n_threads if local and scheduler in (None, "threads") else 1):
+    with shared_torch_threads(n_threads if local and scheduler in (None, "threads") else 1):
         try:
             meta = {"vptv": _output_metadata(p, result.notes)}
             target = store_labels_tiff(labels, tmp, scheduler=scheduler, num_workers=num_workers, metadata=meta)
@@ -377,16 +378,17 @@ def _segment_stack_file(
 
 
 @contextlib.contextmanager
-def _torch_threads_for(workers: int):
-    """One torch thread per worker thread, the CPUs shared out (no oversubscription);
-    the previous setting is restored on exit. Nothing changes for one worker."""
+def shared_torch_threads(workers: int, total: Optional[int] = None):
+    """torch's CPU threads shared out between ``workers`` threads that each run torch:
+    ``total // workers`` each (``total``: default the CPUs), no oversubscription; the
+    previous setting is restored on exit. Nothing changes for one worker."""
     previous = None
     if workers > 1:
         try:
             import torch
 
             previous = torch.get_num_threads()
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+            torch.set_num_threads(max(1, (total or os.cpu_count() or 1) // workers))
         except ImportError:
             pass
     try:
@@ -556,7 +558,7 @@ def _run_in_threads(plan, items, jobs, workers: int, segment_one, on_result) -> 
     whole or not at all)."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vptv-file")
     try:
-        with _torch_threads_for(workers):
+        with shared_torch_threads(workers):
             futures = {pool.submit(segment_one, items[i].path): i for i in jobs}
             for future in as_completed(futures):
                 plan[futures[future]] = future.result()
