@@ -167,16 +167,19 @@ def test_tiles_on_a_distributed_cluster(straddling, monkeypatch, tmp_path):
         distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
-        there = tiles.segment_in_tiles(
-            field,
-            opts,
-            segment_image,
-            white_cell_rule=True,
-            tile=128,
-            scheduler=client,
-            progress=lambda done, total: calls.append((done, total)),
-        )
-        res = segment_file(tmp_path / "field.png", tmp_path / "out", SegmentFn(SegmentOptions()), scheduler=client)
+        with distributed.get_task_stream(client=client) as api_tasks:
+            there = tiles.segment_in_tiles(
+                field,
+                opts,
+                segment_image,
+                white_cell_rule=True,
+                tile=128,
+                scheduler=client,
+                progress=lambda done, total: calls.append((done, total)),
+            )
+        with distributed.get_task_stream(client=client) as file_tasks:
+            res = segment_file(tmp_path / "field.png", tmp_path / "out", SegmentFn(SegmentOptions()), scheduler=client)
+        assert len(api_tasks.data) >= 2 and len(file_tasks.data) >= 2  # the tiles ran on the cluster
         assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0  # nothing left behind
     np.testing.assert_array_equal(here.labels, there.labels)
     assert calls == [(1, 2), (2, 2)]
